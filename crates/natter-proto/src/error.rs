@@ -1,0 +1,139 @@
+//! The error envelope every failing request answers with:
+//! `{"error":{"code":"snake_case_code","message":"A sentence."}}`.
+//!
+//! Codes are stable: clients branch on them, so a code is never renamed or
+//! reused for another meaning. `docs/errors.md` lists them all.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The code and human-readable message of an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code.
+    pub code: ErrorCode,
+    /// A sentence for people; may change between versions.
+    pub message: String,
+}
+
+/// Every error code the API can answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 400: the body is not valid JSON, or is nested too deeply.
+    InvalidJson,
+    /// 400: a query string or path parameter could not be read.
+    InvalidParameter,
+    /// 400: the phone number is not a valid international (E.164) number.
+    InvalidPhone,
+    /// 401: no valid access token was sent.
+    Unauthorized,
+    /// 401: the verification code is wrong, expired, used, or the number is unknown.
+    InvalidVerificationCode,
+    /// 404: no such route.
+    NotFound,
+    /// 404: no such user, or one the caller may not see.
+    UserNotFound,
+    /// 404: no such device among the caller's devices.
+    DeviceNotFound,
+    /// 404: no such contact in the caller's list.
+    ContactNotFound,
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed,
+    /// 408: the request took longer than the server allows.
+    RequestTimeout,
+    /// 409: a user with this phone number already exists.
+    PhoneTaken,
+    /// 409: the user has as many devices as allowed; log one out first.
+    DeviceLimitReached,
+    /// 409: the contact list is full.
+    ContactLimitReached,
+    /// 413: the body is larger than allowed.
+    PayloadTooLarge,
+    /// 415: the body is not `application/json`.
+    UnsupportedMediaType,
+    /// 422: the JSON is well formed but a field is missing, unknown, of the wrong type or out of bounds.
+    ValidationFailed,
+    /// 429: too many requests; `Retry-After` says when to try again.
+    RateLimited,
+    /// 500: a bug or an internal failure; details are in the server log only.
+    Internal,
+    /// 502: the SMS gateway did not accept the code.
+    SmsDeliveryFailed,
+    /// 503: the server is starting, stopping, or its store is unavailable.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The HTTP status this code is sent with.
+    #[must_use]
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidJson | Self::InvalidParameter | Self::InvalidPhone => 400,
+            Self::Unauthorized | Self::InvalidVerificationCode => 401,
+            Self::NotFound | Self::UserNotFound | Self::DeviceNotFound | Self::ContactNotFound => {
+                404
+            }
+            Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
+            Self::PhoneTaken | Self::DeviceLimitReached | Self::ContactLimitReached => 409,
+            Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::ValidationFailed => 422,
+            Self::RateLimited => 429,
+            Self::Internal => 500,
+            Self::SmsDeliveryFailed => 502,
+            Self::Unavailable => 503,
+        }
+    }
+
+    /// The code as it appears on the wire.
+    #[must_use]
+    pub fn as_str(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+impl ErrorBody {
+    /// Builds an error body.
+    #[must_use]
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_has_the_documented_shape() {
+        let body = ErrorBody::new(
+            ErrorCode::PhoneTaken,
+            "A user with this phone number exists.",
+        );
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"code": "phone_taken", "message": "A user with this phone number exists."}})
+        );
+        assert_eq!(ErrorCode::PhoneTaken.as_str(), "phone_taken");
+        assert_eq!(ErrorCode::PhoneTaken.http_status(), 409);
+    }
+}

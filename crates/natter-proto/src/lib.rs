@@ -1,0 +1,18 @@
+//! Natter's wire types: the JSON bodies of the REST API, the error envelope and
+//! its stable codes, and the id newtypes. Every other crate depends on this one.
+//!
+//! # Layout
+//! - [`ids`]: `UserId`, `DeviceId`, … (UUIDv7 newtypes that cannot be swapped).
+//! - [`error`]: the `{"error":{"code","message"}}` envelope and [`ErrorCode`].
+//! - [`accounts`]: verification, register, login, devices.
+//! - [`users`]: profiles and contacts.
+//!
+//! This crate does no I/O and knows nothing of HTTP beyond status numbers.
+
+pub mod accounts;
+pub mod error;
+pub mod ids;
+pub mod users;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use ids::{DeviceId, UserId};

@@ -1,0 +1,147 @@
+//! Profiles and contacts.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::ids::UserId;
+
+/// Who may see when a user was last online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LastSeenVisibility {
+    /// Anyone who can see the profile.
+    Everyone,
+    /// Only users this user has in their contacts.
+    Contacts,
+    /// No one.
+    Nobody,
+}
+
+/// Whether a user is connected right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    /// At least one device is connected.
+    Online,
+    /// Connected but idle.
+    Away,
+    /// No device connected (or the user hides it).
+    Offline,
+}
+
+/// The caller's own profile (`GET /api/v1/users/me`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Me {
+    /// The account id.
+    pub user_id: UserId,
+    /// The account's number, E.164.
+    pub phone: String,
+    /// Display name.
+    pub name: String,
+    /// A short free text.
+    pub about: String,
+    /// Who may see `last_seen`.
+    pub last_seen_visibility: LastSeenVisibility,
+    /// Profile picture, once media exists.
+    pub profile_pic_url: Option<String>,
+    /// When the account was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `PATCH /api/v1/users/me`: every field optional; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMe {
+    /// New display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New about text; `""` clears it.
+    #[serde(default)]
+    pub about: Option<String>,
+    /// New last-seen visibility.
+    #[serde(default)]
+    pub last_seen_visibility: Option<LastSeenVisibility>,
+}
+
+/// Another user's profile as the caller may see it (`GET /api/v1/users/{user_id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PublicProfile {
+    /// The account id.
+    pub user_id: UserId,
+    /// Display name.
+    pub name: String,
+    /// A short free text.
+    pub about: String,
+    /// The number, only when the caller is entitled to it (see `docs/security.md`).
+    pub phone: Option<String>,
+    /// Profile picture, once media exists.
+    pub profile_pic_url: Option<String>,
+    /// Online status.
+    pub status: PresenceStatus,
+    /// Last time online, when the user's privacy setting lets the caller see it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+/// `POST /api/v1/users/contacts`: exactly one of `phone` or `user_id`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddContact {
+    /// The contact's phone number.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// The contact's user id.
+    #[serde(default)]
+    pub user_id: Option<UserId>,
+}
+
+/// One entry of the contact list, in the seed's shape.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Contact {
+    /// The contact's account id.
+    pub user_id: UserId,
+    /// Display name.
+    pub name: String,
+    /// The number, when the caller is entitled to it.
+    pub phone: Option<String>,
+    /// Online status.
+    pub status: PresenceStatus,
+    /// Last time online, when the contact's privacy setting allows.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+/// `GET /api/v1/users/contacts`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ContactList {
+    /// Ordered by name.
+    pub contacts: Vec<Contact>,
+}
+
+/// `POST /api/v1/users/contacts/discover`: which of these numbers use Natter?
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverContacts {
+    /// Numbers in international format. Never stored.
+    pub phones: Vec<String>,
+}
+
+/// A registered number found by discovery.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DiscoveredUser {
+    /// The number as normalised (E.164).
+    pub phone: String,
+    /// Its account.
+    pub user_id: UserId,
+}
+
+/// Answer to discovery.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DiscoveredContacts {
+    /// The numbers that belong to a Natter account.
+    pub registered: Vec<DiscoveredUser>,
+    /// Entries that are not valid international numbers, as sent.
+    pub invalid: Vec<String>,
+}

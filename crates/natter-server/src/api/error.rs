@@ -1,0 +1,95 @@
+//! [`ApiError`]: every failure as `{"error":{"code","message"}}` with its
+//! status. Internal causes are logged here, once, and never sent.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use natter_proto::{ErrorBody, ErrorCode};
+
+use crate::service::ServiceError;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The stable code; decides the status.
+    code: ErrorCode,
+    /// A sentence for people.
+    message: String,
+    /// For 429: seconds to wait.
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The code, for tests and metrics.
+    #[must_use]
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// A 500 whose cause is logged and not shown.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        metrics::counter!("natter_internal_errors_total").increment(1);
+        Self::new(
+            ErrorCode::Internal,
+            "The server failed to complete the request.",
+        )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let code = match &e {
+            ServiceError::InvalidPhone(_) => ErrorCode::InvalidPhone,
+            ServiceError::InvalidCode => ErrorCode::InvalidVerificationCode,
+            ServiceError::Unauthorized => ErrorCode::Unauthorized,
+            ServiceError::PhoneTaken => ErrorCode::PhoneTaken,
+            ServiceError::DeviceLimit(_) => ErrorCode::DeviceLimitReached,
+            ServiceError::ContactLimit(_) => ErrorCode::ContactLimitReached,
+            ServiceError::UserNotFound => ErrorCode::UserNotFound,
+            ServiceError::DeviceNotFound => ErrorCode::DeviceNotFound,
+            ServiceError::ContactNotFound => ErrorCode::ContactNotFound,
+            ServiceError::Validation(_) => ErrorCode::ValidationFailed,
+            ServiceError::RateLimited(denied) => {
+                let mut err = Self::new(ErrorCode::RateLimited, e.to_string());
+                err.retry_after = Some(denied.retry_after.as_secs().max(1));
+                return err;
+            }
+            ServiceError::Sms(cause) => {
+                tracing::warn!(error = %cause, "SMS delivery failed");
+                ErrorCode::SmsDeliveryFailed
+            }
+            ServiceError::Store(cause) => {
+                tracing::error!(error = %cause, "store failure");
+                metrics::counter!("natter_internal_errors_total").increment(1);
+                ErrorCode::Unavailable
+            }
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(ErrorBody::new(self.code, self.message))).into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UNAUTHORIZED && self.code == ErrorCode::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

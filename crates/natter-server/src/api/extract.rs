@@ -1,0 +1,183 @@
+//! Extractors: JSON bodies with our errors and limits, the authenticated
+//! [`Principal`], the client address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use natter_proto::ErrorCode;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::service::Principal;
+
+/// A JSON body: `Content-Type: application/json`, within the body size and
+/// nesting limits, parsed into `T`. Malformed JSON is a 400, a well-formed
+/// body of the wrong shape a 422.
+#[derive(Debug)]
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim();
+                mime.eq_ignore_ascii_case("application/json")
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "Send the body as JSON with `Content-Type: application/json`.",
+            ));
+        }
+        let limits = &state.services.config().limits;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("The body is larger than {} bytes.", limits.max_body_bytes),
+                )
+            } else {
+                ApiError::new(ErrorCode::InvalidJson, "The body could not be read.")
+            }
+        })?;
+        let depth = json_depth(&bytes);
+        if depth > limits.max_json_depth {
+            return Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                format!(
+                    "The JSON is nested {depth} levels deep; the most allowed is {}.",
+                    limits.max_json_depth
+                ),
+            ));
+        }
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => {
+                    ApiError::new(ErrorCode::ValidationFailed, format!("Invalid body: {e}."))
+                }
+                Category::Io | Category::Syntax | Category::Eof => ApiError::new(
+                    ErrorCode::InvalidJson,
+                    format!("The body is not valid JSON: {e}."),
+                ),
+            }
+        })
+    }
+}
+
+/// The deepest nesting of arrays and objects in a JSON text, found with one
+/// pass over the bytes (strings skipped), before any allocation by serde.
+fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = || {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "Send a valid access token as `Authorization: Bearer <token>`.",
+            )
+        };
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(unauthorized)?;
+        state
+            .services
+            .authenticate(token)
+            .await
+            .map_err(|e| match e {
+                crate::service::ServiceError::Unauthorized => unauthorized(),
+                other => other.into(),
+            })
+    }
+}
+
+/// The client's address: the socket peer, or with `trust_forwarded_for`
+/// the last `X-Forwarded-For` entry (the one our proxy added).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientIp(pub(crate) IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.services.config().trust_forwarded_for {
+            let forwarded = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+                .next_back();
+            if let Some(ip) = forwarded {
+                return Ok(Self(ip));
+            }
+        }
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| Self(addr.ip()))
+            .ok_or_else(|| ApiError::internal(&"the connection has no peer address"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_depth;
+
+    #[test]
+    fn depth_counts_nesting_and_ignores_strings() {
+        assert_eq!(json_depth(br#"{"a":1}"#), 1);
+        assert_eq!(json_depth(br#"{"a":[{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(br#"{"a":"[[[{{{\"]]"}"#), 1);
+        assert_eq!(json_depth(b"42"), 0);
+        assert_eq!(json_depth(&b"[".repeat(100)), 100);
+    }
+}

@@ -1,0 +1,179 @@
+//! The HTTP API: axum routers, extractors and error mapping. Handlers parse,
+//! authenticate, call one service function and map the result to a wire
+//! type from `natter-proto`; they hold no rules of their own.
+//!
+//! Routes are registered here, in one place, with their OpenAPI
+//! descriptions (utoipa), so `/api/v1/openapi.json` always matches the code.
+
+mod accounts;
+mod error;
+mod extract;
+mod ops;
+mod users;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use natter_proto::ErrorCode;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use self::error::ApiError;
+use crate::service::Services;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The domain services.
+    pub services: Services,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// The OpenAPI document, serialised once.
+    pub openapi: Arc<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Natter",
+        description = "The Natter messaging server's HTTP API. Errors are always \
+                       `{\"error\":{\"code\",\"message\"}}`; see docs/errors.md for the codes."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(natter_proto::ErrorBody, natter_proto::ErrorCode))
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` security scheme the handlers refer to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every documented route, and the OpenAPI document that describes them.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(accounts::request_code))
+        .routes(routes!(accounts::register))
+        .routes(routes!(accounts::login))
+        .routes(routes!(accounts::logout))
+        .routes(routes!(accounts::list_devices))
+        .routes(routes!(accounts::revoke_device))
+        .routes(routes!(users::get_me, users::update_me))
+        .routes(routes!(users::get_user))
+        .routes(routes!(users::list_contacts, users::add_contact))
+        .routes(routes!(users::remove_contact))
+        .routes(routes!(users::discover))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .split_for_parts()
+}
+
+/// The OpenAPI document, without building a server (for docs and tests).
+#[must_use]
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The process-wide Prometheus recorder (metrics are global in a process).
+#[must_use]
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// The whole application: routes, limits and middleware, ready to serve.
+pub fn app(services: Services) -> Router {
+    let (router, openapi) = routes();
+    let openapi = Arc::new(openapi.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
+    let limits = services.config().limits.clone();
+    let timeout = services.config().request_timeout();
+    let state = AppState {
+        services,
+        metrics: metrics_handle(),
+        openapi,
+    };
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn(move |req, next| {
+            deadline(timeout, req, next)
+        }))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                metrics::counter!("natter_panics_total").increment(1);
+                ApiError::internal(&"a request handler panicked").into_response()
+            },
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "No such route.")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "This route does not accept this method.",
+    )
+}
+
+/// Bounds every request in time (`limits.request_timeout_secs`).
+async fn deadline(limit: std::time::Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("The request took longer than {} seconds.", limit.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+/// Counts requests and their latency by route and status.
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("natter_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("natter_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    response
+}

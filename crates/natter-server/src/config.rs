@@ -1,0 +1,458 @@
+//! Configuration: one [`Config`] loaded once at start from an optional TOML
+//! file, then `NATTER_*` environment variables, then command-line overrides,
+//! and validated before anything starts. Nothing else in the server reads the
+//! environment.
+//!
+//! Nested keys use a double underscore in the environment:
+//! `NATTER_LIMITS__MAX_BODY_BYTES=131072` sets `limits.max_body_bytes`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::phone::PhoneValidation;
+
+/// Everything the server can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on (`NATTER_LISTEN`).
+    pub listen: SocketAddr,
+    /// Where the embedded store and its secrets live (`NATTER_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// When set, verification codes are POSTed here as
+    /// `{"phone","code"}` instead of being printed (`NATTER_SMS_WEBHOOK_URL`).
+    pub sms_webhook_url: Option<String>,
+    /// Log filter, `tracing-subscriber` syntax (`NATTER_LOG`).
+    pub log: String,
+    /// Log format: `text` or `json` (`NATTER_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Take the client address from the last `X-Forwarded-For` entry; only
+    /// behind a reverse proxy that sets it.
+    pub trust_forwarded_for: bool,
+    /// How strictly phone numbers are checked: `parse` (a known country code
+    /// and a plausible length; the default, so the API's examples work) or
+    /// `strict` (valid in the country's numbering plan).
+    pub phone_validation: PhoneValidation,
+    /// Verification codes.
+    pub verification: VerificationConfig,
+    /// The SMS gateway webhook.
+    pub sms: SmsConfig,
+    /// The embedded store.
+    pub store: StoreConfig,
+    /// Every size and count bound.
+    pub limits: Limits,
+    /// The rate-limit table.
+    pub rate_limits: RateLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./natter-data"),
+            sms_webhook_url: None,
+            log: "info".to_owned(),
+            log_format: LogFormat::Text,
+            trust_forwarded_for: false,
+            phone_validation: PhoneValidation::Parse,
+            verification: VerificationConfig::default(),
+            sms: SmsConfig::default(),
+            store: StoreConfig::default(),
+            limits: Limits::default(),
+            rate_limits: RateLimits::default(),
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Verification codes sent by SMS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerificationConfig {
+    /// How long a code is valid.
+    pub code_ttl_secs: u64,
+    /// Wrong attempts after which a code is dead.
+    pub max_attempts: u32,
+}
+
+impl Default for VerificationConfig {
+    fn default() -> Self {
+        Self {
+            code_ttl_secs: 300,
+            max_attempts: 5,
+        }
+    }
+}
+
+/// The SMS gateway webhook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmsConfig {
+    /// Time allowed for the gateway to accept a code.
+    pub timeout_secs: u64,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        Self { timeout_secs: 10 }
+    }
+}
+
+/// The embedded SQLite store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Read connections in the pool (writes have their own single connection).
+    pub read_connections: usize,
+    /// Most write operations committed together in one transaction (group commit).
+    pub write_batch_max: usize,
+    /// Write operations waiting for the writer before senders wait (back-pressure).
+    pub write_queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            read_connections: 4,
+            write_batch_max: 1000,
+            write_queue: 4096,
+        }
+    }
+}
+
+/// Every size and count bound, in one place (DESIGN.md §4 rule 3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted in a body.
+    pub max_json_depth: usize,
+    /// Longest display name, in characters.
+    pub max_name_chars: usize,
+    /// Longest about text, in characters.
+    pub max_about_chars: usize,
+    /// Longest device name, in characters.
+    pub max_device_name_chars: usize,
+    /// Devices (logged-in sessions) per user.
+    pub max_devices_per_user: usize,
+    /// Entries in a contact list.
+    pub max_contacts_per_user: usize,
+    /// Numbers in one discovery request.
+    pub max_discover_phones: usize,
+    /// Time allowed for one request, start to end.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_json_depth: 16,
+            max_name_chars: 64,
+            max_about_chars: 140,
+            max_device_name_chars: 64,
+            max_devices_per_user: 10,
+            max_contacts_per_user: 10_000,
+            max_discover_phones: 500,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+/// One rate limit: `burst` requests at once, refilled evenly over `per_secs`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// Seconds in which the full burst is refilled.
+    pub per_secs: u64,
+}
+
+impl Rate {
+    const fn new(burst: u32, per_secs: u64) -> Self {
+        Self { burst, per_secs }
+    }
+}
+
+/// The rate-limit table (DESIGN.md §4 rule 4).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// Verification codes sent to one number.
+    pub verification_per_phone: Rate,
+    /// Verification codes requested from one client address.
+    pub verification_per_ip: Rate,
+    /// Verification codes sent by the whole server (SMS costs money).
+    pub verification_global: Rate,
+    /// Register and login attempts from one client address.
+    pub code_attempts_per_ip: Rate,
+    /// Contact discovery requests by one user.
+    pub discover_per_user: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            verification_per_phone: Rate::new(5, 3600),
+            verification_per_ip: Rate::new(20, 3600),
+            verification_global: Rate::new(600, 60),
+            code_attempts_per_ip: Rate::new(30, 600),
+            discover_per_user: Rate::new(10, 3600),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read or a value could not be parsed.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid {
+        /// The dotted key, as in the TOML file.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Loads the file (if given), then `NATTER_*` variables from `env`, and validates.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key at fault.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Parse(format!(
+                    "the configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // Only our own variables, from a list the caller gives, so tests can pass
+        // an environment of their own.
+        let vars = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("NATTER_"))
+            .collect();
+        figment = figment.merge(EnvVars { vars });
+        let config: Self = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that parse but make no sense.
+    ///
+    /// # Errors
+    /// A [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
+        }
+        if let Some(url) = &self.sms_webhook_url {
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                _ => {
+                    return Err(invalid(
+                        "sms_webhook_url",
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+            }
+        }
+        tracing_filter_check(&self.log).map_err(|p| invalid("log", p))?;
+        let positive: [(&'static str, u64); 15] = [
+            (
+                "verification.code_ttl_secs",
+                self.verification.code_ttl_secs,
+            ),
+            (
+                "verification.max_attempts",
+                u64::from(self.verification.max_attempts),
+            ),
+            ("sms.timeout_secs", self.sms.timeout_secs),
+            ("store.read_connections", self.store.read_connections as u64),
+            ("store.write_batch_max", self.store.write_batch_max as u64),
+            ("store.write_queue", self.store.write_queue as u64),
+            ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
+            ("limits.max_json_depth", self.limits.max_json_depth as u64),
+            ("limits.max_name_chars", self.limits.max_name_chars as u64),
+            ("limits.max_about_chars", self.limits.max_about_chars as u64),
+            (
+                "limits.max_device_name_chars",
+                self.limits.max_device_name_chars as u64,
+            ),
+            (
+                "limits.max_devices_per_user",
+                self.limits.max_devices_per_user as u64,
+            ),
+            (
+                "limits.max_contacts_per_user",
+                self.limits.max_contacts_per_user as u64,
+            ),
+            (
+                "limits.max_discover_phones",
+                self.limits.max_discover_phones as u64,
+            ),
+            (
+                "limits.request_timeout_secs",
+                self.limits.request_timeout_secs,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        let rates = [
+            (
+                "rate_limits.verification_per_phone",
+                self.rate_limits.verification_per_phone,
+            ),
+            (
+                "rate_limits.verification_per_ip",
+                self.rate_limits.verification_per_ip,
+            ),
+            (
+                "rate_limits.verification_global",
+                self.rate_limits.verification_global,
+            ),
+            (
+                "rate_limits.code_attempts_per_ip",
+                self.rate_limits.code_attempts_per_ip,
+            ),
+            (
+                "rate_limits.discover_per_user",
+                self.rate_limits.discover_per_user,
+            ),
+        ];
+        for (key, rate) in rates {
+            if rate.burst == 0 || rate.per_secs == 0 {
+                return Err(invalid(key, "needs burst and per_secs greater than zero"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The request timeout as a duration.
+    #[must_use]
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.request_timeout_secs)
+    }
+}
+
+/// Checks a log filter the way the binary will parse it.
+fn tracing_filter_check(filter: &str) -> Result<(), String> {
+    // Accept the usual directive characters; the binary reports the exact error at start.
+    if filter.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(())
+}
+
+/// Renders a figment error with the key and where the value came from.
+fn describe(error: &figment::Error) -> String {
+    let mut out = Vec::new();
+    for e in error.clone() {
+        let key = if e.path.is_empty() {
+            String::from("(top level)")
+        } else {
+            e.path.join(".")
+        };
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| match &m.source {
+                Some(src) => format!(" (from {} {src})", m.name),
+                None => format!(" (from {})", m.name),
+            })
+            .unwrap_or_default();
+        out.push(format!("`{key}`: {}{source}", e.kind));
+    }
+    out.join("; ")
+}
+
+/// `NATTER_*` variables as a figment provider, fed from an explicit list
+/// rather than the process environment, so callers (and tests) decide what it
+/// sees. `__` separates nested keys.
+struct EnvVars {
+    vars: Vec<(String, String)>,
+}
+
+impl figment::Provider for EnvVars {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (key, value) in &self.vars {
+            let Some(rest) = key.strip_prefix("NATTER_") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(figment::Error::from(format!(
+                    "malformed variable name {key}"
+                )));
+            }
+            let parsed: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            insert_path(&mut dict, &path, parsed);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            } else {
+                let mut inner = figment::value::Dict::new();
+                insert_path(&mut inner, rest, value);
+                *entry = figment::value::Value::from(inner);
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The Natter server as a library: configuration, the HTTP API, the domain
+//! services and the engines behind them. The `natter` binary and the
+//! integration tests start it through [`RunningServer`].
+//!
+//! # Layout
+//! Requests flow one way (DESIGN.md §1):
+//! - [`api`]: axum routes, extractors, error mapping. Parses, authenticates,
+//!   calls one service function, maps to `natter-proto` types.
+//! - [`service`]: the rules (accounts, profiles, contacts). No HTTP types.
+//! - [`store`], [`sms`], [`ratelimit`]: engines behind traits. Nothing above
+//!   `store` writes SQL.
+//! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
+//! - [`server`]: start-up and graceful shutdown.
+//! - [`phone`], [`secret`], [`clock`]: small domain types (E.164 numbers,
+//!   tokens and codes that never print, server time).
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod phone;
+pub mod ratelimit;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod sms;
+pub mod store;
+
+pub use config::Config;
+pub use server::{RunningServer, StartError};

@@ -1,0 +1,171 @@
+//! The rate-limit table (DESIGN.md §4 rule 4): every limit by name, checked
+//! through one trait. The in-process engine uses `governor`; a shared engine
+//! for clusters implements the same trait and must fail closed: a limiter
+//! that cannot decide denies.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+
+use crate::config::{Rate, RateLimits};
+
+/// A named limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// Codes sent to one number.
+    VerificationPerPhone,
+    /// Codes requested from one client address.
+    VerificationPerIp,
+    /// Register/login attempts from one client address.
+    CodeAttemptsPerIp,
+    /// Discovery requests by one user.
+    DiscoverPerUser,
+}
+
+/// A refused request and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    /// Wait at least this long.
+    pub retry_after: Duration,
+}
+
+/// Checks requests against the table.
+#[async_trait]
+pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
+    /// Takes one unit from `limit` for `key`, or says how long to wait.
+    /// An engine that cannot decide must deny.
+    async fn check(&self, limit: Limit, key: &str) -> Result<(), Denied>;
+
+    /// Takes one unit from the server-wide verification budget.
+    async fn check_verification_budget(&self) -> Result<(), Denied>;
+
+    /// Forgets idle keys so memory stays bounded; called periodically.
+    fn sweep(&self) {}
+}
+
+/// In-process limits for a single node.
+pub struct LocalRateLimiter {
+    /// One keyed limiter per named limit.
+    keyed: HashMap<Limit, DefaultKeyedRateLimiter<String>>,
+    /// The server-wide verification budget.
+    global: DefaultDirectRateLimiter,
+    /// Time source shared with governor, to turn refusals into waits.
+    clock: DefaultClock,
+}
+
+impl fmt::Debug for LocalRateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalRateLimiter").finish_non_exhaustive()
+    }
+}
+
+fn quota(rate: Rate) -> Quota {
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    // One unit comes back every per_secs / burst; at least a millisecond.
+    let period = Duration::from_secs(rate.per_secs) / burst.get();
+    Quota::with_period(period.max(Duration::from_millis(1)))
+        .unwrap_or_else(|| Quota::per_second(burst))
+        .allow_burst(burst)
+}
+
+impl LocalRateLimiter {
+    /// Builds the limiters from the table.
+    #[must_use]
+    pub fn new(table: &RateLimits) -> Self {
+        let keyed = [
+            (Limit::VerificationPerPhone, table.verification_per_phone),
+            (Limit::VerificationPerIp, table.verification_per_ip),
+            (Limit::CodeAttemptsPerIp, table.code_attempts_per_ip),
+            (Limit::DiscoverPerUser, table.discover_per_user),
+        ]
+        .into_iter()
+        .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))
+        .collect();
+        Self {
+            keyed,
+            global: DefaultDirectRateLimiter::direct(quota(table.verification_global)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn denied(
+        &self,
+        not_until: &governor::NotUntil<<DefaultClock as governor::clock::Clock>::Instant>,
+    ) -> Denied {
+        let wait = not_until.wait_time_from(self.clock.now());
+        // Whole seconds for Retry-After, never zero.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Denied {
+            retry_after: Duration::from_secs(secs.max(1)),
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for LocalRateLimiter {
+    async fn check(&self, limit: Limit, key: &str) -> Result<(), Denied> {
+        // Every limit is built in `new`; a missing one denies (fail closed).
+        let Some(limiter) = self.keyed.get(&limit) else {
+            return Err(Denied {
+                retry_after: Duration::from_secs(60),
+            });
+        };
+        limiter
+            .check_key(&key.to_owned())
+            .map_err(|n| self.denied(&n))
+    }
+
+    async fn check_verification_budget(&self) -> Result<(), Denied> {
+        self.global.check().map_err(|n| self.denied(&n))
+    }
+
+    fn sweep(&self) {
+        for limiter in self.keyed.values() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_is_allowed_then_refused_with_a_wait() {
+        let table = RateLimits {
+            verification_per_phone: Rate {
+                burst: 3,
+                per_secs: 3600,
+            },
+            ..RateLimits::default()
+        };
+        let limiter = LocalRateLimiter::new(&table);
+        for _ in 0..3 {
+            limiter
+                .check(Limit::VerificationPerPhone, "+14155550123")
+                .await
+                .unwrap();
+        }
+        let denied = limiter
+            .check(Limit::VerificationPerPhone, "+14155550123")
+            .await
+            .unwrap_err();
+        // One unit returns every 20 minutes.
+        assert!(denied.retry_after > Duration::from_secs(1000), "{denied:?}");
+        assert!(
+            denied.retry_after <= Duration::from_secs(1200),
+            "{denied:?}"
+        );
+        // Other keys are untouched.
+        limiter
+            .check(Limit::VerificationPerPhone, "+14155550124")
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,166 @@
+//! Start-up and shutdown: open the store, wire the services, bind, serve,
+//! and on shutdown drain connections and let the store finish its commits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::ratelimit::LocalRateLimiter;
+use crate::service::Services;
+use crate::sms::{LogSms, SmsGateway, WebhookSms};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// How often expired codes and idle rate-limit keys are swept.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// How long shutdown waits for open requests before closing them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or migrated.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The SMS gateway configuration is unusable.
+    #[error("cannot set up the SMS gateway: {0}")]
+    Sms(#[from] crate::sms::SmsError),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where it listens (the real port when configured with port 0).
+    local_addr: SocketAddr,
+    /// Tells the serving task and housekeeping to stop.
+    stop: watch::Sender<bool>,
+    /// The serving task; ends after the drain.
+    serving: JoinHandle<()>,
+    /// The store, closed last so every acknowledged write is committed.
+    store: Arc<dyn Store>,
+}
+
+impl RunningServer {
+    /// Opens everything and starts serving.
+    ///
+    /// # Errors
+    /// A [`StartError`] saying what could not be opened.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let config = Arc::new(config);
+        // Load libphonenumber's metadata now rather than in the first request.
+        let _ = tokio::task::spawn_blocking(|| {
+            crate::phone::Phone::parse("+14155550123", crate::phone::PhoneValidation::Strict)
+        })
+        .await;
+        let store_config = config.store.clone();
+        let data_dir = config.data_dir.clone();
+        let store: Arc<dyn Store> = Arc::new(
+            tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir, &store_config))
+                .await
+                .map_err(|e| crate::store::StoreError(e.to_string()))??,
+        );
+        let sms: Arc<dyn SmsGateway> = match &config.sms_webhook_url {
+            Some(url) => Arc::new(WebhookSms::new(
+                url,
+                Duration::from_secs(config.sms.timeout_secs),
+            )?),
+            None => {
+                tracing::warn!(
+                    "DEVELOPMENT MODE: no sms_webhook_url is set, so verification codes are \
+                     PRINTED TO THIS LOG instead of being sent. Never run like this in production."
+                );
+                Arc::new(LogSms)
+            }
+        };
+        let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));
+        let services = Services::new(Arc::clone(&store), sms, limiter, Arc::clone(&config)).await?;
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(housekeeping(services.clone(), stopped.clone()));
+        let app = crate::api::app(services);
+        let serving = tokio::spawn(async move {
+            let mut stopped = stopped;
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let serve = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown);
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the HTTP server failed");
+            }
+        });
+        tracing::info!(listen = %local_addr, data_dir = %config.data_dir.display(), "natter is serving");
+        Ok(Self {
+            local_addr,
+            stop,
+            serving,
+            store,
+        })
+    }
+
+    /// The address the server listens on.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, drains open requests (bounded), and closes the store.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        let _ = self.stop.send(true);
+        let mut serving = self.serving;
+        if tokio::time::timeout(DRAIN_TIMEOUT, &mut serving)
+            .await
+            .is_err()
+        {
+            tracing::warn!("open requests did not finish in time; closing them");
+            serving.abort();
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Periodic sweeps until shutdown.
+async fn housekeeping(services: Services, mut stopped: watch::Receiver<bool>) {
+    let metrics = crate::api::metrics_handle();
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                services.sweep().await;
+                metrics.run_upkeep();
+            }
+            _ = stopped.changed() => break,
+        }
+    }
+}

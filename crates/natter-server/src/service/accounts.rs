@@ -1,0 +1,248 @@
+//! Sign-up and login by SMS code, access tokens, devices.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use natter_proto::DeviceId;
+use natter_proto::accounts::{LoginRequest, RegisterRequest};
+use natter_proto::users::LastSeenVisibility;
+
+use super::{Principal, ServiceError, ServiceResult, Services, clean_text};
+use crate::clock::Timestamp;
+use crate::phone::Phone;
+use crate::ratelimit::Limit;
+use crate::secret::{CodeHash, PlainToken, VerificationCode};
+use crate::store::{
+    Device, LoggedIn, Login, NewDevice, NewVerificationCode, Registered, Registration, User,
+};
+
+/// A code was sent.
+#[derive(Debug, Clone)]
+pub struct CodeSent {
+    /// The number it went to, normalised.
+    pub phone: Phone,
+    /// How long it is valid.
+    pub expires_in: Duration,
+}
+
+/// A new device with its token (register or login).
+#[derive(Debug)]
+pub struct NewSession {
+    /// The account.
+    pub user: User,
+    /// The new device.
+    pub device_id: DeviceId,
+    /// Its token; shown to the client once.
+    pub token: PlainToken,
+}
+
+/// Name for a device whose client gave none.
+const DEFAULT_DEVICE_NAME: &str = "Unnamed device";
+
+impl Services {
+    /// Sends a verification code to `phone`.
+    ///
+    /// # Errors
+    /// Invalid number (400), rate limits (429), gateway failure (502).
+    pub async fn request_code(&self, phone: &str, client: IpAddr) -> ServiceResult<CodeSent> {
+        let phone = self.parse_phone(phone)?;
+        self.limit_ip(Limit::VerificationPerIp, client).await?;
+        self.limit(Limit::VerificationPerPhone, phone.as_str())
+            .await?;
+        self.inner
+            .limiter
+            .check_verification_budget()
+            .await
+            .map_err(ServiceError::RateLimited)?;
+
+        let code = VerificationCode::generate();
+        let now = Timestamp::now();
+        let ttl = Duration::from_secs(self.inner.config.verification.code_ttl_secs);
+        self.inner
+            .store
+            .put_verification_code(NewVerificationCode {
+                phone: phone.clone(),
+                hash: self.inner.code_key.hash(&phone, &code),
+                created_at: now,
+                expires_at: now.plus(ttl),
+            })
+            .await?;
+        self.inner.sms.send_code(&phone, &code).await?;
+        tracing::info!(phone = ?phone, "verification code sent");
+        Ok(CodeSent {
+            phone,
+            expires_in: ttl,
+        })
+    }
+
+    /// Creates an account with a verified number and logs in its first device.
+    ///
+    /// # Errors
+    /// Invalid fields (400/422), wrong code (401), number taken (409), rate limits (429).
+    pub async fn register(
+        &self,
+        req: RegisterRequest,
+        client: IpAddr,
+    ) -> ServiceResult<NewSession> {
+        let limits = &self.inner.config.limits;
+        let phone = self.parse_phone(&req.phone)?;
+        let name = clean_text("name", &req.name, limits.max_name_chars, false)?;
+        let device_name = self.device_name(req.device_name.as_deref())?;
+        let code = self
+            .verify_code(&phone, &req.verification_code, client)
+            .await?;
+
+        let now = Timestamp::now();
+        let token = PlainToken::generate();
+        let device = NewDevice {
+            id: DeviceId::new(),
+            name: device_name,
+            token_hash: token.hash(),
+            created_at: now,
+        };
+        let device_id = device.id;
+        let user = User {
+            id: natter_proto::UserId::new(),
+            phone,
+            name,
+            about: String::new(),
+            last_seen_visibility: LastSeenVisibility::Everyone,
+            last_seen_at: Some(now),
+            created_at: now,
+        };
+        match self
+            .inner
+            .store
+            .register(Registration { code, user, device })
+            .await?
+        {
+            Registered::Created(user) => {
+                tracing::info!(user = %user.id, device = %device_id, "user registered");
+                Ok(NewSession {
+                    user,
+                    device_id,
+                    token,
+                })
+            }
+            Registered::PhoneTaken => Err(ServiceError::PhoneTaken),
+            Registered::CodeGone => Err(ServiceError::InvalidCode),
+        }
+    }
+
+    /// Logs a new device in to the number's account.
+    ///
+    /// An unknown number answers exactly like a wrong code, so the endpoint
+    /// does not reveal who has an account.
+    ///
+    /// # Errors
+    /// Invalid fields (400/422), wrong code or unknown number (401), device limit (409), rate limits (429).
+    pub async fn login(&self, req: LoginRequest, client: IpAddr) -> ServiceResult<NewSession> {
+        let phone = self.parse_phone(&req.phone)?;
+        let device_name = self.device_name(req.device_name.as_deref())?;
+        let code = self
+            .verify_code(&phone, &req.verification_code, client)
+            .await?;
+
+        let token = PlainToken::generate();
+        let device = NewDevice {
+            id: DeviceId::new(),
+            name: device_name,
+            token_hash: token.hash(),
+            created_at: Timestamp::now(),
+        };
+        let device_id = device.id;
+        let max_devices = self.inner.config.limits.max_devices_per_user;
+        match self
+            .inner
+            .store
+            .login(Login {
+                phone,
+                code,
+                device,
+                max_devices,
+            })
+            .await?
+        {
+            LoggedIn::Created(user) => {
+                tracing::info!(user = %user.id, device = %device_id, "device logged in");
+                Ok(NewSession {
+                    user,
+                    device_id,
+                    token,
+                })
+            }
+            LoggedIn::UnknownPhone | LoggedIn::CodeGone => Err(ServiceError::InvalidCode),
+            LoggedIn::DeviceLimit => Err(ServiceError::DeviceLimit(max_devices)),
+        }
+    }
+
+    /// Counts an attempt and checks the code in constant time; returns the
+    /// stored hash for the store to consume atomically with what it guards.
+    async fn verify_code(
+        &self,
+        phone: &Phone,
+        candidate: &str,
+        client: IpAddr,
+    ) -> ServiceResult<CodeHash> {
+        self.limit_ip(Limit::CodeAttemptsPerIp, client).await?;
+        let cfg = &self.inner.config.verification;
+        // The attempt counts even for a malformed code.
+        let stored = self
+            .inner
+            .store
+            .attempt_verification_code(phone, Timestamp::now(), cfg.max_attempts)
+            .await?
+            .ok_or(ServiceError::InvalidCode)?;
+        let candidate =
+            VerificationCode::from_client(candidate).ok_or(ServiceError::InvalidCode)?;
+        let hash = self.inner.code_key.hash(phone, &candidate);
+        if stored.matches(&hash) {
+            Ok(stored)
+        } else {
+            Err(ServiceError::InvalidCode)
+        }
+    }
+
+    fn device_name(&self, name: Option<&str>) -> ServiceResult<String> {
+        match name {
+            None => Ok(DEFAULT_DEVICE_NAME.to_owned()),
+            Some(n) => clean_text(
+                "device_name",
+                n,
+                self.inner.config.limits.max_device_name_chars,
+                false,
+            ),
+        }
+    }
+
+    /// Revokes the caller's own device (its token stops working at once).
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn logout(&self, who: &Principal) -> ServiceResult<()> {
+        self.inner.store.delete_device(who.user, who.device).await?;
+        tracing::info!(user = %who.user, device = %who.device, "device logged out");
+        Ok(())
+    }
+
+    /// The caller's devices, oldest first.
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn devices(&self, who: &Principal) -> ServiceResult<Vec<Device>> {
+        Ok(self.inner.store.devices(who.user).await?)
+    }
+
+    /// Revokes one of the caller's devices.
+    ///
+    /// # Errors
+    /// [`ServiceError::DeviceNotFound`] if it is not one of theirs.
+    pub async fn revoke_device(&self, who: &Principal, device: DeviceId) -> ServiceResult<()> {
+        if self.inner.store.delete_device(who.user, device).await? {
+            tracing::info!(user = %who.user, device = %device, by = %who.device, "device revoked");
+            Ok(())
+        } else {
+            Err(ServiceError::DeviceNotFound)
+        }
+    }
+}

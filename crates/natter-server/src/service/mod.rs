@@ -1,0 +1,264 @@
+//! Domain services: the rules of the product, with no HTTP types. Handlers
+//! call one function here; these call the engines (`store`, `sms`,
+//! `ratelimit`) through their traits.
+//!
+//! Identity comes only from a [`Principal`], which only
+//! [`Services::authenticate`] can make (DESIGN.md §4 rules 1 and 2).
+
+mod accounts;
+mod contacts;
+mod profiles;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_proto::{DeviceId, UserId};
+
+pub use self::accounts::{CodeSent, NewSession};
+pub use self::contacts::{ContactView, Discovery};
+pub use self::profiles::ProfileView;
+use crate::clock::Timestamp;
+use crate::config::Config;
+use crate::phone::{InvalidPhone, Phone};
+use crate::ratelimit::{Denied, Limit, RateLimiter};
+use crate::secret::CodeKey;
+use crate::sms::{SmsError, SmsGateway};
+use crate::store::{Store, StoreError};
+
+/// Everything a service call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The phone number is not valid.
+    #[error(transparent)]
+    InvalidPhone(#[from] InvalidPhone),
+    /// Wrong, expired, used or unknown code (or unknown number at login).
+    #[error("The verification code is wrong or no longer valid.")]
+    InvalidCode,
+    /// No valid access token.
+    #[error("A valid access token is required.")]
+    Unauthorized,
+    /// Registering a number that has an account.
+    #[error("A user with this phone number already exists; log in instead.")]
+    PhoneTaken,
+    /// Too many devices.
+    #[error("This account has {0} devices, the most allowed; log one out first.")]
+    DeviceLimit(usize),
+    /// Too many contacts.
+    #[error("The contact list holds {0} entries, the most allowed.")]
+    ContactLimit(usize),
+    /// No such user (or one the caller may not see).
+    #[error("No such user.")]
+    UserNotFound,
+    /// No such device of the caller's.
+    #[error("No such device.")]
+    DeviceNotFound,
+    /// No such contact in the caller's list.
+    #[error("No such contact.")]
+    ContactNotFound,
+    /// A field is out of bounds or malformed; the message names it.
+    #[error("{0}")]
+    Validation(String),
+    /// A rate limit refused the request.
+    #[error("Too many requests; try again in {} seconds.", .0.retry_after.as_secs())]
+    RateLimited(Denied),
+    /// The SMS gateway failed.
+    #[error("The verification code could not be sent; try again later.")]
+    Sms(#[from] SmsError),
+    /// The store failed.
+    #[error("The server could not complete the request.")]
+    Store(#[from] StoreError),
+}
+
+/// Shorthand for service results.
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// The authenticated caller: a user and the device they are using. Only
+/// [`Services::authenticate`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    user: UserId,
+    device: DeviceId,
+}
+
+impl Principal {
+    /// The calling user.
+    #[must_use]
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+
+    /// The calling device.
+    #[must_use]
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+}
+
+/// The services, cheap to clone (one `Arc`).
+#[derive(Debug, Clone)]
+pub struct Services {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The storage engine.
+    store: Arc<dyn Store>,
+    /// Where verification codes go.
+    sms: Arc<dyn SmsGateway>,
+    /// The rate-limit table.
+    limiter: Arc<dyn RateLimiter>,
+    /// The validated configuration.
+    config: Arc<Config>,
+    /// Key for hashing verification codes.
+    code_key: CodeKey,
+}
+
+/// How long a device's `last_active_at` may lag: at most one write per
+/// device per minute for activity tracking.
+const ACTIVITY_RESOLUTION: Duration = Duration::from_secs(60);
+
+impl Services {
+    /// Wires the services to their engines; loads (or creates) the code key.
+    ///
+    /// # Errors
+    /// When the store cannot provide the key.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        sms: Arc<dyn SmsGateway>,
+        limiter: Arc<dyn RateLimiter>,
+        config: Arc<Config>,
+    ) -> Result<Self, StoreError> {
+        let bytes = store
+            .server_secret(
+                "verification_code_key",
+                Box::new(|| CodeKey::generate().as_bytes().to_vec()),
+            )
+            .await?;
+        let code_key = CodeKey::from_bytes(&bytes)
+            .ok_or_else(|| StoreError("the stored verification key is malformed".to_owned()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                sms,
+                limiter,
+                config,
+                code_key,
+            }),
+        })
+    }
+
+    /// The configuration the services run with.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Whether the store answers.
+    ///
+    /// # Errors
+    /// The store's failure.
+    pub async fn ready(&self) -> ServiceResult<()> {
+        Ok(self.inner.store.ping().await?)
+    }
+
+    /// Periodic housekeeping: expired codes and idle rate-limit keys.
+    pub async fn sweep(&self) {
+        self.inner.limiter.sweep();
+        match self
+            .inner
+            .store
+            .delete_expired_verification_codes(Timestamp::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "expired verification codes removed"),
+            Err(e) => tracing::warn!(error = %e, "could not remove expired verification codes"),
+        }
+    }
+
+    /// Resolves an access token to the caller.
+    ///
+    /// # Errors
+    /// [`ServiceError::Unauthorized`] for a malformed, unknown or revoked token.
+    pub async fn authenticate(&self, token: &str) -> ServiceResult<Principal> {
+        let token =
+            crate::secret::PlainToken::from_client(token).ok_or(ServiceError::Unauthorized)?;
+        let device = self
+            .inner
+            .store
+            .device_by_token(&token.hash())
+            .await?
+            .ok_or(ServiceError::Unauthorized)?;
+        let now = Timestamp::now();
+        let resolution = i64::try_from(ACTIVITY_RESOLUTION.as_millis()).unwrap_or(i64::MAX);
+        if now.millis_since(device.last_active_at) >= resolution {
+            // Activity is bookkeeping: record it without making the request wait.
+            let store = Arc::clone(&self.inner.store);
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_device(device.user_id, device.id, now).await {
+                    tracing::debug!(error = %e, "could not record device activity");
+                }
+            });
+        }
+        Ok(Principal {
+            user: device.user_id,
+            device: device.id,
+        })
+    }
+
+    fn parse_phone(&self, input: &str) -> ServiceResult<Phone> {
+        Ok(Phone::parse(input, self.inner.config.phone_validation)?)
+    }
+
+    async fn limit(&self, limit: Limit, key: &str) -> ServiceResult<()> {
+        self.inner
+            .limiter
+            .check(limit, key)
+            .await
+            .map_err(ServiceError::RateLimited)
+    }
+
+    async fn limit_ip(&self, limit: Limit, ip: IpAddr) -> ServiceResult<()> {
+        self.limit(limit, &ip.to_string()).await
+    }
+}
+
+/// Checks a user-supplied text field: trimmed, no control characters, at
+/// most `max` characters, and not empty unless `may_be_empty`.
+fn clean_text(field: &str, value: &str, max: usize, may_be_empty: bool) -> ServiceResult<String> {
+    let value = value.trim();
+    if !may_be_empty && value.is_empty() {
+        return Err(ServiceError::Validation(format!(
+            "`{field}` must not be empty."
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ServiceError::Validation(format!(
+            "`{field}` must not contain control characters."
+        )));
+    }
+    let len = value.chars().count();
+    if len > max {
+        return Err(ServiceError::Validation(format!(
+            "`{field}` is {len} characters long; the most allowed is {max}."
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_text_bounds_at_n_and_n_plus_one() {
+        assert_eq!(clean_text("name", "  abc ", 3, false).unwrap(), "abc");
+        assert!(clean_text("name", "abcd", 3, false).is_err());
+        assert_eq!(clean_text("name", "ééé", 3, false).unwrap(), "ééé");
+        assert!(clean_text("name", "   ", 3, false).is_err());
+        assert_eq!(clean_text("about", "", 3, true).unwrap(), "");
+        assert!(clean_text("name", "a\u{0}b", 3, false).is_err());
+    }
+}

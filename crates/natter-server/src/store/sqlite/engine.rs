@@ -1,0 +1,256 @@
+//! The SQLite engine room: one writer thread that commits in groups, and a
+//! pool of read connections used from blocking threads.
+//!
+//! Group commit: the writer takes every job waiting in its queue (up to
+//! `write_batch_max`), runs each inside its own savepoint of one transaction,
+//! commits once, and only then answers the callers. A failing job rolls back
+//! its savepoint alone. With `synchronous=FULL` one fsync covers the batch,
+//! which is what makes durable writes fast (see `docs/storage.md`).
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::store::{StoreError, StoreResult};
+
+/// Answers a job's caller once the batch's fate is known.
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A write job: runs against the open transaction, says whether it succeeded
+/// (keep its savepoint) and how to answer its caller.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+/// Turns a rusqlite error into a [`StoreError`].
+pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// Opens a connection with the pragmas every connection needs.
+fn open(path: &Path, read_only: bool) -> StoreResult<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
+    conn.execute_batch(
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA foreign_keys = ON;
+         PRAGMA synchronous = FULL;",
+    )
+    .map_err(db_err)?;
+    Ok(conn)
+}
+
+/// The writer thread's handle.
+pub(super) struct Writer {
+    /// Jobs for the writer thread; bounded, so a flood of writes makes
+    /// callers wait instead of growing memory. `None` once closed.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The thread, joined on close so the last batch is committed before exit.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Opens the database for writing, applies `migrate`, and starts the thread.
+    pub(super) fn start(
+        path: &Path,
+        queue: usize,
+        batch_max: usize,
+        migrate: impl FnOnce(&mut Connection) -> StoreResult<()>,
+    ) -> StoreResult<Self> {
+        let mut conn = open(path, false)?;
+        // WAL: readers never block the writer and the writer never blocks readers.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError(format!(
+                "could not enable WAL mode (got {mode})"
+            )));
+        }
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel(queue);
+        let thread = std::thread::Builder::new()
+            .name("natter-sqlite-writer".to_owned())
+            .spawn(move || run_writer(conn, rx, batch_max))
+            .map_err(|e| StoreError(format!("could not start the writer thread: {e}")))?;
+        Ok(Self {
+            jobs: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Runs `f` in the next group commit and returns its result once committed.
+    pub(super) async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let sender = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError("the store is closed".to_owned()))?;
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let outcome = f(conn);
+            let ok = outcome.is_ok();
+            let reply: Reply = Box::new(move |commit| {
+                let _ = done.send(commit.and(outcome));
+            });
+            (ok, reply)
+        });
+        sender
+            .send(job)
+            .await
+            .map_err(|_| StoreError("the store is closed".to_owned()))?;
+        result
+            .await
+            .map_err(|_| StoreError("the writer stopped".to_owned()))?
+    }
+
+    /// Stops taking jobs, lets the writer commit what it has, and waits for it.
+    pub(super) async fn close(&self) {
+        drop(
+            self.jobs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// The writer loop: wait for a job, gather the queue, commit once, answer all.
+fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+    let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut batch);
+    }
+}
+
+/// Runs one batch in one transaction, each job in its own savepoint.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let result = (|| -> Result<(), rusqlite::Error> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for job in batch.drain(..) {
+            let sp = tx.savepoint()?;
+            // A bug in one job must not take the writer (and every later write) down:
+            // its savepoint is rolled back and its caller sees the writer error.
+            let Ok((ok, reply)) = std::panic::catch_unwind(AssertUnwindSafe(|| job(&sp))) else {
+                tracing::error!("a write job panicked; its changes were rolled back");
+                continue;
+            };
+            replies.push(reply);
+            if ok {
+                sp.commit()?;
+            } else {
+                // Dropping a savepoint rolls it back.
+                drop(sp);
+            }
+        }
+        tx.commit()
+    })();
+    let result = result.map_err(db_err);
+    if let Err(e) = &result {
+        tracing::error!(error = %e, jobs = replies.len(), "a group commit failed");
+    }
+    // Jobs not reached because the batch failed early are answered by dropping them.
+    batch.clear();
+    for reply in replies {
+        reply(result.clone());
+    }
+}
+
+/// Read connections, lent to blocking threads one query at a time.
+pub(super) struct ReadPool {
+    /// Where to open a replacement if a connection is lost.
+    path: PathBuf,
+    /// Idle connections.
+    idle: Mutex<Vec<Connection>>,
+    /// One permit per connection: readers wait here when all are busy.
+    permits: Semaphore,
+}
+
+impl std::fmt::Debug for ReadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadPool")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadPool {
+    /// Opens `size` read-only connections.
+    pub(super) fn open(path: &Path, size: usize) -> StoreResult<Self> {
+        let idle = (0..size)
+            .map(|_| open(path, true))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Self {
+            path: path.to_owned(),
+            idle: Mutex::new(idle),
+            permits: Semaphore::new(size),
+        })
+    }
+
+    /// Runs `f` on a read connection in a blocking thread.
+    pub(super) async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError("the store is closed".into()))?;
+        let conn = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open(&self.path, true)?,
+        };
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&conn);
+            (conn, r)
+        })
+        .await
+        .map_err(|e| StoreError(format!("a read task failed: {e}")))?;
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+        result
+    }
+}

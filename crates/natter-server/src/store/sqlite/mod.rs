@@ -1,0 +1,600 @@
+//! The embedded store: SQLite in WAL mode in the data directory.
+//!
+//! Writes go through the single writer with group commit, reads through a
+//! small pool (see [`engine`]). Migrations are embedded and applied at open,
+//! tracked by `PRAGMA user_version`.
+
+mod engine;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use natter_proto::users::LastSeenVisibility;
+use natter_proto::{DeviceId, UserId};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use self::engine::{ReadPool, Writer, db_err};
+use super::{
+    ContactAdded, ContactEntry, Device, LoggedIn, Login, NewDevice, NewVerificationCode,
+    ProfilePatch, Registered, Registration, Relation, Store, StoreError, StoreResult, User,
+};
+use crate::clock::Timestamp;
+use crate::config::StoreConfig;
+use crate::phone::Phone;
+use crate::secret::{CodeHash, TokenHash};
+
+/// The schema, in order. Never edit a released migration; add a new one.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_accounts.sql")];
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "natter.db";
+
+/// The embedded SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    /// The one writer.
+    writer: Writer,
+    /// Read connections.
+    readers: ReadPool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir` and migrates it.
+    ///
+    /// # Errors
+    /// When the directory or database cannot be opened or migrated.
+    pub fn open(data_dir: &Path, config: &StoreConfig) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError(format!(
+                "cannot create the data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let writer = Writer::start(&path, config.write_queue, config.write_batch_max, migrate)?;
+        let readers = ReadPool::open(&path, config.read_connections)?;
+        Ok(Self { writer, readers })
+    }
+}
+
+/// Applies the migrations the database has not seen yet, each in its own transaction.
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let current: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError(format!(
+            "the database has schema version {current}, newer than this server knows ({}); \
+             run a newer natter",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction().map_err(db_err)?;
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", i + 1)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        tracing::info!(version = i + 1, "applied schema migration");
+    }
+    Ok(())
+}
+
+fn uuid_of(row: &Row<'_>, idx: &str) -> rusqlite::Result<Uuid> {
+    let bytes: Vec<u8> = row.get(idx)?;
+    Uuid::from_slice(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn visibility_to_sql(v: LastSeenVisibility) -> &'static str {
+    match v {
+        LastSeenVisibility::Everyone => "everyone",
+        LastSeenVisibility::Contacts => "contacts",
+        LastSeenVisibility::Nobody => "nobody",
+    }
+}
+
+fn visibility_from_sql(s: &str) -> LastSeenVisibility {
+    match s {
+        "contacts" => LastSeenVisibility::Contacts,
+        "nobody" => LastSeenVisibility::Nobody,
+        _ => LastSeenVisibility::Everyone,
+    }
+}
+
+const USER_COLUMNS: &str = "id, phone, name, about, last_seen_visibility, last_seen_at, created_at";
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: UserId::from_uuid(uuid_of(row, "id")?),
+        phone: Phone::from_stored(row.get("phone")?),
+        name: row.get("name")?,
+        about: row.get("about")?,
+        last_seen_visibility: visibility_from_sql(&row.get::<_, String>("last_seen_visibility")?),
+        last_seen_at: row.get::<_, Option<i64>>("last_seen_at")?.map(Timestamp),
+        created_at: Timestamp(row.get("created_at")?),
+    })
+}
+
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        id: DeviceId::from_uuid(uuid_of(row, "id")?),
+        user_id: UserId::from_uuid(uuid_of(row, "user_id")?),
+        name: row.get("name")?,
+        created_at: Timestamp(row.get("created_at")?),
+        last_active_at: Timestamp(row.get("last_active_at")?),
+    })
+}
+
+fn user_by_id(conn: &Connection, id: UserId) -> rusqlite::Result<Option<User>> {
+    conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+        .query_row([id.as_uuid().as_bytes()], user_from_row)
+        .optional()
+}
+
+fn insert_device(conn: &Connection, user: UserId, d: &NewDevice) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO devices (id, user_id, name, token_hash, created_at, last_active_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?
+    .execute(params![
+        d.id.as_uuid().as_bytes(),
+        user.as_uuid().as_bytes(),
+        d.name,
+        d.token_hash.0,
+        d.created_at.0
+    ])?;
+    // Logging in is activity.
+    conn.prepare_cached("UPDATE users SET last_seen_at = ?2 WHERE id = ?1")?
+        .execute(params![user.as_uuid().as_bytes(), d.created_at.0])?;
+    Ok(())
+}
+
+/// Deletes the number's code if it still has this hash; true if it did.
+fn consume_code(conn: &Connection, phone: &Phone, code: &CodeHash) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached("DELETE FROM verification_codes WHERE phone = ?1 AND code_hash = ?2")?
+        .execute(params![phone.as_str(), code.0])?;
+    Ok(n == 1)
+}
+
+fn relation_of(conn: &Connection, viewer: UserId, target: UserId) -> rusqlite::Result<Relation> {
+    let mine: Option<bool> = conn
+        .prepare_cached(
+            "SELECT added_by_phone FROM contacts WHERE owner_id = ?1 AND contact_id = ?2",
+        )?
+        .query_row(
+            params![viewer.as_uuid().as_bytes(), target.as_uuid().as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let theirs = conn
+        .prepare_cached("SELECT 1 FROM contacts WHERE owner_id = ?1 AND contact_id = ?2")?
+        .exists(params![
+            target.as_uuid().as_bytes(),
+            viewer.as_uuid().as_bytes()
+        ])?;
+    Ok(Relation {
+        viewer_has_target: mine.is_some(),
+        viewer_knows_phone: mine.unwrap_or(false),
+        target_has_viewer: theirs,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.readers
+            .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await?;
+        self.writer.write(|_| Ok(())).await
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+    }
+
+    async fn server_secret(
+        &self,
+        name: &'static str,
+        make: Box<dyn FnOnce() -> Vec<u8> + Send>,
+    ) -> StoreResult<Vec<u8>> {
+        self.writer
+            .write(move |c| {
+                let existing: Option<Vec<u8>> = c
+                    .query_row(
+                        "SELECT value FROM server_secrets WHERE name = ?1",
+                        [name],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some(v) = existing {
+                    return Ok(v);
+                }
+                let value = make();
+                c.execute(
+                    "INSERT INTO server_secrets (name, value) VALUES (?1, ?2)",
+                    params![name, value],
+                )
+                .map_err(db_err)?;
+                Ok(value)
+            })
+            .await
+    }
+
+    async fn put_verification_code(&self, code: NewVerificationCode) -> StoreResult<()> {
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO verification_codes (phone, code_hash, attempts, created_at, expires_at)
+                     VALUES (?1, ?2, 0, ?3, ?4)
+                     ON CONFLICT (phone) DO UPDATE SET code_hash = excluded.code_hash,
+                       attempts = 0, created_at = excluded.created_at, expires_at = excluded.expires_at",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        code.phone.as_str(),
+                        code.hash.0,
+                        code.created_at.0,
+                        code.expires_at.0
+                    ])
+                })
+                .map(drop)
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn attempt_verification_code(
+        &self,
+        phone: &Phone,
+        now: Timestamp,
+        max_attempts: u32,
+    ) -> StoreResult<Option<CodeHash>> {
+        let phone = phone.clone();
+        self.writer
+            .write(move |c| {
+                // Count the attempt first, so it counts even if the caller goes away.
+                let hash: Option<Vec<u8>> = c
+                    .prepare_cached(
+                        "UPDATE verification_codes SET attempts = attempts + 1
+                         WHERE phone = ?1 AND expires_at > ?2 AND attempts < ?3
+                         RETURNING code_hash",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![phone.as_str(), now.0, max_attempts], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(db_err)?;
+                Ok(hash
+                    .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+                    .map(CodeHash))
+            })
+            .await
+    }
+
+    async fn delete_expired_verification_codes(&self, now: Timestamp) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM verification_codes WHERE expires_at <= ?1",
+                    [now.0],
+                )
+                .map(|n| n as u64)
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn register(&self, r: Registration) -> StoreResult<Registered> {
+        self.writer
+            .write(move |c| {
+                let taken = c
+                    .prepare_cached("SELECT 1 FROM users WHERE phone = ?1")
+                    .and_then(|mut s| s.exists([r.user.phone.as_str()]))
+                    .map_err(db_err)?;
+                if taken {
+                    return Ok(Registered::PhoneTaken);
+                }
+                if !consume_code(c, &r.user.phone, &r.code).map_err(db_err)? {
+                    return Ok(Registered::CodeGone);
+                }
+                let u = &r.user;
+                c.prepare_cached(
+                    "INSERT INTO users (id, phone, name, about, last_seen_visibility,
+                                        last_seen_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        u.id.as_uuid().as_bytes(),
+                        u.phone.as_str(),
+                        u.name,
+                        u.about,
+                        visibility_to_sql(u.last_seen_visibility),
+                        u.created_at.0
+                    ])
+                })
+                .map_err(db_err)?;
+                insert_device(c, u.id, &r.device).map_err(db_err)?;
+                user_by_id(c, u.id)
+                    .map_err(db_err)?
+                    .map(Registered::Created)
+                    .ok_or_else(|| StoreError("the new user vanished".to_owned()))
+            })
+            .await
+    }
+
+    async fn login(&self, l: Login) -> StoreResult<LoggedIn> {
+        self.writer
+            .write(move |c| {
+                let user = c
+                    .prepare_cached(&format!(
+                        "SELECT {USER_COLUMNS} FROM users WHERE phone = ?1"
+                    ))
+                    .and_then(|mut s| s.query_row([l.phone.as_str()], user_from_row).optional())
+                    .map_err(db_err)?;
+                let Some(user) = user else {
+                    return Ok(LoggedIn::UnknownPhone);
+                };
+                let devices: i64 = c
+                    .prepare_cached("SELECT count(*) FROM devices WHERE user_id = ?1")
+                    .and_then(|mut s| s.query_row([user.id.as_uuid().as_bytes()], |r| r.get(0)))
+                    .map_err(db_err)?;
+                if usize::try_from(devices).unwrap_or(usize::MAX) >= l.max_devices {
+                    return Ok(LoggedIn::DeviceLimit);
+                }
+                if !consume_code(c, &l.phone, &l.code).map_err(db_err)? {
+                    return Ok(LoggedIn::CodeGone);
+                }
+                insert_device(c, user.id, &l.device).map_err(db_err)?;
+                let user = user_by_id(c, user.id).map_err(db_err)?.unwrap_or(user);
+                Ok(LoggedIn::Created(user))
+            })
+            .await
+    }
+
+    async fn device_by_token(&self, token: &TokenHash) -> StoreResult<Option<Device>> {
+        let hash = token.0;
+        self.readers
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT id, user_id, name, created_at, last_active_at
+                     FROM devices WHERE token_hash = ?1",
+                )
+                .and_then(|mut s| s.query_row([hash], device_from_row).optional())
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn touch_device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| {
+                c.prepare_cached("UPDATE devices SET last_active_at = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![device.as_uuid().as_bytes(), now.0]))
+                    .map_err(db_err)?;
+                c.prepare_cached(
+                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2) WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![user.as_uuid().as_bytes(), now.0]))
+                .map_err(db_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<Device>> {
+        self.readers
+            .read(move |c| {
+                let mut s = c
+                    .prepare_cached(
+                        "SELECT id, user_id, name, created_at, last_active_at
+                         FROM devices WHERE user_id = ?1 ORDER BY created_at, id",
+                    )
+                    .map_err(db_err)?;
+                let rows = s
+                    .query_map([user.as_uuid().as_bytes()], device_from_row)
+                    .map_err(db_err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db_err)?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn delete_device(&self, user: UserId, device: DeviceId) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM devices WHERE id = ?1 AND user_id = ?2")
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            device.as_uuid().as_bytes(),
+                            user.as_uuid().as_bytes()
+                        ])
+                    })
+                    .map(|n| n == 1)
+                    .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        self.readers
+            .read(move |c| user_by_id(c, id).map_err(db_err))
+            .await
+    }
+
+    async fn user_by_phone(&self, phone: &Phone) -> StoreResult<Option<User>> {
+        let phone = phone.clone();
+        self.readers
+            .read(move |c| {
+                c.prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE phone = ?1"
+                ))
+                .and_then(|mut s| s.query_row([phone.as_str()], user_from_row).optional())
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn update_profile(
+        &self,
+        id: UserId,
+        patch: ProfilePatch,
+        now: Timestamp,
+    ) -> StoreResult<Option<User>> {
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE users SET name = coalesce(?2, name), about = coalesce(?3, about),
+                       last_seen_visibility = coalesce(?4, last_seen_visibility), updated_at = ?5
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id.as_uuid().as_bytes(),
+                        patch.name,
+                        patch.about,
+                        patch.last_seen_visibility.map(visibility_to_sql),
+                        now.0
+                    ])
+                })
+                .map_err(db_err)?;
+                user_by_id(c, id).map_err(db_err)
+            })
+            .await
+    }
+
+    async fn add_contact(
+        &self,
+        owner: UserId,
+        contact: UserId,
+        by_phone: bool,
+        max_contacts: usize,
+        now: Timestamp,
+    ) -> StoreResult<ContactAdded> {
+        self.writer
+            .write(move |c| {
+                let (o, t) = (owner.as_uuid().as_bytes(), contact.as_uuid().as_bytes());
+                let existing = c
+                    .prepare_cached(
+                        "SELECT 1 FROM contacts WHERE owner_id = ?1 AND contact_id = ?2",
+                    )
+                    .and_then(|mut s| s.exists(params![o, t]))
+                    .map_err(db_err)?;
+                if existing {
+                    if by_phone {
+                        c.prepare_cached(
+                            "UPDATE contacts SET added_by_phone = 1
+                             WHERE owner_id = ?1 AND contact_id = ?2",
+                        )
+                        .and_then(|mut s| s.execute(params![o, t]))
+                        .map_err(db_err)?;
+                    }
+                    return Ok(ContactAdded::AlreadyThere);
+                }
+                let count: i64 = c
+                    .prepare_cached("SELECT count(*) FROM contacts WHERE owner_id = ?1")
+                    .and_then(|mut s| s.query_row([o], |r| r.get(0)))
+                    .map_err(db_err)?;
+                if usize::try_from(count).unwrap_or(usize::MAX) >= max_contacts {
+                    return Ok(ContactAdded::LimitReached);
+                }
+                c.prepare_cached(
+                    "INSERT INTO contacts (owner_id, contact_id, added_by_phone, created_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut s| s.execute(params![o, t, by_phone, now.0]))
+                .map_err(db_err)?;
+                Ok(ContactAdded::Added)
+            })
+            .await
+    }
+
+    async fn remove_contact(&self, owner: UserId, contact: UserId) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 AND contact_id = ?2")
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            owner.as_uuid().as_bytes(),
+                            contact.as_uuid().as_bytes()
+                        ])
+                    })
+                    .map(|n| n == 1)
+                    .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn contacts(&self, owner: UserId) -> StoreResult<Vec<ContactEntry>> {
+        self.readers
+            .read(move |c| {
+                let mut s = c
+                    .prepare_cached(
+                        "SELECT u.id, u.phone, u.name, u.about, u.last_seen_visibility,
+                                u.last_seen_at, u.created_at, c.added_by_phone,
+                                EXISTS (SELECT 1 FROM contacts r
+                                        WHERE r.owner_id = u.id AND r.contact_id = c.owner_id)
+                                  AS they_have_me
+                         FROM contacts c JOIN users u ON u.id = c.contact_id
+                         WHERE c.owner_id = ?1
+                         ORDER BY u.name COLLATE NOCASE, u.id",
+                    )
+                    .map_err(db_err)?;
+                let rows = s
+                    .query_map([owner.as_uuid().as_bytes()], |row| {
+                        Ok(ContactEntry {
+                            user: user_from_row(row)?,
+                            relation: Relation {
+                                viewer_has_target: true,
+                                viewer_knows_phone: row.get("added_by_phone")?,
+                                target_has_viewer: row.get("they_have_me")?,
+                            },
+                        })
+                    })
+                    .map_err(db_err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db_err)?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn relation(&self, viewer: UserId, target: UserId) -> StoreResult<Relation> {
+        self.readers
+            .read(move |c| relation_of(c, viewer, target).map_err(db_err))
+            .await
+    }
+
+    async fn users_by_phones(&self, phones: &[Phone]) -> StoreResult<Vec<(Phone, UserId)>> {
+        let phones = phones.to_vec();
+        self.readers
+            .read(move |c| {
+                let mut s = c
+                    .prepare_cached("SELECT id FROM users WHERE phone = ?1")
+                    .map_err(db_err)?;
+                let mut found = Vec::new();
+                for phone in phones {
+                    let id = s
+                        .query_row([phone.as_str()], |r| uuid_of(r, "id"))
+                        .optional()
+                        .map_err(db_err)?;
+                    if let Some(id) = id {
+                        found.push((phone, UserId::from_uuid(id)));
+                    }
+                }
+                Ok(found)
+            })
+            .await
+    }
+}
