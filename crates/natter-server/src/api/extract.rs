@@ -61,6 +61,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 ),
             ));
         }
+        // serde would read a struct from an array too; our bodies are objects.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::new(
+                ErrorCode::ValidationFailed,
+                "The body must be a JSON object.",
+            ));
+        }
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {

@@ -1,0 +1,30 @@
+//! The server's black-box tests: a real server on an ephemeral port and a
+//! temporary data directory, a real SMS webhook receiver, real HTTP.
+//!
+//! Where new tests go:
+//! - `support`: the harness (`TestApp`, `SmsInbox`, `TestUser`). Helpers only.
+//! - `signup`: verification codes, register, login, the seed's bodies.
+//! - `rate_limits`: the rate-limit table.
+//! - `devices`: tokens, logout, device lists and revocation.
+//! - `profiles`: `/users/me`, public profiles and their privacy rules.
+//! - `contacts`: contact lists and discovery.
+//! - `errors`: malformed input of every kind, and the limits at N and N+1.
+//! - `restart`: what survives a restart.
+//! - `ops`: health, readiness, metrics, the OpenAPI document.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+mod contacts;
+mod devices;
+mod errors;
+mod ops;
+mod profiles;
+mod rate_limits;
+mod restart;
+mod signup;
+mod support;

@@ -1,0 +1,365 @@
+//! The test harness: `TestApp` starts a real server, `SmsInbox` plays the
+//! operator's SMS gateway, `TestUser` is a signed-up account with a token.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use natter_server::{Config, RunningServer};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::Notify;
+
+/// How long a test waits for anything on the network.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A fake SMS gateway: records the codes the server POSTs to it.
+#[derive(Clone)]
+pub struct SmsInbox {
+    url: String,
+    state: Arc<InboxState>,
+}
+
+struct InboxState {
+    codes: Mutex<HashMap<String, Vec<String>>>,
+    arrived: Notify,
+    failing: Mutex<bool>,
+}
+
+async fn receive(State(state): State<Arc<InboxState>>, Json(body): Json<Value>) -> StatusCode {
+    if *state.failing.lock().unwrap() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let phone = body["phone"].as_str().unwrap().to_owned();
+    let code = body["code"].as_str().unwrap().to_owned();
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "the webhook body is exactly phone and code"
+    );
+    state
+        .codes
+        .lock()
+        .unwrap()
+        .entry(phone)
+        .or_default()
+        .push(code);
+    state.arrived.notify_waiters();
+    StatusCode::OK
+}
+
+impl SmsInbox {
+    pub async fn start() -> Self {
+        let state = Arc::new(InboxState {
+            codes: Mutex::default(),
+            arrived: Notify::new(),
+            failing: Mutex::new(false),
+        });
+        let app = axum::Router::new()
+            .route("/sms", axum::routing::post(receive))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            url: format!("http://{addr}/sms"),
+            state,
+        }
+    }
+
+    /// Makes the gateway answer 503 from now on.
+    pub fn fail(&self) {
+        *self.state.failing.lock().unwrap() = true;
+    }
+
+    /// How many codes went to `phone`.
+    pub fn count(&self, phone: &str) -> usize {
+        self.state
+            .codes
+            .lock()
+            .unwrap()
+            .get(phone)
+            .map_or(0, Vec::len)
+    }
+
+    /// The latest code sent to `phone`, waiting for it if needed.
+    pub async fn latest(&self, phone: &str) -> String {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let arrived = self.state.arrived.notified();
+                if let Some(code) = self
+                    .state
+                    .codes
+                    .lock()
+                    .unwrap()
+                    .get(phone)
+                    .and_then(|c| c.last().cloned())
+                {
+                    return code;
+                }
+                arrived.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no SMS code for {phone} within {WAIT:?}"))
+    }
+}
+
+/// An HTTP answer: status, headers and JSON body (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The error code of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error: {self:?}"))
+    }
+
+    /// Asserts the status and, for errors, the code.
+    #[track_caller]
+    pub fn expect(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(self.code(), code, "{self:?}");
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "errors carry a message: {self:?}"
+        );
+    }
+
+    /// Asserts a success status and returns the body.
+    #[track_caller]
+    pub fn ok(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        self.body
+    }
+}
+
+/// A running server with its own data directory and SMS inbox.
+pub struct TestApp {
+    pub sms: SmsInbox,
+    pub base: String,
+    pub http: reqwest::Client,
+    config: Config,
+    server: Option<RunningServer>,
+    _dir: Arc<TempDir>,
+}
+
+/// A signed-up account and one of its devices.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub phone: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub token: String,
+}
+
+impl TestApp {
+    /// A server with the default configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server with the configuration adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let sms = SmsInbox::start().await;
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().join("data"),
+            sms_webhook_url: Some(sms.url.clone()),
+            ..Config::default()
+        };
+        config.sms.timeout_secs = 5;
+        adjust(&mut config);
+        config.validate().unwrap();
+        let server = tokio::time::timeout(WAIT, RunningServer::start(config.clone()))
+            .await
+            .expect("the server starts in time")
+            .unwrap();
+        let base = format!("http://{}", server.local_addr());
+        let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+        Self {
+            sms,
+            base,
+            http,
+            config,
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server (gracefully) and starts it again on the same data,
+    /// on a new port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut config = self.config.clone();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = tokio::time::timeout(WAIT, RunningServer::start(config))
+            .await
+            .expect("the server restarts in time")
+            .unwrap();
+        self.base = format!("http://{}", server.local_addr());
+        self.http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+        self.server = Some(server);
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
+    async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(WAIT * 3, server.shutdown())
+                .await
+                .expect("shutdown in time");
+        }
+    }
+
+    /// Sends a request; `token` becomes `Authorization: Bearer`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Self::answer(req).await
+    }
+
+    /// Sends a raw body with a chosen content type.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Answer {
+        let req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        Self::answer(req).await
+    }
+
+    async fn answer(req: reqwest::RequestBuilder) -> Answer {
+        let res = req.send().await.expect("the server answers");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, None, Some(body)).await
+    }
+
+    /// Asks for a code and returns it as the SMS gateway received it.
+    pub async fn code_for(&self, phone: &str) -> String {
+        let before = self.sms.count(phone);
+        self.post("/api/v1/users/verification", json!({ "phone": phone }))
+            .await
+            .ok(202);
+        assert_eq!(self.sms.count(phone), before + 1, "one SMS per request");
+        self.sms.latest(phone).await
+    }
+
+    /// Registers `phone` with a fresh code.
+    pub async fn signup(&self, phone: &str, name: &str) -> TestUser {
+        let code = self.code_for(phone).await;
+        let body = self
+            .post(
+                "/api/v1/users/register",
+                json!({ "phone": phone, "name": name, "verification_code": code }),
+            )
+            .await
+            .ok(201);
+        Self::user_from(phone, &body)
+    }
+
+    /// Logs in another device of `phone`.
+    pub async fn login(&self, phone: &str, device_name: &str) -> TestUser {
+        let code = self.code_for(phone).await;
+        let body = self
+            .post(
+                "/api/v1/users/login",
+                json!({ "phone": phone, "verification_code": code, "device_name": device_name }),
+            )
+            .await
+            .ok(200);
+        Self::user_from(phone, &body)
+    }
+
+    fn user_from(phone: &str, body: &Value) -> TestUser {
+        TestUser {
+            phone: phone.to_owned(),
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+            device_id: body["device_id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+impl TestUser {
+    pub async fn get(&self, app: &TestApp, path: &str) -> Answer {
+        app.call(Method::GET, path, Some(&self.token), None).await
+    }
+
+    pub async fn post(&self, app: &TestApp, path: &str, body: Value) -> Answer {
+        app.call(Method::POST, path, Some(&self.token), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, app: &TestApp, path: &str, body: Value) -> Answer {
+        app.call(Method::PATCH, path, Some(&self.token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, app: &TestApp, path: &str) -> Answer {
+        app.call(Method::DELETE, path, Some(&self.token), None)
+            .await
+    }
+
+    /// Adds `other` as a contact by phone number.
+    pub async fn adds_contact(&self, app: &TestApp, other: &TestUser) {
+        let status = self
+            .post(
+                app,
+                "/api/v1/users/contacts",
+                json!({ "phone": other.phone }),
+            )
+            .await
+            .status
+            .as_u16();
+        assert!(
+            status == 201 || status == 200,
+            "adding a contact answered {status}"
+        );
+    }
+}
