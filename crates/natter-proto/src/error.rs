@@ -30,8 +30,6 @@ pub struct ErrorDetail {
 pub enum ErrorCode {
     /// 400: the body is not valid JSON, or is nested too deeply.
     InvalidJson,
-    /// 400: a query string or path parameter could not be read.
-    InvalidParameter,
     /// 400: the phone number is not a valid international (E.164) number.
     InvalidPhone,
     /// 401: no valid access token was sent.
@@ -77,7 +75,7 @@ impl ErrorCode {
     #[must_use]
     pub const fn http_status(self) -> u16 {
         match self {
-            Self::InvalidJson | Self::InvalidParameter | Self::InvalidPhone => 400,
+            Self::InvalidJson | Self::InvalidPhone => 400,
             Self::Unauthorized | Self::InvalidVerificationCode => 401,
             Self::NotFound | Self::UserNotFound | Self::DeviceNotFound | Self::ContactNotFound => {
                 404

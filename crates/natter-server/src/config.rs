@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Format, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::phone::PhoneValidation;
@@ -243,7 +243,9 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut figment = Figment::new();
+        // Start from the defaults so a partial override (one field of a nested
+        // table) merges into them instead of replacing the table.
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(ConfigError::Parse(format!(
@@ -393,6 +395,11 @@ fn describe(error: &figment::Error) -> String {
             .as_ref()
             .map(|m| match &m.source {
                 Some(src) => format!(" (from {} {src})", m.name),
+                // Name the variable to fix, not just "the environment".
+                None if m.name == ENV_SOURCE && !e.path.is_empty() => format!(
+                    " (from environment variable NATTER_{})",
+                    e.path.join("__").to_uppercase()
+                ),
                 None => format!(" (from {})", m.name),
             })
             .unwrap_or_default();
@@ -400,6 +407,9 @@ fn describe(error: &figment::Error) -> String {
     }
     out.join("; ")
 }
+
+/// How figment names values that came from `NATTER_*` variables.
+const ENV_SOURCE: &str = "environment variable";
 
 /// `NATTER_*` variables as a figment provider, fed from an explicit list
 /// rather than the process environment, so callers (and tests) decide what it
@@ -410,7 +420,7 @@ struct EnvVars {
 
 impl figment::Provider for EnvVars {
     fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("environment variable")
+        figment::Metadata::named(ENV_SOURCE)
     }
 
     fn data(
@@ -454,5 +464,125 @@ fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment:
                 *entry = figment::value::Value::from(inner);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn error_of(vars: &[(&str, &str)]) -> String {
+        Config::load(None, env(vars)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn no_configuration_gives_the_documented_defaults() {
+        let c = Config::load(None, env(&[("HOME", "/root"), ("PATH", "/bin")])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./natter-data"));
+        assert!(c.sms_webhook_url.is_none());
+        assert_eq!(c.verification.code_ttl_secs, 300);
+        assert_eq!(c.verification.max_attempts, 5);
+    }
+
+    #[test]
+    fn the_fixed_environment_names_work() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("NATTER_LISTEN", "0.0.0.0:9000"),
+                ("NATTER_DATA_DIR", "/var/lib/natter"),
+                ("NATTER_SMS_WEBHOOK_URL", "https://sms.example.com/hook"),
+                ("NATTER_LIMITS__MAX_BODY_BYTES", "131072"),
+                ("NATTER_RATE_LIMITS__VERIFICATION_PER_PHONE__BURST", "9"),
+                ("NATTER_TRUST_FORWARDED_FOR", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/natter"));
+        assert_eq!(
+            c.sms_webhook_url.as_deref(),
+            Some("https://sms.example.com/hook")
+        );
+        assert_eq!(c.limits.max_body_bytes, 131_072);
+        assert_eq!(c.rate_limits.verification_per_phone.burst, 9);
+        assert_eq!(
+            c.rate_limits.verification_per_phone.per_secs, 3600,
+            "siblings keep defaults"
+        );
+        assert!(c.trust_forwarded_for);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert!(error_of(&[("NATTER_LISTEN", "nonsense")]).contains("`listen`"));
+        assert!(
+            error_of(&[("NATTER_LIMITS__MAX_BODY_BYTES", "lots")])
+                .contains("`limits.max_body_bytes`")
+        );
+        assert!(
+            error_of(&[("NATTER_LIMITS__MAX_BODY_BYTES", "0")]).contains("`limits.max_body_bytes`")
+        );
+        assert!(error_of(&[("NATTER_SMS_WEBHOOK_URL", "ftp://x")]).contains("`sms_webhook_url`"));
+        assert!(error_of(&[("NATTER_LISTN", "127.0.0.1:1")]).contains("listn"));
+        assert!(
+            error_of(&[("NATTER_RATE_LIMITS__DISCOVER_PER_USER__BURST", "0")])
+                .contains("`rate_limits.discover_per_user`")
+        );
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\ndata_dir = \"/srv/natter\"\n[limits]\nmax_name_chars = 30\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), env(&[("NATTER_LISTEN", "127.0.0.1:7001")])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/srv/natter"));
+        assert_eq!(c.limits.max_name_chars, 30);
+
+        std::fs::write(&path, "[limits]\nmax_name_chars = \"many\"\n").unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(e.contains("`limits.max_name_chars`"), "{e}");
+        let e = Config::load(Some(&dir.path().join("missing.toml")), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_lists_every_key_with_its_default() {
+        fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        leaves(&format!("{prefix}{k}."), v, out);
+                    }
+                }
+                other => out.push((prefix.trim_end_matches('.').to_owned(), other.clone())),
+            }
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/natter.example.toml");
+        let file: serde_json::Value = Figment::from(Toml::file_exact(&path)).extract().unwrap();
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let (mut in_file, mut in_code) = (Vec::new(), Vec::new());
+        leaves("", &file, &mut in_file);
+        leaves("", &defaults, &mut in_code);
+        // The one optional key is commented out in the file.
+        in_code.retain(|(k, v)| !(k == "sms_webhook_url" && v.is_null()));
+        in_file.sort_by(|a, b| a.0.cmp(&b.0));
+        in_code.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(in_file, in_code);
+        // And the file loads as a configuration.
+        Config::load(Some(&path), env(&[])).unwrap();
     }
 }

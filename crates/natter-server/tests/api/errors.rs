@@ -158,3 +158,12 @@ async fn unknown_routes_and_methods_answer_in_json() {
         .await
         .expect(405, "method_not_allowed");
 }
+
+#[tokio::test]
+async fn a_request_over_its_time_limit_is_408() {
+    let app = TestApp::start_with(|c| c.limits.request_timeout_secs = 1).await;
+    app.sms.slow_down(std::time::Duration::from_secs(3));
+    app.post(VERIFY, json!({"phone": "+14155550604"}))
+        .await
+        .expect(408, "request_timeout");
+}

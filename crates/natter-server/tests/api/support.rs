@@ -29,9 +29,12 @@ struct InboxState {
     codes: Mutex<HashMap<String, Vec<String>>>,
     arrived: Notify,
     failing: Mutex<bool>,
+    delay: Mutex<Duration>,
 }
 
 async fn receive(State(state): State<Arc<InboxState>>, Json(body): Json<Value>) -> StatusCode {
+    let delay = *state.delay.lock().unwrap();
+    tokio::time::sleep(delay).await;
     if *state.failing.lock().unwrap() {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
@@ -59,6 +62,7 @@ impl SmsInbox {
             codes: Mutex::default(),
             arrived: Notify::new(),
             failing: Mutex::new(false),
+            delay: Mutex::new(Duration::ZERO),
         });
         let app = axum::Router::new()
             .route("/sms", axum::routing::post(receive))
@@ -75,6 +79,11 @@ impl SmsInbox {
     /// Makes the gateway answer 503 from now on.
     pub fn fail(&self) {
         *self.state.failing.lock().unwrap() = true;
+    }
+
+    /// Makes the gateway take `delay` before answering.
+    pub fn slow_down(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
     }
 
     /// How many codes went to `phone`.

@@ -158,6 +158,8 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usiz
 
 /// Runs one batch in one transaction, each job in its own savepoint.
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+    let started = std::time::Instant::now();
+    metrics::histogram!("natter_store_commit_batch_size").record(batch.len() as f64);
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let result = (|| -> Result<(), rusqlite::Error> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -180,6 +182,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
         tx.commit()
     })();
     let result = result.map_err(db_err);
+    metrics::histogram!("natter_store_commit_seconds").record(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
         tracing::error!(error = %e, jobs = replies.len(), "a group commit failed");
     }

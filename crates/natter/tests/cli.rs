@@ -1,0 +1,215 @@
+//! The `natter` binary as a user runs it: `natter serve` in an empty
+//! directory, configuration errors, and shutdown on SIGTERM.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A running `natter` process, killed if the test ends early.
+struct Natter {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Natter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Natter {
+    fn spawn(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
+        cmd.args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("NATTER_")) {
+            cmd.env_remove(k);
+        }
+        cmd.env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?} in {WAIT:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("natter did not exit within {WAIT:?}");
+    }
+
+    fn stderr_text(&mut self) -> String {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let res = http.post(url).json(&body).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn serve_runs_in_an_empty_directory_prints_codes_and_stops_on_sigterm() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve"], &[("NATTER_LISTEN", "127.0.0.1:0")]);
+    natter.wait_for_line("DEVELOPMENT MODE");
+    let line = natter.wait_for_line("natter is serving");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no listen= in {line:?}"))
+        .to_owned();
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let (status, _) = post(
+        &http,
+        format!("{base}/api/v1/users/verification"),
+        json!({"phone": "+1234567890"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let sms = natter.wait_for_line("DEVELOPMENT SMS SINK");
+    let code = sms
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("code="))
+        .unwrap_or_else(|| panic!("no code= in {sms:?}"))
+        .to_owned();
+    let (status, body) = post(
+        &http,
+        format!("{base}/api/v1/users/register"),
+        json!({"phone": "+1234567890", "name": "John Doe", "verification_code": code}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // The data went to ./natter-data in the working directory.
+    assert!(cwd.path().join("natter-data").join("natter.db").is_file());
+
+    let pid = natter.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    assert_eq!(natter.wait_exit(), 0, "a clean exit on SIGTERM");
+    assert!(natter.stderr_text().contains("stopped"));
+    // Tokens are never logged.
+    let token = body["access_token"].as_str().unwrap();
+    assert!(
+        !natter.seen.iter().any(|l| l.contains(token)),
+        "a token reached the log"
+    );
+}
+
+#[test]
+fn a_bad_environment_value_stops_start_up_naming_the_key() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve"], &[("NATTER_LISTEN", "nonsense")]);
+    assert_eq!(natter.wait_exit(), 2);
+    let err = natter.stderr_text();
+    assert!(err.contains("`listen`"), "{err}");
+    assert!(
+        !cwd.path().join("natter-data").exists(),
+        "nothing is created before the config is valid"
+    );
+}
+
+#[test]
+fn a_bad_limit_stops_start_up_naming_the_key() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut natter = Natter::spawn(
+        cwd.path(),
+        &["serve"],
+        &[("NATTER_LIMITS__MAX_DEVICES_PER_USER", "0")],
+    );
+    assert_eq!(natter.wait_exit(), 2);
+    assert!(
+        natter
+            .stderr_text()
+            .contains("`limits.max_devices_per_user`")
+    );
+}
+
+#[test]
+fn a_missing_config_file_stops_start_up() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve", "--config", "nope.toml"], &[]);
+    assert_eq!(natter.wait_exit(), 2);
+    assert!(natter.stderr_text().contains("nope.toml"));
+}
+
+#[test]
+fn a_config_file_is_read() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cwd.path().join("natter.toml"),
+        "[verification]\nmax_attempts = \"five\"\n",
+    )
+    .unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve", "--config", "natter.toml"], &[]);
+    assert_eq!(natter.wait_exit(), 2);
+    assert!(natter.stderr_text().contains("`verification.max_attempts`"));
+}
