@@ -10,13 +10,15 @@
 //! - [`store`], [`sms`], [`ratelimit`]: engines behind traits. Nothing above
 //!   `store` writes SQL.
 //! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
-//! - [`server`]: start-up and graceful shutdown.
+//! - [`server`]: start-up and graceful shutdown; `listener` accepts
+//!   connections (header timeout, per-address cap, graceful drain).
 //! - [`phone`], [`secret`], [`clock`]: small domain types (E.164 numbers,
 //!   tokens and codes that never print, server time).
 
 pub mod api;
 pub mod clock;
 pub mod config;
+mod listener;
 pub mod phone;
 pub mod ratelimit;
 pub mod secret;

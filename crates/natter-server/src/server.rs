@@ -102,20 +102,10 @@ impl RunningServer {
 
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(housekeeping(services.clone(), stopped.clone()));
+        let limits = config.limits.clone();
         let app = crate::api::app(services);
         let serving = tokio::spawn(async move {
-            let mut stopped = stopped;
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            let serve = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown);
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "the HTTP server failed");
-            }
+            crate::listener::serve(listener, app, &limits, stopped, DRAIN_TIMEOUT).await;
         });
         tracing::info!(listen = %local_addr, data_dir = %config.data_dir.display(), "natter is serving");
         Ok(Self {

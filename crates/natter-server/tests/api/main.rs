@@ -9,6 +9,7 @@
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
 //! - `contacts`: contact lists and discovery.
 //! - `errors`: malformed input of every kind, and the limits at N and N+1.
+//! - `connections`: the listener (header timeout, connections per address).
 //! - `restart`: what survives a restart.
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
 
@@ -19,6 +20,7 @@
     unreachable_pub
 )]
 
+mod connections;
 mod contacts;
 mod devices;
 mod errors;

@@ -1,0 +1,156 @@
+//! Accepting connections: the HTTP listener with the protections a public
+//! server needs and `axum::serve` lacks. Each connection is served by hyper
+//! with a header-read timeout (slow-loris; it also closes idle keep-alive
+//! connections), each client address may hold a bounded number of
+//! connections, and shutdown is graceful: stop accepting, let open requests
+//! finish within a deadline, then close.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt as _;
+
+use crate::config::Limits;
+
+/// Pause after a failed `accept` (typically out of file descriptors), so the
+/// loop does not spin while connections close.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Counts open connections per client address.
+#[derive(Debug, Default)]
+struct ConnectionSlots {
+    /// Open connections by address; entries at zero are removed.
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One taken slot; gives it back when dropped (the connection ended).
+struct Slot {
+    slots: Arc<ConnectionSlots>,
+    ip: IpAddr,
+}
+
+impl ConnectionSlots {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            slots: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then drains open
+/// connections for at most `drain`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &Limits,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
+    let max_per_ip = limits.max_connections_per_ip;
+    let slots = Arc::new(ConnectionSlots::default());
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Some(slot) = slots.take(peer.ip(), max_per_ip) else {
+            metrics::counter!("natter_connections_refused_total", "reason" => "per_ip")
+                .increment(1);
+            tracing::debug!(peer = %peer.ip(), "too many connections from one address");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open connections did not finish in time; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_bounded_per_address_and_given_back() {
+        let slots = Arc::new(ConnectionSlots::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = slots.take(a, 2).unwrap();
+        let _second = slots.take(a, 2).unwrap();
+        assert!(slots.take(a, 2).is_none());
+        assert!(slots.take(b, 2).is_some());
+        drop(first);
+        assert!(slots.take(a, 2).is_some());
+    }
+}
