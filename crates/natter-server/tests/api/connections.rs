@@ -78,10 +78,10 @@ async fn connections_per_address_are_limited_at_n() {
             let mut s = TcpStream::connect(addr(&app)).await.unwrap();
             if s.write_all(HEALTH).await.is_ok() {
                 let mut buf = vec![0u8; 1024];
-                if let Ok(n) = s.read(&mut buf).await {
-                    if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200") {
-                        return;
-                    }
+                if let Ok(n) = s.read(&mut buf).await
+                    && String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+                {
+                    return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
