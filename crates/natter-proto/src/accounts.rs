@@ -75,10 +75,10 @@ pub struct Device {
     /// The name given at login.
     pub name: String,
     /// When it logged in.
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::timefmt")]
     pub created_at: OffsetDateTime,
     /// Its last authenticated request (to the minute).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::timefmt")]
     pub last_active_at: OffsetDateTime,
     /// Whether this is the device making the request.
     pub current: bool,

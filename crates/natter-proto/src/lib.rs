@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod error;
 pub mod ids;
+pub mod timefmt;
 pub mod users;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

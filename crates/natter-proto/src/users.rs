@@ -46,23 +46,38 @@ pub struct Me {
     /// Profile picture, once media exists.
     pub profile_pic_url: Option<String>,
     /// When the account was created.
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::timefmt")]
     pub created_at: OffsetDateTime,
 }
 
-/// `PATCH /api/v1/users/me`: every field optional; absent fields stay as they are.
+/// `PATCH /api/v1/users/me`: every field optional; absent fields stay as
+/// they are. `null` is refused rather than read as "absent".
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMe {
     /// New display name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
     /// New about text; `""` clears it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub about: Option<String>,
     /// New last-seen visibility.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub last_seen_visibility: Option<LastSeenVisibility>,
+}
+
+/// Reads a field that may be absent (then `default` gives `None`) but not `null`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(
+            "null is not a value here; leave the field out to keep it as it is",
+        )),
+    }
 }
 
 /// Another user's profile as the caller may see it (`GET /api/v1/users/{user_id}`).
@@ -81,7 +96,7 @@ pub struct PublicProfile {
     /// Online status.
     pub status: PresenceStatus,
     /// Last time online, when the user's privacy setting lets the caller see it.
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::timefmt::option")]
     pub last_seen: Option<OffsetDateTime>,
 }
 
@@ -109,7 +124,7 @@ pub struct Contact {
     /// Online status.
     pub status: PresenceStatus,
     /// Last time online, when the contact's privacy setting allows.
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::timefmt::option")]
     pub last_seen: Option<OffsetDateTime>,
 }
 
@@ -131,16 +146,18 @@ pub struct DiscoverContacts {
 /// A registered number found by discovery.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DiscoveredUser {
+    /// The entry as sent, to match the answer to the address book.
+    pub query: String,
     /// The number as normalised (E.164).
     pub phone: String,
     /// Its account.
     pub user_id: UserId,
 }
 
-/// Answer to discovery.
+/// Answer to discovery. Valid numbers without an account appear in neither list.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DiscoveredContacts {
-    /// The numbers that belong to a Natter account.
+    /// The entries whose numbers belong to a Natter account, one per entry sent.
     pub registered: Vec<DiscoveredUser>,
     /// Entries that are not valid international numbers, as sent.
     pub invalid: Vec<String>,

@@ -211,6 +211,8 @@ pub struct RateLimits {
     pub code_attempts_per_ip: Rate,
     /// Contact discovery requests by one user.
     pub discover_per_user: Rate,
+    /// Contacts added by one user (adding by number is a lookup too).
+    pub contact_add_per_user: Rate,
 }
 
 impl Default for RateLimits {
@@ -221,6 +223,7 @@ impl Default for RateLimits {
             verification_global: Rate::new(600, 60),
             code_attempts_per_ip: Rate::new(30, 600),
             discover_per_user: Rate::new(10, 3600),
+            contact_add_per_user: Rate::new(100, 3600),
         }
     }
 }
@@ -370,6 +373,10 @@ impl Config {
             (
                 "rate_limits.discover_per_user",
                 self.rate_limits.discover_per_user,
+            ),
+            (
+                "rate_limits.contact_add_per_user",
+                self.rate_limits.contact_add_per_user,
             ),
         ];
         for (key, rate) in rates {

@@ -38,7 +38,11 @@ impl Phone {
         let shown: String = input.chars().take(MAX_INPUT_CHARS).collect();
         let invalid = || InvalidPhone(shown.clone());
         let trimmed = input.trim();
+        // Digits and the usual punctuation only: no letters (extensions),
+        // no control characters, nothing that a parser might silently drop.
+        let allowed = |c: char| c.is_ascii_digit() || " +-.()/".contains(c);
         if trimmed.chars().count() > MAX_INPUT_CHARS
+            || !trimmed.chars().all(allowed)
             || !(trimmed.starts_with('+') || trimmed.starts_with("00"))
         {
             return Err(invalid());
@@ -49,14 +53,27 @@ impl Phone {
             None => trimmed.to_owned(),
         };
         let number = phonenumber::parse(None, &international).map_err(|_| invalid())?;
-        let national = number.national().value();
+        let mut valid = phonenumber::is_valid(&number);
+        let mut e164 = number.format().mode(Mode::E164).to_string();
+        // "+44 (0)20 …" and "+44 020 …" carry the trunk prefix after the
+        // country code. Where that leaves an invalid number, drop the zeros so
+        // both spellings reach the same account (numbers that really start with
+        // 0, as in Italy, are valid and stay as they are).
+        let country = number.code().value().to_string();
+        let national = e164.get(1 + country.len()..).unwrap_or_default().to_owned();
+        if !valid && national.starts_with('0') {
+            let stripped = format!("+{country}{}", national.trim_start_matches('0'));
+            if let Ok(n) = phonenumber::parse(None, &stripped) {
+                valid = phonenumber::is_valid(&n);
+                e164 = n.format().mode(Mode::E164).to_string();
+            }
+        }
         // E.164 caps a number at 15 digits including the country code.
-        let e164 = number.format().mode(Mode::E164).to_string();
         let digits = e164.len().saturating_sub(1);
-        if national == 0 || !(7..=15).contains(&digits) {
+        if e164.len() <= 1 + country.len() || !(7..=15).contains(&digits) {
             return Err(invalid());
         }
-        if validation == PhoneValidation::Strict && !phonenumber::is_valid(&number) {
+        if validation == PhoneValidation::Strict && !valid {
             return Err(invalid());
         }
         Ok(Self(e164))
@@ -111,6 +128,49 @@ mod tests {
             "+1234567890"
         );
         assert!(Phone::parse("+1234567890", PhoneValidation::Strict).is_err());
+    }
+
+    #[test]
+    fn a_trunk_prefix_after_the_country_code_is_dropped() {
+        for spelling in ["+44 (0)7700 900123", "+44 07700 900123", "+447700900123"] {
+            assert_eq!(
+                Phone::parse(spelling, PhoneValidation::Parse)
+                    .unwrap()
+                    .as_str(),
+                "+447700900123",
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            Phone::parse("+49 (0)30 1234567", PhoneValidation::Strict)
+                .unwrap()
+                .as_str(),
+            "+49301234567"
+        );
+        // Italian numbers keep their leading zero.
+        assert_eq!(
+            Phone::parse("+39 06 1234 5678", PhoneValidation::Strict)
+                .unwrap()
+                .as_str(),
+            "+390612345678"
+        );
+    }
+
+    #[test]
+    fn nothing_is_silently_dropped() {
+        for bad in [
+            "+14155550104\u{0}",
+            "+1 415 555 0103 ext. 7",
+            "+1 415 555 0103;ext=5",
+            "+1 415 555 O103",
+        ] {
+            assert!(
+                Phone::parse(bad, PhoneValidation::Parse).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        // Surrounding whitespace is fine.
+        assert!(Phone::parse(" +14155550105\n", PhoneValidation::Parse).is_ok());
     }
 
     #[test]

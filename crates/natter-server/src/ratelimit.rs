@@ -25,6 +25,8 @@ pub enum Limit {
     CodeAttemptsPerIp,
     /// Discovery requests by one user.
     DiscoverPerUser,
+    /// Contacts added by one user (each add is also a lookup).
+    ContactAddPerUser,
 }
 
 /// A refused request and when to try again.
@@ -82,6 +84,7 @@ impl LocalRateLimiter {
             (Limit::VerificationPerIp, table.verification_per_ip),
             (Limit::CodeAttemptsPerIp, table.code_attempts_per_ip),
             (Limit::DiscoverPerUser, table.discover_per_user),
+            (Limit::ContactAddPerUser, table.contact_add_per_user),
         ]
         .into_iter()
         .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))

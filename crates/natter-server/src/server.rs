@@ -65,6 +65,19 @@ impl RunningServer {
             crate::phone::Phone::parse("+14155550123", crate::phone::PhoneValidation::Strict)
         })
         .await;
+        // Bind first: a taken port should not leave a new data directory behind.
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
         let store_config = config.store.clone();
         let data_dir = config.data_dir.clone();
         let store: Arc<dyn Store> = Arc::new(
@@ -87,18 +100,6 @@ impl RunningServer {
         };
         let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));
         let services = Services::new(Arc::clone(&store), sms, limiter, Arc::clone(&config)).await?;
-
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
 
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(housekeeping(services.clone(), stopped.clone()));

@@ -77,7 +77,6 @@ fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>, data_dir: Option<Pat
         let server = match RunningServer::start(config).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!("{e}");
                 eprintln!("natter: {e}");
                 return ExitCode::FAILURE;
             }

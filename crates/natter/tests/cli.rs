@@ -213,3 +213,15 @@ fn a_config_file_is_read() {
     assert_eq!(natter.wait_exit(), 2);
     assert!(natter.stderr_text().contains("`verification.max_attempts`"));
 }
+
+#[test]
+fn a_taken_port_stops_start_up_before_creating_the_data_directory() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve"], &[("NATTER_LISTEN", &addr)]);
+    assert_eq!(natter.wait_exit(), 1);
+    let err = natter.stderr_text();
+    assert!(err.contains(&addr), "{err}");
+    assert!(!cwd.path().join("natter-data").exists());
+}

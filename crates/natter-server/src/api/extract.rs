@@ -41,12 +41,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             ));
         }
         let limits = &state.services.config().limits;
+        // Refuse a declared oversize body before reading it (and before hyper
+        // answers `Expect: 100-continue`).
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+            return Err(too_large(limits.max_body_bytes));
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("The body is larger than {} bytes.", limits.max_body_bytes),
-                )
+                too_large(limits.max_body_bytes)
             } else {
                 ApiError::new(ErrorCode::InvalidJson, "The body could not be read.")
             }
@@ -71,15 +78,36 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
-                Category::Data => {
-                    ApiError::new(ErrorCode::ValidationFailed, format!("Invalid body: {e}."))
-                }
+                Category::Data => ApiError::new(
+                    ErrorCode::ValidationFailed,
+                    format!("Invalid body: {}.", describe_shape_error(&e)),
+                ),
                 Category::Io | Category::Syntax | Category::Eof => ApiError::new(
                     ErrorCode::InvalidJson,
                     format!("The body is not valid JSON: {e}."),
                 ),
             }
         })
+    }
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("The body is larger than {max} bytes."),
+    )
+}
+
+/// serde's message, without Rust type names ("expected struct UpdateMe").
+fn describe_shape_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.find("expected struct ") {
+        Some(i) => {
+            let rest = &text[i + "expected struct ".len()..];
+            let tail = rest.find(" at line").map_or("", |j| &rest[j..]);
+            format!("{}expected a JSON object{tail}", &text[..i])
+        }
+        None => text,
     }
 }
 

@@ -104,6 +104,13 @@ pub fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("another metrics recorder is installed; /metrics will be empty");
             }
+            // Failure counters exist from the start, so "absent" alerts and
+            // rate() over them work before the first failure.
+            for name in ["natter_panics_total", "natter_internal_errors_total"] {
+                metrics::counter!(name).increment(0);
+            }
+            metrics::counter!("natter_connections_refused_total", "reason" => "per_ip")
+                .increment(0);
             handle
         })
         .clone()

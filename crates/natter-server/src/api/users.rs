@@ -147,6 +147,7 @@ pub(crate) async fn list_contacts(
         (status = 404, description = "No such user.", body = ErrorBody),
         (status = 409, description = "The list is full.", body = ErrorBody),
         (status = 422, description = "Neither or both of phone and user_id.", body = ErrorBody),
+        (status = 429, description = "Rate limited.", body = ErrorBody),
     )
 )]
 pub(crate) async fn add_contact(
@@ -208,9 +209,10 @@ pub(crate) async fn discover(
         registered: found
             .registered
             .into_iter()
-            .map(|(phone, user_id)| DiscoveredUser {
-                phone: phone.as_str().to_owned(),
-                user_id,
+            .map(|d| DiscoveredUser {
+                query: d.query,
+                phone: d.phone.as_str().to_owned(),
+                user_id: d.user_id,
             })
             .collect(),
         invalid: found.invalid,

@@ -12,11 +12,22 @@ use crate::store::ContactAdded;
 /// A contact as the list owner may see them.
 pub type ContactView = ProfileView;
 
+/// A registered number found by discovery.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    /// The entry as sent.
+    pub query: String,
+    /// The number, normalised.
+    pub phone: Phone,
+    /// Its account.
+    pub user_id: UserId,
+}
+
 /// What discovery found.
 #[derive(Debug, Clone, Default)]
 pub struct Discovery {
-    /// Numbers with accounts.
-    pub registered: Vec<(Phone, UserId)>,
+    /// Entries whose numbers have accounts, in the order sent.
+    pub registered: Vec<Discovered>,
     /// Entries that are not valid numbers, as sent.
     pub invalid: Vec<String>,
 }
@@ -27,12 +38,16 @@ impl Services {
     ///
     /// # Errors
     /// Neither or both of `phone`/`user_id` (422), invalid number (400),
-    /// unknown user (404), full list (409).
+    /// unknown user (404), full list (409), rate limit (429).
     pub async fn add_contact(
         &self,
         who: &Principal,
         req: AddContact,
     ) -> ServiceResult<(ContactView, bool)> {
+        // Each add is a lookup too (a number either has an account or not),
+        // so it is rate limited like discovery.
+        self.limit(Limit::ContactAddPerUser, &who.user.to_string())
+            .await?;
         let (user, by_phone) = match (req.phone, req.user_id) {
             (Some(phone), None) => {
                 let phone = self.parse_phone(&phone)?;
@@ -106,17 +121,34 @@ impl Services {
         self.limit(Limit::DiscoverPerUser, &who.user.to_string())
             .await?;
         let mut discovery = Discovery::default();
-        let mut valid = Vec::with_capacity(phones.len());
+        let mut queries = Vec::with_capacity(phones.len());
         for input in phones {
             match self.parse_phone(&input) {
-                Ok(p) => valid.push(p),
+                Ok(phone) => queries.push((input, phone)),
                 Err(_) => discovery.invalid.push(input),
             }
         }
-        valid.sort();
-        valid.dedup();
-        discovery.registered = self.inner.store.users_by_phones(&valid).await?;
-        discovery.registered.retain(|(_, id)| *id != who.user);
+        let mut numbers: Vec<Phone> = queries.iter().map(|(_, p)| p.clone()).collect();
+        numbers.sort();
+        numbers.dedup();
+        let accounts: std::collections::HashMap<Phone, UserId> = self
+            .inner
+            .store
+            .users_by_phones(&numbers)
+            .await?
+            .into_iter()
+            .collect();
+        discovery.registered = queries
+            .into_iter()
+            .filter_map(|(query, phone)| {
+                let user_id = *accounts.get(&phone)?;
+                (user_id != who.user).then_some(Discovered {
+                    query,
+                    phone,
+                    user_id,
+                })
+            })
+            .collect();
         Ok(discovery)
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use natter_proto::{DeviceId, UserId};
 
 pub use self::accounts::{CodeSent, NewSession};
-pub use self::contacts::{ContactView, Discovery};
+pub use self::contacts::{ContactView, Discovered, Discovery};
 pub use self::profiles::ProfileView;
 use crate::clock::Timestamp;
 use crate::config::Config;
@@ -225,18 +225,47 @@ impl Services {
     }
 }
 
-/// Checks a user-supplied text field: trimmed, no control characters, at
-/// most `max` characters, and not empty unless `may_be_empty`.
+/// Invisible formatting characters refused in names: zero-width spaces,
+/// direction marks and overrides (they let "alice" pose as someone else or
+/// reorder text around it), the byte-order mark. Zero-width joiner and
+/// non-joiner stay allowed: emoji sequences and Persian and Indic scripts
+/// need them.
+fn is_deceptive_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
+
+/// Checks a user-supplied text field: trimmed, no control or deceptive
+/// formatting characters, at most `max` characters, and with something
+/// visible in it unless `may_be_empty`.
 fn clean_text(field: &str, value: &str, max: usize, may_be_empty: bool) -> ServiceResult<String> {
     let value = value.trim();
-    if !may_be_empty && value.is_empty() {
+    if value
+        .chars()
+        .any(|c| c.is_control() || is_deceptive_format_char(c))
+    {
         return Err(ServiceError::Validation(format!(
-            "`{field}` must not be empty."
+            "`{field}` must not contain control or invisible formatting characters."
         )));
     }
-    if value.chars().any(char::is_control) {
+    let visible = value
+        .chars()
+        .any(|c| !c.is_whitespace() && !matches!(c, '\u{200C}' | '\u{200D}'));
+    if !may_be_empty && !visible {
         return Err(ServiceError::Validation(format!(
-            "`{field}` must not contain control characters."
+            "`{field}` must not be empty."
         )));
     }
     let len = value.chars().count();
@@ -260,5 +289,17 @@ mod tests {
         assert!(clean_text("name", "   ", 3, false).is_err());
         assert_eq!(clean_text("about", "", 3, true).unwrap(), "");
         assert!(clean_text("name", "a\u{0}b", 3, false).is_err());
+    }
+
+    #[test]
+    fn invisible_and_direction_changing_characters_are_refused() {
+        assert!(clean_text("name", "\u{200B}", 10, false).is_err());
+        assert!(clean_text("name", "a\u{202E}b", 10, false).is_err());
+        assert!(
+            clean_text("name", "\u{200D}", 10, false).is_err(),
+            "nothing visible"
+        );
+        // Emoji sequences keep their joiner.
+        assert!(clean_text("name", "👩\u{200D}💻", 10, false).is_ok());
     }
 }

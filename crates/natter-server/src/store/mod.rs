@@ -100,7 +100,8 @@ pub struct Registration {
 pub enum Registered {
     /// The account exists now.
     Created(User),
-    /// The number already has an account; nothing changed and the code still works.
+    /// The number already has an account; nothing changed, the code still
+    /// works and this try does not count against it.
     PhoneTaken,
     /// The code was consumed meanwhile (a concurrent attempt used it).
     CodeGone,
@@ -126,7 +127,8 @@ pub enum LoggedIn {
     Created(User),
     /// No account has this number; nothing changed.
     UnknownPhone,
-    /// The account has as many devices as allowed; nothing changed.
+    /// The account has as many devices as allowed; nothing changed and this
+    /// try does not count against the code.
     DeviceLimit,
     /// The code was consumed meanwhile.
     CodeGone,

@@ -204,7 +204,12 @@ async fn discovery_tells_which_numbers_are_registered() {
         .ok(200);
     assert_eq!(
         found["registered"],
-        json!([{"phone": "+14155550521", "user_id": eli.user_id}])
+        // One entry per number sent, with the entry as sent, so clients can
+        // map answers back to their address book.
+        json!([
+            {"query": "+1 415-555-0521", "phone": "+14155550521", "user_id": eli.user_id},
+            {"query": "+14155550521", "phone": "+14155550521", "user_id": eli.user_id},
+        ])
     );
     assert_eq!(found["invalid"], json!(["nonsense"]));
 
@@ -240,4 +245,35 @@ async fn discovery_lists_are_bounded_at_n_and_n_plus_one() {
     )
     .await
     .expect(422, "validation_failed");
+}
+
+#[tokio::test]
+async fn adding_contacts_is_rate_limited_because_it_is_a_lookup() {
+    let app = TestApp::start_with(|c| {
+        c.rate_limits.contact_add_per_user = natter_server::config::Rate {
+            burst: 3,
+            per_secs: 3600,
+        };
+    })
+    .await;
+    let prober = app.signup("+14155550550", "Prober").await;
+    for i in 1..=3 {
+        prober
+            .post(
+                &app,
+                "/api/v1/users/contacts",
+                json!({"phone": format!("+1415555056{i}")}),
+            )
+            .await
+            .expect(404, "user_not_found");
+    }
+    let refused = prober
+        .post(
+            &app,
+            "/api/v1/users/contacts",
+            json!({"phone": "+14155550564"}),
+        )
+        .await;
+    refused.expect(429, "rate_limited");
+    assert!(refused.headers.contains_key("retry-after"));
 }

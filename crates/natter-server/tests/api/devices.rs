@@ -101,7 +101,16 @@ async fn devices_per_user_are_limited_at_n() {
     )
     .await
     .expect(409, "device_limit_reached");
-    // Freeing a slot lets the same code in (it was not consumed).
+    // Refusals at the limit neither consume the code nor count as wrong tries.
+    for _ in 0..5 {
+        app.post(
+            "/api/v1/users/login",
+            json!({"phone": phone, "verification_code": code}),
+        )
+        .await
+        .expect(409, "device_limit_reached");
+    }
+    // Freeing a slot lets the same code in.
     first
         .post(&app, "/api/v1/users/logout", json!({}))
         .await

@@ -167,3 +167,40 @@ async fn a_request_over_its_time_limit_is_408() {
         .await
         .expect(408, "request_timeout");
 }
+
+#[tokio::test]
+async fn a_declared_oversize_body_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /api/v1/users/verification HTTP/1.1\r\nHost: t\r\n\
+              Content-Type: application/json\r\nContent-Length: 99999999999\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(crate::support::WAIT, stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+}
+
+#[tokio::test]
+async fn shape_errors_do_not_show_rust_type_names() {
+    let app = TestApp::start().await;
+    let answer = app
+        .raw(Method::POST, VERIFY, "application/json", "null")
+        .await;
+    answer.expect(422, "validation_failed");
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("struct"), "{message}");
+    assert!(message.contains("JSON object"), "{message}");
+}

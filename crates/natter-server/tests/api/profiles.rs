@@ -151,3 +151,24 @@ async fn last_seen_follows_the_privacy_setting() {
         "users see their own"
     );
 }
+
+#[tokio::test]
+async fn null_and_invisible_names_are_refused() {
+    let app = TestApp::start().await;
+    let user = app.signup("+14155550409", "Wen").await;
+    for body in [
+        json!({"name": null}),
+        json!({"about": null}),
+        json!({"last_seen_visibility": null}),
+        json!({"name": "\u{200b}"}),
+        json!({"name": "adm\u{202e}nimda"}),
+    ] {
+        user.patch(&app, "/api/v1/users/me", body)
+            .await
+            .expect(422, "validation_failed");
+    }
+    assert_eq!(
+        user.get(&app, "/api/v1/users/me").await.ok(200)["name"],
+        "Wen"
+    );
+}

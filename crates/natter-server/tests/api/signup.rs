@@ -40,6 +40,13 @@ async fn the_seed_sign_up_and_login_bodies_work_verbatim() {
     assert_eq!(registered["user"]["phone"], "+1234567890");
     assert_eq!(registered["user"]["user_id"], registered["user_id"]);
     assert!(registered["device_id"].is_string());
+    // Timestamps: RFC 3339, UTC, always milliseconds.
+    let created = registered["user"]["created_at"].as_str().unwrap();
+    assert_eq!(created.len(), "2026-11-28T03:06:05.590Z".len(), "{created}");
+    assert!(
+        created.ends_with('Z') && created.as_bytes()[19] == b'.',
+        "{created}"
+    );
 
     // The seed's login body.
     let code = app.code_for(SEED_PHONE).await;
@@ -252,7 +259,16 @@ async fn registering_a_taken_number_is_a_409_after_the_code_is_checked() {
     )
     .await
     .expect(409, "phone_taken");
-    // The code was not consumed by the refused registration: it still logs in.
+    // The code was not consumed by the refused registration, and right tries
+    // do not count as wrong ones: after five more refusals it still logs in.
+    for _ in 0..5 {
+        app.post(
+            "/api/v1/users/register",
+            json!({"phone": phone, "name": "Second", "verification_code": code}),
+        )
+        .await
+        .expect(409, "phone_taken");
+    }
     app.post(
         "/api/v1/users/login",
         json!({"phone": phone, "verification_code": code}),
@@ -347,4 +363,25 @@ async fn device_names_are_kept_and_bounded() {
         .ok(200);
     assert_eq!(devices["devices"][0]["name"], "12345678");
     assert_eq!(devices["devices"][0]["current"], true);
+}
+
+#[tokio::test]
+async fn a_trunk_zero_after_the_country_code_reaches_the_same_account() {
+    let app = TestApp::start().await;
+    app.signup("+447700900123", "Uma").await;
+    let sent = app
+        .post(
+            "/api/v1/users/verification",
+            json!({"phone": "+44 (0)7700 900123"}),
+        )
+        .await
+        .ok(202);
+    assert_eq!(sent["phone"], "+447700900123");
+    let code = app.sms.latest("+447700900123").await;
+    app.post(
+        "/api/v1/users/register",
+        json!({"phone": "+44 (0)7700 900123", "name": "Uma 2", "verification_code": code}),
+    )
+    .await
+    .expect(409, "phone_taken");
 }

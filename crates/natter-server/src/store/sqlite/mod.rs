@@ -30,6 +30,9 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_accounts.sql")];
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "natter.db";
 
+/// The lock file that keeps a second server off the same data directory.
+pub const LOCK_FILE: &str = "natter.lock";
+
 /// The embedded SQLite store.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -37,6 +40,8 @@ pub struct SqliteStore {
     writer: Writer,
     /// Read connections.
     readers: ReadPool,
+    /// Held for the store's life: an exclusive lock on the data directory.
+    _lock: std::fs::File,
 }
 
 impl SqliteStore {
@@ -51,10 +56,37 @@ impl SqliteStore {
                 data_dir.display()
             ))
         })?;
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let writer = Writer::start(&path, config.write_queue, config.write_batch_max, migrate)?;
         let readers = ReadPool::open(&path, config.read_connections)?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            _lock: lock,
+        })
+    }
+}
+
+/// Takes the data directory's exclusive lock, so two servers never share one
+/// store (their writers and rate limits would not know of each other).
+fn lock_data_dir(data_dir: &Path) -> StoreResult<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError(format!(
+            "another natter process is using the data directory {}",
+            data_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError(format!("cannot lock {}: {e}", path.display())))
+        }
     }
 }
 
@@ -158,6 +190,16 @@ fn consume_code(conn: &Connection, phone: &Phone, code: &CodeHash) -> rusqlite::
         .prepare_cached("DELETE FROM verification_codes WHERE phone = ?1 AND code_hash = ?2")?
         .execute(params![phone.as_str(), code.0])?;
     Ok(n == 1)
+}
+
+/// Gives back the attempt a right code used, when what it guarded was refused.
+fn refund_attempt(conn: &Connection, phone: &Phone, code: &CodeHash) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE verification_codes SET attempts = max(attempts - 1, 0)
+         WHERE phone = ?1 AND code_hash = ?2",
+    )?
+    .execute(params![phone.as_str(), code.0])?;
+    Ok(())
 }
 
 fn relation_of(conn: &Connection, viewer: UserId, target: UserId) -> rusqlite::Result<Relation> {
@@ -297,6 +339,8 @@ impl Store for SqliteStore {
                     .and_then(|mut s| s.exists([r.user.phone.as_str()]))
                     .map_err(db_err)?;
                 if taken {
+                    // The right code proved the number; that try is not held against it.
+                    refund_attempt(c, &r.user.phone, &r.code).map_err(db_err)?;
                     return Ok(Registered::PhoneTaken);
                 }
                 if !consume_code(c, &r.user.phone, &r.code).map_err(db_err)? {
@@ -345,6 +389,7 @@ impl Store for SqliteStore {
                     .and_then(|mut s| s.query_row([user.id.as_uuid().as_bytes()], |r| r.get(0)))
                     .map_err(db_err)?;
                 if usize::try_from(devices).unwrap_or(usize::MAX) >= l.max_devices {
+                    refund_attempt(c, &l.phone, &l.code).map_err(db_err)?;
                     return Ok(LoggedIn::DeviceLimit);
                 }
                 if !consume_code(c, &l.phone, &l.code).map_err(db_err)? {
