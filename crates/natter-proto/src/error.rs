@@ -30,6 +30,8 @@ pub struct ErrorDetail {
 pub enum ErrorCode {
     /// 400: the body is not valid JSON, or is nested too deeply.
     InvalidJson,
+    /// 400: a query string or path parameter is malformed or out of bounds.
+    InvalidParameter,
     /// 400: the phone number is not a valid international (E.164) number.
     InvalidPhone,
     /// 401: no valid access token was sent.
@@ -44,6 +46,12 @@ pub enum ErrorCode {
     DeviceNotFound,
     /// 404: no such contact in the caller's list.
     ContactNotFound,
+    /// 404: no such chat, or one the caller is not in.
+    ChatNotFound,
+    /// 404: no such message, or one the caller may not see.
+    MessageNotFound,
+    /// 403: the caller is in the chat but lacks the right (an admin's, the sender's).
+    Forbidden,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
     /// 408: the request took longer than the server allows.
@@ -54,6 +62,10 @@ pub enum ErrorCode {
     DeviceLimitReached,
     /// 409: the contact list is full.
     ContactLimitReached,
+    /// 409: the group has as many members as allowed.
+    GroupFull,
+    /// 409: the message can no longer be edited (too old, or deleted).
+    EditWindowClosed,
     /// 413: the body is larger than allowed.
     PayloadTooLarge,
     /// 415: the body is not `application/json`.
@@ -75,14 +87,22 @@ impl ErrorCode {
     #[must_use]
     pub const fn http_status(self) -> u16 {
         match self {
-            Self::InvalidJson | Self::InvalidPhone => 400,
+            Self::InvalidJson | Self::InvalidParameter | Self::InvalidPhone => 400,
             Self::Unauthorized | Self::InvalidVerificationCode => 401,
-            Self::NotFound | Self::UserNotFound | Self::DeviceNotFound | Self::ContactNotFound => {
-                404
-            }
+            Self::NotFound
+            | Self::UserNotFound
+            | Self::DeviceNotFound
+            | Self::ContactNotFound
+            | Self::ChatNotFound
+            | Self::MessageNotFound => 404,
+            Self::Forbidden => 403,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
-            Self::PhoneTaken | Self::DeviceLimitReached | Self::ContactLimitReached => 409,
+            Self::PhoneTaken
+            | Self::DeviceLimitReached
+            | Self::ContactLimitReached
+            | Self::GroupFull
+            | Self::EditWindowClosed => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::ValidationFailed => 422,

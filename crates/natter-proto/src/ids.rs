@@ -73,6 +73,14 @@ id_type!(
     /// One logged-in device of a user, with its own access token.
     DeviceId
 );
+id_type!(
+    /// A direct or group chat.
+    ChatId
+);
+id_type!(
+    /// An entry of a chat log (a message or a system event).
+    MessageId
+);
 
 #[cfg(test)]
 mod tests {

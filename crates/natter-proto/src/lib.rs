@@ -5,15 +5,17 @@
 //! - [`ids`]: `UserId`, `DeviceId`, … (UUIDv7 newtypes that cannot be swapped).
 //! - [`error`]: the `{"error":{"code","message"}}` envelope and [`ErrorCode`].
 //! - [`accounts`]: verification, register, login, devices.
+//! - [`chats`]: chats, participants, messages and history.
 //! - [`users`]: profiles and contacts.
 //!
 //! This crate does no I/O and knows nothing of HTTP beyond status numbers.
 
 pub mod accounts;
+pub mod chats;
 pub mod error;
 pub mod ids;
 pub mod timefmt;
 pub mod users;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use ids::{DeviceId, UserId};
+pub use ids::{ChatId, DeviceId, MessageId, UserId};

@@ -161,6 +161,20 @@ pub struct Limits {
     pub header_read_timeout_secs: u64,
     /// Open connections one client address may hold.
     pub max_connections_per_ip: usize,
+    /// Participants of a group, creator included.
+    pub max_group_members: usize,
+    /// Longest group name, in characters.
+    pub max_chat_name_chars: usize,
+    /// Longest message text, in characters.
+    pub max_message_chars: usize,
+    /// Largest ciphertext of an encrypted message, in bytes (before base64).
+    pub max_ciphertext_bytes: usize,
+    /// Longest `client_message_id`, in characters.
+    pub max_client_message_id_chars: usize,
+    /// Largest page of history (`limit`); the default page is 50.
+    pub max_page_size: usize,
+    /// How long after sending a message may be edited.
+    pub edit_window_secs: u64,
 }
 
 impl Default for Limits {
@@ -177,6 +191,13 @@ impl Default for Limits {
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
             max_connections_per_ip: 1000,
+            max_group_members: 1024,
+            max_chat_name_chars: 128,
+            max_message_chars: 4096,
+            max_ciphertext_bytes: 32 * 1024,
+            max_client_message_id_chars: 64,
+            max_page_size: 100,
+            edit_window_secs: 24 * 3600,
         }
     }
 }
@@ -302,7 +323,7 @@ impl Config {
             }
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 17] = [
+        let positive: [(&'static str, u64); 24] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -347,6 +368,28 @@ impl Config {
                 "limits.max_connections_per_ip",
                 self.limits.max_connections_per_ip as u64,
             ),
+            (
+                "limits.max_group_members",
+                self.limits.max_group_members as u64,
+            ),
+            (
+                "limits.max_chat_name_chars",
+                self.limits.max_chat_name_chars as u64,
+            ),
+            (
+                "limits.max_message_chars",
+                self.limits.max_message_chars as u64,
+            ),
+            (
+                "limits.max_ciphertext_bytes",
+                self.limits.max_ciphertext_bytes as u64,
+            ),
+            (
+                "limits.max_client_message_id_chars",
+                self.limits.max_client_message_id_chars as u64,
+            ),
+            ("limits.max_page_size", self.limits.max_page_size as u64),
+            ("limits.edit_window_secs", self.limits.edit_window_secs),
         ];
         for (key, value) in positive {
             if value == 0 {

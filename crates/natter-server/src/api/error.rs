@@ -59,6 +59,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::DeviceNotFound => ErrorCode::DeviceNotFound,
             ServiceError::ContactNotFound => ErrorCode::ContactNotFound,
             ServiceError::Validation(_) => ErrorCode::ValidationFailed,
+            ServiceError::InvalidParameter(_) => ErrorCode::InvalidParameter,
+            ServiceError::ChatNotFound => ErrorCode::ChatNotFound,
+            ServiceError::MessageNotFound => ErrorCode::MessageNotFound,
+            ServiceError::Forbidden(_) => ErrorCode::Forbidden,
+            ServiceError::GroupFull(_) => ErrorCode::GroupFull,
+            ServiceError::EditWindowClosed => ErrorCode::EditWindowClosed,
             ServiceError::RateLimited(denied) => {
                 let mut err = Self::new(ErrorCode::RateLimited, e.to_string());
                 err.retry_after = Some(denied.retry_after.as_secs().max(1));

@@ -170,6 +170,35 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
+/// Query parameters parsed into `T`; anything malformed or unknown is a 400
+/// `invalid_parameter` in our envelope.
+#[derive(Debug)]
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        parse_query(query).map(ApiQuery).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!("Invalid query string: {e}."),
+            )
+        })
+    }
+}
+
+fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, String> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{query}")
+            .parse::<axum::http::Uri>()
+            .map_err(|e| e.to_string())?,
+    )
+    .map(|axum::extract::Query(t)| t)
+    .map_err(|e| e.body_text())
+}
+
 /// The client's address: the socket peer, or with `trust_forwarded_for`
 /// the last `X-Forwarded-For` entry (the one our proxy added).
 #[derive(Debug, Clone, Copy)]

@@ -6,6 +6,7 @@
 //! descriptions (utoipa), so `/api/v1/openapi.json` always matches the code.
 
 mod accounts;
+mod chats;
 mod error;
 mod extract;
 mod ops;
@@ -80,6 +81,14 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::list_contacts, users::add_contact))
         .routes(routes!(users::remove_contact))
         .routes(routes!(users::discover))
+        .routes(routes!(chats::create_chat, chats::list_chats))
+        .routes(routes!(chats::get_chat, chats::update_chat))
+        .routes(routes!(chats::add_participants))
+        .routes(routes!(chats::remove_participant, chats::change_role))
+        .routes(routes!(chats::history))
+        .routes(routes!(chats::mark_read))
+        .routes(routes!(chats::send_message))
+        .routes(routes!(chats::edit_message, chats::delete_message))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

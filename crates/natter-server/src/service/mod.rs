@@ -6,6 +6,7 @@
 //! [`Services::authenticate`] can make (DESIGN.md §4 rules 1 and 2).
 
 mod accounts;
+mod chats;
 mod contacts;
 mod profiles;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use natter_proto::{DeviceId, UserId};
 
 pub use self::accounts::{CodeSent, NewSession};
+pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
 pub use self::profiles::ProfileView;
 use crate::clock::Timestamp;
@@ -56,9 +58,27 @@ pub enum ServiceError {
     /// No such contact in the caller's list.
     #[error("No such contact.")]
     ContactNotFound,
+    /// No such chat (or one the caller is not in).
+    #[error("No such chat.")]
+    ChatNotFound,
+    /// No such message (or one the caller may not see).
+    #[error("No such message.")]
+    MessageNotFound,
+    /// A participant lacks the right; the message says which.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The group is full.
+    #[error("A group holds at most {0} participants.")]
+    GroupFull(usize),
+    /// The message can no longer be edited.
+    #[error("The message can no longer be changed (too old, or deleted).")]
+    EditWindowClosed,
     /// A field is out of bounds or malformed; the message names it.
     #[error("{0}")]
     Validation(String),
+    /// A query parameter is out of bounds; the message names it.
+    #[error("{0}")]
+    InvalidParameter(String),
     /// A rate limit refused the request.
     #[error("Too many requests; try again in {} seconds.", .0.retry_after.as_secs())]
     RateLimited(Denied),

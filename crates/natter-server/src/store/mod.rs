@@ -9,8 +9,9 @@
 pub mod sqlite;
 
 use async_trait::async_trait;
+use natter_proto::chats::{ChatEvent, ChatKind, MessageType, Role};
 use natter_proto::users::LastSeenVisibility;
-use natter_proto::{DeviceId, UserId};
+use natter_proto::{ChatId, DeviceId, MessageId, UserId};
 
 use crate::clock::Timestamp;
 use crate::phone::Phone;
@@ -177,6 +178,285 @@ pub struct ContactEntry {
     pub relation: Relation,
 }
 
+/// A chat.
+#[derive(Debug, Clone)]
+pub struct ChatRecord {
+    /// Its id.
+    pub id: ChatId,
+    /// Direct or group.
+    pub kind: ChatKind,
+    /// Group name.
+    pub name: Option<String>,
+    /// End-to-end encrypted (ciphertext only).
+    pub encrypted: bool,
+    /// Creator.
+    pub created_by: UserId,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// The chat log's last seq.
+    pub last_seq: i64,
+    /// Time of the last event.
+    pub last_activity_at: Timestamp,
+}
+
+/// A current participant.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The user.
+    pub user_id: UserId,
+    /// Their role.
+    pub role: Role,
+    /// When they joined.
+    pub joined_at: Timestamp,
+}
+
+/// What a chat-log entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A message of a type.
+    Message(MessageType),
+    /// A membership change or rename.
+    System(ChatEvent),
+    /// An edit of the message with this id (the message itself is updated in place).
+    Edit(MessageId),
+    /// A deletion of the message with this id (its content is gone).
+    Delete(MessageId),
+}
+
+/// One entry of a chat log.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// Its id.
+    pub id: MessageId,
+    /// Its chat.
+    pub chat_id: ChatId,
+    /// Its position.
+    pub seq: i64,
+    /// Who sent or acted.
+    pub sender_id: UserId,
+    /// From which device.
+    pub sender_device_id: Option<DeviceId>,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Text (plaintext chats; for edits, the new text).
+    pub content: Option<String>,
+    /// Opaque ciphertext (encrypted chats; for edits, the new ciphertext).
+    pub ciphertext: Option<Vec<u8>>,
+    /// Attached media.
+    pub media_id: Option<String>,
+    /// The message it answers.
+    pub reply_to: Option<MessageId>,
+    /// The sender's idempotency key.
+    pub client_message_id: Option<String>,
+    /// The sender's clock.
+    pub client_timestamp: Option<Timestamp>,
+    /// Server time.
+    pub created_at: Timestamp,
+    /// Last edit.
+    pub edited_at: Option<Timestamp>,
+    /// Deletion.
+    pub deleted_at: Option<Timestamp>,
+}
+
+/// A user's new update numbers for one appended entry: who must hear of it.
+pub type Fanout = Vec<(UserId, i64)>;
+
+/// An appended entry and who was told (with their new pts).
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The entry.
+    pub entry: LogEntry,
+    /// Every user the entry concerns, with the pts it got in their stream.
+    pub fanout: Fanout,
+}
+
+/// A user's relation to a chat: what they may see and do.
+#[derive(Debug, Clone)]
+pub struct ChatAccess {
+    /// The chat.
+    pub chat: ChatRecord,
+    /// Their role if they are a participant now.
+    pub role: Option<Role>,
+}
+
+/// A read or delivery position.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    /// Whose.
+    pub user_id: UserId,
+    /// Highest seq a device of theirs received.
+    pub delivered_seq: i64,
+    /// Highest seq they read.
+    pub read_seq: i64,
+}
+
+/// One chat in a user's chat list.
+#[derive(Debug, Clone)]
+pub struct ChatOverview {
+    /// The chat.
+    pub chat: ChatRecord,
+    /// The user's role.
+    pub role: Role,
+    /// Messages from others after the user's read position.
+    pub unread: i64,
+    /// The last message the user may see.
+    pub last_message: Option<LogEntry>,
+}
+
+/// A chat to create.
+#[derive(Debug, Clone)]
+pub struct NewChat {
+    /// Its id (ignored when a direct chat for the pair exists).
+    pub id: ChatId,
+    /// Direct or group.
+    pub kind: ChatKind,
+    /// Group name.
+    pub name: Option<String>,
+    /// End-to-end encrypted.
+    pub encrypted: bool,
+    /// Creator (admin of a group).
+    pub creator: UserId,
+    /// The other participants (not the creator).
+    pub others: Vec<UserId>,
+    /// Time.
+    pub now: Timestamp,
+}
+
+/// What became of a chat creation.
+#[derive(Debug, Clone)]
+pub enum ChatCreated {
+    /// A new chat, with its `created` entry.
+    Created(ChatRecord, Box<Appended>),
+    /// The direct chat for this pair already existed.
+    Existing(ChatRecord),
+    /// A participant does not exist.
+    UnknownUser(UserId),
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Its id.
+    pub id: MessageId,
+    /// The chat.
+    pub chat_id: ChatId,
+    /// The sender (from the session).
+    pub sender_id: UserId,
+    /// The sending device (from the session).
+    pub sender_device_id: DeviceId,
+    /// Its type.
+    pub message_type: MessageType,
+    /// Text.
+    pub content: Option<String>,
+    /// Ciphertext.
+    pub ciphertext: Option<Vec<u8>>,
+    /// Media.
+    pub media_id: Option<String>,
+    /// The message it answers.
+    pub reply_to: Option<MessageId>,
+    /// Idempotency key.
+    pub client_message_id: Option<String>,
+    /// Sender's clock.
+    pub client_timestamp: Option<Timestamp>,
+    /// Server time.
+    pub now: Timestamp,
+}
+
+/// What became of a message.
+#[derive(Debug, Clone)]
+pub enum Posted {
+    /// Appended.
+    Created(Appended),
+    /// A retry: the message first sent with this `client_message_id`.
+    Duplicate(LogEntry),
+    /// The sender is not a participant (now).
+    NotMember,
+    /// `reply_to` is not a message the sender may see in this chat.
+    BadReply,
+}
+
+/// A change to a chat's participants or name, by `actor`.
+#[derive(Debug, Clone)]
+pub enum ChatChange {
+    /// Add users (admins).
+    Add(Vec<UserId>),
+    /// Remove a user (admins; anyone may remove themself).
+    Remove(UserId),
+    /// Rename (admins).
+    Rename(String),
+    /// Change a participant's role (admins).
+    SetRole(UserId, Role),
+}
+
+/// What became of a chat change.
+#[derive(Debug, Clone)]
+pub enum ChatChanged {
+    /// Done: the entries appended (none if nothing changed).
+    Done(Vec<Appended>),
+    /// The actor is not a participant.
+    NotMember,
+    /// The actor lacks the right.
+    Forbidden,
+    /// A user to add does not exist, or one to change is not a participant.
+    UnknownUser(UserId),
+    /// Adding would pass the group size limit.
+    GroupFull,
+    /// Direct chats have fixed participants and no name.
+    NotAGroup,
+}
+
+/// What became of an edit or deletion.
+#[derive(Debug, Clone)]
+pub enum MessageChanged {
+    /// Done: the edit/delete entry, and the message as it is now.
+    Done(Box<Appended>, Box<LogEntry>),
+    /// No such message visible to the actor (or not a message).
+    NotFound,
+    /// Only the sender may do this.
+    NotSender,
+    /// Outside the edit window, or already deleted.
+    TooLate,
+}
+
+/// An edit or deletion of a message.
+#[derive(Debug, Clone)]
+pub struct MessageChange {
+    /// The message.
+    pub message: MessageId,
+    /// Who asks (must be the sender).
+    pub actor: UserId,
+    /// From which device.
+    pub device: DeviceId,
+    /// `Some` for an edit, `None` for a deletion.
+    pub edit: Option<NewContent>,
+    /// Time.
+    pub now: Timestamp,
+}
+
+/// The new content of an edited message.
+#[derive(Debug, Clone)]
+pub struct NewContent {
+    /// Text (plaintext chats).
+    pub content: Option<String>,
+    /// Ciphertext (encrypted chats).
+    pub ciphertext: Option<Vec<u8>>,
+    /// Edits are allowed this long after sending.
+    pub window_ms: i64,
+}
+
+/// Which part of a history to read.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryQuery {
+    /// Only entries with a seq below this, newest first.
+    pub before_seq: Option<i64>,
+    /// Only entries with a seq above this, oldest first.
+    pub after_seq: Option<i64>,
+    /// Entries to skip (page-based paging).
+    pub offset: i64,
+    /// Entries to return.
+    pub limit: i64,
+}
+
 /// The storage engine.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -263,4 +543,51 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Which of these numbers have accounts. The numbers are not stored.
     async fn users_by_phones(&self, phones: &[Phone]) -> StoreResult<Vec<(Phone, UserId)>>;
+
+    /// Creates a chat (or finds the pair's direct chat).
+    async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated>;
+
+    /// The chat and the user's current role, if they are or were a participant.
+    async fn chat_access(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatAccess>>;
+
+    /// Current participants, by join time.
+    async fn members(&self, chat: ChatId) -> StoreResult<Vec<Member>>;
+
+    /// Receipts of the current participants.
+    async fn receipts(&self, chat: ChatId) -> StoreResult<Vec<Receipt>>;
+
+    /// The user's chats, most recent activity first.
+    async fn chats_of(&self, user: UserId) -> StoreResult<Vec<ChatOverview>>;
+
+    /// Appends a message after checking, in the same transaction, that the
+    /// sender is a participant.
+    async fn post(&self, message: NewMessage) -> StoreResult<Posted>;
+
+    /// Changes participants or name; each change is an entry of the chat log.
+    async fn change_chat(
+        &self,
+        chat: ChatId,
+        actor: UserId,
+        change: ChatChange,
+        max_members: usize,
+        now: Timestamp,
+    ) -> StoreResult<ChatChanged>;
+
+    /// The entries `user` may see, within `query`, and whether more exist.
+    async fn history(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        query: HistoryQuery,
+    ) -> StoreResult<(Vec<LogEntry>, bool)>;
+
+    /// Edits a message (sender only, within the window) or deletes it for
+    /// everyone (sender only: content gone, a tombstone stays).
+    async fn change_message(&self, change: MessageChange) -> StoreResult<MessageChanged>;
+
+    /// The chat a message belongs to.
+    async fn chat_of_message(&self, message: MessageId) -> StoreResult<Option<ChatId>>;
+
+    /// Moves the user's read position forward (never back); returns it.
+    async fn mark_read(&self, chat: ChatId, user: UserId, seq: i64) -> StoreResult<i64>;
 }

@@ -8,6 +8,8 @@
 //! - `devices`: tokens, logout, device lists and revocation.
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
 //! - `contacts`: contact lists and discovery.
+//! - `chats`: chats, participants, roles, chat lists.
+//! - `messages`: sending, history, idempotency, encryption, edits, receipts.
 //! - `errors`: malformed input of every kind, and the limits at N and N+1.
 //! - `connections`: the listener (header timeout, connections per address).
 //! - `restart`: what survives a restart.
@@ -20,10 +22,12 @@
     unreachable_pub
 )]
 
+mod chats;
 mod connections;
 mod contacts;
 mod devices;
 mod errors;
+mod messages;
 mod ops;
 mod profiles;
 mod rate_limits;

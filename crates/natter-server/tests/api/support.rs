@@ -372,3 +372,60 @@ impl TestUser {
         );
     }
 }
+
+impl TestUser {
+    /// Creates (or finds) the direct chat with `other`; returns its id.
+    pub async fn direct_chat_with(&self, app: &TestApp, other: &TestUser) -> String {
+        let answer = self
+            .post(
+                app,
+                "/api/v1/chats",
+                json!({"type": "direct", "participants": [other.user_id]}),
+            )
+            .await;
+        assert!(answer.status == 201 || answer.status == 200, "{answer:?}");
+        answer.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a group with `others`; returns its id.
+    pub async fn group_with(&self, app: &TestApp, name: &str, others: &[&TestUser]) -> String {
+        let ids: Vec<&str> = others.iter().map(|u| u.user_id.as_str()).collect();
+        let body = self
+            .post(
+                app,
+                "/api/v1/chats",
+                json!({"type": "group", "name": name, "participants": ids}),
+            )
+            .await
+            .ok(201);
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends a text message; returns the stored message.
+    pub async fn sends(&self, app: &TestApp, chat: &str, text: &str) -> Value {
+        self.post(
+            app,
+            "/api/v1/messages",
+            json!({"chat_id": chat, "content": text, "type": "text"}),
+        )
+        .await
+        .ok(201)
+    }
+
+    /// The texts of a chat's history as this user sees it, oldest first.
+    pub async fn texts(&self, app: &TestApp, chat: &str) -> Vec<String> {
+        let page = self
+            .get(app, &format!("/api/v1/chats/{chat}/messages?limit=100"))
+            .await
+            .ok(200);
+        let mut texts: Vec<String> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["type"] == "text")
+            .map(|m| m["content"].as_str().unwrap_or("<deleted>").to_owned())
+            .collect();
+        texts.reverse();
+        texts
+    }
+}

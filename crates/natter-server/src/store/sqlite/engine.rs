@@ -11,6 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -80,6 +81,10 @@ impl Writer {
                 "could not enable WAL mode (got {mode})"
             )));
         }
+        // Deleted content (messages deleted for everyone, consumed codes) is
+        // overwritten in the file, not just unlinked from the b-tree.
+        conn.execute_batch("PRAGMA secure_delete = ON;")
+            .map_err(db_err)?;
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel(queue);
         let thread = std::thread::Builder::new()
@@ -144,6 +149,7 @@ impl Writer {
 /// The writer loop: wait for a job, gather the queue, commit once, answer all.
 fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
+    let mut last_checkpoint = Instant::now();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < batch_max {
@@ -153,6 +159,36 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usiz
             }
         }
         commit_batch(&mut conn, &mut batch);
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            truncate_wal(&conn);
+            last_checkpoint = Instant::now();
+        }
+    }
+}
+
+/// How often the writer folds the write-ahead log into the database and
+/// truncates it. Besides bounding the log's size, this is what removes the
+/// old copies of deleted content that the log still holds.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
+
+/// Checkpoints and truncates the WAL without waiting for readers: if some
+/// are busy, it does what it can now and the rest next time.
+fn truncate_wal(conn: &Connection) {
+    let result = conn
+        .execute_batch("PRAGMA busy_timeout = 0;")
+        .and_then(|()| {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .and_then(|busy| {
+            conn.execute_batch("PRAGMA busy_timeout = 5000;")
+                .map(|()| busy)
+        });
+    match result {
+        Ok(0) => tracing::debug!("write-ahead log checkpointed and truncated"),
+        Ok(_) => tracing::debug!("write-ahead log checkpoint deferred: readers busy"),
+        Err(e) => tracing::warn!(error = %e, "write-ahead log checkpoint failed"),
     }
 }
 
@@ -201,6 +237,8 @@ pub(super) struct ReadPool {
     idle: Mutex<Vec<Connection>>,
     /// One permit per connection: readers wait here when all are busy.
     permits: Semaphore,
+    /// How many connections the pool holds.
+    size: usize,
 }
 
 impl std::fmt::Debug for ReadPool {
@@ -221,7 +259,25 @@ impl ReadPool {
             path: path.to_owned(),
             idle: Mutex::new(idle),
             permits: Semaphore::new(size),
+            size,
         })
+    }
+
+    /// Waits for running reads, then closes every connection (so the
+    /// writer's connection is the last and SQLite folds the WAL in on close).
+    pub(super) async fn close(&self) {
+        if let Ok(all) = self
+            .permits
+            .acquire_many(u32::try_from(self.size).unwrap_or(u32::MAX))
+            .await
+        {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+            all.forget();
+        }
+        self.permits.close();
     }
 
     /// Runs `f` on a read connection in a blocking thread.

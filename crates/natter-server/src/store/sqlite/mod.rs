@@ -4,20 +4,23 @@
 //! small pool (see [`engine`]). Migrations are embedded and applied at open,
 //! tracked by `PRAGMA user_version`.
 
+mod chats;
 mod engine;
 
 use std::path::Path;
 
 use async_trait::async_trait;
 use natter_proto::users::LastSeenVisibility;
-use natter_proto::{DeviceId, UserId};
+use natter_proto::{ChatId, DeviceId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use self::engine::{ReadPool, Writer, db_err};
 use super::{
-    ContactAdded, ContactEntry, Device, LoggedIn, Login, NewDevice, NewVerificationCode,
-    ProfilePatch, Registered, Registration, Relation, Store, StoreError, StoreResult, User,
+    ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ContactAdded, ContactEntry,
+    Device, HistoryQuery, LogEntry, LoggedIn, Login, Member, MessageChange, MessageChanged,
+    NewChat, NewDevice, NewMessage, NewVerificationCode, Posted, ProfilePatch, Receipt, Registered,
+    Registration, Relation, Store, StoreError, StoreResult, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -25,7 +28,10 @@ use crate::phone::Phone;
 use crate::secret::{CodeHash, TokenHash};
 
 /// The schema, in order. Never edit a released migration; add a new one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_accounts.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_accounts.sql"),
+    include_str!("migrations/0002_chats.sql"),
+];
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "natter.db";
@@ -235,6 +241,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.readers.close().await;
         self.writer.close().await;
     }
 
@@ -640,6 +647,94 @@ impl Store for SqliteStore {
                 }
                 Ok(found)
             })
+            .await
+    }
+
+    async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated> {
+        self.writer
+            .write(move |c| chats::create_chat(c, chat).map_err(db_err))
+            .await
+    }
+
+    async fn chat_access(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatAccess>> {
+        self.readers
+            .read(move |c| chats::chat_access(c, chat, user).map_err(db_err))
+            .await
+    }
+
+    async fn members(&self, chat: ChatId) -> StoreResult<Vec<Member>> {
+        self.readers
+            .read(move |c| chats::members(c, chat).map_err(db_err))
+            .await
+    }
+
+    async fn receipts(&self, chat: ChatId) -> StoreResult<Vec<Receipt>> {
+        self.readers
+            .read(move |c| chats::receipts(c, chat).map_err(db_err))
+            .await
+    }
+
+    async fn chats_of(&self, user: UserId) -> StoreResult<Vec<ChatOverview>> {
+        self.readers
+            .read(move |c| chats::chats_of(c, user).map_err(db_err))
+            .await
+    }
+
+    async fn post(&self, message: NewMessage) -> StoreResult<Posted> {
+        self.writer
+            .write(move |c| chats::post(c, message).map_err(db_err))
+            .await
+    }
+
+    async fn change_chat(
+        &self,
+        chat: ChatId,
+        actor: UserId,
+        change: ChatChange,
+        max_members: usize,
+        now: Timestamp,
+    ) -> StoreResult<ChatChanged> {
+        self.writer
+            .write(move |c| {
+                chats::change_chat(c, chat, actor, change, max_members, now).map_err(db_err)
+            })
+            .await
+    }
+
+    async fn history(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        query: HistoryQuery,
+    ) -> StoreResult<(Vec<LogEntry>, bool)> {
+        self.readers
+            .read(move |c| chats::history(c, chat, user, query).map_err(db_err))
+            .await
+    }
+
+    async fn change_message(&self, change: MessageChange) -> StoreResult<MessageChanged> {
+        self.writer
+            .write(move |c| chats::change_message(c, change).map_err(db_err))
+            .await
+    }
+
+    async fn chat_of_message(&self, message: MessageId) -> StoreResult<Option<ChatId>> {
+        self.readers
+            .read(move |c| {
+                c.prepare_cached("SELECT chat_id FROM chat_log WHERE id = ?1")
+                    .and_then(|mut s| {
+                        s.query_row([message.as_uuid().as_bytes()], |r| uuid_of(r, "chat_id"))
+                            .optional()
+                    })
+                    .map(|id| id.map(ChatId::from_uuid))
+                    .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn mark_read(&self, chat: ChatId, user: UserId, seq: i64) -> StoreResult<i64> {
+        self.writer
+            .write(move |c| chats::mark_read(c, chat, user, seq).map_err(db_err))
             .await
     }
 }

@@ -1,0 +1,636 @@
+//! Chats, messages and history: who may see and do what in a chat.
+//!
+//! Every operation on a chat starts from [`Services::access`], the one gate:
+//! a chat the caller never belonged to answers exactly like a missing one.
+//! Writes re-check membership inside their transaction in the store, so a
+//! removal racing a send never lets the send through.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use natter_proto::chats::{
+    ChatKind, CreateChat, EditMessage, MessageStatus, MessageType, Role, SendMessage,
+};
+use natter_proto::{ChatId, MessageId, UserId};
+
+use super::{Principal, ServiceError, ServiceResult, Services, clean_text};
+use crate::clock::Timestamp;
+use crate::store::{
+    ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ChatRecord, HistoryQuery,
+    LogEntry, Member, MessageChange, MessageChanged, NewChat, NewContent, NewMessage, Posted,
+    Receipt,
+};
+
+/// A chat with its participants, as the caller sees it.
+#[derive(Debug, Clone)]
+pub struct ChatView {
+    /// The chat.
+    pub chat: ChatRecord,
+    /// The caller's role, if they are a participant now.
+    pub role: Option<Role>,
+    /// Current participants.
+    pub members: Vec<Member>,
+}
+
+/// A chat-log entry with the status its sender sees.
+#[derive(Debug, Clone)]
+pub struct MessageView {
+    /// The entry.
+    pub entry: LogEntry,
+    /// Sent, delivered or read.
+    pub status: MessageStatus,
+}
+
+/// Which page of history.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistoryRequest {
+    /// 1-based page (the seed's paging); ignored with cursors.
+    pub page: Option<i64>,
+    /// Entries per page (default 50).
+    pub limit: Option<i64>,
+    /// Entries before this seq, newest first.
+    pub before_seq: Option<i64>,
+    /// Entries after this seq, oldest first.
+    pub after_seq: Option<i64>,
+}
+
+/// The default page size, as in the seed's example.
+const DEFAULT_PAGE_SIZE: i64 = 50;
+
+/// The status of an entry given the receipts of the chat's participants:
+/// read once every other participant read it, delivered once every other
+/// participant received it.
+fn status_of(entry: &LogEntry, receipts: &[Receipt]) -> MessageStatus {
+    let others: Vec<&Receipt> = receipts
+        .iter()
+        .filter(|r| r.user_id != entry.sender_id)
+        .collect();
+    if others.is_empty() {
+        return MessageStatus::Sent;
+    }
+    if others.iter().all(|r| r.read_seq >= entry.seq) {
+        MessageStatus::Read
+    } else if others.iter().all(|r| r.delivered_seq >= entry.seq) {
+        MessageStatus::Delivered
+    } else {
+        MessageStatus::Sent
+    }
+}
+
+impl Services {
+    /// The gate: the chat if the caller is or was a participant.
+    async fn access(&self, who: &Principal, chat: ChatId) -> ServiceResult<ChatAccess> {
+        self.inner
+            .store
+            .chat_access(chat, who.user)
+            .await?
+            .ok_or(ServiceError::ChatNotFound)
+    }
+
+    async fn view(&self, access: ChatAccess) -> ServiceResult<ChatView> {
+        let members = self.inner.store.members(access.chat.id).await?;
+        Ok(ChatView {
+            chat: access.chat,
+            role: access.role,
+            members,
+        })
+    }
+
+    /// Creates a chat; for a direct chat that exists, returns it (`false`).
+    ///
+    /// # Errors
+    /// Bad participants or name (422), unknown users (404), too many (409).
+    pub async fn create_chat(
+        &self,
+        who: &Principal,
+        req: CreateChat,
+    ) -> ServiceResult<(ChatView, bool)> {
+        let limits = &self.inner.config.limits;
+        let mut others: Vec<UserId> = req
+            .participants
+            .into_iter()
+            .filter(|u| *u != who.user)
+            .collect();
+        others.sort();
+        others.dedup();
+        let name = match req.kind {
+            ChatKind::Direct => {
+                if others.len() != 1 {
+                    return Err(ServiceError::Validation(
+                        "A direct chat has exactly one other participant.".to_owned(),
+                    ));
+                }
+                if req.name.is_some() {
+                    return Err(ServiceError::Validation(
+                        "Direct chats have no name.".to_owned(),
+                    ));
+                }
+                None
+            }
+            ChatKind::Group => {
+                if others.len() + 1 > limits.max_group_members {
+                    return Err(ServiceError::GroupFull(limits.max_group_members));
+                }
+                let name = req.name.ok_or_else(|| {
+                    ServiceError::Validation("A group needs a `name`.".to_owned())
+                })?;
+                Some(clean_text(
+                    "name",
+                    &name,
+                    limits.max_chat_name_chars,
+                    false,
+                )?)
+            }
+        };
+        let new = NewChat {
+            id: ChatId::new(),
+            kind: req.kind,
+            name,
+            encrypted: req.encrypted,
+            creator: who.user,
+            others,
+            now: Timestamp::now(),
+        };
+        let (chat, created) = match self.inner.store.create_chat(new).await? {
+            ChatCreated::Created(chat, _) => (chat, true),
+            ChatCreated::Existing(chat) => (chat, false),
+            ChatCreated::UnknownUser(_) => return Err(ServiceError::UserNotFound),
+        };
+        let access = self.access(who, chat.id).await?;
+        Ok((self.view(access).await?, created))
+    }
+
+    /// A chat the caller is or was in.
+    ///
+    /// # Errors
+    /// [`ServiceError::ChatNotFound`].
+    pub async fn chat(&self, who: &Principal, chat: ChatId) -> ServiceResult<ChatView> {
+        let access = self.access(who, chat).await?;
+        self.view(access).await
+    }
+
+    /// The caller's chats, most recent activity first.
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn chats(
+        &self,
+        who: &Principal,
+    ) -> ServiceResult<Vec<(ChatOverview, Option<MessageView>)>> {
+        let overviews = self.inner.store.chats_of(who.user).await?;
+        let mut out = Vec::with_capacity(overviews.len());
+        for overview in overviews {
+            let last = match &overview.last_message {
+                Some(entry) => {
+                    let receipts = self.inner.store.receipts(overview.chat.id).await?;
+                    Some(MessageView {
+                        status: status_of(entry, &receipts),
+                        entry: entry.clone(),
+                    })
+                }
+                None => None,
+            };
+            out.push((overview, last));
+        }
+        Ok(out)
+    }
+
+    /// Sends a message. A retry with the same `client_message_id` returns the
+    /// first message (`false`).
+    ///
+    /// # Errors
+    /// Not a participant (404), bad content (422).
+    pub async fn send(
+        &self,
+        who: &Principal,
+        req: SendMessage,
+    ) -> ServiceResult<(MessageView, bool)> {
+        let access = self.access(who, req.chat_id).await?;
+        if access.role.is_none() {
+            return Err(ServiceError::ChatNotFound);
+        }
+        let limits = &self.inner.config.limits;
+        if req.message_type == MessageType::System {
+            return Err(ServiceError::Validation(
+                "`type` must be text, image, video or file.".to_owned(),
+            ));
+        }
+        if req.media_id.is_some() {
+            // Media uploads arrive with the media issue; until then no id is usable.
+            return Err(ServiceError::Validation(
+                "`media_id` does not name an upload you may use.".to_owned(),
+            ));
+        }
+        if req.message_type != MessageType::Text {
+            return Err(ServiceError::Validation(format!(
+                "A message of type `{}` needs a `media_id`.",
+                serde_json::to_value(req.message_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )));
+        }
+        let (content, ciphertext) = self.message_body(&access.chat, req.content, req.ciphertext)?;
+        if let Some(key) = &req.client_message_id {
+            let len = key.chars().count();
+            if len == 0 || len > limits.max_client_message_id_chars {
+                return Err(ServiceError::Validation(format!(
+                    "`client_message_id` must have 1 to {} characters.",
+                    limits.max_client_message_id_chars
+                )));
+            }
+        }
+        let message = NewMessage {
+            id: MessageId::new(),
+            chat_id: req.chat_id,
+            sender_id: who.user,
+            sender_device_id: who.device,
+            message_type: req.message_type,
+            content,
+            ciphertext,
+            media_id: None,
+            reply_to: req.reply_to,
+            client_message_id: req.client_message_id,
+            client_timestamp: req.timestamp.map(|t| {
+                Timestamp(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+            }),
+            now: Timestamp::now(),
+        };
+        let (entry, created) = match self.inner.store.post(message).await? {
+            Posted::Created(appended) => (appended.entry, true),
+            Posted::Duplicate(entry) => (entry, false),
+            Posted::NotMember => return Err(ServiceError::ChatNotFound),
+            Posted::BadReply => {
+                return Err(ServiceError::Validation(
+                    "`reply_to` is not a message of this chat that you can see.".to_owned(),
+                ));
+            }
+        };
+        let receipts = self.inner.store.receipts(entry.chat_id).await?;
+        Ok((
+            MessageView {
+                status: status_of(&entry, &receipts),
+                entry,
+            },
+            created,
+        ))
+    }
+
+    /// Checks and decodes the body of a message for this chat: text for
+    /// plaintext chats, base64 ciphertext for encrypted ones, never both.
+    fn message_body(
+        &self,
+        chat: &ChatRecord,
+        content: Option<String>,
+        ciphertext: Option<String>,
+    ) -> ServiceResult<(Option<String>, Option<Vec<u8>>)> {
+        let limits = &self.inner.config.limits;
+        match (chat.encrypted, content, ciphertext) {
+            (false, Some(text), None) => {
+                let len = text.chars().count();
+                if text.trim().is_empty() {
+                    return Err(ServiceError::Validation(
+                        "`content` must not be empty.".to_owned(),
+                    ));
+                }
+                if len > limits.max_message_chars {
+                    return Err(ServiceError::Validation(format!(
+                        "`content` is {len} characters long; the most allowed is {}.",
+                        limits.max_message_chars
+                    )));
+                }
+                Ok((Some(text), None))
+            }
+            (true, None, Some(encoded)) => {
+                let bytes = BASE64.decode(encoded.as_bytes()).map_err(|_| {
+                    ServiceError::Validation("`ciphertext` must be standard base64.".to_owned())
+                })?;
+                if bytes.is_empty() || bytes.len() > limits.max_ciphertext_bytes {
+                    return Err(ServiceError::Validation(format!(
+                        "`ciphertext` must hold 1 to {} bytes.",
+                        limits.max_ciphertext_bytes
+                    )));
+                }
+                Ok((None, Some(bytes)))
+            }
+            (false, _, _) => Err(ServiceError::Validation(
+                "This chat is not encrypted: send `content`, not `ciphertext`.".to_owned(),
+            )),
+            (true, _, _) => Err(ServiceError::Validation(
+                "This chat is end-to-end encrypted: send only `ciphertext`.".to_owned(),
+            )),
+        }
+    }
+
+    /// A page of the history the caller may see (from joining until leaving).
+    ///
+    /// # Errors
+    /// Unknown chat (404), bad paging (400).
+    pub async fn history(
+        &self,
+        who: &Principal,
+        chat: ChatId,
+        req: HistoryRequest,
+    ) -> ServiceResult<(Vec<MessageView>, bool)> {
+        self.access(who, chat).await?;
+        let max = i64::try_from(self.inner.config.limits.max_page_size).unwrap_or(i64::MAX);
+        let limit = req.limit.unwrap_or(DEFAULT_PAGE_SIZE.min(max));
+        if !(1..=max).contains(&limit) {
+            return Err(ServiceError::InvalidParameter(format!(
+                "`limit` must be between 1 and {max}."
+            )));
+        }
+        let page = req.page.unwrap_or(1);
+        if page < 1 {
+            return Err(ServiceError::InvalidParameter(
+                "`page` starts at 1.".to_owned(),
+            ));
+        }
+        if req.before_seq.is_some_and(|s| s < 1) || req.after_seq.is_some_and(|s| s < 0) {
+            return Err(ServiceError::InvalidParameter(
+                "`before_seq` and `after_seq` are positions in the chat log.".to_owned(),
+            ));
+        }
+        let offset = (page - 1)
+            .checked_mul(limit)
+            .ok_or_else(|| ServiceError::InvalidParameter("`page` is too large.".to_owned()))?;
+        let query = HistoryQuery {
+            before_seq: req.before_seq,
+            after_seq: req.after_seq,
+            offset,
+            limit,
+        };
+        let (entries, has_more) = self.inner.store.history(chat, who.user, query).await?;
+        let receipts = self.inner.store.receipts(chat).await?;
+        let views = entries
+            .into_iter()
+            .map(|entry| MessageView {
+                status: status_of(&entry, &receipts),
+                entry,
+            })
+            .collect();
+        Ok((views, has_more))
+    }
+
+    /// Edits one of the caller's messages, within the edit window.
+    ///
+    /// # Errors
+    /// Unknown message (404), not the sender (403), too late (409), bad content (422).
+    pub async fn edit_message(
+        &self,
+        who: &Principal,
+        id: MessageId,
+        req: EditMessage,
+    ) -> ServiceResult<MessageView> {
+        let chat = self.message_chat(who, id).await?;
+        let (content, ciphertext) = self.message_body(&chat.chat, req.content, req.ciphertext)?;
+        let window = i64::try_from(
+            self.inner
+                .config
+                .limits
+                .edit_window_secs
+                .saturating_mul(1000),
+        )
+        .unwrap_or(i64::MAX);
+        let change = MessageChange {
+            message: id,
+            actor: who.user,
+            device: who.device,
+            edit: Some(NewContent {
+                content,
+                ciphertext,
+                window_ms: window,
+            }),
+            now: Timestamp::now(),
+        };
+        let changed = self.inner.store.change_message(change).await?;
+        self.message_changed(changed).await
+    }
+
+    /// Deletes one of the caller's messages for everyone.
+    ///
+    /// # Errors
+    /// Unknown message (404), not the sender (403).
+    pub async fn delete_message(
+        &self,
+        who: &Principal,
+        id: MessageId,
+    ) -> ServiceResult<MessageView> {
+        self.message_chat(who, id).await?;
+        let change = MessageChange {
+            message: id,
+            actor: who.user,
+            device: who.device,
+            edit: None,
+            now: Timestamp::now(),
+        };
+        let changed = self.inner.store.change_message(change).await?;
+        self.message_changed(changed).await
+    }
+
+    /// The chat of a message the caller may see, as a participant now.
+    async fn message_chat(&self, who: &Principal, id: MessageId) -> ServiceResult<ChatAccess> {
+        let chat = self
+            .inner
+            .store
+            .chat_of_message(id)
+            .await?
+            .ok_or(ServiceError::MessageNotFound)?;
+        match self.inner.store.chat_access(chat, who.user).await? {
+            Some(access) if access.role.is_some() => Ok(access),
+            _ => Err(ServiceError::MessageNotFound),
+        }
+    }
+
+    async fn message_changed(&self, changed: MessageChanged) -> ServiceResult<MessageView> {
+        match changed {
+            MessageChanged::Done(_, entry) => {
+                let entry = *entry;
+                let receipts = self.inner.store.receipts(entry.chat_id).await?;
+                Ok(MessageView {
+                    status: status_of(&entry, &receipts),
+                    entry,
+                })
+            }
+            MessageChanged::NotFound => Err(ServiceError::MessageNotFound),
+            MessageChanged::NotSender => Err(ServiceError::Forbidden(
+                "Only the sender may change a message.".to_owned(),
+            )),
+            MessageChanged::TooLate => Err(ServiceError::EditWindowClosed),
+        }
+    }
+
+    /// Renames a group (admins).
+    ///
+    /// # Errors
+    /// Unknown chat (404), not an admin (403), direct chat or bad name (422).
+    pub async fn rename_chat(
+        &self,
+        who: &Principal,
+        chat: ChatId,
+        name: &str,
+    ) -> ServiceResult<ChatView> {
+        let name = clean_text(
+            "name",
+            name,
+            self.inner.config.limits.max_chat_name_chars,
+            false,
+        )?;
+        self.change_chat(who, chat, ChatChange::Rename(name)).await
+    }
+
+    /// Adds users to a group (admins).
+    ///
+    /// # Errors
+    /// Unknown chat or user (404), not an admin (403), full (409).
+    pub async fn add_participants(
+        &self,
+        who: &Principal,
+        chat: ChatId,
+        users: Vec<UserId>,
+    ) -> ServiceResult<ChatView> {
+        let max = self.inner.config.limits.max_group_members;
+        if users.is_empty() || users.len() > max {
+            return Err(ServiceError::Validation(format!(
+                "`user_ids` must hold 1 to {max} users."
+            )));
+        }
+        self.change_chat(who, chat, ChatChange::Add(users)).await
+    }
+
+    /// Removes a participant (admins), or leaves (anyone, for themself).
+    ///
+    /// # Errors
+    /// Unknown chat or participant (404), not an admin (403).
+    pub async fn remove_participant(
+        &self,
+        who: &Principal,
+        chat: ChatId,
+        user: UserId,
+    ) -> ServiceResult<()> {
+        self.change_chat(who, chat, ChatChange::Remove(user))
+            .await
+            .map(drop)
+    }
+
+    /// Changes a participant's role (admins).
+    ///
+    /// # Errors
+    /// Unknown chat or participant (404), not an admin (403).
+    pub async fn set_role(
+        &self,
+        who: &Principal,
+        chat: ChatId,
+        user: UserId,
+        role: Role,
+    ) -> ServiceResult<ChatView> {
+        self.change_chat(who, chat, ChatChange::SetRole(user, role))
+            .await
+    }
+
+    async fn change_chat(
+        &self,
+        who: &Principal,
+        chat: ChatId,
+        change: ChatChange,
+    ) -> ServiceResult<ChatView> {
+        let access = self.access(who, chat).await?;
+        if access.role.is_none() {
+            return Err(ServiceError::ChatNotFound);
+        }
+        let max = self.inner.config.limits.max_group_members;
+        match self
+            .inner
+            .store
+            .change_chat(chat, who.user, change, max, Timestamp::now())
+            .await?
+        {
+            ChatChanged::Done(_) => {}
+            ChatChanged::NotMember => return Err(ServiceError::ChatNotFound),
+            ChatChanged::Forbidden => {
+                return Err(ServiceError::Forbidden(
+                    "Only the group's admins may do this.".to_owned(),
+                ));
+            }
+            ChatChanged::UnknownUser(_) => return Err(ServiceError::UserNotFound),
+            ChatChanged::GroupFull => return Err(ServiceError::GroupFull(max)),
+            ChatChanged::NotAGroup => {
+                return Err(ServiceError::Validation(
+                    "Direct chats have fixed participants and no name.".to_owned(),
+                ));
+            }
+        }
+        let access = self.access(who, chat).await?;
+        self.view(access).await
+    }
+
+    /// Marks everything up to `seq` as read by the caller.
+    ///
+    /// # Errors
+    /// Unknown chat (404), bad seq (400).
+    pub async fn mark_read(&self, who: &Principal, chat: ChatId, seq: i64) -> ServiceResult<i64> {
+        let access = self.access(who, chat).await?;
+        if access.role.is_none() {
+            return Err(ServiceError::ChatNotFound);
+        }
+        if seq < 0 {
+            return Err(ServiceError::Validation(
+                "`seq` must not be negative.".to_owned(),
+            ));
+        }
+        Ok(self.inner.store.mark_read(chat, who.user, seq).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EntryKind;
+
+    fn entry(sender: UserId, seq: i64) -> LogEntry {
+        LogEntry {
+            id: MessageId::new(),
+            chat_id: ChatId::new(),
+            seq,
+            sender_id: sender,
+            sender_device_id: None,
+            kind: EntryKind::Message(MessageType::Text),
+            content: Some("hi".into()),
+            ciphertext: None,
+            media_id: None,
+            reply_to: None,
+            client_message_id: None,
+            client_timestamp: None,
+            created_at: Timestamp(0),
+            edited_at: None,
+            deleted_at: None,
+        }
+    }
+
+    #[test]
+    fn status_follows_the_slowest_other_participant() {
+        let (me, a, b) = (UserId::new(), UserId::new(), UserId::new());
+        let r = |user_id, delivered_seq, read_seq| Receipt {
+            user_id,
+            delivered_seq,
+            read_seq,
+        };
+        let e = entry(me, 5);
+        assert_eq!(
+            status_of(&e, &[r(me, 5, 5), r(a, 4, 4)]),
+            MessageStatus::Sent
+        );
+        assert_eq!(
+            status_of(&e, &[r(me, 5, 5), r(a, 5, 4), r(b, 6, 0)]),
+            MessageStatus::Delivered
+        );
+        assert_eq!(
+            status_of(&e, &[r(me, 0, 0), r(a, 5, 5), r(b, 9, 9)]),
+            MessageStatus::Read
+        );
+        assert_eq!(
+            status_of(&e, &[r(me, 5, 5)]),
+            MessageStatus::Sent,
+            "nobody else"
+        );
+    }
+}
