@@ -7,6 +7,7 @@
 //! - [`accounts`]: verification, register, login, devices.
 //! - [`chats`]: chats, participants, messages and history.
 //! - [`users`]: profiles and contacts.
+//! - [`ws`]: WebSocket frames and close codes.
 //!
 //! This crate does no I/O and knows nothing of HTTP beyond status numbers.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod ids;
 pub mod timefmt;
 pub mod users;
+pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{ChatId, DeviceId, MessageId, UserId};

@@ -175,6 +175,26 @@ pub struct Limits {
     pub max_page_size: usize,
     /// How long after sending a message may be edited.
     pub edit_window_secs: u64,
+    /// Updates a device may be behind and still `sync`; further behind, it
+    /// is told `too_long` and reloads over REST.
+    pub max_sync_updates: usize,
+    /// Updates read from the store per sync page.
+    pub sync_page_size: usize,
+    /// Frames queued for one WebSocket connection before it counts as behind
+    /// and is closed (it resumes with `sync`).
+    pub ws_queue_depth: usize,
+    /// Largest WebSocket message (and frame) a client may send, in bytes.
+    pub ws_max_message_bytes: usize,
+    /// WebSocket read buffer per connection, in bytes.
+    pub ws_read_buffer_bytes: usize,
+    /// WebSocket write buffer per connection, in bytes.
+    pub ws_write_buffer_bytes: usize,
+    /// Time allowed to authenticate a new WebSocket.
+    pub ws_auth_timeout_secs: u64,
+    /// How often the server pings an idle WebSocket.
+    pub ws_ping_interval_secs: u64,
+    /// A WebSocket silent this long (not even a pong) is closed.
+    pub ws_idle_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -198,6 +218,15 @@ impl Default for Limits {
             max_client_message_id_chars: 64,
             max_page_size: 100,
             edit_window_secs: 24 * 3600,
+            max_sync_updates: 10_000,
+            sync_page_size: 200,
+            ws_queue_depth: 1024,
+            ws_max_message_bytes: 64 * 1024,
+            ws_read_buffer_bytes: 4096,
+            ws_write_buffer_bytes: 4096,
+            ws_auth_timeout_secs: 5,
+            ws_ping_interval_secs: 30,
+            ws_idle_timeout_secs: 75,
         }
     }
 }
@@ -234,6 +263,8 @@ pub struct RateLimits {
     pub discover_per_user: Rate,
     /// Contacts added by one user (adding by number is a lookup too).
     pub contact_add_per_user: Rate,
+    /// Typing signals from one device in one chat.
+    pub typing_per_device: Rate,
 }
 
 impl Default for RateLimits {
@@ -245,6 +276,7 @@ impl Default for RateLimits {
             code_attempts_per_ip: Rate::new(30, 600),
             discover_per_user: Rate::new(10, 3600),
             contact_add_per_user: Rate::new(100, 3600),
+            typing_per_device: Rate::new(3, 3),
         }
     }
 }
@@ -323,7 +355,7 @@ impl Config {
             }
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 24] = [
+        let positive: [(&'static str, u64); 33] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -390,6 +422,36 @@ impl Config {
             ),
             ("limits.max_page_size", self.limits.max_page_size as u64),
             ("limits.edit_window_secs", self.limits.edit_window_secs),
+            (
+                "limits.max_sync_updates",
+                self.limits.max_sync_updates as u64,
+            ),
+            ("limits.sync_page_size", self.limits.sync_page_size as u64),
+            ("limits.ws_queue_depth", self.limits.ws_queue_depth as u64),
+            (
+                "limits.ws_max_message_bytes",
+                self.limits.ws_max_message_bytes as u64,
+            ),
+            (
+                "limits.ws_read_buffer_bytes",
+                self.limits.ws_read_buffer_bytes as u64,
+            ),
+            (
+                "limits.ws_write_buffer_bytes",
+                self.limits.ws_write_buffer_bytes as u64,
+            ),
+            (
+                "limits.ws_auth_timeout_secs",
+                self.limits.ws_auth_timeout_secs,
+            ),
+            (
+                "limits.ws_ping_interval_secs",
+                self.limits.ws_ping_interval_secs,
+            ),
+            (
+                "limits.ws_idle_timeout_secs",
+                self.limits.ws_idle_timeout_secs,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -420,6 +482,10 @@ impl Config {
             (
                 "rate_limits.contact_add_per_user",
                 self.rate_limits.contact_add_per_user,
+            ),
+            (
+                "rate_limits.typing_per_device",
+                self.rate_limits.typing_per_device,
             ),
         ];
         for (key, rate) in rates {

@@ -7,8 +7,8 @@
 //! - [`api`]: axum routes, extractors, error mapping. Parses, authenticates,
 //!   calls one service function, maps to `natter-proto` types.
 //! - [`service`]: the rules (accounts, profiles, contacts). No HTTP types.
-//! - [`store`], [`sms`], [`ratelimit`]: engines behind traits. Nothing above
-//!   `store` writes SQL.
+//! - [`store`], [`bus`], [`sms`], [`ratelimit`]: engines behind traits.
+//!   Nothing above `store` writes SQL.
 //! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
 //! - [`server`]: start-up and graceful shutdown; `listener` accepts
 //!   connections (header timeout, per-address cap, graceful drain).
@@ -16,6 +16,7 @@
 //!   tokens and codes that never print, server time).
 
 pub mod api;
+pub mod bus;
 pub mod clock;
 pub mod config;
 mod listener;

@@ -27,6 +27,8 @@ pub enum Limit {
     DiscoverPerUser,
     /// Contacts added by one user (each add is also a lookup).
     ContactAddPerUser,
+    /// Typing signals from one device in one chat.
+    TypingPerDevice,
 }
 
 /// A refused request and when to try again.
@@ -85,6 +87,7 @@ impl LocalRateLimiter {
             (Limit::CodeAttemptsPerIp, table.code_attempts_per_ip),
             (Limit::DiscoverPerUser, table.discover_per_user),
             (Limit::ContactAddPerUser, table.contact_add_per_user),
+            (Limit::TypingPerDevice, table.typing_per_device),
         ]
         .into_iter()
         .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))

@@ -51,6 +51,9 @@ pub struct RunningServer {
     serving: JoinHandle<()>,
     /// The store, closed last so every acknowledged write is committed.
     store: Arc<dyn Store>,
+    /// To close live WebSocket connections at shutdown (hyper does not
+    /// track upgraded connections).
+    services: Services,
 }
 
 impl RunningServer {
@@ -99,12 +102,14 @@ impl RunningServer {
             }
         };
         let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));
-        let services = Services::new(Arc::clone(&store), sms, limiter, Arc::clone(&config)).await?;
+        let bus = Arc::new(crate::bus::LocalBus::default());
+        let services =
+            Services::new(Arc::clone(&store), bus, sms, limiter, Arc::clone(&config)).await?;
 
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(housekeeping(services.clone(), stopped.clone()));
         let limits = config.limits.clone();
-        let app = crate::api::app(services);
+        let app = crate::api::app(services.clone());
         let serving = tokio::spawn(async move {
             crate::listener::serve(listener, app, &limits, stopped, DRAIN_TIMEOUT).await;
         });
@@ -114,6 +119,7 @@ impl RunningServer {
             stop,
             serving,
             store,
+            services,
         })
     }
 
@@ -127,6 +133,7 @@ impl RunningServer {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         let _ = self.stop.send(true);
+        self.services.close_connections();
         let mut serving = self.serving;
         if tokio::time::timeout(DRAIN_TIMEOUT, &mut serving)
             .await

@@ -3,11 +3,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use natter_proto::chats::{
     AddParticipants, ChangeRole, Chat, ChatList, ChatSummary, CreateChat, EditMessage, MarkRead,
-    Message, MessagePage, MessageType, Participant, SendMessage, UpdateChat,
+    Message, MessagePage, Participant, SendMessage, UpdateChat,
 };
 use natter_proto::{ChatId, ErrorBody, ErrorCode, MessageId, UserId};
 use serde::{Deserialize, Serialize};
@@ -16,8 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
-use crate::service::{ChatView, HistoryRequest, MessageView, Principal};
-use crate::store::EntryKind;
+use crate::service::{ChatView, HistoryRequest, MessageView, Principal, render};
 
 fn chat_dto(v: ChatView) -> Chat {
     Chat {
@@ -42,33 +39,7 @@ fn chat_dto(v: ChatView) -> Chat {
 }
 
 pub(crate) fn message_dto(v: MessageView) -> Message {
-    let e = v.entry;
-    let (message_type, event) = match e.kind {
-        EntryKind::Message(t) => (t, None),
-        EntryKind::System(event) => (MessageType::System, Some(event)),
-        // Edits and deletions change the message they target; history shows
-        // that message, not these entries.
-        EntryKind::Edit(_) | EntryKind::Delete(_) => (MessageType::System, None),
-    };
-    Message {
-        id: e.id,
-        chat_id: e.chat_id,
-        seq: e.seq,
-        sender_id: e.sender_id,
-        sender_device_id: e.sender_device_id,
-        message_type,
-        content: e.content,
-        ciphertext: e.ciphertext.map(|c| BASE64.encode(c)),
-        media_id: e.media_id,
-        reply_to: e.reply_to,
-        client_message_id: e.client_message_id,
-        timestamp: e.created_at.to_datetime(),
-        client_timestamp: e.client_timestamp.map(|t| t.to_datetime()),
-        edited_at: e.edited_at.map(|t| t.to_datetime()),
-        deleted: e.deleted_at.is_some(),
-        event,
-        status: v.status,
-    }
+    render::message(&v.entry, v.status)
 }
 
 fn chat_id(raw: &str) -> Result<ChatId, ApiError> {

@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod ops;
 mod users;
+mod ws;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -89,6 +90,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chats::mark_read))
         .routes(routes!(chats::send_message))
         .routes(routes!(chats::edit_message, chats::delete_message))
+        .routes(routes!(ws::upgrade))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::users::{
     AddContact, Contact, ContactList, DiscoverContacts, DiscoveredContacts, DiscoveredUser, Me,
-    PresenceStatus, PublicProfile, UpdateMe,
+    PublicProfile, UpdateMe,
 };
 use natter_proto::{ErrorBody, ErrorCode, UserId};
 
@@ -39,8 +39,7 @@ fn profile_dto(v: ProfileView) -> PublicProfile {
         name: v.user.name,
         about: v.user.about,
         profile_pic_url: None,
-        // Live presence arrives with the WebSocket gateway.
-        status: PresenceStatus::Offline,
+        status: v.status,
     }
 }
 

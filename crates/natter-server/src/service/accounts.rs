@@ -221,6 +221,7 @@ impl Services {
     /// Store failure.
     pub async fn logout(&self, who: &Principal) -> ServiceResult<()> {
         self.inner.store.delete_device(who.user, who.device).await?;
+        self.close_device(who.user, who.device);
         tracing::info!(user = %who.user, device = %who.device, "device logged out");
         Ok(())
     }
@@ -239,6 +240,7 @@ impl Services {
     /// [`ServiceError::DeviceNotFound`] if it is not one of theirs.
     pub async fn revoke_device(&self, who: &Principal, device: DeviceId) -> ServiceResult<()> {
         if self.inner.store.delete_device(who.user, device).await? {
+            self.close_device(who.user, device);
             tracing::info!(user = %who.user, device = %device, by = %who.device, "device revoked");
             Ok(())
         } else {

@@ -13,6 +13,7 @@ use natter_proto::chats::{
 use natter_proto::{ChatId, MessageId, UserId};
 
 use super::{Principal, ServiceError, ServiceResult, Services, clean_text};
+use crate::bus::ConnId;
 use crate::clock::Timestamp;
 use crate::store::{
     ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ChatRecord, HistoryQuery,
@@ -38,6 +39,13 @@ pub struct MessageView {
     pub entry: LogEntry,
     /// Sent, delivered or read.
     pub status: MessageStatus,
+}
+
+/// A stored message and the sender's pts for it (`None` for a retry).
+#[derive(Debug, Clone)]
+pub(super) struct Sent {
+    pub(super) view: MessageView,
+    pub(super) pts: Option<i64>,
 }
 
 /// Which page of history.
@@ -78,7 +86,7 @@ fn status_of(entry: &LogEntry, receipts: &[Receipt]) -> MessageStatus {
 
 impl Services {
     /// The gate: the chat if the caller is or was a participant.
-    async fn access(&self, who: &Principal, chat: ChatId) -> ServiceResult<ChatAccess> {
+    pub(super) async fn access(&self, who: &Principal, chat: ChatId) -> ServiceResult<ChatAccess> {
         self.inner
             .store
             .chat_access(chat, who.user)
@@ -151,7 +159,10 @@ impl Services {
             now: Timestamp::now(),
         };
         let (chat, created) = match self.inner.store.create_chat(new).await? {
-            ChatCreated::Created(chat, _) => (chat, true),
+            ChatCreated::Created(chat, appended) => {
+                self.publish(&appended, None);
+                (chat, true)
+            }
             ChatCreated::Existing(chat) => (chat, false),
             ChatCreated::UnknownUser(_) => return Err(ServiceError::UserNotFound),
         };
@@ -204,6 +215,18 @@ impl Services {
         who: &Principal,
         req: SendMessage,
     ) -> ServiceResult<(MessageView, bool)> {
+        let sent = self.send_message(who, req, None).await?;
+        Ok((sent.view, sent.pts.is_some()))
+    }
+
+    /// Sends a message and publishes it to every participant's devices but
+    /// the `except` connection.
+    pub(super) async fn send_message(
+        &self,
+        who: &Principal,
+        req: SendMessage,
+        except: Option<ConnId>,
+    ) -> ServiceResult<Sent> {
         let access = self.access(who, req.chat_id).await?;
         if access.role.is_none() {
             return Err(ServiceError::ChatNotFound);
@@ -255,9 +278,17 @@ impl Services {
             }),
             now: Timestamp::now(),
         };
-        let (entry, created) = match self.inner.store.post(message).await? {
-            Posted::Created(appended) => (appended.entry, true),
-            Posted::Duplicate(entry) => (entry, false),
+        let (entry, pts) = match self.inner.store.post(message).await? {
+            Posted::Created(appended) => {
+                self.publish(&appended, except);
+                let pts = appended
+                    .fanout
+                    .iter()
+                    .find(|(u, _)| *u == who.user)
+                    .map(|(_, p)| *p);
+                (appended.entry, pts)
+            }
+            Posted::Duplicate(entry) => (entry, None),
             Posted::NotMember => return Err(ServiceError::ChatNotFound),
             Posted::BadReply => {
                 return Err(ServiceError::Validation(
@@ -266,13 +297,13 @@ impl Services {
             }
         };
         let receipts = self.inner.store.receipts(entry.chat_id).await?;
-        Ok((
-            MessageView {
+        Ok(Sent {
+            view: MessageView {
                 status: status_of(&entry, &receipts),
                 entry,
             },
-            created,
-        ))
+            pts,
+        })
     }
 
     /// Checks and decodes the body of a message for this chat: text for
@@ -443,8 +474,9 @@ impl Services {
 
     async fn message_changed(&self, changed: MessageChanged) -> ServiceResult<MessageView> {
         match changed {
-            MessageChanged::Done(_, entry) => {
+            MessageChanged::Done(appended, entry) => {
                 let entry = *entry;
+                self.publish_changed(&appended, &entry);
                 let receipts = self.inner.store.receipts(entry.chat_id).await?;
                 Ok(MessageView {
                     status: status_of(&entry, &receipts),
@@ -544,7 +576,11 @@ impl Services {
             .change_chat(chat, who.user, change, max, Timestamp::now())
             .await?
         {
-            ChatChanged::Done(_) => {}
+            ChatChanged::Done(appended) => {
+                for a in &appended {
+                    self.publish(a, None);
+                }
+            }
             ChatChanged::NotMember => return Err(ServiceError::ChatNotFound),
             ChatChanged::Forbidden => {
                 return Err(ServiceError::Forbidden(
@@ -577,7 +613,13 @@ impl Services {
                 "`seq` must not be negative.".to_owned(),
             ));
         }
-        Ok(self.inner.store.mark_read(chat, who.user, seq).await?)
+        let change = self
+            .inner
+            .store
+            .mark_read(chat, who.user, seq, Timestamp::now())
+            .await?;
+        self.publish_receipt(&change);
+        Ok(change.read_seq)
     }
 }
 

@@ -102,7 +102,11 @@ impl Services {
         let entries = self.inner.store.contacts(who.user).await?;
         Ok(entries
             .into_iter()
-            .map(|e| ProfileView::new(e.user, who.user, e.relation))
+            .map(|e| {
+                let mut view = ProfileView::new(e.user, who.user, e.relation);
+                view.status = self.presence_for(view.user.id, view.show_last_seen);
+                view
+            })
             .collect())
     }
 

@@ -9,6 +9,8 @@ mod accounts;
 mod chats;
 mod contacts;
 mod profiles;
+mod realtime;
+pub mod render;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,6 +22,8 @@ pub use self::accounts::{CodeSent, NewSession};
 pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
 pub use self::profiles::ProfileView;
+pub use self::realtime::LiveConnection;
+use crate::bus::Bus;
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::phone::{InvalidPhone, Phone};
@@ -125,6 +129,8 @@ pub struct Services {
 struct Inner {
     /// The storage engine.
     store: Arc<dyn Store>,
+    /// Routes updates and signals to live connections.
+    bus: Arc<dyn Bus>,
     /// Where verification codes go.
     sms: Arc<dyn SmsGateway>,
     /// The rate-limit table.
@@ -146,6 +152,7 @@ impl Services {
     /// When the store cannot provide the key.
     pub async fn new(
         store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
         sms: Arc<dyn SmsGateway>,
         limiter: Arc<dyn RateLimiter>,
         config: Arc<Config>,
@@ -161,6 +168,7 @@ impl Services {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
+                bus,
                 sms,
                 limiter,
                 config,

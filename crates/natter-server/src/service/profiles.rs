@@ -1,7 +1,7 @@
 //! Profiles and the privacy rules that decide what others see of them.
 
 use natter_proto::UserId;
-use natter_proto::users::{LastSeenVisibility, UpdateMe};
+use natter_proto::users::{LastSeenVisibility, PresenceStatus, UpdateMe};
 
 use super::{Principal, ServiceError, ServiceResult, Services, clean_text};
 use crate::clock::Timestamp;
@@ -16,6 +16,8 @@ pub struct ProfileView {
     pub show_phone: bool,
     /// Whether the viewer may see `last_seen`.
     pub show_last_seen: bool,
+    /// Live presence, as the viewer may see it (offline when hidden).
+    pub status: PresenceStatus,
 }
 
 impl ProfileView {
@@ -38,6 +40,7 @@ impl ProfileView {
             user,
             show_phone,
             show_last_seen,
+            status: PresenceStatus::Offline,
         }
     }
 }
@@ -91,7 +94,9 @@ impl Services {
             .await?
             .ok_or(ServiceError::UserNotFound)?;
         let relation = self.inner.store.relation(who.user, id).await?;
-        Ok(ProfileView::new(user, who.user, relation))
+        let mut view = ProfileView::new(user, who.user, relation);
+        view.status = self.presence_for(view.user.id, view.show_last_seen);
+        Ok(view)
     }
 }
 

@@ -444,6 +444,52 @@ pub struct NewContent {
     pub window_ms: i64,
 }
 
+/// A receipt that moved, and who was told (with their new pts).
+#[derive(Debug, Clone)]
+pub struct ReceiptChange {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// Whose position moved.
+    pub user_id: UserId,
+    /// Their delivered position now.
+    pub delivered_seq: i64,
+    /// Their read position now.
+    pub read_seq: i64,
+    /// The other participants, with the pts the receipt got in their streams.
+    pub fanout: Fanout,
+}
+
+/// One update of a user's stream, ready to render.
+#[derive(Debug, Clone)]
+pub struct StoredUpdate {
+    /// Its number in the user's stream.
+    pub pts: i64,
+    /// What it is.
+    pub body: UpdateBody,
+}
+
+/// What an update carries.
+#[derive(Debug, Clone)]
+pub enum UpdateBody {
+    /// A new message or system entry.
+    Entry(LogEntry),
+    /// A message was edited: the message as it is now.
+    Edited(LogEntry),
+    /// A message was deleted: its tombstone.
+    Deleted(LogEntry),
+    /// A participant's receipt moved.
+    Receipt {
+        /// The chat.
+        chat_id: ChatId,
+        /// Whose.
+        user_id: UserId,
+        /// Delivered position.
+        delivered_seq: i64,
+        /// Read position.
+        read_seq: i64,
+    },
+}
+
 /// Which part of a history to read.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryQuery {
@@ -588,6 +634,42 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The chat a message belongs to.
     async fn chat_of_message(&self, message: MessageId) -> StoreResult<Option<ChatId>>;
 
-    /// Moves the user's read position forward (never back); returns it.
-    async fn mark_read(&self, chat: ChatId, user: UserId, seq: i64) -> StoreResult<i64>;
+    /// Moves the user's read (and delivered) position forward, never back,
+    /// and tells the other participants if it moved.
+    async fn mark_read(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        seq: i64,
+        now: Timestamp,
+    ) -> StoreResult<ReceiptChange>;
+
+    /// Records that a device processed its user's updates up to `pts`: the
+    /// chats concerned get a delivered position, and their participants a
+    /// receipt update.
+    async fn ack(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        pts: i64,
+        now: Timestamp,
+    ) -> StoreResult<Vec<ReceiptChange>>;
+
+    /// The user's current update number.
+    async fn current_pts(&self, user: UserId) -> StoreResult<i64>;
+
+    /// The user's updates after `since`, at most `limit`, in order.
+    async fn updates_since(
+        &self,
+        user: UserId,
+        since: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredUpdate>>;
+
+    /// Users allowed to see `user`'s presence: those who share a chat with
+    /// them or have them as a contact, narrowed by `user`'s privacy setting.
+    async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>>;
+
+    /// Records when the user was last online.
+    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;
 }

@@ -12,6 +12,7 @@
 //! - `messages`: sending, history, idempotency, encryption, edits, receipts.
 //! - `errors`: malformed input of every kind, and the limits at N and N+1.
 //! - `connections`: the listener (header timeout, connections per address).
+//! - `realtime`: the WebSocket: live delivery, sync, receipts, typing, presence.
 //! - `restart`: what survives a restart.
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
 
@@ -31,6 +32,7 @@ mod messages;
 mod ops;
 mod profiles;
 mod rate_limits;
+mod realtime;
 mod restart;
 mod signup;
 mod support;

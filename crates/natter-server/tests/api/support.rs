@@ -429,3 +429,135 @@ impl TestUser {
         texts
     }
 }
+
+/// A WebSocket client connection of one device.
+pub struct Socket {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// The `connected` frame.
+    pub connected: Value,
+}
+
+impl TestApp {
+    pub fn ws_url(&self) -> String {
+        format!("{}/api/v1/ws", self.base.replace("http://", "ws://"))
+    }
+}
+
+impl TestUser {
+    /// Opens a WebSocket and authenticates with the first frame.
+    pub async fn connect(&self, app: &TestApp) -> Socket {
+        use futures_util::SinkExt as _;
+        let (mut ws, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(app.ws_url()))
+                .await
+                .expect("connect in time")
+                .expect("the WebSocket opens");
+        let auth = json!({"type": "auth", "token": self.token}).to_string();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(auth))
+            .await
+            .unwrap();
+        let mut socket = Socket {
+            ws,
+            connected: Value::Null,
+        };
+        let connected = socket.next().await;
+        assert_eq!(connected["type"], "connected", "{connected}");
+        assert_eq!(connected["user_id"], self.user_id.as_str());
+        socket.connected = connected;
+        socket
+    }
+}
+
+impl Socket {
+    /// Wraps an open stream (for tests that authenticate themselves).
+    pub fn from_stream(
+        ws: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Self {
+        Self {
+            ws,
+            connected: Value::Null,
+        }
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send(&mut self, frame: Value) {
+        use futures_util::SinkExt as _;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                frame.to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Sends raw text.
+    pub async fn send_raw(&mut self, text: String) {
+        use futures_util::SinkExt as _;
+        let _ = self
+            .ws
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await;
+    }
+
+    /// The next text frame, as JSON; panics on close or after `WAIT`.
+    pub async fn next(&mut self) -> Value {
+        match self.next_or_close().await {
+            Ok(v) => v,
+            Err(close) => panic!("the socket closed: {close:?}"),
+        }
+    }
+
+    /// The next text frame, or the close code if the server closed.
+    pub async fn next_or_close(&mut self) -> Result<Value, Option<u16>> {
+        use futures_util::StreamExt as _;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within WAIT");
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping presence and typing signals.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+            let skippable =
+                ["presence", "typing", "receipt"].contains(&frame["type"].as_str().unwrap_or(""));
+            assert!(skippable, "expected {kind}, got {frame}");
+        }
+    }
+
+    /// Asserts that no frame of type `kind` arrives within `quiet`.
+    pub async fn nothing_of(&mut self, kind: &str, quiet: Duration) {
+        use futures_util::StreamExt as _;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + quiet;
+        while let Ok(msg) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let Some(Ok(Message::Text(t))) = msg {
+                let frame: Value = serde_json::from_str(&t).unwrap();
+                assert_ne!(frame["type"], kind, "unexpected {frame}");
+            } else {
+                return;
+            }
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -12,7 +12,7 @@ use crate::clock::Timestamp;
 use crate::store::{
     Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ChatRecord,
     EntryKind, HistoryQuery, LogEntry, Member, MessageChange, MessageChanged, NewChat, NewContent,
-    NewMessage, Posted, Receipt,
+    NewMessage, Posted, Receipt, ReceiptChange, StoredUpdate, UpdateBody,
 };
 
 type Result<T> = rusqlite::Result<T>;
@@ -820,16 +820,231 @@ pub(super) fn change_message(c: &Connection, ch: MessageChange) -> Result<Messag
     Ok(MessageChanged::Done(Box::new(appended), Box::new(now)))
 }
 
-pub(super) fn mark_read(c: &Connection, chat: ChatId, user: UserId, seq: i64) -> Result<i64> {
-    c.prepare_cached(
-        "UPDATE receipts SET
-           read_seq = max(read_seq, min(?3, (SELECT last_seq FROM chats WHERE id = ?1))),
-           delivered_seq = max(delivered_seq, min(?3, (SELECT last_seq FROM chats WHERE id = ?1)))
-         WHERE chat_id = ?1 AND user_id = ?2
-         RETURNING read_seq",
-    )?
-    .query_row(
-        params![chat.as_uuid().as_bytes(), user.as_uuid().as_bytes(), seq],
-        |r| r.get(0),
-    )
+/// Writes a receipt update into the streams of the chat's other participants.
+fn fan_out_receipt(
+    c: &Connection,
+    chat: ChatId,
+    user: UserId,
+    delivered_seq: i64,
+    read_seq: i64,
+    now: Timestamp,
+) -> Result<ReceiptChange> {
+    let mut fanout = Vec::new();
+    for other in current_members(c, chat)? {
+        if other == user {
+            continue;
+        }
+        let pts: i64 = c
+            .prepare_cached("UPDATE users SET pts = pts + 1 WHERE id = ?1 RETURNING pts")?
+            .query_row([other.as_uuid().as_bytes()], |r| r.get(0))?;
+        c.prepare_cached(
+            "INSERT INTO updates (user_id, pts, chat_id, seq, kind, created_at, actor_id,
+                                  delivered_seq, read_seq)
+             VALUES (?1, ?2, ?3, NULL, 'receipt', ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            other.as_uuid().as_bytes(),
+            pts,
+            chat.as_uuid().as_bytes(),
+            now.0,
+            user.as_uuid().as_bytes(),
+            delivered_seq,
+            read_seq
+        ])?;
+        fanout.push((other, pts));
+    }
+    Ok(ReceiptChange {
+        chat_id: chat,
+        user_id: user,
+        delivered_seq,
+        read_seq,
+        fanout,
+    })
+}
+
+/// Moves a receipt forward (never back, never past the log's head); tells the
+/// others only if it moved.
+fn advance_receipt(
+    c: &Connection,
+    chat: ChatId,
+    user: UserId,
+    delivered: i64,
+    read: i64,
+    now: Timestamp,
+) -> Result<ReceiptChange> {
+    let before: (i64, i64) = c
+        .prepare_cached(
+            "SELECT delivered_seq, read_seq FROM receipts WHERE chat_id = ?1 AND user_id = ?2",
+        )?
+        .query_row(
+            params![chat.as_uuid().as_bytes(), user.as_uuid().as_bytes()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+    let after: (i64, i64) = c
+        .prepare_cached(
+            "UPDATE receipts SET
+               delivered_seq = max(delivered_seq, min(?3, (SELECT last_seq FROM chats WHERE id = ?1))),
+               read_seq = max(read_seq, min(?4, (SELECT last_seq FROM chats WHERE id = ?1)))
+             WHERE chat_id = ?1 AND user_id = ?2
+             RETURNING delivered_seq, read_seq",
+        )?
+        .query_row(
+            params![chat.as_uuid().as_bytes(), user.as_uuid().as_bytes(), delivered.max(read), read],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+    if after == before {
+        return Ok(ReceiptChange {
+            chat_id: chat,
+            user_id: user,
+            delivered_seq: after.0,
+            read_seq: after.1,
+            fanout: Vec::new(),
+        });
+    }
+    fan_out_receipt(c, chat, user, after.0, after.1, now)
+}
+
+pub(super) fn mark_read(
+    c: &Connection,
+    chat: ChatId,
+    user: UserId,
+    seq: i64,
+    now: Timestamp,
+) -> Result<ReceiptChange> {
+    advance_receipt(c, chat, user, seq, seq, now)
+}
+
+pub(super) fn ack(
+    c: &Connection,
+    user: UserId,
+    device: DeviceId,
+    pts: i64,
+    now: Timestamp,
+) -> Result<Vec<ReceiptChange>> {
+    let acked: Option<i64> = c
+        .prepare_cached("SELECT acked_pts FROM devices WHERE id = ?1 AND user_id = ?2")?
+        .query_row(
+            params![device.as_uuid().as_bytes(), user.as_uuid().as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(acked) = acked else {
+        return Ok(Vec::new());
+    };
+    let current: i64 = c
+        .prepare_cached("SELECT pts FROM users WHERE id = ?1")?
+        .query_row([user.as_uuid().as_bytes()], |r| r.get(0))?;
+    let pts = pts.min(current);
+    if pts <= acked {
+        return Ok(Vec::new());
+    }
+    c.prepare_cached("UPDATE devices SET acked_pts = ?2 WHERE id = ?1")?
+        .execute(params![device.as_uuid().as_bytes(), pts])?;
+    // The newest entry of each chat among the acknowledged updates.
+    let mut s = c.prepare_cached(
+        "SELECT u.chat_id, max(u.seq) AS seq FROM updates u
+         JOIN memberships m ON m.chat_id = u.chat_id AND m.user_id = u.user_id AND m.to_seq IS NULL
+         WHERE u.user_id = ?1 AND u.pts > ?2 AND u.pts <= ?3 AND u.seq IS NOT NULL
+         GROUP BY u.chat_id",
+    )?;
+    let rows = s.query_map(params![user.as_uuid().as_bytes(), acked, pts], |r| {
+        Ok((
+            ChatId::from_uuid(uuid_of(r, "chat_id")?),
+            r.get::<_, i64>("seq")?,
+        ))
+    })?;
+    let delivered: Vec<(ChatId, i64)> = rows.collect::<Result<_>>()?;
+    let mut changes = Vec::new();
+    for (chat, seq) in delivered {
+        let change = advance_receipt(c, chat, user, seq, 0, now)?;
+        if !change.fanout.is_empty() {
+            changes.push(change);
+        }
+    }
+    Ok(changes)
+}
+
+pub(super) fn current_pts(c: &Connection, user: UserId) -> Result<i64> {
+    c.prepare_cached("SELECT pts FROM users WHERE id = ?1")?
+        .query_row([user.as_uuid().as_bytes()], |r| r.get(0))
+        .optional()
+        .map(Option::unwrap_or_default)
+}
+
+pub(super) fn updates_since(
+    c: &Connection,
+    user: UserId,
+    since: i64,
+    limit: i64,
+) -> Result<Vec<StoredUpdate>> {
+    let mut s = c.prepare_cached(&format!(
+        "SELECT u.pts, u.kind AS update_kind, u.chat_id AS update_chat, u.actor_id,
+                u.delivered_seq AS r_delivered, u.read_seq AS r_read, {ENTRY_COLUMNS}
+         FROM updates u LEFT JOIN chat_log l ON l.chat_id = u.chat_id AND l.seq = u.seq
+         WHERE u.user_id = ?1 AND u.pts > ?2
+         ORDER BY u.pts LIMIT ?3"
+    ))?;
+    let rows = s.query_map(params![user.as_uuid().as_bytes(), since, limit], |r| {
+        let pts: i64 = r.get("pts")?;
+        let kind: String = r.get("update_kind")?;
+        if kind == "receipt" {
+            return Ok((
+                pts,
+                None,
+                Some(UpdateBody::Receipt {
+                    chat_id: ChatId::from_uuid(uuid_of(r, "update_chat")?),
+                    user_id: opt_uuid(r, "actor_id")?
+                        .map(UserId::from_uuid)
+                        .unwrap_or_default(),
+                    delivered_seq: r.get::<_, Option<i64>>("r_delivered")?.unwrap_or_default(),
+                    read_seq: r.get::<_, Option<i64>>("r_read")?.unwrap_or_default(),
+                }),
+            ));
+        }
+        Ok((pts, Some(entry_from_row(r)?), None))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (pts, entry, receipt) = row?;
+        let body = match (entry, receipt) {
+            (_, Some(receipt)) => receipt,
+            (Some(entry), None) => match entry.kind {
+                EntryKind::Edit(target) => match message_by_id(c, target)? {
+                    Some(m) => UpdateBody::Edited(m),
+                    None => continue,
+                },
+                EntryKind::Delete(target) => match message_by_id(c, target)? {
+                    Some(m) => UpdateBody::Deleted(m),
+                    None => continue,
+                },
+                _ => UpdateBody::Entry(entry),
+            },
+            (None, None) => continue,
+        };
+        out.push(StoredUpdate { pts, body });
+    }
+    Ok(out)
+}
+
+pub(super) fn presence_audience(c: &Connection, user: UserId) -> Result<Vec<UserId>> {
+    let visibility: Option<String> = c
+        .prepare_cached("SELECT last_seen_visibility FROM users WHERE id = ?1")?
+        .query_row([user.as_uuid().as_bytes()], |r| r.get(0))
+        .optional()?;
+    let sql = match visibility.as_deref() {
+        Some("everyone") => {
+            "SELECT DISTINCT other FROM (
+               SELECT m2.user_id AS other FROM memberships m1
+               JOIN memberships m2 ON m2.chat_id = m1.chat_id AND m2.to_seq IS NULL
+               WHERE m1.user_id = ?1 AND m1.to_seq IS NULL
+               UNION SELECT owner_id AS other FROM contacts WHERE contact_id = ?1)
+             WHERE other != ?1"
+        }
+        // Only the user's own contacts may see them.
+        Some("contacts") => "SELECT contact_id AS other FROM contacts WHERE owner_id = ?1",
+        _ => return Ok(Vec::new()),
+    };
+    let mut s = c.prepare_cached(sql)?;
+    let rows = s.query_map([user.as_uuid().as_bytes()], |r| uuid_of(r, "other"))?;
+    rows.map(|r| r.map(UserId::from_uuid)).collect()
 }

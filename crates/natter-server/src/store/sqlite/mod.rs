@@ -19,8 +19,9 @@ use self::engine::{ReadPool, Writer, db_err};
 use super::{
     ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ContactAdded, ContactEntry,
     Device, HistoryQuery, LogEntry, LoggedIn, Login, Member, MessageChange, MessageChanged,
-    NewChat, NewDevice, NewMessage, NewVerificationCode, Posted, ProfilePatch, Receipt, Registered,
-    Registration, Relation, Store, StoreError, StoreResult, User,
+    NewChat, NewDevice, NewMessage, NewVerificationCode, Posted, ProfilePatch, Receipt,
+    ReceiptChange, Registered, Registration, Relation, Store, StoreError, StoreResult,
+    StoredUpdate, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -31,6 +32,7 @@ use crate::secret::{CodeHash, TokenHash};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_accounts.sql"),
     include_str!("migrations/0002_chats.sql"),
+    include_str!("migrations/0003_receipt_updates.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -732,9 +734,63 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn mark_read(&self, chat: ChatId, user: UserId, seq: i64) -> StoreResult<i64> {
+    async fn mark_read(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        seq: i64,
+        now: Timestamp,
+    ) -> StoreResult<ReceiptChange> {
         self.writer
-            .write(move |c| chats::mark_read(c, chat, user, seq).map_err(db_err))
+            .write(move |c| chats::mark_read(c, chat, user, seq, now).map_err(db_err))
+            .await
+    }
+
+    async fn ack(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        pts: i64,
+        now: Timestamp,
+    ) -> StoreResult<Vec<ReceiptChange>> {
+        self.writer
+            .write(move |c| chats::ack(c, user, device, pts, now).map_err(db_err))
+            .await
+    }
+
+    async fn current_pts(&self, user: UserId) -> StoreResult<i64> {
+        self.readers
+            .read(move |c| chats::current_pts(c, user).map_err(db_err))
+            .await
+    }
+
+    async fn updates_since(
+        &self,
+        user: UserId,
+        since: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredUpdate>> {
+        self.readers
+            .read(move |c| chats::updates_since(c, user, since, limit).map_err(db_err))
+            .await
+    }
+
+    async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        self.readers
+            .read(move |c| chats::presence_audience(c, user).map_err(db_err))
+            .await
+    }
+
+    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2) WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![user.as_uuid().as_bytes(), at.0]))
+                .map(drop)
+                .map_err(db_err)
+            })
             .await
     }
 }

@@ -1,0 +1,384 @@
+//! The WebSocket gateway at `/api/v1/ws`: authentication, client frames,
+//! and delivery of the user's updates to this connection in pts order.
+//!
+//! Delivery invariant: this connection has sent every update in
+//! `(live_from, next_pts)` exactly once. A live update below `next_pts` is a
+//! duplicate and dropped; one above it means some arrived out of order, and
+//! the gap is filled from the store first. `sync` resends `(since,
+//! live_from]` only, so across the switch there is no gap and no duplicate.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use natter_proto::ErrorCode;
+use natter_proto::ws::{ClientFrame, ServerFrame, close};
+use tokio::time::Instant;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::bus::Outbound;
+use crate::service::{LiveConnection, Principal, render};
+
+/// The connection is over (closed by either side or failed).
+struct Closed;
+
+/// Opens the WebSocket. An `Authorization: Bearer` header authenticates the
+/// upgrade (a bad one is a 401 before upgrading); without it the first frame
+/// must be `{"type":"auth","token":…}` within `limits.ws_auth_timeout_secs`.
+#[utoipa::path(
+    get, path = "/api/v1/ws", tag = "realtime",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol; see docs/websocket.md for the frames."),
+        (status = 401, description = "The Authorization header carries no valid token.", body = natter_proto::ErrorBody),
+    )
+)]
+pub(crate) async fn upgrade(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let principal = match bearer(&headers) {
+        Some(token) => match app.services.authenticate(token).await {
+            Ok(p) => Some(p),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        None => None,
+    };
+    let limits = &app.services.config().limits;
+    ws.read_buffer_size(limits.ws_read_buffer_bytes)
+        .write_buffer_size(limits.ws_write_buffer_bytes)
+        .max_message_size(limits.ws_max_message_bytes)
+        .max_frame_size(limits.ws_max_message_bytes)
+        .on_upgrade(move |socket| run(app, socket, principal))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
+async fn run(app: AppState, mut socket: WebSocket, principal: Option<Principal>) {
+    let who = match principal {
+        Some(p) => p,
+        None => match authenticate(&app, &mut socket).await {
+            Some(p) => p,
+            None => return,
+        },
+    };
+    let live = match app.services.connect(&who).await {
+        Ok(live) => live,
+        Err(e) => {
+            let e = ApiError::from(e);
+            let _ = close_with(&mut socket, 1011, e.message()).await;
+            return;
+        }
+    };
+    let id = live.id;
+    let mut gateway = Gateway {
+        app: app.clone(),
+        who,
+        socket,
+        next_pts: live.pts + 1,
+        live_from: live.pts,
+    };
+    let connected = ServerFrame::Connected {
+        user_id: who.user(),
+        device_id: who.device(),
+        pts: live.pts,
+    };
+    if gateway.send(&connected).await.is_ok() {
+        let _ = gateway.serve(live).await;
+    }
+    app.services.disconnect(&who, id).await;
+}
+
+/// Waits for the `auth` frame; closes with `close::UNAUTHORIZED` otherwise.
+async fn authenticate(app: &AppState, socket: &mut WebSocket) -> Option<Principal> {
+    let wait = Duration::from_secs(app.services.config().limits.ws_auth_timeout_secs);
+    let first = tokio::time::timeout(wait, socket.recv()).await;
+    let reason = match first {
+        Err(_) => "authenticate within the time limit",
+        Ok(Some(Ok(WsMessage::Text(text)))) => match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(ClientFrame::Auth { token }) => match app.services.authenticate(&token).await {
+                Ok(p) => return Some(p),
+                Err(_) => "invalid token",
+            },
+            _ => "the first frame must be auth",
+        },
+        Ok(_) => "the first frame must be auth",
+    };
+    let _ = close_with(socket, close::UNAUTHORIZED, reason).await;
+    None
+}
+
+async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) -> Result<(), Closed> {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    };
+    socket
+        .send(WsMessage::Close(Some(frame)))
+        .await
+        .map_err(|_| Closed)
+}
+
+/// One authenticated connection.
+struct Gateway {
+    app: AppState,
+    who: Principal,
+    socket: WebSocket,
+    /// The next pts this connection will deliver.
+    next_pts: i64,
+    /// Everything in `(live_from, next_pts)` has been delivered here.
+    live_from: i64,
+}
+
+impl Gateway {
+    async fn serve(&mut self, live: LiveConnection) -> Result<(), Closed> {
+        let LiveConnection {
+            id,
+            mut outbound,
+            mut kicked,
+            ..
+        } = live;
+        let limits = self.app.services.config().limits.clone();
+        let mut ping = tokio::time::interval(Duration::from_secs(limits.ws_ping_interval_secs));
+        ping.tick().await;
+        let idle = Duration::from_secs(limits.ws_idle_timeout_secs);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                incoming = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        Some(Ok(WsMessage::Text(text))) => self.handle(id, &text).await?,
+                        Some(Ok(WsMessage::Binary(_))) => {
+                            self.error(ErrorCode::ValidationFailed, "Send JSON text frames.").await?;
+                        }
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                        Some(Ok(WsMessage::Close(_))) | None => return Ok(()),
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "WebSocket read failed");
+                            return Err(Closed);
+                        }
+                    }
+                }
+                out = outbound.recv() => match out {
+                    Some(Outbound::Update { pts, frame }) => self.deliver(pts, &frame).await?,
+                    Some(Outbound::Signal(frame)) => self.send_text(&frame).await?,
+                    None => return Ok(()),
+                },
+                changed = kicked.changed() => {
+                    let kick = *kicked.borrow_and_update();
+                    if let (Ok(()), Some(kick)) = (changed, kick) {
+                        let _ = close_with(&mut self.socket, kick.code, kick.reason).await;
+                    }
+                    return Ok(());
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > idle {
+                        let _ = close_with(&mut self.socket, close::TIMEOUT, "no frame within the idle timeout").await;
+                        return Ok(());
+                    }
+                    self.socket.send(WsMessage::Ping(Default::default())).await.map_err(|_| Closed)?;
+                }
+            }
+        }
+    }
+
+    /// Handles one client frame. Errors go back as `error` frames; only a
+    /// failed socket ends the connection.
+    async fn handle(&mut self, conn: crate::bus::ConnId, text: &str) -> Result<(), Closed> {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let code = if e.is_data() {
+                    ErrorCode::ValidationFailed
+                } else {
+                    ErrorCode::InvalidJson
+                };
+                return self.error(code, &format!("Invalid frame: {e}.")).await;
+            }
+        };
+        let services = self.app.services.clone();
+        let who = self.who;
+        let outcome = match frame {
+            ClientFrame::Auth { .. } => Ok(Some(ServerFrame::Error {
+                code: ErrorCode::ValidationFailed,
+                message: "Already authenticated.".to_owned(),
+            })),
+            ClientFrame::Ping => Ok(Some(ServerFrame::Pong)),
+            ClientFrame::SendMessage {
+                chat_id,
+                content,
+                ciphertext,
+                message_type,
+                client_message_id,
+                reply_to,
+                timestamp,
+            } => {
+                let req = natter_proto::chats::SendMessage {
+                    chat_id,
+                    content,
+                    ciphertext,
+                    message_type,
+                    timestamp,
+                    client_message_id,
+                    reply_to,
+                    media_id: None,
+                };
+                match services.send_from_connection(&who, conn, req).await {
+                    Ok((Some(pts), frame)) => return self.deliver_frame(pts, &frame).await,
+                    Ok((None, frame)) => Ok(Some(frame)),
+                    Err(e) => Err(e),
+                }
+            }
+            ClientFrame::Sync { since } => return self.sync(since).await,
+            ClientFrame::Ack { pts } => services.ack(&who, pts).await.map(|()| None),
+            ClientFrame::Read { chat_id, seq } => {
+                services.mark_read(&who, chat_id, seq).await.map(|_| None)
+            }
+            ClientFrame::Typing { chat_id } => services.typing(&who, chat_id).await.map(|()| None),
+            ClientFrame::Presence { status } => services
+                .set_presence(&who, conn, status)
+                .await
+                .map(|()| None),
+            ClientFrame::JoinChat { chat_id } => {
+                services.chat(&who, chat_id).await.and_then(|view| {
+                    if view.role.is_some() {
+                        Ok(Some(ServerFrame::Joined { chat_id }))
+                    } else {
+                        Err(crate::service::ServiceError::ChatNotFound)
+                    }
+                })
+            }
+        };
+        match outcome {
+            Ok(Some(frame)) => self.send(&frame).await,
+            Ok(None) => Ok(()),
+            Err(e) => {
+                let e = ApiError::from(e);
+                self.error(e.code(), e.message()).await
+            }
+        }
+    }
+
+    /// Sends the updates in `(since, live_from]` (those this connection has
+    /// not delivered), then `sync_done`.
+    async fn sync(&mut self, since: i64) -> Result<(), Closed> {
+        if since < 0 {
+            return self
+                .error(ErrorCode::ValidationFailed, "`since` must not be negative.")
+                .await;
+        }
+        let limits = &self.app.services.config().limits;
+        let max_behind = i64::try_from(limits.max_sync_updates).unwrap_or(i64::MAX);
+        let page = i64::try_from(limits.sync_page_size).unwrap_or(100);
+        let delivered = self.next_pts - 1;
+        if self.live_from - since > max_behind {
+            return self.send(&ServerFrame::TooLong { pts: delivered }).await;
+        }
+        let mut cursor = since;
+        while cursor < self.live_from {
+            let updates = match self
+                .app
+                .services
+                .updates_after(&self.who, cursor, page)
+                .await
+            {
+                Ok(u) => u,
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    return self.error(e.code(), e.message()).await;
+                }
+            };
+            let before = cursor;
+            for (pts, frame) in updates {
+                if pts > self.live_from {
+                    break;
+                }
+                self.send_text(&frame).await?;
+                cursor = pts;
+            }
+            if cursor == before {
+                break;
+            }
+        }
+        self.live_from = self.live_from.min(since.max(0));
+        self.send(&ServerFrame::SyncDone { pts: delivered }).await
+    }
+
+    /// Delivers an update in pts order (see the module docs).
+    async fn deliver(&mut self, pts: i64, frame: &str) -> Result<(), Closed> {
+        if pts < self.next_pts {
+            return Ok(());
+        }
+        if pts > self.next_pts {
+            self.fill_gap(pts).await?;
+        }
+        self.send_text(frame).await?;
+        self.next_pts = pts + 1;
+        Ok(())
+    }
+
+    async fn deliver_frame(&mut self, pts: i64, frame: &ServerFrame) -> Result<(), Closed> {
+        let text = render::text(frame);
+        self.deliver(pts, &text).await
+    }
+
+    /// Sends the stored updates in `[next_pts, before)`.
+    async fn fill_gap(&mut self, before: i64) -> Result<(), Closed> {
+        let page = i64::try_from(self.app.services.config().limits.sync_page_size).unwrap_or(100);
+        while self.next_pts < before {
+            let updates = self
+                .app
+                .services
+                .updates_after(
+                    &self.who,
+                    self.next_pts - 1,
+                    page.min(before - self.next_pts),
+                )
+                .await
+                .map_err(|_| Closed)?;
+            if updates.is_empty() {
+                return Err(Closed);
+            }
+            for (pts, frame) in updates {
+                if pts >= before {
+                    break;
+                }
+                self.send_text(&frame).await?;
+                self.next_pts = pts + 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), Closed> {
+        let text = render::text(frame);
+        self.send_text(&text).await
+    }
+
+    async fn send_text(&mut self, text: &str) -> Result<(), Closed> {
+        self.socket
+            .send(WsMessage::Text(Utf8Bytes::from(text)))
+            .await
+            .map_err(|_| Closed)
+    }
+
+    async fn error(&mut self, code: ErrorCode, message: &str) -> Result<(), Closed> {
+        self.send(&ServerFrame::Error {
+            code,
+            message: message.to_owned(),
+        })
+        .await
+    }
+}

@@ -1,0 +1,290 @@
+//! The bus: routes updates and signals to the live WebSocket connections of
+//! users. In-process here ([`LocalBus`]); NATS in the scale-out mode, behind
+//! the same trait.
+//!
+//! Every connection has one bounded queue. A connection whose queue is full
+//! has fallen behind: it is told to close (`close::BEHIND`) and catches up
+//! with `sync` when it reconnects, so one slow consumer never holds anyone
+//! else up (DESIGN.md §4 rule 6).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use natter_proto::users::PresenceStatus;
+use natter_proto::ws::close;
+use natter_proto::{DeviceId, UserId};
+use tokio::sync::{mpsc, watch};
+
+/// Identifies one connection (unique within a process).
+pub type ConnId = u64;
+
+/// Something for a connection to send.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A persisted update: the receiving user's pts and the rendered frame.
+    Update {
+        /// The update number.
+        pts: i64,
+        /// The JSON text frame.
+        frame: Arc<str>,
+    },
+    /// An ephemeral frame (typing, presence): sent if there is room, never stored.
+    Signal(Arc<str>),
+}
+
+/// Why a connection must close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kick {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason.
+    pub reason: &'static str,
+}
+
+/// A registered connection's ends.
+#[derive(Debug)]
+pub struct Registration {
+    /// Its id.
+    pub id: ConnId,
+    /// Its queue.
+    pub outbound: mpsc::Receiver<Outbound>,
+    /// Set when the connection must close.
+    pub kicked: watch::Receiver<Option<Kick>>,
+    /// Whether this is the user's first live connection (they just came online).
+    pub first_of_user: bool,
+}
+
+/// Routes to live connections.
+pub trait Bus: Send + Sync + fmt::Debug + 'static {
+    /// Registers a connection with a queue of `queue` entries.
+    fn register(&self, user: UserId, device: DeviceId, queue: usize) -> Registration;
+    /// Removes a connection; true if it was the user's last.
+    fn unregister(&self, user: UserId, conn: ConnId) -> bool;
+    /// Queues a persisted update for every connection of `user` but `except`.
+    fn send_update(&self, user: UserId, pts: i64, frame: Arc<str>, except: Option<ConnId>);
+    /// Queues an ephemeral frame for every connection of `user`, if there is room.
+    fn send_signal(&self, user: UserId, frame: Arc<str>);
+    /// Closes every connection of one device (logout, revocation).
+    fn close_device(&self, user: UserId, device: DeviceId, kick: Kick);
+    /// Closes every connection (shutdown).
+    fn close_all(&self, kick: Kick);
+    /// Marks a connection away (or back); returns the user's presence if it changed.
+    fn set_away(&self, user: UserId, conn: ConnId, away: bool) -> Option<PresenceStatus>;
+    /// The user's presence: online if any connection is active, away if all are away.
+    fn presence(&self, user: UserId) -> PresenceStatus;
+    /// Open connections, for metrics.
+    fn connections(&self) -> usize;
+}
+
+struct Conn {
+    id: ConnId,
+    device: DeviceId,
+    queue: mpsc::Sender<Outbound>,
+    kick: watch::Sender<Option<Kick>>,
+    away: bool,
+}
+
+/// The in-process bus of a single node.
+#[derive(Default)]
+pub struct LocalBus {
+    /// Live connections by user.
+    users: Mutex<HashMap<UserId, Vec<Conn>>>,
+    /// The next connection id.
+    next_id: AtomicU64,
+}
+
+impl fmt::Debug for LocalBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalBus")
+            .field("connections", &self.connections())
+            .finish()
+    }
+}
+
+impl LocalBus {
+    fn with_users<T>(&self, f: impl FnOnce(&mut HashMap<UserId, Vec<Conn>>) -> T) -> T {
+        f(&mut self.users.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+fn behind() -> Kick {
+    Kick {
+        code: close::BEHIND,
+        reason: "fell behind; reconnect and sync",
+    }
+}
+
+fn presence_of(conns: &[Conn]) -> PresenceStatus {
+    if conns.is_empty() {
+        PresenceStatus::Offline
+    } else if conns.iter().all(|c| c.away) {
+        PresenceStatus::Away
+    } else {
+        PresenceStatus::Online
+    }
+}
+
+impl Bus for LocalBus {
+    fn register(&self, user: UserId, device: DeviceId, queue: usize) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, outbound) = mpsc::channel(queue.max(1));
+        let (kick, kicked) = watch::channel(None);
+        let first_of_user = self.with_users(|users| {
+            let conns = users.entry(user).or_default();
+            conns.push(Conn {
+                id,
+                device,
+                queue: tx,
+                kick,
+                away: false,
+            });
+            conns.len() == 1
+        });
+        metrics::gauge!("natter_ws_connections").increment(1.0);
+        Registration {
+            id,
+            outbound,
+            kicked,
+            first_of_user,
+        }
+    }
+
+    fn unregister(&self, user: UserId, conn: ConnId) -> bool {
+        let (removed, last) = self.with_users(|users| {
+            let Some(conns) = users.get_mut(&user) else {
+                return (false, false);
+            };
+            let before = conns.len();
+            conns.retain(|c| c.id != conn);
+            let removed = conns.len() < before;
+            let last = conns.is_empty();
+            if last {
+                users.remove(&user);
+            }
+            (removed, removed && last)
+        });
+        if removed {
+            metrics::gauge!("natter_ws_connections").decrement(1.0);
+        }
+        last
+    }
+
+    fn send_update(&self, user: UserId, pts: i64, frame: Arc<str>, except: Option<ConnId>) {
+        self.with_users(|users| {
+            let Some(conns) = users.get(&user) else {
+                return;
+            };
+            for conn in conns.iter().filter(|c| Some(c.id) != except) {
+                let update = Outbound::Update {
+                    pts,
+                    frame: Arc::clone(&frame),
+                };
+                if conn.queue.try_send(update).is_err() {
+                    // Full (or closing): the connection resumes with sync.
+                    metrics::counter!("natter_ws_kicked_total", "reason" => "behind").increment(1);
+                    let _ = conn.kick.send(Some(behind()));
+                }
+            }
+        });
+    }
+
+    fn send_signal(&self, user: UserId, frame: Arc<str>) {
+        self.with_users(|users| {
+            let Some(conns) = users.get(&user) else {
+                return;
+            };
+            for conn in conns {
+                // Ephemeral: dropped when there is no room.
+                let _ = conn.queue.try_send(Outbound::Signal(Arc::clone(&frame)));
+            }
+        });
+    }
+
+    fn close_device(&self, user: UserId, device: DeviceId, kick: Kick) {
+        self.with_users(|users| {
+            for conn in users
+                .get(&user)
+                .into_iter()
+                .flatten()
+                .filter(|c| c.device == device)
+            {
+                let _ = conn.kick.send(Some(kick));
+            }
+        });
+    }
+
+    fn close_all(&self, kick: Kick) {
+        self.with_users(|users| {
+            for conn in users.values().flatten() {
+                let _ = conn.kick.send(Some(kick));
+            }
+        });
+    }
+
+    fn set_away(&self, user: UserId, conn: ConnId, away: bool) -> Option<PresenceStatus> {
+        self.with_users(|users| {
+            let conns = users.get_mut(&user)?;
+            let before = presence_of(conns);
+            if let Some(c) = conns.iter_mut().find(|c| c.id == conn) {
+                c.away = away;
+            }
+            let after = presence_of(conns);
+            (after != before).then_some(after)
+        })
+    }
+
+    fn presence(&self, user: UserId) -> PresenceStatus {
+        self.with_users(|users| {
+            users
+                .get(&user)
+                .map_or(PresenceStatus::Offline, |c| presence_of(c))
+        })
+    }
+
+    fn connections(&self) -> usize {
+        self.with_users(|users| users.values().map(Vec::len).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_kicks_the_connection_and_spares_the_others() {
+        let bus = LocalBus::default();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let mut slow = bus.register(alice, DeviceId::new(), 2);
+        let mut fast = bus.register(bob, DeviceId::new(), 8);
+        for pts in 1..=3 {
+            bus.send_update(alice, pts, Arc::from("x"), None);
+            bus.send_update(bob, pts, Arc::from("y"), None);
+        }
+        assert_eq!(*slow.kicked.borrow_and_update(), Some(behind()));
+        assert!(fast.kicked.borrow_and_update().is_none());
+        for _ in 0..3 {
+            assert!(matches!(
+                fast.outbound.recv().await,
+                Some(Outbound::Update { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn presence_is_online_while_any_connection_is_active() {
+        let bus = LocalBus::default();
+        let user = UserId::new();
+        assert_eq!(bus.presence(user), PresenceStatus::Offline);
+        let a = bus.register(user, DeviceId::new(), 1);
+        assert!(a.first_of_user);
+        let b = bus.register(user, DeviceId::new(), 1);
+        assert!(!b.first_of_user);
+        assert_eq!(bus.set_away(user, a.id, true), None, "b is still active");
+        assert_eq!(bus.set_away(user, b.id, true), Some(PresenceStatus::Away));
+        assert!(!bus.unregister(user, a.id));
+        assert!(bus.unregister(user, b.id));
+        assert_eq!(bus.presence(user), PresenceStatus::Offline);
+    }
+}

@@ -1,0 +1,488 @@
+//! Real-time delivery over the WebSocket: the seed's flows, sync with no gap
+//! and no duplicate, receipts, typing, presence, multi-device, revocation,
+//! back-pressure and abuse.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, WAIT};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn the_seed_flow_a_rest_message_reaches_the_other_side_live() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551000", "Alice").await;
+    let bob = app.signup("+14155551001", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut bob_ws = bob.connect(&app).await;
+
+    let sent = alice.sends(&app, &chat, "Hello, how are you?").await;
+    let frame = bob_ws.next_of("new_message").await;
+    assert_eq!(frame["message"]["id"], sent["id"]);
+    assert_eq!(frame["message"]["content"], "Hello, how are you?");
+    assert_eq!(frame["message"]["sender_id"], alice.user_id.as_str());
+    assert!(frame["pts"].as_i64().unwrap() > bob_ws.connected["pts"].as_i64().unwrap());
+}
+
+#[tokio::test]
+async fn send_message_over_the_socket_confirms_to_the_sender_and_reaches_every_device() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551002", "Alice").await;
+    let alice_laptop = app.login("+14155551002", "Laptop").await;
+    let bob = app.signup("+14155551003", "Bob").await;
+    let bob_tablet = app.login("+14155551003", "Tablet").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut a = alice.connect(&app).await;
+    let mut a2 = alice_laptop.connect(&app).await;
+    let mut b = bob.connect(&app).await;
+    let mut b2 = bob_tablet.connect(&app).await;
+
+    // The seed's frame: chat_id, content, message_type.
+    a.send(
+        json!({"type": "send_message", "chat_id": chat, "content": "hi", "message_type": "text",
+                  "client_message_id": "k-1"}),
+    )
+    .await;
+    let sent = a.next_of("message_sent").await;
+    assert_eq!(sent["client_message_id"], "k-1");
+    assert_eq!(sent["message"]["content"], "hi");
+    let id = sent["message"]["id"].clone();
+    assert!(sent["message"]["seq"].is_i64());
+    for socket in [&mut a2, &mut b, &mut b2] {
+        let frame = socket.next_of("new_message").await;
+        assert_eq!(frame["message"]["id"], id);
+        assert_eq!(
+            frame["message"]["sender_device_id"],
+            alice.device_id.as_str()
+        );
+    }
+    // The sending connection does not also get it as new_message.
+    a.nothing_of("new_message", QUIET).await;
+    // A retry answers with the original, without a second message.
+    a.send(json!({"type": "send_message", "chat_id": chat, "content": "hi", "client_message_id": "k-1"})).await;
+    let retry = a.next_of("message_sent").await;
+    assert_eq!(retry["message"]["id"], id);
+    assert_eq!(retry["pts"], Value::Null);
+    b.nothing_of("new_message", QUIET).await;
+}
+
+#[tokio::test]
+async fn authentication_by_header_frame_or_not_at_all() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let app = TestApp::start_with(|c| c.limits.ws_auth_timeout_secs = 1).await;
+    let alice = app.signup("+14155551004", "Alice").await;
+
+    // A bearer header on the upgrade.
+    let mut req = app.ws_url().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", alice.token).parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut socket = crate::support::Socket::from_stream(ws);
+    assert_eq!(socket.next().await["type"], "connected");
+
+    // A bad header: 401 before upgrading.
+    let mut req = app.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer nat_nope".parse().unwrap());
+    let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+
+    // A bad token frame, a wrong first frame, or silence: closed with 4001.
+    for first in [
+        Some(json!({"type": "auth", "token": "nat_x"})),
+        Some(json!({"type": "ping"})),
+        None,
+    ] {
+        let (ws, _) = tokio_tungstenite::connect_async(app.ws_url())
+            .await
+            .unwrap();
+        let mut socket = crate::support::Socket::from_stream(ws);
+        if let Some(frame) = first {
+            socket.send(frame).await;
+        }
+        assert_eq!(socket.next_or_close().await, Err(Some(4001)));
+    }
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_server_keeps_serving() {
+    let app = TestApp::start_with(|c| c.limits.ws_max_message_bytes = 1024).await;
+    let alice = app.signup("+14155551005", "Alice").await;
+    let bob = app.signup("+14155551006", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut a = alice.connect(&app).await;
+    let mut b = bob.connect(&app).await;
+
+    a.send(json!({"type": "ping"})).await;
+    a.next_of("pong").await;
+    a.send_raw("{not json".to_owned()).await;
+    assert_eq!(a.next_of("error").await["code"], "invalid_json");
+    a.send(json!({"type": "teleport"})).await;
+    assert_eq!(a.next_of("error").await["code"], "validation_failed");
+    a.send(json!({"type": "send_message", "chat_id": chat, "content": ""}))
+        .await;
+    assert_eq!(a.next_of("error").await["code"], "validation_failed");
+    a.send(json!({"type": "send_message", "chat_id": "01900000-0000-7000-8000-000000000000", "content": "x"})).await;
+    assert_eq!(a.next_of("error").await["code"], "chat_not_found");
+    // An oversized frame (N+1 bytes) closes that connection only.
+    a.send_raw(format!(
+        "{{\"type\":\"ping\",\"x\":\"{}\"}}",
+        "y".repeat(1024)
+    ))
+    .await;
+    assert!(a.next_or_close().await.is_err());
+    b.send(json!({"type": "ping"})).await;
+    b.next_of("pong").await;
+    // A frame of exactly N bytes is read and answered.
+    let pad = 1024 - r#"{"type":"ping","x":""}"#.len();
+    b.send_raw(format!(
+        "{{\"type\":\"ping\",\"x\":\"{}\"}}",
+        "y".repeat(pad)
+    ))
+    .await;
+    b.next_of("pong").await;
+}
+
+/// Collects frames until `sync_done`, then returns (messages by chat, sync_done pts).
+async fn sync_from(socket: &mut crate::support::Socket, since: i64) -> (Vec<Value>, i64) {
+    socket.send(json!({"type": "sync", "since": since})).await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = socket.next().await;
+        match frame["type"].as_str().unwrap() {
+            "sync_done" => return (frames, frame["pts"].as_i64().unwrap()),
+            "presence" | "typing" => {}
+            _ => frames.push(frame),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_offline_device_catches_up_on_1000_messages_in_three_chats_exactly_once() {
+    let app = TestApp::start().await;
+    let bob = app.signup("+14155551007", "Bob").await;
+    let senders = [
+        app.signup("+14155551008", "S1").await,
+        app.signup("+14155551009", "S2").await,
+        app.signup("+14155551010", "S3").await,
+    ];
+    let mut chats = Vec::new();
+    for s in &senders {
+        chats.push(s.direct_chat_with(&app, &bob).await);
+    }
+    let since = bob.connect(&app).await.connected["pts"].as_i64().unwrap();
+
+    // Bob is offline while 1,000 messages arrive.
+    let mut sends = Vec::new();
+    for (i, (s, chat)) in senders.iter().zip(&chats).enumerate() {
+        let count = if i == 0 { 334 } else { 333 };
+        for n in 0..count {
+            sends.push((s.clone(), chat.clone(), format!("{i}-{n}")));
+        }
+    }
+    for chunk in sends.chunks(50) {
+        let posts = chunk
+            .iter()
+            .map(|(s, chat, text)| s.sends(&app, chat, text));
+        futures_util::future::join_all(posts).await;
+    }
+
+    let mut b = bob.connect(&app).await;
+    let (frames, done) = sync_from(&mut b, since).await;
+    assert_eq!(done, b.connected["pts"].as_i64().unwrap());
+    check_exactly_once_in_order(&frames, 1000, &chats);
+}
+
+fn check_exactly_once_in_order(frames: &[Value], expected: usize, chats: &[String]) {
+    let mut seen = HashSet::new();
+    let mut last_seq: HashMap<String, i64> = HashMap::new();
+    let mut last_pts = 0;
+    let mut messages = 0;
+    for f in frames {
+        let pts = f["pts"].as_i64().unwrap();
+        assert!(pts > last_pts, "pts out of order: {pts} after {last_pts}");
+        last_pts = pts;
+        if f["type"] != "new_message" {
+            continue;
+        }
+        let m = &f["message"];
+        assert!(
+            seen.insert(m["id"].as_str().unwrap().to_owned()),
+            "duplicate {m}"
+        );
+        let chat = m["chat_id"].as_str().unwrap().to_owned();
+        assert!(chats.contains(&chat));
+        let seq = m["seq"].as_i64().unwrap();
+        let prev = last_seq.insert(chat, seq).unwrap_or(0);
+        assert!(seq > prev, "seq out of order");
+        messages += 1;
+    }
+    assert_eq!(messages, expected);
+}
+
+#[tokio::test]
+async fn sync_while_messages_keep_arriving_has_no_gap_and_no_duplicate() {
+    let app = TestApp::start_with(|c| c.limits.sync_page_size = 7).await;
+    let bob = app.signup("+14155551011", "Bob").await;
+    let alice = app.signup("+14155551012", "Alice").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let since = bob.connect(&app).await.connected["pts"].as_i64().unwrap();
+    for n in 0..200 {
+        alice.sends(&app, &chat, &format!("old {n}")).await;
+    }
+    let mut b = bob.connect(&app).await;
+    // New messages race with the sync.
+    let writer = {
+        let (app_base, alice, chat) = (app.base.clone(), alice.clone(), chat.clone());
+        let http = app.http.clone();
+        tokio::spawn(async move {
+            for n in 0..200 {
+                let res = http
+                    .post(format!("{app_base}/api/v1/messages"))
+                    .bearer_auth(&alice.token)
+                    .json(&json!({"chat_id": chat, "content": format!("new {n}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 201);
+            }
+        })
+    };
+    let (mut frames, _) = sync_from(&mut b, since).await;
+    tokio::time::timeout(WAIT * 3, writer)
+        .await
+        .unwrap()
+        .unwrap();
+    // Then the live stream, until all 400 are in.
+    let count = |frames: &[Value]| frames.iter().filter(|f| f["type"] == "new_message").count();
+    while count(&frames) < 400 {
+        frames.push(b.next_of("new_message").await);
+    }
+    b.nothing_of("new_message", QUIET).await;
+    // Every message exactly once; per connection, the sync part and the live
+    // part are each in pts order.
+    let mut ids = HashSet::new();
+    for f in frames.iter().filter(|f| f["type"] == "new_message") {
+        assert!(
+            ids.insert(f["message"]["id"].as_str().unwrap().to_owned()),
+            "duplicate {f}"
+        );
+    }
+    assert_eq!(ids.len(), 400);
+    let texts: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "new_message")
+        .map(|f| f["message"]["content"].as_str().unwrap())
+        .collect();
+    let olds: Vec<&str> = texts
+        .iter()
+        .copied()
+        .filter(|t| t.starts_with("old"))
+        .collect();
+    let news: Vec<&str> = texts
+        .iter()
+        .copied()
+        .filter(|t| t.starts_with("new"))
+        .collect();
+    assert_eq!(
+        olds,
+        (0..200).map(|n| format!("old {n}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        news,
+        (0..200).map(|n| format!("new {n}")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_device_too_far_behind_is_told_to_reload() {
+    let app = TestApp::start_with(|c| c.limits.max_sync_updates = 10).await;
+    let bob = app.signup("+14155551013", "Bob").await;
+    let alice = app.signup("+14155551014", "Alice").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    for n in 0..12 {
+        alice.sends(&app, &chat, &format!("m{n}")).await;
+    }
+    let mut b = bob.connect(&app).await;
+    b.send(json!({"type": "sync", "since": 0})).await;
+    let frame = b.next_of("too_long").await;
+    assert_eq!(frame["pts"], b.connected["pts"]);
+    // Ten behind is fine.
+    let current = b.connected["pts"].as_i64().unwrap();
+    let (frames, _) = sync_from(&mut b, current - 10).await;
+    assert_eq!(frames.len(), 10);
+}
+
+#[tokio::test]
+async fn acks_make_messages_delivered_and_read_frames_make_them_read() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551015", "Alice").await;
+    let bob = app.signup("+14155551016", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut a = alice.connect(&app).await;
+    let mut b = bob.connect(&app).await;
+    let sent = alice.sends(&app, &chat, "knock knock").await;
+    let seq = sent["seq"].as_i64().unwrap();
+    let got = b.next_of("new_message").await;
+    // Sent over REST: Alice's own socket gets it too.
+    a.next_of("new_message").await;
+    let status = || async {
+        let page = alice
+            .get(&app, &format!("/api/v1/chats/{chat}/messages"))
+            .await
+            .ok(200);
+        page["messages"][0]["status"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(status().await, "sent");
+
+    b.send(json!({"type": "ack", "pts": got["pts"]})).await;
+    let receipt = a.next_of("receipt").await;
+    assert_eq!(receipt["user_id"], bob.user_id.as_str());
+    assert_eq!(receipt["delivered_seq"], seq);
+    assert_eq!(status().await, "delivered");
+
+    b.send(json!({"type": "read", "chat_id": chat, "seq": seq}))
+        .await;
+    let receipt = a.next_of("receipt").await;
+    assert_eq!(receipt["read_seq"], seq);
+    assert_eq!(status().await, "read");
+}
+
+#[tokio::test]
+async fn typing_reaches_online_members_only_and_is_rate_limited() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551017", "Alice").await;
+    let bob = app.signup("+14155551018", "Bob").await;
+    let carol = app.signup("+14155551019", "Carol").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut a = alice.connect(&app).await;
+    let mut b = bob.connect(&app).await;
+    let mut c = carol.connect(&app).await;
+    a.send(json!({"type": "typing", "chat_id": chat})).await;
+    let typing = b.next_of("typing").await;
+    assert_eq!(typing["user_id"], alice.user_id.as_str());
+    assert_eq!(typing["chat_id"], chat.as_str());
+    c.nothing_of("typing", QUIET).await;
+    // The default allows 3 at once per device and chat.
+    for _ in 0..2 {
+        a.send(json!({"type": "typing", "chat_id": chat})).await;
+    }
+    a.send(json!({"type": "typing", "chat_id": chat})).await;
+    assert_eq!(a.next_of("error").await["code"], "rate_limited");
+    // Not a member: refused.
+    c.send(json!({"type": "typing", "chat_id": chat})).await;
+    assert_eq!(c.next_of("error").await["code"], "chat_not_found");
+}
+
+#[tokio::test]
+async fn presence_follows_connections_and_the_privacy_setting() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551020", "Alice").await;
+    let bob = app.signup("+14155551021", "Bob").await;
+    alice.adds_contact(&app, &bob).await;
+    bob.adds_contact(&app, &alice).await;
+    let mut b = bob.connect(&app).await;
+
+    let a = alice.connect(&app).await;
+    let online = b.next_of("presence").await;
+    assert_eq!(online["user_id"], alice.user_id.as_str());
+    assert_eq!(online["status"], "online");
+    let contacts = bob.get(&app, "/api/v1/users/contacts").await.ok(200);
+    assert_eq!(contacts["contacts"][0]["status"], "online");
+
+    a.close().await;
+    let offline = b.next_of("presence").await;
+    assert_eq!(offline["status"], "offline");
+    assert!(offline["last_seen"].is_string());
+
+    // Hidden from everyone: no presence at all.
+    alice
+        .patch(
+            &app,
+            "/api/v1/users/me",
+            json!({"last_seen_visibility": "nobody"}),
+        )
+        .await
+        .ok(200);
+    let a = alice.connect(&app).await;
+    b.nothing_of("presence", QUIET).await;
+    let contacts = bob.get(&app, "/api/v1/users/contacts").await.ok(200);
+    assert_eq!(contacts["contacts"][0]["status"], "offline");
+    a.close().await;
+}
+
+#[tokio::test]
+async fn revoking_a_device_closes_its_sockets() {
+    let app = TestApp::start().await;
+    let phone = "+14155551022";
+    let main = app.signup(phone, "Main").await;
+    let other = app.login(phone, "Other").await;
+    let mut o = other.connect(&app).await;
+    main.delete(&app, &format!("/api/v1/devices/{}", other.device_id))
+        .await
+        .ok(204);
+    assert_eq!(o.next_or_close().await, Err(Some(4003)));
+}
+
+#[tokio::test]
+async fn a_connection_that_falls_behind_is_closed_and_resumes_with_sync() {
+    let app = TestApp::start_with(|c| {
+        c.limits.ws_queue_depth = 4;
+        c.limits.max_message_chars = 60_000;
+    })
+    .await;
+    let alice = app.signup("+14155551023", "Alice").await;
+    let bob = app.signup("+14155551024", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut b = bob.connect(&app).await;
+    let since = b.connected["pts"].as_i64().unwrap();
+    // Bob does not read while ~30 MB arrive.
+    let big = "x".repeat(59_000);
+    for chunk in 0..25 {
+        let posts = (0..20).map(|n| {
+            alice.post(
+                &app,
+                "/api/v1/messages",
+                json!({"chat_id": chat, "content": format!("{chunk}-{n} {big}")}),
+            )
+        });
+        for answer in futures_util::future::join_all(posts).await {
+            assert_eq!(answer.status, 201);
+        }
+    }
+    // Reading now: some frames, then the close code for "behind".
+    let code = loop {
+        match b.next_or_close().await {
+            Ok(_) => {}
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(4008));
+    // Reconnect and sync: all 500 are there.
+    let mut b = bob.connect(&app).await;
+    let (frames, _) = sync_from(&mut b, since).await;
+    assert_eq!(
+        frames.iter().filter(|f| f["type"] == "new_message").count(),
+        500
+    );
+}
+
+#[tokio::test]
+async fn join_chat_checks_membership() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551025", "Alice").await;
+    let bob = app.signup("+14155551026", "Bob").await;
+    let eve = app.signup("+14155551027", "Eve").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut a = alice.connect(&app).await;
+    a.send(json!({"type": "join_chat", "chat_id": chat})).await;
+    assert_eq!(a.next_of("joined").await["chat_id"], chat.as_str());
+    let mut e = eve.connect(&app).await;
+    e.send(json!({"type": "join_chat", "chat_id": chat})).await;
+    assert_eq!(e.next_of("error").await["code"], "chat_not_found");
+}
