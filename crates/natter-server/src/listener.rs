@@ -33,7 +33,9 @@ struct ConnectionSlots {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One taken slot; gives it back when dropped (the connection ended).
+/// One taken slot; gives it back when dropped (the connection ended). A
+/// WebSocket keeps its connection's slot through the upgrade: requests carry
+/// it as an extension ([`ConnectionSlot`]) and the gateway holds a clone.
 struct Slot {
     slots: Arc<ConnectionSlots>,
     ip: IpAddr,
@@ -51,6 +53,16 @@ impl ConnectionSlots {
             slots: Arc::clone(self),
             ip,
         })
+    }
+}
+
+/// The connection's slot, attached to every request it carries.
+#[derive(Clone)]
+pub(crate) struct ConnectionSlot(#[allow(dead_code)] Arc<Slot>);
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionSlot")
     }
 }
 
@@ -113,8 +125,11 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = app.clone();
+        let slot = ConnectionSlot(Arc::new(slot));
+        let held = slot.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            req.extensions_mut().insert(held.clone());
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
         let connection = builder

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 use super::AppState;
 use super::error::ApiError;
 use crate::bus::Outbound;
+use crate::listener::ConnectionSlot;
 use crate::service::{LiveConnection, Principal, render};
 
 /// The connection is over (closed by either side or failed).
@@ -37,6 +39,7 @@ struct Closed;
 )]
 pub(crate) async fn upgrade(
     State(app): State<AppState>,
+    slot: Option<Extension<ConnectionSlot>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -52,7 +55,11 @@ pub(crate) async fn upgrade(
         .write_buffer_size(limits.ws_write_buffer_bytes)
         .max_message_size(limits.ws_max_message_bytes)
         .max_frame_size(limits.ws_max_message_bytes)
-        .on_upgrade(move |socket| run(app, socket, principal))
+        .on_upgrade(move |socket| async move {
+            // The socket counts against its address's connection limit until it closes.
+            let _slot = slot;
+            run(app, socket, principal).await;
+        })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -90,3 +90,33 @@ async fn connections_per_address_are_limited_at_n() {
     .await;
     assert!(served.is_ok(), "a freed slot was not given back");
 }
+
+#[tokio::test]
+async fn websockets_count_against_the_per_address_limit_until_they_close() {
+    // Three: the test's HTTP client keeps one connection open, plus two sockets.
+    let app = TestApp::start_with(|c| c.limits.max_connections_per_ip = 3).await;
+    let alice = app.signup("+14155550620", "Alice").await;
+    let first = alice.connect(&app).await;
+    let _second = alice.connect(&app).await;
+    let third = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(app.ws_url()))
+        .await
+        .unwrap();
+    assert!(
+        third.is_err(),
+        "a third socket from the same address opened"
+    );
+    first.close().await;
+    let reopened = tokio::time::timeout(WAIT, async {
+        loop {
+            if tokio_tungstenite::connect_async(app.ws_url()).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        reopened.is_ok(),
+        "the closed socket's slot was not given back"
+    );
+}
