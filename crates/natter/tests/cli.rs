@@ -225,3 +225,166 @@ fn a_taken_port_stops_start_up_before_creating_the_data_directory() {
     assert!(err.contains(&addr), "{err}");
     assert!(!cwd.path().join("natter-data").exists());
 }
+
+/// Starts `natter serve` on a free port with `data_dir`; returns it and its base URL.
+fn start_in(cwd: &Path, data_dir: &Path) -> (Natter, String) {
+    let dir = data_dir.to_str().unwrap();
+    let mut natter = Natter::spawn(
+        cwd,
+        &["serve"],
+        &[
+            ("NATTER_LISTEN", "127.0.0.1:0"),
+            ("NATTER_DATA_DIR", dir),
+            ("NATTER_LOG", "info"),
+        ],
+    );
+    let line = natter.wait_for_line("natter is serving");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap()
+        .to_owned();
+    (natter, format!("http://{addr}"))
+}
+
+/// Signs a number up through the real API, reading the code from the log.
+async fn sign_up(natter: &mut Natter, http: &reqwest::Client, base: &str, phone: &str) -> Value {
+    let (status, _) = post(
+        http,
+        format!("{base}/api/v1/users/verification"),
+        json!({"phone": phone}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let line = natter.wait_for_line(&format!("phone={phone}"));
+    let code = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("code="))
+        .unwrap()
+        .to_owned();
+    let (status, body) = post(
+        http,
+        format!("{base}/api/v1/users/register"),
+        json!({"phone": phone, "name": phone, "verification_code": code}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn after_kill_9_every_acknowledged_message_is_there_in_order_once() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("data");
+    let (mut natter, base) = start_in(cwd.path(), &data);
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let alice = sign_up(&mut natter, &http, &base, "+14155552000").await;
+    let bob = sign_up(&mut natter, &http, &base, "+14155552001").await;
+    let token = alice["access_token"].as_str().unwrap().to_owned();
+    let chat = http
+        .post(format!("{base}/api/v1/chats"))
+        .bearer_auth(&token)
+        .json(&json!({"type": "direct", "participants": [bob["user_id"]]}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Eight senders post until the server dies; each keeps what was acknowledged.
+    let senders: Vec<_> = (0..8)
+        .map(|s| {
+            let (http, base, token, chat) = (http.clone(), base.clone(), token.clone(), chat.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for n in 0..5_000 {
+                    let res = http
+                        .post(format!("{base}/api/v1/messages"))
+                        .bearer_auth(&token)
+                        .json(&json!({"chat_id": chat, "content": format!("{s}-{n}"), "client_message_id": format!("{s}-{n}")}))
+                        .send()
+                        .await;
+                    match res {
+                        Ok(r) if r.status() == 201 => {
+                            let m: Value = r.json().await.unwrap_or(Value::Null);
+                            if let Some(id) = m["id"].as_str() {
+                                acknowledged.push(id.to_owned());
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pid = natter.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = natter.wait_exit();
+    let mut acknowledged = Vec::new();
+    for s in senders {
+        acknowledged.extend(tokio::time::timeout(WAIT, s).await.unwrap().unwrap());
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "too few sends before the kill: {}",
+        acknowledged.len()
+    );
+    drop(natter);
+
+    // Restart on the same data: the old token still works.
+    let (_natter, base) = start_in(cwd.path(), &data);
+    let mut stored = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let cursor = before
+            .map(|b| format!("&before_seq={b}"))
+            .unwrap_or_default();
+        let page: Value = http
+            .get(format!(
+                "{base}/api/v1/chats/{chat}/messages?limit=100{cursor}"
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let messages = page["messages"].as_array().unwrap();
+        stored.extend(messages.iter().cloned());
+        before = messages.last().and_then(|m| m["seq"].as_i64());
+        if page["has_more"] != true {
+            break;
+        }
+    }
+    stored.reverse();
+    // Gapless, in order, each entry once.
+    for (i, m) in stored.iter().enumerate() {
+        assert_eq!(
+            m["seq"].as_i64().unwrap(),
+            i as i64 + 1,
+            "a gap or a duplicate seq"
+        );
+    }
+    let ids: std::collections::HashSet<&str> =
+        stored.iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids.len(), stored.len(), "an entry appears twice");
+    for id in &acknowledged {
+        assert!(
+            ids.contains(id.as_str()),
+            "acknowledged message {id} was lost"
+        );
+    }
+}
