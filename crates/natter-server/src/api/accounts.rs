@@ -11,7 +11,7 @@ use natter_proto::{DeviceId, ErrorBody, ErrorCode};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, ClientIp};
+use super::extract::{ApiJson, ClientIp, path_id};
 use super::users::me_dto;
 use crate::service::{NewSession, Principal};
 
@@ -156,9 +156,7 @@ pub(crate) async fn revoke_device(
     who: Principal,
     Path(device_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let device: DeviceId = device_id
-        .parse()
-        .map_err(|_| ApiError::new(ErrorCode::DeviceNotFound, "No such device."))?;
+    let device: DeviceId = path_id(&device_id, ErrorCode::DeviceNotFound, "device")?;
     app.services.revoke_device(&who, device).await?;
     Ok(StatusCode::NO_CONTENT)
 }

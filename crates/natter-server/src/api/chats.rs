@@ -7,13 +7,14 @@ use natter_proto::chats::{
     AddParticipants, ChangeRole, Chat, ChatList, ChatSummary, CreateChat, EditMessage, MarkRead,
     Message, MessagePage, Participant, SendMessage, UpdateChat,
 };
-use natter_proto::{ChatId, ErrorBody, ErrorCode, MessageId, UserId};
+use natter_proto::{ChatId, ErrorBody, ErrorCode, MessageId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, path_id};
+use super::users::user_id;
 use crate::service::{ChatView, HistoryRequest, MessageView, Principal, render};
 
 fn chat_dto(v: ChatView) -> Chat {
@@ -43,18 +44,11 @@ pub(crate) fn message_dto(v: MessageView) -> Message {
 }
 
 fn chat_id(raw: &str) -> Result<ChatId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::new(ErrorCode::ChatNotFound, "No such chat."))
+    path_id(raw, ErrorCode::ChatNotFound, "chat")
 }
 
 fn message_id(raw: &str) -> Result<MessageId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::new(ErrorCode::MessageNotFound, "No such message."))
-}
-
-fn user_id(raw: &str) -> Result<UserId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::new(ErrorCode::UserNotFound, "No such user."))
+    path_id(raw, ErrorCode::MessageNotFound, "message")
 }
 
 /// Creates a chat. A direct chat is unique per pair: asking again returns it (200).

@@ -151,14 +151,7 @@ impl FromRequestParts<AppState> for Principal {
                 "Send a valid access token as `Authorization: Bearer <token>`.",
             )
         };
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or_else(unauthorized)?;
+        let token = bearer_token(&parts.headers).ok_or_else(unauthorized)?;
         state
             .services
             .authenticate(token)
@@ -168,6 +161,28 @@ impl FromRequestParts<AppState> for Principal {
                 other => other.into(),
             })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
+/// An id from the path. One that does not parse names nothing, so it answers
+/// `not_found` (with the resource's code) like an id that names nothing.
+pub(crate) fn path_id<T: std::str::FromStr>(
+    raw: &str,
+    code: ErrorCode,
+    what: &str,
+) -> Result<T, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::new(code, format!("No such {what}.")))
 }
 
 /// Query parameters parsed into `T`; anything malformed or unknown is a 400

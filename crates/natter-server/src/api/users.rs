@@ -11,7 +11,7 @@ use natter_proto::{ErrorBody, ErrorCode, UserId};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, path_id};
 use crate::service::{Principal, ProfileView};
 use crate::store::User;
 
@@ -54,9 +54,8 @@ fn contact_dto(v: ProfileView) -> Contact {
     }
 }
 
-fn user_id(raw: &str) -> Result<UserId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::new(ErrorCode::UserNotFound, "No such user."))
+pub(crate) fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    path_id(raw, ErrorCode::UserNotFound, "user")
 }
 
 /// The caller's own profile.
@@ -179,9 +178,7 @@ pub(crate) async fn remove_contact(
     who: Principal,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = raw
-        .parse()
-        .map_err(|_| ApiError::new(ErrorCode::ContactNotFound, "No such contact."))?;
+    let id = path_id(&raw, ErrorCode::ContactNotFound, "contact")?;
     app.services.remove_contact(&who, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

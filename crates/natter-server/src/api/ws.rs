@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use natter_proto::ErrorCode;
 use natter_proto::ws::{ClientFrame, ServerFrame, close};
@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::bearer_token;
 use crate::bus::Outbound;
 use crate::listener::ConnectionSlot;
 use crate::service::{LiveConnection, Principal, render};
@@ -43,7 +44,7 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let principal = match bearer(&headers) {
+    let principal = match bearer_token(&headers) {
         Some(token) => match app.services.authenticate(token).await {
             Ok(p) => Some(p),
             Err(e) => return ApiError::from(e).into_response(),
@@ -60,16 +61,6 @@ pub(crate) async fn upgrade(
             let _slot = slot;
             run(app, socket, principal).await;
         })
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .split_once(' ')
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
 }
 
 async fn run(app: AppState, mut socket: WebSocket, principal: Option<Principal>) {
