@@ -486,3 +486,75 @@ async fn join_chat_checks_membership() {
     e.send(json!({"type": "join_chat", "chat_id": chat})).await;
     assert_eq!(e.next_of("error").await["code"], "chat_not_found");
 }
+
+#[tokio::test]
+async fn removed_members_and_outsiders_receive_nothing_live() {
+    let app = TestApp::start().await;
+    let admin = app.signup("+14155551028", "Admin").await;
+    let member = app.signup("+14155551029", "Member").await;
+    let outsider = app.signup("+14155551030", "Outsider").await;
+    let group = admin.group_with(&app, "G", &[&member]).await;
+    let mut m = member.connect(&app).await;
+    let mut o = outsider.connect(&app).await;
+    admin.sends(&app, &group, "before").await;
+    assert_eq!(
+        m.next_of("new_message").await["message"]["content"],
+        "before"
+    );
+
+    admin
+        .delete(
+            &app,
+            &format!("/api/v1/chats/{group}/participants/{}", member.user_id),
+        )
+        .await
+        .ok(204);
+    let removal = m.next_of("chat_updated").await;
+    assert_eq!(removal["message"]["event"]["kind"], "member_removed");
+    admin.sends(&app, &group, "after").await;
+    m.nothing_of("new_message", QUIET).await;
+    o.nothing_of("new_message", QUIET).await;
+    // Nor by sync.
+    let (frames, _) = sync_from(&mut m, 0).await;
+    assert!(frames.iter().all(|f| f["message"]["content"] != "after"));
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_closed_after_the_idle_timeout() {
+    let app = TestApp::start_with(|c| {
+        c.limits.ws_ping_interval_secs = 1;
+        c.limits.ws_idle_timeout_secs = 2;
+    })
+    .await;
+    let alice = app.signup("+14155551031", "Alice").await;
+    let mut a = alice.connect(&app).await;
+    // Not reading means not answering the server's pings.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let code = loop {
+        match a.next_or_close().await {
+            Ok(_) => {}
+            Err(code) => break code,
+        }
+    };
+    // 4009, or a reset if the client's automatic pong hit the closed socket
+    // first; either way the server closed it (a live socket would time out here).
+    assert!(matches!(code, Some(4009) | None), "{code:?}");
+}
+
+#[tokio::test]
+async fn an_overlong_message_over_the_socket_is_refused_at_n_plus_one() {
+    let app = TestApp::start_with(|c| c.limits.max_message_chars = 20).await;
+    let alice = app.signup("+14155551032", "Alice").await;
+    let bob = app.signup("+14155551033", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut a = alice.connect(&app).await;
+    a.send(json!({"type": "send_message", "chat_id": chat, "content": "x".repeat(21)}))
+        .await;
+    assert_eq!(a.next_of("error").await["code"], "validation_failed");
+    a.send(json!({"type": "send_message", "chat_id": chat, "content": "x".repeat(20)}))
+        .await;
+    assert_eq!(
+        a.next_of("message_sent").await["message"]["content"],
+        "x".repeat(20)
+    );
+}
