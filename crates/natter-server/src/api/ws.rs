@@ -234,8 +234,12 @@ impl Gateway {
                     media_id: None,
                 };
                 match services.send_from_connection(&who, conn, req).await {
-                    Ok((Some(pts), frame)) => return self.deliver_frame(pts, &frame).await,
-                    Ok((None, frame)) => Ok(Some(frame)),
+                    // The confirmation takes its place in pts order; if a gap fill
+                    // already sent that update as `new_message`, it still goes out.
+                    Ok((Some(pts), frame)) if pts >= self.next_pts => {
+                        return self.deliver_frame(pts, &frame).await;
+                    }
+                    Ok((_, frame)) => Ok(Some(frame)),
                     Err(e) => Err(e),
                 }
             }
