@@ -64,6 +64,8 @@ pub enum ErrorCode {
     ContactLimitReached,
     /// 409: the group has as many members as allowed.
     GroupFull,
+    /// 409: the change would leave the group without an admin.
+    LastAdmin,
     /// 409: the message can no longer be edited (too old, or deleted).
     EditWindowClosed,
     /// 413: the body is larger than allowed.
@@ -102,6 +104,7 @@ impl ErrorCode {
             | Self::DeviceLimitReached
             | Self::ContactLimitReached
             | Self::GroupFull
+            | Self::LastAdmin
             | Self::EditWindowClosed => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,

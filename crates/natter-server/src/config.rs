@@ -265,6 +265,8 @@ pub struct RateLimits {
     pub contact_add_per_user: Rate,
     /// Typing signals from one device in one chat.
     pub typing_per_device: Rate,
+    /// Presence changes (online/away) from one device.
+    pub presence_per_device: Rate,
 }
 
 impl Default for RateLimits {
@@ -277,6 +279,7 @@ impl Default for RateLimits {
             discover_per_user: Rate::new(10, 3600),
             contact_add_per_user: Rate::new(100, 3600),
             typing_per_device: Rate::new(3, 3),
+            presence_per_device: Rate::new(6, 60),
         }
     }
 }
@@ -486,6 +489,10 @@ impl Config {
             (
                 "rate_limits.typing_per_device",
                 self.rate_limits.typing_per_device,
+            ),
+            (
+                "rate_limits.presence_per_device",
+                self.rate_limits.presence_per_device,
             ),
         ];
         for (key, rate) in rates {

@@ -29,6 +29,8 @@ pub enum Limit {
     ContactAddPerUser,
     /// Typing signals from one device in one chat.
     TypingPerDevice,
+    /// Presence changes (online/away) from one device.
+    PresencePerDevice,
 }
 
 /// A refused request and when to try again.
@@ -88,6 +90,7 @@ impl LocalRateLimiter {
             (Limit::DiscoverPerUser, table.discover_per_user),
             (Limit::ContactAddPerUser, table.contact_add_per_user),
             (Limit::TypingPerDevice, table.typing_per_device),
+            (Limit::PresencePerDevice, table.presence_per_device),
         ]
         .into_iter()
         .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))

@@ -18,6 +18,9 @@ use crate::store::sqlite::SqliteStore;
 
 /// How often expired codes and idle rate-limit keys are swept.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// How long shutdown waits for WebSockets to close (they record last-seen
+/// times on the way out, so the store must still be open).
+const SOCKETS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for open requests before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -133,7 +136,7 @@ impl RunningServer {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         let _ = self.stop.send(true);
-        self.services.close_connections();
+        self.services.close_connections(SOCKETS_CLOSE_TIMEOUT).await;
         let mut serving = self.serving;
         if tokio::time::timeout(DRAIN_TIMEOUT, &mut serving)
             .await

@@ -71,6 +71,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Forbidden(_) => ErrorCode::Forbidden,
             ServiceError::GroupFull(_) => ErrorCode::GroupFull,
             ServiceError::EditWindowClosed => ErrorCode::EditWindowClosed,
+            ServiceError::LastAdmin => ErrorCode::LastAdmin,
             ServiceError::RateLimited(denied) => {
                 let mut err = Self::new(ErrorCode::RateLimited, e.to_string());
                 err.retry_after = Some(denied.retry_after.as_secs().max(1));

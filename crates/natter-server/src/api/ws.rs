@@ -164,6 +164,14 @@ impl Gateway {
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                         Some(Ok(WsMessage::Close(_))) | None => return Ok(()),
                         Some(Err(e)) => {
+                            let e = e.into_inner();
+                            let too_big = matches!(
+                                e.downcast_ref::<tungstenite::Error>(),
+                                Some(tungstenite::Error::Capacity(_))
+                            );
+                            if too_big {
+                                let _ = close_with(&mut self.socket, 1009, "frame too large").await;
+                            }
                             tracing::debug!(error = %e, "WebSocket read failed");
                             return Err(Closed);
                         }

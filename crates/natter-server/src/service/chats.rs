@@ -176,6 +176,11 @@ impl Services {
     /// [`ServiceError::ChatNotFound`].
     pub async fn chat(&self, who: &Principal, chat: ChatId) -> ServiceResult<ChatView> {
         let access = self.access(who, chat).await?;
+        // Former participants keep the history of their periods, not a view
+        // of the chat as it is now.
+        if access.role.is_none() {
+            return Err(ServiceError::ChatNotFound);
+        }
         self.view(access).await
     }
 
@@ -343,6 +348,12 @@ impl Services {
                 }
                 Ok((None, Some(bytes)))
             }
+            (false, None, None) => Err(ServiceError::Validation(
+                "`content` is required.".to_owned(),
+            )),
+            (true, None, None) => Err(ServiceError::Validation(
+                "`ciphertext` is required.".to_owned(),
+            )),
             (false, _, _) => Err(ServiceError::Validation(
                 "This chat is not encrypted: send `content`, not `ciphertext`.".to_owned(),
             )),
@@ -589,6 +600,7 @@ impl Services {
             }
             ChatChanged::UnknownUser(_) => return Err(ServiceError::UserNotFound),
             ChatChanged::GroupFull => return Err(ServiceError::GroupFull(max)),
+            ChatChanged::LastAdmin => return Err(ServiceError::LastAdmin),
             ChatChanged::NotAGroup => {
                 return Err(ServiceError::Validation(
                     "Direct chats have fixed participants and no name.".to_owned(),

@@ -74,6 +74,9 @@ pub enum ServiceError {
     /// The group is full.
     #[error("A group holds at most {0} participants.")]
     GroupFull(usize),
+    /// The change would leave the group without an admin.
+    #[error("A group needs an admin: make someone else admin first.")]
+    LastAdmin,
     /// The message can no longer be edited.
     #[error("The message can no longer be changed (too old, or deleted).")]
     EditWindowClosed,

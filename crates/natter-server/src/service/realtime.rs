@@ -160,6 +160,11 @@ impl Services {
     /// # Errors
     /// Store failure.
     pub async fn ack(&self, who: &Principal, pts: i64) -> ServiceResult<()> {
+        if pts < 0 {
+            return Err(ServiceError::Validation(
+                "`pts` must not be negative.".to_owned(),
+            ));
+        }
         let changes = self
             .inner
             .store
@@ -203,6 +208,8 @@ impl Services {
         conn: ConnId,
         status: PresenceStatus,
     ) -> ServiceResult<()> {
+        self.limit(Limit::PresencePerDevice, &who.device.to_string())
+            .await?;
         let away = match status {
             PresenceStatus::Away => true,
             PresenceStatus::Online => false,
@@ -265,11 +272,16 @@ impl Services {
         );
     }
 
-    /// Closes every live connection (shutdown).
-    pub fn close_connections(&self) {
+    /// Closes every live connection (shutdown) and waits, at most `wait`,
+    /// for them to record their users' last-seen times.
+    pub async fn close_connections(&self, wait: std::time::Duration) {
         self.inner.bus.close_all(Kick {
             code: close::GOING_AWAY,
             reason: "server shutting down",
         });
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.inner.bus.connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }

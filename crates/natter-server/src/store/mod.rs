@@ -401,6 +401,8 @@ pub enum ChatChanged {
     UnknownUser(UserId),
     /// Adding would pass the group size limit.
     GroupFull,
+    /// Demoting the group's only admin.
+    LastAdmin,
     /// Direct chats have fixed participants and no name.
     NotAGroup,
 }

@@ -331,3 +331,75 @@ async fn the_chat_list_is_ordered_by_activity_with_previews_and_unread_counts() 
     let list = me.get(&app, "/api/v1/chats").await.ok(200);
     assert_eq!(list["chats"][0]["unread_count"], 0);
 }
+
+#[tokio::test]
+async fn former_members_no_longer_see_the_chat_as_it_is_now() {
+    let app = TestApp::start().await;
+    let ann = app.signup("+14155550830", "Ann").await;
+    let ben = app.signup("+14155550831", "Ben").await;
+    let group = ann.group_with(&app, "Before", &[&ben]).await;
+    ben.delete(
+        &app,
+        &format!("/api/v1/chats/{group}/participants/{}", ben.user_id),
+    )
+    .await
+    .ok(204);
+    ann.patch(
+        &app,
+        &format!("/api/v1/chats/{group}"),
+        json!({"name": "After"}),
+    )
+    .await
+    .ok(200);
+    ben.get(&app, &format!("/api/v1/chats/{group}"))
+        .await
+        .expect(404, "chat_not_found");
+    // Their own period of history stays readable.
+    let page = ben
+        .get(&app, &format!("/api/v1/chats/{group}/messages"))
+        .await
+        .ok(200);
+    assert!(
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["event"]["name"] != "After")
+    );
+}
+
+#[tokio::test]
+async fn a_group_always_keeps_an_admin() {
+    let app = TestApp::start().await;
+    let ann = app.signup("+14155550832", "Ann").await;
+    let ben = app.signup("+14155550833", "Ben").await;
+    let cy = app.signup("+14155550834", "Cy").await;
+    let group = ann.group_with(&app, "G", &[&ben, &cy]).await;
+    let path = format!("/api/v1/chats/{group}");
+    // The only admin cannot step down...
+    ann.patch(
+        &app,
+        &format!("{path}/participants/{}", ann.user_id),
+        json!({"role": "member"}),
+    )
+    .await
+    .expect(409, "last_admin");
+    // ...and when they leave, the longest-standing member takes over.
+    ann.delete(&app, &format!("{path}/participants/{}", ann.user_id))
+        .await
+        .ok(204);
+    let chat = ben.get(&app, &path).await.ok(200);
+    assert_eq!(chat["my_role"], "admin");
+    ben.patch(&app, &path, json!({"name": "Still run"}))
+        .await
+        .ok(200);
+    let page = cy.get(&app, &format!("{path}/messages")).await.ok(200);
+    assert!(
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["event"]["kind"] == "role_changed"
+                && m["event"]["user_id"] == ben.user_id.as_str())
+    );
+}

@@ -290,6 +290,14 @@ async fn senders_edit_within_the_window_and_delete_for_everyone() {
         .await
         .expect(403, "forbidden");
     bob.delete(&app, &path).await.expect(403, "forbidden");
+    let empty = alice.patch(&app, &path, json!({})).await;
+    empty.expect(422, "validation_failed");
+    assert!(
+        empty.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`content` is required")
+    );
     let edited = alice
         .patch(&app, &path, json!({"content": "hello"}))
         .await

@@ -135,7 +135,7 @@ async fn bad_frames_get_error_frames_and_the_server_keeps_serving() {
         "y".repeat(1024)
     ))
     .await;
-    assert!(a.next_or_close().await.is_err());
+    assert_eq!(a.next_or_close().await, Err(Some(1009)));
     b.send(json!({"type": "ping"})).await;
     b.next_of("pong").await;
     // A frame of exactly N bytes is read and answered.
@@ -557,4 +557,18 @@ async fn an_overlong_message_over_the_socket_is_refused_at_n_plus_one() {
         a.next_of("message_sent").await["message"]["content"],
         "x".repeat(20)
     );
+}
+
+#[tokio::test]
+async fn presence_changes_are_rate_limited_and_acks_checked() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551034", "Alice").await;
+    let mut a = alice.connect(&app).await;
+    for status in ["away", "online", "away", "online", "away", "online"] {
+        a.send(json!({"type": "presence", "status": status})).await;
+    }
+    a.send(json!({"type": "presence", "status": "away"})).await;
+    assert_eq!(a.next_of("error").await["code"], "rate_limited");
+    a.send(json!({"type": "ack", "pts": -1})).await;
+    assert_eq!(a.next_of("error").await["code"], "validation_failed");
 }

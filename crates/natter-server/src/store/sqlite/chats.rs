@@ -637,6 +637,7 @@ pub(super) fn change_chat(
                 ChatEvent::MemberRemoved { user_id: user }
             };
             let seq = record_next_seq(c, chat)?;
+            let needs_successor = admins(c, chat)? == vec![user];
             // The removal entry is the last the removed user sees.
             c.prepare_cached(
                 "UPDATE memberships SET to_seq = ?3
@@ -653,6 +654,16 @@ pub(super) fn change_chat(
                 Draft::system(actor, event, now),
                 Some(user),
             )?);
+            // The only admin left: the longest-standing member takes over, so
+            // the group is never without one.
+            if needs_successor && let Some(next) = members(c, chat)?.first().map(|m| m.user_id) {
+                set_role(c, chat, next, Role::Admin)?;
+                let event = ChatEvent::RoleChanged {
+                    user_id: next,
+                    role: Role::Admin,
+                };
+                appended.push(append(c, chat, Draft::system(actor, event, now), None)?);
+            }
         }
         ChatChange::Rename(name) => {
             c.prepare_cached("UPDATE chats SET name = ?2 WHERE id = ?1")?
@@ -668,32 +679,40 @@ pub(super) fn change_chat(
             None => return Ok(ChatChanged::UnknownUser(user)),
             Some(current) if current == role => {}
             Some(_) => {
-                c.prepare_cached(
-                    "UPDATE memberships SET role = ?3
-                         WHERE chat_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
-                )?
-                .execute(params![
-                    chat.as_uuid().as_bytes(),
-                    user.as_uuid().as_bytes(),
-                    role_to_sql(role)
-                ])?;
-                appended.push(append(
-                    c,
-                    chat,
-                    Draft::system(
-                        actor,
-                        ChatEvent::RoleChanged {
-                            user_id: user,
-                            role,
-                        },
-                        now,
-                    ),
-                    None,
-                )?);
+                if role == Role::Member && admins(c, chat)? == vec![user] {
+                    return Ok(ChatChanged::LastAdmin);
+                }
+                set_role(c, chat, user, role)?;
+                let event = ChatEvent::RoleChanged {
+                    user_id: user,
+                    role,
+                };
+                appended.push(append(c, chat, Draft::system(actor, event, now), None)?);
             }
         },
     }
     Ok(ChatChanged::Done(appended))
+}
+
+/// The current admins of a chat.
+fn admins(c: &Connection, chat: ChatId) -> Result<Vec<UserId>> {
+    Ok(members(c, chat)?
+        .into_iter()
+        .filter(|m| m.role == Role::Admin)
+        .map(|m| m.user_id)
+        .collect())
+}
+
+fn set_role(c: &Connection, chat: ChatId, user: UserId, role: Role) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE memberships SET role = ?3 WHERE chat_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
+    )?
+    .execute(params![
+        chat.as_uuid().as_bytes(),
+        user.as_uuid().as_bytes(),
+        role_to_sql(role)
+    ])?;
+    Ok(())
 }
 
 /// The seq the next appended entry will get.
