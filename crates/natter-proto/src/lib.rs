@@ -6,6 +6,7 @@
 //! - [`error`]: the `{"error":{"code","message"}}` envelope and [`ErrorCode`].
 //! - [`accounts`]: verification, register, login, devices.
 //! - [`chats`]: chats, participants, messages and history.
+//! - [`search`]: message, chat and contact search results.
 //! - [`users`]: profiles and contacts.
 //! - [`ws`]: WebSocket frames and close codes.
 //!
@@ -15,6 +16,7 @@ pub mod accounts;
 pub mod chats;
 pub mod error;
 pub mod ids;
+pub mod search;
 pub mod timefmt;
 pub mod users;
 pub mod ws;

@@ -195,6 +195,12 @@ pub struct Limits {
     pub ws_ping_interval_secs: u64,
     /// A WebSocket silent this long (not even a pong) is closed.
     pub ws_idle_timeout_secs: u64,
+    /// Longest search query, in characters.
+    pub max_search_query_chars: usize,
+    /// Largest page of search results (`limit`); the default page is 20.
+    pub max_search_page_size: usize,
+    /// Deepest offset into search results (`(page - 1) * limit`).
+    pub max_search_offset: usize,
 }
 
 impl Default for Limits {
@@ -227,6 +233,9 @@ impl Default for Limits {
             ws_auth_timeout_secs: 5,
             ws_ping_interval_secs: 30,
             ws_idle_timeout_secs: 75,
+            max_search_query_chars: 256,
+            max_search_page_size: 50,
+            max_search_offset: 10_000,
         }
     }
 }
@@ -358,7 +367,7 @@ impl Config {
             }
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 33] = [
+        let positive: [(&'static str, u64); 36] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -454,6 +463,18 @@ impl Config {
             (
                 "limits.ws_idle_timeout_secs",
                 self.limits.ws_idle_timeout_secs,
+            ),
+            (
+                "limits.max_search_query_chars",
+                self.limits.max_search_query_chars as u64,
+            ),
+            (
+                "limits.max_search_page_size",
+                self.limits.max_search_page_size as u64,
+            ),
+            (
+                "limits.max_search_offset",
+                self.limits.max_search_offset as u64,
             ),
         ];
         for (key, value) in positive {

@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, path_id};
 use super::users::user_id;
 use crate::service::{ChatView, HistoryRequest, MessageView, Principal, render};
+use crate::store::ChatOverview;
 
 fn chat_dto(v: ChatView) -> Chat {
     Chat {
@@ -94,20 +95,21 @@ pub(crate) async fn list_chats(
 ) -> Result<Json<ChatList>, ApiError> {
     let chats = app.services.chats(&who).await?;
     Ok(Json(ChatList {
-        chats: chats
-            .into_iter()
-            .map(|(o, last)| ChatSummary {
-                id: o.chat.id,
-                kind: o.chat.kind,
-                name: o.chat.name,
-                encrypted: o.chat.encrypted,
-                my_role: o.role,
-                unread_count: o.unread,
-                last_message: last.map(message_dto),
-                last_activity_at: o.chat.last_activity_at.to_datetime(),
-            })
-            .collect(),
+        chats: chats.into_iter().map(chat_summary).collect(),
     }))
+}
+
+pub(crate) fn chat_summary((o, last): (ChatOverview, Option<MessageView>)) -> ChatSummary {
+    ChatSummary {
+        id: o.chat.id,
+        kind: o.chat.kind,
+        name: o.chat.name,
+        encrypted: o.chat.encrypted,
+        my_role: o.role,
+        unread_count: o.unread,
+        last_message: last.map(message_dto),
+        last_activity_at: o.chat.last_activity_at.to_datetime(),
+    }
 }
 
 /// A chat with its participants.

@@ -10,6 +10,7 @@ mod chats;
 mod error;
 mod extract;
 mod ops;
+mod search;
 mod users;
 mod ws;
 
@@ -91,6 +92,9 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chats::send_message))
         .routes(routes!(chats::edit_message, chats::delete_message))
         .routes(routes!(ws::upgrade))
+        .routes(routes!(search::search_messages))
+        .routes(routes!(search::search_chats))
+        .routes(routes!(search::search_contacts))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

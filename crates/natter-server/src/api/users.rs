@@ -43,7 +43,7 @@ fn profile_dto(v: ProfileView) -> PublicProfile {
     }
 }
 
-fn contact_dto(v: ProfileView) -> Contact {
+pub(crate) fn contact_dto(v: ProfileView) -> Contact {
     let p = profile_dto(v);
     Contact {
         user_id: p.user_id,

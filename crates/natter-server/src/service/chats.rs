@@ -67,7 +67,7 @@ const DEFAULT_PAGE_SIZE: i64 = 50;
 /// The status of an entry given the receipts of the chat's participants:
 /// read once every other participant read it, delivered once every other
 /// participant received it.
-fn status_of(entry: &LogEntry, receipts: &[Receipt]) -> MessageStatus {
+pub(super) fn status_of(entry: &LogEntry, receipts: &[Receipt]) -> MessageStatus {
     let others: Vec<&Receipt> = receipts
         .iter()
         .filter(|r| r.user_id != entry.sender_id)

@@ -11,6 +11,7 @@ mod contacts;
 mod profiles;
 mod realtime;
 pub mod render;
+mod search;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
 pub use self::profiles::ProfileView;
 pub use self::realtime::LiveConnection;
+pub use self::search::{Hit, MessageSearch};
 use crate::bus::Bus;
 use crate::clock::Timestamp;
 use crate::config::Config;

@@ -492,6 +492,62 @@ pub enum UpdateBody {
     },
 }
 
+/// A message search, already checked by the service.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    /// Whose view: only messages inside their membership periods.
+    pub user: UserId,
+    /// The query text (FTS5 syntax for word search).
+    pub text: String,
+    /// How the text is matched.
+    pub mode: SearchMode,
+    /// Only these chats (empty: all of the user's).
+    pub chats: Vec<ChatId>,
+    /// Only from this sender.
+    pub sender: Option<UserId>,
+    /// Only of this type.
+    pub message_type: Option<MessageType>,
+    /// Only sent before this time.
+    pub before: Option<Timestamp>,
+    /// Only sent after this time.
+    pub after: Option<Timestamp>,
+    /// Best matches first (BM25) instead of newest first.
+    pub by_relevance: bool,
+    /// Hits to skip.
+    pub offset: i64,
+    /// Hits to return.
+    pub limit: i64,
+}
+
+/// How a query's text is matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchMode {
+    /// FTS5 query over words (case and accents folded).
+    Words,
+    /// A substring of at least three characters, over the trigram index.
+    Trigrams,
+    /// A substring of one or two characters: scanned.
+    Scan,
+}
+
+/// One search hit.
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    /// The message.
+    pub entry: LogEntry,
+    /// Where it matched: text with the matches between `\u{E000}` and `\u{E001}`.
+    pub snippet: String,
+}
+
+/// What a search found, or why it could not run.
+#[derive(Debug, Clone)]
+pub enum SearchOutcome {
+    /// A page of hits and the total number of hits.
+    Found(Vec<SearchHit>, i64),
+    /// The query text is not valid FTS5 syntax; the message says why.
+    BadQuery(String),
+}
+
 /// Which part of a history to read.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryQuery {
@@ -671,6 +727,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Users allowed to see `user`'s presence: those who share a chat with
     /// them or have them as a contact, narrowed by `user`'s privacy setting.
     async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>>;
+
+    /// Searches the plaintext messages `query.user` may see.
+    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchOutcome>;
 
     /// Records when the user was last online.
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;

@@ -14,6 +14,7 @@
 //! - `connections`: the listener (header timeout, connections per address).
 //! - `realtime`: the WebSocket: live delivery, sync, receipts, typing, presence.
 //! - `restart`: what survives a restart.
+//! - `search`: message, chat and contact search.
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
 
 #![allow(
@@ -34,5 +35,6 @@ mod profiles;
 mod rate_limits;
 mod realtime;
 mod restart;
+mod search;
 mod signup;
 mod support;

@@ -6,6 +6,7 @@
 
 mod chats;
 mod engine;
+pub mod search;
 
 use std::path::Path;
 
@@ -20,8 +21,8 @@ use super::{
     ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ContactAdded, ContactEntry,
     Device, HistoryQuery, LogEntry, LoggedIn, Login, Member, MessageChange, MessageChanged,
     NewChat, NewDevice, NewMessage, NewVerificationCode, Posted, ProfilePatch, Receipt,
-    ReceiptChange, Registered, Registration, Relation, Store, StoreError, StoreResult,
-    StoredUpdate, User,
+    ReceiptChange, Registered, Registration, Relation, SearchOutcome, SearchQuery, Store,
+    StoreError, StoreResult, StoredUpdate, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_accounts.sql"),
     include_str!("migrations/0002_chats.sql"),
     include_str!("migrations/0003_receipt_updates.sql"),
+    include_str!("migrations/0004_search.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -778,6 +780,12 @@ impl Store for SqliteStore {
     async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>> {
         self.readers
             .read(move |c| chats::presence_audience(c, user).map_err(db_err))
+            .await
+    }
+
+    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchOutcome> {
+        self.readers
+            .read(move |c| search::search(c, &query).map_err(db_err))
             .await
     }
 

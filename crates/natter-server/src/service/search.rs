@@ -1,0 +1,250 @@
+//! Search over what a user may see: messages of plaintext chats inside their
+//! membership periods (never encrypted chats), their chats by name, their
+//! contacts by name.
+
+use std::collections::HashMap;
+
+use natter_proto::chats::{ChatKind, MessageType};
+use natter_proto::{ChatId, UserId};
+use time::OffsetDateTime;
+
+use super::chats::status_of;
+use super::{ContactView, MessageView, Principal, ServiceError, ServiceResult, Services};
+use crate::clock::Timestamp;
+use crate::store::sqlite::search::{MATCH_END, MATCH_START, has_cjk};
+use crate::store::{ChatOverview, SearchMode, SearchOutcome, SearchQuery};
+
+/// A message search as asked.
+#[derive(Debug, Clone, Default)]
+pub struct MessageSearch {
+    /// The query: words (with FTS5 syntax: `"phrases"`, `prefix*`, `OR`, `NOT`).
+    pub q: String,
+    /// Only these chats.
+    pub chats: Vec<ChatId>,
+    /// Only from this sender.
+    pub sender: Option<UserId>,
+    /// Only of this type.
+    pub message_type: Option<MessageType>,
+    /// Only before this time.
+    pub before: Option<OffsetDateTime>,
+    /// Only after this time.
+    pub after: Option<OffsetDateTime>,
+    /// Best first instead of newest first.
+    pub by_relevance: bool,
+    /// Page, from 1.
+    pub page: Option<i64>,
+    /// Hits per page.
+    pub limit: Option<i64>,
+}
+
+/// A hit: the message and its HTML-safe snippet.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// The message.
+    pub message: MessageView,
+    /// HTML-escaped text with `<mark>` around the matches.
+    pub snippet: String,
+}
+
+/// The default page of search results.
+const DEFAULT_SEARCH_PAGE: i64 = 20;
+
+fn millis(t: OffsetDateTime) -> Timestamp {
+    Timestamp(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+}
+
+/// Escapes HTML and turns the store's match markers into `<mark>` elements.
+fn html_snippet(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 16);
+    for c in raw.chars() {
+        match c {
+            MATCH_START => out.push_str("<mark>"),
+            MATCH_END => out.push_str("</mark>"),
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Case-insensitive "contains", for names.
+fn name_matches(name: &str, q: &str) -> bool {
+    name.to_lowercase().contains(&q.to_lowercase())
+}
+
+impl Services {
+    fn search_text(&self, q: &str) -> ServiceResult<String> {
+        let q = q.trim();
+        let max = self.inner.config.limits.max_search_query_chars;
+        if q.is_empty() {
+            return Err(ServiceError::InvalidParameter(
+                "`q` must not be empty.".to_owned(),
+            ));
+        }
+        if q.chars().count() > max || q.chars().any(char::is_control) {
+            return Err(ServiceError::InvalidParameter(format!(
+                "`q` must be at most {max} characters, without control characters."
+            )));
+        }
+        Ok(q.to_owned())
+    }
+
+    /// Searches the messages the caller may see. Returns the page and the total.
+    ///
+    /// # Errors
+    /// A malformed query or paging (400).
+    pub async fn search_messages(
+        &self,
+        who: &Principal,
+        req: MessageSearch,
+    ) -> ServiceResult<(Vec<Hit>, i64, i64, i64)> {
+        let text = self.search_text(&req.q)?;
+        let limits = &self.inner.config.limits;
+        let max = i64::try_from(limits.max_search_page_size).unwrap_or(i64::MAX);
+        let limit = req.limit.unwrap_or(DEFAULT_SEARCH_PAGE.min(max));
+        if !(1..=max).contains(&limit) {
+            return Err(ServiceError::InvalidParameter(format!(
+                "`limit` must be between 1 and {max}."
+            )));
+        }
+        let page = req.page.unwrap_or(1);
+        let offset = page.checked_sub(1).and_then(|p| p.checked_mul(limit));
+        let max_offset = i64::try_from(limits.max_search_offset).unwrap_or(i64::MAX);
+        let Some(offset) = offset.filter(|o| (0..=max_offset).contains(o)) else {
+            return Err(ServiceError::InvalidParameter(format!(
+                "`page` starts at 1 and reaches at most {max_offset} hits deep."
+            )));
+        };
+        if req.message_type == Some(MessageType::System) {
+            return Err(ServiceError::InvalidParameter(
+                "`type` must be text, image, video or file.".to_owned(),
+            ));
+        }
+        let mode = if has_cjk(&text) {
+            if text.chars().count() >= 3 {
+                SearchMode::Trigrams
+            } else {
+                SearchMode::Scan
+            }
+        } else {
+            SearchMode::Words
+        };
+        let query = SearchQuery {
+            user: who.user,
+            text,
+            mode,
+            chats: req.chats,
+            sender: req.sender,
+            message_type: req.message_type,
+            before: req.before.map(millis),
+            after: req.after.map(millis),
+            by_relevance: req.by_relevance,
+            offset,
+            limit,
+        };
+        let (found, total) = match self.inner.store.search_messages(query).await? {
+            SearchOutcome::Found(hits, total) => (hits, total),
+            SearchOutcome::BadQuery(why) => {
+                return Err(ServiceError::InvalidParameter(format!(
+                    "`q` is not a valid query: {why}."
+                )));
+            }
+        };
+        let mut receipts = HashMap::new();
+        let mut hits = Vec::with_capacity(found.len());
+        for hit in found {
+            let chat = hit.entry.chat_id;
+            if let std::collections::hash_map::Entry::Vacant(slot) = receipts.entry(chat) {
+                slot.insert(self.inner.store.receipts(chat).await?);
+            }
+            let status = status_of(
+                &hit.entry,
+                receipts.get(&chat).map_or(&[][..], Vec::as_slice),
+            );
+            hits.push(Hit {
+                message: MessageView {
+                    entry: hit.entry,
+                    status,
+                },
+                snippet: html_snippet(&hit.snippet),
+            });
+        }
+        Ok((hits, total, page, limit))
+    }
+
+    /// The caller's chats whose name, or for a direct chat the other
+    /// participant's name, contains `q`.
+    ///
+    /// # Errors
+    /// A malformed query (400).
+    pub async fn search_chats(
+        &self,
+        who: &Principal,
+        q: &str,
+    ) -> ServiceResult<Vec<(ChatOverview, Option<MessageView>)>> {
+        let q = self.search_text(q)?;
+        let mut out = Vec::new();
+        for (overview, last) in self.chats(who).await? {
+            let name = match (overview.chat.kind, &overview.chat.name) {
+                (ChatKind::Group, Some(name)) => name.clone(),
+                _ => {
+                    let members = self.inner.store.members(overview.chat.id).await?;
+                    let other = members
+                        .iter()
+                        .find(|m| m.user_id != who.user)
+                        .map(|m| m.user_id);
+                    match other {
+                        Some(id) => self
+                            .inner
+                            .store
+                            .user(id)
+                            .await?
+                            .map(|u| u.name)
+                            .unwrap_or_default(),
+                        None => String::new(),
+                    }
+                }
+            };
+            if name_matches(&name, &q) {
+                out.push((overview, last));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The caller's contacts whose name contains `q`.
+    ///
+    /// # Errors
+    /// A malformed query (400).
+    pub async fn search_contacts(
+        &self,
+        who: &Principal,
+        q: &str,
+    ) -> ServiceResult<Vec<ContactView>> {
+        let q = self.search_text(q)?;
+        Ok(self
+            .contacts(who)
+            .await?
+            .into_iter()
+            .filter(|c| name_matches(&c.user.name, &q))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_are_html_safe() {
+        let raw = format!("a <b> & {MATCH_START}x{MATCH_END} \"q\"");
+        assert_eq!(
+            html_snippet(&raw),
+            "a &lt;b&gt; &amp; <mark>x</mark> &quot;q&quot;"
+        );
+    }
+}
