@@ -9,7 +9,12 @@
 //! chat. Query words are rare, medium or common (by how many messages hold
 //! them). Prints p50/p95/max per case, in milliseconds.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,7 +90,15 @@ async fn user(store: &SqliteStore, n: usize) -> UserId {
         token_hash: PlainToken::generate().hash(),
         created_at: now,
     };
-    match store.register(Registration { code: CodeHash([1; 32]), user, device }).await.unwrap() {
+    match store
+        .register(Registration {
+            code: CodeHash([1; 32]),
+            user,
+            device,
+        })
+        .await
+        .unwrap()
+    {
         Registered::Created(u) => u.id,
         other => panic!("{other:?}"),
     }
@@ -120,7 +133,9 @@ async fn main() {
             })
             .await
             .unwrap();
-        let ChatCreated::Created(chat, _) = created else { panic!("exists") };
+        let ChatCreated::Created(chat, _) = created else {
+            panic!("exists")
+        };
         chats.push((chat.id, other));
     }
     let single_chat_user = chats[0].1;
@@ -169,8 +184,15 @@ async fn main() {
     );
 
     // Word frequency ranks: w0x is in most messages, w19000x in few.
-    let cases = [("rare", 19_000u64..19_900), ("medium", 2_000..2_900), ("common", 10..40)];
-    println!("{:<18} {:<8} {:>8} {:>8} {:>8} {:>10}", "viewer", "word", "p50 ms", "p95 ms", "max ms", "mean hits");
+    let cases = [
+        ("rare", 19_000u64..19_900),
+        ("medium", 2_000..2_900),
+        ("common", 10..40),
+    ];
+    println!(
+        "{:<18} {:<8} {:>8} {:>8} {:>8} {:>10}",
+        "viewer", "word", "p50 ms", "p95 ms", "max ms", "mean hits"
+    );
     for (viewer_name, viewer) in [("all 50 chats", everywhere), ("one chat", single_chat_user)] {
         for (label, range) in cases.clone() {
             let mut times = Vec::with_capacity(queries);

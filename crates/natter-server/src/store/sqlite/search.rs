@@ -7,7 +7,8 @@
 
 use natter_proto::chats::MessageType;
 use natter_proto::{ChatId, UserId};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::chats::{entry_at, type_to_sql};
 use crate::clock::Timestamp;
@@ -162,49 +163,43 @@ pub(super) fn search(c: &Connection, q: &SearchQuery) -> Result<SearchOutcome> {
             .collect();
         serde_json::Value::from(hex).to_string()
     });
-    let filters = params![
-        text,
-        q.user.as_uuid().as_bytes(),
-        chats,
-        q.sender.map(|u| *u.as_uuid().as_bytes()),
-        q.message_type.map(type_to_sql),
-        q.before.map(|t| t.0),
-        q.after.map(|t| t.0),
+    // ?1..?7 for both statements; the page adds ?8 (limit) and ?9 (offset).
+    let mut binds: Vec<Value> = vec![
+        Value::Text(text),
+        Value::Blob(q.user.as_uuid().as_bytes().to_vec()),
+        chats.map_or(Value::Null, Value::Text),
+        q.sender.map_or(Value::Null, |u| {
+            Value::Blob(u.as_uuid().as_bytes().to_vec())
+        }),
+        q.message_type
+            .map_or(Value::Null, |t| Value::Text(type_to_sql(t).to_owned())),
+        q.before.map_or(Value::Null, |t| Value::Integer(t.0)),
+        q.after.map_or(Value::Null, |t| Value::Integer(t.0)),
     ];
     let total = c.prepare(&format!(
         "SELECT count(*) FROM {source} WHERE {matcher} AND {FILTERS}"
     ));
-    let total: i64 = match total.and_then(|mut s| s.query_row(filters, |r| r.get(0))) {
-        Ok(n) => n,
-        Err(e) if is_query_error(&e) => return Ok(SearchOutcome::BadQuery(query_error(&e))),
-        Err(e) => return Err(e),
-    };
+    let total: i64 =
+        match total.and_then(|mut s| s.query_row(params_from_iter(&binds), |r| r.get(0))) {
+            Ok(n) => n,
+            Err(e) if is_query_error(&e) => return Ok(SearchOutcome::BadQuery(query_error(&e))),
+            Err(e) => return Err(e),
+        };
+    binds.push(Value::Integer(q.limit));
+    binds.push(Value::Integer(q.offset));
     let sql = format!(
         "SELECT d.id, d.chat_id, d.seq, {snippet} AS snippet FROM {source}
          WHERE {matcher} AND {FILTERS} ORDER BY {order} LIMIT ?8 OFFSET ?9"
     );
     let mut stmt = c.prepare(&sql)?;
-    let rows = stmt.query_map(
-        params![
-            text,
-            q.user.as_uuid().as_bytes(),
-            chats,
-            q.sender.map(|u| *u.as_uuid().as_bytes()),
-            q.message_type.map(type_to_sql),
-            q.before.map(|t| t.0),
-            q.after.map(|t| t.0),
-            q.limit,
-            q.offset
-        ],
-        |r| {
-            Ok((
-                r.get::<_, i64>("id")?,
-                ChatId::from_uuid(super::uuid_of(r, "chat_id")?),
-                r.get::<_, i64>("seq")?,
-                r.get::<_, Option<String>>("snippet")?,
-            ))
-        },
-    )?;
+    let rows = stmt.query_map(params_from_iter(&binds), |r| {
+        Ok((
+            r.get::<_, i64>("id")?,
+            ChatId::from_uuid(super::uuid_of(r, "chat_id")?),
+            r.get::<_, i64>("seq")?,
+            r.get::<_, Option<String>>("snippet")?,
+        ))
+    })?;
     let rows: Vec<_> = rows.collect::<Result<_>>()?;
     let mut hits = Vec::with_capacity(rows.len());
     for (id, chat, seq, snippet) in rows {
