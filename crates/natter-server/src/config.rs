@@ -276,6 +276,8 @@ pub struct RateLimits {
     pub typing_per_device: Rate,
     /// Presence changes (online/away) from one device.
     pub presence_per_device: Rate,
+    /// Messages sent by one user (REST and WebSocket together).
+    pub messages_per_user: Rate,
 }
 
 impl Default for RateLimits {
@@ -289,6 +291,7 @@ impl Default for RateLimits {
             contact_add_per_user: Rate::new(100, 3600),
             typing_per_device: Rate::new(3, 3),
             presence_per_device: Rate::new(6, 60),
+            messages_per_user: Rate::new(600, 60),
         }
     }
 }
@@ -514,6 +517,10 @@ impl Config {
             (
                 "rate_limits.presence_per_device",
                 self.rate_limits.presence_per_device,
+            ),
+            (
+                "rate_limits.messages_per_user",
+                self.rate_limits.messages_per_user,
             ),
         ];
         for (key, rate) in rates {

@@ -31,6 +31,8 @@ pub enum Limit {
     TypingPerDevice,
     /// Presence changes (online/away) from one device.
     PresencePerDevice,
+    /// Messages sent by one user.
+    MessagesPerUser,
 }
 
 /// A refused request and when to try again.
@@ -91,6 +93,7 @@ impl LocalRateLimiter {
             (Limit::ContactAddPerUser, table.contact_add_per_user),
             (Limit::TypingPerDevice, table.typing_per_device),
             (Limit::PresencePerDevice, table.presence_per_device),
+            (Limit::MessagesPerUser, table.messages_per_user),
         ]
         .into_iter()
         .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))

@@ -236,6 +236,8 @@ fn start_in(cwd: &Path, data_dir: &Path) -> (Natter, String) {
             ("NATTER_LISTEN", "127.0.0.1:0"),
             ("NATTER_DATA_DIR", dir),
             ("NATTER_LOG", "info"),
+            // The crash test sends as fast as it can from one user.
+            ("NATTER_RATE_LIMITS__MESSAGES_PER_USER__BURST", "1000000"),
         ],
     );
     let line = natter.wait_for_line("natter is serving");

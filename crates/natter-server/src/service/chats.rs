@@ -236,6 +236,11 @@ impl Services {
         if access.role.is_none() {
             return Err(ServiceError::ChatNotFound);
         }
+        self.limit(
+            crate::ratelimit::Limit::MessagesPerUser,
+            &who.user.to_string(),
+        )
+        .await?;
         let limits = &self.inner.config.limits;
         if req.message_type == MessageType::System {
             return Err(ServiceError::Validation(

@@ -209,6 +209,16 @@ impl Services {
             Ok(n) => tracing::debug!(deleted = n, "expired verification codes removed"),
             Err(e) => tracing::warn!(error = %e, "could not remove expired verification codes"),
         }
+        // Twice the sync horizon: a device that connected a while ago may
+        // still sync back to its connect-time horizon.
+        let horizon = i64::try_from(self.inner.config.limits.max_sync_updates)
+            .unwrap_or(i64::MAX / 2)
+            .saturating_mul(2);
+        match self.inner.store.prune_updates(horizon).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "old updates pruned"),
+            Err(e) => tracing::warn!(error = %e, "could not prune old updates"),
+        }
     }
 
     /// Resolves an access token to the caller.

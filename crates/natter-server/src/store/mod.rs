@@ -593,6 +593,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes codes that expired before `now`; returns how many.
     async fn delete_expired_verification_codes(&self, now: Timestamp) -> StoreResult<u64>;
 
+    /// Deletes each user's updates that are more than `keep` behind their
+    /// current pts (no device can sync that far back); returns how many.
+    async fn prune_updates(&self, keep: i64) -> StoreResult<u64>;
+
     /// Creates an account (see [`Registration`]).
     async fn register(&self, registration: Registration) -> StoreResult<Registered>;
 

@@ -530,3 +530,31 @@ async fn a_removal_racing_with_sends_never_lets_a_later_message_through() {
         );
     }
 }
+
+#[tokio::test]
+async fn sends_per_user_are_rate_limited() {
+    let app = TestApp::start_with(|c| {
+        c.rate_limits.messages_per_user = natter_server::config::Rate {
+            burst: 3,
+            per_secs: 3600,
+        };
+    })
+    .await;
+    let alice = app.signup("+14155550930", "Alice").await;
+    let bob = app.signup("+14155550931", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    for n in 0..3 {
+        alice.sends(&app, &chat, &format!("m{n}")).await;
+    }
+    let refused = alice
+        .post(
+            &app,
+            "/api/v1/messages",
+            json!({"chat_id": chat, "content": "one too many"}),
+        )
+        .await;
+    refused.expect(429, "rate_limited");
+    assert!(refused.headers.contains_key("retry-after"));
+    // Per user: Bob still sends.
+    bob.sends(&app, &chat, "fine").await;
+}

@@ -342,6 +342,23 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn prune_updates(&self, keep: i64) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| {
+                // A range delete on the primary key per user who has that many.
+                c.prepare_cached(
+                    "DELETE FROM updates WHERE (user_id, pts) IN (
+                       SELECT u.user_id, u.pts FROM users s
+                       JOIN updates u ON u.user_id = s.id AND u.pts <= s.pts - ?1
+                       WHERE s.pts > ?1)",
+                )
+                .and_then(|mut s| s.execute([keep]))
+                .map(|n| n as u64)
+                .map_err(db_err)
+            })
+            .await
+    }
+
     async fn register(&self, r: Registration) -> StoreResult<Registered> {
         self.writer
             .write(move |c| {
@@ -800,5 +817,97 @@ impl Store for SqliteStore {
                 .map_err(db_err)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use natter_proto::chats::{ChatKind, MessageType};
+
+    use super::*;
+    use crate::store::NewChat;
+
+    async fn user(store: &SqliteStore, n: u32) -> UserId {
+        let phone = Phone::from_stored(format!("+1415555{n:04}"));
+        let now = Timestamp::now();
+        store
+            .put_verification_code(NewVerificationCode {
+                phone: phone.clone(),
+                hash: CodeHash([1; 32]),
+                created_at: now,
+                expires_at: now.plus(std::time::Duration::from_secs(60)),
+            })
+            .await
+            .unwrap();
+        let user = User {
+            id: UserId::new(),
+            phone,
+            name: format!("u{n}"),
+            about: String::new(),
+            last_seen_visibility: LastSeenVisibility::Everyone,
+            last_seen_at: None,
+            created_at: now,
+        };
+        let device = NewDevice {
+            id: DeviceId::new(),
+            name: "test".into(),
+            token_hash: crate::secret::PlainToken::generate().hash(),
+            created_at: now,
+        };
+        let registration = Registration {
+            code: CodeHash([1; 32]),
+            user,
+            device,
+        };
+        match store.register(registration).await.unwrap() {
+            Registered::Created(u) => u.id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn updates_beyond_the_sync_horizon_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+        let new = NewChat {
+            id: ChatId::new(),
+            kind: ChatKind::Direct,
+            name: None,
+            encrypted: false,
+            creator: a,
+            others: vec![b],
+            now: Timestamp::now(),
+        };
+        let ChatCreated::Created(chat, _) = store.create_chat(new).await.unwrap() else {
+            panic!("new chat")
+        };
+        for n in 0..20 {
+            let message = NewMessage {
+                id: MessageId::new(),
+                chat_id: chat.id,
+                sender_id: a,
+                sender_device_id: DeviceId::new(),
+                message_type: MessageType::Text,
+                content: Some(format!("m{n}")),
+                ciphertext: None,
+                media_id: None,
+                reply_to: None,
+                client_message_id: None,
+                client_timestamp: None,
+                now: Timestamp::now(),
+            };
+            store.post(message).await.unwrap();
+        }
+        // 21 updates each (created + 20 messages); keep the last 5.
+        assert_eq!(store.current_pts(a).await.unwrap(), 21);
+        assert_eq!(store.prune_updates(5).await.unwrap(), 32);
+        let kept = store.updates_since(b, 0, 100).await.unwrap();
+        assert_eq!(
+            kept.iter().map(|u| u.pts).collect::<Vec<_>>(),
+            (17..=21).collect::<Vec<_>>()
+        );
+        assert_eq!(store.prune_updates(5).await.unwrap(), 0);
+        store.close().await;
     }
 }
