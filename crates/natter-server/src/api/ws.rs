@@ -358,15 +358,19 @@ impl Gateway {
                 )
                 .await
                 .map_err(|_| Closed)?;
-            if updates.is_empty() {
-                return Err(Closed);
-            }
+            let start = self.next_pts;
             for (pts, frame) in updates {
                 if pts >= before {
                     break;
                 }
                 self.send_text(&frame).await?;
                 self.next_pts = pts + 1;
+            }
+            // The store cannot fill the gap (nothing there): rather than
+            // deliver with a hole, close; the device reconnects and syncs.
+            if self.next_pts == start {
+                let _ = close_with(&mut self.socket, close::BEHIND, "reconnect and sync").await;
+                return Err(Closed);
             }
         }
         Ok(())
