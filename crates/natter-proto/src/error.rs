@@ -50,6 +50,10 @@ pub enum ErrorCode {
     ChatNotFound,
     /// 404: no such message, or one the caller may not see.
     MessageNotFound,
+    /// 404: no such media, or one the caller may not fetch.
+    MediaNotFound,
+    /// 404: no such resumable upload in progress (unknown, finished, expired or terminated).
+    UploadNotFound,
     /// 403: the caller is in the chat but lacks the right (an admin's, the sender's).
     Forbidden,
     /// 405: the route exists but not with this method.
@@ -68,12 +72,27 @@ pub enum ErrorCode {
     LastAdmin,
     /// 409: the message can no longer be edited (too old, or deleted).
     EditWindowClosed,
-    /// 413: the body is larger than allowed.
+    /// 409: a resumable upload's `Upload-Offset` is not where the server is
+    /// (or another request is writing it).
+    UploadOffsetMismatch,
+    /// 409: the user has as many resumable uploads in progress as allowed.
+    TooManyUploads,
+    /// 412: a tus request without `Tus-Resumable: 1.0.0`.
+    TusVersionUnsupported,
+    /// 413: the body (or upload) is larger than allowed.
     PayloadTooLarge,
-    /// 415: the body is not `application/json`.
+    /// 413: the upload would take the user past their storage quota.
+    StorageQuotaExceeded,
+    /// 415: the body's `Content-Type` is not one the route accepts.
     UnsupportedMediaType,
+    /// 415: the uploaded bytes are not of the declared type (an "image" that is not one).
+    MediaTypeMismatch,
+    /// 416: the `Range` asked for lies outside the content.
+    RangeNotSatisfiable,
     /// 422: the JSON is well formed but a field is missing, unknown, of the wrong type or out of bounds.
     ValidationFailed,
+    /// 422: an image the server will not decode (too many pixels, or corrupt).
+    ImageRejected,
     /// 429: too many requests; `Retry-After` says when to try again.
     RateLimited,
     /// 500: a bug or an internal failure; details are in the server log only.
@@ -96,7 +115,9 @@ impl ErrorCode {
             | Self::DeviceNotFound
             | Self::ContactNotFound
             | Self::ChatNotFound
-            | Self::MessageNotFound => 404,
+            | Self::MessageNotFound
+            | Self::MediaNotFound
+            | Self::UploadNotFound => 404,
             Self::Forbidden => 403,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
@@ -105,10 +126,14 @@ impl ErrorCode {
             | Self::ContactLimitReached
             | Self::GroupFull
             | Self::LastAdmin
-            | Self::EditWindowClosed => 409,
-            Self::PayloadTooLarge => 413,
-            Self::UnsupportedMediaType => 415,
-            Self::ValidationFailed => 422,
+            | Self::EditWindowClosed
+            | Self::UploadOffsetMismatch
+            | Self::TooManyUploads => 409,
+            Self::TusVersionUnsupported => 412,
+            Self::PayloadTooLarge | Self::StorageQuotaExceeded => 413,
+            Self::UnsupportedMediaType | Self::MediaTypeMismatch => 415,
+            Self::RangeNotSatisfiable => 416,
+            Self::ValidationFailed | Self::ImageRejected => 422,
             Self::RateLimited => 429,
             Self::Internal => 500,
             Self::SmsDeliveryFailed => 502,

@@ -81,6 +81,11 @@ id_type!(
     /// An entry of a chat log (a message or a system event).
     MessageId
 );
+id_type!(
+    /// An uploaded blob (image, video, file or client-encrypted bytes); also
+    /// the id of its resumable (tus) upload while it is in progress.
+    MediaId
+);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! - [`error`]: the `{"error":{"code","message"}}` envelope and [`ErrorCode`].
 //! - [`accounts`]: verification, register, login, devices.
 //! - [`chats`]: chats, participants, messages and history.
+//! - [`media`]: uploads, their kinds and descriptions.
 //! - [`search`]: message, chat and contact search results.
 //! - [`users`]: profiles and contacts.
 //! - [`ws`]: WebSocket frames and close codes.
@@ -16,10 +17,11 @@ pub mod accounts;
 pub mod chats;
 pub mod error;
 pub mod ids;
+pub mod media;
 pub mod search;
 pub mod timefmt;
 pub mod users;
 pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use ids::{ChatId, DeviceId, MessageId, UserId};
+pub use ids::{ChatId, DeviceId, MediaId, MessageId, UserId};

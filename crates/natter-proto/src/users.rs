@@ -43,7 +43,7 @@ pub struct Me {
     pub about: String,
     /// Who may see `last_seen`.
     pub last_seen_visibility: LastSeenVisibility,
-    /// Profile picture, once media exists.
+    /// Where to download the profile picture (any signed-in user may).
     pub profile_pic_url: Option<String>,
     /// When the account was created.
     #[serde(with = "crate::timefmt")]
@@ -64,6 +64,10 @@ pub struct UpdateMe {
     /// New last-seen visibility.
     #[serde(default, deserialize_with = "present")]
     pub last_seen_visibility: Option<LastSeenVisibility>,
+    /// A finished `image` upload of the caller's to show as their profile
+    /// picture; `""` removes the picture.
+    #[serde(default, deserialize_with = "present")]
+    pub profile_pic_media_id: Option<String>,
 }
 
 /// Reads a field that may be absent (then `default` gives `None`) but not `null`.
@@ -91,7 +95,7 @@ pub struct PublicProfile {
     pub about: String,
     /// The number, only when the caller is entitled to it (see `docs/security.md`).
     pub phone: Option<String>,
-    /// Profile picture, once media exists.
+    /// Where to download the profile picture (any signed-in user may).
     pub profile_pic_url: Option<String>,
     /// Online status.
     pub status: PresenceStatus,
@@ -121,6 +125,8 @@ pub struct Contact {
     pub name: String,
     /// The number, when the caller is entitled to it.
     pub phone: Option<String>,
+    /// Where to download the contact's profile picture.
+    pub profile_pic_url: Option<String>,
     /// Online status.
     pub status: PresenceStatus,
     /// Last time online, when the contact's privacy setting allows.

@@ -82,6 +82,7 @@ async fn user(store: &SqliteStore, n: usize) -> UserId {
         about: String::new(),
         last_seen_visibility: LastSeenVisibility::Everyone,
         last_seen_at: None,
+        profile_pic: None,
         created_at: now,
     };
     let device = NewDevice {

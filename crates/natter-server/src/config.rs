@@ -48,6 +48,8 @@ pub struct Config {
     pub limits: Limits,
     /// The rate-limit table.
     pub rate_limits: RateLimits,
+    /// Uploads, downloads, thumbnails and media garbage collection.
+    pub media: MediaConfig,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -278,6 +281,8 @@ pub struct RateLimits {
     pub presence_per_device: Rate,
     /// Messages sent by one user (REST and WebSocket together).
     pub messages_per_user: Rate,
+    /// Uploads started by one user (plain and resumable together).
+    pub uploads_per_user: Rate,
 }
 
 impl Default for RateLimits {
@@ -292,7 +297,122 @@ impl Default for RateLimits {
             typing_per_device: Rate::new(3, 3),
             presence_per_device: Rate::new(6, 60),
             messages_per_user: Rate::new(600, 60),
+            uploads_per_user: Rate::new(120, 3600),
         }
+    }
+}
+
+/// Uploads, downloads, thumbnails and media garbage collection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest `image` upload, in bytes.
+    pub max_image_bytes: u64,
+    /// Largest `video` upload, in bytes.
+    pub max_video_bytes: u64,
+    /// Largest `file` upload, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest `encrypted` upload, in bytes.
+    pub max_encrypted_bytes: u64,
+    /// Bytes one user may keep stored (finished uploads plus the declared
+    /// length of resumable uploads in progress).
+    pub quota_bytes_per_user: u64,
+    /// Resumable uploads one user may have in progress at once.
+    pub max_pending_uploads_per_user: u64,
+    /// How long a resumable upload may stay unfinished before it expires.
+    pub upload_expiry_secs: u64,
+    /// How long a finished upload may stay unreferenced (by a message or a
+    /// profile picture) before it is deleted.
+    pub unreferenced_ttl_secs: u64,
+    /// A transfer (upload or download request) that moves no byte for this
+    /// long is cut off.
+    pub transfer_idle_timeout_secs: u64,
+    /// Images with more pixels than this are refused, never decoded
+    /// (decompression bombs).
+    pub max_image_pixels: u64,
+    /// Longest side of a thumbnail, in pixels.
+    pub thumbnail_max_side: u32,
+    /// Time allowed to decode an image and make its thumbnail.
+    pub thumbnail_timeout_secs: u64,
+    /// Thumbnails made at once (each holds a decoded image in memory).
+    pub thumbnail_workers: u64,
+    /// Longest file name kept from an upload, in characters.
+    pub max_filename_chars: u64,
+}
+
+/// 1 MiB.
+const MIB: u64 = 1024 * 1024;
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            // WhatsApp's and Telegram's limits.
+            max_image_bytes: 16 * MIB,
+            max_video_bytes: 2048 * MIB,
+            max_file_bytes: 2048 * MIB,
+            max_encrypted_bytes: 2048 * MIB,
+            quota_bytes_per_user: 20 * 1024 * MIB,
+            max_pending_uploads_per_user: 16,
+            upload_expiry_secs: 24 * 3600,
+            unreferenced_ttl_secs: 24 * 3600,
+            transfer_idle_timeout_secs: 60,
+            // 50 megapixels: a large phone camera photo; decoded as RGBA it
+            // takes 200 MB, which bounds a thumbnail worker's memory.
+            max_image_pixels: 50_000_000,
+            thumbnail_max_side: 320,
+            thumbnail_timeout_secs: 10,
+            thumbnail_workers: 2,
+            max_filename_chars: 255,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The largest upload of any kind: the bound for a body whose kind is
+    /// not known yet.
+    #[must_use]
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_image_bytes
+            .max(self.max_video_bytes)
+            .max(self.max_file_bytes)
+            .max(self.max_encrypted_bytes)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 14] = [
+            ("media.max_image_bytes", self.max_image_bytes),
+            ("media.max_video_bytes", self.max_video_bytes),
+            ("media.max_file_bytes", self.max_file_bytes),
+            ("media.max_encrypted_bytes", self.max_encrypted_bytes),
+            ("media.quota_bytes_per_user", self.quota_bytes_per_user),
+            (
+                "media.max_pending_uploads_per_user",
+                self.max_pending_uploads_per_user,
+            ),
+            ("media.upload_expiry_secs", self.upload_expiry_secs),
+            ("media.unreferenced_ttl_secs", self.unreferenced_ttl_secs),
+            (
+                "media.transfer_idle_timeout_secs",
+                self.transfer_idle_timeout_secs,
+            ),
+            ("media.max_image_pixels", self.max_image_pixels),
+            (
+                "media.thumbnail_max_side",
+                u64::from(self.thumbnail_max_side),
+            ),
+            ("media.thumbnail_timeout_secs", self.thumbnail_timeout_secs),
+            ("media.thumbnail_workers", self.thumbnail_workers),
+            ("media.max_filename_chars", self.max_filename_chars),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: "must be greater than zero".to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -522,7 +642,12 @@ impl Config {
                 "rate_limits.messages_per_user",
                 self.rate_limits.messages_per_user,
             ),
+            (
+                "rate_limits.uploads_per_user",
+                self.rate_limits.uploads_per_user,
+            ),
         ];
+        self.media.validate()?;
         for (key, rate) in rates {
             if rate.burst == 0 || rate.per_secs == 0 {
                 return Err(invalid(key, "needs burst and per_secs greater than zero"));

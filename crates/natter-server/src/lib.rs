@@ -7,8 +7,9 @@
 //! - [`api`]: axum routes, extractors, error mapping. Parses, authenticates,
 //!   calls one service function, maps to `natter-proto` types.
 //! - [`service`]: the rules (accounts, profiles, contacts). No HTTP types.
-//! - [`store`], [`bus`], [`sms`], [`ratelimit`]: engines behind traits.
-//!   Nothing above `store` writes SQL.
+//! - [`store`], [`bus`], [`blobs`], [`sms`], [`ratelimit`]: engines behind
+//!   traits (`blobs` behind `object_store`). Nothing above `store` writes SQL.
+//! - [`thumbnail`]: decoding plaintext images, with limits, into thumbnails.
 //! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
 //! - [`server`]: start-up and graceful shutdown; `listener` accepts
 //!   connections (header timeout, per-address cap, graceful drain).
@@ -16,6 +17,7 @@
 //!   tokens and codes that never print, server time).
 
 pub mod api;
+pub mod blobs;
 pub mod bus;
 pub mod clock;
 pub mod config;
@@ -27,6 +29,7 @@ pub mod server;
 pub mod service;
 pub mod sms;
 pub mod store;
+pub mod thumbnail;
 
 pub use config::Config;
 pub use server::{RunningServer, StartError};

@@ -33,6 +33,8 @@ pub enum Limit {
     PresencePerDevice,
     /// Messages sent by one user.
     MessagesPerUser,
+    /// Uploads started by one user.
+    UploadsPerUser,
 }
 
 /// A refused request and when to try again.
@@ -94,6 +96,7 @@ impl LocalRateLimiter {
             (Limit::TypingPerDevice, table.typing_per_device),
             (Limit::PresencePerDevice, table.presence_per_device),
             (Limit::MessagesPerUser, table.messages_per_user),
+            (Limit::UploadsPerUser, table.uploads_per_user),
         ]
         .into_iter()
         .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))

@@ -9,12 +9,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::blobs::Blobs;
 use crate::config::Config;
 use crate::ratelimit::LocalRateLimiter;
 use crate::service::Services;
 use crate::sms::{LogSms, SmsGateway, WebhookSms};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+
+/// Where media blobs live inside the data directory (local engine).
+pub const BLOB_DIR: &str = "blobs";
 
 /// How often expired codes and idle rate-limit keys are swept.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -41,6 +45,9 @@ pub enum StartError {
     /// The SMS gateway configuration is unusable.
     #[error("cannot set up the SMS gateway: {0}")]
     Sms(#[from] crate::sms::SmsError),
+    /// The blob store could not be opened.
+    #[error("cannot open the blob store: {0}")]
+    Blobs(#[from] crate::blobs::BlobError),
 }
 
 /// A running server.
@@ -106,8 +113,16 @@ impl RunningServer {
         };
         let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));
         let bus = Arc::new(crate::bus::LocalBus::default());
-        let services =
-            Services::new(Arc::clone(&store), bus, sms, limiter, Arc::clone(&config)).await?;
+        let blobs = Blobs::local(&config.data_dir.join(BLOB_DIR))?;
+        let services = Services::new(
+            Arc::clone(&store),
+            bus,
+            sms,
+            limiter,
+            blobs,
+            Arc::clone(&config),
+        )
+        .await?;
 
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(housekeeping(services.clone(), stopped.clone()));
@@ -130,6 +145,12 @@ impl RunningServer {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Runs one round of housekeeping now (it also runs every minute):
+    /// expired codes, old updates, expired and unreferenced uploads.
+    pub async fn housekeeping(&self) {
+        self.services.sweep().await;
     }
 
     /// Stops accepting, drains open requests (bounded), and closes the store.

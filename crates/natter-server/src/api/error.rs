@@ -86,6 +86,15 @@ impl From<ServiceError> for ApiError {
                 metrics::counter!("natter_internal_errors_total").increment(1);
                 ErrorCode::Unavailable
             }
+            ServiceError::Internal(cause) => return Self::internal(cause),
+            ServiceError::MediaNotFound => ErrorCode::MediaNotFound,
+            ServiceError::UploadNotFound => ErrorCode::UploadNotFound,
+            ServiceError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            ServiceError::QuotaExceeded(_) => ErrorCode::StorageQuotaExceeded,
+            ServiceError::TooManyUploads(_) => ErrorCode::TooManyUploads,
+            ServiceError::MediaTypeMismatch(_) => ErrorCode::MediaTypeMismatch,
+            ServiceError::ImageRejected(_) => ErrorCode::ImageRejected,
+            ServiceError::OffsetMismatch(_) => ErrorCode::UploadOffsetMismatch,
         };
         Self::new(code, e.to_string())
     }

@@ -9,6 +9,7 @@ mod accounts;
 mod chats;
 mod error;
 mod extract;
+mod media;
 mod ops;
 mod search;
 mod users;
@@ -69,9 +70,11 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every documented route, and the OpenAPI document that describes them.
-fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Every documented route, and the OpenAPI document that describes them:
+/// the API proper, and the media transfer routes (large bodies, no request
+/// deadline), which get different limits.
+fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::request_code))
         .routes(routes!(accounts::register))
         .routes(routes!(accounts::login))
@@ -99,13 +102,30 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
-        .split_for_parts()
+        .split_for_parts();
+    let (transfers, transfers_doc) = OpenApiRouter::new()
+        .routes(routes!(media::upload))
+        .routes(routes!(media::download))
+        .routes(routes!(media::thumbnail))
+        .split_for_parts();
+    let (tus, tus_doc) = OpenApiRouter::new()
+        .routes(routes!(media::tus_options, media::tus_create))
+        .routes(routes!(
+            media::tus_head,
+            media::tus_patch,
+            media::tus_delete
+        ))
+        .split_for_parts();
+    doc.merge(transfers_doc);
+    doc.merge(tus_doc);
+    let transfers = transfers.merge(tus.layer(middleware::from_fn(media::tus_headers)));
+    (api, transfers, doc)
 }
 
 /// The OpenAPI document, without building a server (for docs and tests).
 #[must_use]
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    routes().1
+    routes().2
 }
 
 /// The process-wide Prometheus recorder (metrics are global in a process).
@@ -133,7 +153,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 /// The whole application: routes, limits and middleware, ready to serve.
 pub fn app(services: Services) -> Router {
-    let (router, openapi) = routes();
+    let (api, transfers, openapi) = routes();
     let openapi = Arc::new(openapi.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
     let limits = services.config().limits.clone();
     let timeout = services.config().request_timeout();
@@ -142,13 +162,16 @@ pub fn app(services: Services) -> Router {
         metrics: metrics_handle(),
         openapi,
     };
-    router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+    // Transfers bound their bodies themselves (per-kind limits, quota) and
+    // their time by idleness, not by a deadline a slow phone network would hit.
+    let transfers = transfers.layer(DefaultBodyLimit::disable());
+    api.layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(move |req, next| {
             deadline(timeout, req, next)
         }))
+        .merge(transfers)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(

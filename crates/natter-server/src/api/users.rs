@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use natter_proto::media::media_url;
 use natter_proto::users::{
     AddContact, Contact, ContactList, DiscoverContacts, DiscoveredContacts, DiscoveredUser, Me,
     PublicProfile, UpdateMe,
@@ -22,7 +23,7 @@ pub(crate) fn me_dto(u: &User) -> Me {
         name: u.name.clone(),
         about: u.about.clone(),
         last_seen_visibility: u.last_seen_visibility,
-        profile_pic_url: None,
+        profile_pic_url: u.profile_pic.map(media_url),
         created_at: u.created_at.to_datetime(),
     }
 }
@@ -36,9 +37,9 @@ fn profile_dto(v: ProfileView) -> PublicProfile {
             .last_seen_at
             .filter(|_| v.show_last_seen)
             .map(|t| t.to_datetime()),
+        profile_pic_url: v.user.profile_pic.map(media_url),
         name: v.user.name,
         about: v.user.about,
-        profile_pic_url: None,
         status: v.status,
     }
 }
@@ -49,6 +50,7 @@ pub(crate) fn contact_dto(v: ProfileView) -> Contact {
         user_id: p.user_id,
         name: p.name,
         phone: p.phone,
+        profile_pic_url: p.profile_pic_url,
         status: p.status,
         last_seen: p.last_seen,
     }

@@ -108,6 +108,7 @@ impl Services {
             about: String::new(),
             last_seen_visibility: LastSeenVisibility::Everyone,
             last_seen_at: Some(now),
+            profile_pic: None,
             created_at: now,
         };
         match self

@@ -247,22 +247,35 @@ impl Services {
                 "`type` must be text, image, video or file.".to_owned(),
             ));
         }
-        if req.media_id.is_some() {
-            // Media uploads arrive with the media issue; until then no id is usable.
-            return Err(ServiceError::Validation(
-                "`media_id` does not name an upload you may use.".to_owned(),
-            ));
-        }
-        if req.message_type != MessageType::Text {
-            return Err(ServiceError::Validation(format!(
-                "A message of type `{}` needs a `media_id`.",
-                serde_json::to_value(req.message_type)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            )));
-        }
-        let (content, ciphertext) = self.message_body(&access.chat, req.content, req.ciphertext)?;
+        let media_id = match (req.message_type, req.media_id.as_deref()) {
+            (MessageType::Text, None) => None,
+            (MessageType::Text, Some(_)) => {
+                return Err(ServiceError::Validation(
+                    "A `text` message carries no `media_id`; use type image, video or file."
+                        .to_owned(),
+                ));
+            }
+            (t, None) => {
+                return Err(ServiceError::Validation(format!(
+                    "A message of type `{}` needs a `media_id`.",
+                    serde_json::to_value(t)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                )));
+            }
+            (t, Some(raw)) => Some(
+                self.attachable(who, raw, t, access.chat.encrypted)
+                    .await?
+                    .to_string(),
+            ),
+        };
+        let (content, ciphertext) = self.message_body(
+            &access.chat,
+            req.content,
+            req.ciphertext,
+            media_id.is_some(),
+        )?;
         if let Some(key) = &req.client_message_id {
             let len = key.chars().count();
             if len == 0 || len > limits.max_client_message_id_chars {
@@ -280,7 +293,7 @@ impl Services {
             message_type: req.message_type,
             content,
             ciphertext,
-            media_id: None,
+            media_id,
             reply_to: req.reply_to,
             client_message_id: req.client_message_id,
             client_timestamp: req.timestamp.map(|t| {
@@ -305,6 +318,11 @@ impl Services {
                     "`reply_to` is not a message of this chat that you can see.".to_owned(),
                 ));
             }
+            Posted::MediaGone => {
+                return Err(ServiceError::Validation(
+                    "`media_id` does not name an upload you may use.".to_owned(),
+                ));
+            }
         };
         let receipts = self.inner.store.receipts(entry.chat_id).await?;
         Ok(Sent {
@@ -317,15 +335,19 @@ impl Services {
     }
 
     /// Checks and decodes the body of a message for this chat: text for
-    /// plaintext chats, base64 ciphertext for encrypted ones, never both.
+    /// plaintext chats (optional, a caption, when media is attached), base64
+    /// ciphertext for encrypted ones (always: it carries the media key),
+    /// never both.
     fn message_body(
         &self,
         chat: &ChatRecord,
         content: Option<String>,
         ciphertext: Option<String>,
+        has_media: bool,
     ) -> ServiceResult<(Option<String>, Option<Vec<u8>>)> {
         let limits = &self.inner.config.limits;
         match (chat.encrypted, content, ciphertext) {
+            (false, None, None) if has_media => Ok((None, None)),
             (false, Some(text), None) => {
                 let len = text.chars().count();
                 if text.trim().is_empty() {
@@ -429,7 +451,8 @@ impl Services {
         req: EditMessage,
     ) -> ServiceResult<MessageView> {
         let chat = self.message_chat(who, id).await?;
-        let (content, ciphertext) = self.message_body(&chat.chat, req.content, req.ciphertext)?;
+        let (content, ciphertext) =
+            self.message_body(&chat.chat, req.content, req.ciphertext, false)?;
         let window = i64::try_from(
             self.inner
                 .config

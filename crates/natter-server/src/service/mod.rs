@@ -8,6 +8,7 @@
 mod accounts;
 mod chats;
 mod contacts;
+mod media;
 mod profiles;
 mod realtime;
 pub mod render;
@@ -22,9 +23,11 @@ use natter_proto::{DeviceId, UserId};
 pub use self::accounts::{CodeSent, NewSession};
 pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
+pub use self::media::{Progress, Staging, UploadInfo, sha256_hex};
 pub use self::profiles::ProfileView;
 pub use self::realtime::LiveConnection;
 pub use self::search::{Hit, MessageSearch};
+use crate::blobs::Blobs;
 use crate::bus::Bus;
 use crate::clock::Timestamp;
 use crate::config::Config;
@@ -97,6 +100,35 @@ pub enum ServiceError {
     /// The store failed.
     #[error("The server could not complete the request.")]
     Store(#[from] StoreError),
+    /// No such media (or one the caller may not fetch).
+    #[error("No such media.")]
+    MediaNotFound,
+    /// No such resumable upload in progress of the caller's.
+    #[error("No such upload in progress.")]
+    UploadNotFound,
+    /// An upload is larger than allowed; the message says what the limit is.
+    #[error("{0}")]
+    TooLarge(String),
+    /// An upload would pass the user's storage quota.
+    #[error(
+        "This upload would take your stored media past {0} bytes, your quota; delete some first."
+    )]
+    QuotaExceeded(u64),
+    /// The user has as many resumable uploads in progress as allowed.
+    #[error("You have {0} uploads in progress, the most allowed; finish or terminate one first.")]
+    TooManyUploads(u64),
+    /// The bytes are not of the declared type; the message says what they are.
+    #[error("{0}")]
+    MediaTypeMismatch(String),
+    /// An image the server refuses to decode; the message says why.
+    #[error("{0}")]
+    ImageRejected(String),
+    /// A resumable upload's offset is not where the request says.
+    #[error("{0}")]
+    OffsetMismatch(String),
+    /// A failure inside the server (files, blobs); logged, never shown.
+    #[error("The server could not complete the request.")]
+    Internal(String),
 }
 
 /// Shorthand for service results.
@@ -144,6 +176,8 @@ struct Inner {
     config: Arc<Config>,
     /// Key for hashing verification codes.
     code_key: CodeKey,
+    /// Blobs, staging files and thumbnail workers.
+    media: media::MediaEngine,
 }
 
 /// How long a device's `last_active_at` may lag: at most one write per
@@ -151,15 +185,18 @@ struct Inner {
 const ACTIVITY_RESOLUTION: Duration = Duration::from_secs(60);
 
 impl Services {
-    /// Wires the services to their engines; loads (or creates) the code key.
+    /// Wires the services to their engines; loads (or creates) the code key
+    /// and prepares the upload staging directory (`uploads/` in the data dir).
     ///
     /// # Errors
-    /// When the store cannot provide the key.
+    /// When the store cannot provide the key or the staging directory
+    /// cannot be prepared.
     pub async fn new(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         sms: Arc<dyn SmsGateway>,
         limiter: Arc<dyn RateLimiter>,
+        blobs: Blobs,
         config: Arc<Config>,
     ) -> Result<Self, StoreError> {
         let bytes = store
@@ -170,6 +207,14 @@ impl Services {
             .await?;
         let code_key = CodeKey::from_bytes(&bytes)
             .ok_or_else(|| StoreError("the stored verification key is malformed".to_owned()))?;
+        let staging = config.data_dir.join("uploads");
+        let workers = usize::try_from(config.media.thumbnail_workers).unwrap_or(1);
+        let media = media::MediaEngine::new(blobs, staging.clone(), workers).map_err(|e| {
+            StoreError(format!(
+                "cannot prepare the upload directory {}: {e}",
+                staging.display()
+            ))
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -178,6 +223,7 @@ impl Services {
                 limiter,
                 config,
                 code_key,
+                media,
             }),
         })
     }
@@ -196,9 +242,11 @@ impl Services {
         Ok(self.inner.store.ping().await?)
     }
 
-    /// Periodic housekeeping: expired codes and idle rate-limit keys.
+    /// Periodic housekeeping: expired codes, idle rate-limit keys, old
+    /// updates, expired and unreferenced uploads.
     pub async fn sweep(&self) {
         self.inner.limiter.sweep();
+        self.collect_media().await;
         match self
             .inner
             .store

@@ -74,6 +74,11 @@ impl Services {
                 .map(|a| clean_text("about", &a, limits.max_about_chars, true))
                 .transpose()?,
             last_seen_visibility: change.last_seen_visibility,
+            profile_pic: match change.profile_pic_media_id.as_deref().map(str::trim) {
+                None => None,
+                Some("") => Some(None),
+                Some(raw) => Some(Some(self.profile_picture(who, raw).await?)),
+            },
         };
         self.inner
             .store
@@ -113,6 +118,7 @@ mod tests {
             about: String::new(),
             last_seen_visibility: visibility,
             last_seen_at: Some(Timestamp(1)),
+            profile_pic: None,
             created_at: Timestamp(1),
         }
     }

@@ -10,8 +10,9 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use natter_proto::chats::{ChatEvent, ChatKind, MessageType, Role};
+use natter_proto::media::MediaKind;
 use natter_proto::users::LastSeenVisibility;
-use natter_proto::{ChatId, DeviceId, MessageId, UserId};
+use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
 
 use crate::clock::Timestamp;
 use crate::phone::Phone;
@@ -40,6 +41,8 @@ pub struct User {
     pub last_seen_visibility: LastSeenVisibility,
     /// Last authenticated activity of any device.
     pub last_seen_at: Option<Timestamp>,
+    /// Profile picture (an image the user uploaded).
+    pub profile_pic: Option<MediaId>,
     /// Creation time.
     pub created_at: Timestamp,
 }
@@ -144,6 +147,10 @@ pub struct ProfilePatch {
     pub about: Option<String>,
     /// New last-seen visibility.
     pub last_seen_visibility: Option<LastSeenVisibility>,
+    /// New profile picture (`Some(None)` removes it). The engine sets it only
+    /// if the media is a finished image of the user's, atomically with that
+    /// check, and clears it otherwise.
+    pub profile_pic: Option<Option<MediaId>>,
 }
 
 /// What became of adding a contact.
@@ -373,6 +380,92 @@ pub enum Posted {
     NotMember,
     /// `reply_to` is not a message the sender may see in this chat.
     BadReply,
+    /// `media_id` names no finished upload (it was collected meanwhile).
+    MediaGone,
+}
+
+/// An upload about to be recorded: a resumable one in progress (`finished`
+/// is `None`) or a plain one whose bytes are already stored.
+#[derive(Debug, Clone)]
+pub struct NewMedia {
+    /// Its id (also the blob key's).
+    pub id: MediaId,
+    /// The uploader.
+    pub owner: UserId,
+    /// The declared kind.
+    pub kind: MediaKind,
+    /// The chat named at upload.
+    pub chat_id: Option<ChatId>,
+    /// The client's file name (informational).
+    pub filename: Option<String>,
+    /// Declared length (in progress) or size (finished), in bytes.
+    pub length: u64,
+    /// Upload time.
+    pub created_at: Timestamp,
+    /// When an unfinished upload expires.
+    pub expires_at: Option<Timestamp>,
+    /// What the server found in the bytes, for a finished upload.
+    pub finished: Option<FinishedMedia>,
+}
+
+/// What the server found in a finished upload's bytes.
+#[derive(Debug, Clone)]
+pub struct FinishedMedia {
+    /// The sniffed content type.
+    pub content_type: String,
+    /// SHA-256 of the bytes.
+    pub sha256: [u8; 32],
+    /// Pixel size, for decoded images.
+    pub dimensions: Option<(u32, u32)>,
+    /// Whether a thumbnail was stored.
+    pub thumbnail: bool,
+    /// Completion time.
+    pub completed_at: Timestamp,
+}
+
+/// An upload as stored.
+#[derive(Debug, Clone)]
+pub struct MediaRecord {
+    /// Its id.
+    pub id: MediaId,
+    /// The uploader.
+    pub owner: UserId,
+    /// The declared kind.
+    pub kind: MediaKind,
+    /// The chat named at upload.
+    pub chat_id: Option<ChatId>,
+    /// The client's file name.
+    pub filename: Option<String>,
+    /// Declared length (in progress) or size (finished).
+    pub length: u64,
+    /// Bytes durably received (in progress).
+    pub received: u64,
+    /// Upload start.
+    pub created_at: Timestamp,
+    /// When it expires, while in progress.
+    pub expires_at: Option<Timestamp>,
+    /// Set once finished.
+    pub finished: Option<FinishedMedia>,
+}
+
+/// What became of recording an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaCreated {
+    /// Recorded.
+    Created,
+    /// It would take the owner past their quota.
+    QuotaExceeded,
+    /// The owner has as many uploads in progress as allowed.
+    TooManyPending,
+}
+
+/// Uploads removed by garbage collection, whose bytes must go too.
+#[derive(Debug, Clone, Default)]
+pub struct CollectedMedia {
+    /// Unfinished uploads that expired (staging files to delete).
+    pub expired: Vec<MediaId>,
+    /// Finished uploads nothing referenced (blobs and thumbnails to delete).
+    pub unreferenced: Vec<MediaId>,
 }
 
 /// A change to a chat's participants or name, by `actor`.
@@ -737,4 +830,40 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Records when the user was last online.
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;
+
+    /// Records an upload if the owner's stored bytes plus `media.length` stay
+    /// within `quota` and, for one in progress, fewer than `max_pending` are.
+    async fn create_media(
+        &self,
+        media: NewMedia,
+        quota: u64,
+        max_pending: u64,
+    ) -> StoreResult<MediaCreated>;
+
+    /// An upload, finished or not.
+    async fn media(&self, id: MediaId) -> StoreResult<Option<MediaRecord>>;
+
+    /// Records how many bytes of an upload in progress are durable; false if
+    /// it is no longer in progress.
+    async fn set_media_received(&self, id: MediaId, received: u64) -> StoreResult<bool>;
+
+    /// Marks an upload in progress finished; false if it no longer exists.
+    async fn finish_media(&self, id: MediaId, finished: FinishedMedia) -> StoreResult<bool>;
+
+    /// Deletes an upload's record; false if there was none.
+    async fn delete_media(&self, id: MediaId) -> StoreResult<bool>;
+
+    /// Whether `user` may fetch a finished upload: theirs, someone's profile
+    /// picture, or attached to a message `user` can see.
+    async fn media_visible(&self, id: MediaId, user: UserId) -> StoreResult<bool>;
+
+    /// Deletes, up to `limit` of each, unfinished uploads expired by `now`
+    /// and finished ones completed before `unreferenced_before` that no
+    /// message or profile references; returns them so their bytes can go.
+    async fn collect_media(
+        &self,
+        now: Timestamp,
+        unreferenced_before: Timestamp,
+        limit: usize,
+    ) -> StoreResult<CollectedMedia>;
 }

@@ -34,7 +34,17 @@ async fn contacts_come_in_the_seed_shape() {
     let jane_entry = contacts[0].as_object().unwrap();
     let mut keys: Vec<&str> = jane_entry.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["last_seen", "name", "phone", "status", "user_id"]);
+    assert_eq!(
+        keys,
+        [
+            "last_seen",
+            "name",
+            "phone",
+            "profile_pic_url",
+            "status",
+            "user_id"
+        ]
+    );
     assert_eq!(jane_entry["user_id"], jane.user_id.as_str());
     assert_eq!(jane_entry["name"], "Jane Smith");
     assert_eq!(
@@ -215,8 +225,8 @@ async fn discovery_tells_which_numbers_are_registered() {
 
     // The queried numbers are not stored: the unregistered one appears in no
     // file of the data directory.
-    for entry in std::fs::read_dir(app.data_dir()).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+    for path in app.data_files() {
+        let bytes = std::fs::read(path).unwrap();
         let needle = b"+14155550522";
         assert!(
             !bytes.windows(needle.len()).any(|w| w == needle),

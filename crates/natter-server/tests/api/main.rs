@@ -15,6 +15,7 @@
 //! - `realtime`: the WebSocket: live delivery, sync, receipts, typing, presence.
 //! - `restart`: what survives a restart.
 //! - `search`: message, chat and contact search.
+//! - `media`: uploads (plain and tus), downloads, thumbnails, media in messages and profiles, garbage collection.
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
 
 #![allow(
@@ -29,6 +30,7 @@ mod connections;
 mod contacts;
 mod devices;
 mod errors;
+mod media;
 mod messages;
 mod ops;
 mod profiles;

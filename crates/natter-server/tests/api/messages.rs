@@ -331,8 +331,7 @@ async fn senders_edit_within_the_window_and_delete_for_everyone() {
     // in the database file (the write-ahead log is folded in at shutdown).
     let mut app = app;
     app.restart().await;
-    for entry in std::fs::read_dir(app.data_dir()).unwrap() {
-        let path = entry.unwrap().path();
+    for path in app.data_files() {
         let bytes = std::fs::read(&path).unwrap();
         for needle in [&b"helo"[..], &b"hello"[..]] {
             assert!(

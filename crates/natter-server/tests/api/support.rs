@@ -225,6 +225,31 @@ impl TestApp {
         self.server = Some(server);
     }
 
+    /// Runs the server's housekeeping now (garbage collection included).
+    pub async fn housekeeping(&self) {
+        let server = self.server.as_ref().expect("the server runs");
+        tokio::time::timeout(WAIT, server.housekeeping())
+            .await
+            .expect("housekeeping in time");
+    }
+
+    /// Every file under the server's data directory, subdirectories included.
+    pub fn data_files(&self) -> Vec<std::path::PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.data_dir(), &mut out);
+        out
+    }
+
     /// The server's data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         &self.config.data_dir
@@ -272,7 +297,7 @@ impl TestApp {
         Self::answer(req).await
     }
 
-    async fn answer(req: reqwest::RequestBuilder) -> Answer {
+    pub async fn answer(req: reqwest::RequestBuilder) -> Answer {
         let res = req.send().await.expect("the server answers");
         let status = res.status();
         let headers = res.headers().clone();
@@ -559,5 +584,68 @@ impl Socket {
     /// Closes from the client side.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+/// A download: status, headers and the raw bytes.
+#[derive(Debug)]
+pub struct Download {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub bytes: Vec<u8>,
+}
+
+impl Download {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+impl TestUser {
+    /// Uploads `bytes` as the seed does: multipart with `file`, `chat_id`, `type`.
+    pub async fn uploads(
+        &self,
+        app: &TestApp,
+        bytes: Vec<u8>,
+        kind: &str,
+        chat: Option<&str>,
+    ) -> Answer {
+        let mut form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name("upload.bin"),
+        );
+        if let Some(chat) = chat {
+            form = form.text("chat_id", chat.to_owned());
+        }
+        form = form.text("type", kind.to_owned());
+        let req = app
+            .http
+            .post(format!("{}/api/v1/media/upload", app.base))
+            .bearer_auth(&self.token)
+            .multipart(form);
+        TestApp::answer(req).await
+    }
+
+    /// Uploads and expects 201; returns the media id.
+    pub async fn uploaded(&self, app: &TestApp, bytes: Vec<u8>, kind: &str) -> String {
+        let body = self.uploads(app, bytes, kind, None).await.ok(201);
+        body["media_id"].as_str().unwrap().to_owned()
+    }
+
+    /// GETs a path with extra headers and keeps the raw bytes.
+    pub async fn download(&self, app: &TestApp, path: &str, headers: &[(&str, &str)]) -> Download {
+        let mut req = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .bearer_auth(&self.token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("the server answers");
+        Download {
+            status: res.status(),
+            headers: res.headers().clone(),
+            bytes: res.bytes().await.unwrap().to_vec(),
+        }
     }
 }

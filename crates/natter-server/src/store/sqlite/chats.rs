@@ -545,6 +545,13 @@ pub(super) fn post(c: &Connection, m: NewMessage) -> Result<Posted> {
     {
         return Ok(Posted::BadReply);
     }
+    // Checked here, in the append's transaction, so garbage collection (also
+    // a writer job) can never delete an upload a message is about to use.
+    if let Some(media) = &m.media_id
+        && !super::media::is_ready(c, media)?
+    {
+        return Ok(Posted::MediaGone);
+    }
     let draft = Draft {
         id: m.id,
         sender_id: m.sender_id,

@@ -6,23 +6,24 @@
 
 mod chats;
 mod engine;
+mod media;
 pub mod search;
 
 use std::path::Path;
 
 use async_trait::async_trait;
 use natter_proto::users::LastSeenVisibility;
-use natter_proto::{ChatId, DeviceId, MessageId, UserId};
+use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use self::engine::{ReadPool, Writer, db_err};
 use super::{
-    ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ContactAdded, ContactEntry,
-    Device, HistoryQuery, LogEntry, LoggedIn, Login, Member, MessageChange, MessageChanged,
-    NewChat, NewDevice, NewMessage, NewVerificationCode, Posted, ProfilePatch, Receipt,
-    ReceiptChange, Registered, Registration, Relation, SearchOutcome, SearchQuery, Store,
-    StoreError, StoreResult, StoredUpdate, User,
+    ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, CollectedMedia, ContactAdded,
+    ContactEntry, Device, FinishedMedia, HistoryQuery, LogEntry, LoggedIn, Login, MediaCreated,
+    MediaRecord, Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage,
+    NewVerificationCode, Posted, ProfilePatch, Receipt, ReceiptChange, Registered, Registration,
+    Relation, SearchOutcome, SearchQuery, Store, StoreError, StoreResult, StoredUpdate, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_chats.sql"),
     include_str!("migrations/0003_receipt_updates.sql"),
     include_str!("migrations/0004_search.sql"),
+    include_str!("migrations/0005_media.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -146,7 +148,8 @@ fn visibility_from_sql(s: &str) -> LastSeenVisibility {
     }
 }
 
-const USER_COLUMNS: &str = "id, phone, name, about, last_seen_visibility, last_seen_at, created_at";
+const USER_COLUMNS: &str =
+    "id, phone, name, about, last_seen_visibility, last_seen_at, profile_pic, created_at";
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -156,6 +159,10 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         about: row.get("about")?,
         last_seen_visibility: visibility_from_sql(&row.get::<_, String>("last_seen_visibility")?),
         last_seen_at: row.get::<_, Option<i64>>("last_seen_at")?.map(Timestamp),
+        profile_pic: row
+            .get::<_, Option<Vec<u8>>>("profile_pic")?
+            .and_then(|b| Uuid::from_slice(&b).ok())
+            .map(MediaId::from_uuid),
         created_at: Timestamp(row.get("created_at")?),
     })
 }
@@ -529,7 +536,11 @@ impl Store for SqliteStore {
             .write(move |c| {
                 c.prepare_cached(
                     "UPDATE users SET name = coalesce(?2, name), about = coalesce(?3, about),
-                       last_seen_visibility = coalesce(?4, last_seen_visibility), updated_at = ?5
+                       last_seen_visibility = coalesce(?4, last_seen_visibility), updated_at = ?5,
+                       profile_pic = CASE WHEN ?6 THEN (
+                         SELECT m.id FROM media m WHERE m.id = ?7 AND m.owner_id = ?1
+                           AND m.ready = 1 AND m.kind = 'image')
+                         ELSE profile_pic END
                      WHERE id = ?1",
                 )
                 .and_then(|mut s| {
@@ -538,7 +549,9 @@ impl Store for SqliteStore {
                         patch.name,
                         patch.about,
                         patch.last_seen_visibility.map(visibility_to_sql),
-                        now.0
+                        now.0,
+                        patch.profile_pic.is_some(),
+                        patch.profile_pic.flatten().map(|m| *m.as_uuid().as_bytes()),
                     ])
                 })
                 .map_err(db_err)?;
@@ -615,7 +628,7 @@ impl Store for SqliteStore {
                 let mut s = c
                     .prepare_cached(
                         "SELECT u.id, u.phone, u.name, u.about, u.last_seen_visibility,
-                                u.last_seen_at, u.created_at, c.added_by_phone,
+                                u.last_seen_at, u.profile_pic, u.created_at, c.added_by_phone,
                                 EXISTS (SELECT 1 FROM contacts r
                                         WHERE r.owner_id = u.id AND r.contact_id = c.owner_id)
                                   AS they_have_me
@@ -806,6 +819,58 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn create_media(
+        &self,
+        m: NewMedia,
+        quota: u64,
+        max_pending: u64,
+    ) -> StoreResult<MediaCreated> {
+        self.writer
+            .write(move |c| media::create(c, &m, quota, max_pending).map_err(db_err))
+            .await
+    }
+
+    async fn media(&self, id: MediaId) -> StoreResult<Option<MediaRecord>> {
+        self.readers
+            .read(move |c| media::get(c, id).map_err(db_err))
+            .await
+    }
+
+    async fn set_media_received(&self, id: MediaId, received: u64) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| media::set_received(c, id, received).map_err(db_err))
+            .await
+    }
+
+    async fn finish_media(&self, id: MediaId, finished: FinishedMedia) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| media::finish(c, id, &finished).map_err(db_err))
+            .await
+    }
+
+    async fn delete_media(&self, id: MediaId) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| media::delete(c, id).map_err(db_err))
+            .await
+    }
+
+    async fn media_visible(&self, id: MediaId, user: UserId) -> StoreResult<bool> {
+        self.readers
+            .read(move |c| media::visible(c, id, user).map_err(db_err))
+            .await
+    }
+
+    async fn collect_media(
+        &self,
+        now: Timestamp,
+        unreferenced_before: Timestamp,
+        limit: usize,
+    ) -> StoreResult<CollectedMedia> {
+        self.writer
+            .write(move |c| media::collect(c, now, unreferenced_before, limit).map_err(db_err))
+            .await
+    }
+
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
         self.writer
             .write(move |c| {
@@ -846,6 +911,7 @@ mod tests {
             about: String::new(),
             last_seen_visibility: LastSeenVisibility::Everyone,
             last_seen_at: None,
+            profile_pic: None,
             created_at: now,
         };
         let device = NewDevice {

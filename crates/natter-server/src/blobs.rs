@@ -1,0 +1,235 @@
+//! Blobs: the bytes of media, behind the `object_store` crate so the same
+//! code writes local files now and S3-compatible storage in the scale-out
+//! mode. Keys are made here from server-generated ids only, never from
+//! anything a client sent.
+//!
+//! Everything streams: a blob is written from a local staging file in
+//! fixed-size parts and read back as a stream of chunks, so memory stays flat
+//! whatever the size.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use natter_proto::MediaId;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as Key;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+use tokio::io::AsyncReadExt;
+
+/// Size of one part written to the object store, and of one read from the
+/// staging file: the most a blob write holds in memory per part in flight.
+const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// Parts in flight at once while writing one blob (bounds memory per upload
+/// to `PART_BYTES * PARTS_IN_FLIGHT`).
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// A blob engine failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The object store failed.
+    #[error("blob store: {0}")]
+    Store(#[from] object_store::Error),
+    /// A local file could not be read or synced.
+    #[error("blob file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Which blob of a media object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobKind {
+    /// The uploaded bytes.
+    Original,
+    /// The server-made thumbnail (JPEG).
+    Thumbnail,
+}
+
+/// The blob store.
+#[derive(Clone)]
+pub struct Blobs {
+    /// The engine.
+    store: Arc<dyn ObjectStore>,
+    /// For local files: the root, so finished blobs can be synced to disk
+    /// (object_store's local engine renames into place but does not fsync).
+    local_root: Option<PathBuf>,
+}
+
+impl fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Blobs")
+            .field("local_root", &self.local_root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key(id: MediaId, kind: BlobKind) -> Key {
+    let dir = match kind {
+        BlobKind::Original => "media",
+        BlobKind::Thumbnail => "thumbnails",
+    };
+    Key::from(format!("{dir}/{id}"))
+}
+
+impl Blobs {
+    /// Blobs as local files under `root` (created if needed).
+    ///
+    /// # Errors
+    /// When the directory cannot be created.
+    pub fn local(root: &Path) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(root)?;
+        let store = LocalFileSystem::new_with_prefix(root)?;
+        Ok(Self {
+            store: Arc::new(store),
+            local_root: Some(root.to_path_buf()),
+        })
+    }
+
+    /// Streams a local file into a blob, durably.
+    ///
+    /// # Errors
+    /// When the file cannot be read or the store refuses the write.
+    pub async fn put_file(
+        &self,
+        id: MediaId,
+        kind: BlobKind,
+        file: &Path,
+    ) -> Result<(), BlobError> {
+        let key = key(id, kind);
+        let upload = self.store.put_multipart(&key).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut source = tokio::fs::File::open(file).await?;
+        let mut buf = vec![0u8; PART_BYTES];
+        loop {
+            let n = match source.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    writer.abort().await.ok();
+                    return Err(e.into());
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                writer.abort().await.ok();
+                return Err(e.into());
+            }
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await?;
+        self.sync(&key).await
+    }
+
+    /// Stores a small blob held in memory (a thumbnail), durably.
+    ///
+    /// # Errors
+    /// When the store refuses the write.
+    pub async fn put_bytes(
+        &self,
+        id: MediaId,
+        kind: BlobKind,
+        bytes: Bytes,
+    ) -> Result<(), BlobError> {
+        let key = key(id, kind);
+        self.store.put(&key, bytes.into()).await?;
+        self.sync(&key).await
+    }
+
+    /// Makes a finished local blob survive a power cut: the file, then its
+    /// directory entry.
+    async fn sync(&self, key: &Key) -> Result<(), BlobError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let path = root.join(key.as_ref());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&path)?.sync_all()?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Streams a blob, or the byte `range` of it.
+    ///
+    /// # Errors
+    /// When the blob is missing or unreadable.
+    pub async fn get(
+        &self,
+        id: MediaId,
+        kind: BlobKind,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        let result = self.store.get_opts(&key(id, kind), options).await?;
+        Ok(result
+            .into_stream()
+            .map(|r| r.map_err(BlobError::from))
+            .boxed())
+    }
+
+    /// Deletes a media object's blobs; missing ones are not an error.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn delete(&self, id: MediaId) -> Result<(), BlobError> {
+        for kind in [BlobKind::Original, BlobKind::Thumbnail] {
+            match self.store.delete(&key(id, kind)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_round_trips_whole_and_by_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(&dir.path().join("blobs")).unwrap();
+        let source = dir.path().join("source");
+        // More than one part, not a multiple of the part size.
+        let data: Vec<u8> = (0..PART_BYTES * 2 + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&source, &data).unwrap();
+        let id = MediaId::new();
+        blobs
+            .put_file(id, BlobKind::Original, &source)
+            .await
+            .unwrap();
+
+        let read = |range| {
+            let blobs = blobs.clone();
+            async move {
+                let mut out = Vec::new();
+                let mut s = blobs.get(id, BlobKind::Original, range).await.unwrap();
+                while let Some(chunk) = s.next().await {
+                    out.extend_from_slice(&chunk.unwrap());
+                }
+                out
+            }
+        };
+        assert_eq!(read(None).await, data);
+        assert_eq!(read(Some(10..20)).await, data[10..20]);
+        blobs.delete(id).await.unwrap();
+        assert!(blobs.get(id, BlobKind::Original, None).await.is_err());
+        blobs.delete(id).await.unwrap();
+    }
+}
