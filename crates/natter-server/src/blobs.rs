@@ -21,9 +21,12 @@ use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
-/// Size of one part written to the object store, and of one read from the
-/// staging file: the most a blob write holds in memory per part in flight.
-const PART_BYTES: usize = 8 * 1024 * 1024;
+/// Size of one part written to the object store (S3's smallest allowed
+/// part): the most a blob write holds in memory per part in flight.
+const PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// One read from the staging file.
+const READ_BYTES: usize = 1024 * 1024;
 
 /// Parts in flight at once while writing one blob (bounds memory per upload
 /// to `PART_BYTES * PARTS_IN_FLIGHT`).
@@ -103,7 +106,7 @@ impl Blobs {
         let upload = self.store.put_multipart(&key).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut source = tokio::fs::File::open(file).await?;
-        let mut buf = vec![0u8; PART_BYTES];
+        let mut buf = vec![0u8; READ_BYTES];
         loop {
             let n = match source.read(&mut buf).await {
                 Ok(n) => n,

@@ -1,5 +1,6 @@
 //! The `natter` binary as a user runs it: `natter serve` in an empty
-//! directory, configuration errors, and shutdown on SIGTERM.
+//! directory, configuration errors, shutdown on SIGTERM, a crash, and a
+//! 1 GiB upload with the server's memory watched.
 
 #![allow(
     clippy::unwrap_used,
@@ -389,4 +390,127 @@ async fn after_kill_9_every_acknowledged_message_is_there_in_order_once() {
             "acknowledged message {id} was lost"
         );
     }
+}
+
+/// The server's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Chunk `index` of a test upload: a fixed pseudo-random megabyte stamped
+/// with its index, so every chunk differs and making one costs a copy.
+fn chunk(base: &[u8], index: u64) -> Vec<u8> {
+    let mut out = base.to_vec();
+    out[..8].copy_from_slice(&index.to_le_bytes());
+    out
+}
+
+#[tokio::test]
+async fn a_one_gib_upload_round_trips_byte_exact_with_flat_server_memory() {
+    use futures_util::StreamExt as _;
+    use sha2::{Digest, Sha256};
+
+    const CHUNK: usize = 1024 * 1024;
+    const CHUNKS: u64 = 1024;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let megabyte: Vec<u8> = (0..CHUNK / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("data");
+    let (mut natter, base) = start_in(cwd.path(), &data);
+    let pid = natter.child.id();
+    // A transfer of 1 GiB takes seconds; everything else keeps WAIT.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let alice = sign_up(&mut natter, &http, &base, "+14155553000").await;
+    let token = alice["access_token"].as_str().unwrap().to_owned();
+    let idle = rss_kib(pid);
+
+    // Watch the server's memory while the upload streams.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let watching = std::sync::Arc::clone(&watching);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    let body = futures_util::stream::iter(0..CHUNKS).map({
+        let megabyte = megabyte.clone();
+        move |i| Ok::<_, std::io::Error>(chunk(&megabyte, i))
+    });
+    let part = reqwest::multipart::Part::stream_with_length(
+        reqwest::Body::wrap_stream(body),
+        CHUNKS * CHUNK as u64,
+    )
+    .file_name("big.bin");
+    let form = reqwest::multipart::Form::new()
+        .part("file", part)
+        .text("type", "file");
+    let res = http
+        .post(format!("{base}/api/v1/media/upload"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.join().unwrap();
+    assert_eq!(res.status(), 201);
+    let media: Value = res.json().await.unwrap();
+
+    let mut expected = Sha256::new();
+    for i in 0..CHUNKS {
+        expected.update(chunk(&megabyte, i));
+    }
+    let expected: String = expected
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(media["size"], CHUNKS * CHUNK as u64);
+    assert_eq!(media["sha256"], expected.as_str());
+
+    let res = http
+        .get(format!("{base}{}", media["url"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut got = Sha256::new();
+    let mut len = 0u64;
+    let mut stream = res.bytes_stream();
+    while let Some(bytes) = stream.next().await {
+        let bytes = bytes.unwrap();
+        len += bytes.len() as u64;
+        got.update(&bytes);
+    }
+    let got: String = got.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!((len, got), (CHUNKS * CHUNK as u64, expected));
+
+    // Streaming, not buffering: the server's memory stays within a few tens
+    // of MiB of idle while 1 GiB passes through it.
+    let grew_mib = peak.saturating_sub(idle) / 1024;
+    eprintln!(
+        "server RSS: idle {idle} KiB, peak {peak} KiB during a 1 GiB upload (+{grew_mib} MiB)"
+    );
+    assert!(grew_mib < 64, "the server grew by {grew_mib} MiB");
 }
