@@ -743,11 +743,11 @@ pub(crate) async fn tus_patch(
         .into_body()
         .into_data_stream()
         .map(|r| r.map_err(std::io::Error::other));
-    let progress = app
+    let media = app
         .services
         .append_resumable(&who, id, offset, body)
         .await?;
-    let mut out = upload_headers(&progress.media);
+    let mut out = upload_headers(&media);
     out.remove(&UPLOAD_LENGTH);
     out.remove(header::CACHE_CONTROL);
     Ok((StatusCode::NO_CONTENT, out).into_response())

@@ -163,11 +163,6 @@ impl Staging {
         self.max = self.max.min(max);
     }
 
-    /// Bytes written so far.
-    #[must_use]
-    pub fn written(&self) -> u64 {
-        self.written
-    }
 }
 
 impl Drop for Staging {
@@ -180,13 +175,6 @@ impl Drop for Staging {
             tracing::warn!(error = %e, "could not remove a staging file");
         }
     }
-}
-
-/// The state of a resumable upload after a request.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    /// The upload (finished once `received == length`).
-    pub media: MediaRecord,
 }
 
 /// Releases a resumable upload's write lock.
@@ -608,7 +596,8 @@ impl Services {
 
     /// Appends the bytes of `body` to a resumable upload at `offset` (which
     /// must be where the upload is), recording what became durable even if
-    /// the body breaks off; finishes the upload when it is complete.
+    /// the body breaks off; finishes the upload when it is complete. Returns
+    /// the upload (finished once `received == length`).
     ///
     /// # Errors
     /// Unknown (404), busy or wrong offset (409), more than declared (413),
@@ -619,7 +608,7 @@ impl Services {
         id: MediaId,
         offset: u64,
         body: S,
-    ) -> ServiceResult<Progress>
+    ) -> ServiceResult<MediaRecord>
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Send,
     {
@@ -685,11 +674,9 @@ impl Services {
         }
         let record = MediaRecord { received, ..record };
         if received < record.length {
-            return Ok(Progress { media: record });
+            return Ok(record);
         }
-        self.finish_resumable(record)
-            .await
-            .map(|media| Progress { media })
+        self.finish_resumable(record).await
     }
 
     /// Checks and stores a complete resumable upload; on refusal the upload

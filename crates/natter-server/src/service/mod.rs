@@ -23,7 +23,7 @@ use natter_proto::{DeviceId, UserId};
 pub use self::accounts::{CodeSent, NewSession};
 pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
-pub use self::media::{Progress, Staging, UploadInfo, sha256_hex};
+pub use self::media::{Staging, UploadInfo, sha256_hex};
 pub use self::profiles::ProfileView;
 pub use self::realtime::LiveConnection;
 pub use self::search::{Hit, MessageSearch};
