@@ -162,7 +162,6 @@ impl Staging {
     pub fn limit_to(&mut self, max: u64) {
         self.max = self.max.min(max);
     }
-
 }
 
 impl Drop for Staging {
