@@ -6,6 +6,7 @@
 //! - [`error`]: the `{"error":{"code","message"}}` envelope and [`ErrorCode`].
 //! - [`accounts`]: verification, register, login, devices.
 //! - [`chats`]: chats, participants, messages and history.
+//! - [`push`]: push channels, the VAPID key and the push payload.
 //! - [`search`]: message, chat and contact search results.
 //! - [`users`]: profiles and contacts.
 //! - [`ws`]: WebSocket frames and close codes.
@@ -16,6 +17,7 @@ pub mod accounts;
 pub mod chats;
 pub mod error;
 pub mod ids;
+pub mod push;
 pub mod search;
 pub mod timefmt;
 pub mod users;

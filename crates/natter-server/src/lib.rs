@@ -7,7 +7,7 @@
 //! - [`api`]: axum routes, extractors, error mapping. Parses, authenticates,
 //!   calls one service function, maps to `natter-proto` types.
 //! - [`service`]: the rules (accounts, profiles, contacts). No HTTP types.
-//! - [`store`], [`bus`], [`sms`], [`ratelimit`]: engines behind traits.
+//! - [`store`], [`bus`], [`sms`], [`ratelimit`], [`push`]: engines behind traits.
 //!   Nothing above `store` writes SQL.
 //! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
 //! - [`server`]: start-up and graceful shutdown; `listener` accepts
@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 mod listener;
 pub mod phone;
+pub mod push;
 pub mod ratelimit;
 pub mod secret;
 pub mod server;
