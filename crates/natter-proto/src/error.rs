@@ -34,6 +34,9 @@ pub enum ErrorCode {
     InvalidParameter,
     /// 400: the phone number is not a valid international (E.164) number.
     InvalidPhone,
+    /// 400: the push endpoint is not an acceptable URL: not https, too long,
+    /// or on a loopback, private or otherwise non-public address.
+    InvalidPushEndpoint,
     /// 401: no valid access token was sent.
     Unauthorized,
     /// 401: the verification code is wrong, expired, used, or the number is unknown.
@@ -50,6 +53,10 @@ pub enum ErrorCode {
     ChatNotFound,
     /// 404: no such message, or one the caller may not see.
     MessageNotFound,
+    /// 404: this server does not send push notifications (`push.enabled` is off).
+    PushDisabled,
+    /// 404: the device has no push channel.
+    PushChannelNotFound,
     /// 403: the caller is in the chat but lacks the right (an admin's, the sender's).
     Forbidden,
     /// 405: the route exists but not with this method.
@@ -89,14 +96,19 @@ impl ErrorCode {
     #[must_use]
     pub const fn http_status(self) -> u16 {
         match self {
-            Self::InvalidJson | Self::InvalidParameter | Self::InvalidPhone => 400,
+            Self::InvalidJson
+            | Self::InvalidParameter
+            | Self::InvalidPhone
+            | Self::InvalidPushEndpoint => 400,
             Self::Unauthorized | Self::InvalidVerificationCode => 401,
             Self::NotFound
             | Self::UserNotFound
             | Self::DeviceNotFound
             | Self::ContactNotFound
             | Self::ChatNotFound
-            | Self::MessageNotFound => 404,
+            | Self::MessageNotFound
+            | Self::PushDisabled
+            | Self::PushChannelNotFound => 404,
             Self::Forbidden => 403,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,

@@ -10,6 +10,7 @@ mod chats;
 mod error;
 mod extract;
 mod ops;
+mod push;
 mod search;
 mod users;
 mod ws;
@@ -78,6 +79,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::logout))
         .routes(routes!(accounts::list_devices))
         .routes(routes!(accounts::revoke_device))
+        .routes(routes!(push::set_push_channel, push::delete_push_channel))
+        .routes(routes!(push::vapid_key))
         .routes(routes!(users::get_me, users::update_me))
         .routes(routes!(users::get_user))
         .routes(routes!(users::list_contacts, users::add_contact))

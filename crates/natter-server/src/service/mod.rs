@@ -1,6 +1,6 @@
 //! Domain services: the rules of the product, with no HTTP types. Handlers
-//! call one function here; these call the engines (`store`, `sms`,
-//! `ratelimit`) through their traits.
+//! call one function here; these call the engines (`store`, `bus`, `sms`,
+//! `ratelimit`, `push`) through their traits.
 //!
 //! Identity comes only from a [`Principal`], which only
 //! [`Services::authenticate`] can make (DESIGN.md §4 rules 1 and 2).
@@ -9,6 +9,7 @@ mod accounts;
 mod chats;
 mod contacts;
 mod profiles;
+mod push;
 mod realtime;
 pub mod render;
 mod search;
@@ -29,6 +30,7 @@ use crate::bus::Bus;
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::phone::{InvalidPhone, Phone};
+use crate::push::PushGateway;
 use crate::ratelimit::{Denied, Limit, RateLimiter};
 use crate::secret::CodeKey;
 use crate::sms::{SmsError, SmsGateway};
@@ -88,6 +90,15 @@ pub enum ServiceError {
     /// A query parameter is out of bounds; the message names it.
     #[error("{0}")]
     InvalidParameter(String),
+    /// Push notifications are off on this server.
+    #[error("This server does not send push notifications.")]
+    PushDisabled,
+    /// The push endpoint may not be used; the message says why.
+    #[error("{0}")]
+    InvalidPushEndpoint(String),
+    /// The device has no push channel.
+    #[error("This device has no push channel.")]
+    PushChannelNotFound,
     /// A rate limit refused the request.
     #[error("Too many requests; try again in {} seconds.", .0.retry_after.as_secs())]
     RateLimited(Denied),
@@ -144,6 +155,8 @@ struct Inner {
     config: Arc<Config>,
     /// Key for hashing verification codes.
     code_key: CodeKey,
+    /// Push channels, planning and delivery.
+    push: self::push::PushState,
 }
 
 /// How long a device's `last_active_at` may lag: at most one write per
@@ -152,6 +165,7 @@ const ACTIVITY_RESOLUTION: Duration = Duration::from_secs(60);
 
 impl Services {
     /// Wires the services to their engines; loads (or creates) the code key.
+    /// `push` is `None` when push notifications are off.
     ///
     /// # Errors
     /// When the store cannot provide the key.
@@ -161,6 +175,7 @@ impl Services {
         sms: Arc<dyn SmsGateway>,
         limiter: Arc<dyn RateLimiter>,
         config: Arc<Config>,
+        push: Option<Arc<dyn PushGateway>>,
     ) -> Result<Self, StoreError> {
         let bytes = store
             .server_secret(
@@ -170,6 +185,7 @@ impl Services {
             .await?;
         let code_key = CodeKey::from_bytes(&bytes)
             .ok_or_else(|| StoreError("the stored verification key is malformed".to_owned()))?;
+        let push = self::push::PushState::new(push, config.limits.push_queue_depth);
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -178,6 +194,7 @@ impl Services {
                 limiter,
                 config,
                 code_key,
+                push,
             }),
         })
     }

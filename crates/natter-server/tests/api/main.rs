@@ -15,6 +15,8 @@
 //! - `realtime`: the WebSocket: live delivery, sync, receipts, typing, presence.
 //! - `restart`: what survives a restart.
 //! - `search`: message, chat and contact search.
+//! - `push`: push channels, delivery to offline devices, SSRF refusals.
+//! - `push_service`: the local push service the push tests talk to (a helper).
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
 
 #![allow(
@@ -32,6 +34,8 @@ mod errors;
 mod messages;
 mod ops;
 mod profiles;
+mod push;
+mod push_service;
 mod rate_limits;
 mod realtime;
 mod restart;
