@@ -411,7 +411,12 @@ impl Services {
                                     });
                                 }
                             }
-                            Err(e) => tracing::warn!(error = %e, "could not claim pushes"),
+                            Err(e) => {
+                                // Not again at once: a failing store would make this a busy loop.
+                                tracing::warn!(error = %e, "could not claim pushes");
+                                next_due = Some(now.plus(STORE_RETRY));
+                                continue;
+                            }
                         }
                     }
                     next_due = if inflight.len() >= config.concurrency {

@@ -49,7 +49,8 @@ async fn wait_metric(app: &TestApp, prefix: &str, at_least: f64) {
 #[tokio::test]
 async fn an_offline_device_gets_one_push_for_a_burst_and_an_online_one_none() {
     let service = PushService::start().await;
-    let app = TestApp::start_with(|c| dev(c, 1500)).await;
+    // The window is wide enough for five sends on a busy machine.
+    let app = TestApp::start_with(|c| dev(c, 2500)).await;
     let alice = app.signup("+14155550800", "Alice").await;
     let alice_laptop = app.login("+14155550800", "Laptop").await;
     let bob = app.signup("+14155550801", "Bob").await;
@@ -90,6 +91,28 @@ async fn an_offline_device_gets_one_push_for_a_burst_and_an_online_one_none() {
     assert_eq!(app.metric("natter_push_sent_total").await, 1.0);
     assert_eq!(app.metric("natter_push_queued_total").await, 5.0);
     service.check();
+}
+
+#[tokio::test]
+async fn a_device_that_comes_online_drops_its_waiting_push() {
+    let service = PushService::start().await;
+    // A window of an hour: the push waits until Bob connects.
+    let app = TestApp::start_with(|c| dev(c, 3_600_000)).await;
+    let alice = app.signup("+14155550805", "Alice").await;
+    let bob = app.signup("+14155550806", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let sub = service.subscribe();
+    register(&app, &bob, &sub).await;
+    alice.sends(&app, &chat, "are you up?").await;
+    wait_metric(&app, "natter_push_queued_total", 1.0).await;
+
+    let live = bob.connect(&app).await;
+    wait_metric(&app, r#"natter_push_dropped_total{reason="online"}"#, 1.0).await;
+    // The outbox entry is gone; he reads what the push would have announced.
+    assert_eq!(app.metric("natter_push_sent_total").await, 0.0);
+    assert_eq!(service.requests(&sub), 0);
+    assert_eq!(bob.texts(&app, &chat).await, ["are you up?"]);
+    live.close().await;
 }
 
 #[tokio::test]

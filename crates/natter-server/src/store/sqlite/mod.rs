@@ -883,6 +883,15 @@ impl Store for SqliteStore {
     }
 
     async fn cancel_push(&self, device: DeviceId) -> StoreResult<bool> {
+        // Called at every connect: most devices have nothing waiting, and a
+        // read keeps them off the writer.
+        let waiting = self
+            .readers
+            .read(move |c| push::is_waiting(c, device).map_err(db_err))
+            .await?;
+        if !waiting {
+            return Ok(false);
+        }
         self.writer
             .write(move |c| push::cancel(c, device).map_err(db_err))
             .await

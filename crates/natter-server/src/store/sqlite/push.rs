@@ -254,6 +254,12 @@ pub(super) fn finish(
     Ok(())
 }
 
+/// Whether a device has a push waiting.
+pub(super) fn is_waiting(c: &Connection, device: DeviceId) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT 1 FROM push_outbox WHERE device_id = ?1")?
+        .exists([device.as_uuid().as_bytes()])
+}
+
 /// Removes a device's waiting push.
 pub(super) fn cancel(c: &Connection, device: DeviceId) -> rusqlite::Result<bool> {
     let n = c
