@@ -18,6 +18,10 @@ const RECORD_SIZE: u32 = 4096;
 const HEADER_LEN: usize = 16 + 4 + 1 + PUBLIC_KEY_LEN;
 /// AES-GCM tag length.
 const TAG_LEN: usize = 16;
+/// Payloads are padded to a multiple of this (RFC 8291 §4 recommends
+/// padding): every content-free push is then the same size on the wire, and
+/// a preview shows the push service only its length in steps of this.
+const PAD_BLOCK: usize = 256;
 
 /// Why a payload could not be encrypted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,7 +82,18 @@ pub fn encrypt(ua_public: &[u8], auth: &[u8], plaintext: &[u8]) -> Result<Vec<u8
         <[u8]>::to_vec,
     )
     .map_err(|_| EceError::BadPublicKey)?;
-    seal(&ecdh_secret, ua_public, &as_public, auth, &salt, plaintext)
+    let padded = (plaintext.len() + 1).next_multiple_of(PAD_BLOCK);
+    let max = RECORD_SIZE as usize - HEADER_LEN - TAG_LEN;
+    let pad = padded.min(max).saturating_sub(plaintext.len() + 1);
+    seal(
+        &ecdh_secret,
+        ua_public,
+        &as_public,
+        auth,
+        &salt,
+        plaintext,
+        pad,
+    )
 }
 
 /// An HKDF output length.
@@ -99,8 +114,8 @@ fn hkdf(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) -> Result<(), E
 }
 
 /// The deterministic part of RFC 8291 §3.4 and RFC 8188 §2, from the ECDH
-/// secret on: key derivation, padding delimiter, AES-128-GCM, header.
-/// Separate so the RFC's example can test it byte for byte.
+/// secret on: key derivation, delimiter and `pad` zero bytes, AES-128-GCM,
+/// header. Separate so the RFC's example can test it byte for byte.
 fn seal(
     ecdh_secret: &[u8],
     ua_public: &[u8],
@@ -108,12 +123,13 @@ fn seal(
     auth: &[u8],
     salt: &[u8; 16],
     plaintext: &[u8],
+    pad: usize,
 ) -> Result<Vec<u8>, EceError> {
     if ua_public.len() != PUBLIC_KEY_LEN || as_public.len() != PUBLIC_KEY_LEN {
         return Err(EceError::BadPublicKey);
     }
-    // One record: the plaintext, the last-record delimiter, the tag.
-    let record_len = plaintext.len() + 1 + TAG_LEN;
+    // One record: the plaintext, the last-record delimiter, padding, the tag.
+    let record_len = plaintext.len() + 1 + pad + TAG_LEN;
     if record_len > RECORD_SIZE as usize || HEADER_LEN + record_len > RECORD_SIZE as usize {
         return Err(EceError::TooLarge);
     }
@@ -132,7 +148,8 @@ fn seal(
 
     let mut record = Vec::with_capacity(record_len);
     record.extend_from_slice(plaintext);
-    record.push(2); // the last (and only) record's delimiter, no padding
+    record.push(2); // the last (and only) record's delimiter
+    record.resize(record.len() + pad, 0);
     let key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &cek).map_err(|_| EceError::Crypto)?);
     // Record sequence number 0: the nonce is used as derived.
     key.seal_in_place_append_tag(
@@ -199,6 +216,7 @@ mod tests {
             &auth,
             &salt,
             b"When I grow up, I want to be a watermelon",
+            0,
         )
         .unwrap();
         assert_eq!(B64.encode(&body), B64.encode(&expected));
@@ -219,6 +237,10 @@ mod tests {
             check_keys(&ua_public[..64], &auth),
             Err(EceError::BadPublicKey)
         );
+        // Padded to 256-byte steps: short payloads look alike on the wire.
+        let short = encrypt(&ua_public, &auth, b"{}").unwrap().len();
+        let longer = encrypt(&ua_public, &auth, &[b'a'; 200]).unwrap().len();
+        assert_eq!((short, longer), (HEADER_LEN + 256 + TAG_LEN, short));
         // The largest payload that fits the 4096-byte body, and one more byte.
         let max = 4096 - HEADER_LEN - 1 - TAG_LEN;
         assert_eq!(

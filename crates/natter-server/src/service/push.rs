@@ -9,6 +9,8 @@
 //! receipts, typing, presence, edits, deletions and membership changes
 //! reach the device when it next syncs.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -31,6 +33,9 @@ use crate::store::{Appended, EntryKind, NewPush, PendingPush, PushChannelRecord,
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
 /// After a store error the worker waits this long before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+/// Most messages planned together: one read and one write for them all,
+/// so planning keeps up with a busy server.
+const PLAN_BATCH: usize = 256;
 /// How long shutdown lets pushes in flight finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -301,41 +306,67 @@ impl Services {
         });
     }
 
-    /// Turns an intent into outbox entries for the offline devices with a
-    /// channel; returns when the earliest of them is due.
-    async fn plan(&self, intent: PushIntent) -> Option<Timestamp> {
+    /// Turns intents into outbox entries for the offline devices with a
+    /// channel (one read and one write for the whole batch); returns when
+    /// the earliest of them is due.
+    async fn plan(&self, batch: Vec<PushIntent>) -> Option<Timestamp> {
         let store = &self.inner.store;
-        let users: Vec<UserId> = intent.recipients.iter().map(|(u, _)| *u).collect();
+        let mut users: Vec<UserId> = batch
+            .iter()
+            .flat_map(|i| i.recipients.iter().map(|(u, _)| *u))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
         let devices = match store.push_devices(users).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(error = %e, "could not plan a push");
+                tracing::warn!(error = %e, "could not plan pushes");
                 return None;
             }
         };
-        let preview = match intent.excerpt {
-            Some(text) => match store.user(intent.sender).await {
-                Ok(Some(sender)) => Some((sender.name, text)),
-                _ => None,
-            },
-            None => None,
-        };
+        if devices.is_empty() {
+            return None;
+        }
+        let mut names: HashMap<UserId, Option<String>> = HashMap::new();
         let now = Timestamp::now();
-        let pushes: Vec<NewPush> = devices
-            .into_iter()
-            .filter(|(user, device)| !self.inner.bus.device_online(*user, *device))
-            .filter_map(|(user, device)| {
-                let pts = intent.recipients.iter().find(|(u, _)| *u == user)?.1;
-                Some(NewPush {
-                    device_id: device,
-                    user_id: user,
+        let mut pushes = Vec::new();
+        for intent in batch {
+            let preview = match intent.excerpt {
+                Some(text) => {
+                    if let Entry::Vacant(slot) = names.entry(intent.sender) {
+                        let name = store
+                            .user(intent.sender)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|u| u.name);
+                        slot.insert(name);
+                    }
+                    names
+                        .get(&intent.sender)
+                        .cloned()
+                        .flatten()
+                        .map(|name| (name, text))
+                }
+                None => None,
+            };
+            for (user, device) in &devices {
+                let Some((_, pts)) = intent.recipients.iter().find(|(u, _)| u == user) else {
+                    continue;
+                };
+                if self.inner.bus.device_online(*user, *device) {
+                    continue;
+                }
+                pushes.push(NewPush {
+                    device_id: *device,
+                    user_id: *user,
                     chat_id: intent.chat_id,
-                    pts,
+                    pts: *pts,
                     preview: preview.clone(),
                     now,
-                })
-            })
-            .collect();
+                });
+            }
+        }
         if pushes.is_empty() {
             return None;
         }
@@ -390,7 +421,14 @@ impl Services {
                 _ = stopped.changed() => break,
                 intent = intents.recv() => {
                     let Some(intent) = intent else { break };
-                    if let Some(due) = self.plan(intent).await {
+                    let mut batch = vec![intent];
+                    while batch.len() < PLAN_BATCH {
+                        match intents.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(due) = self.plan(batch).await {
                         next_due = Some(next_due.map_or(due, |d| d.min(due)));
                     }
                 }
@@ -430,8 +468,12 @@ impl Services {
         }
         // Messages committed before the stop still get their outbox entries.
         intents.close();
+        let mut rest = Vec::new();
         while let Ok(intent) = intents.try_recv() {
-            self.plan(intent).await;
+            rest.push(intent);
+        }
+        if !rest.is_empty() {
+            self.plan(rest).await;
         }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while inflight.join_next().await.is_some() {}
