@@ -87,7 +87,10 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     /// The serving task; ends after the drain.
     serving: JoinHandle<()>,
-    /// The push delivery worker; stops on `stop`, before the store closes.
+    /// Tells the push worker to stop: after the drain, so messages sent by
+    /// the last requests still get their outbox entries.
+    push_stop: watch::Sender<bool>,
+    /// The push delivery worker; ends before the store closes.
     push_worker: JoinHandle<()>,
     /// The store, closed last so every acknowledged write is committed.
     store: Arc<dyn Store>,
@@ -156,7 +159,8 @@ impl RunningServer {
 
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(housekeeping(services.clone(), stopped.clone()));
-        let push_worker = tokio::spawn(services.clone().run_push_worker(stopped.clone()));
+        let (push_stop, push_stopped) = watch::channel(false);
+        let push_worker = tokio::spawn(services.clone().run_push_worker(push_stopped));
         let limits = config.limits.clone();
         let app = crate::api::app(services.clone());
         let serving = tokio::spawn(async move {
@@ -167,6 +171,7 @@ impl RunningServer {
             local_addr,
             stop,
             serving,
+            push_stop,
             push_worker,
             store,
             services,
@@ -192,7 +197,9 @@ impl RunningServer {
             tracing::warn!("open requests did not finish in time; closing them");
             serving.abort();
         }
-        // The worker lets sends in flight finish (bounded) and records them.
+        // The worker plans what the last requests queued, lets sends in
+        // flight finish (bounded) and records them.
+        let _ = self.push_stop.send(true);
         let mut push_worker = self.push_worker;
         if tokio::time::timeout(PUSH_STOP_TIMEOUT, &mut push_worker)
             .await

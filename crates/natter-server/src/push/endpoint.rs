@@ -246,6 +246,36 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn names_are_judged_by_the_addresses_they_resolve_to() {
+        // `localhost` resolves from the hosts file, with no network.
+        assert!(matches!(
+            resolve_checked("localhost", 443, false).await,
+            Err(ResolveError::Refused(EndpointError::Private(_)))
+        ));
+        assert!(resolve_checked("localhost", 443, true).await.is_ok());
+        // The client's resolver refuses the same way, so a connect never
+        // reaches an address the check did not pass.
+        let name: Name = "localhost".parse().unwrap();
+        assert!(
+            CheckedResolver {
+                allow_private: false
+            }
+            .resolve(name)
+            .await
+            .is_err()
+        );
+        let name: Name = "localhost".parse().unwrap();
+        assert!(
+            CheckedResolver {
+                allow_private: true
+            }
+            .resolve(name)
+            .await
+            .is_ok()
+        );
+    }
+
     #[test]
     fn urls_are_checked_for_scheme_credentials_length_and_local_names() {
         let max = 64;

@@ -309,6 +309,39 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_send_checks_the_endpoint_again_and_refuses_private_ones() {
+        let pkcs8 = VapidKey::generate_pkcs8().unwrap();
+        let push = WebPush::new(&PushConfig::default(), &Limits::default(), &pkcs8).unwrap();
+        for endpoint in [
+            "https://127.0.0.1/x",
+            "https://[::1]/x",
+            "http://push.example.com/x",
+        ] {
+            let target = PushTarget {
+                kind: PushKind::Unifiedpush,
+                endpoint: endpoint.to_owned(),
+                p256dh: None,
+                auth: None,
+            };
+            assert!(
+                matches!(push.send(&target, b"{}").await, Delivery::Refused(_)),
+                "{endpoint}"
+            );
+        }
+        // A Web Push channel without keys cannot be encrypted to: refused, not sent.
+        let keyless = PushTarget {
+            kind: PushKind::Webpush,
+            endpoint: "https://1.1.1.1/x".to_owned(),
+            p256dh: None,
+            auth: None,
+        };
+        assert!(matches!(
+            push.send(&keyless, b"{}").await,
+            Delivery::Refused(_)
+        ));
+    }
+
     #[test]
     fn retry_after_takes_seconds_and_dates() {
         assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
