@@ -492,7 +492,8 @@ impl Services {
         }
     }
 
-    /// Sends one claimed push and records the outcome.
+    /// Sends one claimed push and records the outcome. The store hears of it
+    /// before the counters do, so a counter says the outcome is recorded.
     async fn deliver(&self, gateway: &dyn PushGateway, push: PendingPush, budget: Duration) {
         let config = &self.inner.config.push;
         let device = push.device_id;
@@ -502,8 +503,8 @@ impl Services {
             }
         };
         if self.inner.bus.device_online(push.user_id, device) {
-            dropped("online");
-            return finish(PushFinished::Drop).await;
+            finish(PushFinished::Drop).await;
+            return dropped("online");
         }
         let target = &push.channel.target;
         // Previews only where they were allowed when queued, and only to
@@ -524,9 +525,17 @@ impl Services {
             pts: push.since_pts,
             preview,
         };
+        // Sent or given up on, the claimed part is done; what joined it
+        // meanwhile stays as a new burst.
+        let settled = PushFinished::Settled {
+            version: push.version,
+            count: push.count,
+            last_pts: push.last_pts,
+            now: Timestamp::now(),
+        };
         let Ok(body) = serde_json::to_vec(&payload) else {
-            dropped("refused");
-            return finish(PushFinished::Drop).await;
+            finish(settled).await;
+            return dropped("refused");
         };
         let delivery = tokio::time::timeout(budget, gateway.send(target, &body))
             .await
@@ -536,22 +545,16 @@ impl Services {
             });
         match delivery {
             Delivery::Sent => {
-                finish(PushFinished::Sent {
-                    version: push.version,
-                    count: push.count,
-                    last_pts: push.last_pts,
-                    now: Timestamp::now(),
-                })
-                .await;
+                finish(settled).await;
                 metrics::counter!("natter_push_sent_total").increment(1);
             }
             Delivery::Retry { after, reason } => {
                 metrics::counter!("natter_push_failed_total", "reason" => reason).increment(1);
                 let attempts = push.attempts.saturating_add(1);
                 if attempts >= config.max_attempts {
-                    dropped("max_attempts");
+                    finish(settled).await;
                     tracing::info!(device = %device, reason, "push dropped after the last attempt");
-                    return finish(PushFinished::Drop).await;
+                    return dropped("max_attempts");
                 }
                 let wait = backoff(
                     attempts,
@@ -575,15 +578,15 @@ impl Services {
                 dropped("gone");
             }
             Delivery::Rejected { status } => {
+                finish(settled).await;
                 metrics::counter!("natter_push_failed_total", "reason" => "rejected").increment(1);
                 dropped("rejected");
                 tracing::warn!(device = %device, status, "the push service refused a push");
-                finish(PushFinished::Drop).await;
             }
             Delivery::Refused(why) => {
+                finish(settled).await;
                 dropped("refused");
                 tracing::warn!(device = %device, reason = %why, "push not sent: endpoint refused");
-                finish(PushFinished::Drop).await;
             }
         }
     }

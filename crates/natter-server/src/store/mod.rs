@@ -605,14 +605,14 @@ pub struct PendingPush {
 /// What became of a claimed push.
 #[derive(Debug, Clone)]
 pub enum PushFinished {
-    /// Sent: remove it, unless more messages arrived meanwhile (then keep
-    /// those as a new burst starting `now`).
-    Sent {
-        /// The version that was sent.
+    /// Sent, or given up on: remove it, unless more messages arrived
+    /// meanwhile (then keep those as a new burst starting `now`).
+    Settled {
+        /// The version that was claimed.
         version: i64,
-        /// The count that was sent.
+        /// The count that was claimed.
         count: i64,
-        /// The last pts that was sent.
+        /// The last pts that was claimed.
         last_pts: i64,
         /// Time.
         now: Timestamp,
@@ -622,7 +622,7 @@ pub enum PushFinished {
         /// When.
         at: Timestamp,
     },
-    /// Give up on it (it stays counted as dropped by the caller).
+    /// Remove it and anything that joined it (the device came online).
     Drop,
     /// The channel is gone: remove it (if it still has this endpoint) and the push.
     Gone {

@@ -157,6 +157,34 @@ async fn a_gone_subscription_is_removed_and_failures_are_retried() {
 }
 
 #[tokio::test]
+async fn a_push_is_dropped_after_its_last_attempt() {
+    let service = PushService::start().await;
+    let app = TestApp::start_with(|c| {
+        dev(c, 50);
+        c.push.max_attempts = 2;
+    })
+    .await;
+    let alice = app.signup("+14155550815", "Alice").await;
+    let bob = app.signup("+14155550816", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let sub = service.subscribe();
+    register(&app, &bob, &sub).await;
+    service.answer(&sub, &[(500, None), (502, None)]);
+    alice.sends(&app, &chat, "hello?").await;
+    wait_metric(
+        &app,
+        r#"natter_push_dropped_total{reason="max_attempts"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(service.requests(&sub), 2);
+    assert!(service.pushes(&sub).is_empty());
+    // The channel stays: the next message is pushed.
+    alice.sends(&app, &chat, "hello again").await;
+    assert_eq!(service.wait_for(&sub, 1).await[0].payload["count"], 1);
+}
+
+#[tokio::test]
 async fn pending_pushes_are_delivered_after_a_restart() {
     let service = PushService::start().await;
     // A window of an hour: nothing goes out before the restart.

@@ -1072,7 +1072,7 @@ mod tests {
         store
             .finish_push(
                 device,
-                PushFinished::Sent {
+                PushFinished::Settled {
                     version: p.version,
                     count: p.count,
                     last_pts: p.last_pts,
@@ -1094,7 +1094,7 @@ mod tests {
         store
             .finish_push(
                 device,
-                PushFinished::Sent {
+                PushFinished::Settled {
                     version: rest[0].version,
                     count: 1,
                     last_pts: 8,

@@ -214,7 +214,7 @@ pub(super) fn finish(
 ) -> rusqlite::Result<()> {
     let id = device.as_uuid().as_bytes();
     match outcome {
-        PushFinished::Sent {
+        PushFinished::Settled {
             version,
             count,
             last_pts,
