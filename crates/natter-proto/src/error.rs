@@ -34,6 +34,9 @@ pub enum ErrorCode {
     InvalidParameter,
     /// 400: the phone number is not a valid international (E.164) number.
     InvalidPhone,
+    /// 400: the push endpoint is not an acceptable URL: not https, too long,
+    /// or on a loopback, private or otherwise non-public address.
+    InvalidPushEndpoint,
     /// 401: no valid access token was sent.
     Unauthorized,
     /// 401: the verification code is wrong, expired, used, or the number is unknown.
@@ -54,6 +57,10 @@ pub enum ErrorCode {
     MediaNotFound,
     /// 404: no such resumable upload in progress (unknown, finished, expired or terminated).
     UploadNotFound,
+    /// 404: this server does not send push notifications (`push.enabled` is off).
+    PushDisabled,
+    /// 404: the device has no push channel.
+    PushChannelNotFound,
     /// 403: the caller is in the chat but lacks the right (an admin's, the sender's).
     Forbidden,
     /// 405: the route exists but not with this method.
@@ -108,7 +115,10 @@ impl ErrorCode {
     #[must_use]
     pub const fn http_status(self) -> u16 {
         match self {
-            Self::InvalidJson | Self::InvalidParameter | Self::InvalidPhone => 400,
+            Self::InvalidJson
+            | Self::InvalidParameter
+            | Self::InvalidPhone
+            | Self::InvalidPushEndpoint => 400,
             Self::Unauthorized | Self::InvalidVerificationCode => 401,
             Self::NotFound
             | Self::UserNotFound
@@ -118,6 +128,7 @@ impl ErrorCode {
             | Self::MessageNotFound
             | Self::MediaNotFound
             | Self::UploadNotFound => 404,
+            Self::PushDisabled | Self::PushChannelNotFound => 404,
             Self::Forbidden => 403,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,

@@ -7,6 +7,7 @@
 //! - [`accounts`]: verification, register, login, devices.
 //! - [`chats`]: chats, participants, messages and history.
 //! - [`media`]: uploads, their kinds and descriptions.
+//! - [`push`]: push channels, the VAPID key and the push payload.
 //! - [`search`]: message, chat and contact search results.
 //! - [`users`]: profiles and contacts.
 //! - [`ws`]: WebSocket frames and close codes.
@@ -18,6 +19,7 @@ pub mod chats;
 pub mod error;
 pub mod ids;
 pub mod media;
+pub mod push;
 pub mod search;
 pub mod timefmt;
 pub mod users;

@@ -76,6 +76,8 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
     fn presence(&self, user: UserId) -> PresenceStatus;
     /// Open connections, for metrics.
     fn connections(&self) -> usize;
+    /// Whether the device has a live connection (then it gets no push).
+    fn device_online(&self, user: UserId, device: DeviceId) -> bool;
 }
 
 struct Conn {
@@ -246,6 +248,14 @@ impl Bus for LocalBus {
     fn connections(&self) -> usize {
         self.with_users(|users| users.values().map(Vec::len).sum())
     }
+
+    fn device_online(&self, user: UserId, device: DeviceId) -> bool {
+        self.with_users(|users| {
+            users
+                .get(&user)
+                .is_some_and(|conns| conns.iter().any(|c| c.device == device))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -277,7 +287,10 @@ mod tests {
         let bus = LocalBus::default();
         let user = UserId::new();
         assert_eq!(bus.presence(user), PresenceStatus::Offline);
-        let a = bus.register(user, DeviceId::new(), 1);
+        let phone = DeviceId::new();
+        assert!(!bus.device_online(user, phone));
+        let a = bus.register(user, phone, 1);
+        assert!(bus.device_online(user, phone));
         assert!(a.first_of_user);
         let b = bus.register(user, DeviceId::new(), 1);
         assert!(!b.first_of_user);

@@ -50,6 +50,8 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Uploads, downloads, thumbnails and media garbage collection.
     pub media: MediaConfig,
+    /// Push notifications (Web Push and UnifiedPush).
+    pub push: PushConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
             media: MediaConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -137,7 +140,63 @@ impl Default for StoreConfig {
     }
 }
 
-/// Every size and count bound, in one place (DESIGN.md §4 rule 3).
+/// Push notifications to devices without a live connection (`docs/push.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Whether devices may register push channels and pushes are sent.
+    pub enabled: bool,
+    /// The VAPID `sub` claim: a `mailto:` or `https:` contact for the push
+    /// services' operators. Set it to a real address.
+    pub vapid_subject: String,
+    /// A burst of updates for one device within this window becomes one push.
+    pub coalesce_ms: u64,
+    /// Send attempts before a push is dropped.
+    pub max_attempts: u32,
+    /// The first retry waits this long; each later one twice as long.
+    pub backoff_base_ms: u64,
+    /// The longest wait between attempts, `Retry-After` included.
+    pub backoff_max_secs: u64,
+    /// Time allowed for one request to a push service, connect to last byte.
+    pub request_timeout_secs: u64,
+    /// Most bytes of a push service's answer that are read.
+    pub max_response_bytes: usize,
+    /// How long a push service keeps an undelivered push (the `TTL` header).
+    pub ttl_secs: u64,
+    /// Pushes sent at once.
+    pub concurrency: usize,
+    /// Include the sender's name and an excerpt for plaintext chats (never
+    /// for encrypted chats, never for UnifiedPush channels without keys).
+    pub previews: bool,
+    /// Longest excerpt in a preview, in characters.
+    pub preview_chars: usize,
+    /// DEVELOPMENT ONLY: allow endpoints on loopback and private addresses
+    /// and over plain `http://`. Off, push requests go only to public HTTPS
+    /// endpoints (SSRF defence).
+    pub allow_private_endpoints: bool,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            vapid_subject: "mailto:postmaster@localhost".to_owned(),
+            coalesce_ms: 3000,
+            max_attempts: 8,
+            backoff_base_ms: 2000,
+            backoff_max_secs: 3600,
+            request_timeout_secs: 10,
+            max_response_bytes: 16 * 1024,
+            ttl_secs: 24 * 3600,
+            concurrency: 8,
+            previews: false,
+            preview_chars: 80,
+            allow_private_endpoints: false,
+        }
+    }
+}
+
+/// Every size and count bound (DESIGN.md §4 rule 3).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -204,6 +263,10 @@ pub struct Limits {
     pub max_search_page_size: usize,
     /// Deepest offset into search results (`(page - 1) * limit`).
     pub max_search_offset: usize,
+    /// Longest push endpoint URL, in characters.
+    pub max_push_endpoint_chars: usize,
+    /// Push entries waiting to be planned before new ones are dropped.
+    pub push_queue_depth: usize,
 }
 
 impl Default for Limits {
@@ -239,6 +302,8 @@ impl Default for Limits {
             max_search_query_chars: 256,
             max_search_page_size: 50,
             max_search_offset: 10_000,
+            max_push_endpoint_chars: 1024,
+            push_queue_depth: 4096,
         }
     }
 }
@@ -490,7 +555,7 @@ impl Config {
             }
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 36] = [
+        let positive: [(&'static str, u64); 47] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -599,11 +664,54 @@ impl Config {
                 "limits.max_search_offset",
                 self.limits.max_search_offset as u64,
             ),
+            (
+                "limits.max_push_endpoint_chars",
+                self.limits.max_push_endpoint_chars as u64,
+            ),
+            (
+                "limits.push_queue_depth",
+                self.limits.push_queue_depth as u64,
+            ),
+            ("push.coalesce_ms", self.push.coalesce_ms),
+            ("push.max_attempts", u64::from(self.push.max_attempts)),
+            ("push.backoff_base_ms", self.push.backoff_base_ms),
+            ("push.backoff_max_secs", self.push.backoff_max_secs),
+            ("push.request_timeout_secs", self.push.request_timeout_secs),
+            (
+                "push.max_response_bytes",
+                self.push.max_response_bytes as u64,
+            ),
+            ("push.ttl_secs", self.push.ttl_secs),
+            ("push.concurrency", self.push.concurrency as u64),
+            ("push.preview_chars", self.push.preview_chars as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(invalid(key, "must be greater than zero"));
             }
+        }
+        let subject = &self.push.vapid_subject;
+        let subject_ok = subject
+            .strip_prefix("mailto:")
+            .is_some_and(|a| a.contains('@'))
+            || reqwest::Url::parse(subject).is_ok_and(|u| u.scheme() == "https" && u.has_host());
+        if !subject_ok {
+            return Err(invalid(
+                "push.vapid_subject",
+                "must be a mailto: address or an https:// URL",
+            ));
+        }
+        if self.push.preview_chars > MAX_PREVIEW_CHARS {
+            return Err(invalid(
+                "push.preview_chars",
+                format!("must be at most {MAX_PREVIEW_CHARS} (a push carries at most 4 KiB)"),
+            ));
+        }
+        if self.push.backoff_base_ms > self.push.backoff_max_secs.saturating_mul(1000) {
+            return Err(invalid(
+                "push.backoff_base_ms",
+                "must not be longer than push.backoff_max_secs",
+            ));
         }
         let rates = [
             (
@@ -662,6 +770,10 @@ impl Config {
         Duration::from_secs(self.limits.request_timeout_secs)
     }
 }
+
+/// The longest preview excerpt: four bytes a character stays well inside
+/// the 4096 bytes push services accept.
+const MAX_PREVIEW_CHARS: usize = 500;
 
 /// Renders a figment error with the key and where the value came from.
 fn describe(error: &figment::Error) -> String {
@@ -814,6 +926,13 @@ mod tests {
         );
         assert!(error_of(&[("NATTER_SMS_WEBHOOK_URL", "ftp://x")]).contains("`sms_webhook_url`"));
         assert!(error_of(&[("NATTER_LISTN", "127.0.0.1:1")]).contains("listn"));
+        assert!(
+            error_of(&[("NATTER_PUSH__VAPID_SUBJECT", "admin")]).contains("`push.vapid_subject`")
+        );
+        assert!(error_of(&[("NATTER_PUSH__COALESCE_MS", "0")]).contains("`push.coalesce_ms`"));
+        assert!(
+            error_of(&[("NATTER_PUSH__PREVIEW_CHARS", "501")]).contains("`push.preview_chars`")
+        );
         assert!(
             error_of(&[("NATTER_RATE_LIMITS__DISCOVER_PER_USER__BURST", "0")])
                 .contains("`rate_limits.discover_per_user`")

@@ -7,8 +7,9 @@
 //! - [`api`]: axum routes, extractors, error mapping. Parses, authenticates,
 //!   calls one service function, maps to `natter-proto` types.
 //! - [`service`]: the rules (accounts, profiles, contacts). No HTTP types.
-//! - [`store`], [`bus`], [`blobs`], [`sms`], [`ratelimit`]: engines behind
-//!   traits (`blobs` behind `object_store`). Nothing above `store` writes SQL.
+//! - [`store`], [`bus`], [`blobs`], [`sms`], [`ratelimit`], [`push`]: engines
+//!   behind traits (`blobs` behind `object_store`). Nothing above `store`
+//!   writes SQL.
 //! - [`thumbnail`]: decoding plaintext images, with limits, into thumbnails.
 //! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
 //! - [`server`]: start-up and graceful shutdown; `listener` accepts
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod config;
 mod listener;
 pub mod phone;
+pub mod push;
 pub mod ratelimit;
 pub mod secret;
 pub mod server;

@@ -11,6 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::blobs::Blobs;
 use crate::config::Config;
+use crate::push::vapid::VapidKey;
+use crate::push::{PushGateway, WebPush};
 use crate::ratelimit::LocalRateLimiter;
 use crate::service::Services;
 use crate::sms::{LogSms, SmsGateway, WebhookSms};
@@ -27,6 +29,36 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 const SOCKETS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for open requests before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long shutdown waits for the push worker (it gives sends in flight a
+/// few seconds; unfinished ones are retried after the next start).
+const PUSH_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Under this name the store keeps the VAPID key pair (PKCS#8), created at
+/// first start so push subscriptions keep working across restarts.
+const VAPID_SECRET: &str = "vapid_key_pkcs8";
+
+/// The push engine with the server's VAPID key, or `None` when push is off.
+async fn push_gateway(
+    config: &Config,
+    store: &dyn Store,
+) -> Result<Option<Arc<dyn PushGateway>>, StartError> {
+    if !config.push.enabled {
+        return Ok(None);
+    }
+    // Generated up front (it can fail); stored only if there is no key yet.
+    let fresh = VapidKey::generate_pkcs8().map_err(crate::push::PushSetupError::from)?;
+    let pkcs8 = store
+        .server_secret(VAPID_SECRET, Box::new(move || fresh))
+        .await?;
+    let gateway = WebPush::new(&config.push, &config.limits, &pkcs8)?;
+    if config.push.allow_private_endpoints {
+        tracing::warn!(
+            "DEVELOPMENT MODE: push.allow_private_endpoints is on, so devices may make this \
+             server send requests to loopback and private addresses. Never run like this in production."
+        );
+    }
+    Ok(Some(Arc::new(gateway)))
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +80,9 @@ pub enum StartError {
     /// The blob store could not be opened.
     #[error("cannot open the blob store: {0}")]
     Blobs(#[from] crate::blobs::BlobError),
+    /// The push engine could not start (VAPID key, HTTP client).
+    #[error("cannot set up push notifications: {0}")]
+    Push(#[from] crate::push::PushSetupError),
 }
 
 /// A running server.
@@ -59,6 +94,11 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     /// The serving task; ends after the drain.
     serving: JoinHandle<()>,
+    /// Tells the push worker to stop: after the drain, so messages sent by
+    /// the last requests still get their outbox entries.
+    push_stop: watch::Sender<bool>,
+    /// The push delivery worker; ends before the store closes.
+    push_worker: JoinHandle<()>,
     /// The store, closed last so every acknowledged write is committed.
     store: Arc<dyn Store>,
     /// To close live WebSocket connections at shutdown (hyper does not
@@ -114,6 +154,7 @@ impl RunningServer {
         let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));
         let bus = Arc::new(crate::bus::LocalBus::default());
         let blobs = Blobs::local(&config.data_dir.join(BLOB_DIR))?;
+        let push = push_gateway(&config, store.as_ref()).await?;
         let services = Services::new(
             Arc::clone(&store),
             bus,
@@ -121,11 +162,14 @@ impl RunningServer {
             limiter,
             blobs,
             Arc::clone(&config),
+            push,
         )
         .await?;
 
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(housekeeping(services.clone(), stopped.clone()));
+        let (push_stop, push_stopped) = watch::channel(false);
+        let push_worker = tokio::spawn(services.clone().run_push_worker(push_stopped));
         let limits = config.limits.clone();
         let app = crate::api::app(services.clone());
         let serving = tokio::spawn(async move {
@@ -136,6 +180,8 @@ impl RunningServer {
             local_addr,
             stop,
             serving,
+            push_stop,
+            push_worker,
             store,
             services,
         })
@@ -165,6 +211,16 @@ impl RunningServer {
         {
             tracing::warn!("open requests did not finish in time; closing them");
             serving.abort();
+        }
+        // The worker plans what the last requests queued, lets sends in
+        // flight finish (bounded) and records them.
+        let _ = self.push_stop.send(true);
+        let mut push_worker = self.push_worker;
+        if tokio::time::timeout(PUSH_STOP_TIMEOUT, &mut push_worker)
+            .await
+            .is_err()
+        {
+            push_worker.abort();
         }
         self.store.close().await;
         tracing::info!("stopped");

@@ -72,6 +72,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::GroupFull(_) => ErrorCode::GroupFull,
             ServiceError::EditWindowClosed => ErrorCode::EditWindowClosed,
             ServiceError::LastAdmin => ErrorCode::LastAdmin,
+            ServiceError::PushDisabled => ErrorCode::PushDisabled,
+            ServiceError::InvalidPushEndpoint(_) => ErrorCode::InvalidPushEndpoint,
+            ServiceError::PushChannelNotFound => ErrorCode::PushChannelNotFound,
             ServiceError::RateLimited(denied) => {
                 let mut err = Self::new(ErrorCode::RateLimited, e.to_string());
                 err.retry_after = Some(denied.retry_after.as_secs().max(1));

@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod media;
 mod ops;
+mod push;
 mod search;
 mod users;
 mod ws;
@@ -81,6 +82,8 @@ fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::logout))
         .routes(routes!(accounts::list_devices))
         .routes(routes!(accounts::revoke_device))
+        .routes(routes!(push::set_push_channel, push::delete_push_channel))
+        .routes(routes!(push::vapid_key))
         .routes(routes!(users::get_me, users::update_me))
         .routes(routes!(users::get_user))
         .routes(routes!(users::list_contacts, users::add_contact))

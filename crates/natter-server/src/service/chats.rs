@@ -304,6 +304,7 @@ impl Services {
         let (entry, pts) = match self.inner.store.post(message).await? {
             Posted::Created(appended) => {
                 self.publish(&appended, except);
+                self.plan_push(&appended, access.chat.encrypted);
                 let pts = appended
                     .fanout
                     .iter()

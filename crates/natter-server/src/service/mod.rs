@@ -1,6 +1,6 @@
 //! Domain services: the rules of the product, with no HTTP types. Handlers
-//! call one function here; these call the engines (`store`, `sms`,
-//! `ratelimit`) through their traits.
+//! call one function here; these call the engines (`store`, `bus`, `sms`,
+//! `ratelimit`, `push`) through their traits.
 //!
 //! Identity comes only from a [`Principal`], which only
 //! [`Services::authenticate`] can make (DESIGN.md §4 rules 1 and 2).
@@ -10,6 +10,7 @@ mod chats;
 mod contacts;
 mod media;
 mod profiles;
+mod push;
 mod realtime;
 pub mod render;
 mod search;
@@ -32,6 +33,7 @@ use crate::bus::Bus;
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::phone::{InvalidPhone, Phone};
+use crate::push::PushGateway;
 use crate::ratelimit::{Denied, Limit, RateLimiter};
 use crate::secret::CodeKey;
 use crate::sms::{SmsError, SmsGateway};
@@ -91,6 +93,15 @@ pub enum ServiceError {
     /// A query parameter is out of bounds; the message names it.
     #[error("{0}")]
     InvalidParameter(String),
+    /// Push notifications are off on this server.
+    #[error("This server does not send push notifications.")]
+    PushDisabled,
+    /// The push endpoint may not be used; the message says why.
+    #[error("{0}")]
+    InvalidPushEndpoint(String),
+    /// The device has no push channel.
+    #[error("This device has no push channel.")]
+    PushChannelNotFound,
     /// A rate limit refused the request.
     #[error("Too many requests; try again in {} seconds.", .0.retry_after.as_secs())]
     RateLimited(Denied),
@@ -178,6 +189,8 @@ struct Inner {
     code_key: CodeKey,
     /// Blobs, staging files and thumbnail workers.
     media: media::MediaEngine,
+    /// Push channels, planning and delivery.
+    push: self::push::PushState,
 }
 
 /// How long a device's `last_active_at` may lag: at most one write per
@@ -187,6 +200,7 @@ const ACTIVITY_RESOLUTION: Duration = Duration::from_secs(60);
 impl Services {
     /// Wires the services to their engines; loads (or creates) the code key
     /// and prepares the upload staging directory (`uploads/` in the data dir).
+    /// `push` is `None` when push notifications are off.
     ///
     /// # Errors
     /// When the store cannot provide the key or the staging directory
@@ -198,6 +212,7 @@ impl Services {
         limiter: Arc<dyn RateLimiter>,
         blobs: Blobs,
         config: Arc<Config>,
+        push: Option<Arc<dyn PushGateway>>,
     ) -> Result<Self, StoreError> {
         let bytes = store
             .server_secret(
@@ -215,6 +230,7 @@ impl Services {
                 staging.display()
             ))
         })?;
+        let push = self::push::PushState::new(push, config.limits.push_queue_depth);
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -224,6 +240,7 @@ impl Services {
                 config,
                 code_key,
                 media,
+                push,
             }),
         })
     }

@@ -52,6 +52,8 @@ impl Services {
             self.announce_presence(who.user, PresenceStatus::Online, None)
                 .await;
         }
+        // It syncs now; a push waiting for it would only be noise.
+        self.cancel_push(who.device);
         Ok(LiveConnection {
             id: reg.id,
             outbound: reg.outbound,

@@ -641,6 +641,89 @@ pub enum SearchOutcome {
     BadQuery(String),
 }
 
+/// A device's push channel, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushChannelRecord {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The protocol and where to send.
+    pub target: crate::push::PushTarget,
+    /// When it was registered.
+    pub created_at: Timestamp,
+}
+
+/// A push to queue for one device, coalescing with one already waiting.
+#[derive(Debug, Clone)]
+pub struct NewPush {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its user.
+    pub user_id: UserId,
+    /// The chat of the new message.
+    pub chat_id: ChatId,
+    /// The user's pts of the new message.
+    pub pts: i64,
+    /// Sender name and excerpt, only when previews are allowed for it.
+    pub preview: Option<(String, String)>,
+    /// Time.
+    pub now: Timestamp,
+}
+
+/// A push claimed for sending.
+#[derive(Debug, Clone)]
+pub struct PendingPush {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its user.
+    pub user_id: UserId,
+    /// The chat, or `None` when the messages are in several chats.
+    pub chat_id: Option<ChatId>,
+    /// Messages it stands for.
+    pub count: i64,
+    /// The pts to sync from.
+    pub since_pts: i64,
+    /// The pts of the latest message it covers.
+    pub last_pts: i64,
+    /// The latest message's preview, if allowed.
+    pub preview: Option<(String, String)>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Changes with each coalesced message; tells whether more arrived
+    /// while this one was being sent.
+    pub version: i64,
+    /// Where it goes.
+    pub channel: PushChannelRecord,
+}
+
+/// What became of a claimed push.
+#[derive(Debug, Clone)]
+pub enum PushFinished {
+    /// Sent, or given up on: remove it, unless more messages arrived
+    /// meanwhile (then keep those as a new burst starting `now`).
+    Settled {
+        /// The version that was claimed.
+        version: i64,
+        /// The count that was claimed.
+        count: i64,
+        /// The last pts that was claimed.
+        last_pts: i64,
+        /// Time.
+        now: Timestamp,
+    },
+    /// Try again at `at`.
+    Retry {
+        /// When.
+        at: Timestamp,
+    },
+    /// Remove it and anything that joined it (the device came online).
+    Drop,
+    /// The channel is gone: remove it (if it still has this endpoint) and the push.
+    Gone {
+        /// The endpoint that answered 404/410.
+        endpoint: String,
+    },
+}
+
 /// Which part of a history to read.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryQuery {
@@ -866,4 +949,43 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         unreferenced_before: Timestamp,
         limit: usize,
     ) -> StoreResult<CollectedMedia>;
+    /// Sets a device's push channel, replacing any earlier one (pending
+    /// pushes stay). `None` if the device is not `user`'s; otherwise whether
+    /// the channel is new.
+    async fn put_push_channel(
+        &self,
+        user: UserId,
+        channel: PushChannelRecord,
+    ) -> StoreResult<Option<bool>>;
+
+    /// Removes a device's push channel and its pending push. False if it had none
+    /// (or is not `user`'s).
+    async fn delete_push_channel(&self, user: UserId, device: DeviceId) -> StoreResult<bool>;
+
+    /// The devices of these users that have a push channel.
+    async fn push_devices(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, DeviceId)>>;
+
+    /// Queues pushes, each coalescing into its device's waiting push (count
+    /// plus one, chat kept only if the same, latest preview).
+    async fn queue_pushes(&self, pushes: Vec<NewPush>) -> StoreResult<()>;
+
+    /// When the earliest waiting push is due: `window_ms` after its burst
+    /// began, or at its retry time.
+    async fn next_push_due(&self, window_ms: i64) -> StoreResult<Option<Timestamp>>;
+
+    /// Claims up to `limit` pushes due at `now`: each is leased until
+    /// `lease_until` (after a crash it is retried then).
+    async fn claim_pushes(
+        &self,
+        now: Timestamp,
+        window_ms: i64,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingPush>>;
+
+    /// Records what became of a claimed push.
+    async fn finish_push(&self, device: DeviceId, outcome: PushFinished) -> StoreResult<()>;
+
+    /// Removes a device's waiting push (it came online); true if there was one.
+    async fn cancel_push(&self, device: DeviceId) -> StoreResult<bool>;
 }

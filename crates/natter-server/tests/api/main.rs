@@ -16,6 +16,8 @@
 //! - `restart`: what survives a restart.
 //! - `search`: message, chat and contact search.
 //! - `media`: uploads (plain and tus), downloads, thumbnails, media in messages and profiles, garbage collection.
+//! - `push`: push channels, delivery to offline devices, SSRF refusals.
+//! - `push_service`: the local push service the push tests talk to (a helper).
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
 
 #![allow(
@@ -34,6 +36,8 @@ mod media;
 mod messages;
 mod ops;
 mod profiles;
+mod push;
+mod push_service;
 mod rate_limits;
 mod realtime;
 mod restart;

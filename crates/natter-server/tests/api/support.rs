@@ -250,6 +250,30 @@ impl TestApp {
         out
     }
 
+    /// Like [`TestApp::restart`], with the configuration adjusted first.
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Config)) {
+        adjust(&mut self.config);
+        self.restart().await;
+    }
+
+    /// The sum of a metric's samples whose line starts with `prefix`
+    /// (name and, optionally, labels), from `/metrics`.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The server's data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         &self.config.data_dir

@@ -7,6 +7,7 @@
 mod chats;
 mod engine;
 mod media;
+mod push;
 pub mod search;
 
 use std::path::Path;
@@ -22,8 +23,9 @@ use super::{
     ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, CollectedMedia, ContactAdded,
     ContactEntry, Device, FinishedMedia, HistoryQuery, LogEntry, LoggedIn, Login, MediaCreated,
     MediaRecord, Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage,
-    NewVerificationCode, Posted, ProfilePatch, Receipt, ReceiptChange, Registered, Registration,
-    Relation, SearchOutcome, SearchQuery, Store, StoreError, StoreResult, StoredUpdate, User,
+    NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord,
+    PushFinished, Receipt, ReceiptChange, Registered, Registration, Relation, SearchOutcome,
+    SearchQuery, Store, StoreError, StoreResult, StoredUpdate, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -37,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_receipt_updates.sql"),
     include_str!("migrations/0004_search.sql"),
     include_str!("migrations/0005_media.sql"),
+    include_str!("migrations/0006_push.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -883,6 +886,78 @@ impl Store for SqliteStore {
             })
             .await
     }
+
+    async fn put_push_channel(
+        &self,
+        user: UserId,
+        channel: PushChannelRecord,
+    ) -> StoreResult<Option<bool>> {
+        self.writer
+            .write(move |c| push::put_channel(c, user, &channel).map_err(db_err))
+            .await
+    }
+
+    async fn delete_push_channel(&self, user: UserId, device: DeviceId) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| push::delete_channel(c, user, device).map_err(db_err))
+            .await
+    }
+
+    async fn push_devices(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, DeviceId)>> {
+        self.readers
+            .read(move |c| push::devices_with_channel(c, &users).map_err(db_err))
+            .await
+    }
+
+    async fn queue_pushes(&self, pushes: Vec<NewPush>) -> StoreResult<()> {
+        self.writer
+            .write(move |c| {
+                for p in &pushes {
+                    push::queue(c, p).map_err(db_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn next_push_due(&self, window_ms: i64) -> StoreResult<Option<Timestamp>> {
+        self.readers
+            .read(move |c| push::next_due(c, window_ms).map_err(db_err))
+            .await
+    }
+
+    async fn claim_pushes(
+        &self,
+        now: Timestamp,
+        window_ms: i64,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingPush>> {
+        self.writer
+            .write(move |c| push::claim(c, now, window_ms, lease_until, limit).map_err(db_err))
+            .await
+    }
+
+    async fn finish_push(&self, device: DeviceId, outcome: PushFinished) -> StoreResult<()> {
+        self.writer
+            .write(move |c| push::finish(c, device, &outcome).map_err(db_err))
+            .await
+    }
+
+    async fn cancel_push(&self, device: DeviceId) -> StoreResult<bool> {
+        // Called at every connect: most devices have nothing waiting, and a
+        // read keeps them off the writer.
+        let waiting = self
+            .readers
+            .read(move |c| push::is_waiting(c, device).map_err(db_err))
+            .await?;
+        if !waiting {
+            return Ok(false);
+        }
+        self.writer
+            .write(move |c| push::cancel(c, device).map_err(db_err))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -974,6 +1049,146 @@ mod tests {
             (17..=21).collect::<Vec<_>>()
         );
         assert_eq!(store.prune_updates(5).await.unwrap(), 0);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_burst_coalesces_into_one_push_and_late_arrivals_survive_the_send() {
+        use crate::push::PushTarget;
+        use crate::store::{NewPush, PushChannelRecord, PushFinished};
+        use natter_proto::push::PushKind;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let a = user(&store, 1).await;
+        let device = store.devices(a).await.unwrap()[0].id;
+        let channel = PushChannelRecord {
+            device_id: device,
+            target: PushTarget {
+                kind: PushKind::Unifiedpush,
+                endpoint: "https://up.example.com/x".into(),
+                p256dh: None,
+                auth: None,
+            },
+            created_at: Timestamp(0),
+        };
+        assert_eq!(
+            store
+                .put_push_channel(UserId::new(), channel.clone())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store.put_push_channel(a, channel.clone()).await.unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            store.put_push_channel(a, channel).await.unwrap(),
+            Some(false)
+        );
+        let (c1, c2) = (ChatId::new(), ChatId::new());
+        let push = |chat, pts, now| NewPush {
+            device_id: device,
+            user_id: a,
+            chat_id: chat,
+            pts,
+            preview: None,
+            now: Timestamp(now),
+        };
+        store
+            .queue_pushes(vec![
+                push(c1, 5, 1000),
+                push(c1, 6, 1100),
+                push(c1, 7, 1200),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.next_push_due(500).await.unwrap(),
+            Some(Timestamp(1500))
+        );
+        assert!(
+            store
+                .claim_pushes(Timestamp(1499), 500, Timestamp(9999), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let claimed = store
+            .claim_pushes(Timestamp(1500), 500, Timestamp(9000), 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let p = &claimed[0];
+        assert_eq!(
+            (p.count, p.since_pts, p.last_pts, p.chat_id),
+            (3, 4, 7, Some(c1))
+        );
+        // Leased: not claimable again until the lease ends.
+        assert_eq!(
+            store.next_push_due(500).await.unwrap(),
+            Some(Timestamp(9000))
+        );
+        // Another chat's message arrives while it is being sent.
+        store.queue_pushes(vec![push(c2, 8, 1600)]).await.unwrap();
+        store
+            .finish_push(
+                device,
+                PushFinished::Settled {
+                    version: p.version,
+                    count: p.count,
+                    last_pts: p.last_pts,
+                    now: Timestamp(2000),
+                },
+            )
+            .await
+            .unwrap();
+        let rest = store
+            .claim_pushes(Timestamp(2500), 500, Timestamp(9000), 10)
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(
+            (rest[0].count, rest[0].since_pts, rest[0].last_pts),
+            (1, 7, 8)
+        );
+        assert_eq!(rest[0].chat_id, None, "two chats in the burst");
+        store
+            .finish_push(
+                device,
+                PushFinished::Settled {
+                    version: rest[0].version,
+                    count: 1,
+                    last_pts: 8,
+                    now: Timestamp(2600),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.next_push_due(500).await.unwrap(), None);
+        // 410: the channel goes, unless the endpoint changed meanwhile.
+        store.queue_pushes(vec![push(c1, 9, 3000)]).await.unwrap();
+        store
+            .finish_push(
+                device,
+                PushFinished::Gone {
+                    endpoint: "https://other.example.com/".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.push_devices(vec![a]).await.unwrap().len(), 1);
+        store
+            .finish_push(
+                device,
+                PushFinished::Gone {
+                    endpoint: "https://up.example.com/x".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(store.push_devices(vec![a]).await.unwrap().is_empty());
         store.close().await;
     }
 }
