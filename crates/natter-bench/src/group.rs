@@ -86,7 +86,15 @@ async fn drive(
         .to_string();
     let tokens: Vec<String> = users.iter().map(|u| u.token.clone()).collect();
     let bar = progress(tokens.len() as u64, "connecting", quiet);
-    let sockets = connect_all(target.addr, &tokens, 64, common.source_addrs, &bar).await?;
+    let sockets = connect_all(
+        target.addr,
+        &tokens,
+        64,
+        common.source_addrs,
+        natter_client::SMALL_BUFFER_BYTES,
+        &bar,
+    )
+    .await?;
     bar.finish_and_clear();
 
     let sent: Arc<Vec<AtomicU64>> =

@@ -72,6 +72,7 @@ pub(crate) async fn run(common: &Common, args: &IdleArgs) -> BenchResult<Report>
         &tokens,
         args.concurrency,
         common.source_addrs,
+        natter_client::SMALL_BUFFER_BYTES,
         &bar,
     )
     .await;

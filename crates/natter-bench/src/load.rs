@@ -143,6 +143,7 @@ pub(crate) async fn connect_all(
     tokens: &[String],
     concurrency: usize,
     source_addrs: u8,
+    buffer: usize,
     bar: &ProgressBar,
 ) -> BenchResult<Vec<(Socket, i64)>> {
     let local = server.ip().is_loopback() && server.is_ipv4();
@@ -152,7 +153,7 @@ pub(crate) async fn connect_all(
                 let bar = bar.clone();
                 async move {
                     let from = local.then(|| source_ip(i, source_addrs));
-                    let s = Socket::connect(server, from, token, STEP_TIMEOUT).await?;
+                    let s = Socket::connect_with(server, from, token, STEP_TIMEOUT, buffer).await?;
                     bar.inc(1);
                     Ok(s)
                 }

@@ -478,7 +478,15 @@ async fn pairs_on(
         }
     };
     let bar = progress(tokens.len() as u64, "connecting", quiet);
-    let sockets = connect_all(target.addr, &tokens, 64, common.source_addrs, &bar).await?;
+    let sockets = connect_all(
+        target.addr,
+        &tokens,
+        64,
+        common.source_addrs,
+        natter_client::BUFFER_BYTES,
+        &bar,
+    )
+    .await?;
     bar.finish_and_clear();
     let mut sockets = sockets.into_iter();
     let mut pairs = Vec::with_capacity(args.pairs);

@@ -111,7 +111,15 @@ async fn drive(
     }
     let tokens: Vec<String> = users[1..].iter().map(|u| u.token.clone()).collect();
     let bar = progress(tokens.len() as u64, "connecting", quiet);
-    let sockets = connect_all(target.addr, &tokens, 16, common.source_addrs, &bar).await?;
+    let sockets = connect_all(
+        target.addr,
+        &tokens,
+        16,
+        common.source_addrs,
+        natter_client::BUFFER_BYTES,
+        &bar,
+    )
+    .await?;
     bar.finish_and_clear();
 
     let per_sender = args.messages.div_ceil(senders as u64);

@@ -27,6 +27,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// Largest WebSocket message this client accepts: well above the server's
 /// largest frame (a sync page), far below tungstenite's 64 MiB default.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// WebSocket read and write buffer per connection for [`Socket::connect`]:
+/// large, for throughput (tungstenite's default is 128 KiB).
+pub const BUFFER_BYTES: usize = 64 * 1024;
+/// A small buffer for [`Socket::connect_with`] when holding many idle
+/// connections, as the server's default.
+pub const SMALL_BUFFER_BYTES: usize = 4096;
 
 /// What went wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +231,8 @@ pub struct SocketReader {
 
 impl Socket {
     /// Opens a WebSocket to `server` at `path` (no authentication yet), from
-    /// `local` if given (port chosen by the kernel), within `timeout`.
+    /// `local` if given (port chosen by the kernel), within `timeout`, with
+    /// read and write buffers of `buffer` bytes.
     ///
     /// # Errors
     /// Connect, upgrade or timeout failures.
@@ -234,6 +241,7 @@ impl Socket {
         path: &str,
         local: Option<IpAddr>,
         timeout: Duration,
+        buffer: usize,
     ) -> ClientResult<Self> {
         let connect = async {
             let socket = if server.is_ipv4() {
@@ -250,6 +258,8 @@ impl Socket {
             let mut config = WebSocketConfig::default();
             config.max_message_size = Some(MAX_MESSAGE_BYTES);
             config.max_frame_size = Some(MAX_MESSAGE_BYTES);
+            config.read_buffer_size = buffer;
+            config.write_buffer_size = buffer;
             let (ws, _) =
                 tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
             Ok::<_, ClientError>(Self { ws })
@@ -270,7 +280,21 @@ impl Socket {
         token: &str,
         timeout: Duration,
     ) -> ClientResult<(Self, i64)> {
-        let mut socket = Self::open(server, "/api/v1/ws", local, timeout).await?;
+        Self::connect_with(server, local, token, timeout, BUFFER_BYTES).await
+    }
+
+    /// As [`Socket::connect`], with read and write buffers of `buffer` bytes.
+    ///
+    /// # Errors
+    /// Connect, upgrade, authentication or timeout failures.
+    pub async fn connect_with(
+        server: SocketAddr,
+        local: Option<IpAddr>,
+        token: &str,
+        timeout: Duration,
+        buffer: usize,
+    ) -> ClientResult<(Self, i64)> {
+        let mut socket = Self::open(server, "/api/v1/ws", local, timeout, buffer).await?;
         socket
             .send(&ClientFrame::Auth {
                 token: token.to_owned(),

@@ -80,12 +80,12 @@ pub(crate) async fn upgrade(
 async fn run(app: AppState, mut socket: WebSocket, principal: Option<Principal>) {
     let who = match principal {
         Some(p) => p,
-        None => match authenticate(&app, &mut socket).await {
+        None => match Box::pin(authenticate(&app, &mut socket)).await {
             Some(p) => p,
             None => return,
         },
     };
-    let live = match app.services.connect(&who).await {
+    let live = match Box::pin(app.services.connect(&who)).await {
         Ok(live) => live,
         Err(e) => {
             let e = ApiError::from(e);
@@ -109,7 +109,7 @@ async fn run(app: AppState, mut socket: WebSocket, principal: Option<Principal>)
     if gateway.send(&connected).await.is_ok() {
         let _ = gateway.serve(live).await;
     }
-    app.services.disconnect(&who, id).await;
+    Box::pin(app.services.disconnect(&who, id)).await;
 }
 
 /// Waits for the `auth` frame; closes with `close::UNAUTHORIZED` otherwise.
@@ -181,12 +181,14 @@ impl Gateway {
                             None => break,
                         }
                     }
-                    if self.incoming(id, ready).await? == Flow::Stop {
+                    // Boxed (here and below): the rarely reached states would
+                    // otherwise size every idle connection's task.
+                    if Box::pin(self.incoming(id, ready)).await? == Flow::Stop {
                         return Ok(());
                     }
                 }
                 out = outbound.recv() => match out {
-                    Some(Outbound::Update { pts, frame }) => self.deliver(pts, &frame).await?,
+                    Some(Outbound::Update { pts, frame }) => Box::pin(self.deliver(pts, &frame)).await?,
                     Some(Outbound::Signal(frame)) => self.send_text(&frame).await?,
                     None => return Ok(()),
                 },
