@@ -66,6 +66,10 @@ pub struct Common {
     /// Pin this load generator to these CPUs (`taskset -c` list).
     #[arg(long, global = true, value_name = "CPUS")]
     pub client_cpus: Option<String>,
+    /// Extra configuration for the started server, as `NATTER_*=value`
+    /// (repeatable), e.g. `--server-env NATTER_LIMITS__SYNC_PAGE_SIZE=1000`.
+    #[arg(long, global = true, value_name = "NATTER_KEY=VALUE")]
+    pub server_env: Vec<String>,
     /// Print one JSON object instead of the table.
     #[arg(long, global = true)]
     pub json: bool,

@@ -122,6 +122,18 @@ impl Target {
                 cmd.arg("serve")
                     .env("NATTER_DATA_DIR", dir.path().join("data"))
                     .envs(bench_env(sms_url));
+                for pair in &common.server_env {
+                    match pair.split_once('=') {
+                        Some((k, v)) if k.starts_with("NATTER_") => {
+                            cmd.env(k, v);
+                        }
+                        _ => {
+                            return Err(BenchError::Other(format!(
+                                "--server-env takes NATTER_KEY=VALUE, not {pair}"
+                            )));
+                        }
+                    }
+                }
             }
             Kind::Baseline => {
                 cmd.arg("baseline-relay").arg("--listen").arg("127.0.0.1:0");
