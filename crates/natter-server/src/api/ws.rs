@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt as _;
+use futures_util::{FutureExt as _, SinkExt as _};
 use natter_proto::ErrorCode;
 use natter_proto::ws::{ClientFrame, ServerFrame, close};
 use tokio::time::Instant;
@@ -188,8 +188,27 @@ impl Gateway {
                     }
                 }
                 out = outbound.recv() => match out {
-                    Some(Outbound::Update { pts, frame }) => Box::pin(self.deliver(pts, &frame)).await?,
-                    Some(Outbound::Signal(frame)) => self.send_text(&frame).await?,
+                    Some(first) => {
+                        // Frames already queued go out with one flush (one
+                        // write to the socket instead of one each), bounded.
+                        let mut next = Some(first);
+                        let mut taken = 0;
+                        while let Some(out) = next {
+                            match out {
+                                Outbound::Update { pts, frame } => {
+                                    Box::pin(self.deliver(pts, &frame)).await?;
+                                }
+                                Outbound::Signal(frame) => self.feed_text(&frame).await?,
+                            }
+                            taken += 1;
+                            next = if taken < READY_FRAMES_MAX {
+                                outbound.try_recv().ok()
+                            } else {
+                                None
+                            };
+                        }
+                        self.flush().await?;
+                    }
                     None => return Ok(()),
                 },
                 changed = kicked.changed() => {
@@ -315,7 +334,7 @@ impl Gateway {
                 }
             }
         }
-        Ok(())
+        self.flush().await
     }
 
     /// Handles one client frame other than `send_message`. Errors go back
@@ -418,9 +437,10 @@ impl Gateway {
                 if pts > self.live_from {
                     break;
                 }
-                self.send_text(&frame).await?;
+                self.feed_text(&frame).await?;
                 cursor = pts;
             }
+            self.flush().await?;
             if cursor == before {
                 break;
             }
@@ -429,7 +449,8 @@ impl Gateway {
         self.send(&ServerFrame::SyncDone { pts: delivered }).await
     }
 
-    /// Delivers an update in pts order (see the module docs).
+    /// Delivers an update in pts order (see the module docs). Buffered:
+    /// the caller flushes.
     async fn deliver(&mut self, pts: i64, frame: &str) -> Result<(), Closed> {
         if pts < self.next_pts {
             return Ok(());
@@ -437,7 +458,7 @@ impl Gateway {
         if pts > self.next_pts {
             self.fill_gap(pts).await?;
         }
-        self.send_text(frame).await?;
+        self.feed_text(frame).await?;
         self.next_pts = pts + 1;
         Ok(())
     }
@@ -466,7 +487,7 @@ impl Gateway {
                 if pts >= before {
                     break;
                 }
-                self.send_text(&frame).await?;
+                self.feed_text(&frame).await?;
                 self.next_pts = pts + 1;
             }
             // The store cannot fill the gap (nothing there): rather than
@@ -482,6 +503,18 @@ impl Gateway {
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), Closed> {
         let text = render::text(frame);
         self.send_text(&text).await
+    }
+
+    /// Queues a frame without flushing; [`Gateway::flush`] sends what is queued.
+    async fn feed_text(&mut self, text: &str) -> Result<(), Closed> {
+        self.socket
+            .feed(WsMessage::Text(Utf8Bytes::from(text)))
+            .await
+            .map_err(|_| Closed)
+    }
+
+    async fn flush(&mut self) -> Result<(), Closed> {
+        self.socket.flush().await.map_err(|_| Closed)
     }
 
     async fn send_text(&mut self, text: &str) -> Result<(), Closed> {
