@@ -247,7 +247,9 @@ pub struct Limits {
     pub ws_queue_depth: usize,
     /// Largest WebSocket message (and frame) a client may send, in bytes.
     pub ws_max_message_bytes: usize,
-    /// WebSocket read buffer per connection, in bytes.
+    /// WebSocket read buffer per connection, in bytes. Small, because every
+    /// idle connection holds one and client frames are small; a larger
+    /// frame is read in several chunks.
     pub ws_read_buffer_bytes: usize,
     /// WebSocket write buffer per connection, in bytes.
     pub ws_write_buffer_bytes: usize,
@@ -294,7 +296,7 @@ impl Default for Limits {
             sync_page_size: 200,
             ws_queue_depth: 1024,
             ws_max_message_bytes: 64 * 1024,
-            ws_read_buffer_bytes: 4096,
+            ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 4096,
             ws_auth_timeout_secs: 5,
             ws_ping_interval_secs: 30,

@@ -1,4 +1,5 @@
-//! `natter`: the one binary. `natter serve` runs the server.
+//! `natter`: the one binary. `natter serve` runs the server; `natter bench`
+//! is the load tool (crate `natter-bench`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// The load tool: starts a server (or uses `--url`), drives a scenario
+    /// on loopback and reports (see docs/benchmarks.md).
+    Bench(natter_bench::BenchArgs),
+    /// The bare relay the `baseline` scenario measures (no auth, no storage).
+    #[command(hide = true)]
+    BaselineRelay {
+        /// Address and port to listen on.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +53,29 @@ fn main() -> ExitCode {
             listen,
             data_dir,
         } => serve(config, listen, data_dir),
+        Command::Bench(args) => natter_bench::run(args),
+        Command::BaselineRelay { listen } => baseline_relay(listen),
+    }
+}
+
+fn baseline_relay(listen: SocketAddr) -> ExitCode {
+    natter_bench::raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("natter: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(natter_bench::baseline::serve(listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natter: baseline relay: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -62,6 +96,11 @@ fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>, data_dir: Option<Pat
     if let Err(e) = init_logging(&config) {
         eprintln!("natter: invalid configuration: `log` {e}");
         return ExitCode::from(2);
+    }
+    // Every connection is a file descriptor; the soft limit (often 1024) is
+    // far below what the server can hold, the hard limit is the operator's.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

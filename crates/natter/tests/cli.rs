@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// `natter bench`: every scenario, tiny, checking the JSON and the counts.
+#[path = "cli/bench.rs"]
+mod bench;
+
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A running `natter` process, killed if the test ends early.

@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use futures_util::{FutureExt as _, SinkExt as _};
 use natter_proto::ErrorCode;
 use natter_proto::ws::{ClientFrame, ServerFrame, close};
 use tokio::time::Instant;
@@ -27,6 +28,19 @@ use crate::service::{LiveConnection, Principal, render};
 
 /// The connection is over (closed by either side or failed).
 struct Closed;
+
+/// Whether the connection goes on after a batch of frames.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Most client frames taken from the socket at once. A run of
+/// `send_message` among them goes to the store together (one group commit
+/// instead of one each); bounded so one busy client cannot starve delivery
+/// to its own connection for long.
+const READY_FRAMES_MAX: usize = 64;
 
 /// Opens the WebSocket. An `Authorization: Bearer` header authenticates the
 /// upgrade (a bad one is a 401 before upgrading); without it the first frame
@@ -66,12 +80,12 @@ pub(crate) async fn upgrade(
 async fn run(app: AppState, mut socket: WebSocket, principal: Option<Principal>) {
     let who = match principal {
         Some(p) => p,
-        None => match authenticate(&app, &mut socket).await {
+        None => match Box::pin(authenticate(&app, &mut socket)).await {
             Some(p) => p,
             None => return,
         },
     };
-    let live = match app.services.connect(&who).await {
+    let live = match Box::pin(app.services.connect(&who)).await {
         Ok(live) => live,
         Err(e) => {
             let e = ApiError::from(e);
@@ -95,7 +109,7 @@ async fn run(app: AppState, mut socket: WebSocket, principal: Option<Principal>)
     if gateway.send(&connected).await.is_ok() {
         let _ = gateway.serve(live).await;
     }
-    app.services.disconnect(&who, id).await;
+    Box::pin(app.services.disconnect(&who, id)).await;
 }
 
 /// Waits for the `auth` frame; closes with `close::UNAUTHORIZED` otherwise.
@@ -156,30 +170,45 @@ impl Gateway {
             tokio::select! {
                 incoming = self.socket.recv() => {
                     last_heard = Instant::now();
-                    match incoming {
-                        Some(Ok(WsMessage::Text(text))) => self.handle(id, &text).await?,
-                        Some(Ok(WsMessage::Binary(_))) => {
-                            self.error(ErrorCode::ValidationFailed, "Send JSON text frames.").await?;
+                    // Frames the client has already sent are taken together,
+                    // so a run of `send_message` shares group commits.
+                    let mut ready = vec![incoming];
+                    while ready.len() < READY_FRAMES_MAX
+                        && matches!(ready.last(), Some(Some(Ok(WsMessage::Text(_)))))
+                    {
+                        match self.socket.recv().now_or_never() {
+                            Some(next) => ready.push(next),
+                            None => break,
                         }
-                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                        Some(Ok(WsMessage::Close(_))) | None => return Ok(()),
-                        Some(Err(e)) => {
-                            let e = e.into_inner();
-                            let too_big = matches!(
-                                e.downcast_ref::<tungstenite::Error>(),
-                                Some(tungstenite::Error::Capacity(_))
-                            );
-                            if too_big {
-                                let _ = close_with(&mut self.socket, 1009, "frame too large").await;
-                            }
-                            tracing::debug!(error = %e, "WebSocket read failed");
-                            return Err(Closed);
-                        }
+                    }
+                    // Boxed (here and below): the rarely reached states would
+                    // otherwise size every idle connection's task.
+                    if Box::pin(self.incoming(id, ready)).await? == Flow::Stop {
+                        return Ok(());
                     }
                 }
                 out = outbound.recv() => match out {
-                    Some(Outbound::Update { pts, frame }) => self.deliver(pts, &frame).await?,
-                    Some(Outbound::Signal(frame)) => self.send_text(&frame).await?,
+                    Some(first) => {
+                        // Frames already queued go out with one flush (one
+                        // write to the socket instead of one each), bounded.
+                        let mut next = Some(first);
+                        let mut taken = 0;
+                        while let Some(out) = next {
+                            match out {
+                                Outbound::Update { pts, frame } => {
+                                    Box::pin(self.deliver(pts, &frame)).await?;
+                                }
+                                Outbound::Signal(frame) => self.feed_text(&frame).await?,
+                            }
+                            taken += 1;
+                            next = if taken < READY_FRAMES_MAX {
+                                outbound.try_recv().ok()
+                            } else {
+                                None
+                            };
+                        }
+                        self.flush().await?;
+                    }
                     None => return Ok(()),
                 },
                 changed = kicked.changed() => {
@@ -200,38 +229,61 @@ impl Gateway {
         }
     }
 
-    /// Handles one client frame. Errors go back as `error` frames; only a
-    /// failed socket ends the connection.
-    async fn handle(&mut self, conn: crate::bus::ConnId, text: &str) -> Result<(), Closed> {
-        let frame = match serde_json::from_str::<ClientFrame>(text) {
-            Ok(frame) => frame,
-            Err(e) => {
-                let code = if e.is_data() {
-                    ErrorCode::ValidationFailed
-                } else {
-                    ErrorCode::InvalidJson
-                };
-                return self.error(code, &format!("Invalid frame: {e}.")).await;
-            }
-        };
-        let services = self.app.services.clone();
-        let who = self.who;
-        let outcome = match frame {
-            ClientFrame::Auth { .. } => Ok(Some(ServerFrame::Error {
-                code: ErrorCode::ValidationFailed,
-                message: "Already authenticated.".to_owned(),
-            })),
-            ClientFrame::Ping => Ok(Some(ServerFrame::Pong)),
-            ClientFrame::SendMessage {
-                chat_id,
-                content,
-                ciphertext,
-                message_type,
-                client_message_id,
-                reply_to,
-                timestamp,
-            } => {
-                let req = natter_proto::chats::SendMessage {
+    /// Handles what the socket gave, in order: runs of `send_message` go to
+    /// the store together, everything else one by one.
+    async fn incoming(
+        &mut self,
+        conn: crate::bus::ConnId,
+        ready: Vec<Option<Result<WsMessage, axum::Error>>>,
+    ) -> Result<Flow, Closed> {
+        let mut sends = Vec::new();
+        for incoming in ready {
+            let frame = match incoming {
+                Some(Ok(WsMessage::Text(text))) => match serde_json::from_str::<ClientFrame>(&text)
+                {
+                    Ok(frame) => Ok(frame),
+                    Err(e) => {
+                        let code = if e.is_data() {
+                            ErrorCode::ValidationFailed
+                        } else {
+                            ErrorCode::InvalidJson
+                        };
+                        Err((code, format!("Invalid frame: {e}.")))
+                    }
+                },
+                Some(Ok(WsMessage::Binary(_))) => Err((
+                    ErrorCode::ValidationFailed,
+                    "Send JSON text frames.".to_owned(),
+                )),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(WsMessage::Close(_))) | None => {
+                    self.send_many(conn, &mut sends).await?;
+                    return Ok(Flow::Stop);
+                }
+                Some(Err(e)) => {
+                    self.send_many(conn, &mut sends).await?;
+                    let e = e.into_inner();
+                    let too_big = matches!(
+                        e.downcast_ref::<tungstenite::Error>(),
+                        Some(tungstenite::Error::Capacity(_))
+                    );
+                    if too_big {
+                        let _ = close_with(&mut self.socket, 1009, "frame too large").await;
+                    }
+                    tracing::debug!(error = %e, "WebSocket read failed");
+                    return Err(Closed);
+                }
+            };
+            match frame {
+                Ok(ClientFrame::SendMessage {
+                    chat_id,
+                    content,
+                    ciphertext,
+                    message_type,
+                    client_message_id,
+                    reply_to,
+                    timestamp,
+                }) => sends.push(natter_proto::chats::SendMessage {
                     chat_id,
                     content,
                     ciphertext,
@@ -240,16 +292,86 @@ impl Gateway {
                     client_message_id,
                     reply_to,
                     media_id: None,
-                };
-                match services.send_from_connection(&who, conn, req).await {
-                    // The confirmation takes its place in pts order; if a gap fill
-                    // already sent that update as `new_message`, it still goes out.
-                    Ok((Some(pts), frame)) if pts >= self.next_pts => {
-                        return self.deliver_frame(pts, &frame).await;
-                    }
-                    Ok((_, frame)) => Ok(Some(frame)),
-                    Err(e) => Err(e),
+                }),
+                Ok(frame) => {
+                    self.send_many(conn, &mut sends).await?;
+                    self.handle(conn, frame).await?;
                 }
+                Err((code, message)) => {
+                    self.send_many(conn, &mut sends).await?;
+                    self.error(code, &message).await?;
+                }
+            }
+        }
+        self.send_many(conn, &mut sends).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Sends the collected messages (in order) and answers each.
+    async fn send_many(
+        &mut self,
+        conn: crate::bus::ConnId,
+        sends: &mut Vec<natter_proto::chats::SendMessage>,
+    ) -> Result<(), Closed> {
+        if sends.is_empty() {
+            return Ok(());
+        }
+        let services = self.app.services.clone();
+        let answers = services
+            .send_many_from_connection(&self.who, conn, std::mem::take(sends))
+            .await;
+        for answer in answers {
+            match answer {
+                // The confirmation takes its place in pts order; if a gap fill
+                // already sent that update as `new_message`, it still goes out.
+                Ok((Some(pts), frame)) if pts >= self.next_pts => {
+                    self.deliver_frame(pts, &frame).await?;
+                }
+                Ok((_, frame)) => self.send(&frame).await?,
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    self.error(e.code(), e.message()).await?;
+                }
+            }
+        }
+        self.flush().await
+    }
+
+    /// Handles one client frame other than `send_message`. Errors go back
+    /// as `error` frames; only a failed socket ends the connection.
+    async fn handle(&mut self, conn: crate::bus::ConnId, frame: ClientFrame) -> Result<(), Closed> {
+        let services = self.app.services.clone();
+        let who = self.who;
+        let outcome = match frame {
+            ClientFrame::Auth { .. } => Ok(Some(ServerFrame::Error {
+                code: ErrorCode::ValidationFailed,
+                message: "Already authenticated.".to_owned(),
+            })),
+            ClientFrame::Ping => Ok(Some(ServerFrame::Pong)),
+            ClientFrame::SendMessage { .. } => {
+                let mut sends = Vec::new();
+                if let ClientFrame::SendMessage {
+                    chat_id,
+                    content,
+                    ciphertext,
+                    message_type,
+                    client_message_id,
+                    reply_to,
+                    timestamp,
+                } = frame
+                {
+                    sends.push(natter_proto::chats::SendMessage {
+                        chat_id,
+                        content,
+                        ciphertext,
+                        message_type,
+                        timestamp,
+                        client_message_id,
+                        reply_to,
+                        media_id: None,
+                    });
+                }
+                return self.send_many(conn, &mut sends).await;
             }
             ClientFrame::Sync { since } => return self.sync(since).await,
             ClientFrame::Ack { pts } => services.ack(&who, pts).await.map(|()| None),
@@ -315,9 +437,10 @@ impl Gateway {
                 if pts > self.live_from {
                     break;
                 }
-                self.send_text(&frame).await?;
+                self.feed_text(&frame).await?;
                 cursor = pts;
             }
+            self.flush().await?;
             if cursor == before {
                 break;
             }
@@ -326,7 +449,8 @@ impl Gateway {
         self.send(&ServerFrame::SyncDone { pts: delivered }).await
     }
 
-    /// Delivers an update in pts order (see the module docs).
+    /// Delivers an update in pts order (see the module docs). Buffered:
+    /// the caller flushes.
     async fn deliver(&mut self, pts: i64, frame: &str) -> Result<(), Closed> {
         if pts < self.next_pts {
             return Ok(());
@@ -334,7 +458,7 @@ impl Gateway {
         if pts > self.next_pts {
             self.fill_gap(pts).await?;
         }
-        self.send_text(frame).await?;
+        self.feed_text(frame).await?;
         self.next_pts = pts + 1;
         Ok(())
     }
@@ -363,7 +487,7 @@ impl Gateway {
                 if pts >= before {
                     break;
                 }
-                self.send_text(&frame).await?;
+                self.feed_text(&frame).await?;
                 self.next_pts = pts + 1;
             }
             // The store cannot fill the gap (nothing there): rather than
@@ -379,6 +503,18 @@ impl Gateway {
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), Closed> {
         let text = render::text(frame);
         self.send_text(&text).await
+    }
+
+    /// Queues a frame without flushing; [`Gateway::flush`] sends what is queued.
+    async fn feed_text(&mut self, text: &str) -> Result<(), Closed> {
+        self.socket
+            .feed(WsMessage::Text(Utf8Bytes::from(text)))
+            .await
+            .map_err(|_| Closed)
+    }
+
+    async fn flush(&mut self) -> Result<(), Closed> {
+        self.socket.flush().await.map_err(|_| Closed)
     }
 
     async fn send_text(&mut self, text: &str) -> Result<(), Closed> {

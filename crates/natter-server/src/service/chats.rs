@@ -232,6 +232,26 @@ impl Services {
         req: SendMessage,
         except: Option<ConnId>,
     ) -> ServiceResult<Sent> {
+        let message = self.prepare_message(who, req).await?;
+        let posted = self.inner.store.post(message).await?;
+        let (entry, pts) = self.posted(who, posted, except)?;
+        let receipts = self.inner.store.receipts(entry.chat_id).await?;
+        Ok(Sent {
+            view: MessageView {
+                status: status_of(&entry, &receipts),
+                entry,
+            },
+            pts,
+        })
+    }
+
+    /// Checks a message to send (membership, rate limit, type, body) and
+    /// makes the row to post.
+    pub(super) async fn prepare_message(
+        &self,
+        who: &Principal,
+        req: SendMessage,
+    ) -> ServiceResult<NewMessage> {
         let access = self.access(who, req.chat_id).await?;
         if access.role.is_none() {
             return Err(ServiceError::ChatNotFound);
@@ -301,10 +321,25 @@ impl Services {
             }),
             now: Timestamp::now(),
         };
-        let (entry, pts) = match self.inner.store.post(message).await? {
+        Ok(message)
+    }
+
+    /// Publishes a posted message to every participant's devices but the
+    /// `except` connection; gives the entry and the sender's pts (none for
+    /// a retry of a stored message).
+    pub(super) fn posted(
+        &self,
+        who: &Principal,
+        posted: Posted,
+        except: Option<ConnId>,
+    ) -> ServiceResult<(LogEntry, Option<i64>)> {
+        let (entry, pts) = match posted {
             Posted::Created(appended) => {
                 self.publish(&appended, except);
-                self.plan_push(&appended, access.chat.encrypted);
+                // A message carries ciphertext exactly when its chat is
+                // end-to-end encrypted (`message_body` allows nothing else).
+                let encrypted = appended.entry.ciphertext.is_some();
+                self.plan_push(&appended, encrypted);
                 let pts = appended
                     .fanout
                     .iter()
@@ -325,14 +360,7 @@ impl Services {
                 ));
             }
         };
-        let receipts = self.inner.store.receipts(entry.chat_id).await?;
-        Ok(Sent {
-            view: MessageView {
-                status: status_of(&entry, &receipts),
-                entry,
-            },
-            pts,
-        })
+        Ok((entry, pts))
     }
 
     /// Checks and decodes the body of a message for this chat: text for

@@ -157,6 +157,75 @@ impl Services {
         ))
     }
 
+    /// Sends several messages from a live connection, in order: each is
+    /// checked as by [`Services::send_from_connection`], then all are handed
+    /// to the store together, so they share group commits instead of
+    /// waiting for one commit each, and take their `seq` in the order given
+    /// (the posts enter the writer's queue in that order). One answer per
+    /// message, in order.
+    pub async fn send_many_from_connection(
+        &self,
+        who: &Principal,
+        conn: ConnId,
+        reqs: Vec<natter_proto::chats::SendMessage>,
+    ) -> Vec<ServiceResult<(Option<i64>, ServerFrame)>> {
+        let mut keys = Vec::with_capacity(reqs.len());
+        let mut prepared = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            keys.push(req.client_message_id.clone());
+            prepared.push(self.prepare_message(who, req).await);
+        }
+        // `join_all` polls the posts in order, so each enters the writer's
+        // (fair, FIFO) queue in order.
+        let posts = prepared.into_iter().map(|p| async move {
+            match p {
+                Ok(message) => self
+                    .inner
+                    .store
+                    .post(message)
+                    .await
+                    .map_err(ServiceError::from),
+                Err(e) => Err(e),
+            }
+        });
+        let posted = futures_util::future::join_all(posts).await;
+        // Receipts once per chat, after every commit (statuses as of now).
+        let mut receipts: Vec<(ChatId, Vec<crate::store::Receipt>)> = Vec::new();
+        let mut out = Vec::with_capacity(posted.len());
+        for (posted, client_message_id) in posted.into_iter().zip(keys) {
+            let answer = match posted.and_then(|p| self.posted(who, p, Some(conn))) {
+                Ok((entry, pts)) => {
+                    let cached = receipts.iter().position(|(c, _)| *c == entry.chat_id);
+                    let index = match cached {
+                        Some(i) => Ok(i),
+                        None => match self.inner.store.receipts(entry.chat_id).await {
+                            Ok(r) => {
+                                receipts.push((entry.chat_id, r));
+                                Ok(receipts.len() - 1)
+                            }
+                            Err(e) => Err(ServiceError::from(e)),
+                        },
+                    };
+                    index.map(|i| {
+                        let status = super::chats::status_of(&entry, &receipts[i].1);
+                        let message = render::message(&entry, status);
+                        (
+                            pts,
+                            ServerFrame::MessageSent {
+                                pts,
+                                client_message_id,
+                                message,
+                            },
+                        )
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            out.push(answer);
+        }
+        out
+    }
+
     /// Records that this device processed updates up to `pts`.
     ///
     /// # Errors

@@ -70,6 +70,52 @@ async fn send_message_over_the_socket_confirms_to_the_sender_and_reaches_every_d
 }
 
 #[tokio::test]
+async fn pipelined_sends_keep_their_order_and_a_bad_one_fails_alone() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551040", "Alice").await;
+    let bob = app.signup("+14155551041", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut a = alice.connect(&app).await;
+    let mut b = bob.connect(&app).await;
+
+    // Sent without waiting: the server takes them together.
+    for i in 0..40 {
+        let content = if i == 17 {
+            String::new()
+        } else {
+            format!("m{i}")
+        };
+        a.send(
+            json!({"type": "send_message", "chat_id": chat, "content": content,
+                      "client_message_id": format!("k-{i}")}),
+        )
+        .await;
+    }
+    a.send(json!({"type": "ping"})).await;
+    let mut last_seq = 0;
+    for i in 0..40 {
+        let mut frame = a.next().await;
+        while frame["type"] == "presence" {
+            frame = a.next().await;
+        }
+        if i == 17 {
+            assert_eq!(frame["type"], "error", "{frame}");
+            continue;
+        }
+        assert_eq!(frame["type"], "message_sent", "{frame}");
+        assert_eq!(frame["client_message_id"], format!("k-{i}"));
+        let seq = frame["message"]["seq"].as_i64().unwrap();
+        assert!(seq > last_seq, "seq follows the order of sending");
+        last_seq = seq;
+    }
+    assert_eq!(a.next().await["type"], "pong");
+    for i in (0..40).filter(|i| *i != 17) {
+        let frame = b.next_of("new_message").await;
+        assert_eq!(frame["message"]["content"], format!("m{i}"));
+    }
+}
+
+#[tokio::test]
 async fn authentication_by_header_frame_or_not_at_all() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     let app = TestApp::start_with(|c| c.limits.ws_auth_timeout_secs = 1).await;

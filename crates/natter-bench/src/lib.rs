@@ -1,0 +1,201 @@
+//! `natter bench`: the load tool. Every scenario starts its own target (the
+//! `natter serve` of the current executable, or the bare baseline relay) as
+//! a child process on loopback, with a temporary data directory and the
+//! benchmark configuration, unless `--url` points at a running server; it
+//! creates accounts through the real API, drives load with the client SDK,
+//! and prints a table (or `--json`). Every run is bounded in count and time,
+//! and children are killed on exit, error or Ctrl-C.
+//!
+//! # Layout
+//! - [`BenchArgs`]: the command line.
+//! - `target`: starting, pinning, watching and stopping the child process.
+//! - `accounts`: the SMS webhook receiver and account sign-up.
+//! - `relay`, `group`, `catchup`, `search`, `idle`: the scenarios.
+//! - [`baseline`]: the bare relay (no auth, no storage), run as
+//!   `natter baseline-relay` (hidden) by the `baseline` scenario.
+//! - `report`: results as a table or JSON.
+
+mod accounts;
+pub mod baseline;
+mod catchup;
+mod group;
+mod idle;
+mod load;
+mod relay;
+mod report;
+mod search;
+mod target;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+pub use report::Report;
+
+/// The load tool's options.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Options shared by every scenario.
+    #[command(flatten)]
+    pub common: Common,
+    /// What to measure.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Options shared by every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Target an already running server (`http://127.0.0.1:8080`) instead
+    /// of starting one. It must have the benchmark configuration (see
+    /// docs/benchmarks.md) and send SMS codes to `--sms-listen`.
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// Where the SMS webhook receiver listens (with `--url`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:0"
+    )]
+    pub sms_listen: std::net::SocketAddr,
+    /// Pin the started server (or relay) to these CPUs (`taskset -c` list).
+    #[arg(long, global = true, value_name = "CPUS")]
+    pub server_cpus: Option<String>,
+    /// Pin this load generator to these CPUs (`taskset -c` list).
+    #[arg(long, global = true, value_name = "CPUS")]
+    pub client_cpus: Option<String>,
+    /// Extra configuration for the started server, as `NATTER_*=value`
+    /// (repeatable), e.g. `--server-env NATTER_LIMITS__SYNC_PAGE_SIZE=1000`.
+    #[arg(long, global = true, value_name = "NATTER_KEY=VALUE")]
+    pub server_env: Vec<String>,
+    /// Print one JSON object instead of the table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Worker threads of the load generator (default: one per CPU it may use).
+    #[arg(long, global = true, value_name = "N")]
+    pub client_threads: Option<usize>,
+    /// Local addresses 127.0.0.2 .. 127.0.0.(1+N) that client sockets
+    /// spread over (each has its own ephemeral ports).
+    #[arg(long, global = true, value_name = "N", default_value_t = 32)]
+    pub source_addrs: u8,
+}
+
+/// The scenarios.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// Hold N authenticated WebSockets: server memory per connection and
+    /// connect rate.
+    Idle(idle::IdleArgs),
+    /// P sender→receiver pairs in direct chats, W messages in flight per
+    /// pair: the maximum (closed loop), then latency at a fixed rate (open
+    /// loop). Runs the baseline relay first unless `--no-baseline`.
+    Relay(relay::RelayArgs),
+    /// Fan-out: K senders in a group of G members at a fixed rate.
+    Group(group::GroupArgs),
+    /// A device offline while K messages arrive, then reconnect and sync.
+    Catchup(catchup::CatchupArgs),
+    /// Query latency over a store of M messages.
+    Search(search::SearchArgs),
+    /// The relay scenario against the bare built-in relay only (no auth, no
+    /// storage): the physical limit of this machine and client.
+    Baseline(relay::RelayArgs),
+}
+
+/// A failure that ends the run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Talking to the target failed.
+    #[error("{0}")]
+    Client(#[from] natter_client::ClientError),
+    /// A local operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Anything else, as a sentence.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BenchError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+/// The result of a bench step.
+pub type BenchResult<T> = Result<T, BenchError>;
+
+/// How long any single wait (a request, a connect, a frame) may take before
+/// the run fails rather than hangs.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `natter bench`.
+#[must_use]
+pub fn run(args: BenchArgs) -> ExitCode {
+    if let Some(cpus) = &args.common.client_cpus {
+        // Before the runtime starts its threads: they inherit the affinity.
+        if let Err(e) = target::pin_self(cpus) {
+            eprintln!("natter bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    raise_fd_limit();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.common.client_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("natter bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = args.common.json;
+    let outcome = runtime.block_on(async move {
+        tokio::select! {
+            r = scenario(args) => r,
+            _ = tokio::signal::ctrl_c() => Err(BenchError::Other("interrupted".to_owned())),
+        }
+    });
+    // Dropping the runtime drops the scenario's children, which kills them.
+    drop(runtime);
+    match outcome {
+        Ok(report) => {
+            report.print(json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("natter bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn scenario(args: BenchArgs) -> BenchResult<Report> {
+    let common = args.common;
+    match args.scenario {
+        Scenario::Idle(a) => idle::run(&common, &a).await,
+        Scenario::Relay(a) => relay::run(&common, &a, false).await,
+        Scenario::Baseline(a) => relay::run(&common, &a, true).await,
+        Scenario::Group(a) => group::run(&common, &a).await,
+        Scenario::Catchup(a) => catchup::run(&common, &a).await,
+        Scenario::Search(a) => search::run(&common, &a).await,
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: every client socket is
+/// a file descriptor.
+pub fn raise_fd_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("natter: cannot raise the open-file limit: {e}");
+    }
+}
