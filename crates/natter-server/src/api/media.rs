@@ -348,11 +348,19 @@ async fn serve(
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        .is_some_and(|v| {
+            // Weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"`.
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        })
     {
         return Ok((StatusCode::NOT_MODIFIED, out).into_response());
     }
-    out.insert(header::CONTENT_TYPE, value(content_type));
+    out.insert(
+        header::CONTENT_TYPE,
+        value(served_type(media.kind, content_type)),
+    );
     let inline = kind == BlobKind::Thumbnail
         || (media.kind == MediaKind::Image && content_type.starts_with("image/"));
     out.insert(
@@ -415,6 +423,25 @@ async fn serve(
     Ok((status, out, body).into_response())
 }
 
+/// The `Content-Type` a blob is served with: what was found in it for
+/// images and videos (checked at upload), and for files only types no
+/// browser runs (anything else, HTML and SVG included, goes out as
+/// `application/octet-stream`, on top of the sandboxing headers).
+fn served_type(kind: MediaKind, found: &str) -> &str {
+    let inert = found.starts_with("image/") && found != "image/svg+xml"
+        || found.starts_with("video/")
+        || found.starts_with("audio/")
+        || matches!(
+            found,
+            "application/pdf" | "application/zip" | "application/gzip" | "application/epub+zip"
+        );
+    match kind {
+        MediaKind::Image | MediaKind::Video => found,
+        MediaKind::File if inert => found,
+        MediaKind::File | MediaKind::Encrypted => "application/octet-stream",
+    }
+}
+
 /// `Content-Disposition`: `inline` only for images shown as images; the
 /// client's file name is sent percent-encoded (RFC 8187), never raw.
 fn disposition(inline: bool, filename: Option<&str>) -> String {
@@ -448,7 +475,13 @@ enum RangeSpec {
 }
 
 fn parse_range(spec: &str, size: u64) -> RangeSpec {
-    let Some(set) = spec.trim().strip_prefix("bytes=") else {
+    // The unit is case-insensitive (RFC 9110 §14.1).
+    let spec = spec.trim();
+    let Some(set) = spec
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &spec[6..])
+    else {
         return RangeSpec::Whole;
     };
     if set.contains(',') {
@@ -458,7 +491,11 @@ fn parse_range(spec: &str, size: u64) -> RangeSpec {
         return RangeSpec::Whole;
     };
     let (first, last) = (first.trim(), last.trim());
-    let number = |s: &str| s.parse::<u64>().ok();
+    // Digits only; a position too large for u64 is past any end.
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
+    };
     match (first.is_empty(), last.is_empty()) {
         // bytes=-N: the last N bytes.
         (true, false) => match number(last) {
@@ -553,8 +590,12 @@ fn tus_metadata(headers: &HeaderMap) -> Result<UploadInfo, ApiError> {
         )));
     }
     let raw = raw.to_str().map_err(|_| bad("must be ASCII"))?;
+    let mut seen = std::collections::HashSet::new();
     for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once(' ').unwrap_or((pair, ""));
+        if !seen.insert(key) {
+            return Err(bad(&format!("names `{key}` twice")));
+        }
         let value = base64::engine::general_purpose::STANDARD
             .decode(value.trim())
             .map_err(|_| bad(&format!("has a value for `{key}` that is not base64")))?;
@@ -729,6 +770,13 @@ pub(crate) async fn tus_patch(
     })?;
     if let Some(len) = content_length(&headers) {
         let current = app.services.resumable(&who, id).await?;
+        // A wrong offset is the first thing to tell (409), whatever the body.
+        if current.finished.is_some() || offset != current.received {
+            return Err(ApiError::new(
+                ErrorCode::UploadOffsetMismatch,
+                format!("The upload is at offset {}.", current.received),
+            ));
+        }
         if offset.saturating_add(len) > current.length {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -797,6 +845,39 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), RangeSpec::Whole);
         assert_eq!(parse_range("bytes=9-1", 100), RangeSpec::Whole);
         assert_eq!(parse_range("bytes=x-1", 100), RangeSpec::Whole);
+        // Case-insensitive unit; positions past u64 are past any end.
+        assert_eq!(parse_range("Bytes=0-9", 100), RangeSpec::Part(0..10));
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999", 100),
+            RangeSpec::Part(0..100)
+        );
+        assert_eq!(
+            parse_range("bytes=99999999999999999999-", 100),
+            RangeSpec::Unsatisfiable
+        );
+        assert_eq!(parse_range("bytes=+1-2", 100), RangeSpec::Whole);
+    }
+
+    #[test]
+    fn only_inert_types_are_served_as_found() {
+        assert_eq!(
+            served_type(MediaKind::File, "text/html"),
+            "application/octet-stream"
+        );
+        assert_eq!(
+            served_type(MediaKind::File, "image/svg+xml"),
+            "application/octet-stream"
+        );
+        assert_eq!(
+            served_type(MediaKind::File, "application/pdf"),
+            "application/pdf"
+        );
+        assert_eq!(served_type(MediaKind::File, "image/png"), "image/png");
+        assert_eq!(served_type(MediaKind::Image, "image/gif"), "image/gif");
+        assert_eq!(
+            served_type(MediaKind::Encrypted, "image/png"),
+            "application/octet-stream"
+        );
     }
 
     #[test]

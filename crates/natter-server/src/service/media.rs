@@ -272,7 +272,7 @@ impl Services {
                     .next()
                     .unwrap_or_default()
                     .to_owned();
-                (!name.is_empty()).then_some(name)
+                (!matches!(name.as_str(), "" | "." | "..")).then_some(name)
             }
         };
         Ok(Declared {
@@ -612,6 +612,8 @@ impl Services {
         S: Stream<Item = Result<Bytes, io::Error>> + Send,
     {
         let engine = self.media_engine();
+        // Someone else's upload does not exist for this caller, busy or not.
+        self.resumable(who, id).await?;
         if !engine
             .writing
             .lock()
@@ -658,6 +660,12 @@ impl Services {
                 too_much = true;
                 break;
             }
+        }
+        if too_much {
+            // A refused request keeps none of its bytes: the upload stays
+            // where it was, and the client can retry from there.
+            received = offset;
+            file.set_len(offset).await?;
         }
         file.flush().await?;
         file.sync_data().await?;

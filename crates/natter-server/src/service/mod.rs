@@ -122,7 +122,9 @@ pub enum ServiceError {
     TooLarge(String),
     /// An upload would pass the user's storage quota.
     #[error(
-        "This upload would take your stored media past {0} bytes, your quota; delete some first."
+        "This upload would take your stored media past {0} bytes, your quota. Uploads no \
+         message or profile uses are deleted a while after upload, which frees space; so \
+         does terminating resumable uploads in progress."
     )]
     QuotaExceeded(u64),
     /// The user has as many resumable uploads in progress as allowed.

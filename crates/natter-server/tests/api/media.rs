@@ -212,6 +212,11 @@ async fn ranges_are_served_as_206_and_outside_ranges_as_416() {
         .download(&app, &path, &[("if-none-match", &etag)])
         .await;
     assert_eq!((cached.status.as_u16(), cached.bytes.len()), (304, 0));
+    let weak = format!("W/{etag}");
+    let cached = alice
+        .download(&app, &path, &[("if-none-match", &weak)])
+        .await;
+    assert_eq!(cached.status, 304, "weak comparison");
 }
 
 #[tokio::test]
@@ -256,6 +261,15 @@ async fn a_declared_type_that_the_bytes_contradict_is_415() {
     // `file` takes anything and says what it found; `encrypted` is opaque.
     let found = alice.uploads(&app, png(8, 8), "file", None).await.ok(201);
     assert_eq!(found["content_type"], "image/png");
+    // Found types a browser could run are served as opaque bytes.
+    let html = b"<html><script>alert(1)</script></html>".to_vec();
+    let page = alice.uploads(&app, html, "file", None).await.ok(201);
+    let id = page["media_id"].as_str().unwrap();
+    let got = alice
+        .download(&app, &format!("/api/v1/media/{id}"), &[])
+        .await;
+    assert_eq!(got.header("content-type"), "application/octet-stream");
+    assert!(got.header("content-disposition").starts_with("attachment"));
     let opaque = alice
         .uploads(&app, png(8, 8), "encrypted", None)
         .await
@@ -675,6 +689,19 @@ async fn tus_speaks_the_protocol_and_refuses_what_it_must() {
     )
     .await;
     bad_meta.expect(400, "invalid_parameter");
+    let twice = TestApp::answer(
+        app.http
+            .post(format!("{}/api/v1/media/tus", app.base))
+            .bearer_auth(&alice.token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", "10")
+            .header(
+                "upload-metadata",
+                format!("type {},type {}", b64("file"), b64("image")),
+            ),
+    )
+    .await;
+    twice.expect(400, "invalid_parameter");
 
     let loc = location(&tus_create(&app, &alice, 10, "file").await.ok_status(201));
     // Wrong content type.
@@ -693,6 +720,25 @@ async fn tus_speaks_the_protocol_and_refuses_what_it_must() {
     tus_patch(&app, &alice, &loc, 0, vec![0u8; 11])
         .await
         .expect(413, "payload_too_large");
+    // A chunked body (no Content-Length) that goes past the length is
+    // refused and keeps none of its bytes.
+    let part: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(vec![1u8; 4]), Ok(vec![2u8; 7])];
+    let answer = TestApp::answer(
+        app.http
+            .patch(format!("{}{loc}", app.base))
+            .bearer_auth(&alice.token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(part))),
+    )
+    .await;
+    answer.expect(413, "payload_too_large");
+    assert_eq!(tus_offset(&app, &alice, &loc).await, Some(0));
+    // A wrong offset is a 409 whatever the body's length.
+    tus_patch(&app, &alice, &loc, u64::MAX, vec![0u8; 5])
+        .await
+        .expect(409, "upload_offset_mismatch");
     // Someone else's upload does not exist for them.
     assert_eq!(tus_offset(&app, &bob, &loc).await, None);
     tus_patch(&app, &bob, &loc, 0, vec![0u8; 5])

@@ -197,25 +197,24 @@ pub(super) fn collect(
         .query_map(params![now.0, limit], |r| uuid_of(r, "id"))?
         .map(|r| r.map(MediaId::from_uuid))
         .collect::<Result<Vec<_>>>()?;
-    let candidates = c
+    // Messages hold the id in its text form (a hyphenated lower-case UUID):
+    // the reference test is in the query, so referenced uploads never fill
+    // the batch and starve the unreferenced ones behind them.
+    let unreferenced = c
         .prepare_cached(
-            "SELECT id FROM media m WHERE ready = 1 AND completed_at < ?1
-               AND NOT EXISTS (SELECT 1 FROM users u WHERE u.profile_pic = m.id)
-             ORDER BY completed_at LIMIT ?2",
+            "DELETE FROM media WHERE id IN (
+               SELECT m.id FROM media m WHERE m.ready = 1 AND m.completed_at < ?1
+                 AND NOT EXISTS (SELECT 1 FROM users u WHERE u.profile_pic = m.id)
+                 AND NOT EXISTS (SELECT 1 FROM chat_log l WHERE l.media_id = lower(
+                   substr(hex(m.id), 1, 8) || '-' || substr(hex(m.id), 9, 4) || '-' ||
+                   substr(hex(m.id), 13, 4) || '-' || substr(hex(m.id), 17, 4) || '-' ||
+                   substr(hex(m.id), 21)))
+               ORDER BY m.completed_at LIMIT ?2)
+             RETURNING id",
         )?
         .query_map(params![unreferenced_before.0, limit], |r| uuid_of(r, "id"))?
         .map(|r| r.map(MediaId::from_uuid))
         .collect::<Result<Vec<_>>>()?;
-    let mut unreferenced = Vec::new();
-    for id in candidates {
-        // Messages hold the id in text form.
-        let referenced: bool = c
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM chat_log WHERE media_id = ?1)")?
-            .query_row([id.to_string()], |r| r.get(0))?;
-        if !referenced && delete(c, id)? {
-            unreferenced.push(id);
-        }
-    }
     Ok(CollectedMedia {
         expired,
         unreferenced,
