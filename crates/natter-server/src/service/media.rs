@@ -342,7 +342,7 @@ impl Services {
             finished: None,
         };
         let finished = self
-            .store_blob(&media, &staging.path, &staging.head, sha256)
+            .store_blob((media.id, media.kind), &staging.path, &staging.head, sha256)
             .await?;
         let media = NewMedia {
             finished: Some(finished),
@@ -374,18 +374,7 @@ impl Services {
         }
         metrics::counter!("natter_media_uploads_total", "kind" => media.kind.as_str()).increment(1);
         metrics::counter!("natter_media_upload_bytes_total").increment(media.length);
-        Ok(MediaRecord {
-            id: media.id,
-            owner: media.owner,
-            kind: media.kind,
-            chat_id: media.chat_id,
-            filename: media.filename,
-            length: media.length,
-            received: media.length,
-            created_at: media.created_at,
-            expires_at: None,
-            finished: media.finished,
-        })
+        Ok(media.into_record())
     }
 
     fn quota_exceeded(&self) -> ServiceError {
@@ -402,15 +391,15 @@ impl Services {
     /// thumbnail, and copies both into the blob store.
     async fn store_blob(
         &self,
-        media: &NewMedia,
+        media: (MediaId, MediaKind),
         path: &std::path::Path,
         head: &[u8],
         sha256: [u8; 32],
     ) -> ServiceResult<FinishedMedia> {
-        let sniffed = (media.kind != MediaKind::Encrypted)
+        let sniffed = (media.1 != MediaKind::Encrypted)
             .then(|| infer::get(head))
             .flatten();
-        let content_type = match (media.kind, sniffed) {
+        let content_type = match (media.1, sniffed) {
             (MediaKind::Encrypted, _) => "application/octet-stream".to_owned(),
             (MediaKind::Image, Some(t)) if t.matcher_type() == infer::MatcherType::Image => {
                 t.mime_type().to_owned()
@@ -432,18 +421,18 @@ impl Services {
                 )));
             }
         };
-        let thumbnail = match (media.kind, thumbnail::format_of(&content_type)) {
+        let thumbnail = match (media.1, thumbnail::format_of(&content_type)) {
             (MediaKind::Image, Some(format)) => Some(self.thumbnail(path, format).await?),
             _ => None,
         };
         let blobs = &self.media_engine().blobs;
-        blobs.put_file(media.id, BlobKind::Original, path).await?;
+        blobs.put_file(media.0, BlobKind::Original, path).await?;
         if let Some(t) = &thumbnail {
             let stored = blobs
-                .put_bytes(media.id, BlobKind::Thumbnail, Bytes::from(t.jpeg.clone()))
+                .put_bytes(media.0, BlobKind::Thumbnail, Bytes::from(t.jpeg.clone()))
                 .await;
             if let Err(e) = stored {
-                self.forget_blobs(media.id).await;
+                self.forget_blobs(media.0).await;
                 return Err(e.into());
             }
         }
@@ -555,18 +544,7 @@ impl Services {
             return Err(e);
         }
         let finished_empty = length == 0;
-        let record = MediaRecord {
-            id: media.id,
-            owner: media.owner,
-            kind: media.kind,
-            chat_id: media.chat_id,
-            filename: media.filename,
-            length,
-            received: 0,
-            created_at: now,
-            expires_at: media.expires_at,
-            finished: None,
-        };
+        let record = media.into_record();
         if finished_empty {
             // Nothing to PATCH: finish it now, as tus clients expect.
             return self.finish_resumable(record).await;
@@ -691,18 +669,10 @@ impl Services {
     async fn finish_resumable(&self, record: MediaRecord) -> ServiceResult<MediaRecord> {
         let path = self.media_engine().resumable_path(record.id);
         let (head, sha256) = hash_file(&path).await?;
-        let new = NewMedia {
-            id: record.id,
-            owner: record.owner,
-            kind: record.kind,
-            chat_id: record.chat_id,
-            filename: record.filename.clone(),
-            length: record.length,
-            created_at: record.created_at,
-            expires_at: None,
-            finished: None,
-        };
-        let finished = match self.store_blob(&new, &path, &head, sha256).await {
+        let finished = match self
+            .store_blob((record.id, record.kind), &path, &head, sha256)
+            .await
+        {
             Ok(f) => f,
             Err(e) => {
                 self.inner.store.delete_media(record.id).await?;

@@ -408,6 +408,29 @@ pub struct NewMedia {
     pub finished: Option<FinishedMedia>,
 }
 
+impl NewMedia {
+    /// The upload as it reads back once recorded.
+    #[must_use]
+    pub fn into_record(self) -> MediaRecord {
+        MediaRecord {
+            id: self.id,
+            owner: self.owner,
+            kind: self.kind,
+            chat_id: self.chat_id,
+            filename: self.filename,
+            length: self.length,
+            received: if self.finished.is_some() {
+                self.length
+            } else {
+                0
+            },
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            finished: self.finished,
+        }
+    }
+}
+
 /// What the server found in a finished upload's bytes.
 #[derive(Debug, Clone)]
 pub struct FinishedMedia {
