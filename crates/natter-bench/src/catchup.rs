@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::accounts::{SmsInbox, sign_up};
 use crate::load::{content, now_us, parse, progress, source_ip};
 use crate::report::{Report, thousands};
-use crate::target::{Kind, Target};
+use crate::target::{Target, with_natter};
 use crate::{BenchError, BenchResult, Common, STEP_TIMEOUT};
 
 /// Options of `catchup`.
@@ -42,14 +42,10 @@ pub struct CatchupArgs {
 /// # Errors
 /// Setup failures, a lost connection, or a sync that misses messages.
 pub(crate) async fn run(common: &Common, args: &CatchupArgs) -> BenchResult<Report> {
-    let inbox = SmsInbox::start(common.sms_listen).await?;
-    let target = Target::start(common, Kind::Natter, &inbox.url).await?;
-    let outcome = drive(common, args, &inbox, &target).await;
-    if outcome.is_err() {
-        eprintln!("natter log:\n{}", target.log_tail());
-    }
-    target.stop().await;
-    outcome
+    with_natter(common, async |inbox, target| {
+        drive(common, args, inbox, target).await
+    })
+    .await
 }
 
 async fn drive(

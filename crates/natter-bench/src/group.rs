@@ -20,7 +20,7 @@ use crate::load::{
     progress, record,
 };
 use crate::report::{Report, thousands};
-use crate::target::{Kind, Target};
+use crate::target::{Target, with_natter};
 use crate::{BenchError, BenchResult, Common, STEP_TIMEOUT};
 
 /// How long members may take after the last send to receive everything.
@@ -60,14 +60,10 @@ pub(crate) async fn run(common: &Common, args: &GroupArgs) -> BenchResult<Report
         ));
     }
     let quiet = common.json;
-    let inbox = SmsInbox::start(common.sms_listen).await?;
-    let target = Target::start(common, Kind::Natter, &inbox.url).await?;
-    let outcome = drive(common, args, &inbox, &target, quiet).await;
-    if outcome.is_err() {
-        eprintln!("natter log:\n{}", target.log_tail());
-    }
-    target.stop().await;
-    outcome
+    with_natter(common, async |inbox, target| {
+        drive(common, args, inbox, target, quiet).await
+    })
+    .await
 }
 
 async fn drive(

@@ -18,7 +18,7 @@ use crate::load::{
     connect_all, histogram, latency_json, latency_line, now_us, parse, progress, record,
 };
 use crate::report::{Report, thousands};
-use crate::target::{Kind, Target};
+use crate::target::{Target, with_natter};
 use crate::{BenchError, BenchResult, Common, STEP_TIMEOUT};
 
 /// Words in the vocabulary.
@@ -84,14 +84,10 @@ impl Words {
 /// # Errors
 /// Setup failures, lost connections, refused searches.
 pub(crate) async fn run(common: &Common, args: &SearchArgs) -> BenchResult<Report> {
-    let inbox = SmsInbox::start(common.sms_listen).await?;
-    let target = Target::start(common, Kind::Natter, &inbox.url).await?;
-    let outcome = drive(common, args, &inbox, &target).await;
-    if outcome.is_err() {
-        eprintln!("natter log:\n{}", target.log_tail());
-    }
-    target.stop().await;
-    outcome
+    with_natter(common, async |inbox, target| {
+        drive(common, args, inbox, target).await
+    })
+    .await
 }
 
 async fn drive(

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use crate::accounts::SmsInbox;
 use crate::{BenchError, BenchResult, Common};
 
 /// How long a started child may take to print its listening address.
@@ -241,4 +242,24 @@ pub(crate) fn pin_self(cpus: &str) -> BenchResult<()> {
     } else {
         Err(BenchError::Other(format!("taskset -c {cpus} failed")))
     }
+}
+
+/// Starts a Natter server with an SMS inbox for its codes, runs `drive`
+/// against it, and stops it whatever happened (printing the end of its log
+/// when the run failed).
+///
+/// # Errors
+/// Setup failures and whatever `drive` returns.
+pub(crate) async fn with_natter<T>(
+    common: &Common,
+    drive: impl AsyncFnOnce(&SmsInbox, &Target) -> BenchResult<T>,
+) -> BenchResult<T> {
+    let inbox = SmsInbox::start(common.sms_listen).await?;
+    let target = Target::start(common, Kind::Natter, &inbox.url).await?;
+    let outcome = drive(&inbox, &target).await;
+    if outcome.is_err() {
+        eprintln!("natter log:\n{}", target.log_tail());
+    }
+    target.stop().await;
+    outcome
 }
