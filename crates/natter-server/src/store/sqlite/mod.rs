@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_search.sql"),
     include_str!("migrations/0005_media.sql"),
     include_str!("migrations/0006_push.sql"),
+    include_str!("migrations/0007_log_position.sql"),
 ];
 
 /// The database file inside the data directory.
