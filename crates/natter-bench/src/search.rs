@@ -122,7 +122,7 @@ async fn drive(
     let bar = progress(per_sender * senders as u64, "filling", quiet);
     let start = now_us();
     let mut tasks = Vec::new();
-    for (i, ((socket, _), chat)) in sockets.into_iter().zip(chats).enumerate() {
+    for (i, (socket, chat)) in sockets.into_iter().zip(chats).enumerate() {
         let (mut writer, reader) = socket.split();
         let window = Arc::new(Semaphore::new(args.window.max(1)));
         let confirm = tokio::spawn(confirm(

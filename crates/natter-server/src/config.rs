@@ -128,6 +128,13 @@ pub struct StoreConfig {
     pub write_batch_max: usize,
     /// Write operations waiting for the writer before senders wait (back-pressure).
     pub write_queue: usize,
+    /// Most chats the writer keeps in memory (members, log head, receipt
+    /// positions); past it some are forgotten and reloaded when next used.
+    pub chat_cache_max: usize,
+    /// Longest a delivered position (from device acks, and a sender's own
+    /// position after a send) waits in memory before it is written; a crash
+    /// loses at most this much of them, which later acks restore.
+    pub receipt_flush_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -136,6 +143,8 @@ impl Default for StoreConfig {
             read_connections: 4,
             write_batch_max: 1000,
             write_queue: 4096,
+            chat_cache_max: 100_000,
+            receipt_flush_ms: 1000,
         }
     }
 }
@@ -237,10 +246,13 @@ pub struct Limits {
     pub max_page_size: usize,
     /// How long after sending a message may be edited.
     pub edit_window_secs: u64,
-    /// Updates a device may be behind and still `sync`; further behind, it
-    /// is told `too_long` and reloads over REST.
+    /// Events a device may be behind in one chat and still `sync` it;
+    /// further behind, it is told `too_long` for that chat and reloads its
+    /// recent history over REST.
     pub max_sync_updates: usize,
-    /// Updates read from the store per sync page.
+    /// Chat positions one `sync` frame may list.
+    pub max_sync_chats: usize,
+    /// Events read from the store per sync page.
     pub sync_page_size: usize,
     /// Frames queued for one WebSocket connection before it counts as behind
     /// and is closed (it resumes with `sync`).
@@ -293,6 +305,7 @@ impl Default for Limits {
             max_page_size: 100,
             edit_window_secs: 24 * 3600,
             max_sync_updates: 10_000,
+            max_sync_chats: 1_000,
             sync_page_size: 200,
             ws_queue_depth: 1024,
             ws_max_message_bytes: 64 * 1024,
@@ -557,7 +570,7 @@ impl Config {
             }
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 47] = [
+        let positive: [(&'static str, u64); 50] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -570,6 +583,8 @@ impl Config {
             ("store.read_connections", self.store.read_connections as u64),
             ("store.write_batch_max", self.store.write_batch_max as u64),
             ("store.write_queue", self.store.write_queue as u64),
+            ("store.chat_cache_max", self.store.chat_cache_max as u64),
+            ("store.receipt_flush_ms", self.store.receipt_flush_ms),
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             ("limits.max_json_depth", self.limits.max_json_depth as u64),
             ("limits.max_name_chars", self.limits.max_name_chars as u64),
@@ -628,6 +643,7 @@ impl Config {
                 "limits.max_sync_updates",
                 self.limits.max_sync_updates as u64,
             ),
+            ("limits.max_sync_chats", self.limits.max_sync_chats as u64),
             ("limits.sync_page_size", self.limits.sync_page_size as u64),
             ("limits.ws_queue_depth", self.limits.ws_queue_depth as u64),
             (

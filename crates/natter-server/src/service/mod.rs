@@ -8,6 +8,7 @@
 mod accounts;
 mod chats;
 mod contacts;
+mod delivery;
 mod media;
 mod profiles;
 mod push;
@@ -24,6 +25,7 @@ use natter_proto::{DeviceId, UserId};
 pub use self::accounts::{CodeSent, NewSession};
 pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
+pub use self::delivery::{DeliveryCursor, Live};
 pub use self::media::{Staging, UploadInfo, sha256_hex};
 pub use self::profiles::ProfileView;
 pub use self::realtime::LiveConnection;
@@ -261,8 +263,8 @@ impl Services {
         Ok(self.inner.store.ping().await?)
     }
 
-    /// Periodic housekeeping: expired codes, idle rate-limit keys, old
-    /// updates, expired and unreferenced uploads.
+    /// Periodic housekeeping: expired codes, idle rate-limit keys, expired
+    /// and unreferenced uploads.
     pub async fn sweep(&self) {
         self.inner.limiter.sweep();
         self.collect_media().await;
@@ -275,16 +277,6 @@ impl Services {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "expired verification codes removed"),
             Err(e) => tracing::warn!(error = %e, "could not remove expired verification codes"),
-        }
-        // Twice the sync horizon: a device that connected a while ago may
-        // still sync back to its connect-time horizon.
-        let horizon = i64::try_from(self.inner.config.limits.max_sync_updates)
-            .unwrap_or(i64::MAX / 2)
-            .saturating_mul(2);
-        match self.inner.store.prune_updates(horizon).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "old updates pruned"),
-            Err(e) => tracing::warn!(error = %e, "could not prune old updates"),
         }
     }
 

@@ -46,8 +46,10 @@ pub(super) struct PushIntent {
     chat_id: ChatId,
     /// The sender (for the preview's name).
     sender: UserId,
-    /// The other participants, with the message's pts in their streams.
-    recipients: Vec<(UserId, i64)>,
+    /// The message's seq.
+    seq: i64,
+    /// The other participants.
+    recipients: Vec<UserId>,
     /// The excerpt, only when previews are on and the chat is plaintext.
     excerpt: Option<String>,
 }
@@ -264,10 +266,10 @@ impl Services {
         }
         let sender = appended.entry.sender_id;
         // The sender's own devices get nothing for their own message.
-        let recipients: Vec<(UserId, i64)> = appended
-            .fanout
+        let recipients: Vec<UserId> = appended
+            .recipients
             .iter()
-            .filter(|(user, _)| *user != sender)
+            .filter(|user| **user != sender)
             .copied()
             .collect();
         if recipients.is_empty() {
@@ -281,6 +283,7 @@ impl Services {
             .map(|text| excerpt(text, config.preview_chars));
         let intent = PushIntent {
             chat_id: appended.entry.chat_id,
+            seq: appended.entry.seq,
             sender,
             recipients,
             excerpt,
@@ -313,7 +316,7 @@ impl Services {
         let store = &self.inner.store;
         let mut users: Vec<UserId> = batch
             .iter()
-            .flat_map(|i| i.recipients.iter().map(|(u, _)| *u))
+            .flat_map(|i| i.recipients.iter().copied())
             .collect();
         users.sort_unstable();
         users.dedup();
@@ -351,9 +354,9 @@ impl Services {
                 None => None,
             };
             for (user, device) in &devices {
-                let Some((_, pts)) = intent.recipients.iter().find(|(u, _)| u == user) else {
+                if !intent.recipients.contains(user) {
                     continue;
-                };
+                }
                 if self.inner.bus.device_online(*user, *device) {
                     continue;
                 }
@@ -361,7 +364,7 @@ impl Services {
                     device_id: *device,
                     user_id: *user,
                     chat_id: intent.chat_id,
-                    pts: *pts,
+                    seq: intent.seq,
                     preview: preview.clone(),
                     now,
                 });
@@ -522,7 +525,7 @@ impl Services {
             kind: "sync".to_owned(),
             chat_id: push.chat_id,
             count: u64::try_from(push.count).unwrap_or(0),
-            pts: push.since_pts,
+            seq: push.chat_id.map(|_| push.since_seq),
             preview,
         };
         // Sent or given up on, the claimed part is done; what joined it
@@ -530,7 +533,7 @@ impl Services {
         let settled = PushFinished::Settled {
             version: push.version,
             count: push.count,
-            last_pts: push.last_pts,
+            last_seq: push.last_seq,
             now: Timestamp::now(),
         };
         let Ok(body) = serde_json::to_vec(&payload) else {

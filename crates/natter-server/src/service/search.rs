@@ -159,11 +159,11 @@ impl Services {
         for hit in found {
             let chat = hit.entry.chat_id;
             if let std::collections::hash_map::Entry::Vacant(slot) = receipts.entry(chat) {
-                slot.insert(self.inner.store.receipts(chat).await?);
+                slot.insert(self.inner.store.receipt_state(chat).await?);
             }
             let status = status_of(
                 &hit.entry,
-                receipts.get(&chat).map_or(&[][..], Vec::as_slice),
+                &receipts.get(&chat).copied().unwrap_or_default(),
             );
             hits.push(Hit {
                 message: MessageView {

@@ -4,6 +4,7 @@
 //! small pool (see [`engine`]). Migrations are embedded and applied at open,
 //! tracked by `PRAGMA user_version`.
 
+mod cache;
 mod chats;
 mod engine;
 mod media;
@@ -20,12 +21,12 @@ use uuid::Uuid;
 
 use self::engine::{ReadPool, Writer, db_err};
 use super::{
-    ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, CollectedMedia, ContactAdded,
-    ContactEntry, Device, FinishedMedia, HistoryQuery, LogEntry, LoggedIn, Login, MediaCreated,
-    MediaRecord, Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage,
-    NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord,
-    PushFinished, Receipt, ReceiptChange, Registered, Registration, Relation, SearchOutcome,
-    SearchQuery, Store, StoreError, StoreResult, StoredUpdate, User,
+    ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, CollectedMedia,
+    ContactAdded, ContactEntry, Device, FinishedMedia, HistoryQuery, LogEntry, LogEvent, LoggedIn,
+    Login, MediaCreated, MediaRecord, Member, MessageChange, MessageChanged, NewChat, NewDevice,
+    NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch,
+    PushChannelRecord, PushFinished, ReceiptChange, ReceiptState, Registered, Registration,
+    Relation, SearchOutcome, SearchQuery, Store, StoreError, StoreResult, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -41,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_media.sql"),
     include_str!("migrations/0006_push.sql"),
     include_str!("migrations/0007_log_position.sql"),
+    include_str!("migrations/0010_fanout_on_read.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -56,6 +58,9 @@ pub struct SqliteStore {
     writer: Writer,
     /// Read connections.
     readers: ReadPool,
+    /// The receipt positions the writer last committed (newer than the
+    /// store's copy while delivered positions wait to be flushed).
+    receipts: cache::PublishedReceipts,
     /// Held for the store's life: an exclusive lock on the data directory.
     _lock: std::fs::File,
 }
@@ -74,11 +79,23 @@ impl SqliteStore {
         })?;
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
-        let writer = Writer::start(&path, config.write_queue, config.write_batch_max, migrate)?;
+        let cache = cache::ChatCache::new(
+            config.chat_cache_max,
+            std::time::Duration::from_millis(config.receipt_flush_ms),
+        );
+        let receipts = cache.published();
+        let writer = Writer::start(
+            &path,
+            config.write_queue,
+            config.write_batch_max,
+            cache,
+            migrate,
+        )?;
         let readers = ReadPool::open(&path, config.read_connections)?;
         Ok(Self {
             writer,
             readers,
+            receipts,
             _lock: lock,
         })
     }
@@ -347,23 +364,6 @@ impl Store for SqliteStore {
                     "DELETE FROM verification_codes WHERE expires_at <= ?1",
                     [now.0],
                 )
-                .map(|n| n as u64)
-                .map_err(db_err)
-            })
-            .await
-    }
-
-    async fn prune_updates(&self, keep: i64) -> StoreResult<u64> {
-        self.writer
-            .write(move |c| {
-                // A range delete on the primary key per user who has that many.
-                c.prepare_cached(
-                    "DELETE FROM updates WHERE (user_id, pts) IN (
-                       SELECT u.user_id, u.pts FROM users s
-                       JOIN updates u ON u.user_id = s.id AND u.pts <= s.pts - ?1
-                       WHERE s.pts > ?1)",
-                )
-                .and_then(|mut s| s.execute([keep]))
                 .map(|n| n as u64)
                 .map_err(db_err)
             })
@@ -690,7 +690,7 @@ impl Store for SqliteStore {
 
     async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated> {
         self.writer
-            .write(move |c| chats::create_chat(c, chat).map_err(db_err))
+            .write_chats(move |c, cache| chats::create_chat(c, cache, chat).map_err(db_err))
             .await
     }
 
@@ -706,9 +706,18 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn receipts(&self, chat: ChatId) -> StoreResult<Vec<Receipt>> {
+    async fn receipt_state(&self, chat: ChatId) -> StoreResult<ReceiptState> {
+        let published = self
+            .receipts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&chat)
+            .copied();
+        if let Some(receipts) = published {
+            return Ok(receipts);
+        }
         self.readers
-            .read(move |c| chats::receipts(c, chat).map_err(db_err))
+            .read(move |c| chats::receipt_state(c, chat).map_err(db_err))
             .await
     }
 
@@ -720,7 +729,7 @@ impl Store for SqliteStore {
 
     async fn post(&self, message: NewMessage) -> StoreResult<Posted> {
         self.writer
-            .write(move |c| chats::post(c, message).map_err(db_err))
+            .write_chats(move |c, cache| chats::post(c, cache, message).map_err(db_err))
             .await
     }
 
@@ -733,8 +742,8 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<ChatChanged> {
         self.writer
-            .write(move |c| {
-                chats::change_chat(c, chat, actor, change, max_members, now).map_err(db_err)
+            .write_chats(move |c, cache| {
+                chats::change_chat(c, cache, chat, actor, change, max_members, now).map_err(db_err)
             })
             .await
     }
@@ -752,7 +761,7 @@ impl Store for SqliteStore {
 
     async fn change_message(&self, change: MessageChange) -> StoreResult<MessageChanged> {
         self.writer
-            .write(move |c| chats::change_message(c, change).map_err(db_err))
+            .write_chats(move |c, cache| chats::change_message(c, cache, change).map_err(db_err))
             .await
     }
 
@@ -776,38 +785,46 @@ impl Store for SqliteStore {
         user: UserId,
         seq: i64,
         now: Timestamp,
-    ) -> StoreResult<ReceiptChange> {
+    ) -> StoreResult<(i64, Option<ReceiptChange>)> {
         self.writer
-            .write(move |c| chats::mark_read(c, chat, user, seq, now).map_err(db_err))
+            .write_chats(move |c, cache| {
+                chats::mark_read(c, cache, chat, user, seq, now).map_err(db_err)
+            })
             .await
     }
 
     async fn ack(
         &self,
         user: UserId,
-        device: DeviceId,
-        pts: i64,
+        positions: Vec<(ChatId, i64)>,
         now: Timestamp,
     ) -> StoreResult<Vec<ReceiptChange>> {
         self.writer
-            .write(move |c| chats::ack(c, user, device, pts, now).map_err(db_err))
+            .write_chats(move |c, cache| chats::ack(c, cache, user, positions, now).map_err(db_err))
             .await
     }
 
-    async fn current_pts(&self, user: UserId) -> StoreResult<i64> {
+    async fn chat_heads(&self, user: UserId) -> StoreResult<Vec<ChatHead>> {
         self.readers
-            .read(move |c| chats::current_pts(c, user).map_err(db_err))
+            .read(move |c| chats::chat_heads(c, user).map_err(db_err))
             .await
     }
 
-    async fn updates_since(
+    async fn chat_head(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatHead>> {
+        self.readers
+            .read(move |c| chats::chat_head(c, chat, user).map_err(db_err))
+            .await
+    }
+
+    async fn events_after(
         &self,
+        chat: ChatId,
         user: UserId,
-        since: i64,
+        after: i64,
         limit: i64,
-    ) -> StoreResult<Vec<StoredUpdate>> {
+    ) -> StoreResult<Vec<LogEvent>> {
         self.readers
-            .read(move |c| chats::updates_since(c, user, since, limit).map_err(db_err))
+            .read(move |c| chats::events_after(c, chat, user, after, limit).map_err(db_err))
             .await
     }
 
@@ -963,10 +980,7 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use natter_proto::chats::{ChatKind, MessageType};
-
     use super::*;
-    use crate::store::NewChat;
 
     async fn user(store: &SqliteStore, n: u32) -> UserId {
         let phone = Phone::from_stored(format!("+1415555{n:04}"));
@@ -1008,52 +1022,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn updates_beyond_the_sync_horizon_are_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
-        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
-        let new = NewChat {
-            id: ChatId::new(),
-            kind: ChatKind::Direct,
-            name: None,
-            encrypted: false,
-            creator: a,
-            others: vec![b],
-            now: Timestamp::now(),
-        };
-        let ChatCreated::Created(chat, _) = store.create_chat(new).await.unwrap() else {
-            panic!("new chat")
-        };
-        for n in 0..20 {
-            let message = NewMessage {
-                id: MessageId::new(),
-                chat_id: chat.id,
-                sender_id: a,
-                sender_device_id: DeviceId::new(),
-                message_type: MessageType::Text,
-                content: Some(format!("m{n}")),
-                ciphertext: None,
-                media_id: None,
-                reply_to: None,
-                client_message_id: None,
-                client_timestamp: None,
-                now: Timestamp::now(),
-            };
-            store.post(message).await.unwrap();
-        }
-        // 21 updates each (created + 20 messages); keep the last 5.
-        assert_eq!(store.current_pts(a).await.unwrap(), 21);
-        assert_eq!(store.prune_updates(5).await.unwrap(), 32);
-        let kept = store.updates_since(b, 0, 100).await.unwrap();
-        assert_eq!(
-            kept.iter().map(|u| u.pts).collect::<Vec<_>>(),
-            (17..=21).collect::<Vec<_>>()
-        );
-        assert_eq!(store.prune_updates(5).await.unwrap(), 0);
-        store.close().await;
-    }
-
-    #[tokio::test]
     async fn a_burst_coalesces_into_one_push_and_late_arrivals_survive_the_send() {
         use crate::push::PushTarget;
         use crate::store::{NewPush, PushChannelRecord, PushFinished};
@@ -1089,11 +1057,11 @@ mod tests {
             Some(false)
         );
         let (c1, c2) = (ChatId::new(), ChatId::new());
-        let push = |chat, pts, now| NewPush {
+        let push = |chat, seq, now| NewPush {
             device_id: device,
             user_id: a,
             chat_id: chat,
-            pts,
+            seq,
             preview: None,
             now: Timestamp(now),
         };
@@ -1123,7 +1091,7 @@ mod tests {
         assert_eq!(claimed.len(), 1);
         let p = &claimed[0];
         assert_eq!(
-            (p.count, p.since_pts, p.last_pts, p.chat_id),
+            (p.count, p.since_seq, p.last_seq, p.chat_id),
             (3, 4, 7, Some(c1))
         );
         // Leased: not claimable again until the lease ends.
@@ -1139,7 +1107,7 @@ mod tests {
                 PushFinished::Settled {
                     version: p.version,
                     count: p.count,
-                    last_pts: p.last_pts,
+                    last_seq: p.last_seq,
                     now: Timestamp(2000),
                 },
             )
@@ -1151,7 +1119,7 @@ mod tests {
             .unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(
-            (rest[0].count, rest[0].since_pts, rest[0].last_pts),
+            (rest[0].count, rest[0].since_seq, rest[0].last_seq),
             (1, 7, 8)
         );
         assert_eq!(rest[0].chat_id, None, "two chats in the burst");
@@ -1161,7 +1129,7 @@ mod tests {
                 PushFinished::Settled {
                     version: rest[0].version,
                     count: 1,
-                    last_pts: 8,
+                    last_seq: 8,
                     now: Timestamp(2600),
                 },
             )
