@@ -280,18 +280,39 @@ async fn sign_up(natter: &mut Natter, http: &reqwest::Client, base: &str, phone:
 }
 
 #[tokio::test]
-async fn after_kill_9_every_acknowledged_message_is_there_in_order_once() {
+async fn after_kill_9_every_acknowledged_message_of_a_direct_chat_is_there_in_order_once() {
+    kill_9_during_sends(false, "+1415555200").await;
+}
+
+#[tokio::test]
+async fn after_kill_9_every_acknowledged_message_of_a_group_is_there_in_order_once() {
+    kill_9_during_sends(true, "+1415555210").await;
+}
+
+/// Senders of two members post until the server is killed; after a restart
+/// the chat's log is gapless, holds each entry once and every acknowledged
+/// message.
+async fn kill_9_during_sends(group: bool, prefix: &str) {
     let cwd = tempfile::tempdir().unwrap();
     let data = cwd.path().join("data");
     let (mut natter, base) = start_in(cwd.path(), &data);
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
-    let alice = sign_up(&mut natter, &http, &base, "+14155552000").await;
-    let bob = sign_up(&mut natter, &http, &base, "+14155552001").await;
-    let token = alice["access_token"].as_str().unwrap().to_owned();
+    let alice = sign_up(&mut natter, &http, &base, &format!("{prefix}0")).await;
+    let bob = sign_up(&mut natter, &http, &base, &format!("{prefix}1")).await;
+    let carol = sign_up(&mut natter, &http, &base, &format!("{prefix}2")).await;
+    let tokens = [
+        alice["access_token"].as_str().unwrap().to_owned(),
+        bob["access_token"].as_str().unwrap().to_owned(),
+    ];
+    let body = if group {
+        json!({"type": "group", "name": "G", "participants": [bob["user_id"], carol["user_id"]]})
+    } else {
+        json!({"type": "direct", "participants": [bob["user_id"]]})
+    };
     let chat = http
         .post(format!("{base}/api/v1/chats"))
-        .bearer_auth(&token)
-        .json(&json!({"type": "direct", "participants": [bob["user_id"]]}))
+        .bearer_auth(&tokens[0])
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -305,7 +326,8 @@ async fn after_kill_9_every_acknowledged_message_is_there_in_order_once() {
     // Eight senders post until the server dies; each keeps what was acknowledged.
     let senders: Vec<_> = (0..8)
         .map(|s| {
-            let (http, base, token, chat) = (http.clone(), base.clone(), token.clone(), chat.clone());
+            let (http, base, chat) = (http.clone(), base.clone(), chat.clone());
+            let token = tokens[s % 2].clone();
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 for n in 0..5_000 {
@@ -350,7 +372,7 @@ async fn after_kill_9_every_acknowledged_message_is_there_in_order_once() {
     );
     drop(natter);
 
-    // Restart on the same data: the old token still works.
+    // Restart on the same data: the old tokens still work.
     let (_natter, base) = start_in(cwd.path(), &data);
     let mut stored = Vec::new();
     let mut before: Option<i64> = None;
@@ -362,7 +384,7 @@ async fn after_kill_9_every_acknowledged_message_is_there_in_order_once() {
             .get(format!(
                 "{base}/api/v1/chats/{chat}/messages?limit=100{cursor}"
             ))
-            .bearer_auth(&token)
+            .bearer_auth(&tokens[1])
             .send()
             .await
             .unwrap()
@@ -394,6 +416,17 @@ async fn after_kill_9_every_acknowledged_message_is_there_in_order_once() {
             "acknowledged message {id} was lost"
         );
     }
+    // The log continues after the last entry that survived.
+    let res = http
+        .post(format!("{base}/api/v1/messages"))
+        .bearer_auth(&tokens[0])
+        .json(&json!({"chat_id": chat, "content": "after the crash"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let next: Value = res.json().await.unwrap();
+    assert_eq!(next["seq"].as_i64().unwrap(), stored.len() as i64 + 1);
 }
 
 /// The server's resident memory, in KiB.

@@ -1021,6 +1021,277 @@ mod tests {
         }
     }
 
+    fn message(chat: ChatId, sender: UserId, text: &str) -> NewMessage {
+        NewMessage {
+            id: MessageId::new(),
+            chat_id: chat,
+            sender_id: sender,
+            sender_device_id: DeviceId::new(),
+            message_type: natter_proto::chats::MessageType::Text,
+            content: Some(text.to_owned()),
+            ciphertext: None,
+            media_id: None,
+            reply_to: None,
+            client_message_id: None,
+            client_timestamp: None,
+            now: Timestamp::now(),
+        }
+    }
+
+    async fn group(store: &SqliteStore, creator: UserId, others: Vec<UserId>) -> ChatId {
+        let new = NewChat {
+            id: ChatId::new(),
+            kind: natter_proto::chats::ChatKind::Group,
+            name: Some("G".into()),
+            encrypted: false,
+            creator,
+            others,
+            now: Timestamp::now(),
+        };
+        match store.create_chat(new).await.unwrap() {
+            ChatCreated::Created(chat, _) => chat.id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn seqs(store: &SqliteStore, chat: ChatId, user: UserId) -> Vec<i64> {
+        store
+            .events_after(chat, user, 0, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_restart_rebuilds_members_heads_and_receipts_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c, chat);
+        {
+            let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+            (a, b, c) = (
+                user(&store, 1).await,
+                user(&store, 2).await,
+                user(&store, 3).await,
+            );
+            chat = group(&store, a, vec![b, c]).await;
+            for n in 0..5 {
+                store
+                    .post(message(chat, b, &format!("m{n}")))
+                    .await
+                    .unwrap();
+            }
+            let removed = store
+                .change_chat(chat, a, ChatChange::Remove(c), 10, Timestamp::now())
+                .await
+                .unwrap();
+            assert!(matches!(removed, ChatChanged::Done(_)));
+            // Delivered positions wait in memory; closing writes them out.
+            store
+                .ack(a, vec![(chat, 6)], Timestamp::now())
+                .await
+                .unwrap();
+            store.close().await;
+        }
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        // The head continues where it was (1 created, 5 messages, 1 removal).
+        let Posted::Created(next) = store.post(message(chat, a, "after")).await.unwrap() else {
+            panic!("a is a member")
+        };
+        assert_eq!(next.entry.seq, 8);
+        assert_eq!(&*next.recipients, {
+            let mut v = vec![a, b];
+            v.sort_unstable();
+            v
+        });
+        // a acked 6 and sent 8; b sent 6: everyone has 6.
+        assert_eq!(next.receipts.delivered_seq, 6);
+        assert!(matches!(
+            store.post(message(chat, c, "let me in")).await.unwrap(),
+            Posted::NotMember
+        ));
+        assert_eq!(seqs(&store, chat, a).await, (1..=8).collect::<Vec<_>>());
+        assert_eq!(
+            seqs(&store, chat, c).await,
+            (1..=7).collect::<Vec<_>>(),
+            "up to the removal"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_chat_renamed_and_left_during_a_burst_keeps_a_gapless_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            std::sync::Arc::new(SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap());
+        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+        let chat = group(&store, a, vec![b]).await;
+        let burst = |sender: UserId, tag: &'static str| {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                for n in 0..200 {
+                    if let Posted::Created(p) = store
+                        .post(message(chat, sender, &format!("{tag}{n}")))
+                        .await
+                        .unwrap()
+                    {
+                        accepted.push(p.entry.seq);
+                    }
+                    if n % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                accepted
+            })
+        };
+        let (from_a, from_b) = (burst(a, "a"), burst(b, "b"));
+        tokio::task::yield_now().await;
+        let renamed = store
+            .change_chat(
+                chat,
+                a,
+                ChatChange::Rename("H".into()),
+                10,
+                Timestamp::now(),
+            )
+            .await
+            .unwrap();
+        let ChatChanged::Done(left) = store
+            .change_chat(chat, b, ChatChange::Remove(b), 10, Timestamp::now())
+            .await
+            .unwrap()
+        else {
+            panic!("b may leave")
+        };
+        assert!(matches!(renamed, ChatChanged::Done(_)));
+        let left_at = left[0].entry.seq;
+        let (from_a, from_b) = (from_a.await.unwrap(), from_b.await.unwrap());
+        assert!(
+            from_b.iter().all(|seq| *seq < left_at),
+            "nothing from b after it left at {left_at}"
+        );
+        assert_eq!(from_a.len(), 200, "a stays a member");
+        // One entry per accepted message, the creation, the rename, the
+        // leave (and the successor admin: none, a is admin): gapless.
+        let all = seqs(&store, chat, a).await;
+        assert_eq!(all, (1..=all.len() as i64).collect::<Vec<_>>());
+        assert_eq!(all.len(), 1 + from_a.len() + from_b.len() + 2);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_of_the_previous_schema_is_carried_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let (chat, alice, bob) = (ChatId::new(), UserId::new(), UserId::new());
+        {
+            // A database as the previous release left it: six migrations,
+            // a direct chat with two messages and its per-user updates.
+            let mut conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..6].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", i + 1).unwrap();
+                tx.commit().unwrap();
+            }
+            let (c, a, b) = (
+                chat.as_uuid().as_bytes().to_vec(),
+                alice.as_uuid().as_bytes().to_vec(),
+                bob.as_uuid().as_bytes().to_vec(),
+            );
+            for (id, phone) in [(&a, "+14155550001"), (&b, "+14155550002")] {
+                conn.execute(
+                    "INSERT INTO users (id, phone, name, created_at, updated_at, pts)
+                     VALUES (?1, ?2, 'u', 1, 1, 3)",
+                    params![id, phone],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO chats (id, kind, encrypted, created_by, created_at, last_seq,
+                                    last_activity_at)
+                 VALUES (?1, 'direct', 0, ?2, 1, 3, 3)",
+                params![c, a],
+            )
+            .unwrap();
+            for u in [&a, &b] {
+                conn.execute(
+                    "INSERT INTO memberships (chat_id, user_id, from_seq, role, joined_at)
+                     VALUES (?1, ?2, 1, 'member', 1)",
+                    params![c, u],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO receipts (chat_id, user_id, delivered_seq, read_seq)
+                     VALUES (?1, ?2, 3, 2)",
+                    params![c, u],
+                )
+                .unwrap();
+            }
+            for (seq, kind, text) in [
+                (1, "system", None),
+                (2, "message", Some("one")),
+                (3, "message", Some("two")),
+            ] {
+                conn.execute(
+                    "INSERT INTO chat_log (chat_id, seq, id, kind, sender_id, msg_type, content,
+                                           event, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2)",
+                    params![
+                        c,
+                        seq,
+                        MessageId::new().as_uuid().as_bytes().to_vec(),
+                        kind,
+                        a,
+                        if kind == "system" { "system" } else { "text" },
+                        text,
+                        (kind == "system").then_some(r#"{"kind":"created"}"#),
+                    ],
+                )
+                .unwrap();
+                for u in [&a, &b] {
+                    conn.execute(
+                        "INSERT INTO updates (user_id, pts, chat_id, seq, kind, created_at)
+                         VALUES (?1, ?2, ?3, ?2, ?4, ?2)",
+                        params![u, seq, c, kind],
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let events = store.events_after(chat, bob, 0, 10).await.unwrap();
+        let texts: Vec<Option<String>> = events
+            .iter()
+            .map(|e| match &e.body {
+                crate::store::EventBody::Entry(entry) => entry.content.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, [None, Some("one".into()), Some("two".into())]);
+        let receipts = store.receipt_state(chat).await.unwrap();
+        assert_eq!((receipts.delivered_seq, receipts.read_seq), (3, 2));
+        let Posted::Created(next) = store.post(message(chat, bob, "three")).await.unwrap() else {
+            panic!("bob is a member")
+        };
+        assert_eq!(next.entry.seq, 4);
+        let heads = store.chat_heads(alice).await.unwrap();
+        assert_eq!(heads.len(), 1);
+        assert_eq!(heads[0].last_seq, 4);
+        store.close().await;
+        let conn = Connection::open(&path).unwrap();
+        let updates: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'updates'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(updates, 0, "the per-user update rows are gone");
+    }
+
     #[tokio::test]
     async fn a_burst_coalesces_into_one_push_and_late_arrivals_survive_the_send() {
         use crate::push::PushTarget;
