@@ -128,6 +128,12 @@ pub struct StoreConfig {
     pub write_batch_max: usize,
     /// Write operations waiting for the writer before senders wait (back-pressure).
     pub write_queue: usize,
+    /// Most chat log entries the search indexer follows in one writer job:
+    /// bounds how long one pass holds the writer.
+    pub search_index_batch: usize,
+    /// How often the search indexer looks at the log when nothing woke it
+    /// (it is woken after every append; this is the safety net).
+    pub search_index_poll_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -136,6 +142,8 @@ impl Default for StoreConfig {
             read_connections: 4,
             write_batch_max: 1000,
             write_queue: 4096,
+            search_index_batch: 500,
+            search_index_poll_ms: 1000,
         }
     }
 }
@@ -261,6 +269,8 @@ pub struct Limits {
     pub ws_idle_timeout_secs: u64,
     /// Longest search query, in characters.
     pub max_search_query_chars: usize,
+    /// Most words and phrases in one search query (each is one index lookup).
+    pub max_search_terms: usize,
     /// Largest page of search results (`limit`); the default page is 20.
     pub max_search_page_size: usize,
     /// Deepest offset into search results (`(page - 1) * limit`).
@@ -302,6 +312,7 @@ impl Default for Limits {
             ws_ping_interval_secs: 30,
             ws_idle_timeout_secs: 75,
             max_search_query_chars: 256,
+            max_search_terms: 16,
             max_search_page_size: 50,
             max_search_offset: 10_000,
             max_push_endpoint_chars: 1024,
@@ -557,7 +568,7 @@ impl Config {
             }
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 47] = [
+        let positive: [(&'static str, u64); 50] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -570,6 +581,14 @@ impl Config {
             ("store.read_connections", self.store.read_connections as u64),
             ("store.write_batch_max", self.store.write_batch_max as u64),
             ("store.write_queue", self.store.write_queue as u64),
+            (
+                "store.search_index_batch",
+                self.store.search_index_batch as u64,
+            ),
+            (
+                "store.search_index_poll_ms",
+                self.store.search_index_poll_ms,
+            ),
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             ("limits.max_json_depth", self.limits.max_json_depth as u64),
             ("limits.max_name_chars", self.limits.max_name_chars as u64),
@@ -657,6 +676,10 @@ impl Config {
             (
                 "limits.max_search_query_chars",
                 self.limits.max_search_query_chars as u64,
+            ),
+            (
+                "limits.max_search_terms",
+                self.limits.max_search_terms as u64,
             ),
             (
                 "limits.max_search_page_size",

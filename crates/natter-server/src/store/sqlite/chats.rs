@@ -566,18 +566,6 @@ pub(super) fn post(c: &Connection, m: NewMessage) -> Result<Posted> {
         now: m.now,
     };
     let appended = append(c, m.chat_id, draft, None)?;
-    let encrypted = chat_by_id(c, m.chat_id)?.is_none_or(|chat| chat.encrypted);
-    if let (false, Some(text)) = (encrypted, &appended.entry.content) {
-        super::search::index(
-            c,
-            m.chat_id,
-            appended.entry.seq,
-            m.sender_id,
-            m.message_type,
-            m.now,
-            text,
-        )?;
-    }
     // The sender has read their own message.
     c.prepare_cached(
         "UPDATE receipts SET read_seq = max(read_seq, ?3), delivered_seq = max(delivered_seq, ?3)
@@ -835,9 +823,6 @@ pub(super) fn change_message(c: &Connection, ch: MessageChange) -> Result<Messag
                 "UPDATE chat_log SET content = ?2, ciphertext = ?3, edited_at = ?4 WHERE id = ?1",
             )?
             .execute(params![id, content, ciphertext, ch.now.0])?;
-            if let Some(text) = &content {
-                super::search::reindex(c, message.chat_id, message.seq, text)?;
-            }
             append(
                 c,
                 message.chat_id,
@@ -852,7 +837,6 @@ pub(super) fn change_message(c: &Connection, ch: MessageChange) -> Result<Messag
                    deleted_at = ?2 WHERE id = ?1",
             )?
             .execute(params![id, ch.now.0])?;
-            super::search::unindex(c, message.chat_id, message.seq)?;
             // Edits carried copies of the content: clear them too.
             c.prepare_cached(
                 "UPDATE chat_log SET content = NULL, ciphertext = NULL

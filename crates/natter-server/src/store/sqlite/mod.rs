@@ -8,7 +8,7 @@ mod chats;
 mod engine;
 mod media;
 mod push;
-pub mod search;
+mod search;
 
 use std::path::Path;
 
@@ -21,10 +21,10 @@ use uuid::Uuid;
 use self::engine::{ReadPool, Writer, db_err};
 use super::{
     ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, CollectedMedia, ContactAdded,
-    ContactEntry, Device, FinishedMedia, HistoryQuery, LogEntry, LoggedIn, Login, MediaCreated,
-    MediaRecord, Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage,
-    NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord,
-    PushFinished, Receipt, ReceiptChange, Registered, Registration, Relation, SearchOutcome,
+    ContactEntry, Device, FinishedMedia, HistoryQuery, IndexProgress, LogEntry, LoggedIn, Login,
+    MediaCreated, MediaRecord, Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia,
+    NewMessage, NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord,
+    PushFinished, Receipt, ReceiptChange, Registered, Registration, Relation, SearchPage,
     SearchQuery, Store, StoreError, StoreResult, StoredUpdate, User,
 };
 use crate::clock::Timestamp;
@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_media.sql"),
     include_str!("migrations/0006_push.sql"),
     include_str!("migrations/0007_log_position.sql"),
+    include_str!("migrations/0008_search_indexer.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -58,6 +59,9 @@ pub struct SqliteStore {
     readers: ReadPool,
     /// Held for the store's life: an exclusive lock on the data directory.
     _lock: std::fs::File,
+    /// Poked after commits that append to a chat log; the search indexer
+    /// waits on it between passes.
+    log_appended: tokio::sync::Notify,
 }
 
 impl SqliteStore {
@@ -80,7 +84,16 @@ impl SqliteStore {
             writer,
             readers,
             _lock: lock,
+            log_appended: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Wakes the search indexer after a write that may have appended to a
+    /// chat log (a refused one appends nothing, so it stays asleep).
+    fn appended<T>(&self, result: &StoreResult<T>) {
+        if result.is_ok() {
+            self.log_appended.notify_one();
+        }
     }
 }
 
@@ -689,9 +702,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated> {
-        self.writer
+        let created = self
+            .writer
             .write(move |c| chats::create_chat(c, chat).map_err(db_err))
-            .await
+            .await;
+        self.appended(&created);
+        created
     }
 
     async fn chat_access(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatAccess>> {
@@ -719,9 +735,12 @@ impl Store for SqliteStore {
     }
 
     async fn post(&self, message: NewMessage) -> StoreResult<Posted> {
-        self.writer
+        let posted = self
+            .writer
             .write(move |c| chats::post(c, message).map_err(db_err))
-            .await
+            .await;
+        self.appended(&posted);
+        posted
     }
 
     async fn change_chat(
@@ -732,11 +751,14 @@ impl Store for SqliteStore {
         max_members: usize,
         now: Timestamp,
     ) -> StoreResult<ChatChanged> {
-        self.writer
+        let changed = self
+            .writer
             .write(move |c| {
                 chats::change_chat(c, chat, actor, change, max_members, now).map_err(db_err)
             })
-            .await
+            .await;
+        self.appended(&changed);
+        changed
     }
 
     async fn history(
@@ -751,9 +773,12 @@ impl Store for SqliteStore {
     }
 
     async fn change_message(&self, change: MessageChange) -> StoreResult<MessageChanged> {
-        self.writer
+        let changed = self
+            .writer
             .write(move |c| chats::change_message(c, change).map_err(db_err))
-            .await
+            .await;
+        self.appended(&changed);
+        changed
     }
 
     async fn chat_of_message(&self, message: MessageId) -> StoreResult<Option<ChatId>> {
@@ -817,10 +842,24 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchOutcome> {
+    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchPage> {
         self.readers
             .read(move |c| search::search(c, &query).map_err(db_err))
             .await
+    }
+
+    async fn index_search(&self, max_entries: usize) -> StoreResult<IndexProgress> {
+        self.writer
+            .write(move |c| search::follow_log(c, max_entries).map_err(db_err))
+            .await
+    }
+
+    async fn search_index_lag(&self) -> StoreResult<u64> {
+        self.readers.read(|c| search::lag(c).map_err(db_err)).await
+    }
+
+    fn log_appended(&self) -> &tokio::sync::Notify {
+        &self.log_appended
     }
 
     async fn create_media(
@@ -1190,6 +1229,140 @@ mod tests {
             .await
             .unwrap();
         assert!(store.push_devices(vec![a]).await.unwrap().is_empty());
+        store.close().await;
+    }
+
+    fn words(q: &str) -> crate::search_query::TextQuery {
+        let limits = crate::search_query::QueryLimits {
+            max_chars: 256,
+            max_terms: 16,
+        };
+        crate::search_query::parse(q, limits).unwrap()
+    }
+
+    async fn found(store: &SqliteStore, user: UserId, q: &str) -> Vec<String> {
+        let page = store
+            .search_messages(SearchQuery {
+                user,
+                text: words(q),
+                chats: Vec::new(),
+                sender: None,
+                message_type: None,
+                before: None,
+                after: None,
+                by_relevance: false,
+                offset: 0,
+                limit: 50,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, page.hits.len() as i64);
+        page.hits
+            .into_iter()
+            .map(|h| h.entry.content.unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_search_indexer_follows_the_log_once_in_bounded_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+        let chat = |encrypted: bool, name: &str| NewChat {
+            id: ChatId::new(),
+            kind: ChatKind::Group,
+            name: Some(name.to_owned()),
+            encrypted,
+            creator: a,
+            others: vec![b],
+            now: Timestamp::now(),
+        };
+        let ChatCreated::Created(plain, _) = store.create_chat(chat(false, "p")).await.unwrap()
+        else {
+            panic!("new chat")
+        };
+        let ChatCreated::Created(sealed, _) = store.create_chat(chat(true, "s")).await.unwrap()
+        else {
+            panic!("new chat")
+        };
+        let post = |chat: ChatId, text: &str| {
+            let id = MessageId::new();
+            let message = NewMessage {
+                id,
+                chat_id: chat,
+                sender_id: a,
+                sender_device_id: DeviceId::new(),
+                message_type: MessageType::Text,
+                content: Some(text.to_owned()),
+                ciphertext: None,
+                media_id: None,
+                reply_to: None,
+                client_message_id: None,
+                client_timestamp: None,
+                now: Timestamp::now(),
+            };
+            let store = &store;
+            async move {
+                store.post(message).await.unwrap();
+                id
+            }
+        };
+        let change = |message: MessageId, edit: Option<&str>| crate::store::MessageChange {
+            message,
+            actor: a,
+            device: DeviceId::new(),
+            edit: edit.map(|t| crate::store::NewContent {
+                content: Some(t.to_owned()),
+                ciphertext: None,
+                window_ms: i64::MAX,
+            }),
+            now: Timestamp::now(),
+        };
+        post(plain.id, "alpha one").await;
+        // The store does not check that an encrypted chat's message has no
+        // text; the indexer must skip it anyway.
+        post(sealed.id, "alpha sealed").await;
+        let edited = post(plain.id, "beta two").await;
+        store
+            .change_message(change(edited, Some("gamma two")))
+            .await
+            .unwrap();
+        let doomed = post(plain.id, "alpha doomed").await;
+        store.change_message(change(doomed, None)).await.unwrap();
+        let appended = store.search_index_lag().await.unwrap();
+        assert!(appended >= 6, "{appended}");
+        assert!(
+            found(&store, b, "alpha").await.is_empty(),
+            "nothing indexed yet"
+        );
+
+        let mut passes = 0;
+        let mut followed = 0;
+        loop {
+            let progress = store.index_search(2).await.unwrap();
+            assert!(progress.processed <= 2, "bounded: {progress:?}");
+            followed += progress.processed;
+            passes += 1;
+            assert_eq!(progress.remaining, appended - followed);
+            if progress.remaining == 0 {
+                break;
+            }
+        }
+        assert_eq!(followed, appended);
+        assert_eq!(passes, appended.div_ceil(2));
+        let idle = store.index_search(2).await.unwrap();
+        assert_eq!((idle.processed, idle.remaining), (0, 0));
+
+        assert_eq!(found(&store, b, "alpha").await, ["alpha one"]);
+        assert!(found(&store, b, "beta").await.is_empty());
+        assert_eq!(found(&store, b, "gamma").await, ["gamma two"]);
+        assert!(found(&store, b, "doomed").await.is_empty());
+
+        // A later deletion is followed too.
+        store.change_message(change(edited, None)).await.unwrap();
+        assert_eq!(store.search_index_lag().await.unwrap(), 1);
+        store.index_search(10).await.unwrap();
+        assert!(found(&store, b, "gamma").await.is_empty());
         store.close().await;
     }
 }
