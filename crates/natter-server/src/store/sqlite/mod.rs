@@ -1365,4 +1365,86 @@ mod tests {
         assert!(found(&store, b, "gamma").await.is_empty());
         store.close().await;
     }
+
+    #[tokio::test]
+    async fn a_database_from_before_the_indexer_starts_caught_up_and_loses_forged_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+        let new = NewChat {
+            id: ChatId::new(),
+            kind: ChatKind::Direct,
+            name: None,
+            encrypted: false,
+            creator: a,
+            others: vec![b],
+            now: Timestamp::now(),
+        };
+        let ChatCreated::Created(chat, _) = store.create_chat(new).await.unwrap() else {
+            panic!("new chat")
+        };
+        store
+            .post(NewMessage {
+                id: MessageId::new(),
+                chat_id: chat.id,
+                sender_id: a,
+                sender_device_id: DeviceId::new(),
+                message_type: MessageType::Text,
+                content: Some("tagged forged words".to_owned()),
+                ciphertext: None,
+                media_id: None,
+                reply_to: None,
+                client_message_id: None,
+                client_timestamp: None,
+                now: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+        while store.index_search(100).await.unwrap().remaining > 0 {}
+        store.close().await;
+        drop(store);
+        // Back to schema 7 as the earlier code left it: everything indexed
+        // in its append transaction, no cursor, the text stored verbatim.
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute_batch("DROP TABLE search_cursor; PRAGMA user_version = 7;")
+            .unwrap();
+        c.execute(
+            "UPDATE search_words SET content = ?1",
+            ["tagged \u{E000}forged\u{E001} words"],
+        )
+        .unwrap();
+        drop(c);
+
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        assert_eq!(store.search_index_lag().await.unwrap(), 0);
+        assert_eq!(store.index_search(100).await.unwrap().processed, 0);
+        let page = store
+            .search_messages(SearchQuery {
+                user: b,
+                text: words("tagged"),
+                chats: Vec::new(),
+                sender: None,
+                message_type: None,
+                before: None,
+                after: None,
+                by_relevance: false,
+                offset: 0,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, 1, "indexed once, not again");
+        let snippet = &page.hits[0].snippet;
+        assert!(
+            !snippet.text.contains(['\u{E000}', '\u{E001}']),
+            "{snippet:?}"
+        );
+        let marked: Vec<&str> = snippet
+            .marks
+            .iter()
+            .map(|r| &snippet.text[r.clone()])
+            .collect();
+        assert_eq!(marked, ["tagged"]);
+        store.close().await;
+    }
 }
