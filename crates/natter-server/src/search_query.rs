@@ -174,6 +174,8 @@ fn lex(input: &str) -> Result<Vec<Token>, QueryError> {
                 }));
             } else if prefix {
                 return Err(QueryError::MisplacedStar);
+            } else {
+                dropped(&tokens)?;
             }
             continue;
         }
@@ -197,14 +199,22 @@ fn lex(input: &str) -> Result<Vec<Token>, QueryError> {
             "AND" => tokens.push(Token::And),
             "OR" => tokens.push(Token::Or),
             "NOT" => tokens.push(Token::Not),
-            _ => {
-                if let Some(term) = word(&raw)? {
-                    tokens.push(Token::Term(term));
-                }
-            }
+            _ => match word(&raw)? {
+                Some(term) => tokens.push(Token::Term(term)),
+                None => dropped(&tokens)?,
+            },
         }
     }
     Ok(tokens)
+}
+
+/// Checks that dropping a word without letters or digits leaves no `NOT`
+/// without its word (`NOT ?? tea` must not come to mean `NOT tea`).
+fn dropped(tokens: &[Token]) -> Result<(), QueryError> {
+    if tokens.last() == Some(&Token::Not) {
+        return Err(QueryError::NotWithoutWord);
+    }
+    Ok(())
 }
 
 /// A word as typed: trailing `*`s make it a prefix; leading and trailing
@@ -411,6 +421,8 @@ mod tests {
         assert_eq!(err("\"\"*"), QueryError::MisplacedStar);
         assert_eq!(err("NOT"), QueryError::NotWithoutWord);
         assert_eq!(err("tea NOT"), QueryError::NotWithoutWord);
+        assert_eq!(err("NOT ?? tea"), QueryError::NotWithoutWord);
+        assert_eq!(err("tea -\"\" milk"), QueryError::NotWithoutWord);
         assert_eq!(err("AND"), QueryError::LoneOperator("AND"));
         assert_eq!(err("tea AND"), QueryError::LoneOperator("AND"));
         assert_eq!(err("AND tea"), QueryError::LoneOperator("AND"));
