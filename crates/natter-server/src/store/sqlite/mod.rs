@@ -1358,10 +1358,25 @@ mod tests {
         assert_eq!(found(&store, b, "gamma").await, ["gamma two"]);
         assert!(found(&store, b, "doomed").await.is_empty());
 
-        // A later deletion is followed too.
+        // A deletion hides the message at once, and the indexer then
+        // removes it from the index.
         store.change_message(change(edited, None)).await.unwrap();
         assert_eq!(store.search_index_lag().await.unwrap(), 1);
+        assert!(
+            found(&store, b, "gamma").await.is_empty(),
+            "hidden before indexing"
+        );
+        let docs = || {
+            store.readers.read(|c| {
+                c.query_row("SELECT count(*) FROM search_docs", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(db_err)
+            })
+        };
+        assert_eq!(docs().await.unwrap(), 2, "alpha one and gamma two");
         store.index_search(10).await.unwrap();
+        assert_eq!(docs().await.unwrap(), 1, "alpha one");
         assert!(found(&store, b, "gamma").await.is_empty());
         store.close().await;
     }

@@ -254,8 +254,13 @@ pub(super) fn fts5_query(q: &TextQuery) -> String {
 }
 
 /// The filters every search shares; `?2` is the user, `?3`..`?7` the filters.
+/// A message deleted since it was indexed is left out at once, before the
+/// indexer reaches its deletion: "deleted for everyone" never shows, not
+/// even as a snippet of the indexed copy.
 const FILTERS: &str = "
-    EXISTS (SELECT 1 FROM memberships m
+    NOT EXISTS (SELECT 1 FROM chat_log l
+                WHERE l.chat_id = d.chat_id AND l.seq = d.seq AND l.deleted_at IS NOT NULL)
+    AND EXISTS (SELECT 1 FROM memberships m
             WHERE m.chat_id = d.chat_id AND m.user_id = ?2
               AND d.seq >= m.from_seq AND (m.to_seq IS NULL OR d.seq <= m.to_seq))
     AND (?3 IS NULL OR d.chat_id IN (SELECT unhex(value) FROM json_each(?3)))
