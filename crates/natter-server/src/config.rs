@@ -135,6 +135,12 @@ pub struct StoreConfig {
     /// position after a send) waits in memory before it is written; a crash
     /// loses at most this much of them, which later acks restore.
     pub receipt_flush_ms: u64,
+    /// Most chat log entries the search indexer follows in one writer job:
+    /// bounds how long one pass holds the writer.
+    pub search_index_batch: usize,
+    /// How often the search indexer looks at the log when nothing woke it
+    /// (it is woken after every append; this is the safety net).
+    pub search_index_poll_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -145,6 +151,8 @@ impl Default for StoreConfig {
             write_queue: 4096,
             chat_cache_max: 100_000,
             receipt_flush_ms: 1000,
+            search_index_batch: 500,
+            search_index_poll_ms: 1000,
         }
     }
 }
@@ -273,6 +281,8 @@ pub struct Limits {
     pub ws_idle_timeout_secs: u64,
     /// Longest search query, in characters.
     pub max_search_query_chars: usize,
+    /// Most words and phrases in one search query (each is one index lookup).
+    pub max_search_terms: usize,
     /// Largest page of search results (`limit`); the default page is 20.
     pub max_search_page_size: usize,
     /// Deepest offset into search results (`(page - 1) * limit`).
@@ -315,6 +325,7 @@ impl Default for Limits {
             ws_ping_interval_secs: 30,
             ws_idle_timeout_secs: 75,
             max_search_query_chars: 256,
+            max_search_terms: 16,
             max_search_page_size: 50,
             max_search_offset: 10_000,
             max_push_endpoint_chars: 1024,
@@ -570,7 +581,7 @@ impl Config {
             }
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 50] = [
+        let positive: [(&'static str, u64); 53] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -585,6 +596,14 @@ impl Config {
             ("store.write_queue", self.store.write_queue as u64),
             ("store.chat_cache_max", self.store.chat_cache_max as u64),
             ("store.receipt_flush_ms", self.store.receipt_flush_ms),
+            (
+                "store.search_index_batch",
+                self.store.search_index_batch as u64,
+            ),
+            (
+                "store.search_index_poll_ms",
+                self.store.search_index_poll_ms,
+            ),
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             ("limits.max_json_depth", self.limits.max_json_depth as u64),
             ("limits.max_name_chars", self.limits.max_name_chars as u64),
@@ -673,6 +692,10 @@ impl Config {
             (
                 "limits.max_search_query_chars",
                 self.limits.max_search_query_chars as u64,
+            ),
+            (
+                "limits.max_search_terms",
+                self.limits.max_search_terms as u64,
             ),
             (
                 "limits.max_search_page_size",

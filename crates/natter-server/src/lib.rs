@@ -11,6 +11,8 @@
 //!   behind traits (`blobs` behind `object_store`). Nothing above `store`
 //!   writes SQL.
 //! - [`thumbnail`]: decoding plaintext images, with limits, into thumbnails.
+//! - [`search_query`]: the message search language, parsed into an
+//!   engine-neutral query that each store engine compiles.
 //! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
 //! - [`server`]: start-up and graceful shutdown; `listener` accepts
 //!   connections (header timeout, per-address cap, graceful drain).
@@ -26,6 +28,7 @@ mod listener;
 pub mod phone;
 pub mod push;
 pub mod ratelimit;
+pub mod search_query;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -416,6 +416,48 @@ async fn kill_9_during_sends(group: bool, prefix: &str) {
             "acknowledged message {id} was lost"
         );
     }
+    // The search indexer catches up on what it had not indexed: every
+    // acknowledged message of sender 0 is found, once each.
+    let from_0 = stored
+        .iter()
+        .filter(|m| m["content"].as_str().is_some_and(|c| c.starts_with("0-")))
+        .count() as i64;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found: Value = http
+            .get(format!(
+                "{base}/api/v1/search/messages?q=0&chat_id={chat}&limit=1"
+            ))
+            .bearer_auth(&tokens[1])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let total = found["total"].as_i64().unwrap();
+        assert!(total <= from_0 + 100, "{total}");
+        // Sender 0's messages contain the word 0; others may too (n = 0).
+        let exact: Value = http
+            .get(format!(
+                "{base}/api/v1/search/messages?q=%220-0%22&chat_id={chat}"
+            ))
+            .bearer_auth(&tokens[1])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if exact["total"] == 1 && total >= from_0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the search index did not catch up: {total} of {from_0}, {exact}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The log continues after the last entry that survived.
     let res = http
         .post(format!("{base}/api/v1/messages"))

@@ -15,6 +15,7 @@ mod push;
 mod realtime;
 pub mod render;
 mod search;
+mod search_indexer;
 
 use std::net::IpAddr;
 use std::sync::Arc;

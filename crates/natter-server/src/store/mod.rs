@@ -17,6 +17,7 @@ use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
 
 use crate::clock::Timestamp;
 use crate::phone::Phone;
+pub use crate::search_query::{Term, TextQuery};
 use crate::secret::{CodeHash, TokenHash};
 
 /// A failure of the storage engine itself (not a domain outcome).
@@ -616,10 +617,8 @@ pub struct ChatHead {
 pub struct SearchQuery {
     /// Whose view: only messages inside their membership periods.
     pub user: UserId,
-    /// The query text (FTS5 syntax for word search).
-    pub text: String,
-    /// How the text is matched.
-    pub mode: SearchMode,
+    /// What to match, parsed; each engine compiles it into its own syntax.
+    pub text: TextQuery,
     /// Only these chats (empty: all of the user's).
     pub chats: Vec<ChatId>,
     /// Only from this sender.
@@ -630,7 +629,8 @@ pub struct SearchQuery {
     pub before: Option<Timestamp>,
     /// Only sent after this time.
     pub after: Option<Timestamp>,
-    /// Best matches first (BM25) instead of newest first.
+    /// Best matches first (BM25) instead of newest first, where the engine
+    /// can rank the query.
     pub by_relevance: bool,
     /// Hits to skip.
     pub offset: i64,
@@ -638,33 +638,42 @@ pub struct SearchQuery {
     pub limit: i64,
 }
 
-/// How a query's text is matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SearchMode {
-    /// FTS5 query over words (case and accents folded).
-    Words,
-    /// A substring of at least three characters, over the trigram index.
-    Trigrams,
-    /// A substring of one or two characters: scanned.
-    Scan,
-}
-
 /// One search hit.
 #[derive(Debug, Clone)]
 pub struct SearchHit {
     /// The message.
     pub entry: LogEntry,
-    /// Where it matched: text with the matches between `\u{E000}` and `\u{E001}`.
-    pub snippet: String,
+    /// Where it matched.
+    pub snippet: Snippet,
 }
 
-/// What a search found, or why it could not run.
+/// An excerpt of a message with its matches located by offsets, never by
+/// markers inside the text (a message could contain any marker).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snippet {
+    /// The excerpt, as plain text.
+    pub text: String,
+    /// Byte ranges of `text` that matched, in order, not overlapping, each
+    /// on character boundaries.
+    pub marks: Vec<std::ops::Range<usize>>,
+}
+
+/// A page of search hits.
 #[derive(Debug, Clone)]
-pub enum SearchOutcome {
-    /// A page of hits and the total number of hits.
-    Found(Vec<SearchHit>, i64),
-    /// The query text is not valid FTS5 syntax; the message says why.
-    BadQuery(String),
+pub struct SearchPage {
+    /// The hits on this page.
+    pub hits: Vec<SearchHit>,
+    /// How many hits there are in all.
+    pub total: i64,
+}
+
+/// What one pass of the search indexer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexProgress {
+    /// Log entries followed in this pass.
+    pub processed: u64,
+    /// Log entries still waiting after it.
+    pub remaining: u64,
 }
 
 /// A device's push channel, as stored.
@@ -935,8 +944,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// them or have them as a contact, narrowed by `user`'s privacy setting.
     async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>>;
 
-    /// Searches the plaintext messages `query.user` may see.
-    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchOutcome>;
+    /// Searches the plaintext messages `query.user` may see, as far as the
+    /// index has followed the chat logs.
+    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchPage>;
+
+    /// Brings the search index one step closer to the chat logs: follows at
+    /// most `max_entries` log entries after the index's durable cursor, in
+    /// commit order, and moves the cursor in the same transaction, so each
+    /// entry is applied exactly once even across crashes.
+    async fn index_search(&self, max_entries: usize) -> StoreResult<IndexProgress>;
+
+    /// Log entries committed but not yet followed by the search index.
+    async fn search_index_lag(&self) -> StoreResult<u64>;
+
+    /// Woken after a commit that appended to a chat log, so the search
+    /// indexer need not poll often. A wake-up with no waiter is kept for
+    /// the next wait.
+    fn log_appended(&self) -> &tokio::sync::Notify;
 
     /// Records when the user was last online.
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;

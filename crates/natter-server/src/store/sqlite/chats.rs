@@ -400,7 +400,7 @@ pub(super) fn create_chat(
         new.creator.as_uuid().as_bytes(),
         new.now.0
     ])?;
-    let state = cache.insert(new.id, ChatState::new(new.kind, new.encrypted));
+    let state = cache.insert(new.id, ChatState::new(new.kind));
     // Members first, so the `created` entry reaches all of them; it has seq 1.
     let creator_role = if new.kind == ChatKind::Group {
         Role::Admin
@@ -613,17 +613,6 @@ pub(super) fn post(c: &Connection, cache: &mut ChatCache, m: NewMessage) -> Resu
             ))
         });
     };
-    if let (false, Some(text)) = (state.encrypted, &appended.entry.content) {
-        super::search::index(
-            c,
-            m.chat_id,
-            appended.entry.seq,
-            m.sender_id,
-            m.message_type,
-            m.now,
-            text,
-        )?;
-    }
     // The sender has read the chat up to their own message (written out with
     // the next flush).
     let seq = appended.entry.seq;
@@ -881,9 +870,6 @@ pub(super) fn change_message(
                 "UPDATE chat_log SET content = ?2, ciphertext = ?3, edited_at = ?4 WHERE id = ?1",
             )?
             .execute(params![id, content, ciphertext, ch.now.0])?;
-            if let Some(text) = &content {
-                super::search::reindex(c, message.chat_id, message.seq, text)?;
-            }
             append_entry(
                 c,
                 state,
@@ -899,7 +885,6 @@ pub(super) fn change_message(
                    deleted_at = ?2 WHERE id = ?1",
             )?
             .execute(params![id, ch.now.0])?;
-            super::search::unindex(c, message.chat_id, message.seq)?;
             // Edits carried copies of the content: clear them too.
             c.prepare_cached(
                 "UPDATE chat_log SET content = NULL, ciphertext = NULL

@@ -9,7 +9,7 @@ mod chats;
 mod engine;
 mod media;
 mod push;
-pub mod search;
+mod search;
 
 use std::path::Path;
 
@@ -22,11 +22,11 @@ use uuid::Uuid;
 use self::engine::{ReadPool, Writer, db_err};
 use super::{
     ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, CollectedMedia,
-    ContactAdded, ContactEntry, Device, FinishedMedia, HistoryQuery, LogEntry, LogEvent, LoggedIn,
-    Login, MediaCreated, MediaRecord, Member, MessageChange, MessageChanged, NewChat, NewDevice,
-    NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch,
-    PushChannelRecord, PushFinished, ReceiptChange, ReceiptState, Registered, Registration,
-    Relation, SearchOutcome, SearchQuery, Store, StoreError, StoreResult, User,
+    ContactAdded, ContactEntry, Device, FinishedMedia, HistoryQuery, IndexProgress, LogEntry,
+    LogEvent, LoggedIn, Login, MediaCreated, MediaRecord, Member, MessageChange, MessageChanged,
+    NewChat, NewDevice, NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted,
+    ProfilePatch, PushChannelRecord, PushFinished, ReceiptChange, ReceiptState, Registered,
+    Registration, Relation, SearchPage, SearchQuery, Store, StoreError, StoreResult, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_media.sql"),
     include_str!("migrations/0006_push.sql"),
     include_str!("migrations/0007_log_position.sql"),
+    include_str!("migrations/0008_search_indexer.sql"),
     include_str!("migrations/0010_fanout_on_read.sql"),
 ];
 
@@ -63,6 +64,9 @@ pub struct SqliteStore {
     receipts: cache::PublishedReceipts,
     /// Held for the store's life: an exclusive lock on the data directory.
     _lock: std::fs::File,
+    /// Poked after commits that append to a chat log; the search indexer
+    /// waits on it between passes.
+    log_appended: tokio::sync::Notify,
 }
 
 impl SqliteStore {
@@ -97,7 +101,16 @@ impl SqliteStore {
             readers,
             receipts,
             _lock: lock,
+            log_appended: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Wakes the search indexer after a write that may have appended to a
+    /// chat log (a refused one appends nothing, so it stays asleep).
+    fn appended<T>(&self, result: &StoreResult<T>) {
+        if result.is_ok() {
+            self.log_appended.notify_one();
+        }
     }
 }
 
@@ -689,9 +702,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated> {
-        self.writer
+        let created = self
+            .writer
             .write_chats(move |c, cache| chats::create_chat(c, cache, chat).map_err(db_err))
-            .await
+            .await;
+        self.appended(&created);
+        created
     }
 
     async fn chat_access(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatAccess>> {
@@ -728,9 +744,12 @@ impl Store for SqliteStore {
     }
 
     async fn post(&self, message: NewMessage) -> StoreResult<Posted> {
-        self.writer
+        let posted = self
+            .writer
             .write_chats(move |c, cache| chats::post(c, cache, message).map_err(db_err))
-            .await
+            .await;
+        self.appended(&posted);
+        posted
     }
 
     async fn change_chat(
@@ -741,11 +760,14 @@ impl Store for SqliteStore {
         max_members: usize,
         now: Timestamp,
     ) -> StoreResult<ChatChanged> {
-        self.writer
+        let changed = self
+            .writer
             .write_chats(move |c, cache| {
                 chats::change_chat(c, cache, chat, actor, change, max_members, now).map_err(db_err)
             })
-            .await
+            .await;
+        self.appended(&changed);
+        changed
     }
 
     async fn history(
@@ -760,9 +782,12 @@ impl Store for SqliteStore {
     }
 
     async fn change_message(&self, change: MessageChange) -> StoreResult<MessageChanged> {
-        self.writer
+        let changed = self
+            .writer
             .write_chats(move |c, cache| chats::change_message(c, cache, change).map_err(db_err))
-            .await
+            .await;
+        self.appended(&changed);
+        changed
     }
 
     async fn chat_of_message(&self, message: MessageId) -> StoreResult<Option<ChatId>> {
@@ -834,10 +859,24 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchOutcome> {
+    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchPage> {
         self.readers
             .read(move |c| search::search(c, &query).map_err(db_err))
             .await
+    }
+
+    async fn index_search(&self, max_entries: usize) -> StoreResult<IndexProgress> {
+        self.writer
+            .write(move |c| search::follow_log(c, max_entries).map_err(db_err))
+            .await
+    }
+
+    async fn search_index_lag(&self) -> StoreResult<u64> {
+        self.readers.read(|c| search::lag(c).map_err(db_err)).await
+    }
+
+    fn log_appended(&self) -> &tokio::sync::Notify {
+        &self.log_appended
     }
 
     async fn create_media(
@@ -980,6 +1019,8 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use natter_proto::chats::{ChatKind, MessageType};
+
     use super::*;
 
     async fn user(store: &SqliteStore, n: u32) -> UserId {
@@ -1429,6 +1470,248 @@ mod tests {
             .await
             .unwrap();
         assert!(store.push_devices(vec![a]).await.unwrap().is_empty());
+        store.close().await;
+    }
+
+    fn words(q: &str) -> crate::search_query::TextQuery {
+        let limits = crate::search_query::QueryLimits {
+            max_chars: 256,
+            max_terms: 16,
+        };
+        crate::search_query::parse(q, limits).unwrap()
+    }
+
+    async fn found(store: &SqliteStore, user: UserId, q: &str) -> Vec<String> {
+        let page = store
+            .search_messages(SearchQuery {
+                user,
+                text: words(q),
+                chats: Vec::new(),
+                sender: None,
+                message_type: None,
+                before: None,
+                after: None,
+                by_relevance: false,
+                offset: 0,
+                limit: 50,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, page.hits.len() as i64);
+        page.hits
+            .into_iter()
+            .map(|h| h.entry.content.unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_search_indexer_follows_the_log_once_in_bounded_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+        let chat = |encrypted: bool, name: &str| NewChat {
+            id: ChatId::new(),
+            kind: ChatKind::Group,
+            name: Some(name.to_owned()),
+            encrypted,
+            creator: a,
+            others: vec![b],
+            now: Timestamp::now(),
+        };
+        let ChatCreated::Created(plain, _) = store.create_chat(chat(false, "p")).await.unwrap()
+        else {
+            panic!("new chat")
+        };
+        let ChatCreated::Created(sealed, _) = store.create_chat(chat(true, "s")).await.unwrap()
+        else {
+            panic!("new chat")
+        };
+        let post = |chat: ChatId, text: &str| {
+            let id = MessageId::new();
+            let message = NewMessage {
+                id,
+                chat_id: chat,
+                sender_id: a,
+                sender_device_id: DeviceId::new(),
+                message_type: MessageType::Text,
+                content: Some(text.to_owned()),
+                ciphertext: None,
+                media_id: None,
+                reply_to: None,
+                client_message_id: None,
+                client_timestamp: None,
+                now: Timestamp::now(),
+            };
+            let store = &store;
+            async move {
+                store.post(message).await.unwrap();
+                id
+            }
+        };
+        let change = |message: MessageId, edit: Option<&str>| crate::store::MessageChange {
+            message,
+            actor: a,
+            device: DeviceId::new(),
+            edit: edit.map(|t| crate::store::NewContent {
+                content: Some(t.to_owned()),
+                ciphertext: None,
+                window_ms: i64::MAX,
+            }),
+            now: Timestamp::now(),
+        };
+        post(plain.id, "alpha one").await;
+        // The store does not check that an encrypted chat's message has no
+        // text; the indexer must skip it anyway.
+        post(sealed.id, "alpha sealed").await;
+        let edited = post(plain.id, "beta two").await;
+        store
+            .change_message(change(edited, Some("gamma two")))
+            .await
+            .unwrap();
+        let doomed = post(plain.id, "alpha doomed").await;
+        store.change_message(change(doomed, None)).await.unwrap();
+        let appended = store.search_index_lag().await.unwrap();
+        assert!(appended >= 6, "{appended}");
+        assert!(
+            found(&store, b, "alpha").await.is_empty(),
+            "nothing indexed yet"
+        );
+
+        let mut passes = 0;
+        let mut followed = 0;
+        loop {
+            let progress = store.index_search(2).await.unwrap();
+            assert!(progress.processed <= 2, "bounded: {progress:?}");
+            followed += progress.processed;
+            passes += 1;
+            assert_eq!(progress.remaining, appended - followed);
+            if progress.remaining == 0 {
+                break;
+            }
+        }
+        assert_eq!(followed, appended);
+        assert_eq!(passes, appended.div_ceil(2));
+        let idle = store.index_search(2).await.unwrap();
+        assert_eq!((idle.processed, idle.remaining), (0, 0));
+
+        assert_eq!(found(&store, b, "alpha").await, ["alpha one"]);
+        assert!(found(&store, b, "beta").await.is_empty());
+        assert_eq!(found(&store, b, "gamma").await, ["gamma two"]);
+        assert!(found(&store, b, "doomed").await.is_empty());
+
+        // A deletion hides the message at once, and the indexer then
+        // removes it from the index.
+        store.change_message(change(edited, None)).await.unwrap();
+        assert_eq!(store.search_index_lag().await.unwrap(), 1);
+        assert!(
+            found(&store, b, "gamma").await.is_empty(),
+            "hidden before indexing"
+        );
+        let docs = || {
+            store.readers.read(|c| {
+                c.query_row("SELECT count(*) FROM search_docs", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(db_err)
+            })
+        };
+        assert_eq!(docs().await.unwrap(), 2, "alpha one and gamma two");
+        store.index_search(10).await.unwrap();
+        assert_eq!(docs().await.unwrap(), 1, "alpha one");
+        assert!(found(&store, b, "gamma").await.is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_the_indexer_starts_caught_up_and_loses_forged_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+        let new = NewChat {
+            id: ChatId::new(),
+            kind: ChatKind::Direct,
+            name: None,
+            encrypted: false,
+            creator: a,
+            others: vec![b],
+            now: Timestamp::now(),
+        };
+        let ChatCreated::Created(chat, _) = store.create_chat(new).await.unwrap() else {
+            panic!("new chat")
+        };
+        store
+            .post(NewMessage {
+                id: MessageId::new(),
+                chat_id: chat.id,
+                sender_id: a,
+                sender_device_id: DeviceId::new(),
+                message_type: MessageType::Text,
+                content: Some("tagged forged words".to_owned()),
+                ciphertext: None,
+                media_id: None,
+                reply_to: None,
+                client_message_id: None,
+                client_timestamp: None,
+                now: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+        while store.index_search(100).await.unwrap().remaining > 0 {}
+        store.close().await;
+        drop(store);
+        // Back to schema 7 as the earlier code left it: everything indexed
+        // in its append transaction, no cursor, the text stored verbatim.
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        // (Schema 7 still had what the fan-out migration later removes.)
+        c.execute_batch(
+            "DROP TABLE search_cursor;
+             CREATE TABLE updates (user_id BLOB, pts INTEGER);
+             ALTER TABLE users ADD COLUMN pts INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE devices ADD COLUMN acked_pts INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE chats ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE chats ADD COLUMN last_activity_at INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE push_outbox RENAME COLUMN since_seq TO since_pts;
+             ALTER TABLE push_outbox RENAME COLUMN last_seq TO last_pts;
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+        c.execute(
+            "UPDATE search_words SET content = ?1",
+            ["tagged \u{E000}forged\u{E001} words"],
+        )
+        .unwrap();
+        drop(c);
+
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        assert_eq!(store.search_index_lag().await.unwrap(), 0);
+        assert_eq!(store.index_search(100).await.unwrap().processed, 0);
+        let page = store
+            .search_messages(SearchQuery {
+                user: b,
+                text: words("tagged"),
+                chats: Vec::new(),
+                sender: None,
+                message_type: None,
+                before: None,
+                after: None,
+                by_relevance: false,
+                offset: 0,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, 1, "indexed once, not again");
+        let snippet = &page.hits[0].snippet;
+        assert!(
+            !snippet.text.contains(['\u{E000}', '\u{E001}']),
+            "{snippet:?}"
+        );
+        let marked: Vec<&str> = snippet
+            .marks
+            .iter()
+            .map(|r| &snippet.text[r.clone()])
+            .collect();
+        assert_eq!(marked, ["tagged"]);
         store.close().await;
     }
 }
