@@ -223,6 +223,20 @@ pub struct Limits {
     pub header_read_timeout_secs: u64,
     /// Open connections one client address may hold.
     pub max_connections_per_ip: usize,
+    /// A connection with no request or WebSocket in flight for this long is
+    /// closed (HTTP/1 keep-alive and HTTP/2 alike). A new connection must
+    /// start its first request within `header_read_timeout_secs`.
+    pub idle_timeout_secs: u64,
+    /// A write to a client that makes no progress for this long (the client
+    /// stopped reading a download or a WebSocket) closes the connection.
+    pub write_timeout_secs: u64,
+    /// How often an HTTP/2 connection with requests in flight is pinged.
+    pub http2_keep_alive_interval_secs: u64,
+    /// An HTTP/2 ping unanswered this long closes the connection.
+    pub http2_keep_alive_timeout_secs: u64,
+    /// Largest total size of a request's header fields (names and values),
+    /// in bytes; larger is refused with 431.
+    pub max_header_bytes: usize,
     /// Participants of a group, creator included.
     pub max_group_members: usize,
     /// Longest group name, in characters.
@@ -285,6 +299,12 @@ impl Default for Limits {
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
             max_connections_per_ip: 1000,
+            idle_timeout_secs: 60,
+            write_timeout_secs: 60,
+            http2_keep_alive_interval_secs: 30,
+            http2_keep_alive_timeout_secs: 20,
+            // Browsers send 1-2 KiB; big cookies are the usual outlier.
+            max_header_bytes: 16 * 1024,
             max_group_members: 1024,
             max_chat_name_chars: 128,
             max_message_chars: 4096,
@@ -557,7 +577,7 @@ impl Config {
             }
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 47] = [
+        let positive: [(&'static str, u64); 52] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -601,6 +621,20 @@ impl Config {
             (
                 "limits.max_connections_per_ip",
                 self.limits.max_connections_per_ip as u64,
+            ),
+            ("limits.idle_timeout_secs", self.limits.idle_timeout_secs),
+            ("limits.write_timeout_secs", self.limits.write_timeout_secs),
+            (
+                "limits.http2_keep_alive_interval_secs",
+                self.limits.http2_keep_alive_interval_secs,
+            ),
+            (
+                "limits.http2_keep_alive_timeout_secs",
+                self.limits.http2_keep_alive_timeout_secs,
+            ),
+            (
+                "limits.max_header_bytes",
+                self.limits.max_header_bytes as u64,
             ),
             (
                 "limits.max_group_members",
