@@ -361,8 +361,9 @@ async fn serve(
         header::CONTENT_TYPE,
         value(served_type(media.kind, content_type)),
     );
+    // Inline only what the server decoded and checked at upload.
     let inline = kind == BlobKind::Thumbnail
-        || (media.kind == MediaKind::Image && content_type.starts_with("image/"));
+        || (media.kind == MediaKind::Image && crate::thumbnail::format_of(content_type).is_some());
     out.insert(
         header::CONTENT_DISPOSITION,
         value(&disposition(inline, media.filename.as_deref())),
