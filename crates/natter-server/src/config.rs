@@ -352,8 +352,17 @@ impl Rate {
 pub struct RateLimits {
     /// Verification codes sent to one number.
     pub verification_per_phone: Rate,
-    /// Verification codes requested from one client address.
+    /// Verification codes requested from one client address (an IPv4
+    /// address, or the /64 of an IPv6 address).
     pub verification_per_ip: Rate,
+    /// Verification codes requested from one client network (IPv4 /24,
+    /// IPv6 /48): many addresses of one network count together.
+    pub verification_per_network: Rate,
+    /// Verification codes sent to one block of numbers (the number without
+    /// its last four digits): SMS pumping walks through a premium range.
+    pub verification_per_prefix: Rate,
+    /// Verification codes sent to one country calling code.
+    pub verification_per_country: Rate,
     /// Verification codes sent by the whole server (SMS costs money).
     pub verification_global: Rate,
     /// Register and login attempts from one client address.
@@ -370,6 +379,8 @@ pub struct RateLimits {
     pub messages_per_user: Rate,
     /// Uploads started by one user (plain and resumable together).
     pub uploads_per_user: Rate,
+    /// Push channels registered (set or replaced) by one user's devices.
+    pub push_channels_per_user: Rate,
 }
 
 impl Default for RateLimits {
@@ -377,6 +388,9 @@ impl Default for RateLimits {
         Self {
             verification_per_phone: Rate::new(5, 3600),
             verification_per_ip: Rate::new(20, 3600),
+            verification_per_network: Rate::new(60, 3600),
+            verification_per_prefix: Rate::new(10, 3600),
+            verification_per_country: Rate::new(200, 600),
             verification_global: Rate::new(600, 60),
             code_attempts_per_ip: Rate::new(30, 600),
             discover_per_user: Rate::new(10, 3600),
@@ -385,6 +399,7 @@ impl Default for RateLimits {
             presence_per_device: Rate::new(6, 60),
             messages_per_user: Rate::new(600, 60),
             uploads_per_user: Rate::new(120, 3600),
+            push_channels_per_user: Rate::new(30, 3600),
         }
     }
 }
@@ -757,6 +772,22 @@ impl Config {
             (
                 "rate_limits.verification_per_ip",
                 self.rate_limits.verification_per_ip,
+            ),
+            (
+                "rate_limits.verification_per_network",
+                self.rate_limits.verification_per_network,
+            ),
+            (
+                "rate_limits.verification_per_prefix",
+                self.rate_limits.verification_per_prefix,
+            ),
+            (
+                "rate_limits.verification_per_country",
+                self.rate_limits.verification_per_country,
+            ),
+            (
+                "rate_limits.push_channels_per_user",
+                self.rate_limits.push_channels_per_user,
             ),
             (
                 "rate_limits.verification_global",

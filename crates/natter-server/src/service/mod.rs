@@ -331,8 +331,9 @@ impl Services {
             .map_err(ServiceError::RateLimited)
     }
 
+    /// A per-address limit: an IPv4 address, or an IPv6 /64.
     async fn limit_ip(&self, limit: Limit, ip: IpAddr) -> ServiceResult<()> {
-        self.limit(limit, &ip.to_string()).await
+        self.limit(limit, &crate::ratelimit::address_key(ip)).await
     }
 }
 

@@ -153,6 +153,12 @@ impl Services {
         if self.inner.push.gateway.is_none() {
             return Err(ServiceError::PushDisabled);
         }
+        // Before the endpoint check: it resolves the endpoint's host.
+        self.limit(
+            crate::ratelimit::Limit::PushChannelsPerUser,
+            &who.user.to_string(),
+        )
+        .await?;
         let target = match req {
             PushChannelRequest::Webpush { endpoint, keys } => {
                 let p256dh = decode_b64("keys.p256dh", &keys.p256dh)?;
