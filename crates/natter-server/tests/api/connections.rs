@@ -315,3 +315,12 @@ async fn a_client_that_stops_reading_a_download_is_cut_off_after_the_write_timeo
     );
     assert!(total < size, "the whole body arrived: {total} bytes");
 }
+
+#[tokio::test]
+async fn a_garbage_request_line_gets_hyper_s_400_and_the_connection_closes() {
+    // The JSON envelope is not possible here: hyper answers before any
+    // service runs (docs/security.md, known gaps).
+    let app = TestApp::start().await;
+    let answer = raw_answer(&app, b"\x16\x03 GARBAGE\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+}
