@@ -230,4 +230,42 @@ mod tests {
         let p = Phone::parse("+14155550123", PhoneValidation::Parse).unwrap();
         assert_eq!(format!("{p:?}"), "Phone(+…23)");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Inputs near the grammar (digits and the allowed punctuation
+        /// after `+` or `00`) and anything at all.
+        fn input() -> impl Strategy<Value = String> {
+            let near = proptest::collection::vec(
+                prop_oneof![8 => (b'0'..=b'9').prop_map(char::from), 1 => proptest::sample::select(vec![' ', '-', '.', '(', ')', '/', '+'])],
+                0..40,
+            )
+            .prop_flat_map(|body| {
+                (proptest::sample::select(vec!["+", "00", "", "0"]), Just(body.into_iter().collect::<String>()))
+            })
+            .prop_map(|(lead, body)| format!("{lead}{body}"));
+            prop_oneof![4 => near, 1 => any::<String>()]
+        }
+
+        proptest! {
+            #[test]
+            fn a_parsed_number_is_e164_and_parses_to_itself(raw in input(), strict in any::<bool>()) {
+                let validation = if strict { PhoneValidation::Strict } else { PhoneValidation::Parse };
+                if let Ok(phone) = Phone::parse(&raw, validation) {
+                    let e164 = phone.as_str();
+                    prop_assert!(e164.starts_with('+'), "{raw:?} -> {e164}");
+                    prop_assert!(e164[1..].bytes().all(|b| b.is_ascii_digit()), "{e164}");
+                    prop_assert!((8..=16).contains(&e164.len()), "{e164}");
+                    let again = Phone::parse(e164, validation).map(|p| p.as_str().to_owned());
+                    prop_assert_eq!(again.as_deref(), Ok(e164));
+                    prop_assert!(e164.starts_with(phone.block()));
+                    prop_assert!(e164.starts_with(&phone.country_key()));
+                    let shown = format!("{phone:?}");
+                    prop_assert!(!shown.contains(&e164[1..e164.len() - 2]), "{}", shown);
+                }
+            }
+        }
+    }
 }

@@ -249,4 +249,30 @@ mod tests {
             assert!(!has_visible(text), "{text:?}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn checking_never_panics(text in any::<String>()) {
+                let _ = find_hidden(&text);
+                let _ = has_visible(&text);
+            }
+
+            #[test]
+            fn an_invisible_character_anywhere_is_found(
+                text in "[a-zA-Z0-9 ]{0,12}",
+                at in any::<prop::sample::Index>(),
+                hidden in proptest::sample::select(vec!['\u{206A}', '\u{200B}', '\u{202E}', '\u{3164}', '\u{E0041}', '\u{FEFF}', '\u{00AD}', '\u{2066}']),
+            ) {
+                let mut chars: Vec<char> = text.chars().collect();
+                let i = at.index(chars.len() + 1);
+                chars.insert(i, hidden);
+                let text: String = chars.into_iter().collect();
+                prop_assert!(find_hidden(&text).is_some(), "{text:?}");
+            }
+        }
+    }
 }
