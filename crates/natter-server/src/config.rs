@@ -219,7 +219,8 @@ pub struct Limits {
     /// Time allowed for one request, start to end.
     pub request_timeout_secs: u64,
     /// Time allowed for a client to send a request's headers; also closes
-    /// idle keep-alive connections.
+    /// idle keep-alive connections, and a new connection (HTTP/1 or HTTP/2)
+    /// that has not started a request within it.
     pub header_read_timeout_secs: u64,
     /// Open connections one client address may hold.
     pub max_connections_per_ip: usize,
