@@ -593,7 +593,7 @@ impl Config {
             }
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 52] = [
+        let positive: [(&'static str, u64); 47] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -637,20 +637,6 @@ impl Config {
             (
                 "limits.max_connections_per_ip",
                 self.limits.max_connections_per_ip as u64,
-            ),
-            ("limits.idle_timeout_secs", self.limits.idle_timeout_secs),
-            ("limits.write_timeout_secs", self.limits.write_timeout_secs),
-            (
-                "limits.http2_keep_alive_interval_secs",
-                self.limits.http2_keep_alive_interval_secs,
-            ),
-            (
-                "limits.http2_keep_alive_timeout_secs",
-                self.limits.http2_keep_alive_timeout_secs,
-            ),
-            (
-                "limits.max_header_bytes",
-                self.limits.max_header_bytes as u64,
             ),
             (
                 "limits.max_group_members",
@@ -737,7 +723,25 @@ impl Config {
             ("push.concurrency", self.push.concurrency as u64),
             ("push.preview_chars", self.push.preview_chars as u64),
         ];
-        for (key, value) in positive {
+        // The listener's connection bounds (kept apart so the list above
+        // does not change length with every new key).
+        let connection_bounds = [
+            ("limits.idle_timeout_secs", self.limits.idle_timeout_secs),
+            ("limits.write_timeout_secs", self.limits.write_timeout_secs),
+            (
+                "limits.http2_keep_alive_interval_secs",
+                self.limits.http2_keep_alive_interval_secs,
+            ),
+            (
+                "limits.http2_keep_alive_timeout_secs",
+                self.limits.http2_keep_alive_timeout_secs,
+            ),
+            (
+                "limits.max_header_bytes",
+                self.limits.max_header_bytes as u64,
+            ),
+        ];
+        for (key, value) in positive.into_iter().chain(connection_bounds) {
             if value == 0 {
                 return Err(invalid(key, "must be greater than zero"));
             }
@@ -1005,6 +1009,46 @@ mod tests {
             error_of(&[("NATTER_RATE_LIMITS__DISCOVER_PER_USER__BURST", "0")])
                 .contains("`rate_limits.discover_per_user`")
         );
+        for (var, key) in [
+            (
+                "NATTER_LIMITS__IDLE_TIMEOUT_SECS",
+                "`limits.idle_timeout_secs`",
+            ),
+            (
+                "NATTER_LIMITS__WRITE_TIMEOUT_SECS",
+                "`limits.write_timeout_secs`",
+            ),
+            (
+                "NATTER_LIMITS__HTTP2_KEEP_ALIVE_INTERVAL_SECS",
+                "`limits.http2_keep_alive_interval_secs`",
+            ),
+            (
+                "NATTER_LIMITS__HTTP2_KEEP_ALIVE_TIMEOUT_SECS",
+                "`limits.http2_keep_alive_timeout_secs`",
+            ),
+            (
+                "NATTER_LIMITS__MAX_HEADER_BYTES",
+                "`limits.max_header_bytes`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__VERIFICATION_PER_NETWORK__BURST",
+                "`rate_limits.verification_per_network`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__VERIFICATION_PER_PREFIX__PER_SECS",
+                "`rate_limits.verification_per_prefix`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__VERIFICATION_PER_COUNTRY__BURST",
+                "`rate_limits.verification_per_country`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__PUSH_CHANNELS_PER_USER__BURST",
+                "`rate_limits.push_channels_per_user`",
+            ),
+        ] {
+            assert!(error_of(&[(var, "0")]).contains(key), "{var}");
+        }
     }
 
     #[test]
