@@ -236,10 +236,25 @@ pub struct Limits {
     /// Time allowed for one request, start to end.
     pub request_timeout_secs: u64,
     /// Time allowed for a client to send a request's headers; also closes
-    /// idle keep-alive connections.
+    /// idle keep-alive connections, and a new connection (HTTP/1 or HTTP/2)
+    /// that has not started a request within it.
     pub header_read_timeout_secs: u64,
     /// Open connections one client address may hold.
     pub max_connections_per_ip: usize,
+    /// A connection with no request or WebSocket in flight for this long is
+    /// closed (HTTP/1 keep-alive and HTTP/2 alike). A new connection must
+    /// start its first request within `header_read_timeout_secs`.
+    pub idle_timeout_secs: u64,
+    /// A write to a client that makes no progress for this long (the client
+    /// stopped reading a download or a WebSocket) closes the connection.
+    pub write_timeout_secs: u64,
+    /// How often an HTTP/2 connection with requests in flight is pinged.
+    pub http2_keep_alive_interval_secs: u64,
+    /// An HTTP/2 ping unanswered this long closes the connection.
+    pub http2_keep_alive_timeout_secs: u64,
+    /// Largest total size of a request's header fields (names and values),
+    /// in bytes; larger is refused with 431.
+    pub max_header_bytes: usize,
     /// Participants of a group, creator included.
     pub max_group_members: usize,
     /// Longest group name, in characters.
@@ -307,6 +322,12 @@ impl Default for Limits {
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
             max_connections_per_ip: 1000,
+            idle_timeout_secs: 60,
+            write_timeout_secs: 60,
+            http2_keep_alive_interval_secs: 30,
+            http2_keep_alive_timeout_secs: 20,
+            // Browsers send 1-2 KiB; big cookies are the usual outlier.
+            max_header_bytes: 16 * 1024,
             max_group_members: 1024,
             max_chat_name_chars: 128,
             max_message_chars: 4096,
@@ -356,8 +377,17 @@ impl Rate {
 pub struct RateLimits {
     /// Verification codes sent to one number.
     pub verification_per_phone: Rate,
-    /// Verification codes requested from one client address.
+    /// Verification codes requested from one client address (an IPv4
+    /// address, or the /64 of an IPv6 address).
     pub verification_per_ip: Rate,
+    /// Verification codes requested from one client network (IPv4 /24,
+    /// IPv6 /48): many addresses of one network count together.
+    pub verification_per_network: Rate,
+    /// Verification codes sent to one block of numbers (the number without
+    /// its last four digits): SMS pumping walks through a premium range.
+    pub verification_per_prefix: Rate,
+    /// Verification codes sent to one country calling code.
+    pub verification_per_country: Rate,
     /// Verification codes sent by the whole server (SMS costs money).
     pub verification_global: Rate,
     /// Register and login attempts from one client address.
@@ -374,6 +404,8 @@ pub struct RateLimits {
     pub messages_per_user: Rate,
     /// Uploads started by one user (plain and resumable together).
     pub uploads_per_user: Rate,
+    /// Push channels registered (set or replaced) by one user's devices.
+    pub push_channels_per_user: Rate,
 }
 
 impl Default for RateLimits {
@@ -381,6 +413,9 @@ impl Default for RateLimits {
         Self {
             verification_per_phone: Rate::new(5, 3600),
             verification_per_ip: Rate::new(20, 3600),
+            verification_per_network: Rate::new(60, 3600),
+            verification_per_prefix: Rate::new(10, 3600),
+            verification_per_country: Rate::new(200, 600),
             verification_global: Rate::new(600, 60),
             code_attempts_per_ip: Rate::new(30, 600),
             discover_per_user: Rate::new(10, 3600),
@@ -389,6 +424,7 @@ impl Default for RateLimits {
             presence_per_device: Rate::new(6, 60),
             messages_per_user: Rate::new(600, 60),
             uploads_per_user: Rate::new(120, 3600),
+            push_channels_per_user: Rate::new(30, 3600),
         }
     }
 }
@@ -726,7 +762,25 @@ impl Config {
             ("push.concurrency", self.push.concurrency as u64),
             ("push.preview_chars", self.push.preview_chars as u64),
         ];
-        for (key, value) in positive {
+        // The listener's connection bounds (kept apart so the list above
+        // does not change length with every new key).
+        let connection_bounds = [
+            ("limits.idle_timeout_secs", self.limits.idle_timeout_secs),
+            ("limits.write_timeout_secs", self.limits.write_timeout_secs),
+            (
+                "limits.http2_keep_alive_interval_secs",
+                self.limits.http2_keep_alive_interval_secs,
+            ),
+            (
+                "limits.http2_keep_alive_timeout_secs",
+                self.limits.http2_keep_alive_timeout_secs,
+            ),
+            (
+                "limits.max_header_bytes",
+                self.limits.max_header_bytes as u64,
+            ),
+        ];
+        for (key, value) in positive.into_iter().chain(connection_bounds) {
             if value == 0 {
                 return Err(invalid(key, "must be greater than zero"));
             }
@@ -762,6 +816,22 @@ impl Config {
             (
                 "rate_limits.verification_per_ip",
                 self.rate_limits.verification_per_ip,
+            ),
+            (
+                "rate_limits.verification_per_network",
+                self.rate_limits.verification_per_network,
+            ),
+            (
+                "rate_limits.verification_per_prefix",
+                self.rate_limits.verification_per_prefix,
+            ),
+            (
+                "rate_limits.verification_per_country",
+                self.rate_limits.verification_per_country,
+            ),
+            (
+                "rate_limits.push_channels_per_user",
+                self.rate_limits.push_channels_per_user,
             ),
             (
                 "rate_limits.verification_global",
@@ -978,6 +1048,46 @@ mod tests {
             error_of(&[("NATTER_RATE_LIMITS__DISCOVER_PER_USER__BURST", "0")])
                 .contains("`rate_limits.discover_per_user`")
         );
+        for (var, key) in [
+            (
+                "NATTER_LIMITS__IDLE_TIMEOUT_SECS",
+                "`limits.idle_timeout_secs`",
+            ),
+            (
+                "NATTER_LIMITS__WRITE_TIMEOUT_SECS",
+                "`limits.write_timeout_secs`",
+            ),
+            (
+                "NATTER_LIMITS__HTTP2_KEEP_ALIVE_INTERVAL_SECS",
+                "`limits.http2_keep_alive_interval_secs`",
+            ),
+            (
+                "NATTER_LIMITS__HTTP2_KEEP_ALIVE_TIMEOUT_SECS",
+                "`limits.http2_keep_alive_timeout_secs`",
+            ),
+            (
+                "NATTER_LIMITS__MAX_HEADER_BYTES",
+                "`limits.max_header_bytes`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__VERIFICATION_PER_NETWORK__BURST",
+                "`rate_limits.verification_per_network`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__VERIFICATION_PER_PREFIX__PER_SECS",
+                "`rate_limits.verification_per_prefix`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__VERIFICATION_PER_COUNTRY__BURST",
+                "`rate_limits.verification_per_country`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__PUSH_CHANNELS_PER_USER__BURST",
+                "`rate_limits.push_channels_per_user`",
+            ),
+        ] {
+            assert!(error_of(&[(var, "0")]).contains(key), "{var}");
+        }
     }
 
     #[test]

@@ -121,6 +121,9 @@ impl RunningServer {
     /// # Errors
     /// A [`StartError`] saying what could not be opened.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        // The metrics recorder first: anything recorded before it exists
+        // (the push counters' zeros, say) is lost.
+        let _ = crate::api::metrics_handle();
         let config = Arc::new(config);
         // Load libphonenumber's metadata now rather than in the first request.
         let _ = tokio::task::spawn_blocking(|| {
@@ -178,6 +181,7 @@ impl RunningServer {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(housekeeping(services.clone(), stopped.clone()));
         let (push_stop, push_stopped) = watch::channel(false);
+        services.describe_push_metrics();
         let push_worker = tokio::spawn(services.clone().run_push_worker(push_stopped));
         let (indexer_stop, indexer_stopped) = watch::channel(false);
         let indexer = tokio::spawn(services.clone().run_search_indexer(indexer_stopped));

@@ -46,8 +46,20 @@ impl Services {
     /// Invalid number (400), rate limits (429), gateway failure (502).
     pub async fn request_code(&self, phone: &str, client: IpAddr) -> ServiceResult<CodeSent> {
         let phone = self.parse_phone(phone)?;
+        // Cheapest to refuse first: the client's address and network, then
+        // the number, its block and its country (SMS pumping spreads over
+        // addresses and numbers), then the server's whole budget.
         self.limit_ip(Limit::VerificationPerIp, client).await?;
+        self.limit(
+            Limit::VerificationPerNetwork,
+            &crate::ratelimit::network_key(client),
+        )
+        .await?;
         self.limit(Limit::VerificationPerPhone, phone.as_str())
+            .await?;
+        self.limit(Limit::VerificationPerPrefix, phone.block())
+            .await?;
+        self.limit(Limit::VerificationPerCountry, &phone.country_key())
             .await?;
         self.inner
             .limiter

@@ -16,6 +16,7 @@ mod realtime;
 pub mod render;
 mod search;
 mod search_indexer;
+mod text;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -323,50 +324,23 @@ impl Services {
             .map_err(ServiceError::RateLimited)
     }
 
+    /// A per-address limit: an IPv4 address, or an IPv6 /64.
     async fn limit_ip(&self, limit: Limit, ip: IpAddr) -> ServiceResult<()> {
-        self.limit(limit, &ip.to_string()).await
+        self.limit(limit, &crate::ratelimit::address_key(ip)).await
     }
 }
 
-/// Invisible formatting characters refused in names: zero-width spaces,
-/// direction marks and overrides (they let "alice" pose as someone else or
-/// reorder text around it), the byte-order mark. Zero-width joiner and
-/// non-joiner stay allowed: emoji sequences and Persian and Indic scripts
-/// need them.
-fn is_deceptive_format_char(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{061C}'
-            | '\u{180E}'
-            | '\u{200B}'
-            | '\u{200E}'
-            | '\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-    )
-}
-
-/// Checks a user-supplied text field: trimmed, no control or deceptive
-/// formatting characters, at most `max` characters, and with something
-/// visible in it unless `may_be_empty`.
+/// Checks a user-supplied text field: trimmed, no control or invisible
+/// characters (the rules are in [`text`]), at most `max` characters, and with
+/// something visible in it unless `may_be_empty`.
 fn clean_text(field: &str, value: &str, max: usize, may_be_empty: bool) -> ServiceResult<String> {
     let value = value.trim();
-    if value
-        .chars()
-        .any(|c| c.is_control() || is_deceptive_format_char(c))
-    {
+    if text::find_hidden(value).is_some() {
         return Err(ServiceError::Validation(format!(
             "`{field}` must not contain control or invisible formatting characters."
         )));
     }
-    let visible = value
-        .chars()
-        .any(|c| !c.is_whitespace() && !matches!(c, '\u{200C}' | '\u{200D}'));
-    if !may_be_empty && !visible {
+    if !may_be_empty && !text::has_visible(value) {
         return Err(ServiceError::Validation(format!(
             "`{field}` must not be empty."
         )));

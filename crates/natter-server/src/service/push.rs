@@ -155,6 +155,12 @@ impl Services {
         if self.inner.push.gateway.is_none() {
             return Err(ServiceError::PushDisabled);
         }
+        // Before the endpoint check: it resolves the endpoint's host.
+        self.limit(
+            crate::ratelimit::Limit::PushChannelsPerUser,
+            &who.user.to_string(),
+        )
+        .await?;
         let target = match req {
             PushChannelRequest::Webpush { endpoint, keys } => {
                 let p256dh = decode_b64("keys.p256dh", &keys.p256dh)?;
@@ -387,6 +393,16 @@ impl Services {
         }
     }
 
+    /// Makes the push counters exist, at zero, so the first scrape of
+    /// `/metrics` has them (for `rate()` and absence alerts). Called at
+    /// start, after the metrics recorder is installed and before the worker
+    /// runs; counters recorded before a recorder exists are lost.
+    pub fn describe_push_metrics(&self) {
+        if self.inner.push.gateway.is_some() {
+            describe_metrics();
+        }
+    }
+
     /// The delivery worker: plans new messages' pushes and sends due ones,
     /// at most `push.concurrency` at a time, until `stopped`. Pushes still
     /// waiting at shutdown stay in the outbox for the next start.
@@ -404,7 +420,6 @@ impl Services {
         let Some(mut intents) = taken else {
             return;
         };
-        describe_metrics();
         let config = self.inner.config.push.clone();
         let window_ms = i64::try_from(config.coalesce_ms).unwrap_or(i64::MAX);
         // A send is bounded by the request timeout plus the endpoint's DNS

@@ -355,7 +355,8 @@ async fn push_channels_are_for_own_devices_only() {
 #[tokio::test]
 async fn endpoints_inside_the_network_are_refused_by_default() {
     let service = PushService::start().await;
-    let app = TestApp::start().await;
+    // Many registrations: past the default rate limit.
+    let app = TestApp::start_with(|c| c.rate_limits.push_channels_per_user.burst = 1000).await;
     let alice = app.signup("+14155550850", "Alice").await;
     let keys = service.subscribe().body["keys"].clone();
     for endpoint in [
@@ -491,4 +492,29 @@ async fn the_vapid_key_is_published_and_push_can_be_turned_off() {
         .post(&off, &push_path(&alice), service.subscribe().body)
         .await
         .expect(404, "push_disabled");
+}
+
+#[tokio::test]
+async fn push_channel_registrations_are_rate_limited_at_n() {
+    let service = PushService::start().await;
+    let app = TestApp::start_with(|c| {
+        dev(c, 50);
+        c.rate_limits.push_channels_per_user = natter_server::config::Rate {
+            burst: 3,
+            per_secs: 3600,
+        };
+    })
+    .await;
+    let alice = app.signup("+14155550860", "Alice").await;
+    let bob = app.signup("+14155550861", "Bob").await;
+    let sub = service.subscribe();
+    for _ in 0..3 {
+        let answer = alice.post(&app, &push_path(&alice), sub.body.clone()).await;
+        assert!(answer.status == 200 || answer.status == 201, "{answer:?}");
+    }
+    let refused = alice.post(&app, &push_path(&alice), sub.body.clone()).await;
+    refused.expect(429, "rate_limited");
+    assert!(refused.headers.contains_key("retry-after"));
+    // Another user has a budget of their own.
+    register(&app, &bob, &service.subscribe()).await;
 }
