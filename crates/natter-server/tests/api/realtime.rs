@@ -231,6 +231,31 @@ async fn sync_from(
     }
 }
 
+/// `user` posts `count` messages (`{prefix}{n}`) to `chat` over REST, one
+/// after another, in a task of their own.
+fn sends_in_background(
+    app: &TestApp,
+    user: &crate::support::TestUser,
+    chat: &str,
+    prefix: &'static str,
+    count: usize,
+) -> tokio::task::JoinHandle<()> {
+    let (base, token, chat) = (app.base.clone(), user.token.clone(), chat.to_owned());
+    let http = app.http.clone();
+    tokio::spawn(async move {
+        for n in 0..count {
+            let res = http
+                .post(format!("{base}/api/v1/messages"))
+                .bearer_auth(&token)
+                .json(&json!({"chat_id": chat, "content": format!("{prefix}{n}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+        }
+    })
+}
+
 /// A chat's last seq, from its REST view.
 async fn head(app: &TestApp, user: &crate::support::TestUser, chat: &str) -> i64 {
     user.get(app, &format!("/api/v1/chats/{chat}"))
@@ -320,22 +345,7 @@ async fn sync_while_messages_keep_arriving_has_no_gap_and_no_duplicate() {
     }
     let mut b = bob.connect(&app).await;
     // New messages race with the sync.
-    let writer = {
-        let (app_base, alice, chat) = (app.base.clone(), alice.clone(), chat.clone());
-        let http = app.http.clone();
-        tokio::spawn(async move {
-            for n in 0..200 {
-                let res = http
-                    .post(format!("{app_base}/api/v1/messages"))
-                    .bearer_auth(&alice.token)
-                    .json(&json!({"chat_id": chat, "content": format!("new {n}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 201);
-            }
-        })
-    };
+    let writer = sends_in_background(&app, &alice, &chat, "new ", 200);
     let (mut frames, _) = sync_from(&mut b, &[(chat.as_str(), 1)]).await;
     tokio::time::timeout(WAIT * 3, writer)
         .await
@@ -776,22 +786,7 @@ async fn a_member_removed_during_a_burst_receives_everything_before_and_nothing_
     let sender = app.signup("+14155551054", "Sender").await;
     let group = admin.group_with(&app, "G", &[&member, &sender]).await;
     let mut m = member.connect(&app).await;
-    let burst = {
-        let (base, sender, group) = (app.base.clone(), sender.clone(), group.clone());
-        let http = app.http.clone();
-        tokio::spawn(async move {
-            for n in 0..150 {
-                let res = http
-                    .post(format!("{base}/api/v1/messages"))
-                    .bearer_auth(&sender.token)
-                    .json(&json!({"chat_id": group, "content": format!("b{n}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 201);
-            }
-        })
-    };
+    let burst = sends_in_background(&app, &sender, &group, "b", 150);
     // Remove the member once some of the burst has reached them.
     for _ in 0..20 {
         m.next_of("new_message").await;

@@ -980,37 +980,35 @@ pub(super) fn ack(
     Ok(changes)
 }
 
+/// A user's place in a chat, from a row of `SELECT {HEAD_COLUMNS} FROM memberships m`.
+fn head_from_row(r: &Row<'_>) -> Result<ChatHead> {
+    Ok(ChatHead {
+        chat_id: ChatId::from_uuid(uuid_of(r, "chat_id")?),
+        last_seq: r.get("last_seq")?,
+        from_seq: r.get("from_seq")?,
+    })
+}
+
+/// The columns [`head_from_row`] reads.
+const HEAD_COLUMNS: &str = "m.chat_id, m.from_seq,
+     coalesce((SELECT max(h.seq) FROM chat_log h WHERE h.chat_id = m.chat_id), 0) AS last_seq";
+
 pub(super) fn chat_heads(c: &Connection, user: UserId) -> Result<Vec<ChatHead>> {
-    let mut s = c.prepare_cached(
-        "SELECT m.chat_id, m.from_seq,
-                coalesce((SELECT max(h.seq) FROM chat_log h WHERE h.chat_id = m.chat_id), 0) AS last_seq
-         FROM memberships m WHERE m.user_id = ?1 AND m.to_seq IS NULL",
-    )?;
-    let rows = s.query_map([user.as_uuid().as_bytes()], |r| {
-        Ok(ChatHead {
-            chat_id: ChatId::from_uuid(uuid_of(r, "chat_id")?),
-            last_seq: r.get("last_seq")?,
-            from_seq: r.get("from_seq")?,
-        })
-    })?;
+    let mut s = c.prepare_cached(&format!(
+        "SELECT {HEAD_COLUMNS} FROM memberships m WHERE m.user_id = ?1 AND m.to_seq IS NULL"
+    ))?;
+    let rows = s.query_map([user.as_uuid().as_bytes()], head_from_row)?;
     rows.collect()
 }
 
 pub(super) fn chat_head(c: &Connection, chat: ChatId, user: UserId) -> Result<Option<ChatHead>> {
-    c.prepare_cached(
-        "SELECT m.chat_id, m.from_seq,
-                coalesce((SELECT max(h.seq) FROM chat_log h WHERE h.chat_id = m.chat_id), 0) AS last_seq
-         FROM memberships m WHERE m.chat_id = ?1 AND m.user_id = ?2 AND m.to_seq IS NULL",
-    )?
+    c.prepare_cached(&format!(
+        "SELECT {HEAD_COLUMNS} FROM memberships m
+         WHERE m.chat_id = ?1 AND m.user_id = ?2 AND m.to_seq IS NULL"
+    ))?
     .query_row(
         params![chat.as_uuid().as_bytes(), user.as_uuid().as_bytes()],
-        |r| {
-            Ok(ChatHead {
-                chat_id: ChatId::from_uuid(uuid_of(r, "chat_id")?),
-                last_seq: r.get("last_seq")?,
-                from_seq: r.get("from_seq")?,
-            })
-        },
+        head_from_row,
     )
     .optional()
 }

@@ -106,12 +106,18 @@ impl SqliteStore {
         })
     }
 
-    /// Wakes the search indexer after a write that may have appended to a
-    /// chat log (a refused one appends nothing, so it stays asleep).
-    fn appended<T>(&self, result: &StoreResult<T>) {
+    /// Runs a writer job that may append to a chat log, then wakes the
+    /// search indexer (a failed one appended nothing, so it stays asleep).
+    async fn append_job<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut cache::ChatCache) -> StoreResult<T> + Send + 'static,
+    {
+        let result = self.writer.write_chats(f).await;
         if result.is_ok() {
             self.log_appended.notify_one();
         }
+        result
     }
 }
 
@@ -734,12 +740,8 @@ impl Accounts for SqliteStore {
 #[async_trait]
 impl ChatLog for SqliteStore {
     async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated> {
-        let created = self
-            .writer
-            .write_chats(move |c, cache| chats::create_chat(c, cache, chat).map_err(db_err))
-            .await;
-        self.appended(&created);
-        created
+        self.append_job(move |c, cache| chats::create_chat(c, cache, chat).map_err(db_err))
+            .await
     }
 
     async fn chat_access(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatAccess>> {
@@ -776,12 +778,8 @@ impl ChatLog for SqliteStore {
     }
 
     async fn post(&self, message: NewMessage) -> StoreResult<Posted> {
-        let posted = self
-            .writer
-            .write_chats(move |c, cache| chats::post(c, cache, message).map_err(db_err))
-            .await;
-        self.appended(&posted);
-        posted
+        self.append_job(move |c, cache| chats::post(c, cache, message).map_err(db_err))
+            .await
     }
 
     async fn change_chat(
@@ -792,14 +790,10 @@ impl ChatLog for SqliteStore {
         max_members: usize,
         now: Timestamp,
     ) -> StoreResult<ChatChanged> {
-        let changed = self
-            .writer
-            .write_chats(move |c, cache| {
-                chats::change_chat(c, cache, chat, actor, change, max_members, now).map_err(db_err)
-            })
-            .await;
-        self.appended(&changed);
-        changed
+        self.append_job(move |c, cache| {
+            chats::change_chat(c, cache, chat, actor, change, max_members, now).map_err(db_err)
+        })
+        .await
     }
 
     async fn history(
@@ -814,12 +808,8 @@ impl ChatLog for SqliteStore {
     }
 
     async fn change_message(&self, change: MessageChange) -> StoreResult<MessageChanged> {
-        let changed = self
-            .writer
-            .write_chats(move |c, cache| chats::change_message(c, cache, change).map_err(db_err))
-            .await;
-        self.appended(&changed);
-        changed
+        self.append_job(move |c, cache| chats::change_message(c, cache, change).map_err(db_err))
+            .await
     }
 
     async fn chat_of_message(&self, message: MessageId) -> StoreResult<Option<ChatId>> {
