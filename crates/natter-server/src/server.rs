@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::blobs::Blobs;
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::push::vapid::VapidKey;
 use crate::push::{PushGateway, WebPush};
 use crate::ratelimit::LocalRateLimiter;
@@ -58,6 +58,27 @@ async fn push_gateway(
         );
     }
     Ok(Some(Arc::new(gateway)))
+}
+
+/// Says, whatever the log filter, that this server signs anyone up and
+/// prints their codes: written straight to stderr like the codes themselves
+/// (see [`LogSms`]), so `NATTER_LOG=error` cannot hide the danger.
+fn announce_open_mode(format: LogFormat) {
+    use std::io::Write as _;
+    let message = "DEVELOPMENT MODE: signup.mode is \"open\" (no sms_webhook_url is set): \
+                   verification codes are PRINTED TO STDERR instead of being sent, so anyone \
+                   who can read this output can sign up or log in to any number. Never run \
+                   like this in production: set signup.mode = \"sms\" with sms_webhook_url.";
+    let line = match format {
+        LogFormat::Json => serde_json::json!({
+            "level": "WARN",
+            "target": "natter::signup",
+            "fields": {"message": message, "signup_mode": "open"},
+        })
+        .to_string(),
+        LogFormat::Text => format!("WARN natter::signup: {message} signup_mode=open"),
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Why the server could not start.
@@ -139,16 +160,18 @@ impl RunningServer {
                 .map_err(|e| crate::store::StoreError(e.to_string()))??,
         );
         let sms: Arc<dyn SmsGateway> = match &config.sms_webhook_url {
-            Some(url) => Arc::new(WebhookSms::new(
-                url,
-                Duration::from_secs(config.sms.timeout_secs),
-            )?),
-            None => {
-                tracing::warn!(
-                    "DEVELOPMENT MODE: no sms_webhook_url is set, so verification codes are \
-                     PRINTED TO THIS LOG instead of being sent. Never run like this in production."
+            Some(url) => {
+                let gateway = WebhookSms::new(url, Duration::from_secs(config.sms.timeout_secs))?;
+                tracing::info!(
+                    signup_mode = "sms",
+                    gateway = %gateway.host(),
+                    "sign-up by SMS code through the configured gateway"
                 );
-                Arc::new(LogSms)
+                Arc::new(gateway)
+            }
+            None => {
+                announce_open_mode(config.log_format);
+                Arc::new(LogSms::new(config.log_format == LogFormat::Json))
             }
         };
         let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));

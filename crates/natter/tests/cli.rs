@@ -169,6 +169,87 @@ async fn serve_runs_in_an_empty_directory_prints_codes_and_stops_on_sigterm() {
     );
 }
 
+/// A port free a moment ago, for a server whose log filter hides the
+/// "natter is serving" line that names its port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `addr` accepts TCP connections.
+fn wait_for_port(addr: &str) {
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn the_development_code_reaches_stderr_whatever_the_log_filter() {
+    for filter in ["error", "natter_server=info", "off"] {
+        let cwd = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut natter = Natter::spawn(
+            cwd.path(),
+            &["serve"],
+            &[("NATTER_LISTEN", &addr), ("NATTER_LOG", filter)],
+        );
+        // The danger is announced at start, whatever the filter.
+        let banner = natter.wait_for_line("DEVELOPMENT MODE");
+        assert!(banner.contains("signup.mode"), "{banner}");
+        wait_for_port(&addr);
+        let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+        let (status, _) = post(
+            &http,
+            format!("http://{addr}/api/v1/users/verification"),
+            json!({"phone": "+14155550100"}),
+        )
+        .await;
+        assert_eq!(status, 202, "with NATTER_LOG={filter}");
+        let line = natter.wait_for_line("DEVELOPMENT SMS SINK");
+        let code = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("code="))
+            .unwrap_or_else(|| panic!("no code= in {line:?} with NATTER_LOG={filter}"));
+        assert_eq!(code.len(), 6, "{line}");
+        assert!(line.contains("phone=+14155550100"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn with_json_logs_the_development_code_is_a_json_line() {
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut natter = Natter::spawn(
+        cwd.path(),
+        &["serve"],
+        &[
+            ("NATTER_LISTEN", &addr),
+            ("NATTER_LOG", "error"),
+            ("NATTER_LOG_FORMAT", "json"),
+        ],
+    );
+    let banner: Value = serde_json::from_str(&natter.wait_for_line("DEVELOPMENT MODE")).unwrap();
+    assert_eq!(banner["fields"]["signup_mode"], "open");
+    wait_for_port(&addr);
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let (status, _) = post(
+        &http,
+        format!("http://{addr}/api/v1/users/verification"),
+        json!({"phone": "+14155550101"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let line: Value =
+        serde_json::from_str(&natter.wait_for_line("DEVELOPMENT SMS SINK")).unwrap();
+    assert_eq!(line["fields"]["phone"], "+14155550101");
+    assert_eq!(line["fields"]["code"].as_str().unwrap().len(), 6);
+}
+
 #[test]
 fn a_bad_environment_value_stops_start_up_naming_the_key() {
     let cwd = tempfile::tempdir().unwrap();
