@@ -183,6 +183,18 @@ impl Blobs {
             .boxed())
     }
 
+    /// Whether a blob exists (`natter admin check`).
+    ///
+    /// # Errors
+    /// When the store fails for another reason than absence.
+    pub async fn exists(&self, id: MediaId, kind: BlobKind) -> Result<bool, BlobError> {
+        match self.store.head(&key(id, kind)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes a media object's blobs; missing ones are not an error.
     ///
     /// # Errors

@@ -10,12 +10,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::blobs::Blobs;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, SignupMode};
 use crate::push::vapid::VapidKey;
 use crate::push::{PushGateway, WebPush};
 use crate::ratelimit::LocalRateLimiter;
 use crate::service::Services;
-use crate::sms::{LogSms, SmsGateway, WebhookSms};
+use crate::sms::{LogSms, NoSms, SmsGateway, WebhookSms};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
@@ -169,6 +169,13 @@ impl RunningServer {
                 );
                 Arc::new(gateway)
             }
+            None if config.signup_mode() == SignupMode::Invite => {
+                tracing::info!(
+                    signup_mode = "invite",
+                    "sign-up by invite only (natter admin invite create); no codes are sent"
+                );
+                Arc::new(NoSms)
+            }
             None => {
                 announce_open_mode(config.log_format);
                 Arc::new(LogSms::new(config.log_format == LogFormat::Json))
@@ -214,6 +221,13 @@ impl RunningServer {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The services, for what the operator does in-process (tests, and
+    /// `natter admin`-style calls on a running server).
+    #[must_use]
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// Runs one round of housekeeping now (it also runs every minute):

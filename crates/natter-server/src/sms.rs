@@ -80,6 +80,20 @@ impl SmsGateway for WebhookSms {
     }
 }
 
+/// Sign-up mode `invite`: no gateway. The service never asks it to send
+/// (verification requests are refused first); if it did, it would fail.
+#[derive(Debug, Default)]
+pub struct NoSms;
+
+#[async_trait]
+impl SmsGateway for NoSms {
+    async fn send_code(&self, _: &Phone, _: &VerificationCode) -> Result<(), SmsError> {
+        Err(SmsError(
+            "this server sends no SMS (signup.mode = \"invite\")".to_owned(),
+        ))
+    }
+}
+
 /// Development sink (`signup.mode = "open"`): prints codes instead of
 /// sending them. The one place a code is ever written anywhere.
 ///

@@ -244,8 +244,7 @@ async fn with_json_logs_the_development_code_is_a_json_line() {
     )
     .await;
     assert_eq!(status, 202);
-    let line: Value =
-        serde_json::from_str(&natter.wait_for_line("DEVELOPMENT SMS SINK")).unwrap();
+    let line: Value = serde_json::from_str(&natter.wait_for_line("DEVELOPMENT SMS SINK")).unwrap();
     assert_eq!(line["fields"]["phone"], "+14155550101");
     assert_eq!(line["fields"]["code"].as_str().unwrap().len(), 6);
 }
@@ -261,6 +260,16 @@ fn a_bad_environment_value_stops_start_up_naming_the_key() {
         !cwd.path().join("natter-data").exists(),
         "nothing is created before the config is valid"
     );
+}
+
+#[test]
+fn a_half_configured_signup_mode_stops_start_up_naming_the_key() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve"], &[("NATTER_SIGNUP__MODE", "sms")]);
+    assert_eq!(natter.wait_exit(), 2);
+    let err = natter.stderr_text();
+    assert!(err.contains("`sms_webhook_url`"), "{err}");
+    assert!(!cwd.path().join("natter-data").exists());
 }
 
 #[test]

@@ -62,6 +62,11 @@ pub(super) struct MediaEngine {
 }
 
 impl MediaEngine {
+    /// The blob store (for `natter admin check`).
+    pub(super) fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
     /// Prepares the staging directories (emptying the plain one).
     pub(super) fn new(
         blobs: Blobs,

@@ -6,6 +6,7 @@
 //! The trait speaks in domain operations, each one atomic ("consume this code
 //! and create this user"), so an engine can run each in one transaction.
 
+pub mod admin;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -762,7 +763,9 @@ pub struct HistoryQuery {
 
 /// The storage engine.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+pub trait Store:
+    admin::Invites + admin::Administration + Send + Sync + std::fmt::Debug + 'static
+{
     /// Succeeds when the store can serve reads and writes.
     async fn ping(&self) -> StoreResult<()>;
 

@@ -4,6 +4,7 @@
 //! Where new tests go:
 //! - `support`: the harness (`TestApp`, `SmsInbox`, `TestUser`). Helpers only.
 //! - `signup`: verification codes, register, login, the seed's bodies.
+//! - `invites`: sign-up mode `invite`, invites, login codes made by a device.
 //! - `rate_limits`: the rate-limit table.
 //! - `devices`: tokens, logout, device lists and revocation.
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
@@ -32,6 +33,7 @@ mod connections;
 mod contacts;
 mod devices;
 mod errors;
+mod invites;
 mod media;
 mod messages;
 mod ops;

@@ -274,6 +274,24 @@ impl TestApp {
             .sum()
     }
 
+    /// The running server's services (the operator's side, in-process).
+    pub fn services(&self) -> &natter_server::service::Services {
+        self.server.as_ref().expect("the server runs").services()
+    }
+
+    /// An invite for `uses` accounts (what `natter admin invite create` makes).
+    pub async fn invite(&self, uses: u32, expires_in: Option<Duration>) -> String {
+        let server = self.server.as_ref().expect("the server runs");
+        server
+            .services()
+            .admin_create_invite(uses, expires_in)
+            .await
+            .unwrap()
+            .token
+            .expose()
+            .to_owned()
+    }
+
     /// The server's data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         &self.config.data_dir

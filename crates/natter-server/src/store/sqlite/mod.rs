@@ -4,6 +4,7 @@
 //! small pool (see [`engine`]). Migrations are embedded and applied at open,
 //! tracked by `PRAGMA user_version`.
 
+mod admin;
 mod chats;
 mod engine;
 mod media;
@@ -41,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_media.sql"),
     include_str!("migrations/0006_push.sql"),
     include_str!("migrations/0007_log_position.sql"),
+    include_str!("migrations/0009_invites_admin.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -416,7 +418,8 @@ impl Store for SqliteStore {
             .write(move |c| {
                 let user = c
                     .prepare_cached(&format!(
-                        "SELECT {USER_COLUMNS} FROM users WHERE phone = ?1"
+                        "SELECT {USER_COLUMNS} FROM users
+                         WHERE phone = ?1 AND deactivated_at IS NULL"
                     ))
                     .and_then(|mut s| s.query_row([l.phone.as_str()], user_from_row).optional())
                     .map_err(db_err)?;
