@@ -12,17 +12,22 @@
 //!   writes SQL.
 //! - [`thumbnail`]: decoding plaintext images, with limits, into thumbnails.
 //! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
+//! - [`offline`]: the services on a stopped server's data directory
+//!   (`natter admin`); [`backup`]: online backup and restore.
 //! - [`server`]: start-up and graceful shutdown; `listener` accepts
 //!   connections (header timeout, per-address cap, graceful drain).
 //! - [`phone`], [`secret`], [`clock`]: small domain types (E.164 numbers,
 //!   tokens and codes that never print, server time).
 
 pub mod api;
+pub mod backup;
 pub mod blobs;
 pub mod bus;
 pub mod clock;
 pub mod config;
 mod listener;
+pub mod offline;
+pub mod perms;
 pub mod phone;
 pub mod push;
 pub mod ratelimit;

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// `natter admin`: every command against real data directories.
+#[path = "cli/admin.rs"]
+mod admin;
 /// `natter bench`: every scenario, tiny, checking the JSON and the counts.
 #[path = "cli/bench.rs"]
 mod bench;
@@ -39,7 +42,22 @@ impl Drop for Natter {
 
 impl Natter {
     fn spawn(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
+        Self::spawn_umask(cwd, args, env, None)
+    }
+
+    /// Like [`Natter::spawn`], with the process's umask set first (through
+    /// `sh`, as an init system would).
+    fn spawn_umask(cwd: &Path, args: &[&str], env: &[(&str, &str)], umask: Option<&str>) -> Self {
+        let mut cmd = match umask {
+            None => Command::new(env!("CARGO_BIN_EXE_natter")),
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_natter"));
+                sh
+            }
+        };
         cmd.args(args)
             .current_dir(cwd)
             .stdin(Stdio::null())
