@@ -23,6 +23,9 @@ mod admin;
 /// `natter bench`: every scenario, tiny, checking the JSON and the counts.
 #[path = "cli/bench.rs"]
 mod bench;
+/// File modes in the data directory under a permissive umask.
+#[path = "cli/files.rs"]
+mod files;
 
 const WAIT: Duration = Duration::from_secs(15);
 

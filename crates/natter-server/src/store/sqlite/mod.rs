@@ -68,7 +68,7 @@ impl SqliteStore {
     /// # Errors
     /// When the directory or database cannot be opened or migrated.
     pub fn open(data_dir: &Path, config: &StoreConfig) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        crate::perms::private_dir_all(data_dir).map_err(|e| {
             StoreError(format!(
                 "cannot create the data directory {}: {e}",
                 data_dir.display()
@@ -76,8 +76,17 @@ impl SqliteStore {
         })?;
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
+        // Made 0600 before SQLite opens it: its -wal and -shm files take the
+        // database file's mode; they are restricted again below regardless.
+        crate::perms::private_file(&path)
+            .map_err(|e| StoreError(format!("cannot create {}: {e}", path.display())))?;
         let writer = Writer::start(&path, config.write_queue, config.write_batch_max, migrate)?;
         let readers = ReadPool::open(&path, config.read_connections)?;
+        for suffix in ["-wal", "-shm"] {
+            let file = data_dir.join(format!("{DB_FILE}{suffix}"));
+            crate::perms::restrict(&file)
+                .map_err(|e| StoreError(format!("cannot restrict {}: {e}", file.display())))?;
+        }
         Ok(Self {
             writer,
             readers,
@@ -90,9 +99,9 @@ impl SqliteStore {
 /// store (their writers and rate limits would not know of each other).
 fn lock_data_dir(data_dir: &Path) -> StoreResult<std::fs::File> {
     let path = data_dir.join(LOCK_FILE);
+    crate::perms::private_file(&path)
+        .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
     let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
         .write(true)
         .open(&path)
         .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
