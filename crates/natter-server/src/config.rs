@@ -40,6 +40,8 @@ pub struct Config {
     pub phone_validation: PhoneValidation,
     /// How people sign up: `sms`, `invite` or `open`.
     pub signup: SignupConfig,
+    /// TLS termination by the server itself.
+    pub tls: TlsConfig,
     /// Verification codes.
     pub verification: VerificationConfig,
     /// The SMS gateway webhook.
@@ -67,6 +69,7 @@ impl Default for Config {
             trust_forwarded_for: false,
             phone_validation: PhoneValidation::Parse,
             signup: SignupConfig::default(),
+            tls: TlsConfig::default(),
             verification: VerificationConfig::default(),
             sms: SmsConfig::default(),
             store: StoreConfig::default(),
@@ -86,6 +89,17 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// TLS: with both files set, `natter serve` speaks HTTPS (and WSS) itself,
+/// HTTP/2 and HTTP/1.1 by ALPN. Without, plain HTTP (behind a proxy).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first (`fullchain.pem`).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 /// How accounts are created (`docs/operations.md#sign-up-modes`).
@@ -615,6 +629,21 @@ impl Config {
             }
             _ => {}
         }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.key_file",
+                    "must be set when tls.cert_file is (TLS needs both)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls.cert_file",
+                    "must be set when tls.key_file is (TLS needs both)",
+                ));
+            }
+            _ => {}
+        }
         // `log` is checked by the binary, which owns the log subscriber.
         let positive: [(&'static str, u64); 47] = [
             (
@@ -1035,6 +1064,10 @@ mod tests {
             ("NATTER_SMS_WEBHOOK_URL", "https://sms.example/h"),
         ]);
         assert!(e.contains("`sms_webhook_url`"), "{e}");
+        let e = error_of(&[("NATTER_TLS__CERT_FILE", "/etc/natter/cert.pem")]);
+        assert!(e.contains("`tls.key_file`"), "{e}");
+        let e = error_of(&[("NATTER_TLS__KEY_FILE", "/etc/natter/key.pem")]);
+        assert!(e.contains("`tls.cert_file`"), "{e}");
         let e = error_of(&[("NATTER_SIGNUP__MODE", "closed")]);
         assert!(e.contains("`signup.mode`"), "{e}");
     }
@@ -1078,10 +1111,8 @@ mod tests {
         let (mut in_file, mut in_code) = (Vec::new(), Vec::new());
         leaves("", &file, &mut in_file);
         leaves("", &defaults, &mut in_code);
-        // The one optional key is commented out in the file.
-        in_code.retain(|(k, v)| {
-            !(matches!(k.as_str(), "sms_webhook_url" | "signup.mode") && v.is_null())
-        });
+        // Optional keys (unset by default) are commented out in the file.
+        in_code.retain(|(_, v)| !v.is_null());
         in_file.sort_by(|a, b| a.0.cmp(&b.0));
         in_code.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(in_file, in_code);

@@ -37,6 +37,7 @@ pub mod service;
 pub mod sms;
 pub mod store;
 pub mod thumbnail;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{RunningServer, StartError};

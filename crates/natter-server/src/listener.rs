@@ -82,15 +82,22 @@ impl Drop for Slot {
     }
 }
 
+/// A connection's byte stream: plain TCP or TLS over it (`tls.rs`).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
 /// Serves `app` on `listener` until `stop` turns true, then drains open
-/// connections for at most `drain`.
+/// connections for at most `drain`. With `tls`, each connection first
+/// completes a TLS handshake, within the header-read timeout.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let handshake_timeout = Duration::from_secs(limits.header_read_timeout_secs);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -132,12 +139,29 @@ pub(crate) async fn serve(
             req.extensions_mut().insert(held.clone());
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(e)) => {
+                            metrics::counter!("natter_tls_handshakes_failed_total", "reason" => "error")
+                            .increment(1);
+                            tracing::debug!(error = %e, peer = %peer.ip(), "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!("natter_tls_handshakes_failed_total", "reason" => "timeout")
+                            .increment(1);
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::trace!(error = %e, "connection ended with an error");
             }
             drop(slot);

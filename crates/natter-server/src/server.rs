@@ -101,6 +101,9 @@ pub enum StartError {
     /// The blob store could not be opened.
     #[error("cannot open the blob store: {0}")]
     Blobs(#[from] crate::blobs::BlobError),
+    /// The TLS certificate or key is unusable; names the key.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The push engine could not start (VAPID key, HTTP client).
     #[error("cannot set up push notifications: {0}")]
     Push(#[from] crate::push::PushSetupError),
@@ -139,6 +142,8 @@ impl RunningServer {
             crate::phone::Phone::parse("+14155550123", crate::phone::PhoneValidation::Strict)
         })
         .await;
+        // Certificate and key before anything else: a bad file names its key.
+        let tls = crate::tls::acceptor(&config.tls)?;
         // Bind first: a taken port should not leave a new data directory behind.
         let listener =
             TcpListener::bind(config.listen)
@@ -203,9 +208,14 @@ impl RunningServer {
         let limits = config.limits.clone();
         let app = crate::api::app(services.clone());
         let serving = tokio::spawn(async move {
-            crate::listener::serve(listener, app, &limits, stopped, DRAIN_TIMEOUT).await;
+            crate::listener::serve(listener, app, &limits, tls, stopped, DRAIN_TIMEOUT).await;
         });
-        tracing::info!(listen = %local_addr, data_dir = %config.data_dir.display(), "natter is serving");
+        tracing::info!(
+            listen = %local_addr,
+            data_dir = %config.data_dir.display(),
+            tls = config.tls.cert_file.is_some(),
+            "natter is serving"
+        );
         Ok(Self {
             local_addr,
             stop,

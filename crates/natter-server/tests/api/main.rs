@@ -20,6 +20,7 @@
 //! - `push`: push channels, delivery to offline devices, SSRF refusals.
 //! - `push_service`: the local push service the push tests talk to (a helper).
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
+//! - `tls`: HTTPS (HTTP/2 and HTTP/1.1 by ALPN) and WebSocket over TLS.
 
 #![allow(
     clippy::unwrap_used,
@@ -46,3 +47,4 @@ mod restart;
 mod search;
 mod signup;
 mod support;
+mod tls;
