@@ -203,6 +203,9 @@ impl From<ServiceError> for Failure {
             ServiceError::InvalidPhone(_)
             | ServiceError::Validation(_)
             | ServiceError::PhoneTaken => Self::usage(e),
+            // The operator sees the cause, not the API's discreet sentence.
+            ServiceError::Store(cause) => Self::failed(cause),
+            ServiceError::Internal(cause) => Self::failed(cause),
             other => Self::failed(other),
         }
     }

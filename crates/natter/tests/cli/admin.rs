@@ -463,6 +463,25 @@ async fn check_finds_a_missing_blob_and_a_damaged_database() {
         "{}",
         ran.stdout
     );
+
+    // Damage the database: zero pages 5 to 8, the accounts' indexes
+    // (migration 0001 is never edited, so they stay there).
+    {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        let mut db = std::fs::OpenOptions::new()
+            .write(true)
+            .open(data.join("natter.db"))
+            .unwrap();
+        db.seek(SeekFrom::Start(4 * 4096)).unwrap();
+        db.write_all(&[0u8; 4 * 4096]).unwrap();
+    }
+    let ran = admin(&data, &["check"]);
+    assert_eq!(ran.code, 1, "{}", ran.stdout);
+    let said = format!("{}{}", ran.stdout, ran.stderr);
+    assert!(
+        said.contains("malformed") || said.contains("PROBLEM"),
+        "{said}"
+    );
 }
 
 #[tokio::test]

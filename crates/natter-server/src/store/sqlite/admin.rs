@@ -57,6 +57,23 @@ fn count(c: &Connection, sql: &str) -> StoreResult<u64> {
         .map_err(db_err)
 }
 
+fn pragma_lines(c: &Connection, pragma: &str) -> rusqlite::Result<Vec<String>> {
+    let mut s = c.prepare(pragma)?;
+    s.query_map([], |r| r.get::<_, String>(0))?.collect()
+}
+
+fn foreign_key_problems(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut s = c.prepare("PRAGMA foreign_key_check")?;
+    s.query_map([], |r| {
+        Ok(format!(
+            "foreign key: a row of {} points to a missing row of {}",
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(2)?
+        ))
+    })?
+    .collect()
+}
+
 #[async_trait]
 impl Invites for SqliteStore {
     async fn create_invite(&self, i: NewInvite) -> StoreResult<()> {
@@ -282,26 +299,18 @@ impl Administration for SqliteStore {
     async fn integrity_problems(&self) -> StoreResult<Vec<String>> {
         self.readers
             .read(|c| {
-                let mut s = c.prepare("PRAGMA integrity_check").map_err(db_err)?;
-                let mut lines = s
-                    .query_map([], |r| r.get::<_, String>(0))
-                    .map_err(db_err)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(db_err)?;
+                // A damaged file is a finding, not a failure of the check.
+                let mut lines = match pragma_lines(c, "PRAGMA integrity_check") {
+                    Ok(lines) => lines,
+                    Err(e) => vec![format!("integrity_check: {e}")],
+                };
                 lines.retain(|l| l != "ok");
-                let mut s = c.prepare("PRAGMA foreign_key_check").map_err(db_err)?;
-                let broken = s
-                    .query_map([], |r| {
-                        Ok(format!(
-                            "foreign key: a row of {} points to a missing row of {}",
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(2)?
-                        ))
-                    })
-                    .map_err(db_err)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(db_err)?;
-                lines.extend(broken);
+                if lines.is_empty() {
+                    match foreign_key_problems(c) {
+                        Ok(broken) => lines.extend(broken),
+                        Err(e) => lines.push(format!("foreign_key_check: {e}")),
+                    }
+                }
                 Ok(lines)
             })
             .await
