@@ -177,7 +177,8 @@ impl RunningServer {
             None if config.signup_mode() == SignupMode::Invite => {
                 tracing::info!(
                     signup_mode = "invite",
-                    "sign-up by invite only (natter admin invite create); no codes are sent"
+                    "sign-up by invite only (natter admin invite create); no codes are sent, so \
+                     phone numbers are not verified: each is what its invitee says it is"
                 );
                 Arc::new(NoSms)
             }
