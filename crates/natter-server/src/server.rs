@@ -71,12 +71,16 @@ fn announce_open_mode(format: LogFormat) {
                    like this in production: set signup.mode = \"sms\" with sms_webhook_url.";
     let line = match format {
         LogFormat::Json => serde_json::json!({
+            "timestamp": crate::sms::now_rfc3339(),
             "level": "WARN",
             "target": "natter::signup",
             "fields": {"message": message, "signup_mode": "open"},
         })
         .to_string(),
-        LogFormat::Text => format!("WARN natter::signup: {message} signup_mode=open"),
+        LogFormat::Text => format!(
+            "{} WARN natter::signup: {message} signup_mode=open",
+            crate::sms::now_rfc3339()
+        ),
     };
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

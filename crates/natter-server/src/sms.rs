@@ -143,7 +143,7 @@ impl LogSms {
 }
 
 /// Now as RFC 3339, like the log's own timestamps.
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     crate::clock::Timestamp::now()
         .to_datetime()
         .format(&time::format_description::well_known::Rfc3339)
