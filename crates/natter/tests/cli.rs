@@ -629,3 +629,51 @@ async fn a_one_gib_upload_round_trips_byte_exact_with_flat_server_memory() {
     );
     assert!(grew_mib < 64, "the server grew by {grew_mib} MiB");
 }
+
+#[tokio::test]
+async fn serve_speaks_https_with_the_configured_certificate() {
+    let cwd = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(cwd.path().join("cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(cwd.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+    std::fs::write(
+        cwd.path().join("natter.toml"),
+        "listen = \"127.0.0.1:0\"\n[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n",
+    )
+    .unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve", "--config", "natter.toml"], &[]);
+    let line = natter.wait_for_line("natter is serving");
+    assert!(line.contains("tls=true"), "{line}");
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .timeout(WAIT)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let res = https
+        .get(format!("https://localhost:{}/healthz", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+
+    // A key that does not fit the certificate stops start-up, naming the key.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(
+        cwd.path().join("key.pem"),
+        other.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve", "--config", "natter.toml"], &[]);
+    assert_eq!(natter.wait_exit(), 1);
+    let err = natter.stderr_text();
+    assert!(err.contains("`tls.key_file`"), "{err}");
+}
