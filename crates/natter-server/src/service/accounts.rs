@@ -79,23 +79,12 @@ impl Services {
             .await
             .map_err(ServiceError::RateLimited)?;
 
-        let code = VerificationCode::generate();
-        let now = Timestamp::now();
-        let ttl = Duration::from_secs(self.inner.config.verification.code_ttl_secs);
-        self.inner
-            .store
-            .put_verification_code(NewVerificationCode {
-                phone: phone.clone(),
-                hash: self.inner.code_key.hash(&phone, &code),
-                created_at: now,
-                expires_at: now.plus(ttl),
-            })
-            .await?;
-        self.inner.sms.send_code(&phone, &code).await?;
+        let issued = self.issue_code(&phone).await?;
+        self.inner.sms.send_code(&phone, &issued.code).await?;
         tracing::info!(phone = ?phone, "verification code sent");
         Ok(CodeSent {
             phone,
-            expires_in: ttl,
+            expires_in: issued.expires_in,
         })
     }
 
