@@ -92,8 +92,7 @@ async fn connection(stream: TcpStream, registry: Registry, counter: Arc<AtomicI6
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(name.clone(), tx);
-    let connected =
-        format!(r#"{{"type":"connected","user_id":"{name}","device_id":"{name}","pts":0}}"#);
+    let connected = format!(r#"{{"type":"connected","user_id":"{name}","device_id":"{name}"}}"#);
     if sink.send(WsMessage::text(connected)).await.is_ok() {
         loop {
             tokio::select! {
@@ -144,10 +143,10 @@ fn relay(text: &str, from: &str, registry: &Registry, counter: &AtomicI64) -> Op
         .cloned();
     if let Some(peer) = peer {
         let _ = peer.try_send(format!(
-            r#"{{"type":"new_message","pts":{seq},"message":{message}}}"#
+            r#"{{"type":"new_message","chat_id":"{chat}","seq":{seq},"message":{message}}}"#
         ));
     }
     Some(format!(
-        r#"{{"type":"message_sent","pts":{seq},"client_message_id":null,"message":{message}}}"#
+        r#"{{"type":"message_sent","duplicate":false,"client_message_id":null,"message":{message}}}"#
     ))
 }

@@ -1,6 +1,6 @@
 //! The catch-up scenario: a device is offline while K messages arrive (each
 //! durably stored), then reconnects, authenticates and sends `sync` from its
-//! last pts. Measured: the time from starting to connect to the last
+//! last position in the chat. Measured: the time from starting to connect to the last
 //! message, and to `sync_done`.
 
 use std::sync::Arc;
@@ -60,12 +60,16 @@ async fn drive(
     let (alice, bob) = (&users[0], &users[1]);
     let chat = client.direct_chat(&alice.token, bob.id).await?.to_string();
     let from = Some(source_ip(0, common.source_addrs));
-    let (sender, _) = Socket::connect(target.addr, from, &alice.token, STEP_TIMEOUT).await?;
+    let sender = Socket::connect(target.addr, from, &alice.token, STEP_TIMEOUT).await?;
     let (mut writer, mut reader) = sender.split();
     // Bob's device: where it left off.
-    let (bob_socket, mut bob_pts) =
-        Socket::connect(target.addr, from, &bob.token, STEP_TIMEOUT).await?;
+    let chat_id: natter_proto::ChatId = chat
+        .parse()
+        .map_err(|_| BenchError::Other(format!("the server gave a bad chat id: {chat}")))?;
+    // Bob's device: where it left off in the chat (its `created` entry).
+    let bob_socket = Socket::connect(target.addr, from, &bob.token, STEP_TIMEOUT).await?;
     bob_socket.close().await;
+    let mut bob_seq = 1i64;
 
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
@@ -123,9 +127,17 @@ async fn drive(
 
         // Bob comes back.
         let start = now_us();
-        let (mut socket, _) = Socket::connect(target.addr, from, &bob.token, STEP_TIMEOUT).await?;
+        let mut socket = Socket::connect(target.addr, from, &bob.token, STEP_TIMEOUT).await?;
         let connected_us = now_us() - start;
-        socket.send(&ClientFrame::Sync { since: bob_pts }).await?;
+        let position = natter_proto::ws::ChatPosition {
+            chat_id,
+            seq: bob_seq,
+        };
+        socket
+            .send(&ClientFrame::Sync {
+                chats: vec![position],
+            })
+            .await?;
         let mut got = 0u64;
         let mut last_message_us = 0u64;
         let done_us = loop {
@@ -137,12 +149,9 @@ async fn drive(
                 "new_message" => {
                     got += 1;
                     last_message_us = now_us() - start;
-                    bob_pts = frame.pts.unwrap_or(bob_pts);
+                    bob_seq = frame.seq.unwrap_or(bob_seq);
                 }
-                "sync_done" => {
-                    bob_pts = frame.pts.unwrap_or(bob_pts);
-                    break now_us() - start;
-                }
+                "sync_done" => break now_us() - start,
                 "too_long" => {
                     return Err(BenchError::Other(format!(
                         "the server answered too_long: raise limits.max_sync_updates above {}",

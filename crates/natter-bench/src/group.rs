@@ -103,7 +103,7 @@ async fn drive(
 
     let mut readers = Vec::with_capacity(sockets.len());
     let mut writers = Vec::new();
-    for (i, (socket, _)) in sockets.into_iter().enumerate() {
+    for (i, socket) in sockets.into_iter().enumerate() {
         let (writer, reader) = socket.split();
         if i < args.senders {
             writers.push(writer);

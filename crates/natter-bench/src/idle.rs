@@ -87,7 +87,7 @@ pub(crate) async fn run(common: &Common, args: &IdleArgs) -> BenchResult<Report>
     };
     // Each socket gets a reader so pings are answered and closes noticed.
     let mut readers = Vec::with_capacity(sockets.len());
-    for (mut socket, _) in sockets {
+    for mut socket in sockets {
         readers.push(tokio::spawn(async move {
             loop {
                 match socket.next_text().await {

@@ -57,9 +57,9 @@ pub(crate) struct Incoming<'a> {
     /// The frame type.
     #[serde(rename = "type", borrow)]
     pub(crate) kind: Cow<'a, str>,
-    /// The update number, if the frame has one.
+    /// The chat-log position, if the frame carries an event.
     #[serde(default)]
-    pub(crate) pts: Option<i64>,
+    pub(crate) seq: Option<i64>,
     /// The message, if the frame has one.
     #[serde(default, borrow)]
     pub(crate) message: Option<IncomingMessage<'a>>,
@@ -145,22 +145,21 @@ pub(crate) async fn connect_all(
     source_addrs: u8,
     buffer: usize,
     bar: &ProgressBar,
-) -> BenchResult<Vec<(Socket, i64)>> {
+) -> BenchResult<Vec<Socket>> {
     let local = server.ip().is_loopback() && server.is_ipv4();
-    let sockets: Vec<BenchResult<(Socket, i64)>> =
-        futures_util::stream::iter(tokens.iter().enumerate())
-            .map(|(i, token)| {
-                let bar = bar.clone();
-                async move {
-                    let from = local.then(|| source_ip(i, source_addrs));
-                    let s = Socket::connect_with(server, from, token, STEP_TIMEOUT, buffer).await?;
-                    bar.inc(1);
-                    Ok(s)
-                }
-            })
-            .buffered(concurrency.max(1))
-            .collect()
-            .await;
+    let sockets: Vec<BenchResult<Socket>> = futures_util::stream::iter(tokens.iter().enumerate())
+        .map(|(i, token)| {
+            let bar = bar.clone();
+            async move {
+                let from = local.then(|| source_ip(i, source_addrs));
+                let s = Socket::connect_with(server, from, token, STEP_TIMEOUT, buffer).await?;
+                bar.inc(1);
+                Ok(s)
+            }
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
     sockets.into_iter().collect()
 }
 

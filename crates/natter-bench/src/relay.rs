@@ -204,13 +204,14 @@ async fn phase(
             })
         };
         let receiver = {
+            let chat = chat.clone();
             let state = Arc::clone(&state);
             let mut done = done_rx;
             let last_delivery = Arc::clone(&last_delivery);
             tokio::spawn(async move {
                 let mut latency = histogram()?;
                 let mut delivered = 0u64;
-                let mut last_pts = 0i64;
+                let mut last_seq = 0i64;
                 let r = drain(
                     &mut receiver_r,
                     Some(&mut receiver_w),
@@ -227,9 +228,11 @@ async fn phase(
                         delivered += 1;
                         last_delivery.store(now, Ordering::Relaxed);
                         state.window.add_permits(1);
-                        last_pts = frame.pts.unwrap_or(last_pts);
-                        let ack = (ack_every > 0 && delivered.is_multiple_of(ack_every))
-                            .then_some(last_pts);
+                        last_seq = frame.seq.unwrap_or(last_seq);
+                        let ack =
+                            (ack_every > 0 && delivered.is_multiple_of(ack_every)).then(|| {
+                                format!(r#"{{"type":"ack","chat_id":"{chat}","seq":{last_seq}}}"#)
+                            });
                         Some((delivered, ack))
                     },
                 )
@@ -304,7 +307,7 @@ async fn drain(
     mut acks: Option<&mut SocketWriter>,
     state: &PairState,
     done: &mut watch::Receiver<bool>,
-    mut on_frame: impl FnMut(&crate::load::Incoming<'_>) -> Option<(u64, Option<i64>)>,
+    mut on_frame: impl FnMut(&crate::load::Incoming<'_>) -> Option<(u64, Option<String>)>,
 ) -> BenchResult<()> {
     let mut counted = 0u64;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -329,8 +332,8 @@ async fn drain(
                         let step = parse(&text).and_then(|frame| on_frame(&frame));
                         if let Some((c, ack)) = step {
                             counted = c;
-                            if let (Some(pts), Some(writer)) = (ack, acks.as_deref_mut()) {
-                                let ack = WsMessage::text(format!(r#"{{"type":"ack","pts":{pts}}}"#));
+                            if let (Some(ack), Some(writer)) = (ack, acks.as_deref_mut()) {
+                                let ack = WsMessage::text(ack);
                                 writer.send(ack).await.map_err(natter_client::ClientError::from)?;
                             }
                         }
@@ -491,7 +494,7 @@ async fn pairs_on(
     let mut sockets = sockets.into_iter();
     let mut pairs = Vec::with_capacity(args.pairs);
     for chat in chats {
-        let (Some((s, _)), Some((r, _))) = (sockets.next(), sockets.next()) else {
+        let (Some(s), Some(r)) = (sockets.next(), sockets.next()) else {
             return Err(BenchError::Other("fewer sockets than pairs".to_owned()));
         };
         let (sender_w, sender_r) = s.split();

@@ -1,8 +1,8 @@
 //! The search scenario: M messages of words from a skewed synthetic
 //! vocabulary, sent over WebSockets by S senders into S direct chats with
 //! one viewer, then Q searches per word class (common, medium, rare) by the
-//! viewer over REST. Reports the fill rate (durable, indexed messages/s)
-//! and query latency.
+//! viewer over REST. Reports the fill rate (durable messages/s), how long
+//! the search index took to catch up after the fill, and query latency.
 
 use std::sync::Arc;
 
@@ -20,6 +20,15 @@ use crate::load::{
 use crate::report::{Report, thousands};
 use crate::target::{Target, with_natter};
 use crate::{BenchError, BenchResult, Common, STEP_TIMEOUT};
+
+/// A word only each sender's last message holds. The index follows the log
+/// in commit order, so once every sender's last message is found, every
+/// message before it is indexed too.
+const LAST_WORD: &str = "lastwordofthefill";
+/// How long the index may take to catch up after the fill.
+const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// How often the catch-up is checked.
+const CATCH_UP_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Words in the vocabulary.
 const VOCABULARY: u64 = 20_000;
@@ -122,7 +131,7 @@ async fn drive(
     let bar = progress(per_sender * senders as u64, "filling", quiet);
     let start = now_us();
     let mut tasks = Vec::new();
-    for (i, ((socket, _), chat)) in sockets.into_iter().zip(chats).enumerate() {
+    for (i, (socket, chat)) in sockets.into_iter().zip(chats).enumerate() {
         let (mut writer, reader) = socket.split();
         let window = Arc::new(Semaphore::new(args.window.max(1)));
         let confirm = tokio::spawn(confirm(
@@ -134,14 +143,18 @@ async fn drive(
         let size = args.size;
         tasks.push(tokio::spawn(async move {
             let mut words = Words(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
-            for _ in 0..per_sender {
+            for n in 0..per_sender {
                 let permit = tokio::time::timeout(STEP_TIMEOUT, window.acquire())
                     .await
                     .map_err(|_| BenchError::Other("no confirmation in time".to_owned()))?;
                 if let Ok(p) = permit {
                     p.forget();
                 }
-                let text = words.text(size);
+                let mut text = words.text(size);
+                if n + 1 == per_sender {
+                    text.push(' ');
+                    text.push_str(LAST_WORD);
+                }
                 let frame =
                     format!(r#"{{"type":"send_message","chat_id":"{chat}","content":"{text}"}}"#);
                 writer
@@ -162,6 +175,16 @@ async fn drive(
     let fill_secs = (now_us() - start) as f64 / 1e6;
     bar.finish_and_clear();
     let stored = per_sender * senders as u64;
+    let caught_up = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
+        while client.search_messages(&viewer.token, LAST_WORD).await? < senders as u64 {
+            tokio::time::sleep(CATCH_UP_POLL).await;
+        }
+        Ok::<_, BenchError>(())
+    });
+    caught_up
+        .await
+        .map_err(|_| BenchError::Other("the search index did not catch up in time".to_owned()))??;
+    let index_lag_secs = (now_us() - start) as f64 / 1e6 - fill_secs;
 
     let mut report = Report::new("search");
     report.set(
@@ -169,13 +192,18 @@ async fn drive(
         json!({"messages": stored, "queries": args.queries, "senders": senders, "size": args.size}),
     );
     report.set("fill_per_sec", json!(stored as f64 / fill_secs.max(1e-9)));
+    report.set("index_catch_up_secs", json!(index_lag_secs));
     report.line(
         "store filled",
         &format!(
-            "{} messages in {fill_secs:.1} s ({}/s over WebSockets, durable and indexed)",
+            "{} messages in {fill_secs:.1} s ({}/s over WebSockets, durable)",
             thousands(stored as f64),
             thousands(stored as f64 / fill_secs.max(1e-9))
         ),
+    );
+    report.line(
+        "index caught up",
+        &format!("{index_lag_secs:.1} s after the last send was acknowledged"),
     );
     let mut pick = Words(42);
     let mut classes = serde_json::Map::new();

@@ -270,7 +270,7 @@ impl Socket {
     }
 
     /// Opens `/api/v1/ws` and authenticates with `token`; returns the socket
-    /// and the user's pts from the `connected` frame.
+    /// once the server answered `connected`.
     ///
     /// # Errors
     /// Connect, upgrade, authentication or timeout failures.
@@ -279,7 +279,7 @@ impl Socket {
         local: Option<IpAddr>,
         token: &str,
         timeout: Duration,
-    ) -> ClientResult<(Self, i64)> {
+    ) -> ClientResult<Self> {
         Self::connect_with(server, local, token, timeout, BUFFER_BYTES).await
     }
 
@@ -293,7 +293,7 @@ impl Socket {
         token: &str,
         timeout: Duration,
         buffer: usize,
-    ) -> ClientResult<(Self, i64)> {
+    ) -> ClientResult<Self> {
         let mut socket = Self::open(server, "/api/v1/ws", local, timeout, buffer).await?;
         socket
             .send(&ClientFrame::Auth {
@@ -304,7 +304,7 @@ impl Socket {
             .await
             .map_err(|_| ClientError::Timeout("waiting for `connected`"))??;
         match serde_json::from_str::<ServerFrame>(&first) {
-            Ok(ServerFrame::Connected { pts, .. }) => Ok((socket, pts)),
+            Ok(ServerFrame::Connected { .. }) => Ok(socket),
             _ => Err(ClientError::Protocol(format!(
                 "expected `connected`, got {first}"
             ))),

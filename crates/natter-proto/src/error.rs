@@ -92,6 +92,8 @@ pub enum ErrorCode {
     TooManyUploads,
     /// 412: a tus request without `Tus-Resumable: 1.0.0`.
     TusVersionUnsupported,
+    /// 431: the request's header fields are larger than the server allows.
+    HeadersTooLarge,
     /// 413: the body (or upload) is larger than allowed.
     PayloadTooLarge,
     /// 413: the upload would take the user past their storage quota.
@@ -147,6 +149,7 @@ impl ErrorCode {
             | Self::UploadOffsetMismatch
             | Self::TooManyUploads => 409,
             Self::TusVersionUnsupported => 412,
+            Self::HeadersTooLarge => 431,
             Self::PayloadTooLarge | Self::StorageQuotaExceeded => 413,
             Self::UnsupportedMediaType | Self::MediaTypeMismatch => 415,
             Self::RangeNotSatisfiable => 416,

@@ -75,14 +75,15 @@ pub struct VapidKey {
 pub struct PushPayload {
     /// Format version, 1.
     pub v: u32,
-    /// Always `sync`: connect and `sync` from `pts`.
+    /// Always `sync`: connect and `sync`.
     pub kind: String,
     /// The chat of the new messages; `null` when they are in several chats.
     pub chat_id: Option<ChatId>,
     /// How many new messages this push stands for.
     pub count: u64,
-    /// The update number to sync from (the last one before these messages).
-    pub pts: i64,
+    /// The seq in `chat_id` just before these messages: that chat's events
+    /// from here on are new. `null` when they are in several chats.
+    pub seq: Option<i64>,
     /// Only when the operator enabled previews, for plaintext chats, and for
     /// channels with keys: the latest message's sender and an excerpt.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,9 +1,10 @@
 //! WebSocket frames (`/api/v1/ws`): JSON text frames tagged by `type`.
 //!
-//! Every frame that carries a persisted update has the receiving user's
-//! `pts`; a device that reconnects sends `sync {"since": pts}` and gets every
-//! later update in order, then `sync_done`, then the live stream, with no
-//! gap and no duplicate.
+//! Every frame that carries a persisted event names its chat and its `seq`
+//! in that chat's log (the one numbering every member shares). A device keeps
+//! the last `seq` it processed per chat; when it reconnects it sends `sync`
+//! with those positions and gets every later event of each chat in order,
+//! then `sync_done`, then the live stream, with no gap and no duplicate.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -45,18 +46,27 @@ pub enum ClientFrame {
         /// The client's clock.
         #[serde(default, with = "crate::timefmt::option")]
         timestamp: Option<OffsetDateTime>,
+        /// An upload to attach (types `image`, `video`, `file`), as over REST.
+        #[serde(default)]
+        media_id: Option<String>,
     },
     /// Answered by `pong`.
     Ping,
-    /// Every update after `since`, then `sync_done`.
+    /// Every event after the given positions, chat by chat, then `sync_done`.
+    /// A chat of the user's that is not listed is sent from the start of the
+    /// user's current membership (a new device lists nothing).
     Sync {
-        /// The last pts this device processed (0 for all).
-        since: i64,
+        /// The last `seq` this device processed in each chat it knows.
+        #[serde(default)]
+        chats: Vec<ChatPosition>,
     },
-    /// This device processed every update up to `pts` (drives delivered receipts).
+    /// This device processed every event of a chat up to `seq` (drives
+    /// delivered receipts).
     Ack {
-        /// The last pts processed.
-        pts: i64,
+        /// The chat.
+        chat_id: ChatId,
+        /// The last seq processed.
+        seq: i64,
     },
     /// Everything up to `seq` in the chat is read.
     Read {
@@ -86,6 +96,16 @@ const fn text() -> MessageType {
     MessageType::Text
 }
 
+/// Where a device is in one chat's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatPosition {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// The last seq processed (0: none).
+    pub seq: i64,
+}
+
 /// What the server sends.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -96,57 +116,60 @@ pub enum ServerFrame {
         user_id: UserId,
         /// This device.
         device_id: DeviceId,
-        /// The user's current pts.
-        pts: i64,
     },
     /// A new message in one of the user's chats.
     NewMessage {
-        /// The receiving user's update number.
-        pts: i64,
+        /// The chat.
+        chat_id: ChatId,
+        /// Its position in the chat log.
+        seq: i64,
         /// The message.
         message: Message,
     },
     /// A message was edited (the message as it is now).
     MessageUpdated {
-        /// Update number.
-        pts: i64,
+        /// The chat.
+        chat_id: ChatId,
+        /// The position of the edit in the chat log (the message keeps its own).
+        seq: i64,
         /// The message.
         message: Message,
     },
     /// A message was deleted for everyone (the tombstone).
     MessageDeleted {
-        /// Update number.
-        pts: i64,
+        /// The chat.
+        chat_id: ChatId,
+        /// The position of the deletion in the chat log.
+        seq: i64,
         /// The tombstone.
         message: Message,
     },
     /// Membership or name changed (the system entry of the chat log).
     ChatUpdated {
-        /// Update number.
-        pts: i64,
         /// The chat.
         chat_id: ChatId,
+        /// The entry's position in the chat log.
+        seq: i64,
         /// The system entry.
         message: Message,
     },
-    /// A participant's delivery or read position moved.
+    /// The chat's receipt positions moved: every message up to
+    /// `delivered_seq` has reached, and every one up to `read_seq` has been
+    /// read by, all of the chat's other members. State, not an event: a
+    /// later frame supersedes an earlier one, and positions only grow.
     Receipt {
-        /// Update number.
-        pts: i64,
         /// The chat.
         chat_id: ChatId,
-        /// Whose position.
-        user_id: UserId,
-        /// Highest seq received by one of their devices.
+        /// Delivered to everyone up to here.
         delivered_seq: i64,
-        /// Highest seq read.
+        /// Read by everyone up to here.
         read_seq: i64,
     },
     /// Confirms this connection's `send_message`, once it is durable.
     MessageSent {
-        /// The sender's update number for it; `null` for a retry of a message
-        /// already stored (its update went out the first time).
-        pts: Option<i64>,
+        /// True for a retry of a message already stored (its `new_message`
+        /// went out the first time); the message is the original.
+        duplicate: bool,
         /// The key the client sent, if any.
         client_message_id: Option<String>,
         /// The stored message (server id and seq).
@@ -176,15 +199,18 @@ pub enum ServerFrame {
     },
     /// Answer to `ping`.
     Pong,
-    /// The end of a sync: live updates follow.
+    /// The end of a sync: live events follow.
     SyncDone {
-        /// The pts the device is now at.
-        pts: i64,
+        /// Each of the user's chats and the seq the device is now at in it.
+        chats: Vec<ChatPosition>,
     },
-    /// Too far behind to sync: reload over REST, then sync from `pts`.
+    /// Too far behind in one chat to sync it: reload its recent history over
+    /// REST, then carry on from `seq`. The other chats sync as usual.
     TooLong {
-        /// The current pts.
-        pts: i64,
+        /// The chat.
+        chat_id: ChatId,
+        /// The chat's current seq.
+        seq: i64,
     },
     /// A frame could not be processed; the connection stays open.
     Error {

@@ -1,6 +1,10 @@
-//! The bus: routes updates and signals to the live WebSocket connections of
-//! users. In-process here ([`LocalBus`]); NATS in the scale-out mode, behind
-//! the same trait.
+//! The bus: routes chat-log events, receipt state and signals to the live
+//! WebSocket connections of users. In-process here ([`LocalBus`]); NATS in
+//! the scale-out mode, behind the same trait.
+//!
+//! An event is typed and rendered once ([`LiveEvent`]), then shared by the
+//! queue of every recipient's connection: fanning a message out to a large
+//! group costs one pointer per connection, not one rendering.
 //!
 //! Every connection has one bounded queue. A connection whose queue is full
 //! has fallen behind: it is told to close (`close::BEHIND`) and catches up
@@ -12,24 +16,45 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use async_trait::async_trait;
 use natter_proto::users::PresenceStatus;
 use natter_proto::ws::close;
-use natter_proto::{DeviceId, UserId};
+use natter_proto::{ChatId, DeviceId, UserId};
 use tokio::sync::{mpsc, watch};
 
-/// Identifies one connection (unique within a process).
-pub type ConnId = u64;
+/// Identifies one connection: the node that holds its socket and a number
+/// unique on that node, so ids stay unique across a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    /// The node (random per process start).
+    pub node: u64,
+    /// The connection on that node.
+    pub local: u64,
+}
+
+/// A persisted chat-log event on its way to live connections.
+#[derive(Debug)]
+pub struct LiveEvent {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// The event's position in the chat log.
+    pub seq: i64,
+    /// A user this event made a member (they start following the chat).
+    pub joined: Option<UserId>,
+    /// A user this event removed (it is the last of the chat they see).
+    pub left: Option<UserId>,
+    /// The frame, rendered once for every recipient.
+    pub frame: Arc<str>,
+}
 
 /// Something for a connection to send.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A persisted update: the receiving user's pts and the rendered frame.
-    Update {
-        /// The update number.
-        pts: i64,
-        /// The JSON text frame.
-        frame: Arc<str>,
-    },
+    /// A chat-log event; the connection delivers it in seq order.
+    Event(Arc<LiveEvent>),
+    /// Persisted state (a chat's receipt positions); later state supersedes
+    /// earlier, so order does not matter, but it is never dropped.
+    State(Arc<str>),
     /// An ephemeral frame (typing, presence): sent if there is room, never stored.
     Signal(Arc<str>),
 }
@@ -57,15 +82,23 @@ pub struct Registration {
 }
 
 /// Routes to live connections.
+#[async_trait]
 pub trait Bus: Send + Sync + fmt::Debug + 'static {
     /// Registers a connection with a queue of `queue` entries.
     fn register(&self, user: UserId, device: DeviceId, queue: usize) -> Registration;
     /// Removes a connection; true if it was the user's last.
     fn unregister(&self, user: UserId, conn: ConnId) -> bool;
-    /// Queues a persisted update for every connection of `user` but `except`.
-    fn send_update(&self, user: UserId, pts: i64, frame: Arc<str>, except: Option<ConnId>);
+    /// Queues a chat-log event for every connection of `recipients` but `except`.
+    async fn send_event(
+        &self,
+        recipients: &[UserId],
+        event: Arc<LiveEvent>,
+        except: Option<ConnId>,
+    );
+    /// Queues persisted state for every connection of `recipients`.
+    async fn send_state(&self, recipients: &[UserId], frame: Arc<str>);
     /// Queues an ephemeral frame for every connection of `user`, if there is room.
-    fn send_signal(&self, user: UserId, frame: Arc<str>);
+    async fn send_signal(&self, user: UserId, frame: Arc<str>);
     /// Closes every connection of one device (logout, revocation).
     fn close_device(&self, user: UserId, device: DeviceId, kick: Kick);
     /// Closes every connection (shutdown).
@@ -89,12 +122,23 @@ struct Conn {
 }
 
 /// The in-process bus of a single node.
-#[derive(Default)]
 pub struct LocalBus {
     /// Live connections by user.
     users: Mutex<HashMap<UserId, Vec<Conn>>>,
+    /// This node's part of connection ids.
+    node: u64,
     /// The next connection id.
     next_id: AtomicU64,
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        Self {
+            users: Mutex::default(),
+            node: rand::random(),
+            next_id: AtomicU64::new(0),
+        }
+    }
 }
 
 impl fmt::Debug for LocalBus {
@@ -108,6 +152,26 @@ impl fmt::Debug for LocalBus {
 impl LocalBus {
     fn with_users<T>(&self, f: impl FnOnce(&mut HashMap<UserId, Vec<Conn>>) -> T) -> T {
         f(&mut self.users.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Queues `item` for every connection of `recipients` but `except`;
+    /// a connection whose queue is full is told to close (it resumes with sync).
+    fn send_kept(&self, recipients: &[UserId], item: &Outbound, except: Option<ConnId>) {
+        self.with_users(|users| {
+            for user in recipients {
+                let Some(conns) = users.get(user) else {
+                    continue;
+                };
+                for conn in conns.iter().filter(|c| Some(c.id) != except) {
+                    if conn.queue.try_send(item.clone()).is_err() {
+                        // Full (or closing): the connection resumes with sync.
+                        metrics::counter!("natter_ws_kicked_total", "reason" => "behind")
+                            .increment(1);
+                        let _ = conn.kick.send(Some(behind()));
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -128,9 +192,13 @@ fn presence_of(conns: &[Conn]) -> PresenceStatus {
     }
 }
 
+#[async_trait]
 impl Bus for LocalBus {
     fn register(&self, user: UserId, device: DeviceId, queue: usize) -> Registration {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = ConnId {
+            node: self.node,
+            local: self.next_id.fetch_add(1, Ordering::Relaxed),
+        };
         let (tx, outbound) = mpsc::channel(queue.max(1));
         let (kick, kicked) = watch::channel(None);
         let first_of_user = self.with_users(|users| {
@@ -173,26 +241,20 @@ impl Bus for LocalBus {
         last
     }
 
-    fn send_update(&self, user: UserId, pts: i64, frame: Arc<str>, except: Option<ConnId>) {
-        self.with_users(|users| {
-            let Some(conns) = users.get(&user) else {
-                return;
-            };
-            for conn in conns.iter().filter(|c| Some(c.id) != except) {
-                let update = Outbound::Update {
-                    pts,
-                    frame: Arc::clone(&frame),
-                };
-                if conn.queue.try_send(update).is_err() {
-                    // Full (or closing): the connection resumes with sync.
-                    metrics::counter!("natter_ws_kicked_total", "reason" => "behind").increment(1);
-                    let _ = conn.kick.send(Some(behind()));
-                }
-            }
-        });
+    async fn send_event(
+        &self,
+        recipients: &[UserId],
+        event: Arc<LiveEvent>,
+        except: Option<ConnId>,
+    ) {
+        self.send_kept(recipients, &Outbound::Event(event), except);
     }
 
-    fn send_signal(&self, user: UserId, frame: Arc<str>) {
+    async fn send_state(&self, recipients: &[UserId], frame: Arc<str>) {
+        self.send_kept(recipients, &Outbound::State(frame), None);
+    }
+
+    async fn send_signal(&self, user: UserId, frame: Arc<str>) {
         self.with_users(|users| {
             let Some(conns) = users.get(&user) else {
                 return;
@@ -268,17 +330,24 @@ mod tests {
         let (alice, bob) = (UserId::new(), UserId::new());
         let mut slow = bus.register(alice, DeviceId::new(), 2);
         let mut fast = bus.register(bob, DeviceId::new(), 8);
-        for pts in 1..=3 {
-            bus.send_update(alice, pts, Arc::from("x"), None);
-            bus.send_update(bob, pts, Arc::from("y"), None);
+        let chat = ChatId::new();
+        for seq in 1..=3 {
+            let event = Arc::new(LiveEvent {
+                chat_id: chat,
+                seq,
+                joined: None,
+                left: None,
+                frame: Arc::from("x"),
+            });
+            bus.send_event(&[alice, bob], event, None).await;
         }
         assert_eq!(*slow.kicked.borrow_and_update(), Some(behind()));
         assert!(fast.kicked.borrow_and_update().is_none());
-        for _ in 0..3 {
-            assert!(matches!(
-                fast.outbound.recv().await,
-                Some(Outbound::Update { .. })
-            ));
+        for seq in 1..=3 {
+            match fast.outbound.recv().await {
+                Some(Outbound::Event(e)) => assert_eq!(e.seq, seq),
+                other => panic!("{other:?}"),
+            }
         }
     }
 

@@ -182,6 +182,19 @@ pub struct StoreConfig {
     pub write_batch_max: usize,
     /// Write operations waiting for the writer before senders wait (back-pressure).
     pub write_queue: usize,
+    /// Most chats the writer keeps in memory (members, log head, receipt
+    /// positions); past it some are forgotten and reloaded when next used.
+    pub chat_cache_max: usize,
+    /// Longest a delivered position (from device acks, and a sender's own
+    /// position after a send) waits in memory before it is written; a crash
+    /// loses at most this much of them, which later acks restore.
+    pub receipt_flush_ms: u64,
+    /// Most chat log entries the search indexer follows in one writer job:
+    /// bounds how long one pass holds the writer.
+    pub search_index_batch: usize,
+    /// How often the search indexer looks at the log when nothing woke it
+    /// (it is woken after every append; this is the safety net).
+    pub search_index_poll_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -190,6 +203,10 @@ impl Default for StoreConfig {
             read_connections: 4,
             write_batch_max: 1000,
             write_queue: 4096,
+            chat_cache_max: 100_000,
+            receipt_flush_ms: 1000,
+            search_index_batch: 500,
+            search_index_poll_ms: 1000,
         }
     }
 }
@@ -273,10 +290,25 @@ pub struct Limits {
     /// Time allowed for one request, start to end.
     pub request_timeout_secs: u64,
     /// Time allowed for a client to send a request's headers; also closes
-    /// idle keep-alive connections.
+    /// idle keep-alive connections, and a new connection (HTTP/1 or HTTP/2)
+    /// that has not started a request within it.
     pub header_read_timeout_secs: u64,
     /// Open connections one client address may hold.
     pub max_connections_per_ip: usize,
+    /// A connection with no request or WebSocket in flight for this long is
+    /// closed (HTTP/1 keep-alive and HTTP/2 alike). A new connection must
+    /// start its first request within `header_read_timeout_secs`.
+    pub idle_timeout_secs: u64,
+    /// A write to a client that makes no progress for this long (the client
+    /// stopped reading a download or a WebSocket) closes the connection.
+    pub write_timeout_secs: u64,
+    /// How often an HTTP/2 connection with requests in flight is pinged.
+    pub http2_keep_alive_interval_secs: u64,
+    /// An HTTP/2 ping unanswered this long closes the connection.
+    pub http2_keep_alive_timeout_secs: u64,
+    /// Largest total size of a request's header fields (names and values),
+    /// in bytes; larger is refused with 431.
+    pub max_header_bytes: usize,
     /// Participants of a group, creator included.
     pub max_group_members: usize,
     /// Longest group name, in characters.
@@ -291,10 +323,13 @@ pub struct Limits {
     pub max_page_size: usize,
     /// How long after sending a message may be edited.
     pub edit_window_secs: u64,
-    /// Updates a device may be behind and still `sync`; further behind, it
-    /// is told `too_long` and reloads over REST.
+    /// Events a device may be behind in one chat and still `sync` it;
+    /// further behind, it is told `too_long` for that chat and reloads its
+    /// recent history over REST.
     pub max_sync_updates: usize,
-    /// Updates read from the store per sync page.
+    /// Chat positions one `sync` frame may list.
+    pub max_sync_chats: usize,
+    /// Events read from the store per sync page.
     pub sync_page_size: usize,
     /// Frames queued for one WebSocket connection before it counts as behind
     /// and is closed (it resumes with `sync`).
@@ -315,6 +350,8 @@ pub struct Limits {
     pub ws_idle_timeout_secs: u64,
     /// Longest search query, in characters.
     pub max_search_query_chars: usize,
+    /// Most words and phrases in one search query (each is one index lookup).
+    pub max_search_terms: usize,
     /// Largest page of search results (`limit`); the default page is 20.
     pub max_search_page_size: usize,
     /// Deepest offset into search results (`(page - 1) * limit`).
@@ -339,6 +376,12 @@ impl Default for Limits {
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
             max_connections_per_ip: 1000,
+            idle_timeout_secs: 60,
+            write_timeout_secs: 60,
+            http2_keep_alive_interval_secs: 30,
+            http2_keep_alive_timeout_secs: 20,
+            // Browsers send 1-2 KiB; big cookies are the usual outlier.
+            max_header_bytes: 16 * 1024,
             max_group_members: 1024,
             max_chat_name_chars: 128,
             max_message_chars: 4096,
@@ -347,6 +390,7 @@ impl Default for Limits {
             max_page_size: 100,
             edit_window_secs: 24 * 3600,
             max_sync_updates: 10_000,
+            max_sync_chats: 1_000,
             sync_page_size: 200,
             ws_queue_depth: 1024,
             ws_max_message_bytes: 64 * 1024,
@@ -356,6 +400,7 @@ impl Default for Limits {
             ws_ping_interval_secs: 30,
             ws_idle_timeout_secs: 75,
             max_search_query_chars: 256,
+            max_search_terms: 16,
             max_search_page_size: 50,
             max_search_offset: 10_000,
             max_push_endpoint_chars: 1024,
@@ -386,8 +431,17 @@ impl Rate {
 pub struct RateLimits {
     /// Verification codes sent to one number.
     pub verification_per_phone: Rate,
-    /// Verification codes requested from one client address.
+    /// Verification codes requested from one client address (an IPv4
+    /// address, or the /64 of an IPv6 address).
     pub verification_per_ip: Rate,
+    /// Verification codes requested from one client network (IPv4 /24,
+    /// IPv6 /48): many addresses of one network count together.
+    pub verification_per_network: Rate,
+    /// Verification codes sent to one block of numbers (the number without
+    /// its last four digits): SMS pumping walks through a premium range.
+    pub verification_per_prefix: Rate,
+    /// Verification codes sent to one country calling code.
+    pub verification_per_country: Rate,
     /// Verification codes sent by the whole server (SMS costs money).
     pub verification_global: Rate,
     /// Register and login attempts from one client address.
@@ -404,6 +458,8 @@ pub struct RateLimits {
     pub messages_per_user: Rate,
     /// Uploads started by one user (plain and resumable together).
     pub uploads_per_user: Rate,
+    /// Push channels registered (set or replaced) by one user's devices.
+    pub push_channels_per_user: Rate,
 }
 
 impl Default for RateLimits {
@@ -411,6 +467,9 @@ impl Default for RateLimits {
         Self {
             verification_per_phone: Rate::new(5, 3600),
             verification_per_ip: Rate::new(20, 3600),
+            verification_per_network: Rate::new(60, 3600),
+            verification_per_prefix: Rate::new(10, 3600),
+            verification_per_country: Rate::new(200, 600),
             verification_global: Rate::new(600, 60),
             code_attempts_per_ip: Rate::new(30, 600),
             discover_per_user: Rate::new(10, 3600),
@@ -419,6 +478,7 @@ impl Default for RateLimits {
             presence_per_device: Rate::new(6, 60),
             messages_per_user: Rate::new(600, 60),
             uploads_per_user: Rate::new(120, 3600),
+            push_channels_per_user: Rate::new(30, 3600),
         }
     }
 }
@@ -645,7 +705,7 @@ impl Config {
             _ => {}
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 47] = [
+        let positive: [(&'static str, u64); 53] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -658,6 +718,16 @@ impl Config {
             ("store.read_connections", self.store.read_connections as u64),
             ("store.write_batch_max", self.store.write_batch_max as u64),
             ("store.write_queue", self.store.write_queue as u64),
+            ("store.chat_cache_max", self.store.chat_cache_max as u64),
+            ("store.receipt_flush_ms", self.store.receipt_flush_ms),
+            (
+                "store.search_index_batch",
+                self.store.search_index_batch as u64,
+            ),
+            (
+                "store.search_index_poll_ms",
+                self.store.search_index_poll_ms,
+            ),
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             ("limits.max_json_depth", self.limits.max_json_depth as u64),
             ("limits.max_name_chars", self.limits.max_name_chars as u64),
@@ -716,6 +786,7 @@ impl Config {
                 "limits.max_sync_updates",
                 self.limits.max_sync_updates as u64,
             ),
+            ("limits.max_sync_chats", self.limits.max_sync_chats as u64),
             ("limits.sync_page_size", self.limits.sync_page_size as u64),
             ("limits.ws_queue_depth", self.limits.ws_queue_depth as u64),
             (
@@ -747,6 +818,10 @@ impl Config {
                 self.limits.max_search_query_chars as u64,
             ),
             (
+                "limits.max_search_terms",
+                self.limits.max_search_terms as u64,
+            ),
+            (
                 "limits.max_search_page_size",
                 self.limits.max_search_page_size as u64,
             ),
@@ -775,7 +850,25 @@ impl Config {
             ("push.concurrency", self.push.concurrency as u64),
             ("push.preview_chars", self.push.preview_chars as u64),
         ];
-        for (key, value) in positive {
+        // The listener's connection bounds (kept apart so the list above
+        // does not change length with every new key).
+        let connection_bounds = [
+            ("limits.idle_timeout_secs", self.limits.idle_timeout_secs),
+            ("limits.write_timeout_secs", self.limits.write_timeout_secs),
+            (
+                "limits.http2_keep_alive_interval_secs",
+                self.limits.http2_keep_alive_interval_secs,
+            ),
+            (
+                "limits.http2_keep_alive_timeout_secs",
+                self.limits.http2_keep_alive_timeout_secs,
+            ),
+            (
+                "limits.max_header_bytes",
+                self.limits.max_header_bytes as u64,
+            ),
+        ];
+        for (key, value) in positive.into_iter().chain(connection_bounds) {
             if value == 0 {
                 return Err(invalid(key, "must be greater than zero"));
             }
@@ -811,6 +904,22 @@ impl Config {
             (
                 "rate_limits.verification_per_ip",
                 self.rate_limits.verification_per_ip,
+            ),
+            (
+                "rate_limits.verification_per_network",
+                self.rate_limits.verification_per_network,
+            ),
+            (
+                "rate_limits.verification_per_prefix",
+                self.rate_limits.verification_per_prefix,
+            ),
+            (
+                "rate_limits.verification_per_country",
+                self.rate_limits.verification_per_country,
+            ),
+            (
+                "rate_limits.push_channels_per_user",
+                self.rate_limits.push_channels_per_user,
             ),
             (
                 "rate_limits.verification_global",
@@ -1040,6 +1149,46 @@ mod tests {
             error_of(&[("NATTER_RATE_LIMITS__DISCOVER_PER_USER__BURST", "0")])
                 .contains("`rate_limits.discover_per_user`")
         );
+        for (var, key) in [
+            (
+                "NATTER_LIMITS__IDLE_TIMEOUT_SECS",
+                "`limits.idle_timeout_secs`",
+            ),
+            (
+                "NATTER_LIMITS__WRITE_TIMEOUT_SECS",
+                "`limits.write_timeout_secs`",
+            ),
+            (
+                "NATTER_LIMITS__HTTP2_KEEP_ALIVE_INTERVAL_SECS",
+                "`limits.http2_keep_alive_interval_secs`",
+            ),
+            (
+                "NATTER_LIMITS__HTTP2_KEEP_ALIVE_TIMEOUT_SECS",
+                "`limits.http2_keep_alive_timeout_secs`",
+            ),
+            (
+                "NATTER_LIMITS__MAX_HEADER_BYTES",
+                "`limits.max_header_bytes`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__VERIFICATION_PER_NETWORK__BURST",
+                "`rate_limits.verification_per_network`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__VERIFICATION_PER_PREFIX__PER_SECS",
+                "`rate_limits.verification_per_prefix`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__VERIFICATION_PER_COUNTRY__BURST",
+                "`rate_limits.verification_per_country`",
+            ),
+            (
+                "NATTER_RATE_LIMITS__PUSH_CHANNELS_PER_USER__BURST",
+                "`rate_limits.push_channels_per_user`",
+            ),
+        ] {
+            assert!(error_of(&[(var, "0")]).contains(key), "{var}");
+        }
     }
 
     #[test]

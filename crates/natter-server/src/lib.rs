@@ -11,6 +11,8 @@
 //!   behind traits (`blobs` behind `object_store`). Nothing above `store`
 //!   writes SQL.
 //! - [`thumbnail`]: decoding plaintext images, with limits, into thumbnails.
+//! - [`search_query`]: the message search language, parsed into an
+//!   engine-neutral query that each store engine compiles.
 //! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
 //! - [`offline`]: the services on a stopped server's data directory
 //!   (`natter admin`); [`backup`]: online backup and restore.
@@ -31,6 +33,7 @@ pub mod perms;
 pub mod phone;
 pub mod push;
 pub mod ratelimit;
+pub mod search_query;
 pub mod secret;
 pub mod server;
 pub mod service;

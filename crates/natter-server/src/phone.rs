@@ -25,6 +25,10 @@ pub enum PhoneValidation {
 #[error("`{0}` is not a valid phone number in international format (e.g. +14155550123)")]
 pub struct InvalidPhone(String);
 
+/// Digits a number block leaves out: numbers that differ only in these are
+/// one block for SMS rate limits.
+const BLOCK_DIGITS: usize = 4;
+
 /// Longest input accepted before parsing (E.164 is at most 15 digits; this
 /// leaves room for spaces, dashes and brackets).
 const MAX_INPUT_CHARS: usize = 32;
@@ -90,6 +94,25 @@ impl Phone {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The block of 10,000 numbers this one is in: the E.164 text without
+    /// its last four digits (the key of `rate_limits.verification_per_prefix`).
+    #[must_use]
+    pub fn block(&self) -> &str {
+        let end = self.0.len().saturating_sub(BLOCK_DIGITS).max(1);
+        self.0.get(..end).unwrap_or(&self.0)
+    }
+
+    /// The country calling code, as `+1` or `+44` (the key of
+    /// `rate_limits.verification_per_country`). A number that no longer
+    /// parses (it cannot, it was parsed) shares one key with all such.
+    #[must_use]
+    pub fn country_key(&self) -> String {
+        phonenumber::parse(None, &self.0).map_or_else(
+            |_| "unknown".to_owned(),
+            |n| format!("+{}", n.code().value()),
+        )
+    }
 }
 
 impl fmt::Debug for Phone {
@@ -110,6 +133,16 @@ impl fmt::Debug for Phone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_and_countries() {
+        let p = Phone::parse("+1 415 999 0042", PhoneValidation::Parse).unwrap();
+        assert_eq!(p.block(), "+1415999");
+        assert_eq!(p.country_key(), "+1");
+        let p = Phone::parse("+44 20 7946 0958", PhoneValidation::Parse).unwrap();
+        assert_eq!(p.block(), "+44207946");
+        assert_eq!(p.country_key(), "+44");
+    }
 
     #[test]
     fn normalises_to_e164() {
@@ -196,5 +229,43 @@ mod tests {
     fn debug_redacts() {
         let p = Phone::parse("+14155550123", PhoneValidation::Parse).unwrap();
         assert_eq!(format!("{p:?}"), "Phone(+…23)");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Inputs near the grammar (digits and the allowed punctuation
+        /// after `+` or `00`) and anything at all.
+        fn input() -> impl Strategy<Value = String> {
+            let near = proptest::collection::vec(
+                prop_oneof![8 => (b'0'..=b'9').prop_map(char::from), 1 => proptest::sample::select(vec![' ', '-', '.', '(', ')', '/', '+'])],
+                0..40,
+            )
+            .prop_flat_map(|body| {
+                (proptest::sample::select(vec!["+", "00", "", "0"]), Just(body.into_iter().collect::<String>()))
+            })
+            .prop_map(|(lead, body)| format!("{lead}{body}"));
+            prop_oneof![4 => near, 1 => any::<String>()]
+        }
+
+        proptest! {
+            #[test]
+            fn a_parsed_number_is_e164_and_parses_to_itself(raw in input(), strict in any::<bool>()) {
+                let validation = if strict { PhoneValidation::Strict } else { PhoneValidation::Parse };
+                if let Ok(phone) = Phone::parse(&raw, validation) {
+                    let e164 = phone.as_str();
+                    prop_assert!(e164.starts_with('+'), "{raw:?} -> {e164}");
+                    prop_assert!(e164[1..].bytes().all(|b| b.is_ascii_digit()), "{e164}");
+                    prop_assert!((8..=16).contains(&e164.len()), "{e164}");
+                    let again = Phone::parse(e164, validation).map(|p| p.as_str().to_owned());
+                    prop_assert_eq!(again.as_deref(), Ok(e164));
+                    prop_assert!(e164.starts_with(phone.block()));
+                    prop_assert!(e164.starts_with(&phone.country_key()));
+                    let shown = format!("{phone:?}");
+                    prop_assert!(!shown.contains(&e164[1..e164.len() - 2]), "{}", shown);
+                }
+            }
+        }
     }
 }

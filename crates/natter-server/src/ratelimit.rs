@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -19,8 +20,14 @@ use crate::config::{Rate, RateLimits};
 pub enum Limit {
     /// Codes sent to one number.
     VerificationPerPhone,
-    /// Codes requested from one client address.
+    /// Codes requested from one client address ([`address_key`]).
     VerificationPerIp,
+    /// Codes requested from one client network ([`network_key`]).
+    VerificationPerNetwork,
+    /// Codes sent to one block of numbers (`Phone::block`).
+    VerificationPerPrefix,
+    /// Codes sent to one country calling code.
+    VerificationPerCountry,
     /// Register/login attempts from one client address.
     CodeAttemptsPerIp,
     /// Discovery requests by one user.
@@ -35,6 +42,38 @@ pub enum Limit {
     MessagesPerUser,
     /// Uploads started by one user.
     UploadsPerUser,
+    /// Push channels registered by one user's devices.
+    PushChannelsPerUser,
+}
+
+/// The key of a client address for per-address limits: an IPv4 address (an
+/// IPv4-mapped IPv6 address counts as its IPv4 address), or the /64 an IPv6
+/// address is in: one subscriber is given at least a /64, so its 2^64
+/// addresses must not be 2^64 budgets.
+#[must_use]
+pub fn address_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("{}/64", mask_v6(v6, 64)),
+    }
+}
+
+/// The key of a client network for per-network limits: the IPv4 /24 or the
+/// IPv6 /48 (a site) an address is in.
+#[must_use]
+pub fn network_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{}/24", Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => format!("{}/48", mask_v6(v6, 48)),
+    }
+}
+
+fn mask_v6(ip: Ipv6Addr, bits: u32) -> Ipv6Addr {
+    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+    Ipv6Addr::from(u128::from(ip) & mask)
 }
 
 /// A refused request and when to try again.
@@ -90,6 +129,15 @@ impl LocalRateLimiter {
         let keyed = [
             (Limit::VerificationPerPhone, table.verification_per_phone),
             (Limit::VerificationPerIp, table.verification_per_ip),
+            (
+                Limit::VerificationPerNetwork,
+                table.verification_per_network,
+            ),
+            (Limit::VerificationPerPrefix, table.verification_per_prefix),
+            (
+                Limit::VerificationPerCountry,
+                table.verification_per_country,
+            ),
             (Limit::CodeAttemptsPerIp, table.code_attempts_per_ip),
             (Limit::DiscoverPerUser, table.discover_per_user),
             (Limit::ContactAddPerUser, table.contact_add_per_user),
@@ -97,6 +145,7 @@ impl LocalRateLimiter {
             (Limit::PresencePerDevice, table.presence_per_device),
             (Limit::MessagesPerUser, table.messages_per_user),
             (Limit::UploadsPerUser, table.uploads_per_user),
+            (Limit::PushChannelsPerUser, table.push_channels_per_user),
         ]
         .into_iter()
         .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))
@@ -150,6 +199,28 @@ impl RateLimiter for LocalRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_and_networks_have_the_documented_keys() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(address_key(ip("192.0.2.77")), "192.0.2.77");
+        assert_eq!(address_key(ip("::ffff:192.0.2.77")), "192.0.2.77");
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(network_key(ip("192.0.2.77")), "192.0.2.0/24");
+        assert_eq!(network_key(ip("::ffff:192.0.2.1")), "192.0.2.0/24");
+        assert_eq!(network_key(ip("2001:db8:1:2:aaaa::1")), "2001:db8:1::/48");
+    }
 
     #[tokio::test]
     async fn a_burst_is_allowed_then_refused_with_a_wait() {

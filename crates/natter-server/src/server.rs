@@ -33,6 +33,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// few seconds; unfinished ones are retried after the next start).
 const PUSH_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long shutdown waits for the search indexer's pass in flight (one
+/// writer job); what it leaves is caught up after the next start.
+const INDEXER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Under this name the store keeps the VAPID key pair (PKCS#8), created at
 /// first start so push subscriptions keep working across restarts.
 const VAPID_SECRET: &str = "vapid_key_pkcs8";
@@ -127,6 +131,11 @@ pub struct RunningServer {
     push_stop: watch::Sender<bool>,
     /// The push delivery worker; ends before the store closes.
     push_worker: JoinHandle<()>,
+    /// Tells the search indexer to stop: after the drain, so the last
+    /// requests' messages are indexed before the store closes.
+    indexer_stop: watch::Sender<bool>,
+    /// The search indexer; ends before the store closes.
+    indexer: JoinHandle<()>,
     /// The store, closed last so every acknowledged write is committed.
     store: Arc<dyn Store>,
     /// To close live WebSocket connections at shutdown (hyper does not
@@ -140,6 +149,9 @@ impl RunningServer {
     /// # Errors
     /// A [`StartError`] saying what could not be opened.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        // The metrics recorder first: anything recorded before it exists
+        // (the push counters' zeros, say) is lost.
+        let _ = crate::api::metrics_handle();
         let config = Arc::new(config);
         // Load libphonenumber's metadata now rather than in the first request.
         let _ = tokio::task::spawn_blocking(|| {
@@ -209,7 +221,10 @@ impl RunningServer {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(housekeeping(services.clone(), stopped.clone()));
         let (push_stop, push_stopped) = watch::channel(false);
+        services.describe_push_metrics();
         let push_worker = tokio::spawn(services.clone().run_push_worker(push_stopped));
+        let (indexer_stop, indexer_stopped) = watch::channel(false);
+        let indexer = tokio::spawn(services.clone().run_search_indexer(indexer_stopped));
         let limits = config.limits.clone();
         let app = crate::api::app(services.clone());
         let serving = tokio::spawn(async move {
@@ -227,6 +242,8 @@ impl RunningServer {
             serving,
             push_stop,
             push_worker,
+            indexer_stop,
+            indexer,
             store,
             services,
         })
@@ -251,6 +268,15 @@ impl RunningServer {
         self.services.sweep().await;
     }
 
+    /// Chat log entries committed but not yet in the search index; 0 once
+    /// the indexer has caught up (search is then exact).
+    ///
+    /// # Errors
+    /// The store's failure.
+    pub async fn search_index_lag(&self) -> Result<u64, crate::store::StoreError> {
+        self.services.search_index_lag().await
+    }
+
     /// Stops accepting, drains open requests (bounded), and closes the store.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
@@ -273,6 +299,14 @@ impl RunningServer {
             .is_err()
         {
             push_worker.abort();
+        }
+        let _ = self.indexer_stop.send(true);
+        let mut indexer = self.indexer;
+        if tokio::time::timeout(INDEXER_STOP_TIMEOUT, &mut indexer)
+            .await
+            .is_err()
+        {
+            indexer.abort();
         }
         self.store.close().await;
         tracing::info!("stopped");

@@ -1,5 +1,7 @@
-//! Thumbnails of plaintext images: JPEG, PNG and WebP are decoded (with
-//! limits) and scaled down to a small JPEG. Blocking and CPU-heavy: callers
+//! Thumbnails of plaintext images: JPEG, PNG, WebP and GIF (its first frame)
+//! are decoded (with limits) and scaled down to a small JPEG. These are the
+//! only formats `type=image` accepts: every image is checked here, and one
+//! the server cannot check is refused, not stored unchecked. Blocking and CPU-heavy: callers
 //! run [`make`] on a blocking thread, a bounded number at a time, with a
 //! deadline.
 //!
@@ -47,13 +49,13 @@ pub struct Thumbnail {
     pub jpeg: Vec<u8>,
 }
 
-/// Whether the server decodes this format (others are stored without a
-/// thumbnail; clients decode them).
+/// Whether the server decodes this format: an image upload of any other
+/// format is refused, and only these are served inline.
 #[must_use]
 pub fn decodable(format: ImageFormat) -> bool {
     matches!(
         format,
-        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP
+        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif
     )
 }
 
@@ -141,6 +143,33 @@ mod tests {
             make(&path, ImageFormat::Png, 999, 32),
             Err(ThumbnailError::TooManyPixels { .. })
         ));
+    }
+
+    fn gif(width: u32, height: u32) -> Vec<u8> {
+        let img = image::RgbaImage::from_pixel(width, height, image::Rgba([0, 90, 200, 255]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Gif)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn gif_pixel_limit_holds_at_n_and_n_plus_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.gif");
+        std::fs::write(&path, gif(100, 10)).unwrap();
+        assert_eq!(
+            make(&path, ImageFormat::Gif, 1000, 32).unwrap().dimensions,
+            (100, 10)
+        );
+        assert!(matches!(
+            make(&path, ImageFormat::Gif, 999, 32),
+            Err(ThumbnailError::TooManyPixels { .. })
+        ));
+        // Only the checked formats are served as images.
+        assert!(format_of("image/gif").is_some());
+        assert!(format_of("image/bmp").is_none());
+        assert!(format_of("image/tiff").is_none());
     }
 
     #[test]

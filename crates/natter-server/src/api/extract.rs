@@ -259,4 +259,55 @@ mod tests {
         assert_eq!(json_depth(b"42"), 0);
         assert_eq!(json_depth(&b"[".repeat(100)), 100);
     }
+
+    mod properties {
+        use super::json_depth;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+                // Strings full of brackets, quotes and escapes.
+                proptest::collection::vec(
+                    proptest::sample::select(vec!['[', '{', '"', '\\', ']', '}', 'x']),
+                    0..12
+                )
+                .prop_map(|c| Value::from(c.into_iter().collect::<String>())),
+            ];
+            leaf.prop_recursive(24, 200, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::btree_map(any::<String>(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn depth_of(v: &Value) -> usize {
+            match v {
+                Value::Array(a) => 1 + a.iter().map(depth_of).max().unwrap_or(0),
+                Value::Object(o) => 1 + o.values().map(depth_of).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn depth_is_the_nesting_serde_would_see(v in value(), pretty in any::<bool>()) {
+                let text = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
+                prop_assert_eq!(json_depth(&text), depth_of(&v));
+            }
+
+            #[test]
+            fn depth_never_panics_and_bounds_nothing_it_should_not(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                let depth = json_depth(&bytes);
+                let opens = bytes.iter().filter(|b| matches!(b, b'[' | b'{')).count();
+                prop_assert!(depth <= opens);
+            }
+        }
+    }
 }

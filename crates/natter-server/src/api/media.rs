@@ -361,8 +361,9 @@ async fn serve(
         header::CONTENT_TYPE,
         value(served_type(media.kind, content_type)),
     );
+    // Inline only what the server decoded and checked at upload.
     let inline = kind == BlobKind::Thumbnail
-        || (media.kind == MediaKind::Image && content_type.starts_with("image/"));
+        || (media.kind == MediaKind::Image && crate::thumbnail::format_of(content_type).is_some());
     out.insert(
         header::CONTENT_DISPOSITION,
         value(&disposition(inline, media.filename.as_deref())),
@@ -897,5 +898,106 @@ mod tests {
     fn http_dates_are_imf_fixdate() {
         let t = OffsetDateTime::from_unix_timestamp(784_111_777).unwrap();
         assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    mod properties {
+        use super::*;
+        use base64::Engine as _;
+        use proptest::prelude::*;
+
+        /// Range headers as clients (and attackers) write them: mostly the
+        /// real grammar with odd numbers, sometimes anything at all.
+        fn range_header() -> impl Strategy<Value = String> {
+            let number = prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                (0u64..2000).prop_map(|n| n.to_string()),
+                Just(String::new()),
+                Just("99999999999999999999999".to_owned()),
+                Just("-1".to_owned()),
+                Just(" 7 ".to_owned()),
+            ];
+            let unit = prop_oneof![
+                Just("bytes="),
+                Just("BYTES="),
+                Just("bytes ="),
+                Just("items="),
+                Just(""),
+            ];
+            prop_oneof![
+                4 => (unit, number.clone(), number, any::<bool>()).prop_map(|(u, a, b, two)| {
+                    if two { format!("{u}{a}-{b},0-1") } else { format!("{u}{a}-{b}") }
+                }),
+                1 => any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn a_parsed_range_lies_within_the_content(spec in range_header(), size in prop_oneof![0u64..3000, any::<u64>()]) {
+                if let RangeSpec::Part(r) = parse_range(&spec, size) {
+                    prop_assert!(r.start < r.end, "{spec:?} -> {r:?}");
+                    prop_assert!(r.end <= size, "{spec:?} -> {r:?} of {size}");
+                }
+            }
+
+            #[test]
+            fn a_well_formed_range_is_served_exactly(a in 0u64..5000, len in 0u64..5000, size in 1u64..5000) {
+                let b = a + len;
+                let got = parse_range(&format!("bytes={a}-{b}"), size);
+                if a < size {
+                    prop_assert_eq!(got, RangeSpec::Part(a..(b + 1).min(size)));
+                } else {
+                    prop_assert_eq!(got, RangeSpec::Unsatisfiable);
+                }
+            }
+
+            #[test]
+            fn tus_metadata_never_panics(raw in proptest::collection::vec(32u8..127, 0..600)) {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_bytes(&raw) {
+                    headers.insert(UPLOAD_METADATA.clone(), v);
+                }
+                let _ = tus_metadata(&headers);
+            }
+
+            #[test]
+            fn tus_metadata_reads_back_what_a_client_wrote(
+                kind in any::<String>(),
+                chat in any::<String>(),
+                name in any::<String>(),
+                extra in any::<String>(),
+            ) {
+                let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+                let raw = format!(
+                    "type {},chat_id {},filename {},filetype {}",
+                    b64(&kind), b64(&chat), b64(&name), b64(&extra)
+                );
+                prop_assume!(raw.len() <= MAX_TUS_METADATA_BYTES);
+                let mut headers = HeaderMap::new();
+                headers.insert(UPLOAD_METADATA.clone(), HeaderValue::from_str(&raw).unwrap());
+                let info = tus_metadata(&headers).unwrap();
+                prop_assert_eq!(info.kind, Some(kind));
+                prop_assert_eq!(info.chat_id, Some(chat));
+                prop_assert_eq!(info.filename, Some(name));
+            }
+
+            #[test]
+            fn tus_numbers_are_digits_or_refused(raw in prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                proptest::collection::vec(32u8..127, 0..30)
+                    .prop_map(|v| String::from_utf8(v).unwrap_or_default()),
+            ]) {
+                let mut headers = HeaderMap::new();
+                headers.insert(UPLOAD_OFFSET.clone(), HeaderValue::from_str(&raw).unwrap());
+                match header_number(&headers, &UPLOAD_OFFSET) {
+                    Ok(Some(n)) => {
+                        let shown = n.to_string();
+                        prop_assert_eq!(shown.trim_start_matches('0'), raw.trim_start_matches('0'));
+                    }
+                    Ok(None) => prop_assert!(false, "a present header read as absent"),
+                    Err(_) => prop_assert!(raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) || raw.parse::<u64>().is_err()),
+                }
+            }
+        }
     }
 }

@@ -160,6 +160,7 @@ pub fn app(services: Services) -> Router {
     let (api, transfers, openapi) = routes();
     let openapi = Arc::new(openapi.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
     let limits = services.config().limits.clone();
+    let max_header_bytes = limits.max_header_bytes;
     let timeout = services.config().request_timeout();
     let state = AppState {
         services,
@@ -177,7 +178,19 @@ pub fn app(services: Services) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(move |req, next| {
+            header_limit(max_header_bytes, req, next)
+        }))
+        // The span names the path only: query strings carry search terms
+        // (phone numbers) and, from some clients, tokens, and are never logged.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            tracing::debug_span!(
+                "request",
+                method = %req.method(),
+                path = %req.uri().path(),
+                version = ?req.version(),
+            )
+        }))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 metrics::counter!("natter_panics_total").increment(1);
@@ -208,6 +221,25 @@ async fn deadline(limit: std::time::Duration, req: Request, next: Next) -> Respo
         )
         .into_response(),
     }
+}
+
+/// Refuses a request whose header fields together (names and values) are
+/// larger than `limits.max_header_bytes`, with 431 and the error body.
+/// (hyper refuses far larger heads itself, before any of this runs.)
+async fn header_limit(max: usize, req: Request, next: Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if size > max {
+        return ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("The request's header fields are larger than {max} bytes."),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Counts requests and their latency by route and status.

@@ -25,7 +25,8 @@ use crate::service::{MessageSearch, Principal, ServiceError};
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub(crate) struct MessageSearchParams {
-    /// The query (alias `query`): words; `"a phrase"`, `prefix*`, `OR`, `NOT` work.
+    /// The query (alias `query`): plain words as typed; `"a phrase"`, `prefix*`,
+    /// `a OR b`, `-word` or `NOT word` (see docs/api.md).
     q: String,
     /// Only this chat; repeat for several.
     chat_id: Option<Vec<String>>,

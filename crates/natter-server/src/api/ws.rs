@@ -1,11 +1,8 @@
 //! The WebSocket gateway at `/api/v1/ws`: authentication, client frames,
-//! and delivery of the user's updates to this connection in pts order.
-//!
-//! Delivery invariant: this connection has sent every update in
-//! `(live_from, next_pts)` exactly once. A live update below `next_pts` is a
-//! duplicate and dropped; one above it means some arrived out of order, and
-//! the gap is filled from the store first. `sync` resends `(since,
-//! live_from]` only, so across the switch there is no gap and no duplicate.
+//! and delivery of the events of the user's chats to this connection, each
+//! chat in seq order. Where each chat stands, and so what is a duplicate, a
+//! gap to fill from the store or what `sync` must send, is decided by the
+//! connection's [`DeliveryCursor`] (see `service/delivery.rs`).
 
 use std::time::Duration;
 
@@ -15,16 +12,19 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, 
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt as _, SinkExt as _};
-use natter_proto::ErrorCode;
-use natter_proto::ws::{ClientFrame, ServerFrame, close};
+use std::collections::HashMap;
+
+use natter_proto::ws::{ChatPosition, ClientFrame, ServerFrame, close};
+use natter_proto::{ChatId, ErrorCode};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::bearer_token;
-use crate::bus::Outbound;
+use crate::bus::{ConnId, Kick, LiveEvent, Outbound};
 use crate::listener::ConnectionSlot;
-use crate::service::{LiveConnection, Principal, render};
+use crate::service::{DeliveryCursor, Live, LiveConnection, Principal, render};
 
 /// The connection is over (closed by either side or failed).
 struct Closed;
@@ -93,21 +93,25 @@ async fn run(app: AppState, mut socket: WebSocket, principal: Option<Principal>)
             return;
         }
     };
-    let id = live.id;
+    let LiveConnection {
+        id,
+        outbound,
+        kicked,
+        cursor,
+    } = live;
     let mut gateway = Gateway {
         app: app.clone(),
         who,
         socket,
-        next_pts: live.pts + 1,
-        live_from: live.pts,
+        cursor,
+        acks: Vec::new(),
     };
     let connected = ServerFrame::Connected {
         user_id: who.user(),
         device_id: who.device(),
-        pts: live.pts,
     };
     if gateway.send(&connected).await.is_ok() {
-        let _ = gateway.serve(live).await;
+        let _ = gateway.serve(id, outbound, kicked).await;
     }
     Box::pin(app.services.disconnect(&who, id)).await;
 }
@@ -147,20 +151,19 @@ struct Gateway {
     app: AppState,
     who: Principal,
     socket: WebSocket,
-    /// The next pts this connection will deliver.
-    next_pts: i64,
-    /// Everything in `(live_from, next_pts)` has been delivered here.
-    live_from: i64,
+    /// Where this connection is in each chat.
+    cursor: DeliveryCursor,
+    /// `ack` frames of the frames at hand, sent to the store together.
+    acks: Vec<(ChatId, i64)>,
 }
 
 impl Gateway {
-    async fn serve(&mut self, live: LiveConnection) -> Result<(), Closed> {
-        let LiveConnection {
-            id,
-            mut outbound,
-            mut kicked,
-            ..
-        } = live;
+    async fn serve(
+        &mut self,
+        id: ConnId,
+        mut outbound: mpsc::Receiver<Outbound>,
+        mut kicked: watch::Receiver<Option<Kick>>,
+    ) -> Result<(), Closed> {
         let limits = self.app.services.config().limits.clone();
         let mut ping = tokio::time::interval(Duration::from_secs(limits.ws_ping_interval_secs));
         ping.tick().await;
@@ -195,10 +198,12 @@ impl Gateway {
                         let mut taken = 0;
                         while let Some(out) = next {
                             match out {
-                                Outbound::Update { pts, frame } => {
-                                    Box::pin(self.deliver(pts, &frame)).await?;
+                                Outbound::Event(event) => {
+                                    Box::pin(self.deliver(&event)).await?;
                                 }
-                                Outbound::Signal(frame) => self.feed_text(&frame).await?,
+                                Outbound::State(frame) | Outbound::Signal(frame) => {
+                                    self.feed_text(&frame).await?;
+                                }
                             }
                             taken += 1;
                             next = if taken < READY_FRAMES_MAX {
@@ -230,10 +235,11 @@ impl Gateway {
     }
 
     /// Handles what the socket gave, in order: runs of `send_message` go to
-    /// the store together, everything else one by one.
+    /// the store together, everything else one by one; the acks among them
+    /// go to the store once, at the end.
     async fn incoming(
         &mut self,
-        conn: crate::bus::ConnId,
+        conn: ConnId,
         ready: Vec<Option<Result<WsMessage, axum::Error>>>,
     ) -> Result<Flow, Closed> {
         let mut sends = Vec::new();
@@ -258,10 +264,12 @@ impl Gateway {
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
                 Some(Ok(WsMessage::Close(_))) | None => {
                     self.send_many(conn, &mut sends).await?;
+                    self.send_acks().await?;
                     return Ok(Flow::Stop);
                 }
                 Some(Err(e)) => {
                     self.send_many(conn, &mut sends).await?;
+                    self.send_acks().await?;
                     let e = e.into_inner();
                     let too_big = matches!(
                         e.downcast_ref::<tungstenite::Error>(),
@@ -283,6 +291,7 @@ impl Gateway {
                     client_message_id,
                     reply_to,
                     timestamp,
+                    media_id,
                 }) => sends.push(natter_proto::chats::SendMessage {
                     chat_id,
                     content,
@@ -291,8 +300,9 @@ impl Gateway {
                     timestamp,
                     client_message_id,
                     reply_to,
-                    media_id: None,
+                    media_id,
                 }),
+                Ok(ClientFrame::Ack { chat_id, seq }) => self.acks.push((chat_id, seq)),
                 Ok(frame) => {
                     self.send_many(conn, &mut sends).await?;
                     self.handle(conn, frame).await?;
@@ -304,13 +314,30 @@ impl Gateway {
             }
         }
         self.send_many(conn, &mut sends).await?;
+        self.send_acks().await?;
         Ok(Flow::Continue)
+    }
+
+    /// Sends the acks gathered, the highest per chat, in one store call.
+    async fn send_acks(&mut self) -> Result<(), Closed> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let mut acks = std::mem::take(&mut self.acks);
+        acks.sort_unstable_by_key(|&(chat, seq)| (chat, std::cmp::Reverse(seq)));
+        acks.dedup_by_key(|(chat, _)| *chat);
+        let services = self.app.services.clone();
+        if let Err(e) = services.ack(&self.who, acks).await {
+            let e = ApiError::from(e);
+            self.error(e.code(), e.message()).await?;
+        }
+        Ok(())
     }
 
     /// Sends the collected messages (in order) and answers each.
     async fn send_many(
         &mut self,
-        conn: crate::bus::ConnId,
+        conn: ConnId,
         sends: &mut Vec<natter_proto::chats::SendMessage>,
     ) -> Result<(), Closed> {
         if sends.is_empty() {
@@ -322,12 +349,24 @@ impl Gateway {
             .await;
         for answer in answers {
             match answer {
-                // The confirmation takes its place in pts order; if a gap fill
-                // already sent that update as `new_message`, it still goes out.
-                Ok((Some(pts), frame)) if pts >= self.next_pts => {
-                    self.deliver_frame(pts, &frame).await?;
+                // The confirmation takes the message's place in its chat's
+                // order (what precedes it is filled in first); if a gap fill
+                // already sent it as `new_message`, it still goes out.
+                Ok(frame) => {
+                    if let ServerFrame::MessageSent {
+                        duplicate: false,
+                        message,
+                        ..
+                    } = &frame
+                    {
+                        let (chat, seq) = (message.chat_id, message.seq);
+                        if self.make_room(chat, seq).await? {
+                            self.cursor.delivered(chat, seq);
+                        }
+                    }
+                    let text = render::text(&frame);
+                    self.feed_text(&text).await?;
                 }
-                Ok((_, frame)) => self.send(&frame).await?,
                 Err(e) => {
                     let e = ApiError::from(e);
                     self.error(e.code(), e.message()).await?;
@@ -337,9 +376,10 @@ impl Gateway {
         self.flush().await
     }
 
-    /// Handles one client frame other than `send_message`. Errors go back
-    /// as `error` frames; only a failed socket ends the connection.
-    async fn handle(&mut self, conn: crate::bus::ConnId, frame: ClientFrame) -> Result<(), Closed> {
+    /// Handles one client frame other than `send_message` and `ack`.
+    /// Errors go back as `error` frames; only a failed socket ends the
+    /// connection.
+    async fn handle(&mut self, conn: ConnId, frame: ClientFrame) -> Result<(), Closed> {
         let services = self.app.services.clone();
         let who = self.who;
         let outcome = match frame {
@@ -348,33 +388,8 @@ impl Gateway {
                 message: "Already authenticated.".to_owned(),
             })),
             ClientFrame::Ping => Ok(Some(ServerFrame::Pong)),
-            ClientFrame::SendMessage { .. } => {
-                let mut sends = Vec::new();
-                if let ClientFrame::SendMessage {
-                    chat_id,
-                    content,
-                    ciphertext,
-                    message_type,
-                    client_message_id,
-                    reply_to,
-                    timestamp,
-                } = frame
-                {
-                    sends.push(natter_proto::chats::SendMessage {
-                        chat_id,
-                        content,
-                        ciphertext,
-                        message_type,
-                        timestamp,
-                        client_message_id,
-                        reply_to,
-                        media_id: None,
-                    });
-                }
-                return self.send_many(conn, &mut sends).await;
-            }
-            ClientFrame::Sync { since } => return self.sync(since).await,
-            ClientFrame::Ack { pts } => services.ack(&who, pts).await.map(|()| None),
+            ClientFrame::SendMessage { .. } | ClientFrame::Ack { .. } => Ok(None),
+            ClientFrame::Sync { chats } => return Box::pin(self.sync(chats)).await,
             ClientFrame::Read { chat_id, seq } => {
                 services.mark_read(&who, chat_id, seq).await.map(|_| None)
             }
@@ -403,98 +418,178 @@ impl Gateway {
         }
     }
 
-    /// Sends the updates in `(since, live_from]` (those this connection has
-    /// not delivered), then `sync_done`.
-    async fn sync(&mut self, since: i64) -> Result<(), Closed> {
-        if since < 0 {
+    /// Sends, chat by chat, the events this connection has not delivered
+    /// after the device's positions (a current chat not listed: from the
+    /// user's join), each chat's receipt positions, then `sync_done`.
+    async fn sync(&mut self, positions: Vec<ChatPosition>) -> Result<(), Closed> {
+        let limits = self.app.services.config().limits.clone();
+        if positions.len() > limits.max_sync_chats {
+            let message = format!(
+                "`chats` lists {} chats; the most allowed is {}.",
+                positions.len(),
+                limits.max_sync_chats
+            );
+            return self.error(ErrorCode::ValidationFailed, &message).await;
+        }
+        if positions.iter().any(|p| p.seq < 0) {
             return self
-                .error(ErrorCode::ValidationFailed, "`since` must not be negative.")
+                .error(ErrorCode::ValidationFailed, "`seq` must not be negative.")
                 .await;
         }
-        let limits = &self.app.services.config().limits;
-        let max_behind = i64::try_from(limits.max_sync_updates).unwrap_or(i64::MAX);
-        let page = i64::try_from(limits.sync_page_size).unwrap_or(100);
-        let delivered = self.next_pts - 1;
-        if self.live_from - since > max_behind {
-            return self.send(&ServerFrame::TooLong { pts: delivered }).await;
+        let services = self.app.services.clone();
+        let heads = match services.chat_heads(&self.who).await {
+            Ok(heads) => heads,
+            Err(e) => {
+                let e = ApiError::from(e);
+                return self.error(e.code(), e.message()).await;
+            }
+        };
+        let mut listed: HashMap<ChatId, i64> =
+            positions.iter().map(|p| (p.chat_id, p.seq)).collect();
+        for head in &heads {
+            let since = listed
+                .remove(&head.chat_id)
+                .unwrap_or(head.from_seq - 1)
+                .max(head.from_seq - 1);
+            // A chat joined since connecting, with no event delivered yet:
+            // from its head on, events come live.
+            self.cursor.follow_at_head(head.chat_id, head.last_seq);
+            let until = self
+                .cursor
+                .sync_until(head.chat_id)
+                .unwrap_or(head.last_seq);
+            if self.sync_chat(head.chat_id, since, until).await? {
+                self.cursor.synced(head.chat_id, since);
+            }
+            match services.receipt_frame(head.chat_id).await {
+                Ok(frame) => self.feed_text(&frame).await?,
+                Err(e) => tracing::debug!(error = %e, "could not read receipt positions"),
+            }
         }
+        // Chats the device knows but the user is no longer in: the rest of
+        // their membership (the store shows nothing past it).
+        let mut left: Vec<(ChatId, i64)> = listed.into_iter().collect();
+        left.sort_unstable();
+        for (chat, since) in left {
+            self.sync_chat(chat, since, i64::MAX).await?;
+        }
+        let done = ServerFrame::SyncDone {
+            chats: self.cursor.positions(),
+        };
+        self.send(&done).await
+    }
+
+    /// Sends the events of one chat in `(since, until]`, or `too_long` if
+    /// there are more than `limits.max_sync_updates`; true if it sent them all.
+    async fn sync_chat(&mut self, chat: ChatId, since: i64, until: i64) -> Result<bool, Closed> {
+        let limits = self.app.services.config().limits.clone();
+        let max = i64::try_from(limits.max_sync_updates).unwrap_or(i64::MAX);
+        let page = i64::try_from(limits.sync_page_size).unwrap_or(100);
+        if until.saturating_sub(since) > max && until != i64::MAX {
+            let too_long = ServerFrame::TooLong {
+                chat_id: chat,
+                seq: until,
+            };
+            return self.send(&too_long).await.map(|()| false);
+        }
+        let services = self.app.services.clone();
         let mut cursor = since;
-        while cursor < self.live_from {
-            let updates = match self
-                .app
-                .services
-                .updates_after(&self.who, cursor, page)
-                .await
-            {
-                Ok(u) => u,
+        let mut sent = 0i64;
+        while cursor < until {
+            let events = match services.events_after(&self.who, chat, cursor, page).await {
+                Ok(events) => events,
                 Err(e) => {
                     let e = ApiError::from(e);
-                    return self.error(e.code(), e.message()).await;
+                    return self.error(e.code(), e.message()).await.map(|()| false);
                 }
             };
             let before = cursor;
-            for (pts, frame) in updates {
-                if pts > self.live_from {
+            for (seq, frame) in events {
+                if seq > until {
                     break;
                 }
+                sent += 1;
+                if sent > max {
+                    let too_long = ServerFrame::TooLong {
+                        chat_id: chat,
+                        seq: cursor,
+                    };
+                    return self.send(&too_long).await.map(|()| false);
+                }
                 self.feed_text(&frame).await?;
-                cursor = pts;
+                cursor = seq;
             }
             self.flush().await?;
             if cursor == before {
                 break;
             }
         }
-        self.live_from = self.live_from.min(since.max(0));
-        self.send(&ServerFrame::SyncDone { pts: delivered }).await
+        Ok(true)
     }
 
-    /// Delivers an update in pts order (see the module docs). Buffered:
-    /// the caller flushes.
-    async fn deliver(&mut self, pts: i64, frame: &str) -> Result<(), Closed> {
-        if pts < self.next_pts {
-            return Ok(());
+    /// Delivers a live event in its chat's order (see the module docs).
+    /// Buffered: the caller flushes.
+    async fn deliver(&mut self, event: &LiveEvent) -> Result<(), Closed> {
+        if self.make_room(event.chat_id, event.seq).await? {
+            self.feed_text(&event.frame).await?;
+            self.cursor.delivered(event.chat_id, event.seq);
         }
-        if pts > self.next_pts {
-            self.fill_gap(pts).await?;
+        if event.left == Some(self.who.user()) {
+            self.cursor.unfollow(event.chat_id);
         }
-        self.feed_text(frame).await?;
-        self.next_pts = pts + 1;
         Ok(())
     }
 
-    async fn deliver_frame(&mut self, pts: i64, frame: &ServerFrame) -> Result<(), Closed> {
-        let text = render::text(frame);
-        self.deliver(pts, &text).await
+    /// Makes `seq` the next event of `chat` to deliver: fills the gap
+    /// before it from the store, and starts following a chat joined since
+    /// connecting. False if it was already delivered (or is not the user's
+    /// to see).
+    async fn make_room(&mut self, chat: ChatId, seq: i64) -> Result<bool, Closed> {
+        loop {
+            match self.cursor.classify(chat, seq) {
+                Live::Duplicate => return Ok(false),
+                Live::Next => return Ok(true),
+                Live::Gap { after } => {
+                    self.fill_gap(chat, after, seq).await?;
+                    return Ok(true);
+                }
+                Live::Unfollowed => {
+                    match self.app.services.chat_head(&self.who, chat).await {
+                        Ok(Some(head)) => self.cursor.follow_from(chat, head.from_seq),
+                        // Not a member now: an event from before they left,
+                        // already delivered with their removal.
+                        Ok(None) => return Ok(false),
+                        Err(_) => return Err(Closed),
+                    }
+                }
+            }
+        }
     }
 
-    /// Sends the stored updates in `[next_pts, before)`.
-    async fn fill_gap(&mut self, before: i64) -> Result<(), Closed> {
+    /// Sends the stored events of `chat` in `(after, before)` that the user
+    /// may see.
+    async fn fill_gap(&mut self, chat: ChatId, after: i64, before: i64) -> Result<(), Closed> {
         let page = i64::try_from(self.app.services.config().limits.sync_page_size).unwrap_or(100);
-        while self.next_pts < before {
-            let updates = self
-                .app
-                .services
-                .updates_after(
-                    &self.who,
-                    self.next_pts - 1,
-                    page.min(before - self.next_pts),
-                )
+        let services = self.app.services.clone();
+        let mut cursor = after;
+        while cursor + 1 < before {
+            let limit = page.min(before - cursor - 1);
+            let events = services
+                .events_after(&self.who, chat, cursor, limit)
                 .await
                 .map_err(|_| Closed)?;
-            let start = self.next_pts;
-            for (pts, frame) in updates {
-                if pts >= before {
+            let start = cursor;
+            for (seq, frame) in events {
+                if seq >= before {
                     break;
                 }
                 self.feed_text(&frame).await?;
-                self.next_pts = pts + 1;
+                self.cursor.delivered(chat, seq);
+                cursor = seq;
             }
-            // The store cannot fill the gap (nothing there): rather than
-            // deliver with a hole, close; the device reconnects and syncs.
-            if self.next_pts == start {
-                let _ = close_with(&mut self.socket, close::BEHIND, "reconnect and sync").await;
-                return Err(Closed);
+            // Nothing more the user may see before `before`.
+            if cursor == start {
+                break;
             }
         }
         Ok(())

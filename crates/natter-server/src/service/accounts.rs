@@ -70,8 +70,20 @@ impl Services {
             return Err(ServiceError::SmsDisabled);
         }
         let phone = self.parse_phone(phone)?;
+        // Cheapest to refuse first: the client's address and network, then
+        // the number, its block and its country (SMS pumping spreads over
+        // addresses and numbers), then the server's whole budget.
         self.limit_ip(Limit::VerificationPerIp, client).await?;
+        self.limit(
+            Limit::VerificationPerNetwork,
+            &crate::ratelimit::network_key(client),
+        )
+        .await?;
         self.limit(Limit::VerificationPerPhone, phone.as_str())
+            .await?;
+        self.limit(Limit::VerificationPerPrefix, phone.block())
+            .await?;
+        self.limit(Limit::VerificationPerCountry, &phone.country_key())
             .await?;
         self.inner
             .limiter

@@ -18,7 +18,7 @@ use crate::clock::Timestamp;
 use crate::store::{
     ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ChatRecord, HistoryQuery,
     LogEntry, Member, MessageChange, MessageChanged, NewChat, NewContent, NewMessage, Posted,
-    Receipt,
+    ReceiptState,
 };
 
 /// A chat with its participants, as the caller sees it.
@@ -45,7 +45,8 @@ pub struct MessageView {
 #[derive(Debug, Clone)]
 pub(super) struct Sent {
     pub(super) view: MessageView,
-    pub(super) pts: Option<i64>,
+    /// True for a retry of a message already stored.
+    pub(super) duplicate: bool,
 }
 
 /// Which page of history.
@@ -64,20 +65,14 @@ pub struct HistoryRequest {
 /// The default page size, as in the seed's example.
 const DEFAULT_PAGE_SIZE: i64 = 50;
 
-/// The status of an entry given the receipts of the chat's participants:
-/// read once every other participant read it, delivered once every other
-/// participant received it.
-pub(super) fn status_of(entry: &LogEntry, receipts: &[Receipt]) -> MessageStatus {
-    let others: Vec<&Receipt> = receipts
-        .iter()
-        .filter(|r| r.user_id != entry.sender_id)
-        .collect();
-    if others.is_empty() {
-        return MessageStatus::Sent;
-    }
-    if others.iter().all(|r| r.read_seq >= entry.seq) {
+/// The status of an entry given its chat's receipt positions: read once
+/// every other member read it, delivered once every other member received
+/// it. (The positions are the lowest over all members, and a sender's own
+/// position is at least their message's, so the lowest is the others'.)
+pub(super) fn status_of(entry: &LogEntry, receipts: &ReceiptState) -> MessageStatus {
+    if receipts.read_seq >= entry.seq {
         MessageStatus::Read
-    } else if others.iter().all(|r| r.delivered_seq >= entry.seq) {
+    } else if receipts.delivered_seq >= entry.seq {
         MessageStatus::Delivered
     } else {
         MessageStatus::Sent
@@ -160,7 +155,7 @@ impl Services {
         };
         let (chat, created) = match self.inner.store.create_chat(new).await? {
             ChatCreated::Created(chat, appended) => {
-                self.publish(&appended, None);
+                self.publish(&appended, None).await;
                 (chat, true)
             }
             ChatCreated::Existing(chat) => (chat, false),
@@ -197,7 +192,7 @@ impl Services {
         for overview in overviews {
             let last = match &overview.last_message {
                 Some(entry) => {
-                    let receipts = self.inner.store.receipts(overview.chat.id).await?;
+                    let receipts = self.inner.store.receipt_state(overview.chat.id).await?;
                     Some(MessageView {
                         status: status_of(entry, &receipts),
                         entry: entry.clone(),
@@ -221,7 +216,7 @@ impl Services {
         req: SendMessage,
     ) -> ServiceResult<(MessageView, bool)> {
         let sent = self.send_message(who, req, None).await?;
-        Ok((sent.view, sent.pts.is_some()))
+        Ok((sent.view, !sent.duplicate))
     }
 
     /// Sends a message and publishes it to every participant's devices but
@@ -234,15 +229,7 @@ impl Services {
     ) -> ServiceResult<Sent> {
         let message = self.prepare_message(who, req).await?;
         let posted = self.inner.store.post(message).await?;
-        let (entry, pts) = self.posted(who, posted, except)?;
-        let receipts = self.inner.store.receipts(entry.chat_id).await?;
-        Ok(Sent {
-            view: MessageView {
-                status: status_of(&entry, &receipts),
-                entry,
-            },
-            pts,
-        })
+        self.posted(posted, except).await
     }
 
     /// Checks a message to send (membership, rate limit, type, body) and
@@ -325,42 +312,46 @@ impl Services {
     }
 
     /// Publishes a posted message to every participant's devices but the
-    /// `except` connection; gives the entry and the sender's pts (none for
-    /// a retry of a stored message).
-    pub(super) fn posted(
+    /// `except` connection and gives it with its status. A retry of a stored
+    /// message is not published again (it was the first time).
+    pub(super) async fn posted(
         &self,
-        who: &Principal,
         posted: Posted,
         except: Option<ConnId>,
-    ) -> ServiceResult<(LogEntry, Option<i64>)> {
-        let (entry, pts) = match posted {
+    ) -> ServiceResult<Sent> {
+        match posted {
             Posted::Created(appended) => {
-                self.publish(&appended, except);
+                self.publish(&appended, except).await;
                 // A message carries ciphertext exactly when its chat is
                 // end-to-end encrypted (`message_body` allows nothing else).
                 let encrypted = appended.entry.ciphertext.is_some();
                 self.plan_push(&appended, encrypted);
-                let pts = appended
-                    .fanout
-                    .iter()
-                    .find(|(u, _)| *u == who.user)
-                    .map(|(_, p)| *p);
-                (appended.entry, pts)
+                Ok(Sent {
+                    view: MessageView {
+                        status: status_of(&appended.entry, &appended.receipts),
+                        entry: appended.entry,
+                    },
+                    duplicate: false,
+                })
             }
-            Posted::Duplicate(entry) => (entry, None),
-            Posted::NotMember => return Err(ServiceError::ChatNotFound),
-            Posted::BadReply => {
-                return Err(ServiceError::Validation(
-                    "`reply_to` is not a message of this chat that you can see.".to_owned(),
-                ));
+            Posted::Duplicate(entry) => {
+                let receipts = self.inner.store.receipt_state(entry.chat_id).await?;
+                Ok(Sent {
+                    view: MessageView {
+                        status: status_of(&entry, &receipts),
+                        entry,
+                    },
+                    duplicate: true,
+                })
             }
-            Posted::MediaGone => {
-                return Err(ServiceError::Validation(
-                    "`media_id` does not name an upload you may use.".to_owned(),
-                ));
-            }
-        };
-        Ok((entry, pts))
+            Posted::NotMember => Err(ServiceError::ChatNotFound),
+            Posted::BadReply => Err(ServiceError::Validation(
+                "`reply_to` is not a message of this chat that you can see.".to_owned(),
+            )),
+            Posted::MediaGone => Err(ServiceError::Validation(
+                "`media_id` does not name an upload you may use.".to_owned(),
+            )),
+        }
     }
 
     /// Checks and decodes the body of a message for this chat: text for
@@ -458,7 +449,7 @@ impl Services {
             limit,
         };
         let (entries, has_more) = self.inner.store.history(chat, who.user, query).await?;
-        let receipts = self.inner.store.receipts(chat).await?;
+        let receipts = self.inner.store.receipt_state(chat).await?;
         let views = entries
             .into_iter()
             .map(|entry| MessageView {
@@ -544,10 +535,9 @@ impl Services {
         match changed {
             MessageChanged::Done(appended, entry) => {
                 let entry = *entry;
-                self.publish_changed(&appended, &entry);
-                let receipts = self.inner.store.receipts(entry.chat_id).await?;
+                self.publish_changed(&appended, &entry).await;
                 Ok(MessageView {
-                    status: status_of(&entry, &receipts),
+                    status: status_of(&entry, &appended.receipts),
                     entry,
                 })
             }
@@ -646,7 +636,7 @@ impl Services {
         {
             ChatChanged::Done(appended) => {
                 for a in &appended {
-                    self.publish(a, None);
+                    self.publish(a, None).await;
                 }
             }
             ChatChanged::NotMember => return Err(ServiceError::ChatNotFound),
@@ -682,13 +672,15 @@ impl Services {
                 "`seq` must not be negative.".to_owned(),
             ));
         }
-        let change = self
+        let (read_seq, change) = self
             .inner
             .store
             .mark_read(chat, who.user, seq, Timestamp::now())
             .await?;
-        self.publish_receipt(&change);
-        Ok(change.read_seq)
+        if let Some(change) = &change {
+            self.publish_receipt(change).await;
+        }
+        Ok(read_seq)
     }
 }
 
@@ -718,30 +710,19 @@ mod tests {
     }
 
     #[test]
-    fn status_follows_the_slowest_other_participant() {
-        let (me, a, b) = (UserId::new(), UserId::new(), UserId::new());
-        let r = |user_id, delivered_seq, read_seq| Receipt {
-            user_id,
+    fn status_follows_the_chats_lowest_positions() {
+        let e = entry(UserId::new(), 5);
+        let at = |delivered_seq, read_seq| ReceiptState {
             delivered_seq,
             read_seq,
         };
-        let e = entry(me, 5);
+        assert_eq!(status_of(&e, &at(4, 4)), MessageStatus::Sent);
+        assert_eq!(status_of(&e, &at(5, 4)), MessageStatus::Delivered);
+        assert_eq!(status_of(&e, &at(9, 5)), MessageStatus::Read);
         assert_eq!(
-            status_of(&e, &[r(me, 5, 5), r(a, 4, 4)]),
-            MessageStatus::Sent
-        );
-        assert_eq!(
-            status_of(&e, &[r(me, 5, 5), r(a, 5, 4), r(b, 6, 0)]),
-            MessageStatus::Delivered
-        );
-        assert_eq!(
-            status_of(&e, &[r(me, 0, 0), r(a, 5, 5), r(b, 9, 9)]),
-            MessageStatus::Read
-        );
-        assert_eq!(
-            status_of(&e, &[r(me, 5, 5)]),
+            status_of(&e, &ReceiptState::default()),
             MessageStatus::Sent,
-            "nobody else"
+            "a chat of one"
         );
     }
 }

@@ -418,8 +418,22 @@ impl Services {
             .flatten();
         let content_type = match (media.1, sniffed) {
             (MediaKind::Encrypted, _) => "application/octet-stream".to_owned(),
-            (MediaKind::Image, Some(t)) if t.matcher_type() == infer::MatcherType::Image => {
+            // Only formats the server decodes, so every image is checked
+            // (pixels counted, decoded) before anyone is served it inline.
+            (MediaKind::Image, Some(t))
+                if t.matcher_type() == infer::MatcherType::Image
+                    && thumbnail::format_of(t.mime_type()).is_some() =>
+            {
                 t.mime_type().to_owned()
+            }
+            (MediaKind::Image, Some(t)) if t.matcher_type() == infer::MatcherType::Image => {
+                metrics::counter!("natter_media_images_refused_total", "reason" => "format")
+                    .increment(1);
+                return Err(ServiceError::MediaTypeMismatch(format!(
+                    "{} is not an image format this server checks (JPEG, PNG, WebP, GIF); \
+                     send it as `type=file`.",
+                    t.mime_type()
+                )));
             }
             (MediaKind::Video, Some(t)) if t.matcher_type() == infer::MatcherType::Video => {
                 t.mime_type().to_owned()

@@ -9,12 +9,15 @@ mod accounts;
 mod admin;
 mod chats;
 mod contacts;
+mod delivery;
 mod media;
 mod profiles;
 mod push;
 mod realtime;
 pub mod render;
 mod search;
+mod search_indexer;
+mod text;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,6 +29,7 @@ pub use self::accounts::{CodeSent, LoginCodeIssued, NewSession};
 pub use self::admin::{BlobCheck, CreatedInvite, CreatedUser};
 pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
+pub use self::delivery::{DeliveryCursor, Live};
 pub use self::media::{Staging, UploadInfo, sha256_hex};
 pub use self::profiles::ProfileView;
 pub use self::realtime::LiveConnection;
@@ -272,8 +276,8 @@ impl Services {
         Ok(self.inner.store.ping().await?)
     }
 
-    /// Periodic housekeeping: expired codes, idle rate-limit keys, old
-    /// updates, expired and unreferenced uploads.
+    /// Periodic housekeeping: expired codes, idle rate-limit keys, expired
+    /// and unreferenced uploads.
     pub async fn sweep(&self) {
         self.inner.limiter.sweep();
         self.collect_media().await;
@@ -286,16 +290,6 @@ impl Services {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "expired verification codes removed"),
             Err(e) => tracing::warn!(error = %e, "could not remove expired verification codes"),
-        }
-        // Twice the sync horizon: a device that connected a while ago may
-        // still sync back to its connect-time horizon.
-        let horizon = i64::try_from(self.inner.config.limits.max_sync_updates)
-            .unwrap_or(i64::MAX / 2)
-            .saturating_mul(2);
-        match self.inner.store.prune_updates(horizon).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "old updates pruned"),
-            Err(e) => tracing::warn!(error = %e, "could not prune old updates"),
         }
     }
 
@@ -341,50 +335,23 @@ impl Services {
             .map_err(ServiceError::RateLimited)
     }
 
+    /// A per-address limit: an IPv4 address, or an IPv6 /64.
     async fn limit_ip(&self, limit: Limit, ip: IpAddr) -> ServiceResult<()> {
-        self.limit(limit, &ip.to_string()).await
+        self.limit(limit, &crate::ratelimit::address_key(ip)).await
     }
 }
 
-/// Invisible formatting characters refused in names: zero-width spaces,
-/// direction marks and overrides (they let "alice" pose as someone else or
-/// reorder text around it), the byte-order mark. Zero-width joiner and
-/// non-joiner stay allowed: emoji sequences and Persian and Indic scripts
-/// need them.
-fn is_deceptive_format_char(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{061C}'
-            | '\u{180E}'
-            | '\u{200B}'
-            | '\u{200E}'
-            | '\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-    )
-}
-
-/// Checks a user-supplied text field: trimmed, no control or deceptive
-/// formatting characters, at most `max` characters, and with something
-/// visible in it unless `may_be_empty`.
+/// Checks a user-supplied text field: trimmed, no control or invisible
+/// characters (the rules are in [`text`]), at most `max` characters, and with
+/// something visible in it unless `may_be_empty`.
 fn clean_text(field: &str, value: &str, max: usize, may_be_empty: bool) -> ServiceResult<String> {
     let value = value.trim();
-    if value
-        .chars()
-        .any(|c| c.is_control() || is_deceptive_format_char(c))
-    {
+    if text::find_hidden(value).is_some() {
         return Err(ServiceError::Validation(format!(
             "`{field}` must not contain control or invisible formatting characters."
         )));
     }
-    let visible = value
-        .chars()
-        .any(|c| !c.is_whitespace() && !matches!(c, '\u{200C}' | '\u{200D}'));
-    if !may_be_empty && !visible {
+    if !may_be_empty && !text::has_visible(value) {
         return Err(ServiceError::Validation(format!(
             "`{field}` must not be empty."
         )));

@@ -46,8 +46,10 @@ pub(super) struct PushIntent {
     chat_id: ChatId,
     /// The sender (for the preview's name).
     sender: UserId,
-    /// The other participants, with the message's pts in their streams.
-    recipients: Vec<(UserId, i64)>,
+    /// The message's seq.
+    seq: i64,
+    /// The other participants.
+    recipients: Vec<UserId>,
     /// The excerpt, only when previews are on and the chat is plaintext.
     excerpt: Option<String>,
 }
@@ -153,6 +155,12 @@ impl Services {
         if self.inner.push.gateway.is_none() {
             return Err(ServiceError::PushDisabled);
         }
+        // Before the endpoint check: it resolves the endpoint's host.
+        self.limit(
+            crate::ratelimit::Limit::PushChannelsPerUser,
+            &who.user.to_string(),
+        )
+        .await?;
         let target = match req {
             PushChannelRequest::Webpush { endpoint, keys } => {
                 let p256dh = decode_b64("keys.p256dh", &keys.p256dh)?;
@@ -264,10 +272,10 @@ impl Services {
         }
         let sender = appended.entry.sender_id;
         // The sender's own devices get nothing for their own message.
-        let recipients: Vec<(UserId, i64)> = appended
-            .fanout
+        let recipients: Vec<UserId> = appended
+            .recipients
             .iter()
-            .filter(|(user, _)| *user != sender)
+            .filter(|user| **user != sender)
             .copied()
             .collect();
         if recipients.is_empty() {
@@ -281,6 +289,7 @@ impl Services {
             .map(|text| excerpt(text, config.preview_chars));
         let intent = PushIntent {
             chat_id: appended.entry.chat_id,
+            seq: appended.entry.seq,
             sender,
             recipients,
             excerpt,
@@ -313,7 +322,7 @@ impl Services {
         let store = &self.inner.store;
         let mut users: Vec<UserId> = batch
             .iter()
-            .flat_map(|i| i.recipients.iter().map(|(u, _)| *u))
+            .flat_map(|i| i.recipients.iter().copied())
             .collect();
         users.sort_unstable();
         users.dedup();
@@ -351,9 +360,9 @@ impl Services {
                 None => None,
             };
             for (user, device) in &devices {
-                let Some((_, pts)) = intent.recipients.iter().find(|(u, _)| u == user) else {
+                if !intent.recipients.contains(user) {
                     continue;
-                };
+                }
                 if self.inner.bus.device_online(*user, *device) {
                     continue;
                 }
@@ -361,7 +370,7 @@ impl Services {
                     device_id: *device,
                     user_id: *user,
                     chat_id: intent.chat_id,
-                    pts: *pts,
+                    seq: intent.seq,
                     preview: preview.clone(),
                     now,
                 });
@@ -384,6 +393,16 @@ impl Services {
         }
     }
 
+    /// Makes the push counters exist, at zero, so the first scrape of
+    /// `/metrics` has them (for `rate()` and absence alerts). Called at
+    /// start, after the metrics recorder is installed and before the worker
+    /// runs; counters recorded before a recorder exists are lost.
+    pub fn describe_push_metrics(&self) {
+        if self.inner.push.gateway.is_some() {
+            describe_metrics();
+        }
+    }
+
     /// The delivery worker: plans new messages' pushes and sends due ones,
     /// at most `push.concurrency` at a time, until `stopped`. Pushes still
     /// waiting at shutdown stay in the outbox for the next start.
@@ -401,7 +420,6 @@ impl Services {
         let Some(mut intents) = taken else {
             return;
         };
-        describe_metrics();
         let config = self.inner.config.push.clone();
         let window_ms = i64::try_from(config.coalesce_ms).unwrap_or(i64::MAX);
         // A send is bounded by the request timeout plus the endpoint's DNS
@@ -522,7 +540,7 @@ impl Services {
             kind: "sync".to_owned(),
             chat_id: push.chat_id,
             count: u64::try_from(push.count).unwrap_or(0),
-            pts: push.since_pts,
+            seq: push.chat_id.map(|_| push.since_seq),
             preview,
         };
         // Sent or given up on, the claimed part is done; what joined it
@@ -530,7 +548,7 @@ impl Services {
         let settled = PushFinished::Settled {
             version: push.version,
             count: push.count,
-            last_pts: push.last_pts,
+            last_seq: push.last_seq,
             now: Timestamp::now(),
         };
         let Ok(body) = serde_json::to_vec(&payload) else {

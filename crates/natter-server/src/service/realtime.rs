@@ -1,10 +1,10 @@
-//! Real-time: live connections, the update stream and sync, receipts from
+//! Real-time: live connections, chat-log events and sync, receipts from
 //! acknowledgements, typing and presence.
 //!
-//! Persisted updates go out through the bus after their commit, each with
-//! the receiving user's pts; the gateway delivers them per connection in pts
-//! order and fills any gap from the store, so a device sees every update
-//! once, in order, live or by sync.
+//! A committed chat-log entry is rendered once and handed to the bus with
+//! the chat's members as recipients; each connection delivers it in its
+//! chat's seq order ([`DeliveryCursor`]) and fills any gap from the store,
+//! so a device sees every event once, in order, live or by sync.
 
 use std::sync::Arc;
 
@@ -14,35 +14,50 @@ use natter_proto::{ChatId, DeviceId, UserId};
 use tokio::sync::{mpsc, watch};
 
 use super::{Principal, ServiceError, ServiceResult, Services, render};
-use crate::bus::{ConnId, Kick, Outbound};
+use crate::bus::{ConnId, Kick, LiveEvent, Outbound};
 use crate::clock::Timestamp;
 use crate::ratelimit::Limit;
-use crate::store::{Appended, EntryKind, ReceiptChange, UpdateBody};
+use crate::store::{Appended, ChatHead, EntryKind, EventBody, LogEntry, ReceiptChange};
+
+use super::delivery::DeliveryCursor;
 
 /// A live connection's ends, from [`Services::connect`].
 #[derive(Debug)]
 pub struct LiveConnection {
     /// Its id on the bus.
     pub id: ConnId,
-    /// Updates and signals to send.
+    /// Events, state and signals to send.
     pub outbound: mpsc::Receiver<Outbound>,
     /// Set when the connection must close.
     pub kicked: watch::Receiver<Option<Kick>>,
-    /// The user's pts when the connection was registered.
-    pub pts: i64,
+    /// Where the connection starts in each of the user's chats.
+    pub cursor: DeliveryCursor,
+}
+
+/// Who an entry adds to or removes from its chat.
+fn membership_change(entry: &LogEntry) -> (Option<UserId>, Option<UserId>) {
+    use natter_proto::chats::ChatEvent;
+    match &entry.kind {
+        EntryKind::System(ChatEvent::MemberAdded { user_id }) => (Some(*user_id), None),
+        EntryKind::System(
+            ChatEvent::MemberRemoved { user_id } | ChatEvent::MemberLeft { user_id },
+        ) => (None, Some(*user_id)),
+        _ => (None, None),
+    }
 }
 
 impl Services {
-    /// Registers a live connection. The pts is read after registering, so
-    /// every later update reaches the connection live or by gap filling.
+    /// Registers a live connection. The chats' heads are read after
+    /// registering, so every later event reaches the connection live or by
+    /// gap filling.
     ///
     /// # Errors
     /// Store failure.
     pub async fn connect(&self, who: &Principal) -> ServiceResult<LiveConnection> {
         let queue = self.inner.config.limits.ws_queue_depth;
         let reg = self.inner.bus.register(who.user, who.device, queue);
-        let pts = match self.inner.store.current_pts(who.user).await {
-            Ok(pts) => pts,
+        let heads = match self.inner.store.chat_heads(who.user).await {
+            Ok(heads) => heads,
             Err(e) => {
                 self.inner.bus.unregister(who.user, reg.id);
                 return Err(e.into());
@@ -58,7 +73,7 @@ impl Services {
             id: reg.id,
             outbound: reg.outbound,
             kicked: reg.kicked,
-            pts,
+            cursor: DeliveryCursor::new(&heads),
         })
     }
 
@@ -75,66 +90,101 @@ impl Services {
         }
     }
 
-    /// The user's updates after `since`, up to `limit`, rendered.
+    /// The events of a chat after `after` that the caller may see, at most
+    /// `limit`, rendered.
     ///
     /// # Errors
     /// Store failure.
-    pub async fn updates_after(
+    pub async fn events_after(
         &self,
         who: &Principal,
-        since: i64,
+        chat: ChatId,
+        after: i64,
         limit: i64,
     ) -> ServiceResult<Vec<(i64, Arc<str>)>> {
-        let updates = self
+        let events = self
             .inner
             .store
-            .updates_since(who.user, since, limit)
+            .events_after(chat, who.user, after, limit)
             .await?;
-        Ok(updates.iter().map(|u| (u.pts, render::stored(u))).collect())
+        Ok(events.iter().map(|e| (e.seq, render::stored(e))).collect())
     }
 
-    /// Sends an appended entry to every user it concerns, each with their pts.
-    pub(super) fn publish(&self, appended: &Appended, except: Option<ConnId>) {
+    /// The caller's current chats and their heads.
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn chat_heads(&self, who: &Principal) -> ServiceResult<Vec<ChatHead>> {
+        Ok(self.inner.store.chat_heads(who.user).await?)
+    }
+
+    /// One chat's head, if the caller is in it now.
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn chat_head(
+        &self,
+        who: &Principal,
+        chat: ChatId,
+    ) -> ServiceResult<Option<ChatHead>> {
+        Ok(self.inner.store.chat_head(chat, who.user).await?)
+    }
+
+    /// A chat's receipt positions as a frame.
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn receipt_frame(&self, chat: ChatId) -> ServiceResult<Arc<str>> {
+        let receipts = self.inner.store.receipt_state(chat).await?;
+        Ok(render::text(&render::receipt_frame(chat, receipts)))
+    }
+
+    /// Sends an appended entry to every member's devices (but `except`).
+    pub(super) async fn publish(&self, appended: &Appended, except: Option<ConnId>) {
         let body = match &appended.entry.kind {
             EntryKind::Message(_) | EntryKind::System(_) => {
-                UpdateBody::Entry(appended.entry.clone())
+                EventBody::Entry(appended.entry.clone())
             }
             // Edits and deletions are published by `publish_changed`, with the
             // message as it is now.
             EntryKind::Edit(_) | EntryKind::Delete(_) => return,
         };
-        self.fan_out(&body, &appended.fanout, except);
+        self.fan_out(appended, &body, except).await;
     }
 
     /// Sends an edit or deletion, carrying the message as it is now.
-    pub(super) fn publish_changed(&self, appended: &Appended, message: &crate::store::LogEntry) {
+    pub(super) async fn publish_changed(&self, appended: &Appended, message: &LogEntry) {
         let body = match appended.entry.kind {
-            EntryKind::Delete(_) => UpdateBody::Deleted(message.clone()),
-            _ => UpdateBody::Edited(message.clone()),
+            EntryKind::Delete(_) => EventBody::Deleted(message.clone()),
+            _ => EventBody::Edited(message.clone()),
         };
-        self.fan_out(&body, &appended.fanout, None);
+        self.fan_out(appended, &body, None).await;
     }
 
-    /// Sends a receipt that moved to the other participants.
-    pub(super) fn publish_receipt(&self, change: &ReceiptChange) {
-        let body = UpdateBody::Receipt {
-            chat_id: change.chat_id,
-            user_id: change.user_id,
-            delivered_seq: change.delivered_seq,
-            read_seq: change.read_seq,
-        };
-        self.fan_out(&body, &change.fanout, None);
+    /// Sends a chat's new receipt positions to its members.
+    pub(super) async fn publish_receipt(&self, change: &ReceiptChange) {
+        let frame = render::text(&render::receipt_frame(change.chat_id, change.receipts));
+        self.inner.bus.send_state(&change.recipients, frame).await;
     }
 
-    fn fan_out(&self, body: &UpdateBody, fanout: &[(UserId, i64)], except: Option<ConnId>) {
-        for (user, pts) in fanout {
-            let frame = render::text(&render::update_frame(*pts, body));
-            self.inner.bus.send_update(*user, *pts, frame, except);
-        }
+    /// Renders the event once and queues it for every recipient.
+    async fn fan_out(&self, appended: &Appended, body: &EventBody, except: Option<ConnId>) {
+        let (joined, left) = membership_change(&appended.entry);
+        let event = Arc::new(LiveEvent {
+            chat_id: appended.entry.chat_id,
+            seq: appended.entry.seq,
+            joined,
+            left,
+            frame: render::text(&render::event_frame(appended.entry.seq, body)),
+        });
+        self.inner
+            .bus
+            .send_event(&appended.recipients, event, except)
+            .await;
     }
 
     /// Sends a message from a live connection: the sender's connection gets
-    /// `message_sent` (with its pts) instead of `new_message`.
+    /// `message_sent` instead of `new_message`.
     ///
     /// # Errors
     /// As [`Services::send`].
@@ -143,18 +193,14 @@ impl Services {
         who: &Principal,
         conn: ConnId,
         req: natter_proto::chats::SendMessage,
-    ) -> ServiceResult<(Option<i64>, ServerFrame)> {
+    ) -> ServiceResult<ServerFrame> {
         let client_message_id = req.client_message_id.clone();
         let sent = self.send_message(who, req, Some(conn)).await?;
-        let message = render::message(&sent.view.entry, sent.view.status);
-        Ok((
-            sent.pts,
-            ServerFrame::MessageSent {
-                pts: sent.pts,
-                client_message_id,
-                message,
-            },
-        ))
+        Ok(ServerFrame::MessageSent {
+            duplicate: sent.duplicate,
+            client_message_id,
+            message: render::message(&sent.view.entry, sent.view.status),
+        })
     }
 
     /// Sends several messages from a live connection, in order: each is
@@ -168,7 +214,7 @@ impl Services {
         who: &Principal,
         conn: ConnId,
         reqs: Vec<natter_proto::chats::SendMessage>,
-    ) -> Vec<ServiceResult<(Option<i64>, ServerFrame)>> {
+    ) -> Vec<ServiceResult<ServerFrame>> {
         let mut keys = Vec::with_capacity(reqs.len());
         let mut prepared = Vec::with_capacity(reqs.len());
         for req in reqs {
@@ -189,36 +235,17 @@ impl Services {
             }
         });
         let posted = futures_util::future::join_all(posts).await;
-        // Receipts once per chat, after every commit (statuses as of now).
-        let mut receipts: Vec<(ChatId, Vec<crate::store::Receipt>)> = Vec::new();
         let mut out = Vec::with_capacity(posted.len());
         for (posted, client_message_id) in posted.into_iter().zip(keys) {
-            let answer = match posted.and_then(|p| self.posted(who, p, Some(conn))) {
-                Ok((entry, pts)) => {
-                    let cached = receipts.iter().position(|(c, _)| *c == entry.chat_id);
-                    let index = match cached {
-                        Some(i) => Ok(i),
-                        None => match self.inner.store.receipts(entry.chat_id).await {
-                            Ok(r) => {
-                                receipts.push((entry.chat_id, r));
-                                Ok(receipts.len() - 1)
-                            }
-                            Err(e) => Err(ServiceError::from(e)),
-                        },
-                    };
-                    index.map(|i| {
-                        let status = super::chats::status_of(&entry, &receipts[i].1);
-                        let message = render::message(&entry, status);
-                        (
-                            pts,
-                            ServerFrame::MessageSent {
-                                pts,
-                                client_message_id,
-                                message,
-                            },
-                        )
-                    })
-                }
+            let answer = match posted {
+                Ok(p) => self
+                    .posted(p, Some(conn))
+                    .await
+                    .map(|sent| ServerFrame::MessageSent {
+                        duplicate: sent.duplicate,
+                        client_message_id,
+                        message: render::message(&sent.view.entry, sent.view.status),
+                    }),
                 Err(e) => Err(e),
             };
             out.push(answer);
@@ -226,23 +253,23 @@ impl Services {
         out
     }
 
-    /// Records that this device processed updates up to `pts`.
+    /// Records that this device received each chat up to its seq.
     ///
     /// # Errors
-    /// Store failure.
-    pub async fn ack(&self, who: &Principal, pts: i64) -> ServiceResult<()> {
-        if pts < 0 {
+    /// A negative seq (422), store failure.
+    pub async fn ack(&self, who: &Principal, positions: Vec<(ChatId, i64)>) -> ServiceResult<()> {
+        if positions.iter().any(|(_, seq)| *seq < 0) {
             return Err(ServiceError::Validation(
-                "`pts` must not be negative.".to_owned(),
+                "`seq` must not be negative.".to_owned(),
             ));
         }
         let changes = self
             .inner
             .store
-            .ack(who.user, who.device, pts, Timestamp::now())
+            .ack(who.user, positions, Timestamp::now())
             .await?;
         for change in &changes {
-            self.publish_receipt(change);
+            self.publish_receipt(change).await;
         }
         Ok(())
     }
@@ -266,7 +293,8 @@ impl Services {
             if member.user_id != who.user {
                 self.inner
                     .bus
-                    .send_signal(member.user_id, Arc::clone(&frame));
+                    .send_signal(member.user_id, Arc::clone(&frame))
+                    .await;
             }
         }
         Ok(())
@@ -326,7 +354,7 @@ impl Services {
         });
         for viewer in audience {
             if self.inner.bus.presence(viewer) != PresenceStatus::Offline {
-                self.inner.bus.send_signal(viewer, Arc::clone(&frame));
+                self.inner.bus.send_signal(viewer, Arc::clone(&frame)).await;
             }
         }
     }

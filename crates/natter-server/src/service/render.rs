@@ -8,7 +8,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use natter_proto::chats::{Message, MessageStatus, MessageType};
 use natter_proto::ws::ServerFrame;
 
-use crate::store::{EntryKind, LogEntry, StoredUpdate, UpdateBody};
+use natter_proto::ChatId;
+
+use crate::store::{EntryKind, EventBody, LogEntry, LogEvent, ReceiptState};
 
 /// An entry as clients see it.
 #[must_use]
@@ -40,41 +42,42 @@ pub fn message(e: &LogEntry, status: MessageStatus) -> Message {
     }
 }
 
-/// The frame that carries an update with its pts.
+/// The frame that carries a chat-log event.
 #[must_use]
-pub fn update_frame(pts: i64, body: &UpdateBody) -> ServerFrame {
+pub fn event_frame(seq: i64, body: &EventBody) -> ServerFrame {
     match body {
-        UpdateBody::Entry(e) => match e.kind {
+        EventBody::Entry(e) => match e.kind {
             EntryKind::System(_) => ServerFrame::ChatUpdated {
-                pts,
                 chat_id: e.chat_id,
+                seq,
                 message: message(e, MessageStatus::Sent),
             },
             _ => ServerFrame::NewMessage {
-                pts,
+                chat_id: e.chat_id,
+                seq,
                 message: message(e, MessageStatus::Sent),
             },
         },
-        UpdateBody::Edited(e) => ServerFrame::MessageUpdated {
-            pts,
+        EventBody::Edited(e) => ServerFrame::MessageUpdated {
+            chat_id: e.chat_id,
+            seq,
             message: message(e, MessageStatus::Sent),
         },
-        UpdateBody::Deleted(e) => ServerFrame::MessageDeleted {
-            pts,
+        EventBody::Deleted(e) => ServerFrame::MessageDeleted {
+            chat_id: e.chat_id,
+            seq,
             message: message(e, MessageStatus::Sent),
         },
-        UpdateBody::Receipt {
-            chat_id,
-            user_id,
-            delivered_seq,
-            read_seq,
-        } => ServerFrame::Receipt {
-            pts,
-            chat_id: *chat_id,
-            user_id: *user_id,
-            delivered_seq: *delivered_seq,
-            read_seq: *read_seq,
-        },
+    }
+}
+
+/// The frame that carries a chat's receipt positions.
+#[must_use]
+pub fn receipt_frame(chat: ChatId, receipts: ReceiptState) -> ServerFrame {
+    ServerFrame::Receipt {
+        chat_id: chat,
+        delivered_seq: receipts.delivered_seq,
+        read_seq: receipts.read_seq,
     }
 }
 
@@ -85,8 +88,8 @@ pub fn text(frame: &ServerFrame) -> Arc<str> {
     Arc::from(serde_json::to_string(frame).unwrap_or_default())
 }
 
-/// A stored update as JSON text.
+/// A stored event as JSON text.
 #[must_use]
-pub fn stored(update: &StoredUpdate) -> Arc<str> {
-    text(&update_frame(update.pts, &update.body))
+pub fn stored(event: &LogEvent) -> Arc<str> {
+    text(&event_frame(event.seq, &event.body))
 }

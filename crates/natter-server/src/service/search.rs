@@ -11,13 +11,14 @@ use time::OffsetDateTime;
 use super::chats::status_of;
 use super::{ContactView, MessageView, Principal, ServiceError, ServiceResult, Services};
 use crate::clock::Timestamp;
-use crate::store::sqlite::search::{MATCH_END, MATCH_START, has_cjk};
-use crate::store::{ChatOverview, SearchMode, SearchOutcome, SearchQuery};
+use crate::search_query::{QueryLimits, parse};
+use crate::store::{ChatOverview, SearchPage, SearchQuery, Snippet};
 
 /// A message search as asked.
 #[derive(Debug, Clone, Default)]
 pub struct MessageSearch {
-    /// The query: words (with FTS5 syntax: `"phrases"`, `prefix*`, `OR`, `NOT`).
+    /// The query as typed: words, `"phrases"`, `prefix*`, `OR`, `-word`
+    /// (see [`crate::search_query`]).
     pub q: String,
     /// Only these chats.
     pub chats: Vec<ChatId>,
@@ -53,13 +54,9 @@ fn millis(t: OffsetDateTime) -> Timestamp {
     Timestamp(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
 }
 
-/// Escapes HTML and turns the store's match markers into `<mark>` elements.
-fn html_snippet(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len() + 16);
-    for c in raw.chars() {
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
         match c {
-            MATCH_START => out.push_str("<mark>"),
-            MATCH_END => out.push_str("</mark>"),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -68,6 +65,28 @@ fn html_snippet(raw: &str) -> String {
             c => out.push(c),
         }
     }
+}
+
+/// Escapes the snippet's text and wraps its marked ranges in `<mark>`. The
+/// marks are offsets from the store, not characters in the text, so no
+/// message can forge one; ranges out of order or off character boundaries
+/// (never made by the store) are left unmarked rather than trusted.
+fn html_snippet(snippet: &Snippet) -> String {
+    let text = snippet.text.as_str();
+    let mut out = String::with_capacity(text.len() + 16 * snippet.marks.len());
+    let mut at = 0;
+    for mark in &snippet.marks {
+        let (Some(before), Some(marked)) = (text.get(at..mark.start), text.get(mark.clone()))
+        else {
+            continue;
+        };
+        escape_into(&mut out, before);
+        out.push_str("<mark>");
+        escape_into(&mut out, marked);
+        out.push_str("</mark>");
+        at = mark.end;
+    }
+    escape_into(&mut out, text.get(at..).unwrap_or_default());
     out
 }
 
@@ -102,8 +121,15 @@ impl Services {
         who: &Principal,
         req: MessageSearch,
     ) -> ServiceResult<(Vec<Hit>, i64, i64, i64)> {
-        let text = self.search_text(&req.q)?;
         let limits = &self.inner.config.limits;
+        let text = parse(
+            &req.q,
+            QueryLimits {
+                max_chars: limits.max_search_query_chars,
+                max_terms: limits.max_search_terms,
+            },
+        )
+        .map_err(|e| ServiceError::InvalidParameter(e.to_string()))?;
         let max = i64::try_from(limits.max_search_page_size).unwrap_or(i64::MAX);
         let limit = req.limit.unwrap_or(DEFAULT_SEARCH_PAGE.min(max));
         if !(1..=max).contains(&limit) {
@@ -124,19 +150,9 @@ impl Services {
                 "`type` must be text, image, video or file.".to_owned(),
             ));
         }
-        let mode = if has_cjk(&text) {
-            if text.chars().count() >= 3 {
-                SearchMode::Trigrams
-            } else {
-                SearchMode::Scan
-            }
-        } else {
-            SearchMode::Words
-        };
         let query = SearchQuery {
             user: who.user,
             text,
-            mode,
             chats: req.chats,
             sender: req.sender,
             message_type: req.message_type,
@@ -146,24 +162,17 @@ impl Services {
             offset,
             limit,
         };
-        let (found, total) = match self.inner.store.search_messages(query).await? {
-            SearchOutcome::Found(hits, total) => (hits, total),
-            SearchOutcome::BadQuery(why) => {
-                return Err(ServiceError::InvalidParameter(format!(
-                    "`q` is not a valid query: {why}."
-                )));
-            }
-        };
+        let SearchPage { hits: found, total } = self.inner.store.search_messages(query).await?;
         let mut receipts = HashMap::new();
         let mut hits = Vec::with_capacity(found.len());
         for hit in found {
             let chat = hit.entry.chat_id;
             if let std::collections::hash_map::Entry::Vacant(slot) = receipts.entry(chat) {
-                slot.insert(self.inner.store.receipts(chat).await?);
+                slot.insert(self.inner.store.receipt_state(chat).await?);
             }
             let status = status_of(
                 &hit.entry,
-                receipts.get(&chat).map_or(&[][..], Vec::as_slice),
+                &receipts.get(&chat).copied().unwrap_or_default(),
             );
             hits.push(Hit {
                 message: MessageView {
@@ -236,15 +245,37 @@ impl Services {
 }
 
 #[cfg(test)]
+// A snippet with one marked range is what these tests are about.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 
     #[test]
     fn snippets_are_html_safe() {
-        let raw = format!("a <b> & {MATCH_START}x{MATCH_END} \"q\"");
+        let snippet = Snippet {
+            text: "a <b> & x \"q\"".to_owned(),
+            marks: vec![8..9],
+        };
         assert_eq!(
-            html_snippet(&raw),
+            html_snippet(&snippet),
             "a &lt;b&gt; &amp; <mark>x</mark> &quot;q&quot;"
         );
+    }
+
+    #[test]
+    fn only_offsets_make_marks() {
+        // Marker characters and markup in the text stay text.
+        let snippet = Snippet {
+            text: "\u{E000}<mark>x</mark>\u{E001} y".to_owned(),
+            marks: vec![],
+        };
+        let html = html_snippet(&snippet);
+        assert!(!html.contains("<mark>"), "{html}");
+        // Offsets off a character boundary or backwards are ignored.
+        let snippet = Snippet {
+            text: "é y".to_owned(),
+            marks: vec![1..2, 3..4, 0..1],
+        };
+        assert_eq!(html_snippet(&snippet), "é <mark>y</mark>");
     }
 }

@@ -7,6 +7,7 @@
 //! and create this user"), so an engine can run each in one transaction.
 
 pub mod admin;
+pub mod rules;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
 
 use crate::clock::Timestamp;
 use crate::phone::Phone;
+pub use crate::search_query::{Term, TextQuery};
 use crate::secret::{CodeHash, TokenHash};
 
 /// A failure of the storage engine itself (not a domain outcome).
@@ -266,16 +268,20 @@ pub struct LogEntry {
     pub deleted_at: Option<Timestamp>,
 }
 
-/// A user's new update numbers for one appended entry: who must hear of it.
-pub type Fanout = Vec<(UserId, i64)>;
+/// Who hears of an entry: the chat's members when it was appended (and a
+/// member it removed). Shared by every entry until membership changes, so
+/// appending costs no copy of the member list.
+pub type Recipients = std::sync::Arc<[UserId]>;
 
-/// An appended entry and who was told (with their new pts).
+/// An appended entry and who was told.
 #[derive(Debug, Clone)]
 pub struct Appended {
     /// The entry.
     pub entry: LogEntry,
-    /// Every user the entry concerns, with the pts it got in their stream.
-    pub fanout: Fanout,
+    /// The users whose devices receive it.
+    pub recipients: Recipients,
+    /// The chat's receipt positions after the append.
+    pub receipts: ReceiptState,
 }
 
 /// A user's relation to a chat: what they may see and do.
@@ -287,14 +293,15 @@ pub struct ChatAccess {
     pub role: Option<Role>,
 }
 
-/// A read or delivery position.
-#[derive(Debug, Clone, Copy)]
-pub struct Receipt {
-    /// Whose.
-    pub user_id: UserId,
-    /// Highest seq a device of theirs received.
+/// A chat's receipt positions: every message up to `delivered_seq` reached
+/// all of the chat's members, every one up to `read_seq` was read by all.
+/// (Sending a message counts as reading the chat up to it, so a message's
+/// status follows from comparing its seq with these.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiptState {
+    /// Lowest delivered position of the current members.
     pub delivered_seq: i64,
-    /// Highest seq they read.
+    /// Lowest read position of the current members.
     pub read_seq: i64,
 }
 
@@ -563,50 +570,47 @@ pub struct NewContent {
     pub window_ms: i64,
 }
 
-/// A receipt that moved, and who was told (with their new pts).
+/// A chat whose receipt positions moved, and who must hear of it.
 #[derive(Debug, Clone)]
 pub struct ReceiptChange {
     /// The chat.
     pub chat_id: ChatId,
-    /// Whose position moved.
-    pub user_id: UserId,
-    /// Their delivered position now.
-    pub delivered_seq: i64,
-    /// Their read position now.
-    pub read_seq: i64,
-    /// The other participants, with the pts the receipt got in their streams.
-    pub fanout: Fanout,
+    /// Its positions now.
+    pub receipts: ReceiptState,
+    /// Its current members.
+    pub recipients: Recipients,
 }
 
-/// One update of a user's stream, ready to render.
+/// A persisted event of a chat log as a device receives it: the entry at a
+/// position, with edits and deletions carrying the message as it is now.
 #[derive(Debug, Clone)]
-pub struct StoredUpdate {
-    /// Its number in the user's stream.
-    pub pts: i64,
+pub struct LogEvent {
+    /// Its position in the chat log.
+    pub seq: i64,
     /// What it is.
-    pub body: UpdateBody,
+    pub body: EventBody,
 }
 
-/// What an update carries.
+/// What a chat-log event carries.
 #[derive(Debug, Clone)]
-pub enum UpdateBody {
+pub enum EventBody {
     /// A new message or system entry.
     Entry(LogEntry),
     /// A message was edited: the message as it is now.
     Edited(LogEntry),
     /// A message was deleted: its tombstone.
     Deleted(LogEntry),
-    /// A participant's receipt moved.
-    Receipt {
-        /// The chat.
-        chat_id: ChatId,
-        /// Whose.
-        user_id: UserId,
-        /// Delivered position.
-        delivered_seq: i64,
-        /// Read position.
-        read_seq: i64,
-    },
+}
+
+/// A user's place in one of their chats, for sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatHead {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// The chat log's last seq.
+    pub last_seq: i64,
+    /// Where the user's current membership began (its join entry).
+    pub from_seq: i64,
 }
 
 /// A message search, already checked by the service.
@@ -614,10 +618,8 @@ pub enum UpdateBody {
 pub struct SearchQuery {
     /// Whose view: only messages inside their membership periods.
     pub user: UserId,
-    /// The query text (FTS5 syntax for word search).
-    pub text: String,
-    /// How the text is matched.
-    pub mode: SearchMode,
+    /// What to match, parsed; each engine compiles it into its own syntax.
+    pub text: TextQuery,
     /// Only these chats (empty: all of the user's).
     pub chats: Vec<ChatId>,
     /// Only from this sender.
@@ -628,7 +630,8 @@ pub struct SearchQuery {
     pub before: Option<Timestamp>,
     /// Only sent after this time.
     pub after: Option<Timestamp>,
-    /// Best matches first (BM25) instead of newest first.
+    /// Best matches first (BM25) instead of newest first, where the engine
+    /// can rank the query.
     pub by_relevance: bool,
     /// Hits to skip.
     pub offset: i64,
@@ -636,33 +639,42 @@ pub struct SearchQuery {
     pub limit: i64,
 }
 
-/// How a query's text is matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SearchMode {
-    /// FTS5 query over words (case and accents folded).
-    Words,
-    /// A substring of at least three characters, over the trigram index.
-    Trigrams,
-    /// A substring of one or two characters: scanned.
-    Scan,
-}
-
 /// One search hit.
 #[derive(Debug, Clone)]
 pub struct SearchHit {
     /// The message.
     pub entry: LogEntry,
-    /// Where it matched: text with the matches between `\u{E000}` and `\u{E001}`.
-    pub snippet: String,
+    /// Where it matched.
+    pub snippet: Snippet,
 }
 
-/// What a search found, or why it could not run.
+/// An excerpt of a message with its matches located by offsets, never by
+/// markers inside the text (a message could contain any marker).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snippet {
+    /// The excerpt, as plain text.
+    pub text: String,
+    /// Byte ranges of `text` that matched, in order, not overlapping, each
+    /// on character boundaries.
+    pub marks: Vec<std::ops::Range<usize>>,
+}
+
+/// A page of search hits.
 #[derive(Debug, Clone)]
-pub enum SearchOutcome {
-    /// A page of hits and the total number of hits.
-    Found(Vec<SearchHit>, i64),
-    /// The query text is not valid FTS5 syntax; the message says why.
-    BadQuery(String),
+pub struct SearchPage {
+    /// The hits on this page.
+    pub hits: Vec<SearchHit>,
+    /// How many hits there are in all.
+    pub total: i64,
+}
+
+/// What one pass of the search indexer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexProgress {
+    /// Log entries followed in this pass.
+    pub processed: u64,
+    /// Log entries still waiting after it.
+    pub remaining: u64,
 }
 
 /// A device's push channel, as stored.
@@ -685,8 +697,8 @@ pub struct NewPush {
     pub user_id: UserId,
     /// The chat of the new message.
     pub chat_id: ChatId,
-    /// The user's pts of the new message.
-    pub pts: i64,
+    /// The new message's seq in that chat.
+    pub seq: i64,
     /// Sender name and excerpt, only when previews are allowed for it.
     pub preview: Option<(String, String)>,
     /// Time.
@@ -704,10 +716,11 @@ pub struct PendingPush {
     pub chat_id: Option<ChatId>,
     /// Messages it stands for.
     pub count: i64,
-    /// The pts to sync from.
-    pub since_pts: i64,
-    /// The pts of the latest message it covers.
-    pub last_pts: i64,
+    /// The seq in `chat_id` just before the first message it covers (sync
+    /// from here); meaningless when `chat_id` is `None`.
+    pub since_seq: i64,
+    /// The seq of the latest message it covers.
+    pub last_seq: i64,
     /// The latest message's preview, if allowed.
     pub preview: Option<(String, String)>,
     /// Failed attempts so far.
@@ -729,8 +742,8 @@ pub enum PushFinished {
         version: i64,
         /// The count that was claimed.
         count: i64,
-        /// The last pts that was claimed.
-        last_pts: i64,
+        /// The last seq that was claimed.
+        last_seq: i64,
         /// Time.
         now: Timestamp,
     },
@@ -794,10 +807,6 @@ pub trait Store:
 
     /// Deletes codes that expired before `now`; returns how many.
     async fn delete_expired_verification_codes(&self, now: Timestamp) -> StoreResult<u64>;
-
-    /// Deletes each user's updates that are more than `keep` behind their
-    /// current pts (no device can sync that far back); returns how many.
-    async fn prune_updates(&self, keep: i64) -> StoreResult<u64>;
 
     /// Creates an account (see [`Registration`]).
     async fn register(&self, registration: Registration) -> StoreResult<Registered>;
@@ -863,8 +872,8 @@ pub trait Store:
     /// Current participants, by join time.
     async fn members(&self, chat: ChatId) -> StoreResult<Vec<Member>>;
 
-    /// Receipts of the current participants.
-    async fn receipts(&self, chat: ChatId) -> StoreResult<Vec<Receipt>>;
+    /// The chat's receipt positions (over its current members).
+    async fn receipt_state(&self, chat: ChatId) -> StoreResult<ReceiptState>;
 
     /// The user's chats, most recent activity first.
     async fn chats_of(&self, user: UserId) -> StoreResult<Vec<ChatOverview>>;
@@ -898,44 +907,63 @@ pub trait Store:
     /// The chat a message belongs to.
     async fn chat_of_message(&self, message: MessageId) -> StoreResult<Option<ChatId>>;
 
-    /// Moves the user's read (and delivered) position forward, never back,
-    /// and tells the other participants if it moved.
+    /// Moves the user's read (and delivered) position forward, never back;
+    /// gives the user's read position now, and the chat's new positions if
+    /// they moved.
     async fn mark_read(
         &self,
         chat: ChatId,
         user: UserId,
         seq: i64,
         now: Timestamp,
-    ) -> StoreResult<ReceiptChange>;
+    ) -> StoreResult<(i64, Option<ReceiptChange>)>;
 
-    /// Records that a device processed its user's updates up to `pts`: the
-    /// chats concerned get a delivered position, and their participants a
-    /// receipt update.
+    /// Records that a device of `user` received each chat up to its seq (a
+    /// chat the user is not in is ignored); the chats whose positions moved.
     async fn ack(
         &self,
         user: UserId,
-        device: DeviceId,
-        pts: i64,
+        positions: Vec<(ChatId, i64)>,
         now: Timestamp,
     ) -> StoreResult<Vec<ReceiptChange>>;
 
-    /// The user's current update number.
-    async fn current_pts(&self, user: UserId) -> StoreResult<i64>;
+    /// The user's current chats, with each log's last seq.
+    async fn chat_heads(&self, user: UserId) -> StoreResult<Vec<ChatHead>>;
 
-    /// The user's updates after `since`, at most `limit`, in order.
-    async fn updates_since(
+    /// One chat's head, if the user is in it now.
+    async fn chat_head(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatHead>>;
+
+    /// The events of a chat after `after` (at most `limit`, in order) that
+    /// `user` may see: those inside their membership periods.
+    async fn events_after(
         &self,
+        chat: ChatId,
         user: UserId,
-        since: i64,
+        after: i64,
         limit: i64,
-    ) -> StoreResult<Vec<StoredUpdate>>;
+    ) -> StoreResult<Vec<LogEvent>>;
 
     /// Users allowed to see `user`'s presence: those who share a chat with
     /// them or have them as a contact, narrowed by `user`'s privacy setting.
     async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>>;
 
-    /// Searches the plaintext messages `query.user` may see.
-    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchOutcome>;
+    /// Searches the plaintext messages `query.user` may see, as far as the
+    /// index has followed the chat logs.
+    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchPage>;
+
+    /// Brings the search index one step closer to the chat logs: follows at
+    /// most `max_entries` log entries after the index's durable cursor, in
+    /// commit order, and moves the cursor in the same transaction, so each
+    /// entry is applied exactly once even across crashes.
+    async fn index_search(&self, max_entries: usize) -> StoreResult<IndexProgress>;
+
+    /// Log entries committed but not yet followed by the search index.
+    async fn search_index_lag(&self) -> StoreResult<u64>;
+
+    /// Woken after a commit that appended to a chat log, so the search
+    /// indexer need not poll often. A wake-up with no waiter is kept for
+    /// the next wait.
+    fn log_appended(&self) -> &tokio::sync::Notify;
 
     /// Records when the user was last online.
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;

@@ -11,6 +11,7 @@
 //! - `contacts`: contact lists and discovery.
 //! - `chats`: chats, participants, roles, chat lists.
 //! - `messages`: sending, history, idempotency, encryption, edits, receipts.
+//! - `names`: which characters display and group names may hold.
 //! - `errors`: malformed input of every kind, and the limits at N and N+1.
 //! - `connections`: the listener (header timeout, connections per address).
 //! - `realtime`: the WebSocket: live delivery, sync, receipts, typing, presence.
@@ -37,6 +38,7 @@ mod errors;
 mod invites;
 mod media;
 mod messages;
+mod names;
 mod ops;
 mod profiles;
 mod push;

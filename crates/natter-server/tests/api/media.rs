@@ -1061,3 +1061,99 @@ impl Answer {
         self
     }
 }
+
+/// A GIF of 797 bytes whose screen and only frame declare `width` × `height`.
+fn gif_bomb(width: u16, height: u16) -> Vec<u8> {
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&width.to_le_bytes());
+    gif.extend_from_slice(&height.to_le_bytes());
+    gif.extend_from_slice(&[0, 0, 0]);
+    gif.push(0x2C);
+    gif.extend_from_slice(&[0, 0, 0, 0]);
+    gif.extend_from_slice(&width.to_le_bytes());
+    gif.extend_from_slice(&height.to_le_bytes());
+    gif.push(0);
+    gif.push(2); // LZW minimum code size
+    while gif.len() < 796 - 256 {
+        gif.push(255);
+        gif.extend_from_slice(&[0u8; 255]);
+    }
+    gif.resize(796, 0);
+    gif.push(0x3B);
+    gif
+}
+
+/// A BMP of 130 bytes declaring `width` × `height` pixels.
+fn bmp_bomb(width: i32, height: i32) -> Vec<u8> {
+    let mut bmp = b"BM".to_vec();
+    bmp.extend_from_slice(&130u32.to_le_bytes());
+    bmp.extend_from_slice(&[0; 4]);
+    bmp.extend_from_slice(&54u32.to_le_bytes());
+    bmp.extend_from_slice(&40u32.to_le_bytes());
+    bmp.extend_from_slice(&width.to_le_bytes());
+    bmp.extend_from_slice(&height.to_le_bytes());
+    bmp.extend_from_slice(&1u16.to_le_bytes());
+    bmp.extend_from_slice(&24u16.to_le_bytes());
+    bmp.resize(130, 0);
+    bmp
+}
+
+fn gif(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbaImage::from_pixel(width, height, image::Rgba([0, 90, 200, 255]));
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Gif)
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn every_image_is_checked_or_refused_and_only_checked_ones_are_inline() {
+    let app = TestApp::start_with(|c| c.media.max_image_pixels = 10_000).await;
+    let alice = app.signup("+14155550150", "Alice").await;
+    let bomb = gif_bomb(65_535, 65_535);
+    assert_eq!(bomb.len(), 797);
+    alice
+        .uploads(&app, bomb, "image", None)
+        .await
+        .expect(422, "image_rejected");
+    let mut junk = b"GIF89a".to_vec();
+    junk.extend_from_slice(&noise(500, 3));
+    alice
+        .uploads(&app, junk, "image", None)
+        .await
+        .expect(422, "image_rejected");
+    // A format the server does not decode is refused as an image...
+    let bmp = bmp_bomb(100_000, 100_000);
+    assert_eq!(bmp.len(), 130);
+    alice
+        .uploads(&app, bmp.clone(), "image", None)
+        .await
+        .expect(415, "media_type_mismatch");
+    // ...and as a file it is stored but never shown inline.
+    let file = alice.uploaded(&app, bmp, "file").await;
+    let served = alice
+        .download(&app, &format!("/api/v1/media/{file}"), &[])
+        .await;
+    assert_eq!(served.status, 200);
+    assert!(
+        served
+            .header("content-disposition")
+            .starts_with("attachment")
+    );
+    // GIF is checked like the others: the pixel limit at N and N+1.
+    let ok = alice
+        .uploads(&app, gif(100, 100), "image", None)
+        .await
+        .ok(201);
+    assert_eq!(ok["content_type"], "image/gif");
+    assert_eq!(ok["width"], 100);
+    let id = ok["media_id"].as_str().unwrap();
+    let served = alice
+        .download(&app, &format!("/api/v1/media/{id}"), &[])
+        .await;
+    assert!(served.header("content-disposition").starts_with("inline"));
+    alice
+        .uploads(&app, gif(101, 100), "image", None)
+        .await
+        .expect(422, "image_rejected");
+}

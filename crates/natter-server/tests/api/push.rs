@@ -66,7 +66,8 @@ async fn an_offline_device_gets_one_push_for_a_burst_and_an_online_one_none() {
     register(&app, &alice_laptop, &laptop).await;
     // Bob's desk is online; his phone is not.
     let mut live = bob_desk.connect(&app).await;
-    let since = live.connected["pts"].as_i64().unwrap();
+    // The burst follows the chat's `created` entry (seq 1): sync from there.
+    let since = 1;
 
     for n in 0..5 {
         alice.sends(&app, &chat, &format!("burst {n}")).await;
@@ -76,7 +77,7 @@ async fn an_offline_device_gets_one_push_for_a_burst_and_an_online_one_none() {
     // Exactly one push for the whole burst: its count covers all five.
     assert_eq!(
         pushes[0].payload,
-        json!({"v": 1, "kind": "sync", "chat_id": chat, "count": 5, "pts": since})
+        json!({"v": 1, "kind": "sync", "chat_id": chat, "count": 5, "seq": since})
     );
     let raw = String::from_utf8_lossy(&pushes[0].raw);
     assert!(!raw.contains("burst"), "the body on the wire is encrypted");
@@ -249,7 +250,7 @@ async fn no_push_for_an_encrypted_chat_carries_its_text_even_with_previews() {
     let keyless = service.wait_for(&tablet, 1).await;
     assert_eq!(
         keyless[0].payload,
-        json!({"v": 1, "kind": "sync", "chat_id": plain, "count": 1, "pts": keyless[0].payload["pts"]})
+        json!({"v": 1, "kind": "sync", "chat_id": plain, "count": 1, "seq": keyless[0].payload["seq"]})
     );
     assert!(!String::from_utf8_lossy(&keyless[0].raw).contains("see you"));
 
@@ -354,7 +355,8 @@ async fn push_channels_are_for_own_devices_only() {
 #[tokio::test]
 async fn endpoints_inside_the_network_are_refused_by_default() {
     let service = PushService::start().await;
-    let app = TestApp::start().await;
+    // Many registrations: past the default rate limit.
+    let app = TestApp::start_with(|c| c.rate_limits.push_channels_per_user.burst = 1000).await;
     let alice = app.signup("+14155550850", "Alice").await;
     let keys = service.subscribe().body["keys"].clone();
     for endpoint in [
@@ -490,4 +492,29 @@ async fn the_vapid_key_is_published_and_push_can_be_turned_off() {
         .post(&off, &push_path(&alice), service.subscribe().body)
         .await
         .expect(404, "push_disabled");
+}
+
+#[tokio::test]
+async fn push_channel_registrations_are_rate_limited_at_n() {
+    let service = PushService::start().await;
+    let app = TestApp::start_with(|c| {
+        dev(c, 50);
+        c.rate_limits.push_channels_per_user = natter_server::config::Rate {
+            burst: 3,
+            per_secs: 3600,
+        };
+    })
+    .await;
+    let alice = app.signup("+14155550860", "Alice").await;
+    let bob = app.signup("+14155550861", "Bob").await;
+    let sub = service.subscribe();
+    for _ in 0..3 {
+        let answer = alice.post(&app, &push_path(&alice), sub.body.clone()).await;
+        assert!(answer.status == 200 || answer.status == 201, "{answer:?}");
+    }
+    let refused = alice.post(&app, &push_path(&alice), sub.body.clone()).await;
+    refused.expect(429, "rate_limited");
+    assert!(refused.headers.contains_key("retry-after"));
+    // Another user has a budget of their own.
+    register(&app, &bob, &service.subscribe()).await;
 }

@@ -24,7 +24,8 @@ async fn the_seed_flow_a_rest_message_reaches_the_other_side_live() {
     assert_eq!(frame["message"]["id"], sent["id"]);
     assert_eq!(frame["message"]["content"], "Hello, how are you?");
     assert_eq!(frame["message"]["sender_id"], alice.user_id.as_str());
-    assert!(frame["pts"].as_i64().unwrap() > bob_ws.connected["pts"].as_i64().unwrap());
+    assert_eq!(frame["chat_id"], chat.as_str());
+    assert_eq!(frame["seq"], sent["seq"]);
 }
 
 #[tokio::test]
@@ -65,7 +66,8 @@ async fn send_message_over_the_socket_confirms_to_the_sender_and_reaches_every_d
     a.send(json!({"type": "send_message", "chat_id": chat, "content": "hi", "client_message_id": "k-1"})).await;
     let retry = a.next_of("message_sent").await;
     assert_eq!(retry["message"]["id"], id);
-    assert_eq!(retry["pts"], Value::Null);
+    assert_eq!(retry["duplicate"], true);
+    assert_eq!(sent["duplicate"], false);
     b.nothing_of("new_message", QUIET).await;
 }
 
@@ -194,18 +196,48 @@ async fn bad_frames_get_error_frames_and_the_server_keeps_serving() {
     b.next_of("pong").await;
 }
 
-/// Collects frames until `sync_done`, then returns (messages by chat, sync_done pts).
-async fn sync_from(socket: &mut crate::support::Socket, since: i64) -> (Vec<Value>, i64) {
-    socket.send(json!({"type": "sync", "since": since})).await;
+/// Sends `sync` with these positions and collects frames until
+/// `sync_done`; returns them and the positions `sync_done` reported.
+async fn sync_from(
+    socket: &mut crate::support::Socket,
+    positions: &[(&str, i64)],
+) -> (Vec<Value>, HashMap<String, i64>) {
+    let chats: Vec<Value> = positions
+        .iter()
+        .map(|(chat, seq)| json!({"chat_id": chat, "seq": seq}))
+        .collect();
+    socket.send(json!({"type": "sync", "chats": chats})).await;
     let mut frames = Vec::new();
     loop {
         let frame = socket.next().await;
         match frame["type"].as_str().unwrap() {
-            "sync_done" => return (frames, frame["pts"].as_i64().unwrap()),
-            "presence" | "typing" => {}
+            "sync_done" => {
+                let done = frame["chats"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        (
+                            p["chat_id"].as_str().unwrap().to_owned(),
+                            p["seq"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect();
+                return (frames, done);
+            }
+            "presence" | "typing" | "receipt" => {}
             _ => frames.push(frame),
         }
     }
+}
+
+/// A chat's last seq, from its REST view.
+async fn head(app: &TestApp, user: &crate::support::TestUser, chat: &str) -> i64 {
+    user.get(app, &format!("/api/v1/chats/{chat}"))
+        .await
+        .ok(200)["last_seq"]
+        .as_i64()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -221,7 +253,8 @@ async fn an_offline_device_catches_up_on_1000_messages_in_three_chats_exactly_on
     for s in &senders {
         chats.push(s.direct_chat_with(&app, &bob).await);
     }
-    let since = bob.connect(&app).await.connected["pts"].as_i64().unwrap();
+    // Bob's device has seen each chat's `created` entry.
+    let known: Vec<(&str, i64)> = chats.iter().map(|c| (c.as_str(), 1)).collect();
 
     // Bob is offline while 1,000 messages arrive.
     let mut sends = Vec::new();
@@ -239,33 +272,38 @@ async fn an_offline_device_catches_up_on_1000_messages_in_three_chats_exactly_on
     }
 
     let mut b = bob.connect(&app).await;
-    let (frames, done) = sync_from(&mut b, since).await;
-    assert_eq!(done, b.connected["pts"].as_i64().unwrap());
+    let (frames, done) = sync_from(&mut b, &known).await;
+    for chat in &chats {
+        assert_eq!(done[chat], head(&app, &bob, chat).await);
+    }
     check_exactly_once_in_order(&frames, 1000, &chats);
+    // Synced again from where it is: nothing.
+    let now: Vec<(&str, i64)> = chats.iter().map(|c| (c.as_str(), done[c])).collect();
+    let (again, _) = sync_from(&mut b, &now).await;
+    assert!(again.is_empty(), "{again:?}");
 }
 
+/// Every message once, each chat in seq order, and the frame's own
+/// position agreeing with the message.
 fn check_exactly_once_in_order(frames: &[Value], expected: usize, chats: &[String]) {
     let mut seen = HashSet::new();
     let mut last_seq: HashMap<String, i64> = HashMap::new();
-    let mut last_pts = 0;
     let mut messages = 0;
     for f in frames {
-        let pts = f["pts"].as_i64().unwrap();
-        assert!(pts > last_pts, "pts out of order: {pts} after {last_pts}");
-        last_pts = pts;
+        let chat = f["chat_id"].as_str().unwrap().to_owned();
+        let seq = f["seq"].as_i64().unwrap();
+        let prev = last_seq.insert(chat.clone(), seq).unwrap_or(0);
+        assert!(seq > prev, "{chat}: seq {seq} after {prev}");
         if f["type"] != "new_message" {
             continue;
         }
         let m = &f["message"];
+        assert_eq!(m["seq"], seq);
         assert!(
             seen.insert(m["id"].as_str().unwrap().to_owned()),
             "duplicate {m}"
         );
-        let chat = m["chat_id"].as_str().unwrap().to_owned();
         assert!(chats.contains(&chat));
-        let seq = m["seq"].as_i64().unwrap();
-        let prev = last_seq.insert(chat, seq).unwrap_or(0);
-        assert!(seq > prev, "seq out of order");
         messages += 1;
     }
     assert_eq!(messages, expected);
@@ -277,7 +315,6 @@ async fn sync_while_messages_keep_arriving_has_no_gap_and_no_duplicate() {
     let bob = app.signup("+14155551011", "Bob").await;
     let alice = app.signup("+14155551012", "Alice").await;
     let chat = alice.direct_chat_with(&app, &bob).await;
-    let since = bob.connect(&app).await.connected["pts"].as_i64().unwrap();
     for n in 0..200 {
         alice.sends(&app, &chat, &format!("old {n}")).await;
     }
@@ -299,7 +336,7 @@ async fn sync_while_messages_keep_arriving_has_no_gap_and_no_duplicate() {
             }
         })
     };
-    let (mut frames, _) = sync_from(&mut b, since).await;
+    let (mut frames, _) = sync_from(&mut b, &[(chat.as_str(), 1)]).await;
     tokio::time::timeout(WAIT * 3, writer)
         .await
         .unwrap()
@@ -310,8 +347,8 @@ async fn sync_while_messages_keep_arriving_has_no_gap_and_no_duplicate() {
         frames.push(b.next_of("new_message").await);
     }
     b.nothing_of("new_message", QUIET).await;
-    // Every message exactly once; per connection, the sync part and the live
-    // part are each in pts order.
+    // Every message exactly once; the sync part and the live part are each
+    // in seq order.
     let mut ids = HashSet::new();
     for f in frames.iter().filter(|f| f["type"] == "new_message") {
         assert!(
@@ -346,22 +383,127 @@ async fn sync_while_messages_keep_arriving_has_no_gap_and_no_duplicate() {
 }
 
 #[tokio::test]
-async fn a_device_too_far_behind_is_told_to_reload() {
+async fn a_device_too_far_behind_in_one_chat_is_told_to_reload_it() {
     let app = TestApp::start_with(|c| c.limits.max_sync_updates = 10).await;
     let bob = app.signup("+14155551013", "Bob").await;
     let alice = app.signup("+14155551014", "Alice").await;
+    let carol = app.signup("+14155551044", "Carol").await;
     let chat = alice.direct_chat_with(&app, &bob).await;
+    let quiet = carol.direct_chat_with(&app, &bob).await;
+    carol.sends(&app, &quiet, "one").await;
     for n in 0..12 {
         alice.sends(&app, &chat, &format!("m{n}")).await;
     }
     let mut b = bob.connect(&app).await;
-    b.send(json!({"type": "sync", "since": 0})).await;
-    let frame = b.next_of("too_long").await;
-    assert_eq!(frame["pts"], b.connected["pts"]);
-    // Ten behind is fine.
-    let current = b.connected["pts"].as_i64().unwrap();
-    let (frames, _) = sync_from(&mut b, current - 10).await;
+    let current = head(&app, &bob, &chat).await;
+    let (frames, _) = sync_from(&mut b, &[(chat.as_str(), 0), (quiet.as_str(), 1)]).await;
+    // 13 behind (created + 12) in one chat: reload it; the other syncs.
+    let too_long: Vec<&Value> = frames.iter().filter(|f| f["type"] == "too_long").collect();
+    assert_eq!(too_long.len(), 1, "{frames:?}");
+    assert_eq!(too_long[0]["chat_id"], chat.as_str());
+    assert_eq!(too_long[0]["seq"], current);
+    let news: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "new_message")
+        .collect();
+    assert_eq!(news.len(), 1);
+    assert_eq!(news[0]["message"]["content"], "one");
+    // Ten behind is fine (N), eleven is not (N+1).
+    let quiet_head = head(&app, &bob, &quiet).await;
+    let mut b = bob.connect(&app).await;
+    let (frames, _) = sync_from(
+        &mut b,
+        &[(chat.as_str(), current - 10), (quiet.as_str(), quiet_head)],
+    )
+    .await;
     assert_eq!(frames.len(), 10);
+    assert!(frames.iter().all(|f| f["type"] == "new_message"));
+    let mut b = bob.connect(&app).await;
+    let (frames, _) = sync_from(
+        &mut b,
+        &[(chat.as_str(), current - 11), (quiet.as_str(), quiet_head)],
+    )
+    .await;
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["type"], "too_long");
+}
+
+#[tokio::test]
+async fn a_sync_lists_at_most_max_sync_chats() {
+    let app = TestApp::start_with(|c| c.limits.max_sync_chats = 2).await;
+    let bob = app.signup("+14155551045", "Bob").await;
+    let alice = app.signup("+14155551046", "Alice").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let mut b = bob.connect(&app).await;
+    let (other, third) = (
+        uuid::Uuid::now_v7().to_string(),
+        uuid::Uuid::now_v7().to_string(),
+    );
+    // Chats the user was never in show nothing.
+    let (frames, done) = sync_from(&mut b, &[(chat.as_str(), 1), (other.as_str(), 0)]).await;
+    assert!(frames.is_empty(), "{frames:?}");
+    assert_eq!(done.len(), 1);
+    b.send(json!({"type": "sync", "chats": [
+        {"chat_id": chat, "seq": 1}, {"chat_id": other, "seq": 0}, {"chat_id": third, "seq": 0}
+    ]}))
+    .await;
+    assert_eq!(b.next_of("error").await["code"], "validation_failed");
+}
+
+#[tokio::test]
+async fn a_new_device_gets_each_chat_from_the_users_join() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551047", "Alice").await;
+    let bob = app.signup("+14155551048", "Bob").await;
+    let carol = app.signup("+14155551049", "Carol").await;
+    let group = alice.group_with(&app, "G", &[&carol]).await;
+    alice.sends(&app, &group, "before bob").await;
+    alice
+        .post(
+            &app,
+            &format!("/api/v1/chats/{group}/participants"),
+            json!({"user_ids": [bob.user_id]}),
+        )
+        .await
+        .ok(200);
+    alice.sends(&app, &group, "after bob").await;
+    let mut b = bob.connect(&app).await;
+    let (frames, done) = sync_from(&mut b, &[]).await;
+    let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["chat_updated", "new_message"], "{frames:?}");
+    assert_eq!(frames[0]["message"]["event"]["kind"], "member_added");
+    assert_eq!(frames[1]["message"]["content"], "after bob");
+    assert_eq!(done[&group], head(&app, &bob, &group).await);
+}
+
+#[tokio::test]
+async fn a_chat_joined_while_connected_is_delivered_from_the_join() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551050", "Alice").await;
+    let bob = app.signup("+14155551051", "Bob").await;
+    let mut b = bob.connect(&app).await;
+    let group = alice.group_with(&app, "G", &[]).await;
+    alice.sends(&app, &group, "not for bob").await;
+    alice
+        .post(
+            &app,
+            &format!("/api/v1/chats/{group}/participants"),
+            json!({"user_ids": [bob.user_id]}),
+        )
+        .await
+        .ok(200);
+    let added = b.next_of("chat_updated").await;
+    assert_eq!(added["message"]["event"]["kind"], "member_added");
+    alice.sends(&app, &group, "for bob").await;
+    assert_eq!(
+        b.next_of("new_message").await["message"]["content"],
+        "for bob"
+    );
+    // And Bob's own direct chat, created after he connected, too.
+    let direct = alice.direct_chat_with(&app, &bob).await;
+    let created = b.next_of("chat_updated").await;
+    assert_eq!(created["chat_id"], direct.as_str());
+    assert_eq!(created["seq"], 1);
 }
 
 #[tokio::test]
@@ -386,10 +528,12 @@ async fn acks_make_messages_delivered_and_read_frames_make_them_read() {
     };
     assert_eq!(status().await, "sent");
 
-    b.send(json!({"type": "ack", "pts": got["pts"]})).await;
+    b.send(json!({"type": "ack", "chat_id": chat, "seq": got["seq"]}))
+        .await;
     let receipt = a.next_of("receipt").await;
-    assert_eq!(receipt["user_id"], bob.user_id.as_str());
+    assert_eq!(receipt["chat_id"], chat.as_str());
     assert_eq!(receipt["delivered_seq"], seq);
+    assert_eq!(receipt["read_seq"], 0, "Bob has read nothing yet");
     assert_eq!(status().await, "delivered");
 
     b.send(json!({"type": "read", "chat_id": chat, "seq": seq}))
@@ -486,7 +630,6 @@ async fn a_connection_that_falls_behind_is_closed_and_resumes_with_sync() {
     let bob = app.signup("+14155551024", "Bob").await;
     let chat = alice.direct_chat_with(&app, &bob).await;
     let mut b = bob.connect(&app).await;
-    let since = b.connected["pts"].as_i64().unwrap();
     // Bob does not read while ~30 MB arrive.
     let big = "x".repeat(59_000);
     for chunk in 0..25 {
@@ -511,7 +654,7 @@ async fn a_connection_that_falls_behind_is_closed_and_resumes_with_sync() {
     assert_eq!(code, Some(4008));
     // Reconnect and sync: all 500 are there.
     let mut b = bob.connect(&app).await;
-    let (frames, _) = sync_from(&mut b, since).await;
+    let (frames, _) = sync_from(&mut b, &[(chat.as_str(), 1)]).await;
     assert_eq!(
         frames.iter().filter(|f| f["type"] == "new_message").count(),
         500
@@ -560,9 +703,14 @@ async fn removed_members_and_outsiders_receive_nothing_live() {
     admin.sends(&app, &group, "after").await;
     m.nothing_of("new_message", QUIET).await;
     o.nothing_of("new_message", QUIET).await;
-    // Nor by sync.
-    let (frames, _) = sync_from(&mut m, 0).await;
+    // Nor by sync, even from the start: the history ends at the removal.
+    let (frames, done) = sync_from(&mut m, &[(group.as_str(), 0)]).await;
     assert!(frames.iter().all(|f| f["message"]["content"] != "after"));
+    assert_eq!(
+        frames.last().unwrap()["message"]["event"]["kind"],
+        "member_removed"
+    );
+    assert!(done.is_empty(), "no longer followed: {done:?}");
 }
 
 #[tokio::test]
@@ -615,6 +763,7 @@ async fn presence_changes_are_rate_limited_and_acks_checked() {
     }
     a.send(json!({"type": "presence", "status": "away"})).await;
     assert_eq!(a.next_of("error").await["code"], "rate_limited");
-    a.send(json!({"type": "ack", "pts": -1})).await;
+    a.send(json!({"type": "ack", "chat_id": uuid::Uuid::now_v7(), "seq": -1}))
+        .await;
     assert_eq!(a.next_of("error").await["code"], "validation_failed");
 }

@@ -1,11 +1,21 @@
 //! Message, chat and contact search: the seed's example, permissions,
-//! maintenance on edit and delete, accents, CJK, ranking, filters, bad queries.
+//! maintenance on edit and delete, accents, CJK, ranking, filters, the query
+//! language, snippets, bad queries, and the indexer that follows the chat
+//! log (catching up after a crash, exactly once).
 
+use natter_proto::chats::MessageType;
+use natter_proto::{ChatId, DeviceId, MessageId, UserId};
+use natter_server::clock::Timestamp;
+use natter_server::store::sqlite::SqliteStore;
+use natter_server::store::{MessageChange, NewContent, NewMessage, Posted, Store};
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, TestUser};
+use crate::support::{TestApp, TestUser, WAIT};
 
+/// Searches once the index has caught up with everything sent so far, so
+/// the answer is exact.
 async fn search(user: &TestUser, app: &TestApp, query: &str) -> Value {
+    app.search_caught_up().await;
     user.get(app, &format!("/api/v1/search/messages?{query}"))
         .await
         .ok(200)
@@ -112,7 +122,7 @@ async fn users_find_only_what_they_could_read() {
 }
 
 #[tokio::test]
-async fn edits_and_deletions_show_at_once() {
+async fn edits_and_deletions_show_once_indexed() {
     let app = TestApp::start().await;
     let alice = app.signup("+14155551106", "Alice").await;
     let bob = app.signup("+14155551107", "Bob").await;
@@ -217,7 +227,6 @@ async fn malformed_searches_are_400_and_bounds_hold_at_n() {
     .await;
     let alice = app.signup("+14155551112", "Alice").await;
     for bad in [
-        "q=%22unbalanced",
         "q=AND",
         "q=(",
         "q=",
@@ -277,4 +286,323 @@ async fn chats_and_contacts_are_found_by_name() {
         .get(&app, "/api/v1/search/chats")
         .await
         .expect(400, "invalid_parameter");
+}
+
+/// The total for `q` (URL-encoded here), as `user` sees it once caught up.
+async fn total(user: &TestUser, app: &TestApp, q: &str) -> i64 {
+    let q: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
+    search(user, app, &format!("q={q}")).await["total"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn anything_a_person_types_is_a_query_or_a_clear_400() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551116", "Alice").await;
+    let bob = app.signup("+14155551117", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    alice.sends(&app, &chat, "Hello, how are you?").await;
+    alice.sends(&app, &chat, "I don't know").await;
+    alice
+        .sends(&app, &chat, "my e-mail is bob@example.com")
+        .await;
+    alice.sends(&app, &chat, "an e mail, spelt apart").await;
+    for (q, expected) in [
+        ("don't", vec!["I don't know"]),
+        (
+            "e-mail",
+            vec!["an e mail, spelt apart", "my e-mail is bob@example.com"],
+        ),
+        ("Hello, how", vec!["Hello, how are you?"]),
+        ("how are you?", vec!["Hello, how are you?"]),
+        ("bob@example.com", vec!["my e-mail is bob@example.com"]),
+        // A quote left open runs to the end.
+        ("\"hello", vec!["Hello, how are you?"]),
+        ("\"how are", vec!["Hello, how are you?"]),
+        ("\"are how", vec![]),
+        // Operators.
+        (
+            "know OR apart",
+            vec!["I don't know", "an e mail, spelt apart"],
+        ),
+        ("mail -apart", vec!["my e-mail is bob@example.com"]),
+        ("mail NOT bob", vec!["an e mail, spelt apart"]),
+        ("exam*", vec!["my e-mail is bob@example.com"]),
+        // Lower-case operators and FTS5's own syntax are just words.
+        ("and", vec![]),
+        ("NEAR(hello how)", vec![]),
+        ("hello:how ^are", vec!["Hello, how are you?"]),
+    ] {
+        let encoded: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
+        let found = search(&bob, &app, &format!("q={encoded}")).await;
+        let mut got = contents(&found);
+        got.sort();
+        assert_eq!(got, expected, "{q}");
+    }
+    for (q, says) in [
+        ("*", "`*`"),
+        ("* hello", "`*`"),
+        ("NOT", "`NOT`"),
+        ("hello OR", "`OR`"),
+        ("-hello", "excludes"),
+        ("?!", "no words"),
+    ] {
+        let encoded: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
+        let answer = bob
+            .get(&app, &format!("/api/v1/search/messages?q={encoded}"))
+            .await;
+        answer.expect(400, "invalid_parameter");
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{q}: {message}");
+        assert!(
+            !message.contains("fts5") && !message.contains("syntax error"),
+            "{q}: engine text leaked: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_term_limit_holds_at_n() {
+    let app = TestApp::start_with(|c| c.limits.max_search_terms = 3).await;
+    let alice = app.signup("+14155551118", "Alice").await;
+    search(&alice, &app, "q=a+b+-c").await;
+    search(&alice, &app, "q=a+OR+b+c").await;
+    for bad in ["q=a+b+c+d", "q=a+OR+b+OR+c+-d", "q=%22a%22+b+c+d*"] {
+        let answer = alice
+            .get(&app, &format!("/api/v1/search/messages?{bad}"))
+            .await;
+        answer.expect(400, "invalid_parameter");
+        assert!(
+            answer.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 3 words"),
+            "{answer:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn message_text_cannot_forge_snippet_marks() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551119", "Alice").await;
+    let bob = app.signup("+14155551120", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    // The characters the index uses as match markers, and literal markup.
+    alice
+        .sends(
+            &app,
+            &chat,
+            "\u{E000}forged\u{E001} <mark>fake</mark> real words",
+        )
+        .await;
+    for (q, marked) in [("real", "real"), ("forged", "forged"), ("fake", "fake")] {
+        let found = search(&bob, &app, &format!("q={q}")).await;
+        assert_eq!(found["total"], 1, "{q}");
+        let snippet = found["messages"][0]["snippet"].as_str().unwrap();
+        assert_eq!(
+            snippet.matches("<mark>").count(),
+            1,
+            "{q}: one mark, the match: {snippet}"
+        );
+        assert_eq!(snippet.matches("</mark>").count(), 1, "{q}: {snippet}");
+        assert!(
+            snippet.contains(&format!("<mark>{marked}</mark>")),
+            "{q}: {snippet}"
+        );
+        assert!(snippet.contains("&lt;mark&gt;"), "{q}: {snippet}");
+        assert!(
+            !snippet.contains('\u{E000}') && !snippet.contains('\u{E001}'),
+            "{q}: {snippet}"
+        );
+        // The message itself is untouched.
+        assert_eq!(
+            found["messages"][0]["content"],
+            "\u{E000}forged\u{E001} <mark>fake</mark> real words"
+        );
+    }
+    // The same in the substring (CJK) path.
+    alice.sends(&app, &chat, "\u{E000}北京\u{E001}<mark>").await;
+    let found = search(&bob, &app, "q=%E5%8C%97%E4%BA%AC").await;
+    let snippet = found["messages"][0]["snippet"].as_str().unwrap();
+    assert_eq!(snippet.matches("<mark>").count(), 1, "{snippet}");
+    assert!(snippet.contains("<mark>北京</mark>"), "{snippet}");
+}
+
+#[tokio::test]
+async fn the_indexer_catches_up_and_reports_its_lag() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551121", "Alice").await;
+    let bob = app.signup("+14155551122", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    for n in 0..30 {
+        alice.sends(&app, &chat, &format!("catch word{n} up")).await;
+    }
+    assert_eq!(total(&bob, &app, "catch").await, 30);
+    assert_eq!(total(&bob, &app, "word29").await, 1);
+    // The metrics agree once the indexer's last pass is recorded.
+    tokio::time::timeout(WAIT, async {
+        while app.metric("natter_search_indexed_total").await < 30.0
+            || app.metric("natter_search_index_lag_entries").await != 0.0
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the metrics show the index caught up");
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("natter_search_index_lag_entries 0"),
+        "the lag gauge is exported"
+    );
+}
+
+/// Writes to the store of a stopped server directly: the appends commit,
+/// and no indexer runs, as when a server dies between an append and its
+/// indexing.
+struct Offline {
+    store: SqliteStore,
+    chat: ChatId,
+    sender: UserId,
+    device: DeviceId,
+}
+
+impl Offline {
+    fn open(app: &TestApp, chat: &str, sender: &TestUser) -> Self {
+        Self {
+            store: SqliteStore::open(app.data_dir(), &app.config().store).unwrap(),
+            chat: chat.parse().unwrap(),
+            sender: sender.user_id.parse().unwrap(),
+            device: sender.device_id.parse().unwrap(),
+        }
+    }
+
+    async fn sends(&self, text: &str) -> MessageId {
+        let id = MessageId::new();
+        let posted = self
+            .store
+            .post(NewMessage {
+                id,
+                chat_id: self.chat,
+                sender_id: self.sender,
+                sender_device_id: self.device,
+                message_type: MessageType::Text,
+                content: Some(text.to_owned()),
+                ciphertext: None,
+                media_id: None,
+                reply_to: None,
+                client_message_id: None,
+                client_timestamp: None,
+                now: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(posted, Posted::Created(_)), "{posted:?}");
+        id
+    }
+
+    async fn changes(&self, message: MessageId, edit: Option<&str>) {
+        self.store
+            .change_message(MessageChange {
+                message,
+                actor: self.sender,
+                device: self.device,
+                edit: edit.map(|text| NewContent {
+                    content: Some(text.to_owned()),
+                    ciphertext: None,
+                    window_ms: i64::MAX,
+                }),
+                now: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_append_and_index_is_caught_up_once() {
+    let mut app = TestApp::start().await;
+    let alice = app.signup("+14155551123", "Alice").await;
+    let bob = app.signup("+14155551124", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    alice.sends(&app, &chat, "indexed before the crash").await;
+    assert_eq!(total(&bob, &app, "crash").await, 1);
+
+    app.stop().await;
+    let offline = Offline::open(&app, &chat, &alice);
+    offline.sends("committed, never indexed, crash").await;
+    let edited = offline.sends("old wording").await;
+    offline.changes(edited, Some("new wording")).await;
+    let doomed = offline.sends("doomed words").await;
+    offline.changes(doomed, None).await;
+    assert_eq!(
+        offline.store.search_index_lag().await.unwrap(),
+        5,
+        "three messages, an edit and a deletion wait for the indexer"
+    );
+    offline.store.close().await;
+    drop(offline);
+
+    app.start_again().await;
+    assert_eq!(total(&bob, &app, "crash").await, 2, "caught up, once");
+    assert_eq!(total(&bob, &app, "before").await, 1, "not again");
+    assert_eq!(
+        total(&bob, &app, "old").await,
+        0,
+        "an edit shows its new text"
+    );
+    assert_eq!(total(&bob, &app, "new").await, 1);
+    assert_eq!(
+        total(&bob, &app, "doomed").await,
+        0,
+        "deleted before indexing: never indexed"
+    );
+    app.restart().await;
+    assert_eq!(
+        total(&bob, &app, "crash").await,
+        2,
+        "a restart indexes nothing twice"
+    );
+    assert_eq!(total(&bob, &app, "wording").await, 1);
+}
+
+#[tokio::test]
+async fn edits_and_deletions_through_the_api_reach_the_index() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551125", "Alice").await;
+    let bob = app.signup("+14155551126", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let m = alice.sends(&app, &chat, "first draft").await;
+    let path = format!("/api/v1/messages/{}", m["id"].as_str().unwrap());
+    // Edited twice and then deleted, possibly before the indexer ran at all.
+    alice
+        .patch(&app, &path, json!({"content": "second draft"}))
+        .await
+        .ok(200);
+    alice
+        .patch(&app, &path, json!({"content": "final text"}))
+        .await
+        .ok(200);
+    assert_eq!(total(&bob, &app, "draft").await, 0);
+    assert_eq!(total(&bob, &app, "final").await, 1);
+    alice.delete(&app, &path).await.ok(204);
+    assert_eq!(total(&bob, &app, "final").await, 0);
+    let gone = alice.sends(&app, &chat, "gone at once").await;
+    alice
+        .delete(
+            &app,
+            &format!("/api/v1/messages/{}", gone["id"].as_str().unwrap()),
+        )
+        .await
+        .ok(204);
+    assert_eq!(total(&bob, &app, "gone").await, 0);
 }

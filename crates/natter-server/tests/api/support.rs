@@ -238,6 +238,12 @@ impl TestApp {
     /// on a new port.
     pub async fn restart(&mut self) {
         self.stop().await;
+        self.start_again().await;
+    }
+
+    /// Starts the stopped server again on the same data, on a new port.
+    pub async fn start_again(&mut self) {
+        assert!(self.server.is_none(), "the server is stopped");
         let mut config = self.config.clone();
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let server = tokio::time::timeout(WAIT, RunningServer::start(config))
@@ -320,7 +326,26 @@ impl TestApp {
         &self.config.data_dir
     }
 
-    async fn stop(&mut self) {
+    /// Waits (bounded) until the search indexer has followed every
+    /// committed chat log entry, so search answers exactly.
+    pub async fn search_caught_up(&self) {
+        let server = self.server.as_ref().expect("the server runs");
+        tokio::time::timeout(WAIT, async {
+            while server.search_index_lag().await.unwrap() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the search index catches up within WAIT");
+    }
+
+    /// The server's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stops the server (gracefully); [`TestApp::start_again`] brings it back.
+    pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             tokio::time::timeout(WAIT * 3, server.shutdown())
                 .await

@@ -335,3 +335,35 @@ impl Administration for SqliteStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::store::Store as _;
+    use crate::store::sqlite::DB_FILE;
+
+    #[tokio::test]
+    async fn a_database_with_0008_and_0010_but_not_0009_takes_0009_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        store.close().await;
+        drop(store);
+        // What a binary with 0008 and 0010 but without this branch left.
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute_batch(
+            "DROP TABLE invites;
+             ALTER TABLE users DROP COLUMN deactivated_at;
+             PRAGMA user_version = 9;",
+        )
+        .unwrap();
+        drop(c);
+
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        assert!(store.invites().await.unwrap().is_empty());
+        assert_eq!(store.stats().await.unwrap().deactivated_users, 0);
+        store.close().await;
+    }
+}

@@ -1,18 +1,26 @@
-//! Chats and chat logs on SQLite. Every function runs inside the writer's
-//! transaction (writes) or on a read connection (reads); the checks and the
-//! seq allocation of one operation happen in one transaction.
+//! Chats and chat logs on SQLite. Writes run inside the writer's
+//! transaction with its memory of the chats ([`ChatCache`]): the membership
+//! check and the seq allocation of an append come from memory and happen in
+//! the same transaction as the append, so nothing is ever accepted from a
+//! member after their removal. Reads run on a read connection.
+//!
+//! A message costs one durable write, its log row: who hears of it comes
+//! from the chat's member list, not from rows per recipient (devices follow
+//! each chat by its seq), and search indexing follows the log separately.
 
 use natter_proto::chats::{ChatEvent, ChatKind, MessageType, Role};
 use natter_proto::{ChatId, DeviceId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
+use super::cache::{ChatCache, ChatState};
 use super::uuid_of;
 use crate::clock::Timestamp;
+use crate::store::rules::{self, MemberFacts};
 use crate::store::{
-    Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ChatRecord,
-    EntryKind, HistoryQuery, LogEntry, Member, MessageChange, MessageChanged, NewChat, NewContent,
-    NewMessage, Posted, Receipt, ReceiptChange, StoredUpdate, UpdateBody,
+    Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, ChatRecord,
+    EntryKind, EventBody, HistoryQuery, LogEntry, LogEvent, Member, MessageChange, MessageChanged,
+    NewChat, NewContent, NewMessage, Posted, ReceiptChange, ReceiptState,
 };
 
 type Result<T> = rusqlite::Result<T>;
@@ -70,8 +78,11 @@ fn type_from_sql(s: &str) -> MessageType {
     }
 }
 
-const CHAT_COLUMNS: &str =
-    "c.id, c.kind, c.name, c.encrypted, c.created_by, c.created_at, c.last_seq, c.last_activity_at";
+/// A chat's columns; its head and last activity come from its log.
+const CHAT_COLUMNS: &str = "c.id, c.kind, c.name, c.encrypted, c.created_by, c.created_at,
+     coalesce((SELECT max(h.seq) FROM chat_log h WHERE h.chat_id = c.id), 0) AS last_seq,
+     coalesce((SELECT h.created_at FROM chat_log h WHERE h.chat_id = c.id
+               ORDER BY h.seq DESC LIMIT 1), c.created_at) AS last_activity_at";
 
 fn chat_from_row(row: &Row<'_>) -> Result<ChatRecord> {
     let kind: String = row.get("kind")?;
@@ -171,25 +182,17 @@ impl Draft {
     }
 }
 
-fn current_members(c: &Connection, chat: ChatId) -> Result<Vec<UserId>> {
-    let mut s = c.prepare_cached(
-        "SELECT user_id FROM memberships WHERE chat_id = ?1 AND to_seq IS NULL ORDER BY user_id",
-    )?;
-    let rows = s.query_map([chat.as_uuid().as_bytes()], |r| uuid_of(r, "user_id"))?;
-    rows.map(|r| r.map(UserId::from_uuid)).collect()
-}
-
-/// Allocates the next seq, stores the entry, and gives each current member
-/// (and `also`, e.g. a user just removed) the next pts of their update stream.
-fn append(c: &Connection, chat: ChatId, draft: Draft, also: Option<UserId>) -> Result<Appended> {
-    let seq: i64 = c
-        .prepare_cached(
-            "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ?2 WHERE id = ?1
-             RETURNING last_seq",
-        )?
-        .query_row(params![chat.as_uuid().as_bytes(), draft.now.0], |r| {
-            r.get(0)
-        })?;
+/// Stores an entry at the chat's next seq; gives the entry and who hears of
+/// it (the members, and `removed` if the entry removed them). `None` if an
+/// entry with the same idempotency key exists (nothing is written then).
+fn append(
+    c: &Connection,
+    state: &mut ChatState,
+    chat: ChatId,
+    draft: Draft,
+    removed: Option<UserId>,
+) -> Result<Option<Appended>> {
+    let seq = state.last_seq + 1;
     let (kind, msg_type, event, target) = match &draft.kind {
         EntryKind::Message(t) => ("message", Some(type_to_sql(*t)), None, None),
         EntryKind::System(e) => (
@@ -201,55 +204,38 @@ fn append(c: &Connection, chat: ChatId, draft: Draft, also: Option<UserId>) -> R
         EntryKind::Edit(m) => ("edit", None, None, Some(*m.as_uuid().as_bytes())),
         EntryKind::Delete(m) => ("delete", None, None, Some(*m.as_uuid().as_bytes())),
     };
-    c.prepare_cached(
-        "INSERT INTO chat_log (chat_id, seq, id, kind, sender_id, sender_device_id, msg_type,
-           content, ciphertext, media_id, reply_to, client_message_id, client_timestamp,
-           event, target_id, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-    )?
-    .execute(params![
-        chat.as_uuid().as_bytes(),
-        seq,
-        draft.id.as_uuid().as_bytes(),
-        kind,
-        draft.sender_id.as_uuid().as_bytes(),
-        draft.sender_device_id.map(|d| *d.as_uuid().as_bytes()),
-        msg_type,
-        draft.content,
-        draft.ciphertext,
-        draft.media_id,
-        draft.reply_to.map(|m| *m.as_uuid().as_bytes()),
-        draft.client_message_id,
-        draft.client_timestamp.map(|t| t.0),
-        event,
-        target,
-        draft.now.0,
-    ])?;
-    let mut recipients = current_members(c, chat)?;
-    if let Some(extra) = also
-        && !recipients.contains(&extra)
-    {
-        recipients.push(extra);
-    }
-    let mut fanout = Vec::with_capacity(recipients.len());
-    for user in recipients {
-        let pts: i64 = c
-            .prepare_cached("UPDATE users SET pts = pts + 1 WHERE id = ?1 RETURNING pts")?
-            .query_row([user.as_uuid().as_bytes()], |r| r.get(0))?;
-        c.prepare_cached(
-            "INSERT INTO updates (user_id, pts, chat_id, seq, kind, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    // Only the idempotency key can conflict; a conflict on (chat_id, seq)
+    // would mean the memory is wrong, and fails the job (see `post`).
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO chat_log (chat_id, seq, id, kind, sender_id, sender_device_id, msg_type,
+               content, ciphertext, media_id, reply_to, client_message_id, client_timestamp,
+               event, target_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT DO NOTHING",
         )?
         .execute(params![
-            user.as_uuid().as_bytes(),
-            pts,
             chat.as_uuid().as_bytes(),
             seq,
+            draft.id.as_uuid().as_bytes(),
             kind,
-            draft.now.0
+            draft.sender_id.as_uuid().as_bytes(),
+            draft.sender_device_id.map(|d| *d.as_uuid().as_bytes()),
+            msg_type,
+            draft.content,
+            draft.ciphertext,
+            draft.media_id,
+            draft.reply_to.map(|m| *m.as_uuid().as_bytes()),
+            draft.client_message_id,
+            draft.client_timestamp.map(|t| t.0),
+            event,
+            target,
+            draft.now.0,
         ])?;
-        fanout.push((user, pts));
+    if inserted == 0 {
+        return Ok(None);
     }
+    state.last_seq = seq;
     let entry = LogEntry {
         id: draft.id,
         chat_id: chat,
@@ -267,7 +253,26 @@ fn append(c: &Connection, chat: ChatId, draft: Draft, also: Option<UserId>) -> R
         edited_at: None,
         deleted_at: None,
     };
-    Ok(Appended { entry, fanout })
+    Ok(Some(Appended {
+        entry,
+        recipients: rules::recipients(&state.recipients(), removed),
+        receipts: state.receipts(),
+    }))
+}
+
+/// [`append`] for entries that carry no idempotency key (they cannot conflict).
+fn append_entry(
+    c: &Connection,
+    state: &mut ChatState,
+    chat: ChatId,
+    draft: Draft,
+    removed: Option<UserId>,
+) -> Result<Appended> {
+    append(c, state, chat, draft, removed)?.ok_or_else(|| {
+        conversion(std::io::Error::other(
+            "a chat-log position was taken twice: the writer's memory of the chat is stale",
+        ))
+    })
 }
 
 fn user_exists(c: &Connection, user: UserId) -> Result<bool> {
@@ -296,8 +301,10 @@ fn current_role(c: &Connection, chat: ChatId, user: UserId) -> Result<Option<Rol
     Ok(role.as_deref().map(role_from_sql))
 }
 
+/// Makes `user` a member from `seq` (their join entry, appended next).
 fn join(
     c: &Connection,
+    state: &mut ChatState,
     chat: ChatId,
     user: UserId,
     role: Role,
@@ -315,18 +322,33 @@ fn join(
         role_to_sql(role),
         now.0
     ])?;
-    c.prepare_cached(
-        "INSERT INTO receipts (chat_id, user_id, delivered_seq, read_seq) VALUES (?1, ?2, ?3, ?3)
-         ON CONFLICT (chat_id, user_id) DO UPDATE SET
-           delivered_seq = max(delivered_seq, excluded.delivered_seq),
-           read_seq = max(read_seq, excluded.read_seq)",
-    )?
     // Joining is reading up to the join: nothing before it counts as unread.
-    .execute(params![
-        chat.as_uuid().as_bytes(),
-        user.as_uuid().as_bytes(),
-        seq - 1
-    ])?;
+    let (delivered, read): (i64, i64) = c
+        .prepare_cached(
+            "INSERT INTO receipts (chat_id, user_id, delivered_seq, read_seq) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (chat_id, user_id) DO UPDATE SET
+               delivered_seq = max(delivered_seq, excluded.delivered_seq),
+               read_seq = max(read_seq, excluded.read_seq)
+             RETURNING delivered_seq, read_seq",
+        )?
+        .query_row(
+            params![
+                chat.as_uuid().as_bytes(),
+                user.as_uuid().as_bytes(),
+                seq - 1
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+    state.join(
+        MemberFacts {
+            user_id: user,
+            role,
+            from_seq: seq,
+            joined_at: now,
+        },
+        delivered,
+        read,
+    );
     Ok(())
 }
 
@@ -340,7 +362,11 @@ fn direct_key(a: UserId, b: UserId) -> Vec<u8> {
     .concat()
 }
 
-pub(super) fn create_chat(c: &Connection, new: NewChat) -> Result<ChatCreated> {
+pub(super) fn create_chat(
+    c: &Connection,
+    cache: &mut ChatCache,
+    new: NewChat,
+) -> Result<ChatCreated> {
     for user in &new.others {
         if !user_exists(c, *user)? {
             return Ok(ChatCreated::UnknownUser(*user));
@@ -362,9 +388,8 @@ pub(super) fn create_chat(c: &Connection, new: NewChat) -> Result<ChatCreated> {
         }
     }
     c.prepare_cached(
-        "INSERT INTO chats (id, kind, name, encrypted, direct_key, created_by, created_at,
-                            last_seq, last_activity_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?7)",
+        "INSERT INTO chats (id, kind, name, encrypted, direct_key, created_by, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         new.id.as_uuid().as_bytes(),
@@ -375,18 +400,20 @@ pub(super) fn create_chat(c: &Connection, new: NewChat) -> Result<ChatCreated> {
         new.creator.as_uuid().as_bytes(),
         new.now.0
     ])?;
+    let state = cache.insert(new.id, ChatState::new(new.kind));
     // Members first, so the `created` entry reaches all of them; it has seq 1.
     let creator_role = if new.kind == ChatKind::Group {
         Role::Admin
     } else {
         Role::Member
     };
-    join(c, new.id, new.creator, creator_role, 1, new.now)?;
+    join(c, state, new.id, new.creator, creator_role, 1, new.now)?;
     for user in &new.others {
-        join(c, new.id, *user, Role::Member, 1, new.now)?;
+        join(c, state, new.id, *user, Role::Member, 1, new.now)?;
     }
-    let created = append(
+    let created = append_entry(
         c,
+        state,
         new.id,
         Draft::system(new.creator, ChatEvent::Created, new.now),
         None,
@@ -433,20 +460,26 @@ pub(super) fn members(c: &Connection, chat: ChatId) -> Result<Vec<Member>> {
     rows.collect()
 }
 
-pub(super) fn receipts(c: &Connection, chat: ChatId) -> Result<Vec<Receipt>> {
-    let mut s = c.prepare_cached(
-        "SELECT r.user_id, r.delivered_seq, r.read_seq FROM receipts r
-         JOIN memberships m ON m.chat_id = r.chat_id AND m.user_id = r.user_id AND m.to_seq IS NULL
-         WHERE r.chat_id = ?1",
-    )?;
-    let rows = s.query_map([chat.as_uuid().as_bytes()], |r| {
-        Ok(Receipt {
-            user_id: UserId::from_uuid(uuid_of(r, "user_id")?),
-            delivered_seq: r.get("delivered_seq")?,
-            read_seq: r.get("read_seq")?,
-        })
-    })?;
-    rows.collect()
+/// The chat's receipt positions as stored: the lowest of its current
+/// members' (nothing in a chat of one). The writer may hold positions a
+/// moment newer (see `cache`).
+pub(super) fn receipt_state(c: &Connection, chat: ChatId) -> Result<ReceiptState> {
+    let (members, delivered, read): (i64, Option<i64>, Option<i64>) = c
+        .prepare_cached(
+            "SELECT count(*), min(r.delivered_seq), min(r.read_seq) FROM memberships m
+             JOIN receipts r ON r.chat_id = m.chat_id AND r.user_id = m.user_id
+             WHERE m.chat_id = ?1 AND m.to_seq IS NULL",
+        )?
+        .query_row([chat.as_uuid().as_bytes()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if members < 2 {
+        return Ok(ReceiptState::default());
+    }
+    Ok(ReceiptState {
+        delivered_seq: delivered.unwrap_or(0),
+        read_seq: read.unwrap_or(0),
+    })
 }
 
 pub(super) fn chats_of(c: &Connection, user: UserId) -> Result<Vec<ChatOverview>> {
@@ -455,7 +488,7 @@ pub(super) fn chats_of(c: &Connection, user: UserId) -> Result<Vec<ChatOverview>
          FROM memberships m JOIN chats c ON c.id = m.chat_id
          LEFT JOIN receipts r ON r.chat_id = m.chat_id AND r.user_id = m.user_id
          WHERE m.user_id = ?1 AND m.to_seq IS NULL
-         ORDER BY c.last_activity_at DESC, c.id"
+         ORDER BY last_activity_at DESC, c.id"
     ))?;
     let rows = s.query_map([user.as_uuid().as_bytes()], |r| {
         Ok((
@@ -517,28 +550,30 @@ fn visible_message(
     .optional()
 }
 
-pub(super) fn post(c: &Connection, m: NewMessage) -> Result<Posted> {
-    if current_role(c, m.chat_id, m.sender_id)?.is_none() {
+/// The message first sent with this idempotency key.
+fn by_idempotency_key(
+    c: &Connection,
+    chat: ChatId,
+    sender: UserId,
+    key: &str,
+) -> Result<Option<LogEntry>> {
+    c.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM chat_log l
+         WHERE l.chat_id = ?1 AND l.sender_id = ?2 AND l.client_message_id = ?3"
+    ))?
+    .query_row(
+        params![chat.as_uuid().as_bytes(), sender.as_uuid().as_bytes(), key],
+        entry_from_row,
+    )
+    .optional()
+}
+
+pub(super) fn post(c: &Connection, cache: &mut ChatCache, m: NewMessage) -> Result<Posted> {
+    let Some(state) = cache.get(c, m.chat_id)? else {
         return Ok(Posted::NotMember);
-    }
-    if let Some(key) = &m.client_message_id {
-        let existing = c
-            .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM chat_log l
-                 WHERE l.chat_id = ?1 AND l.sender_id = ?2 AND l.client_message_id = ?3"
-            ))?
-            .query_row(
-                params![
-                    m.chat_id.as_uuid().as_bytes(),
-                    m.sender_id.as_uuid().as_bytes(),
-                    key
-                ],
-                entry_from_row,
-            )
-            .optional()?;
-        if let Some(entry) = existing {
-            return Ok(Posted::Duplicate(entry));
-        }
+    };
+    if state.role(m.sender_id).is_none() {
+        return Ok(Posted::NotMember);
     }
     if let Some(reply) = m.reply_to
         && visible_message(c, m.chat_id, m.sender_id, reply)?.is_none()
@@ -552,6 +587,7 @@ pub(super) fn post(c: &Connection, m: NewMessage) -> Result<Posted> {
     {
         return Ok(Posted::MediaGone);
     }
+    let key = m.client_message_id.clone();
     let draft = Draft {
         id: m.id,
         sender_id: m.sender_id,
@@ -565,59 +601,45 @@ pub(super) fn post(c: &Connection, m: NewMessage) -> Result<Posted> {
         client_timestamp: m.client_timestamp,
         now: m.now,
     };
-    let appended = append(c, m.chat_id, draft, None)?;
-    let encrypted = chat_by_id(c, m.chat_id)?.is_none_or(|chat| chat.encrypted);
-    if let (false, Some(text)) = (encrypted, &appended.entry.content) {
-        super::search::index(
-            c,
-            m.chat_id,
-            appended.entry.seq,
-            m.sender_id,
-            m.message_type,
-            m.now,
-            text,
-        )?;
+    let Some(mut appended) = append(c, state, m.chat_id, draft, None)? else {
+        // The key's first message exists: this is a retry.
+        let first = match &key {
+            Some(key) => by_idempotency_key(c, m.chat_id, m.sender_id, key)?,
+            None => None,
+        };
+        return first.map(Posted::Duplicate).ok_or_else(|| {
+            conversion(std::io::Error::other(
+                "a chat-log position was taken twice: the writer's memory of the chat is stale",
+            ))
+        });
+    };
+    // The sender has read the chat up to their own message (written out with
+    // the next flush).
+    let seq = appended.entry.seq;
+    if state.advance(m.sender_id, seq, seq).is_some() {
+        appended.receipts = state.receipts();
+        cache.unflushed(m.chat_id, m.sender_id);
     }
-    // The sender has read their own message.
-    c.prepare_cached(
-        "UPDATE receipts SET read_seq = max(read_seq, ?3), delivered_seq = max(delivered_seq, ?3)
-         WHERE chat_id = ?1 AND user_id = ?2",
-    )?
-    .execute(params![
-        m.chat_id.as_uuid().as_bytes(),
-        m.sender_id.as_uuid().as_bytes(),
-        appended.entry.seq
-    ])?;
     Ok(Posted::Created(appended))
-}
-
-fn member_count(c: &Connection, chat: ChatId) -> Result<usize> {
-    let n: i64 = c
-        .prepare_cached("SELECT count(*) FROM memberships WHERE chat_id = ?1 AND to_seq IS NULL")?
-        .query_row([chat.as_uuid().as_bytes()], |r| r.get(0))?;
-    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 pub(super) fn change_chat(
     c: &Connection,
+    cache: &mut ChatCache,
     chat: ChatId,
     actor: UserId,
     change: ChatChange,
     max_members: usize,
     now: Timestamp,
 ) -> Result<ChatChanged> {
-    let Some(record) = chat_by_id(c, chat)? else {
+    let Some(state) = cache.get(c, chat)? else {
         return Ok(ChatChanged::NotMember);
     };
-    let Some(actor_role) = current_role(c, chat, actor)? else {
+    let Some(actor_role) = state.role(actor) else {
         return Ok(ChatChanged::NotMember);
     };
-    if record.kind == ChatKind::Direct {
-        return Ok(ChatChanged::NotAGroup);
-    }
-    let leaving = matches!(change, ChatChange::Remove(user) if user == actor);
-    if actor_role != Role::Admin && !leaving {
-        return Ok(ChatChanged::Forbidden);
+    if let Some(refusal) = rules::refuse_change(state.kind, actor, actor_role, &change) {
+        return Ok(refusal);
     }
     let mut appended = Vec::new();
     match change {
@@ -627,19 +649,20 @@ pub(super) fn change_chat(
                 if !user_exists(c, user)? {
                     return Ok(ChatChanged::UnknownUser(user));
                 }
-                if current_role(c, chat, user)?.is_none() && !new_users.contains(&user) {
+                if state.role(user).is_none() && !new_users.contains(&user) {
                     new_users.push(user);
                 }
             }
-            if member_count(c, chat)? + new_users.len() > max_members {
+            if !rules::has_room(state.member_count(), new_users.len(), max_members) {
                 return Ok(ChatChanged::GroupFull);
             }
             for user in new_users {
                 // The join entry is the first the new member sees.
-                let seq = record_next_seq(c, chat)?;
-                join(c, chat, user, Role::Member, seq, now)?;
-                appended.push(append(
+                let seq = state.last_seq + 1;
+                join(c, state, chat, user, Role::Member, seq, now)?;
+                appended.push(append_entry(
                     c,
+                    state,
                     chat,
                     Draft::system(actor, ChatEvent::MemberAdded { user_id: user }, now),
                     None,
@@ -647,17 +670,17 @@ pub(super) fn change_chat(
             }
         }
         ChatChange::Remove(user) => {
-            if current_role(c, chat, user)?.is_none() {
+            if state.role(user).is_none() {
                 return Ok(ChatChanged::UnknownUser(user));
             }
-            let event = if leaving {
+            let event = if user == actor {
                 ChatEvent::MemberLeft { user_id: user }
             } else {
                 ChatEvent::MemberRemoved { user_id: user }
             };
-            let seq = record_next_seq(c, chat)?;
-            let needs_successor = admins(c, chat)? == vec![user];
+            let successor = rules::successor(&state.member_facts(), user);
             // The removal entry is the last the removed user sees.
+            let seq = state.last_seq + 1;
             c.prepare_cached(
                 "UPDATE memberships SET to_seq = ?3
                  WHERE chat_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
@@ -667,62 +690,72 @@ pub(super) fn change_chat(
                 user.as_uuid().as_bytes(),
                 seq
             ])?;
-            appended.push(append(
+            state.leave(user);
+            appended.push(append_entry(
                 c,
+                state,
                 chat,
                 Draft::system(actor, event, now),
                 Some(user),
             )?);
-            // The only admin left: the longest-standing member takes over, so
-            // the group is never without one.
-            if needs_successor && let Some(next) = members(c, chat)?.first().map(|m| m.user_id) {
-                set_role(c, chat, next, Role::Admin)?;
+            if let Some(next) = successor {
+                set_role(c, state, chat, next, Role::Admin)?;
                 let event = ChatEvent::RoleChanged {
                     user_id: next,
                     role: Role::Admin,
                 };
-                appended.push(append(c, chat, Draft::system(actor, event, now), None)?);
+                appended.push(append_entry(
+                    c,
+                    state,
+                    chat,
+                    Draft::system(actor, event, now),
+                    None,
+                )?);
             }
         }
         ChatChange::Rename(name) => {
             c.prepare_cached("UPDATE chats SET name = ?2 WHERE id = ?1")?
                 .execute(params![chat.as_uuid().as_bytes(), name])?;
-            appended.push(append(
+            appended.push(append_entry(
                 c,
+                state,
                 chat,
                 Draft::system(actor, ChatEvent::Renamed { name }, now),
                 None,
             )?);
         }
-        ChatChange::SetRole(user, role) => match current_role(c, chat, user)? {
+        ChatChange::SetRole(user, role) => match state.role(user) {
             None => return Ok(ChatChanged::UnknownUser(user)),
             Some(current) if current == role => {}
             Some(_) => {
-                if role == Role::Member && admins(c, chat)? == vec![user] {
+                if role == Role::Member && rules::is_last_admin(&state.member_facts(), user) {
                     return Ok(ChatChanged::LastAdmin);
                 }
-                set_role(c, chat, user, role)?;
+                set_role(c, state, chat, user, role)?;
                 let event = ChatEvent::RoleChanged {
                     user_id: user,
                     role,
                 };
-                appended.push(append(c, chat, Draft::system(actor, event, now), None)?);
+                appended.push(append_entry(
+                    c,
+                    state,
+                    chat,
+                    Draft::system(actor, event, now),
+                    None,
+                )?);
             }
         },
     }
     Ok(ChatChanged::Done(appended))
 }
 
-/// The current admins of a chat.
-fn admins(c: &Connection, chat: ChatId) -> Result<Vec<UserId>> {
-    Ok(members(c, chat)?
-        .into_iter()
-        .filter(|m| m.role == Role::Admin)
-        .map(|m| m.user_id)
-        .collect())
-}
-
-fn set_role(c: &Connection, chat: ChatId, user: UserId, role: Role) -> Result<()> {
+fn set_role(
+    c: &Connection,
+    state: &mut ChatState,
+    chat: ChatId,
+    user: UserId,
+    role: Role,
+) -> Result<()> {
     c.prepare_cached(
         "UPDATE memberships SET role = ?3 WHERE chat_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
     )?
@@ -731,13 +764,8 @@ fn set_role(c: &Connection, chat: ChatId, user: UserId, role: Role) -> Result<()
         user.as_uuid().as_bytes(),
         role_to_sql(role)
     ])?;
+    state.set_role(user, role);
     Ok(())
-}
-
-/// The seq the next appended entry will get.
-fn record_next_seq(c: &Connection, chat: ChatId) -> Result<i64> {
-    c.prepare_cached("SELECT last_seq + 1 FROM chats WHERE id = ?1")?
-        .query_row([chat.as_uuid().as_bytes()], |r| r.get(0))
 }
 
 pub(super) fn history(
@@ -792,7 +820,11 @@ fn message_by_id(c: &Connection, id: MessageId) -> Result<Option<LogEntry>> {
     .optional()
 }
 
-pub(super) fn change_message(c: &Connection, ch: MessageChange) -> Result<MessageChanged> {
+pub(super) fn change_message(
+    c: &Connection,
+    cache: &mut ChatCache,
+    ch: MessageChange,
+) -> Result<MessageChanged> {
     let Some(message) = message_by_id(c, ch.message)? else {
         return Ok(MessageChanged::NotFound);
     };
@@ -802,7 +834,10 @@ pub(super) fn change_message(c: &Connection, ch: MessageChange) -> Result<Messag
     if message.sender_id != ch.actor {
         return Ok(MessageChanged::NotSender);
     }
-    if current_role(c, message.chat_id, ch.actor)?.is_none() {
+    let Some(state) = cache.get(c, message.chat_id)? else {
+        return Ok(MessageChanged::NotFound);
+    };
+    if state.role(ch.actor).is_none() {
         return Ok(MessageChanged::NotFound);
     }
     if message.deleted_at.is_some() {
@@ -828,18 +863,16 @@ pub(super) fn change_message(c: &Connection, ch: MessageChange) -> Result<Messag
             ciphertext,
             window_ms,
         }) => {
-            if ch.now.millis_since(message.created_at) > window_ms {
+            if !rules::may_edit(message.created_at, ch.now, window_ms) {
                 return Ok(MessageChanged::TooLate);
             }
             c.prepare_cached(
                 "UPDATE chat_log SET content = ?2, ciphertext = ?3, edited_at = ?4 WHERE id = ?1",
             )?
             .execute(params![id, content, ciphertext, ch.now.0])?;
-            if let Some(text) = &content {
-                super::search::reindex(c, message.chat_id, message.seq, text)?;
-            }
-            append(
+            append_entry(
                 c,
+                state,
                 message.chat_id,
                 draft(EntryKind::Edit(ch.message), content, ciphertext),
                 None,
@@ -852,15 +885,15 @@ pub(super) fn change_message(c: &Connection, ch: MessageChange) -> Result<Messag
                    deleted_at = ?2 WHERE id = ?1",
             )?
             .execute(params![id, ch.now.0])?;
-            super::search::unindex(c, message.chat_id, message.seq)?;
             // Edits carried copies of the content: clear them too.
             c.prepare_cached(
                 "UPDATE chat_log SET content = NULL, ciphertext = NULL
                  WHERE chat_id = ?1 AND kind = 'edit' AND target_id = ?2",
             )?
             .execute(params![message.chat_id.as_uuid().as_bytes(), id])?;
-            append(
+            append_entry(
                 c,
+                state,
                 message.chat_id,
                 draft(EntryKind::Delete(ch.message), None, None),
                 None,
@@ -871,208 +904,145 @@ pub(super) fn change_message(c: &Connection, ch: MessageChange) -> Result<Messag
     Ok(MessageChanged::Done(Box::new(appended), Box::new(now)))
 }
 
-/// Writes a receipt update into the streams of the chat's other participants.
-fn fan_out_receipt(
-    c: &Connection,
-    chat: ChatId,
-    user: UserId,
-    delivered_seq: i64,
-    read_seq: i64,
-    now: Timestamp,
-) -> Result<ReceiptChange> {
-    let mut fanout = Vec::new();
-    for other in current_members(c, chat)? {
-        if other == user {
-            continue;
-        }
-        let pts: i64 = c
-            .prepare_cached("UPDATE users SET pts = pts + 1 WHERE id = ?1 RETURNING pts")?
-            .query_row([other.as_uuid().as_bytes()], |r| r.get(0))?;
-        c.prepare_cached(
-            "INSERT INTO updates (user_id, pts, chat_id, seq, kind, created_at, actor_id,
-                                  delivered_seq, read_seq)
-             VALUES (?1, ?2, ?3, NULL, 'receipt', ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            other.as_uuid().as_bytes(),
-            pts,
-            chat.as_uuid().as_bytes(),
-            now.0,
-            user.as_uuid().as_bytes(),
-            delivered_seq,
-            read_seq
-        ])?;
-        fanout.push((other, pts));
-    }
-    Ok(ReceiptChange {
-        chat_id: chat,
-        user_id: user,
-        delivered_seq,
-        read_seq,
-        fanout,
-    })
-}
-
-/// Moves a receipt forward (never back, never past the log's head); tells the
-/// others only if it moved.
-fn advance_receipt(
-    c: &Connection,
-    chat: ChatId,
-    user: UserId,
-    delivered: i64,
-    read: i64,
-    now: Timestamp,
-) -> Result<ReceiptChange> {
-    let before: (i64, i64) = c
-        .prepare_cached(
-            "SELECT delivered_seq, read_seq FROM receipts WHERE chat_id = ?1 AND user_id = ?2",
-        )?
-        .query_row(
-            params![chat.as_uuid().as_bytes(), user.as_uuid().as_bytes()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-    let after: (i64, i64) = c
-        .prepare_cached(
-            "UPDATE receipts SET
-               delivered_seq = max(delivered_seq, min(?3, (SELECT last_seq FROM chats WHERE id = ?1))),
-               read_seq = max(read_seq, min(?4, (SELECT last_seq FROM chats WHERE id = ?1)))
-             WHERE chat_id = ?1 AND user_id = ?2
-             RETURNING delivered_seq, read_seq",
-        )?
-        .query_row(
-            params![chat.as_uuid().as_bytes(), user.as_uuid().as_bytes(), delivered.max(read), read],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-    if after == before {
-        return Ok(ReceiptChange {
-            chat_id: chat,
-            user_id: user,
-            delivered_seq: after.0,
-            read_seq: after.1,
-            fanout: Vec::new(),
-        });
-    }
-    fan_out_receipt(c, chat, user, after.0, after.1, now)
-}
-
 pub(super) fn mark_read(
     c: &Connection,
+    cache: &mut ChatCache,
     chat: ChatId,
     user: UserId,
     seq: i64,
-    now: Timestamp,
-) -> Result<ReceiptChange> {
-    advance_receipt(c, chat, user, seq, seq, now)
+    _now: Timestamp,
+) -> Result<(i64, Option<ReceiptChange>)> {
+    let Some(state) = cache.get(c, chat)? else {
+        return Ok((0, None));
+    };
+    let before = state.receipts();
+    let Some((delivered, read)) = state.advance(user, seq, seq) else {
+        return Ok((state.positions(user).map_or(0, |(_, read)| read), None));
+    };
+    // Read positions drive unread counts: written at once.
+    c.prepare_cached(
+        "UPDATE receipts SET delivered_seq = max(delivered_seq, ?3), read_seq = max(read_seq, ?4)
+         WHERE chat_id = ?1 AND user_id = ?2",
+    )?
+    .execute(params![
+        chat.as_uuid().as_bytes(),
+        user.as_uuid().as_bytes(),
+        delivered,
+        read
+    ])?;
+    let after = state.receipts();
+    let change = (after != before).then(|| ReceiptChange {
+        chat_id: chat,
+        receipts: after,
+        recipients: state.recipients(),
+    });
+    Ok((read, change))
 }
 
 pub(super) fn ack(
     c: &Connection,
+    cache: &mut ChatCache,
     user: UserId,
-    device: DeviceId,
-    pts: i64,
-    now: Timestamp,
+    positions: Vec<(ChatId, i64)>,
+    _now: Timestamp,
 ) -> Result<Vec<ReceiptChange>> {
-    let acked: Option<i64> = c
-        .prepare_cached("SELECT acked_pts FROM devices WHERE id = ?1 AND user_id = ?2")?
-        .query_row(
-            params![device.as_uuid().as_bytes(), user.as_uuid().as_bytes()],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(acked) = acked else {
-        return Ok(Vec::new());
-    };
-    let current: i64 = c
-        .prepare_cached("SELECT pts FROM users WHERE id = ?1")?
-        .query_row([user.as_uuid().as_bytes()], |r| r.get(0))?;
-    let pts = pts.min(current);
-    if pts <= acked {
-        return Ok(Vec::new());
-    }
-    c.prepare_cached("UPDATE devices SET acked_pts = ?2 WHERE id = ?1")?
-        .execute(params![device.as_uuid().as_bytes(), pts])?;
-    // The newest entry of each chat among the acknowledged updates.
-    let mut s = c.prepare_cached(
-        "SELECT u.chat_id, max(u.seq) AS seq FROM updates u
-         JOIN memberships m ON m.chat_id = u.chat_id AND m.user_id = u.user_id AND m.to_seq IS NULL
-         WHERE u.user_id = ?1 AND u.pts > ?2 AND u.pts <= ?3 AND u.seq IS NOT NULL
-         GROUP BY u.chat_id",
-    )?;
-    let rows = s.query_map(params![user.as_uuid().as_bytes(), acked, pts], |r| {
-        Ok((
-            ChatId::from_uuid(uuid_of(r, "chat_id")?),
-            r.get::<_, i64>("seq")?,
-        ))
-    })?;
-    let delivered: Vec<(ChatId, i64)> = rows.collect::<Result<_>>()?;
     let mut changes = Vec::new();
-    for (chat, seq) in delivered {
-        let change = advance_receipt(c, chat, user, seq, 0, now)?;
-        if !change.fanout.is_empty() {
-            changes.push(change);
+    for (chat, seq) in positions {
+        let Some(state) = cache.get(c, chat)? else {
+            continue;
+        };
+        let before = state.receipts();
+        if state.advance(user, seq, 0).is_none() {
+            continue;
         }
+        let after = state.receipts();
+        let change = (after != before).then(|| ReceiptChange {
+            chat_id: chat,
+            receipts: after,
+            recipients: state.recipients(),
+        });
+        // Delivered positions wait for the next flush.
+        cache.unflushed(chat, user);
+        changes.extend(change);
     }
     Ok(changes)
 }
 
-pub(super) fn current_pts(c: &Connection, user: UserId) -> Result<i64> {
-    c.prepare_cached("SELECT pts FROM users WHERE id = ?1")?
-        .query_row([user.as_uuid().as_bytes()], |r| r.get(0))
-        .optional()
-        .map(Option::unwrap_or_default)
+pub(super) fn chat_heads(c: &Connection, user: UserId) -> Result<Vec<ChatHead>> {
+    let mut s = c.prepare_cached(
+        "SELECT m.chat_id, m.from_seq,
+                coalesce((SELECT max(h.seq) FROM chat_log h WHERE h.chat_id = m.chat_id), 0) AS last_seq
+         FROM memberships m WHERE m.user_id = ?1 AND m.to_seq IS NULL",
+    )?;
+    let rows = s.query_map([user.as_uuid().as_bytes()], |r| {
+        Ok(ChatHead {
+            chat_id: ChatId::from_uuid(uuid_of(r, "chat_id")?),
+            last_seq: r.get("last_seq")?,
+            from_seq: r.get("from_seq")?,
+        })
+    })?;
+    rows.collect()
 }
 
-pub(super) fn updates_since(
+pub(super) fn chat_head(c: &Connection, chat: ChatId, user: UserId) -> Result<Option<ChatHead>> {
+    c.prepare_cached(
+        "SELECT m.chat_id, m.from_seq,
+                coalesce((SELECT max(h.seq) FROM chat_log h WHERE h.chat_id = m.chat_id), 0) AS last_seq
+         FROM memberships m WHERE m.chat_id = ?1 AND m.user_id = ?2 AND m.to_seq IS NULL",
+    )?
+    .query_row(
+        params![chat.as_uuid().as_bytes(), user.as_uuid().as_bytes()],
+        |r| {
+            Ok(ChatHead {
+                chat_id: ChatId::from_uuid(uuid_of(r, "chat_id")?),
+                last_seq: r.get("last_seq")?,
+                from_seq: r.get("from_seq")?,
+            })
+        },
+    )
+    .optional()
+}
+
+pub(super) fn events_after(
     c: &Connection,
+    chat: ChatId,
     user: UserId,
-    since: i64,
+    after: i64,
     limit: i64,
-) -> Result<Vec<StoredUpdate>> {
+) -> Result<Vec<LogEvent>> {
     let mut s = c.prepare_cached(&format!(
-        "SELECT u.pts, u.kind AS update_kind, u.chat_id AS update_chat, u.actor_id,
-                u.delivered_seq AS r_delivered, u.read_seq AS r_read, {ENTRY_COLUMNS}
-         FROM updates u LEFT JOIN chat_log l ON l.chat_id = u.chat_id AND l.seq = u.seq
-         WHERE u.user_id = ?1 AND u.pts > ?2
-         ORDER BY u.pts LIMIT ?3"
+        "SELECT {ENTRY_COLUMNS} FROM chat_log l
+         WHERE l.chat_id = ?1 AND l.seq > ?3
+           AND EXISTS (SELECT 1 FROM memberships m
+                       WHERE m.chat_id = l.chat_id AND m.user_id = ?2
+                         AND l.seq >= m.from_seq AND (m.to_seq IS NULL OR l.seq <= m.to_seq))
+         ORDER BY l.seq LIMIT ?4"
     ))?;
-    let rows = s.query_map(params![user.as_uuid().as_bytes(), since, limit], |r| {
-        let pts: i64 = r.get("pts")?;
-        let kind: String = r.get("update_kind")?;
-        if kind == "receipt" {
-            return Ok((
-                pts,
-                None,
-                Some(UpdateBody::Receipt {
-                    chat_id: ChatId::from_uuid(uuid_of(r, "update_chat")?),
-                    user_id: opt_uuid(r, "actor_id")?
-                        .map(UserId::from_uuid)
-                        .unwrap_or_default(),
-                    delivered_seq: r.get::<_, Option<i64>>("r_delivered")?.unwrap_or_default(),
-                    read_seq: r.get::<_, Option<i64>>("r_read")?.unwrap_or_default(),
-                }),
-            ));
-        }
-        Ok((pts, Some(entry_from_row(r)?), None))
-    })?;
+    let rows = s.query_map(
+        params![
+            chat.as_uuid().as_bytes(),
+            user.as_uuid().as_bytes(),
+            after,
+            limit
+        ],
+        entry_from_row,
+    )?;
     let mut out = Vec::new();
-    for row in rows {
-        let (pts, entry, receipt) = row?;
-        let body = match (entry, receipt) {
-            (_, Some(receipt)) => receipt,
-            (Some(entry), None) => match entry.kind {
-                EntryKind::Edit(target) => match message_by_id(c, target)? {
-                    Some(m) => UpdateBody::Edited(m),
-                    None => continue,
-                },
-                EntryKind::Delete(target) => match message_by_id(c, target)? {
-                    Some(m) => UpdateBody::Deleted(m),
-                    None => continue,
-                },
-                _ => UpdateBody::Entry(entry),
+    for entry in rows {
+        let entry = entry?;
+        let seq = entry.seq;
+        let body = match entry.kind {
+            EntryKind::Edit(target) => match message_by_id(c, target)? {
+                Some(m) => EventBody::Edited(m),
+                None => continue,
             },
-            (None, None) => continue,
+            EntryKind::Delete(target) => match message_by_id(c, target)? {
+                Some(m) => EventBody::Deleted(m),
+                None => continue,
+            },
+            _ => EventBody::Entry(entry),
         };
-        out.push(StoredUpdate { pts, body });
+        out.push(LogEvent { seq, body });
     }
     Ok(out)
 }

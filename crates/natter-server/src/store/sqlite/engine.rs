@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::cache::ChatCache;
 use crate::store::{StoreError, StoreResult};
 
 /// Answers a job's caller once the batch's fate is known.
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write job: runs against the open transaction, says whether it succeeded
-/// (keep its savepoint) and how to answer its caller.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+/// A write job: runs against the open transaction and the writer's memory of
+/// the chats, says whether it succeeded (keep its savepoint) and how to
+/// answer its caller.
+type Job = Box<dyn FnOnce(&Connection, &mut ChatCache) -> (bool, Reply) + Send>;
 
 /// Turns a rusqlite error into a [`StoreError`].
 pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
@@ -69,6 +71,7 @@ impl Writer {
         path: &Path,
         queue: usize,
         batch_max: usize,
+        cache: ChatCache,
         migrate: impl FnOnce(&mut Connection) -> StoreResult<()>,
     ) -> StoreResult<Self> {
         let mut conn = open(path, false)?;
@@ -89,7 +92,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel(queue);
         let thread = std::thread::Builder::new()
             .name("natter-sqlite-writer".to_owned())
-            .spawn(move || run_writer(conn, rx, batch_max))
+            .spawn(move || run_writer(conn, rx, batch_max, cache))
             .map_err(|e| StoreError(format!("could not start the writer thread: {e}")))?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
@@ -103,6 +106,18 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.write_chats(move |conn, _| f(conn)).await
+    }
+
+    /// Like [`Writer::write`], for jobs that use the writer's memory of the
+    /// chats (members, heads, receipts). A job that fails may have changed
+    /// that memory half-way: the writer then forgets it all and reloads
+    /// each chat from the store when next needed.
+    pub(super) async fn write_chats<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut ChatCache) -> StoreResult<T> + Send + 'static,
+    {
         let sender = self
             .jobs
             .lock()
@@ -110,8 +125,8 @@ impl Writer {
             .clone()
             .ok_or_else(|| StoreError("the store is closed".to_owned()))?;
         let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let outcome = f(conn);
+        let job: Job = Box::new(move |conn, cache| {
+            let outcome = f(conn, cache);
             let ok = outcome.is_ok();
             let reply: Reply = Box::new(move |commit| {
                 let _ = done.send(commit.and(outcome));
@@ -146,23 +161,79 @@ impl Writer {
     }
 }
 
-/// The writer loop: wait for a job, gather the queue, commit once, answer all.
-fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+/// The writer loop: wait for a job, gather the queue, commit once, answer
+/// all. Receipt positions that changed only in memory are written out at
+/// most `cache.flush_every` apart (and when the writer stops).
+fn run_writer(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    batch_max: usize,
+    mut cache: ChatCache,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
     let mut last_checkpoint = Instant::now();
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+    let mut last_flush = Instant::now();
+    loop {
+        let first = if cache.has_unflushed() {
+            // Wait no longer than the flush is due.
+            let due = cache.flush_every().saturating_sub(last_flush.elapsed());
+            match recv_within(&mut rx, due) {
+                Received::Job(job) => Some(job),
+                Received::Timeout => None,
+                Received::Closed => break,
+            }
+        } else {
+            match rx.blocking_recv() {
+                Some(job) => Some(job),
+                None => break,
+            }
+        };
+        batch.extend(first);
         while batch.len() < batch_max {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &mut batch);
+        let flush = cache.has_unflushed() && last_flush.elapsed() >= cache.flush_every();
+        commit_batch(&mut conn, &mut batch, &mut cache, flush);
+        if flush {
+            last_flush = Instant::now();
+        }
+        cache.evict_if_full();
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             truncate_wal(&conn);
             last_checkpoint = Instant::now();
         }
+    }
+    if cache.has_unflushed() {
+        commit_batch(&mut conn, &mut batch, &mut cache, true);
+    }
+}
+
+/// What waiting for a job gave.
+enum Received {
+    Job(Job),
+    Timeout,
+    Closed,
+}
+
+/// Waits at most `wait` for the next job (the writer is a plain thread, so
+/// this polls the queue in short steps rather than blocking on it).
+fn recv_within(rx: &mut mpsc::Receiver<Job>, wait: Duration) -> Received {
+    /// Short enough to keep a send's latency low, long enough to cost nothing idle.
+    const STEP: Duration = Duration::from_millis(1);
+    let deadline = Instant::now() + wait;
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Received::Job(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Received::Closed,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if Instant::now() >= deadline {
+            return Received::Timeout;
+        }
+        std::thread::sleep(STEP);
     }
 }
 
@@ -192,19 +263,24 @@ fn truncate_wal(conn: &Connection) {
     }
 }
 
-/// Runs one batch in one transaction, each job in its own savepoint.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+/// Runs one batch in one transaction, each job in its own savepoint; with
+/// `flush`, also writes out the receipt positions changed in memory.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>, cache: &mut ChatCache, flush: bool) {
     let started = std::time::Instant::now();
     metrics::histogram!("natter_store_commit_batch_size").record(batch.len() as f64);
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    // Whether the memory of the chats may no longer match the store.
+    let mut stale = false;
     let result = (|| -> Result<(), rusqlite::Error> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for job in batch.drain(..) {
             let sp = tx.savepoint()?;
             // A bug in one job must not take the writer (and every later write) down:
             // its savepoint is rolled back and its caller sees the writer error.
-            let Ok((ok, reply)) = std::panic::catch_unwind(AssertUnwindSafe(|| job(&sp))) else {
+            let Ok((ok, reply)) = std::panic::catch_unwind(AssertUnwindSafe(|| job(&sp, cache)))
+            else {
                 tracing::error!("a write job panicked; its changes were rolled back");
+                stale = true;
                 continue;
             };
             replies.push(reply);
@@ -213,10 +289,21 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
             } else {
                 // Dropping a savepoint rolls it back.
                 drop(sp);
+                stale = true;
             }
+        }
+        // A failed job may have left the memory ahead of the store: write
+        // nothing from it (it is forgotten below).
+        if flush && !stale {
+            cache.flush(&tx)?;
         }
         tx.commit()
     })();
+    if stale || result.is_err() {
+        cache.forget();
+    } else {
+        cache.publish();
+    }
     let result = result.map_err(db_err);
     metrics::histogram!("natter_store_commit_seconds").record(started.elapsed().as_secs_f64());
     if let Err(e) = &result {

@@ -5,11 +5,12 @@
 //! tracked by `PRAGMA user_version`.
 
 mod admin;
+mod cache;
 mod chats;
 mod engine;
 mod media;
 mod push;
-pub mod search;
+mod search;
 
 use std::path::Path;
 
@@ -21,12 +22,12 @@ use uuid::Uuid;
 
 use self::engine::{ReadPool, Writer, db_err};
 use super::{
-    ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, CollectedMedia, ContactAdded,
-    ContactEntry, Device, FinishedMedia, HistoryQuery, LogEntry, LoggedIn, Login, MediaCreated,
-    MediaRecord, Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage,
-    NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord,
-    PushFinished, Receipt, ReceiptChange, Registered, Registration, Relation, SearchOutcome,
-    SearchQuery, Store, StoreError, StoreResult, StoredUpdate, User,
+    ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, CollectedMedia,
+    ContactAdded, ContactEntry, Device, FinishedMedia, HistoryQuery, IndexProgress, LogEntry,
+    LogEvent, LoggedIn, Login, MediaCreated, MediaRecord, Member, MessageChange, MessageChanged,
+    NewChat, NewDevice, NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted,
+    ProfilePatch, PushChannelRecord, PushFinished, ReceiptChange, ReceiptState, Registered,
+    Registration, Relation, SearchPage, SearchQuery, Store, StoreError, StoreResult, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -42,6 +43,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_media.sql"),
     include_str!("migrations/0006_push.sql"),
     include_str!("migrations/0007_log_position.sql"),
+    include_str!("migrations/0008_search_indexer.sql"),
+    include_str!("migrations/0010_fanout_on_read.sql"),
+    // Last although numbered 9: a database made by a binary with 0008 and
+    // 0010 (user_version 9) must take it as its next step.
     include_str!("migrations/0009_invites_admin.sql"),
 ];
 
@@ -58,8 +63,14 @@ pub struct SqliteStore {
     writer: Writer,
     /// Read connections.
     readers: ReadPool,
+    /// The receipt positions the writer last committed (newer than the
+    /// store's copy while delivered positions wait to be flushed).
+    receipts: cache::PublishedReceipts,
     /// Held for the store's life: an exclusive lock on the data directory.
     _lock: std::fs::File,
+    /// Poked after commits that append to a chat log; the search indexer
+    /// waits on it between passes.
+    log_appended: tokio::sync::Notify,
 }
 
 impl SqliteStore {
@@ -80,7 +91,18 @@ impl SqliteStore {
         // database file's mode; they are restricted again below regardless.
         crate::perms::private_file(&path)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", path.display())))?;
-        let writer = Writer::start(&path, config.write_queue, config.write_batch_max, migrate)?;
+        let cache = cache::ChatCache::new(
+            config.chat_cache_max,
+            std::time::Duration::from_millis(config.receipt_flush_ms),
+        );
+        let receipts = cache.published();
+        let writer = Writer::start(
+            &path,
+            config.write_queue,
+            config.write_batch_max,
+            cache,
+            migrate,
+        )?;
         let readers = ReadPool::open(&path, config.read_connections)?;
         for suffix in ["-wal", "-shm"] {
             let file = data_dir.join(format!("{DB_FILE}{suffix}"));
@@ -90,8 +112,18 @@ impl SqliteStore {
         Ok(Self {
             writer,
             readers,
+            receipts,
             _lock: lock,
+            log_appended: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Wakes the search indexer after a write that may have appended to a
+    /// chat log (a refused one appends nothing, so it stays asleep).
+    fn appended<T>(&self, result: &StoreResult<T>) {
+        if result.is_ok() {
+            self.log_appended.notify_one();
+        }
     }
 }
 
@@ -358,23 +390,6 @@ impl Store for SqliteStore {
                     "DELETE FROM verification_codes WHERE expires_at <= ?1",
                     [now.0],
                 )
-                .map(|n| n as u64)
-                .map_err(db_err)
-            })
-            .await
-    }
-
-    async fn prune_updates(&self, keep: i64) -> StoreResult<u64> {
-        self.writer
-            .write(move |c| {
-                // A range delete on the primary key per user who has that many.
-                c.prepare_cached(
-                    "DELETE FROM updates WHERE (user_id, pts) IN (
-                       SELECT u.user_id, u.pts FROM users s
-                       JOIN updates u ON u.user_id = s.id AND u.pts <= s.pts - ?1
-                       WHERE s.pts > ?1)",
-                )
-                .and_then(|mut s| s.execute([keep]))
                 .map(|n| n as u64)
                 .map_err(db_err)
             })
@@ -701,9 +716,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated> {
-        self.writer
-            .write(move |c| chats::create_chat(c, chat).map_err(db_err))
-            .await
+        let created = self
+            .writer
+            .write_chats(move |c, cache| chats::create_chat(c, cache, chat).map_err(db_err))
+            .await;
+        self.appended(&created);
+        created
     }
 
     async fn chat_access(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatAccess>> {
@@ -718,9 +736,18 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn receipts(&self, chat: ChatId) -> StoreResult<Vec<Receipt>> {
+    async fn receipt_state(&self, chat: ChatId) -> StoreResult<ReceiptState> {
+        let published = self
+            .receipts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&chat)
+            .copied();
+        if let Some(receipts) = published {
+            return Ok(receipts);
+        }
         self.readers
-            .read(move |c| chats::receipts(c, chat).map_err(db_err))
+            .read(move |c| chats::receipt_state(c, chat).map_err(db_err))
             .await
     }
 
@@ -731,9 +758,12 @@ impl Store for SqliteStore {
     }
 
     async fn post(&self, message: NewMessage) -> StoreResult<Posted> {
-        self.writer
-            .write(move |c| chats::post(c, message).map_err(db_err))
-            .await
+        let posted = self
+            .writer
+            .write_chats(move |c, cache| chats::post(c, cache, message).map_err(db_err))
+            .await;
+        self.appended(&posted);
+        posted
     }
 
     async fn change_chat(
@@ -744,11 +774,14 @@ impl Store for SqliteStore {
         max_members: usize,
         now: Timestamp,
     ) -> StoreResult<ChatChanged> {
-        self.writer
-            .write(move |c| {
-                chats::change_chat(c, chat, actor, change, max_members, now).map_err(db_err)
+        let changed = self
+            .writer
+            .write_chats(move |c, cache| {
+                chats::change_chat(c, cache, chat, actor, change, max_members, now).map_err(db_err)
             })
-            .await
+            .await;
+        self.appended(&changed);
+        changed
     }
 
     async fn history(
@@ -763,9 +796,12 @@ impl Store for SqliteStore {
     }
 
     async fn change_message(&self, change: MessageChange) -> StoreResult<MessageChanged> {
-        self.writer
-            .write(move |c| chats::change_message(c, change).map_err(db_err))
-            .await
+        let changed = self
+            .writer
+            .write_chats(move |c, cache| chats::change_message(c, cache, change).map_err(db_err))
+            .await;
+        self.appended(&changed);
+        changed
     }
 
     async fn chat_of_message(&self, message: MessageId) -> StoreResult<Option<ChatId>> {
@@ -788,38 +824,46 @@ impl Store for SqliteStore {
         user: UserId,
         seq: i64,
         now: Timestamp,
-    ) -> StoreResult<ReceiptChange> {
+    ) -> StoreResult<(i64, Option<ReceiptChange>)> {
         self.writer
-            .write(move |c| chats::mark_read(c, chat, user, seq, now).map_err(db_err))
+            .write_chats(move |c, cache| {
+                chats::mark_read(c, cache, chat, user, seq, now).map_err(db_err)
+            })
             .await
     }
 
     async fn ack(
         &self,
         user: UserId,
-        device: DeviceId,
-        pts: i64,
+        positions: Vec<(ChatId, i64)>,
         now: Timestamp,
     ) -> StoreResult<Vec<ReceiptChange>> {
         self.writer
-            .write(move |c| chats::ack(c, user, device, pts, now).map_err(db_err))
+            .write_chats(move |c, cache| chats::ack(c, cache, user, positions, now).map_err(db_err))
             .await
     }
 
-    async fn current_pts(&self, user: UserId) -> StoreResult<i64> {
+    async fn chat_heads(&self, user: UserId) -> StoreResult<Vec<ChatHead>> {
         self.readers
-            .read(move |c| chats::current_pts(c, user).map_err(db_err))
+            .read(move |c| chats::chat_heads(c, user).map_err(db_err))
             .await
     }
 
-    async fn updates_since(
+    async fn chat_head(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatHead>> {
+        self.readers
+            .read(move |c| chats::chat_head(c, chat, user).map_err(db_err))
+            .await
+    }
+
+    async fn events_after(
         &self,
+        chat: ChatId,
         user: UserId,
-        since: i64,
+        after: i64,
         limit: i64,
-    ) -> StoreResult<Vec<StoredUpdate>> {
+    ) -> StoreResult<Vec<LogEvent>> {
         self.readers
-            .read(move |c| chats::updates_since(c, user, since, limit).map_err(db_err))
+            .read(move |c| chats::events_after(c, chat, user, after, limit).map_err(db_err))
             .await
     }
 
@@ -829,10 +873,24 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchOutcome> {
+    async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchPage> {
         self.readers
             .read(move |c| search::search(c, &query).map_err(db_err))
             .await
+    }
+
+    async fn index_search(&self, max_entries: usize) -> StoreResult<IndexProgress> {
+        self.writer
+            .write(move |c| search::follow_log(c, max_entries).map_err(db_err))
+            .await
+    }
+
+    async fn search_index_lag(&self) -> StoreResult<u64> {
+        self.readers.read(|c| search::lag(c).map_err(db_err)).await
+    }
+
+    fn log_appended(&self) -> &tokio::sync::Notify {
+        &self.log_appended
     }
 
     async fn create_media(
@@ -978,7 +1036,6 @@ mod tests {
     use natter_proto::chats::{ChatKind, MessageType};
 
     use super::*;
-    use crate::store::NewChat;
 
     async fn user(store: &SqliteStore, n: u32) -> UserId {
         let phone = Phone::from_stored(format!("+1415555{n:04}"));
@@ -1019,50 +1076,275 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn updates_beyond_the_sync_horizon_are_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
-        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+    fn message(chat: ChatId, sender: UserId, text: &str) -> NewMessage {
+        NewMessage {
+            id: MessageId::new(),
+            chat_id: chat,
+            sender_id: sender,
+            sender_device_id: DeviceId::new(),
+            message_type: natter_proto::chats::MessageType::Text,
+            content: Some(text.to_owned()),
+            ciphertext: None,
+            media_id: None,
+            reply_to: None,
+            client_message_id: None,
+            client_timestamp: None,
+            now: Timestamp::now(),
+        }
+    }
+
+    async fn group(store: &SqliteStore, creator: UserId, others: Vec<UserId>) -> ChatId {
         let new = NewChat {
             id: ChatId::new(),
-            kind: ChatKind::Direct,
-            name: None,
+            kind: natter_proto::chats::ChatKind::Group,
+            name: Some("G".into()),
             encrypted: false,
-            creator: a,
-            others: vec![b],
+            creator,
+            others,
             now: Timestamp::now(),
         };
-        let ChatCreated::Created(chat, _) = store.create_chat(new).await.unwrap() else {
-            panic!("new chat")
-        };
-        for n in 0..20 {
-            let message = NewMessage {
-                id: MessageId::new(),
-                chat_id: chat.id,
-                sender_id: a,
-                sender_device_id: DeviceId::new(),
-                message_type: MessageType::Text,
-                content: Some(format!("m{n}")),
-                ciphertext: None,
-                media_id: None,
-                reply_to: None,
-                client_message_id: None,
-                client_timestamp: None,
-                now: Timestamp::now(),
-            };
-            store.post(message).await.unwrap();
+        match store.create_chat(new).await.unwrap() {
+            ChatCreated::Created(chat, _) => chat.id,
+            other => panic!("{other:?}"),
         }
-        // 21 updates each (created + 20 messages); keep the last 5.
-        assert_eq!(store.current_pts(a).await.unwrap(), 21);
-        assert_eq!(store.prune_updates(5).await.unwrap(), 32);
-        let kept = store.updates_since(b, 0, 100).await.unwrap();
+    }
+
+    async fn seqs(store: &SqliteStore, chat: ChatId, user: UserId) -> Vec<i64> {
+        store
+            .events_after(chat, user, 0, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_restart_rebuilds_members_heads_and_receipts_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c, chat);
+        {
+            let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+            (a, b, c) = (
+                user(&store, 1).await,
+                user(&store, 2).await,
+                user(&store, 3).await,
+            );
+            chat = group(&store, a, vec![b, c]).await;
+            for n in 0..5 {
+                store
+                    .post(message(chat, b, &format!("m{n}")))
+                    .await
+                    .unwrap();
+            }
+            let removed = store
+                .change_chat(chat, a, ChatChange::Remove(c), 10, Timestamp::now())
+                .await
+                .unwrap();
+            assert!(matches!(removed, ChatChanged::Done(_)));
+            // Delivered positions wait in memory; closing writes them out.
+            store
+                .ack(a, vec![(chat, 6)], Timestamp::now())
+                .await
+                .unwrap();
+            store.close().await;
+        }
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        // The head continues where it was (1 created, 5 messages, 1 removal).
+        let Posted::Created(next) = store.post(message(chat, a, "after")).await.unwrap() else {
+            panic!("a is a member")
+        };
+        assert_eq!(next.entry.seq, 8);
+        assert_eq!(&*next.recipients, {
+            let mut v = vec![a, b];
+            v.sort_unstable();
+            v
+        });
+        // a acked 6 and sent 8; b sent 6: everyone has 6.
+        assert_eq!(next.receipts.delivered_seq, 6);
+        assert!(matches!(
+            store.post(message(chat, c, "let me in")).await.unwrap(),
+            Posted::NotMember
+        ));
+        assert_eq!(seqs(&store, chat, a).await, (1..=8).collect::<Vec<_>>());
         assert_eq!(
-            kept.iter().map(|u| u.pts).collect::<Vec<_>>(),
-            (17..=21).collect::<Vec<_>>()
+            seqs(&store, chat, c).await,
+            (1..=7).collect::<Vec<_>>(),
+            "up to the removal"
         );
-        assert_eq!(store.prune_updates(5).await.unwrap(), 0);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_chat_renamed_and_left_during_a_burst_keeps_a_gapless_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            std::sync::Arc::new(SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap());
+        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+        let chat = group(&store, a, vec![b]).await;
+        let burst = |sender: UserId, tag: &'static str| {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                for n in 0..200 {
+                    if let Posted::Created(p) = store
+                        .post(message(chat, sender, &format!("{tag}{n}")))
+                        .await
+                        .unwrap()
+                    {
+                        accepted.push(p.entry.seq);
+                    }
+                    if n % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                accepted
+            })
+        };
+        let (from_a, from_b) = (burst(a, "a"), burst(b, "b"));
+        tokio::task::yield_now().await;
+        let renamed = store
+            .change_chat(
+                chat,
+                a,
+                ChatChange::Rename("H".into()),
+                10,
+                Timestamp::now(),
+            )
+            .await
+            .unwrap();
+        let ChatChanged::Done(left) = store
+            .change_chat(chat, b, ChatChange::Remove(b), 10, Timestamp::now())
+            .await
+            .unwrap()
+        else {
+            panic!("b may leave")
+        };
+        assert!(matches!(renamed, ChatChanged::Done(_)));
+        let left_at = left[0].entry.seq;
+        let (from_a, from_b) = (from_a.await.unwrap(), from_b.await.unwrap());
+        assert!(
+            from_b.iter().all(|seq| *seq < left_at),
+            "nothing from b after it left at {left_at}"
+        );
+        assert_eq!(from_a.len(), 200, "a stays a member");
+        // One entry per accepted message, the creation, the rename, the
+        // leave (and the successor admin: none, a is admin): gapless.
+        let all = seqs(&store, chat, a).await;
+        assert_eq!(all, (1..=all.len() as i64).collect::<Vec<_>>());
+        assert_eq!(all.len(), 1 + from_a.len() + from_b.len() + 2);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_of_the_previous_schema_is_carried_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let (chat, alice, bob) = (ChatId::new(), UserId::new(), UserId::new());
+        {
+            // A database as the previous release left it: six migrations,
+            // a direct chat with two messages and its per-user updates.
+            let mut conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..6].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", i + 1).unwrap();
+                tx.commit().unwrap();
+            }
+            let (c, a, b) = (
+                chat.as_uuid().as_bytes().to_vec(),
+                alice.as_uuid().as_bytes().to_vec(),
+                bob.as_uuid().as_bytes().to_vec(),
+            );
+            for (id, phone) in [(&a, "+14155550001"), (&b, "+14155550002")] {
+                conn.execute(
+                    "INSERT INTO users (id, phone, name, created_at, updated_at, pts)
+                     VALUES (?1, ?2, 'u', 1, 1, 3)",
+                    params![id, phone],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO chats (id, kind, encrypted, created_by, created_at, last_seq,
+                                    last_activity_at)
+                 VALUES (?1, 'direct', 0, ?2, 1, 3, 3)",
+                params![c, a],
+            )
+            .unwrap();
+            for u in [&a, &b] {
+                conn.execute(
+                    "INSERT INTO memberships (chat_id, user_id, from_seq, role, joined_at)
+                     VALUES (?1, ?2, 1, 'member', 1)",
+                    params![c, u],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO receipts (chat_id, user_id, delivered_seq, read_seq)
+                     VALUES (?1, ?2, 3, 2)",
+                    params![c, u],
+                )
+                .unwrap();
+            }
+            for (seq, kind, text) in [
+                (1, "system", None),
+                (2, "message", Some("one")),
+                (3, "message", Some("two")),
+            ] {
+                conn.execute(
+                    "INSERT INTO chat_log (chat_id, seq, id, kind, sender_id, msg_type, content,
+                                           event, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?2)",
+                    params![
+                        c,
+                        seq,
+                        MessageId::new().as_uuid().as_bytes().to_vec(),
+                        kind,
+                        a,
+                        if kind == "system" { "system" } else { "text" },
+                        text,
+                        (kind == "system").then_some(r#"{"kind":"created"}"#),
+                    ],
+                )
+                .unwrap();
+                for u in [&a, &b] {
+                    conn.execute(
+                        "INSERT INTO updates (user_id, pts, chat_id, seq, kind, created_at)
+                         VALUES (?1, ?2, ?3, ?2, ?4, ?2)",
+                        params![u, seq, c, kind],
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let events = store.events_after(chat, bob, 0, 10).await.unwrap();
+        let texts: Vec<Option<String>> = events
+            .iter()
+            .map(|e| match &e.body {
+                crate::store::EventBody::Entry(entry) => entry.content.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, [None, Some("one".into()), Some("two".into())]);
+        let receipts = store.receipt_state(chat).await.unwrap();
+        assert_eq!((receipts.delivered_seq, receipts.read_seq), (3, 2));
+        let Posted::Created(next) = store.post(message(chat, bob, "three")).await.unwrap() else {
+            panic!("bob is a member")
+        };
+        assert_eq!(next.entry.seq, 4);
+        let heads = store.chat_heads(alice).await.unwrap();
+        assert_eq!(heads.len(), 1);
+        assert_eq!(heads[0].last_seq, 4);
+        store.close().await;
+        let conn = Connection::open(&path).unwrap();
+        let updates: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'updates'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(updates, 0, "the per-user update rows are gone");
     }
 
     #[tokio::test]
@@ -1101,11 +1383,11 @@ mod tests {
             Some(false)
         );
         let (c1, c2) = (ChatId::new(), ChatId::new());
-        let push = |chat, pts, now| NewPush {
+        let push = |chat, seq, now| NewPush {
             device_id: device,
             user_id: a,
             chat_id: chat,
-            pts,
+            seq,
             preview: None,
             now: Timestamp(now),
         };
@@ -1135,7 +1417,7 @@ mod tests {
         assert_eq!(claimed.len(), 1);
         let p = &claimed[0];
         assert_eq!(
-            (p.count, p.since_pts, p.last_pts, p.chat_id),
+            (p.count, p.since_seq, p.last_seq, p.chat_id),
             (3, 4, 7, Some(c1))
         );
         // Leased: not claimable again until the lease ends.
@@ -1151,7 +1433,7 @@ mod tests {
                 PushFinished::Settled {
                     version: p.version,
                     count: p.count,
-                    last_pts: p.last_pts,
+                    last_seq: p.last_seq,
                     now: Timestamp(2000),
                 },
             )
@@ -1163,7 +1445,7 @@ mod tests {
             .unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(
-            (rest[0].count, rest[0].since_pts, rest[0].last_pts),
+            (rest[0].count, rest[0].since_seq, rest[0].last_seq),
             (1, 7, 8)
         );
         assert_eq!(rest[0].chat_id, None, "two chats in the burst");
@@ -1173,7 +1455,7 @@ mod tests {
                 PushFinished::Settled {
                     version: rest[0].version,
                     count: 1,
-                    last_pts: 8,
+                    last_seq: 8,
                     now: Timestamp(2600),
                 },
             )
@@ -1202,6 +1484,251 @@ mod tests {
             .await
             .unwrap();
         assert!(store.push_devices(vec![a]).await.unwrap().is_empty());
+        store.close().await;
+    }
+
+    fn words(q: &str) -> crate::search_query::TextQuery {
+        let limits = crate::search_query::QueryLimits {
+            max_chars: 256,
+            max_terms: 16,
+        };
+        crate::search_query::parse(q, limits).unwrap()
+    }
+
+    async fn found(store: &SqliteStore, user: UserId, q: &str) -> Vec<String> {
+        let page = store
+            .search_messages(SearchQuery {
+                user,
+                text: words(q),
+                chats: Vec::new(),
+                sender: None,
+                message_type: None,
+                before: None,
+                after: None,
+                by_relevance: false,
+                offset: 0,
+                limit: 50,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, page.hits.len() as i64);
+        page.hits
+            .into_iter()
+            .map(|h| h.entry.content.unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_search_indexer_follows_the_log_once_in_bounded_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+        let chat = |encrypted: bool, name: &str| NewChat {
+            id: ChatId::new(),
+            kind: ChatKind::Group,
+            name: Some(name.to_owned()),
+            encrypted,
+            creator: a,
+            others: vec![b],
+            now: Timestamp::now(),
+        };
+        let ChatCreated::Created(plain, _) = store.create_chat(chat(false, "p")).await.unwrap()
+        else {
+            panic!("new chat")
+        };
+        let ChatCreated::Created(sealed, _) = store.create_chat(chat(true, "s")).await.unwrap()
+        else {
+            panic!("new chat")
+        };
+        let post = |chat: ChatId, text: &str| {
+            let id = MessageId::new();
+            let message = NewMessage {
+                id,
+                chat_id: chat,
+                sender_id: a,
+                sender_device_id: DeviceId::new(),
+                message_type: MessageType::Text,
+                content: Some(text.to_owned()),
+                ciphertext: None,
+                media_id: None,
+                reply_to: None,
+                client_message_id: None,
+                client_timestamp: None,
+                now: Timestamp::now(),
+            };
+            let store = &store;
+            async move {
+                store.post(message).await.unwrap();
+                id
+            }
+        };
+        let change = |message: MessageId, edit: Option<&str>| crate::store::MessageChange {
+            message,
+            actor: a,
+            device: DeviceId::new(),
+            edit: edit.map(|t| crate::store::NewContent {
+                content: Some(t.to_owned()),
+                ciphertext: None,
+                window_ms: i64::MAX,
+            }),
+            now: Timestamp::now(),
+        };
+        post(plain.id, "alpha one").await;
+        // The store does not check that an encrypted chat's message has no
+        // text; the indexer must skip it anyway.
+        post(sealed.id, "alpha sealed").await;
+        let edited = post(plain.id, "beta two").await;
+        store
+            .change_message(change(edited, Some("gamma two")))
+            .await
+            .unwrap();
+        let doomed = post(plain.id, "alpha doomed").await;
+        store.change_message(change(doomed, None)).await.unwrap();
+        let appended = store.search_index_lag().await.unwrap();
+        assert!(appended >= 6, "{appended}");
+        assert!(
+            found(&store, b, "alpha").await.is_empty(),
+            "nothing indexed yet"
+        );
+
+        let mut passes = 0;
+        let mut followed = 0;
+        loop {
+            let progress = store.index_search(2).await.unwrap();
+            assert!(progress.processed <= 2, "bounded: {progress:?}");
+            followed += progress.processed;
+            passes += 1;
+            assert_eq!(progress.remaining, appended - followed);
+            if progress.remaining == 0 {
+                break;
+            }
+        }
+        assert_eq!(followed, appended);
+        assert_eq!(passes, appended.div_ceil(2));
+        let idle = store.index_search(2).await.unwrap();
+        assert_eq!((idle.processed, idle.remaining), (0, 0));
+
+        assert_eq!(found(&store, b, "alpha").await, ["alpha one"]);
+        assert!(found(&store, b, "beta").await.is_empty());
+        assert_eq!(found(&store, b, "gamma").await, ["gamma two"]);
+        assert!(found(&store, b, "doomed").await.is_empty());
+
+        // A deletion hides the message at once, and the indexer then
+        // removes it from the index.
+        store.change_message(change(edited, None)).await.unwrap();
+        assert_eq!(store.search_index_lag().await.unwrap(), 1);
+        assert!(
+            found(&store, b, "gamma").await.is_empty(),
+            "hidden before indexing"
+        );
+        let docs = || {
+            store.readers.read(|c| {
+                c.query_row("SELECT count(*) FROM search_docs", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(db_err)
+            })
+        };
+        assert_eq!(docs().await.unwrap(), 2, "alpha one and gamma two");
+        store.index_search(10).await.unwrap();
+        assert_eq!(docs().await.unwrap(), 1, "alpha one");
+        assert!(found(&store, b, "gamma").await.is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_the_indexer_starts_caught_up_and_loses_forged_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let (a, b) = (user(&store, 1).await, user(&store, 2).await);
+        let new = NewChat {
+            id: ChatId::new(),
+            kind: ChatKind::Direct,
+            name: None,
+            encrypted: false,
+            creator: a,
+            others: vec![b],
+            now: Timestamp::now(),
+        };
+        let ChatCreated::Created(chat, _) = store.create_chat(new).await.unwrap() else {
+            panic!("new chat")
+        };
+        store
+            .post(NewMessage {
+                id: MessageId::new(),
+                chat_id: chat.id,
+                sender_id: a,
+                sender_device_id: DeviceId::new(),
+                message_type: MessageType::Text,
+                content: Some("tagged forged words".to_owned()),
+                ciphertext: None,
+                media_id: None,
+                reply_to: None,
+                client_message_id: None,
+                client_timestamp: None,
+                now: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+        while store.index_search(100).await.unwrap().remaining > 0 {}
+        store.close().await;
+        drop(store);
+        // Back to schema 7 as the earlier code left it: everything indexed
+        // in its append transaction, no cursor, the text stored verbatim.
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        // (Schema 7 still had what the fan-out migration later removes, and
+        // not what 0009 adds.)
+        c.execute_batch(
+            "DROP TABLE search_cursor;
+             DROP TABLE invites;
+             ALTER TABLE users DROP COLUMN deactivated_at;
+             CREATE TABLE updates (user_id BLOB, pts INTEGER);
+             ALTER TABLE users ADD COLUMN pts INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE devices ADD COLUMN acked_pts INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE chats ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE chats ADD COLUMN last_activity_at INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE push_outbox RENAME COLUMN since_seq TO since_pts;
+             ALTER TABLE push_outbox RENAME COLUMN last_seq TO last_pts;
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+        c.execute(
+            "UPDATE search_words SET content = ?1",
+            ["tagged \u{E000}forged\u{E001} words"],
+        )
+        .unwrap();
+        drop(c);
+
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        assert_eq!(store.search_index_lag().await.unwrap(), 0);
+        assert_eq!(store.index_search(100).await.unwrap().processed, 0);
+        let page = store
+            .search_messages(SearchQuery {
+                user: b,
+                text: words("tagged"),
+                chats: Vec::new(),
+                sender: None,
+                message_type: None,
+                before: None,
+                after: None,
+                by_relevance: false,
+                offset: 0,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, 1, "indexed once, not again");
+        let snippet = &page.hits[0].snippet;
+        assert!(
+            !snippet.text.contains(['\u{E000}', '\u{E001}']),
+            "{snippet:?}"
+        );
+        let marked: Vec<&str> = snippet
+            .marks
+            .iter()
+            .map(|r| &snippet.text[r.clone()])
+            .collect();
+        assert_eq!(marked, ["tagged"]);
         store.close().await;
     }
 }

@@ -119,15 +119,15 @@ pub(super) fn queue(c: &Connection, p: &NewPush) -> rusqlite::Result<()> {
         None => (None, None),
     };
     c.prepare_cached(
-        "INSERT INTO push_outbox (device_id, user_id, chat_id, count, since_pts, last_pts,
+        "INSERT INTO push_outbox (device_id, user_id, chat_id, count, since_seq, last_seq,
                                   preview_sender, preview_text, queued_at)
          SELECT ?1, ?2, ?3, 1, ?4 - 1, ?4, ?5, ?6, ?7
          WHERE EXISTS (SELECT 1 FROM push_channels WHERE device_id = ?1)
          ON CONFLICT (device_id) DO UPDATE SET
            count = count + 1,
            chat_id = CASE WHEN chat_id = excluded.chat_id THEN chat_id ELSE NULL END,
-           since_pts = min(since_pts, excluded.since_pts),
-           last_pts = max(last_pts, excluded.last_pts),
+           since_seq = min(since_seq, excluded.since_seq),
+           last_seq = max(last_seq, excluded.last_seq),
            preview_sender = excluded.preview_sender,
            preview_text = excluded.preview_text,
            version = version + 1",
@@ -136,7 +136,7 @@ pub(super) fn queue(c: &Connection, p: &NewPush) -> rusqlite::Result<()> {
         p.device_id.as_uuid().as_bytes(),
         p.user_id.as_uuid().as_bytes(),
         p.chat_id.as_uuid().as_bytes(),
-        p.pts,
+        p.seq,
         sender,
         text,
         p.now.0
@@ -165,7 +165,7 @@ pub(super) fn claim(
 ) -> rusqlite::Result<Vec<PendingPush>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT o.device_id, o.user_id, o.chat_id, o.count, o.since_pts, o.last_pts,
+        "SELECT o.device_id, o.user_id, o.chat_id, o.count, o.since_seq, o.last_seq,
                 o.preview_sender, o.preview_text, o.attempts, o.version,
                 p.kind, p.endpoint, p.p256dh, p.auth, p.created_at
          FROM push_outbox o JOIN push_channels p ON p.device_id = o.device_id
@@ -189,8 +189,8 @@ pub(super) fn claim(
                 user_id: UserId::from_uuid(uuid_of(r, "user_id")?),
                 chat_id,
                 count: r.get("count")?,
-                since_pts: r.get("since_pts")?,
-                last_pts: r.get("last_pts")?,
+                since_seq: r.get("since_seq")?,
+                last_seq: r.get("last_seq")?,
                 preview,
                 attempts: r.get("attempts")?,
                 version: r.get("version")?,
@@ -217,7 +217,7 @@ pub(super) fn finish(
         PushFinished::Settled {
             version,
             count,
-            last_pts,
+            last_seq,
             now,
         } => {
             let removed = c
@@ -226,11 +226,11 @@ pub(super) fn finish(
             if removed == 0 {
                 // More arrived while sending: they are a new burst.
                 c.prepare_cached(
-                    "UPDATE push_outbox SET count = max(count - ?2, 1), since_pts = ?3,
+                    "UPDATE push_outbox SET count = max(count - ?2, 1), since_seq = ?3,
                        queued_at = ?4, retry_at = NULL, attempts = 0
                      WHERE device_id = ?1",
                 )?
-                .execute(params![id, count, last_pts, now.0])?;
+                .execute(params![id, count, last_seq, now.0])?;
             }
         }
         PushFinished::Retry { at } => {

@@ -1,0 +1,157 @@
+//! The product rules of chats, as plain functions every storage engine
+//! calls inside its transaction, so each rule exists once: who may change a
+//! chat, how big a group may grow, who takes over from the last admin, how
+//! long a message can be edited, and who hears of an entry.
+
+use natter_proto::UserId;
+use natter_proto::chats::{ChatKind, Role};
+
+use super::{ChatChange, ChatChanged, Recipients};
+use crate::clock::Timestamp;
+
+/// A current member, as the rules see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberFacts {
+    /// The user.
+    pub user_id: UserId,
+    /// Their role.
+    pub role: Role,
+    /// The seq of their join entry.
+    pub from_seq: i64,
+    /// When they joined.
+    pub joined_at: Timestamp,
+}
+
+/// Whether `actor` (a current member with `actor_role`) may make `change`
+/// to a chat of `kind`: groups only, admins only, except that anyone may
+/// leave. `None` when allowed, else the refusal.
+#[must_use]
+pub fn refuse_change(
+    kind: ChatKind,
+    actor: UserId,
+    actor_role: Role,
+    change: &ChatChange,
+) -> Option<ChatChanged> {
+    if kind == ChatKind::Direct {
+        return Some(ChatChanged::NotAGroup);
+    }
+    let leaving = matches!(change, ChatChange::Remove(user) if *user == actor);
+    (actor_role != Role::Admin && !leaving).then_some(ChatChanged::Forbidden)
+}
+
+/// Whether a group of `current` members has room for `adding` more.
+#[must_use]
+pub const fn has_room(current: usize, adding: usize, max_members: usize) -> bool {
+    current.saturating_add(adding) <= max_members
+}
+
+/// Whether demoting `user` would leave the group without an admin.
+#[must_use]
+pub fn is_last_admin(members: &[MemberFacts], user: UserId) -> bool {
+    let mut admins = members.iter().filter(|m| m.role == Role::Admin);
+    matches!((admins.next(), admins.next()), (Some(only), None) if only.user_id == user)
+}
+
+/// When `leaving` is the group's only admin, the member who takes over: the
+/// longest-standing of the others (earliest join, then earliest time, then
+/// lowest id), so a group is never without an admin.
+#[must_use]
+pub fn successor(members: &[MemberFacts], leaving: UserId) -> Option<UserId> {
+    if !is_last_admin(members, leaving) {
+        return None;
+    }
+    members
+        .iter()
+        .filter(|m| m.user_id != leaving)
+        .min_by_key(|m| (m.from_seq, m.joined_at.0, m.user_id))
+        .map(|m| m.user_id)
+}
+
+/// Whether a message sent at `sent_at` may still be edited at `now`.
+#[must_use]
+pub const fn may_edit(sent_at: Timestamp, now: Timestamp, window_ms: i64) -> bool {
+    now.0.saturating_sub(sent_at.0) <= window_ms
+}
+
+/// Who hears of an entry: the members when it is appended, and a user it
+/// removed (who sees their own removal and nothing after it).
+#[must_use]
+pub fn recipients(members: &Recipients, removed: Option<UserId>) -> Recipients {
+    match removed {
+        Some(user) if !members.contains(&user) => members.iter().copied().chain([user]).collect(),
+        _ => std::sync::Arc::clone(members),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(user: UserId, role: Role, from_seq: i64) -> MemberFacts {
+        MemberFacts {
+            user_id: user,
+            role,
+            from_seq,
+            joined_at: Timestamp(from_seq),
+        }
+    }
+
+    #[test]
+    fn only_admins_change_groups_but_anyone_may_leave() {
+        let (a, b) = (UserId::new(), UserId::new());
+        let rename = ChatChange::Rename("x".into());
+        assert!(refuse_change(ChatKind::Group, a, Role::Admin, &rename).is_none());
+        assert!(matches!(
+            refuse_change(ChatKind::Group, a, Role::Member, &rename),
+            Some(ChatChanged::Forbidden)
+        ));
+        assert!(refuse_change(ChatKind::Group, a, Role::Member, &ChatChange::Remove(a)).is_none());
+        assert!(matches!(
+            refuse_change(ChatKind::Group, a, Role::Member, &ChatChange::Remove(b)),
+            Some(ChatChanged::Forbidden)
+        ));
+        assert!(matches!(
+            refuse_change(ChatKind::Direct, a, Role::Admin, &rename),
+            Some(ChatChanged::NotAGroup)
+        ));
+    }
+
+    #[test]
+    fn group_size_is_checked_at_n_and_n_plus_one() {
+        assert!(has_room(3, 2, 5));
+        assert!(!has_room(3, 3, 5));
+        assert!(!has_room(usize::MAX, 1, 5));
+    }
+
+    #[test]
+    fn the_longest_standing_member_succeeds_the_last_admin() {
+        let (admin, early, late) = (UserId::new(), UserId::new(), UserId::new());
+        let members = [
+            member(admin, Role::Admin, 1),
+            member(late, Role::Member, 7),
+            member(early, Role::Member, 3),
+        ];
+        assert!(is_last_admin(&members, admin));
+        assert_eq!(successor(&members, admin), Some(early));
+        assert_eq!(successor(&members, early), None, "not an admin");
+        let two_admins = [member(admin, Role::Admin, 1), member(early, Role::Admin, 3)];
+        assert!(!is_last_admin(&two_admins, admin));
+        assert_eq!(successor(&two_admins, admin), None);
+        assert_eq!(successor(&[member(admin, Role::Admin, 1)], admin), None);
+    }
+
+    #[test]
+    fn the_edit_window_includes_its_last_millisecond() {
+        assert!(may_edit(Timestamp(1_000), Timestamp(2_000), 1_000));
+        assert!(!may_edit(Timestamp(1_000), Timestamp(2_001), 1_000));
+    }
+
+    #[test]
+    fn a_removed_user_hears_of_their_removal_only() {
+        let (a, b, gone) = (UserId::new(), UserId::new(), UserId::new());
+        let members: Recipients = vec![a, b].into();
+        assert_eq!(&*recipients(&members, None), &[a, b]);
+        assert_eq!(&*recipients(&members, Some(gone)), &[a, b, gone]);
+        assert_eq!(&*recipients(&members, Some(a)), &[a, b]);
+    }
+}
