@@ -29,8 +29,8 @@ use natter_server::phone::Phone;
 use natter_server::secret::{CodeHash, PlainToken};
 use natter_server::store::sqlite::SqliteStore;
 use natter_server::store::{
-    ChatCreated, NewChat, NewDevice, NewMessage, NewVerificationCode, Registered, Registration,
-    SearchQuery, Store, Term, TextQuery, User,
+    Accounts as _, ChatCreated, ChatLog as _, NewChat, NewDevice, NewMessage, NewVerificationCode,
+    Registered, Registration, SearchIndex as _, SearchQuery, Store as _, Term, TextQuery, User,
 };
 
 const CHATS: usize = 50;

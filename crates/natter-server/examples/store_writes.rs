@@ -17,7 +17,7 @@ use natter_server::config::StoreConfig;
 use natter_server::phone::Phone;
 use natter_server::secret::CodeHash;
 use natter_server::store::sqlite::SqliteStore;
-use natter_server::store::{NewVerificationCode, Store};
+use natter_server::store::{Accounts as _, NewVerificationCode, Store as _};
 
 #[tokio::main]
 async fn main() {

@@ -76,7 +76,7 @@ impl Offline {
         let store: Arc<dyn Store> = Arc::new(
             tokio::task::spawn_blocking(move || SqliteStore::open(&open_dir, &store_config))
                 .await
-                .map_err(|e| StartError::Store(crate::store::StoreError(e.to_string())))?
+                .map_err(|e| StartError::Store(crate::store::StoreError::internal(e.to_string())))?
                 .map_err(StartError::Store)?,
         );
         let blobs = Blobs::local(&dir.join(BLOB_DIR)).map_err(StartError::Blobs)?;

@@ -178,7 +178,7 @@ impl RunningServer {
         let store: Arc<dyn Store> = Arc::new(
             tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir, &store_config))
                 .await
-                .map_err(|e| crate::store::StoreError(e.to_string()))??,
+                .map_err(|e| crate::store::StoreError::internal(e.to_string()))??,
         );
         let sms: Arc<dyn SmsGateway> = match &config.sms_webhook_url {
             Some(url) => {

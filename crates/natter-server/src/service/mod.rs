@@ -238,11 +238,11 @@ impl Services {
             )
             .await?;
         let code_key = CodeKey::from_bytes(&bytes)
-            .ok_or_else(|| StoreError("the stored verification key is malformed".to_owned()))?;
+            .ok_or_else(|| StoreError::internal("the stored verification key is malformed"))?;
         let staging = config.data_dir.join("uploads");
         let workers = usize::try_from(config.media.thumbnail_workers).unwrap_or(1);
         let media = media::MediaEngine::new(blobs, staging.clone(), workers).map_err(|e| {
-            StoreError(format!(
+            StoreError::internal(format!(
                 "cannot prepare the upload directory {}: {e}",
                 staging.display()
             ))

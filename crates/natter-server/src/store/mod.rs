@@ -21,10 +21,56 @@ use crate::phone::Phone;
 pub use crate::search_query::{Term, TextQuery};
 use crate::secret::{CodeHash, TokenHash};
 
+/// What kind of failure a [`StoreError`] is, so callers can decide whether
+/// to retry, and engines can say so in their own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// A write lost to a concurrent one (a serialization failure, a busy
+    /// database): running the same operation again may succeed.
+    Conflict,
+    /// The engine cannot serve now (closed, disk full, unreachable).
+    Unavailable,
+    /// A record the operation relied on is gone (it was deleted meanwhile).
+    NotFound,
+    /// Anything else: a bug or corrupt data; retrying will not help.
+    Internal,
+}
+
 /// A failure of the storage engine itself (not a domain outcome).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("storage failed: {0}")]
-pub struct StoreError(pub String);
+#[error("storage failed: {message}")]
+pub struct StoreError {
+    /// What kind of failure.
+    pub kind: StoreErrorKind,
+    /// The engine's words, for the log (never sent to clients).
+    pub message: String,
+}
+
+impl StoreError {
+    /// A failure of `kind`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// An internal failure (a bug or corrupt data).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Internal, message)
+    }
+
+    /// The engine cannot serve now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Unavailable, message)
+    }
+
+    /// Whether running the operation again may succeed.
+    #[must_use]
+    pub const fn is_retryable(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Conflict)
+    }
+}
 
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -774,17 +820,33 @@ pub struct HistoryQuery {
     pub limit: i64,
 }
 
-/// The storage engine.
+/// The storage engine: one trait per aggregate, each a narrow seam an
+/// engine implements; [`Store`] is all of them, for the services that hold
+/// one engine.
 #[async_trait]
 pub trait Store:
-    admin::Invites + admin::Administration + Send + Sync + std::fmt::Debug + 'static
+    Accounts
+    + ChatLog
+    + SearchIndex
+    + MediaStore
+    + PushOutbox
+    + admin::Invites
+    + admin::Administration
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
 {
     /// Succeeds when the store can serve reads and writes.
     async fn ping(&self) -> StoreResult<()>;
 
     /// Flushes and closes: the writer commits what it has, then stops.
     async fn close(&self);
+}
 
+/// The store's accounts and devices: verification codes, users, devices, profiles, contacts, presence privacy.
+#[async_trait]
+pub trait Accounts: Send + Sync {
     /// Reads a named server secret, creating it with `make` on first use.
     async fn server_secret(
         &self,
@@ -863,6 +925,17 @@ pub trait Store:
     /// Which of these numbers have accounts. The numbers are not stored.
     async fn users_by_phones(&self, phones: &[Phone]) -> StoreResult<Vec<(Phone, UserId)>>;
 
+    /// Users allowed to see `user`'s presence: those who share a chat with
+    /// them or have them as a contact, narrowed by `user`'s privacy setting.
+    async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>>;
+
+    /// Records when the user was last online.
+    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;
+}
+
+/// The store's chats, membership and their logs: appends, history, receipts and the positions devices sync from.
+#[async_trait]
+pub trait ChatLog: Send + Sync {
     /// Creates a chat (or finds the pair's direct chat).
     async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated>;
 
@@ -942,11 +1015,11 @@ pub trait Store:
         after: i64,
         limit: i64,
     ) -> StoreResult<Vec<LogEvent>>;
+}
 
-    /// Users allowed to see `user`'s presence: those who share a chat with
-    /// them or have them as a contact, narrowed by `user`'s privacy setting.
-    async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>>;
-
+/// The store's full-text search over plaintext messages, and the indexer that follows the chat logs.
+#[async_trait]
+pub trait SearchIndex: Send + Sync {
     /// Searches the plaintext messages `query.user` may see, as far as the
     /// index has followed the chat logs.
     async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchPage>;
@@ -964,10 +1037,11 @@ pub trait Store:
     /// indexer need not poll often. A wake-up with no waiter is kept for
     /// the next wait.
     fn log_appended(&self) -> &tokio::sync::Notify;
+}
 
-    /// Records when the user was last online.
-    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;
-
+/// The store's media uploads: records, progress, access and garbage collection (the bytes live in `blobs`).
+#[async_trait]
+pub trait MediaStore: Send + Sync {
     /// Records an upload if the owner's stored bytes plus `media.length` stay
     /// within `quota` and, for one in progress, fewer than `max_pending` are.
     async fn create_media(
@@ -1003,6 +1077,11 @@ pub trait Store:
         unreferenced_before: Timestamp,
         limit: usize,
     ) -> StoreResult<CollectedMedia>;
+}
+
+/// The store's push channels and the outbox of pushes waiting to be sent.
+#[async_trait]
+pub trait PushOutbox: Send + Sync {
     /// Sets a device's push channel, replacing any earlier one (pending
     /// pushes stay). `None` if the device is not `user`'s; otherwise whether
     /// the channel is new.

@@ -7,7 +7,9 @@ use natter_proto::chats::MessageType;
 use natter_proto::{ChatId, DeviceId, MessageId, UserId};
 use natter_server::clock::Timestamp;
 use natter_server::store::sqlite::SqliteStore;
-use natter_server::store::{MessageChange, NewContent, NewMessage, Posted, Store};
+use natter_server::store::{
+    ChatLog as _, MessageChange, NewContent, NewMessage, Posted, SearchIndex as _, Store as _,
+};
 use serde_json::{Value, json};
 
 use crate::support::{TestApp, TestUser, WAIT};

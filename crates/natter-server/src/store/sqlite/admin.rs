@@ -150,7 +150,7 @@ impl Invites for SqliteStore {
                 user_by_id(c, r.user.id)
                     .map_err(db_err)?
                     .map(RegisteredByInvite::Created)
-                    .ok_or_else(|| StoreError("the new user vanished".to_owned()))
+                    .ok_or_else(|| StoreError::internal("the new user vanished"))
             })
             .await
     }

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::cache::ChatCache;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{StoreError, StoreErrorKind, StoreResult};
 
 /// Answers a job's caller once the batch's fate is known.
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -26,9 +26,23 @@ type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// answer its caller.
 type Job = Box<dyn FnOnce(&Connection, &mut ChatCache) -> (bool, Reply) + Send>;
 
-/// Turns a rusqlite error into a [`StoreError`].
+/// Turns a rusqlite error into a [`StoreError`] of the right kind.
 pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError(e.to_string())
+    use rusqlite::ErrorCode as Code;
+    let kind = match e.sqlite_error_code() {
+        Some(Code::DatabaseBusy | Code::DatabaseLocked) => StoreErrorKind::Conflict,
+        Some(
+            Code::CannotOpen
+            | Code::DiskFull
+            | Code::SystemIoFailure
+            | Code::ReadOnly
+            | Code::PermissionDenied
+            | Code::OutOfMemory,
+        ) => StoreErrorKind::Unavailable,
+        _ if matches!(e, rusqlite::Error::QueryReturnedNoRows) => StoreErrorKind::NotFound,
+        _ => StoreErrorKind::Internal,
+    };
+    StoreError::new(kind, e.to_string())
 }
 
 /// Opens a connection with the pragmas every connection needs.
@@ -80,7 +94,7 @@ impl Writer {
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(db_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError(format!(
+            return Err(StoreError::internal(format!(
                 "could not enable WAL mode (got {mode})"
             )));
         }
@@ -93,7 +107,9 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("natter-sqlite-writer".to_owned())
             .spawn(move || run_writer(conn, rx, batch_max, cache))
-            .map_err(|e| StoreError(format!("could not start the writer thread: {e}")))?;
+            .map_err(|e| {
+                StoreError::unavailable(format!("could not start the writer thread: {e}"))
+            })?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -123,7 +139,7 @@ impl Writer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or_else(|| StoreError("the store is closed".to_owned()))?;
+            .ok_or_else(|| StoreError::unavailable("the store is closed"))?;
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |conn, cache| {
             let outcome = f(conn, cache);
@@ -136,10 +152,10 @@ impl Writer {
         sender
             .send(job)
             .await
-            .map_err(|_| StoreError("the store is closed".to_owned()))?;
+            .map_err(|_| StoreError::unavailable("the store is closed"))?;
         result
             .await
-            .map_err(|_| StoreError("the writer stopped".to_owned()))?
+            .map_err(|_| StoreError::unavailable("the writer stopped"))?
     }
 
     /// Stops taking jobs, lets the writer commit what it has, and waits for it.
@@ -377,7 +393,7 @@ impl ReadPool {
             .permits
             .acquire()
             .await
-            .map_err(|_| StoreError("the store is closed".into()))?;
+            .map_err(|_| StoreError::unavailable("the store is closed"))?;
         let conn = self
             .idle
             .lock()
@@ -392,7 +408,7 @@ impl ReadPool {
             (conn, r)
         })
         .await
-        .map_err(|e| StoreError(format!("a read task failed: {e}")))?;
+        .map_err(|e| StoreError::internal(format!("a read task failed: {e}")))?;
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

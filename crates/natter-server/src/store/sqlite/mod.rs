@@ -22,12 +22,13 @@ use uuid::Uuid;
 
 use self::engine::{ReadPool, Writer, db_err};
 use super::{
-    ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, CollectedMedia,
-    ContactAdded, ContactEntry, Device, FinishedMedia, HistoryQuery, IndexProgress, LogEntry,
-    LogEvent, LoggedIn, Login, MediaCreated, MediaRecord, Member, MessageChange, MessageChanged,
-    NewChat, NewDevice, NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted,
-    ProfilePatch, PushChannelRecord, PushFinished, ReceiptChange, ReceiptState, Registered,
-    Registration, Relation, SearchPage, SearchQuery, Store, StoreError, StoreResult, User,
+    Accounts, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatLog, ChatOverview,
+    CollectedMedia, ContactAdded, ContactEntry, Device, FinishedMedia, HistoryQuery, IndexProgress,
+    LogEntry, LogEvent, LoggedIn, Login, MediaCreated, MediaRecord, MediaStore, Member,
+    MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage, NewPush,
+    NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord, PushFinished,
+    PushOutbox, ReceiptChange, ReceiptState, Registered, Registration, Relation, SearchIndex,
+    SearchPage, SearchQuery, Store, StoreError, StoreResult, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -80,7 +81,7 @@ impl SqliteStore {
     /// When the directory or database cannot be opened or migrated.
     pub fn open(data_dir: &Path, config: &StoreConfig) -> StoreResult<Self> {
         crate::perms::private_dir_all(data_dir).map_err(|e| {
-            StoreError(format!(
+            StoreError::unavailable(format!(
                 "cannot create the data directory {}: {e}",
                 data_dir.display()
             ))
@@ -89,8 +90,9 @@ impl SqliteStore {
         let path = data_dir.join(DB_FILE);
         // Made 0600 before SQLite opens it: its -wal and -shm files take the
         // database file's mode; they are restricted again below regardless.
-        crate::perms::private_file(&path)
-            .map_err(|e| StoreError(format!("cannot create {}: {e}", path.display())))?;
+        crate::perms::private_file(&path).map_err(|e| {
+            StoreError::unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
         let cache = cache::ChatCache::new(
             config.chat_cache_max,
             std::time::Duration::from_millis(config.receipt_flush_ms),
@@ -106,8 +108,9 @@ impl SqliteStore {
         let readers = ReadPool::open(&path, config.read_connections)?;
         for suffix in ["-wal", "-shm"] {
             let file = data_dir.join(format!("{DB_FILE}{suffix}"));
-            crate::perms::restrict(&file)
-                .map_err(|e| StoreError(format!("cannot restrict {}: {e}", file.display())))?;
+            crate::perms::restrict(&file).map_err(|e| {
+                StoreError::unavailable(format!("cannot restrict {}: {e}", file.display()))
+            })?;
         }
         Ok(Self {
             writer,
@@ -132,20 +135,21 @@ impl SqliteStore {
 fn lock_data_dir(data_dir: &Path) -> StoreResult<std::fs::File> {
     let path = data_dir.join(LOCK_FILE);
     crate::perms::private_file(&path)
-        .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::unavailable(format!("cannot open {}: {e}", path.display())))?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
-        .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::unavailable(format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError(format!(
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::unavailable(format!(
             "another natter process is using the data directory {}",
             data_dir.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StoreError(format!("cannot lock {}: {e}", path.display())))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -155,7 +159,7 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db_err)?;
     if current > MIGRATIONS.len() {
-        return Err(StoreError(format!(
+        return Err(StoreError::unavailable(format!(
             "the database has schema version {current}, newer than this server knows ({}); \
              run a newer natter",
             MIGRATIONS.len()
@@ -302,7 +306,10 @@ impl Store for SqliteStore {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
 
+#[async_trait]
+impl Accounts for SqliteStore {
     async fn server_secret(
         &self,
         name: &'static str,
@@ -432,7 +439,7 @@ impl Store for SqliteStore {
                 user_by_id(c, u.id)
                     .map_err(db_err)?
                     .map(Registered::Created)
-                    .ok_or_else(|| StoreError("the new user vanished".to_owned()))
+                    .ok_or_else(|| StoreError::internal("the new user vanished"))
             })
             .await
     }
@@ -715,6 +722,28 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        self.readers
+            .read(move |c| chats::presence_audience(c, user).map_err(db_err))
+            .await
+    }
+
+    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2) WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![user.as_uuid().as_bytes(), at.0]))
+                .map(drop)
+                .map_err(db_err)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl ChatLog for SqliteStore {
     async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated> {
         let created = self
             .writer
@@ -866,13 +895,10 @@ impl Store for SqliteStore {
             .read(move |c| chats::events_after(c, chat, user, after, limit).map_err(db_err))
             .await
     }
+}
 
-    async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>> {
-        self.readers
-            .read(move |c| chats::presence_audience(c, user).map_err(db_err))
-            .await
-    }
-
+#[async_trait]
+impl SearchIndex for SqliteStore {
     async fn search_messages(&self, query: SearchQuery) -> StoreResult<SearchPage> {
         self.readers
             .read(move |c| search::search(c, &query).map_err(db_err))
@@ -892,7 +918,10 @@ impl Store for SqliteStore {
     fn log_appended(&self) -> &tokio::sync::Notify {
         &self.log_appended
     }
+}
 
+#[async_trait]
+impl MediaStore for SqliteStore {
     async fn create_media(
         &self,
         m: NewMedia,
@@ -944,20 +973,10 @@ impl Store for SqliteStore {
             .write(move |c| media::collect(c, now, unreferenced_before, limit).map_err(db_err))
             .await
     }
+}
 
-    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
-        self.writer
-            .write(move |c| {
-                c.prepare_cached(
-                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2) WHERE id = ?1",
-                )
-                .and_then(|mut s| s.execute(params![user.as_uuid().as_bytes(), at.0]))
-                .map(drop)
-                .map_err(db_err)
-            })
-            .await
-    }
-
+#[async_trait]
+impl PushOutbox for SqliteStore {
     async fn put_push_channel(
         &self,
         user: UserId,
