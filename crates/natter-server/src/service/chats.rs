@@ -273,8 +273,7 @@ impl Services {
             }
             (t, Some(raw)) => Some(
                 self.attachable(who, raw, t, access.chat.encrypted)
-                    .await?
-                    .to_string(),
+                    .await?,
             ),
         };
         let (content, ciphertext) = self.message_body(

@@ -30,7 +30,7 @@ pub fn message(e: &LogEntry, status: MessageStatus) -> Message {
         message_type,
         content: e.content.clone(),
         ciphertext: e.ciphertext.as_ref().map(|c| BASE64.encode(c)),
-        media_id: e.media_id.clone(),
+        media_id: e.media_id.map(|m| m.to_string()),
         reply_to: e.reply_to,
         client_message_id: e.client_message_id.clone(),
         timestamp: e.created_at.to_datetime(),

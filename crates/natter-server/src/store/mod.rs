@@ -299,7 +299,7 @@ pub struct LogEntry {
     /// Opaque ciphertext (encrypted chats; for edits, the new ciphertext).
     pub ciphertext: Option<Vec<u8>>,
     /// Attached media.
-    pub media_id: Option<String>,
+    pub media_id: Option<MediaId>,
     /// The message it answers.
     pub reply_to: Option<MessageId>,
     /// The sender's idempotency key.
@@ -412,7 +412,7 @@ pub struct NewMessage {
     /// Ciphertext.
     pub ciphertext: Option<Vec<u8>>,
     /// Media.
-    pub media_id: Option<String>,
+    pub media_id: Option<MediaId>,
     /// The message it answers.
     pub reply_to: Option<MessageId>,
     /// Idempotency key.

@@ -9,7 +9,7 @@
 //! each chat by its seq), and search indexing follows the log separately.
 
 use natter_proto::chats::{ChatEvent, ChatKind, MessageType, Role};
-use natter_proto::{ChatId, DeviceId, MessageId, UserId};
+use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
@@ -137,7 +137,11 @@ fn entry_from_row(row: &Row<'_>) -> Result<LogEntry> {
         kind,
         content: row.get("content")?,
         ciphertext: row.get("ciphertext")?,
-        media_id: row.get("media_id")?,
+        // Stored as text (the upload's id as clients write it).
+        media_id: row
+            .get::<_, Option<String>>("media_id")?
+            .map(|m| m.parse::<MediaId>().map_err(conversion))
+            .transpose()?,
         reply_to: opt_uuid(row, "reply_to")?.map(MessageId::from_uuid),
         client_message_id: row.get("client_message_id")?,
         client_timestamp: row
@@ -157,7 +161,7 @@ struct Draft {
     kind: EntryKind,
     content: Option<String>,
     ciphertext: Option<Vec<u8>>,
-    media_id: Option<String>,
+    media_id: Option<MediaId>,
     reply_to: Option<MessageId>,
     client_message_id: Option<String>,
     client_timestamp: Option<Timestamp>,
@@ -224,7 +228,7 @@ fn append(
             msg_type,
             draft.content,
             draft.ciphertext,
-            draft.media_id,
+            draft.media_id.map(|m| m.to_string()),
             draft.reply_to.map(|m| *m.as_uuid().as_bytes()),
             draft.client_message_id,
             draft.client_timestamp.map(|t| t.0),
@@ -582,7 +586,7 @@ pub(super) fn post(c: &Connection, cache: &mut ChatCache, m: NewMessage) -> Resu
     }
     // Checked here, in the append's transaction, so garbage collection (also
     // a writer job) can never delete an upload a message is about to use.
-    if let Some(media) = &m.media_id
+    if let Some(media) = m.media_id
         && !super::media::is_ready(c, media)?
     {
         return Ok(Posted::MediaGone);

@@ -2,7 +2,6 @@
 //! who may fetch what, and garbage collection. Runs inside the writer's or
 //! a reader's connection; the bytes themselves live in the blob store.
 
-use std::str::FromStr;
 
 use natter_proto::media::MediaKind;
 use natter_proto::{ChatId, MediaId, UserId};
@@ -151,10 +150,7 @@ pub(super) fn delete(c: &Connection, id: MediaId) -> Result<bool> {
 }
 
 /// Whether a finished upload exists: a message may only reference one.
-pub(super) fn is_ready(c: &Connection, id: &str) -> Result<bool> {
-    let Ok(id) = MediaId::from_str(id) else {
-        return Ok(false);
-    };
+pub(super) fn is_ready(c: &Connection, id: MediaId) -> Result<bool> {
     c.prepare_cached("SELECT EXISTS (SELECT 1 FROM media WHERE id = ?1 AND ready = 1)")?
         .query_row([id.as_uuid().as_bytes()], |r| r.get(0))
 }
