@@ -7,8 +7,14 @@
 //! server runs (SQLite's online backup API). Output goes to stdout; errors
 //! to stderr with exit code 1 (2 for bad input or configuration).
 
-// The commands' output is their stdout.
-#![allow(clippy::print_stdout)]
+/// A line on stdout. A closed stdout (`natter admin user list | head -1`)
+/// ends the output quietly instead of panicking like `println!` would.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -217,7 +223,12 @@ type Outcome = Result<(), Failure>;
 pub(crate) fn run(args: AdminArgs) -> ExitCode {
     let outcome = match &args.command {
         AdminCommand::Genconfig => {
-            print!("{EXAMPLE_CONFIG}");
+            {
+                use std::io::Write as _;
+                let _ = std::io::stdout()
+                    .lock()
+                    .write_all(EXAMPLE_CONFIG.as_bytes());
+            }
             Ok(())
         }
         AdminCommand::Checkconfig { file } => checkconfig(file),
@@ -246,7 +257,7 @@ fn load_config(args: &AdminArgs) -> Result<Config, Failure> {
 
 fn checkconfig(file: &Path) -> Outcome {
     let config = Config::load(Some(file), std::iter::empty()).map_err(Failure::usage)?;
-    println!(
+    out!(
         "{} is a valid configuration (signup.mode = \"{}\", listen = {}, data_dir = {})",
         file.display(),
         config.signup_mode().as_str(),
@@ -289,10 +300,10 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
     match command {
         AdminCommand::User(UserCommand::Create { phone, name }) => {
             let created = services.admin_create_user(&phone, &name).await?;
-            println!("created user {}", created.user.id);
-            println!("  phone: {}", created.user.phone.as_str());
-            println!("  name:  {}", created.user.name);
-            println!(
+            out!("created user {}", created.user.id);
+            out!("  phone: {}", created.user.phone.as_str());
+            out!("  name:  {}", created.user.name);
+            out!(
                 "login code: {} (valid {} s, single use: POST /api/v1/users/login \
                  {{\"phone\", \"verification_code\", \"device_name\"}})",
                 created.login.code.expose(),
@@ -301,12 +312,16 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
         }
         AdminCommand::User(UserCommand::List) => {
             let users = services.admin_users().await?;
-            println!(
+            out!(
                 "{:<36}  {:<16}  {:>7}  {:<24}  {:<11}  NAME",
-                "USER_ID", "PHONE", "DEVICES", "CREATED", "STATE"
+                "USER_ID",
+                "PHONE",
+                "DEVICES",
+                "CREATED",
+                "STATE"
             );
             for u in &users {
-                println!(
+                out!(
                     "{:<36}  {:<16}  {:>7}  {:<24}  {:<11}  {}",
                     u.user.id,
                     u.user.phone.as_str(),
@@ -320,16 +335,16 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                     u.user.name
                 );
             }
-            println!("{} users", users.len());
+            out!("{} users", users.len());
         }
         AdminCommand::User(UserCommand::Deactivate { user }) => {
             let id = parse_id::<UserId>(&user, "user id")?;
             match services.admin_deactivate_user(id).await? {
-                Deactivated::Done(devices) => println!(
+                Deactivated::Done(devices) => out!(
                     "deactivated user {id}; {} devices logged out",
                     devices.len()
                 ),
-                Deactivated::Already => println!("user {id} was deactivated already"),
+                Deactivated::Already => out!("user {id} was deactivated already"),
                 Deactivated::NoSuchUser => {
                     return Err(Failure::failed(format!("no user with id {id}")));
                 }
@@ -343,7 +358,7 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                 }
                 other => other.into(),
             })?;
-            println!(
+            out!(
                 "login code for {}: {} (valid {} s, single use)",
                 issued.phone.as_str(),
                 issued.code.expose(),
@@ -356,12 +371,14 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                 ServiceError::UserNotFound => Failure::failed(format!("no user with id {id}")),
                 other => other.into(),
             })?;
-            println!(
+            out!(
                 "{:<36}  {:<24}  {:<24}  NAME",
-                "DEVICE_ID", "LOGGED IN", "LAST ACTIVE"
+                "DEVICE_ID",
+                "LOGGED IN",
+                "LAST ACTIVE"
             );
             for d in &devices {
-                println!(
+                out!(
                     "{:<36}  {:<24}  {:<24}  {}",
                     d.id,
                     time_text(d.created_at),
@@ -369,7 +386,7 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                     d.name
                 );
             }
-            println!("{} devices", devices.len());
+            out!("{} devices", devices.len());
         }
         AdminCommand::Device(DeviceCommand::Revoke { device }) => {
             let id = parse_id::<DeviceId>(&device, "device id")?;
@@ -382,14 +399,15 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                     }
                     other => other.into(),
                 })?;
-            println!(
+            out!(
                 "revoked device {id} ({}) of user {}",
-                revoked.name, revoked.user_id
+                revoked.name,
+                revoked.user_id
             );
         }
         AdminCommand::Invite(InviteCommand::Create { uses, expires_in }) => {
             let created = services.admin_create_invite(uses, expires_in).await?;
-            println!("{}", created.token.expose());
+            out!("{}", created.token.expose());
             eprintln!(
                 "invite {} for {} account{}, {}; shown once, only its hash is stored",
                 created.record.id,
@@ -407,9 +425,12 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
         AdminCommand::Invite(InviteCommand::List) => {
             let now = Timestamp::now();
             let invites = services.admin_invites().await?;
-            println!(
+            out!(
                 "{:<36}  {:>9}  {:<24}  {:<24}  STATE",
-                "INVITE_ID", "USES", "CREATED", "EXPIRES"
+                "INVITE_ID",
+                "USES",
+                "CREATED",
+                "EXPIRES"
             );
             for i in &invites {
                 let state = if i.revoked_at.is_some() {
@@ -421,7 +442,7 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                 } else {
                     "usable"
                 };
-                println!(
+                out!(
                     "{:<36}  {:>9}  {:<24}  {:<24}  {state}",
                     i.id,
                     format!("{}/{}", i.uses, i.max_uses),
@@ -429,7 +450,7 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                     i.expires_at.map_or("never".to_owned(), time_text),
                 );
             }
-            println!("{} invites", invites.len());
+            out!("{} invites", invites.len());
         }
         AdminCommand::Invite(InviteCommand::Revoke { invite }) => {
             let id = uuid::Uuid::parse_str(invite.trim()).map_err(|_| {
@@ -442,20 +463,21 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                     "no usable invite with id {id} (unknown or revoked already)"
                 )));
             }
-            println!("revoked invite {id}");
+            out!("revoked invite {id}");
         }
         AdminCommand::Stats => {
             let s = services.admin_stats().await?;
-            println!(
+            out!(
                 "users:          {} ({} deactivated)",
-                s.users, s.deactivated_users
+                s.users,
+                s.deactivated_users
             );
-            println!("devices:        {}", s.devices);
-            println!("chats:          {}", s.chats);
-            println!("chat log:       {} entries", s.log_entries);
-            println!("media:          {} ({} bytes)", s.media, s.media_bytes);
-            println!("usable invites: {}", s.usable_invites);
-            println!(
+            out!("devices:        {}", s.devices);
+            out!("chats:          {}", s.chats);
+            out!("chat log:       {} entries", s.log_entries);
+            out!("media:          {} ({} bytes)", s.media, s.media_bytes);
+            out!("usable invites: {}", s.usable_invites);
+            out!(
                 "disk:           {} bytes in {}",
                 disk_usage(data_dir),
                 data_dir.display()
@@ -470,13 +492,13 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                     .iter()
                     .map(|k| format!("missing blob {k} (a finished upload references it)")),
             );
-            println!("database: SQLite integrity_check and foreign_key_check");
-            println!("blobs:    {} looked for", blobs.checked);
+            out!("database: SQLite integrity_check and foreign_key_check");
+            out!("blobs:    {} looked for", blobs.checked);
             if problems.is_empty() {
-                println!("ok");
+                out!("ok");
             } else {
                 for p in &problems {
-                    println!("PROBLEM: {p}");
+                    out!("PROBLEM: {p}");
                 }
                 return Err(Failure::failed(format!(
                     "{} problem(s) found in {}",
@@ -536,15 +558,17 @@ fn progress_printer() -> impl FnMut(natter_server::backup::Progress) {
 }
 
 fn report(r: &natter_server::backup::Report) -> Outcome {
-    println!(
+    out!(
         "database: {} bytes; blobs: {} files, {} bytes",
-        r.database_bytes, r.blob_files, r.blob_bytes
+        r.database_bytes,
+        r.blob_files,
+        r.blob_bytes
     );
     if r.missing_blobs.is_empty() {
         Ok(())
     } else {
         for k in &r.missing_blobs {
-            println!("WARNING: missing blob {k}");
+            out!("WARNING: missing blob {k}");
         }
         Err(Failure::failed(format!(
             "{} referenced blob(s) are missing from the copy (collected while it ran, \
@@ -558,7 +582,7 @@ fn backup(data_dir: &Path, to: &Path) -> Outcome {
     let mut progress = progress_printer();
     let r = natter_server::backup::backup(data_dir, to, &mut progress).map_err(Failure::failed)?;
     report(&r)?;
-    println!(
+    out!(
         "backup of {} written to {}",
         data_dir.display(),
         to.display()
@@ -571,7 +595,7 @@ fn restore(from: &Path, data_dir: &Path) -> Outcome {
     let r =
         natter_server::backup::restore(from, data_dir, &mut progress).map_err(Failure::failed)?;
     report(&r)?;
-    println!("restored {} into {}", from.display(), data_dir.display());
+    out!("restored {} into {}", from.display(), data_dir.display());
     Ok(())
 }
 

@@ -271,10 +271,7 @@ impl Services {
                         .unwrap_or_default()
                 )));
             }
-            (t, Some(raw)) => Some(
-                self.attachable(who, raw, t, access.chat.encrypted)
-                    .await?,
-            ),
+            (t, Some(raw)) => Some(self.attachable(who, raw, t, access.chat.encrypted).await?),
         };
         let (content, ciphertext) = self.message_body(
             &access.chat,

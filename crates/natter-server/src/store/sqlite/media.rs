@@ -2,7 +2,6 @@
 //! who may fetch what, and garbage collection. Runs inside the writer's or
 //! a reader's connection; the bytes themselves live in the blob store.
 
-
 use natter_proto::media::MediaKind;
 use natter_proto::{ChatId, MediaId, UserId};
 use rusqlite::{Connection, OptionalExtension, Result, Row, params};
