@@ -15,6 +15,7 @@ use natter_proto::{ChatId, MessageId, UserId};
 use super::{Principal, ServiceError, ServiceResult, Services, clean_text};
 use crate::bus::ConnId;
 use crate::clock::Timestamp;
+use crate::store::rules::BodyRefusal;
 use crate::store::{
     ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ChatRecord, HistoryQuery,
     LogEntry, Member, MessageChange, MessageChanged, NewChat, NewContent, NewMessage, Posted,
@@ -60,6 +61,21 @@ pub struct HistoryRequest {
     pub before_seq: Option<i64>,
     /// Entries after this seq, oldest first.
     pub after_seq: Option<i64>,
+}
+
+/// The error for a body that does not suit its chat.
+fn body_refused(refusal: BodyRefusal) -> ServiceError {
+    ServiceError::Validation(
+        match refusal {
+            BodyRefusal::ContentRequired => "`content` is required.",
+            BodyRefusal::CiphertextRequired => "`ciphertext` is required.",
+            BodyRefusal::NotEncrypted => {
+                "This chat is not encrypted: send `content`, not `ciphertext`."
+            }
+            BodyRefusal::Encrypted => "This chat is end-to-end encrypted: send only `ciphertext`.",
+        }
+        .to_owned(),
+    )
 }
 
 /// The default page size, as in the seed's example.
@@ -239,10 +255,6 @@ impl Services {
         who: &Principal,
         req: SendMessage,
     ) -> ServiceResult<NewMessage> {
-        let access = self.access(who, req.chat_id).await?;
-        if access.role.is_none() {
-            return Err(ServiceError::ChatNotFound);
-        }
         self.limit(
             crate::ratelimit::Limit::MessagesPerUser,
             &who.user.to_string(),
@@ -254,6 +266,10 @@ impl Services {
                 "`type` must be text, image, video or file.".to_owned(),
             ));
         }
+        // Membership, and whether the body suits the chat (plaintext or
+        // encrypted), are checked by the store in the append itself, so a
+        // plain send reads nothing first. An attachment's check needs the
+        // chat, so only a send with media looks it up here.
         let media_id = match (req.message_type, req.media_id.as_deref()) {
             (MessageType::Text, None) => None,
             (MessageType::Text, Some(_)) => {
@@ -271,14 +287,15 @@ impl Services {
                         .unwrap_or_default()
                 )));
             }
-            (t, Some(raw)) => Some(self.attachable(who, raw, t, access.chat.encrypted).await?),
+            (t, Some(raw)) => {
+                let access = self.access(who, req.chat_id).await?;
+                if access.role.is_none() {
+                    return Err(ServiceError::ChatNotFound);
+                }
+                Some(self.attachable(who, raw, t, access.chat.encrypted).await?)
+            }
         };
-        let (content, ciphertext) = self.message_body(
-            &access.chat,
-            req.content,
-            req.ciphertext,
-            media_id.is_some(),
-        )?;
+        let (content, ciphertext) = self.message_body(req.content, req.ciphertext)?;
         if let Some(key) = &req.client_message_id {
             let len = key.chars().count();
             if len == 0 || len > limits.max_client_message_id_chars {
@@ -347,24 +364,26 @@ impl Services {
             Posted::MediaGone => Err(ServiceError::Validation(
                 "`media_id` does not name an upload you may use.".to_owned(),
             )),
+            Posted::WrongBody(refusal) => Err(body_refused(refusal)),
         }
     }
 
-    /// Checks and decodes the body of a message for this chat: text for
-    /// plaintext chats (optional, a caption, when media is attached), base64
-    /// ciphertext for encrypted ones (always: it carries the media key),
-    /// never both.
+    /// Checks and decodes the body of a message, as far as that does not
+    /// depend on the chat: text within its limit, or base64 ciphertext
+    /// within its; never both. Whether the body suits the chat is
+    /// [`body_refusal`]'s, checked by the store in the append.
     fn message_body(
         &self,
-        chat: &ChatRecord,
         content: Option<String>,
         ciphertext: Option<String>,
-        has_media: bool,
     ) -> ServiceResult<(Option<String>, Option<Vec<u8>>)> {
         let limits = &self.inner.config.limits;
-        match (chat.encrypted, content, ciphertext) {
-            (false, None, None) if has_media => Ok((None, None)),
-            (false, Some(text), None) => {
+        match (content, ciphertext) {
+            (Some(_), Some(_)) => Err(ServiceError::Validation(
+                "Send `content` (plaintext chats) or `ciphertext` (encrypted chats), not both."
+                    .to_owned(),
+            )),
+            (Some(text), None) => {
                 let len = text.chars().count();
                 if text.trim().is_empty() {
                     return Err(ServiceError::Validation(
@@ -379,7 +398,7 @@ impl Services {
                 }
                 Ok((Some(text), None))
             }
-            (true, None, Some(encoded)) => {
+            (None, Some(encoded)) => {
                 let bytes = BASE64.decode(encoded.as_bytes()).map_err(|_| {
                     ServiceError::Validation("`ciphertext` must be standard base64.".to_owned())
                 })?;
@@ -391,18 +410,7 @@ impl Services {
                 }
                 Ok((None, Some(bytes)))
             }
-            (false, None, None) => Err(ServiceError::Validation(
-                "`content` is required.".to_owned(),
-            )),
-            (true, None, None) => Err(ServiceError::Validation(
-                "`ciphertext` is required.".to_owned(),
-            )),
-            (false, _, _) => Err(ServiceError::Validation(
-                "This chat is not encrypted: send `content`, not `ciphertext`.".to_owned(),
-            )),
-            (true, _, _) => Err(ServiceError::Validation(
-                "This chat is end-to-end encrypted: send only `ciphertext`.".to_owned(),
-            )),
+            (None, None) => Ok((None, None)),
         }
     }
 
@@ -467,8 +475,15 @@ impl Services {
         req: EditMessage,
     ) -> ServiceResult<MessageView> {
         let chat = self.message_chat(who, id).await?;
-        let (content, ciphertext) =
-            self.message_body(&chat.chat, req.content, req.ciphertext, false)?;
+        let (content, ciphertext) = self.message_body(req.content, req.ciphertext)?;
+        if let Some(refusal) = crate::store::rules::refuse_body(
+            chat.chat.encrypted,
+            content.is_some(),
+            ciphertext.is_some(),
+            false,
+        ) {
+            return Err(body_refused(refusal));
+        }
         let window = i64::try_from(
             self.inner
                 .config

@@ -436,6 +436,8 @@ pub enum Posted {
     BadReply,
     /// `media_id` names no finished upload (it was collected meanwhile).
     MediaGone,
+    /// The body does not suit the chat (plaintext or encrypted).
+    WrongBody(rules::BodyRefusal),
 }
 
 /// An upload about to be recorded: a resumable one in progress (`finished`

@@ -73,6 +73,40 @@ pub const fn may_edit(sent_at: Timestamp, now: Timestamp, window_ms: i64) -> boo
     now.0.saturating_sub(sent_at.0) <= window_ms
 }
 
+/// Why a message's body does not suit its chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRefusal {
+    /// A plaintext chat needs `content` (or an attachment).
+    ContentRequired,
+    /// An encrypted chat needs `ciphertext` (it also carries any media key).
+    CiphertextRequired,
+    /// Ciphertext sent to a plaintext chat.
+    NotEncrypted,
+    /// Text sent to an encrypted chat.
+    Encrypted,
+}
+
+/// Whether a message's body suits its chat: plaintext chats take text
+/// (optional when media is attached, as its caption), encrypted chats take
+/// only ciphertext (always, since it carries the media key). `None` when it
+/// does.
+#[must_use]
+pub const fn refuse_body(
+    encrypted: bool,
+    has_content: bool,
+    has_ciphertext: bool,
+    has_media: bool,
+) -> Option<BodyRefusal> {
+    match (encrypted, has_content, has_ciphertext) {
+        (false, true, false) | (true, false, true) => None,
+        (false, false, false) if has_media => None,
+        (false, false, false) => Some(BodyRefusal::ContentRequired),
+        (false, _, true) => Some(BodyRefusal::NotEncrypted),
+        (true, false, false) => Some(BodyRefusal::CiphertextRequired),
+        (true, true, _) => Some(BodyRefusal::Encrypted),
+    }
+}
+
 /// Who hears of an entry: the members when it is appended, and a user it
 /// removed (who sees their own removal and nothing after it).
 #[must_use]
@@ -144,6 +178,33 @@ mod tests {
     fn the_edit_window_includes_its_last_millisecond() {
         assert!(may_edit(Timestamp(1_000), Timestamp(2_000), 1_000));
         assert!(!may_edit(Timestamp(1_000), Timestamp(2_001), 1_000));
+    }
+
+    #[test]
+    fn a_body_must_suit_its_chat() {
+        assert_eq!(refuse_body(false, true, false, false), None);
+        assert_eq!(
+            refuse_body(false, false, false, true),
+            None,
+            "a caption is optional"
+        );
+        assert_eq!(refuse_body(true, false, true, true), None);
+        assert_eq!(
+            refuse_body(false, false, false, false),
+            Some(BodyRefusal::ContentRequired)
+        );
+        assert_eq!(
+            refuse_body(false, false, true, false),
+            Some(BodyRefusal::NotEncrypted)
+        );
+        assert_eq!(
+            refuse_body(true, false, false, true),
+            Some(BodyRefusal::CiphertextRequired)
+        );
+        assert_eq!(
+            refuse_body(true, true, false, false),
+            Some(BodyRefusal::Encrypted)
+        );
     }
 
     #[test]

@@ -767,3 +767,65 @@ async fn presence_changes_are_rate_limited_and_acks_checked() {
         .await;
     assert_eq!(a.next_of("error").await["code"], "validation_failed");
 }
+
+#[tokio::test]
+async fn a_member_removed_during_a_burst_receives_everything_before_and_nothing_after() {
+    let app = TestApp::start().await;
+    let admin = app.signup("+14155551052", "Admin").await;
+    let member = app.signup("+14155551053", "Member").await;
+    let sender = app.signup("+14155551054", "Sender").await;
+    let group = admin.group_with(&app, "G", &[&member, &sender]).await;
+    let mut m = member.connect(&app).await;
+    let burst = {
+        let (base, sender, group) = (app.base.clone(), sender.clone(), group.clone());
+        let http = app.http.clone();
+        tokio::spawn(async move {
+            for n in 0..150 {
+                let res = http
+                    .post(format!("{base}/api/v1/messages"))
+                    .bearer_auth(&sender.token)
+                    .json(&json!({"chat_id": group, "content": format!("b{n}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 201);
+            }
+        })
+    };
+    // Remove the member once some of the burst has reached them.
+    for _ in 0..20 {
+        m.next_of("new_message").await;
+    }
+    admin
+        .delete(
+            &app,
+            &format!("/api/v1/chats/{group}/participants/{}", member.user_id),
+        )
+        .await
+        .ok(204);
+    tokio::time::timeout(WAIT * 3, burst)
+        .await
+        .unwrap()
+        .unwrap();
+    // What the member got after those 20: the rest up to their removal, in
+    // order, then nothing.
+    let mut seqs = Vec::new();
+    let removed_at = loop {
+        let frame = m.next().await;
+        if frame["chat_id"] != group.as_str() {
+            continue;
+        }
+        let seq = frame["seq"].as_i64().unwrap();
+        seqs.push(seq);
+        if frame["message"]["event"]["kind"] == "member_removed" {
+            break seq;
+        }
+    };
+    m.nothing_of("new_message", QUIET).await;
+    // 1 created, then 20 messages already taken: 22 onwards, gapless.
+    assert_eq!(seqs, (22..=removed_at).collect::<Vec<_>>());
+    assert!(
+        removed_at < 1 + 150 + 1,
+        "the removal landed inside the burst"
+    );
+}

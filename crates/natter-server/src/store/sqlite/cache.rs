@@ -69,6 +69,8 @@ pub(super) struct MemberState {
 pub(super) struct ChatState {
     /// Direct or group.
     pub(super) kind: ChatKind,
+    /// Whether the chat takes only ciphertext (fixed at creation).
+    pub(super) encrypted: bool,
     /// The log's last seq.
     pub(super) last_seq: i64,
     /// Current members.
@@ -83,9 +85,10 @@ pub(super) struct ChatState {
 
 impl ChatState {
     /// A chat with no members and an empty log.
-    pub(super) fn new(kind: ChatKind) -> Self {
+    pub(super) fn new(kind: ChatKind, encrypted: bool) -> Self {
         Self {
             kind,
+            encrypted,
             last_seq: 0,
             members: HashMap::new(),
             recipients: Recipients::from(Vec::new()),
@@ -348,11 +351,11 @@ impl ChatCache {
 /// Reads a chat's state from the store.
 fn load(c: &Connection, chat: ChatId) -> rusqlite::Result<Option<ChatState>> {
     let id = chat.as_uuid().as_bytes();
-    let kind: Option<String> = c
-        .prepare_cached("SELECT kind FROM chats WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
+    let row: Option<(String, bool)> = c
+        .prepare_cached("SELECT kind, encrypted FROM chats WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some(kind) = kind else {
+    let Some((kind, encrypted)) = row else {
         return Ok(None);
     };
     let kind = if kind == "group" {
@@ -360,7 +363,7 @@ fn load(c: &Connection, chat: ChatId) -> rusqlite::Result<Option<ChatState>> {
     } else {
         ChatKind::Direct
     };
-    let mut state = ChatState::new(kind);
+    let mut state = ChatState::new(kind, encrypted);
     state.last_seq = c
         .prepare_cached("SELECT coalesce(max(seq), 0) FROM chat_log WHERE chat_id = ?1")?
         .query_row([id], |r| r.get(0))?;
@@ -411,7 +414,7 @@ mod tests {
     #[test]
     fn receipt_positions_are_the_lowest_members_and_only_move_forward() {
         let (a, b, c) = (UserId::new(), UserId::new(), UserId::new());
-        let mut chat = ChatState::new(ChatKind::Group);
+        let mut chat = ChatState::new(ChatKind::Group, false);
         chat.last_seq = 10;
         chat.join(facts(a, 1), 0, 0);
         assert_eq!(chat.receipts(), ReceiptState::default(), "a chat of one");

@@ -404,7 +404,7 @@ pub(super) fn create_chat(
         new.creator.as_uuid().as_bytes(),
         new.now.0
     ])?;
-    let state = cache.insert(new.id, ChatState::new(new.kind));
+    let state = cache.insert(new.id, ChatState::new(new.kind, new.encrypted));
     // Members first, so the `created` entry reaches all of them; it has seq 1.
     let creator_role = if new.kind == ChatKind::Group {
         Role::Admin
@@ -578,6 +578,14 @@ pub(super) fn post(c: &Connection, cache: &mut ChatCache, m: NewMessage) -> Resu
     };
     if state.role(m.sender_id).is_none() {
         return Ok(Posted::NotMember);
+    }
+    if let Some(refusal) = rules::refuse_body(
+        state.encrypted,
+        m.content.is_some(),
+        m.ciphertext.is_some(),
+        m.media_id.is_some(),
+    ) {
+        return Ok(Posted::WrongBody(refusal));
     }
     if let Some(reply) = m.reply_to
         && visible_message(c, m.chat_id, m.sender_id, reply)?.is_none()
