@@ -334,6 +334,11 @@ pub struct Limits {
     /// Frames queued for one WebSocket connection before it counts as behind
     /// and is closed (it resumes with `sync`).
     pub ws_queue_depth: usize,
+    /// Largest group whose members are told live when a member comes online
+    /// or goes offline: in a bigger group a connect would cost a frame per
+    /// member (10,000 members connecting, 10^8 frames). Direct chats and
+    /// contacts always are.
+    pub presence_group_max_members: usize,
     /// Largest WebSocket message (and frame) a client may send, in bytes.
     pub ws_max_message_bytes: usize,
     /// WebSocket read buffer per connection, in bytes. Small, because every
@@ -393,6 +398,7 @@ impl Default for Limits {
             max_sync_chats: 1_000,
             sync_page_size: 200,
             ws_queue_depth: 1024,
+            presence_group_max_members: 256,
             ws_max_message_bytes: 64 * 1024,
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 4096,
@@ -705,7 +711,7 @@ impl Config {
             _ => {}
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 53] = [
+        let positive: [(&'static str, u64); 54] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -789,6 +795,10 @@ impl Config {
             ("limits.max_sync_chats", self.limits.max_sync_chats as u64),
             ("limits.sync_page_size", self.limits.sync_page_size as u64),
             ("limits.ws_queue_depth", self.limits.ws_queue_depth as u64),
+            (
+                "limits.presence_group_max_members",
+                self.limits.presence_group_max_members as u64,
+            ),
             (
                 "limits.ws_max_message_bytes",
                 self.limits.ws_max_message_bytes as u64,

@@ -340,7 +340,8 @@ impl Services {
         status: PresenceStatus,
         last_seen: Option<Timestamp>,
     ) {
-        let audience = match self.inner.store.presence_audience(user).await {
+        let max = self.inner.config.limits.presence_group_max_members;
+        let audience = match self.inner.store.presence_audience(user, max).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "could not load the presence audience");

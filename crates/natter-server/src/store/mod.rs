@@ -929,7 +929,14 @@ pub trait Accounts: Send + Sync {
 
     /// Users allowed to see `user`'s presence: those who share a chat with
     /// them or have them as a contact, narrowed by `user`'s privacy setting.
-    async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>>;
+    /// (Co-members are counted only in direct chats and in groups of at most
+    /// `max_group_members`: a presence change is not pushed to every member
+    /// of a large group.)
+    async fn presence_audience(
+        &self,
+        user: UserId,
+        max_group_members: usize,
+    ) -> StoreResult<Vec<UserId>>;
 
     /// Records when the user was last online.
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;

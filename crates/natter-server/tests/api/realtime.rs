@@ -829,3 +829,34 @@ async fn a_member_removed_during_a_burst_receives_everything_before_and_nothing_
         "the removal landed inside the burst"
     );
 }
+
+#[tokio::test]
+async fn presence_is_pushed_to_group_members_only_in_groups_up_to_the_limit() {
+    let app = TestApp::start_with(|c| c.limits.presence_group_max_members = 3).await;
+    let alice = app.signup("+14155551055", "Alice").await;
+    let bob = app.signup("+14155551056", "Bob").await;
+    let carol = app.signup("+14155551057", "Carol").await;
+    let dan = app.signup("+14155551058", "Dan").await;
+    // Three members (N): Bob hears that Alice came online.
+    let small = alice.group_with(&app, "Small", &[&bob, &carol]).await;
+    let mut b = bob.connect(&app).await;
+    let a = alice.connect(&app).await;
+    assert_eq!(
+        b.next_of("presence").await["user_id"],
+        alice.user_id.as_str()
+    );
+    a.close().await;
+    assert_eq!(b.next_of("presence").await["status"], "offline");
+    // Four members (N+1), and no other chat in common: nothing is pushed.
+    alice
+        .delete(
+            &app,
+            &format!("/api/v1/chats/{small}/participants/{}", bob.user_id),
+        )
+        .await
+        .ok(204);
+    let _large = alice.group_with(&app, "Large", &[&bob, &carol, &dan]).await;
+    let a = alice.connect(&app).await;
+    b.nothing_of("presence", QUIET).await;
+    a.close().await;
+}

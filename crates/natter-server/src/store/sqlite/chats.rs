@@ -1059,7 +1059,11 @@ pub(super) fn events_after(
     Ok(out)
 }
 
-pub(super) fn presence_audience(c: &Connection, user: UserId) -> Result<Vec<UserId>> {
+pub(super) fn presence_audience(
+    c: &Connection,
+    user: UserId,
+    max_group_members: i64,
+) -> Result<Vec<UserId>> {
     let visibility: Option<String> = c
         .prepare_cached("SELECT last_seen_visibility FROM users WHERE id = ?1")?
         .query_row([user.as_uuid().as_bytes()], |r| r.get(0))
@@ -1068,8 +1072,12 @@ pub(super) fn presence_audience(c: &Connection, user: UserId) -> Result<Vec<User
         Some("everyone") => {
             "SELECT DISTINCT other FROM (
                SELECT m2.user_id AS other FROM memberships m1
+               JOIN chats c ON c.id = m1.chat_id
                JOIN memberships m2 ON m2.chat_id = m1.chat_id AND m2.to_seq IS NULL
                WHERE m1.user_id = ?1 AND m1.to_seq IS NULL
+                 AND (c.kind = 'direct'
+                      OR (SELECT count(*) FROM memberships m3
+                          WHERE m3.chat_id = m1.chat_id AND m3.to_seq IS NULL) <= ?2)
                UNION SELECT owner_id AS other FROM contacts WHERE contact_id = ?1)
              WHERE other != ?1"
         }
@@ -1078,6 +1086,12 @@ pub(super) fn presence_audience(c: &Connection, user: UserId) -> Result<Vec<User
         _ => return Ok(Vec::new()),
     };
     let mut s = c.prepare_cached(sql)?;
-    let rows = s.query_map([user.as_uuid().as_bytes()], |r| uuid_of(r, "other"))?;
-    rows.map(|r| r.map(UserId::from_uuid)).collect()
+    let id = user.as_uuid().as_bytes();
+    let other = |r: &Row<'_>| uuid_of(r, "other").map(UserId::from_uuid);
+    if sql.contains("?2") {
+        s.query_map(params![id, max_group_members], other)?
+            .collect()
+    } else {
+        s.query_map([id], other)?.collect()
+    }
 }

@@ -722,9 +722,14 @@ impl Accounts for SqliteStore {
             .await
     }
 
-    async fn presence_audience(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+    async fn presence_audience(
+        &self,
+        user: UserId,
+        max_group_members: usize,
+    ) -> StoreResult<Vec<UserId>> {
+        let max = i64::try_from(max_group_members).unwrap_or(i64::MAX);
         self.readers
-            .read(move |c| chats::presence_audience(c, user).map_err(db_err))
+            .read(move |c| chats::presence_audience(c, user, max).map_err(db_err))
             .await
     }
 
