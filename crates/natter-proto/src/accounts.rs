@@ -32,11 +32,39 @@ pub struct RegisterRequest {
     pub phone: String,
     /// Display name.
     pub name: String,
-    /// The 6-digit code from the SMS.
-    pub verification_code: String,
+    /// The 6-digit code from the SMS. Required in sign-up modes `sms` and
+    /// `open`; not used in mode `invite`.
+    #[serde(default)]
+    pub verification_code: Option<String>,
+    /// The invite (`inv_…`) the operator gave. Required in sign-up mode
+    /// `invite`; not used in the other modes.
+    #[serde(default)]
+    pub invite: Option<String>,
     /// A name for this device, shown in the device list.
     #[serde(default)]
     pub device_name: Option<String>,
+}
+
+/// `POST /api/v1/devices/login-code`: a one-time code for logging in a new
+/// device of the caller's account with `POST /api/v1/users/login`, without
+/// an SMS (the way to add a device in sign-up mode `invite`).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginCode {
+    /// The caller's number, for the login body.
+    pub phone: String,
+    /// Six digits, single use; replaces any code sent earlier to the number.
+    pub code: String,
+    /// How long the code stays valid, in seconds.
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for LoginCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginCode")
+            .field("code", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `POST /api/v1/users/login`: add a device to an existing account.
@@ -97,6 +125,7 @@ impl std::fmt::Debug for RegisterRequest {
         f.debug_struct("RegisterRequest")
             .field("name", &self.name)
             .field("verification_code", &"<redacted>")
+            .field("invite", &"<redacted>")
             .field("device_name", &self.device_name)
             .finish_non_exhaustive()
     }

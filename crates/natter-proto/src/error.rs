@@ -41,6 +41,12 @@ pub enum ErrorCode {
     Unauthorized,
     /// 401: the verification code is wrong, expired, used, or the number is unknown.
     InvalidVerificationCode,
+    /// 401: the invite is unknown, revoked, expired or used up (sign-up mode `invite`).
+    InvalidInvite,
+    /// 403: this server sends no verification codes (sign-up mode `invite`):
+    /// register with an invite; log a new device in with a code from
+    /// `POST /api/v1/devices/login-code`.
+    SmsDisabled,
     /// 404: no such route.
     NotFound,
     /// 404: no such user, or one the caller may not see.
@@ -121,7 +127,7 @@ impl ErrorCode {
             | Self::InvalidParameter
             | Self::InvalidPhone
             | Self::InvalidPushEndpoint => 400,
-            Self::Unauthorized | Self::InvalidVerificationCode => 401,
+            Self::Unauthorized | Self::InvalidVerificationCode | Self::InvalidInvite => 401,
             Self::NotFound
             | Self::UserNotFound
             | Self::DeviceNotFound
@@ -131,7 +137,7 @@ impl ErrorCode {
             | Self::MediaNotFound
             | Self::UploadNotFound => 404,
             Self::PushDisabled | Self::PushChannelNotFound => 404,
-            Self::Forbidden => 403,
+            Self::Forbidden | Self::SmsDisabled => 403,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::PhoneTaken

@@ -84,7 +84,10 @@ impl Blobs {
     /// # Errors
     /// When the directory cannot be created.
     pub fn local(root: &Path) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(root)?;
+        crate::perms::private_dir_all(root)?;
+        for dir in ["media", "thumbnails"] {
+            crate::perms::private_dir_all(&root.join(dir))?;
+        }
         let store = LocalFileSystem::new_with_prefix(root)?;
         Ok(Self {
             store: Arc::new(store),
@@ -151,6 +154,9 @@ impl Blobs {
         };
         let path = root.join(key.as_ref());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            // object_store creates files with the umask's mode: 0600 before
+            // the upload is acknowledged (perms.rs).
+            crate::perms::restrict(&path)?;
             std::fs::File::open(&path)?.sync_all()?;
             if let Some(dir) = path.parent() {
                 std::fs::File::open(dir)?.sync_all()?;
@@ -181,6 +187,18 @@ impl Blobs {
             .into_stream()
             .map(|r| r.map_err(BlobError::from))
             .boxed())
+    }
+
+    /// Whether a blob exists (`natter admin check`).
+    ///
+    /// # Errors
+    /// When the store fails for another reason than absence.
+    pub async fn exists(&self, id: MediaId, kind: BlobKind) -> Result<bool, BlobError> {
+        match self.store.head(&key(id, kind)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes a media object's blobs; missing ones are not an error.

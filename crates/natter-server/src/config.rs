@@ -38,6 +38,10 @@ pub struct Config {
     /// and a plausible length; the default, so the API's examples work) or
     /// `strict` (valid in the country's numbering plan).
     pub phone_validation: PhoneValidation,
+    /// How people sign up: `sms`, `invite` or `open`.
+    pub signup: SignupConfig,
+    /// TLS termination by the server itself.
+    pub tls: TlsConfig,
     /// Verification codes.
     pub verification: VerificationConfig,
     /// The SMS gateway webhook.
@@ -64,6 +68,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             trust_forwarded_for: false,
             phone_validation: PhoneValidation::Parse,
+            signup: SignupConfig::default(),
+            tls: TlsConfig::default(),
             verification: VerificationConfig::default(),
             sms: SmsConfig::default(),
             store: StoreConfig::default(),
@@ -83,6 +89,54 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// TLS: with both files set, `natter serve` speaks HTTPS (and WSS) itself,
+/// HTTP/2 and HTTP/1.1 by ALPN. Without, plain HTTP (behind a proxy).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first (`fullchain.pem`).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+/// How accounts are created (`docs/operations.md#sign-up-modes`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignupConfig {
+    /// `sms`, `invite` or `open`. Unset: `sms` when `sms_webhook_url` is
+    /// set, `open` otherwise (what Natter did before the key existed).
+    pub mode: Option<SignupMode>,
+}
+
+/// How accounts are created and numbers proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignupMode {
+    /// Codes go by SMS through `sms_webhook_url`; anyone with the number
+    /// can sign up.
+    Sms,
+    /// Registration needs an invite made by the operator (`natter admin
+    /// invite create`); no SMS gateway. A new device logs in with a code
+    /// made by one of the account's devices.
+    Invite,
+    /// DEVELOPMENT: codes are printed to stderr; anyone who reads it can
+    /// sign up or log in as any number.
+    Open,
+}
+
+impl SignupMode {
+    /// The name used in the configuration.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "sms",
+            Self::Invite => "invite",
+            Self::Open => "open",
+        }
+    }
 }
 
 /// Verification codes sent by SMS.
@@ -622,6 +676,40 @@ impl Config {
                 }
             }
         }
+        match (self.signup_mode(), self.sms_webhook_url.is_some()) {
+            (SignupMode::Sms, false) => {
+                return Err(invalid(
+                    "sms_webhook_url",
+                    "must be set when signup.mode is \"sms\" (the gateway codes are POSTed to)",
+                ));
+            }
+            (mode @ (SignupMode::Invite | SignupMode::Open), true) => {
+                return Err(invalid(
+                    "sms_webhook_url",
+                    format!(
+                        "is only used with signup.mode = \"sms\", but signup.mode is \"{}\"; \
+                         remove it or set signup.mode = \"sms\"",
+                        mode.as_str()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.key_file",
+                    "must be set when tls.cert_file is (TLS needs both)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls.cert_file",
+                    "must be set when tls.key_file is (TLS needs both)",
+                ));
+            }
+            _ => {}
+        }
         // `log` is checked by the binary, which owns the log subscriber.
         let positive: [(&'static str, u64); 54] = [
             (
@@ -885,6 +973,19 @@ impl Config {
         Ok(())
     }
 
+    /// The sign-up mode in force: `signup.mode`, or, unset, `sms` with a
+    /// gateway and `open` without.
+    #[must_use]
+    pub fn signup_mode(&self) -> SignupMode {
+        self.signup
+            .mode
+            .unwrap_or(if self.sms_webhook_url.is_some() {
+                SignupMode::Sms
+            } else {
+                SignupMode::Open
+            })
+    }
+
     /// The request timeout as a duration.
     #[must_use]
     pub fn request_timeout(&self) -> Duration {
@@ -1101,6 +1202,36 @@ mod tests {
     }
 
     #[test]
+    fn the_signup_mode_follows_the_gateway_unless_set_and_a_half_configured_one_is_refused() {
+        let open = Config::load(None, env(&[])).unwrap();
+        assert_eq!(open.signup_mode(), SignupMode::Open);
+        let sms = Config::load(
+            None,
+            env(&[("NATTER_SMS_WEBHOOK_URL", "https://sms.example/h")]),
+        );
+        assert_eq!(sms.unwrap().signup_mode(), SignupMode::Sms);
+        let invite = Config::load(None, env(&[("NATTER_SIGNUP__MODE", "invite")])).unwrap();
+        assert_eq!(invite.signup_mode(), SignupMode::Invite);
+
+        let e = error_of(&[("NATTER_SIGNUP__MODE", "sms")]);
+        assert!(
+            e.contains("`sms_webhook_url`") && e.contains("\"sms\""),
+            "{e}"
+        );
+        let e = error_of(&[
+            ("NATTER_SIGNUP__MODE", "invite"),
+            ("NATTER_SMS_WEBHOOK_URL", "https://sms.example/h"),
+        ]);
+        assert!(e.contains("`sms_webhook_url`"), "{e}");
+        let e = error_of(&[("NATTER_TLS__CERT_FILE", "/etc/natter/cert.pem")]);
+        assert!(e.contains("`tls.key_file`"), "{e}");
+        let e = error_of(&[("NATTER_TLS__KEY_FILE", "/etc/natter/key.pem")]);
+        assert!(e.contains("`tls.cert_file`"), "{e}");
+        let e = error_of(&[("NATTER_SIGNUP__MODE", "closed")]);
+        assert!(e.contains("`signup.mode`"), "{e}");
+    }
+
+    #[test]
     fn the_environment_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("natter.toml");
@@ -1139,8 +1270,8 @@ mod tests {
         let (mut in_file, mut in_code) = (Vec::new(), Vec::new());
         leaves("", &file, &mut in_file);
         leaves("", &defaults, &mut in_code);
-        // The one optional key is commented out in the file.
-        in_code.retain(|(k, v)| !(k == "sms_webhook_url" && v.is_null()));
+        // Optional keys (unset by default) are commented out in the file.
+        in_code.retain(|(_, v)| !v.is_null());
         in_file.sort_by(|a, b| a.0.cmp(&b.0));
         in_code.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(in_file, in_code);

@@ -14,17 +14,22 @@
 //! - [`search_query`]: the message search language, parsed into an
 //!   engine-neutral query that each store engine compiles.
 //! - [`config`]: the one `Config` with its `Limits` and rate-limit table.
+//! - [`offline`]: the services on a stopped server's data directory
+//!   (`natter admin`); [`backup`]: online backup and restore.
 //! - [`server`]: start-up and graceful shutdown; `listener` accepts
 //!   connections (header timeout, per-address cap, graceful drain).
 //! - [`phone`], [`secret`], [`clock`]: small domain types (E.164 numbers,
 //!   tokens and codes that never print, server time).
 
 pub mod api;
+pub mod backup;
 pub mod blobs;
 pub mod bus;
 pub mod clock;
 pub mod config;
 mod listener;
+pub mod offline;
+pub mod perms;
 pub mod phone;
 pub mod push;
 pub mod ratelimit;
@@ -35,6 +40,7 @@ pub mod service;
 pub mod sms;
 pub mod store;
 pub mod thumbnail;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{RunningServer, StartError};

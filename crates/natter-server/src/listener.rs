@@ -288,12 +288,18 @@ impl Drop for Slot {
     }
 }
 
+/// A connection's byte stream: plain TCP or TLS over it (`tls.rs`).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
 /// Serves `app` on `listener` until `stop` turns true, then drains open
-/// connections for at most `drain`.
+/// connections for at most `drain`. With `tls`, each connection first
+/// completes a TLS handshake, within the header-read timeout.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -358,12 +364,32 @@ pub(crate) async fn serve(
                 }))
             }
         });
-        let io = TokioIo::new(WriteTimeout::new(stream, write_timeout));
-        let connection = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let io = WriteTimeout::new(stream, write_timeout);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
+            // With TLS, the handshake comes first, within the first-request
+            // bound (the watchdog below counts from the accept as well).
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(io),
+                Some(tls) => match tokio::time::timeout(first_request, tls.accept(io)).await {
+                    Ok(Ok(stream)) => Box::new(stream),
+                    Ok(Err(e)) => {
+                        metrics::counter!("natter_tls_handshakes_failed_total", "reason" => "error")
+                            .increment(1);
+                        tracing::debug!(error = %e, peer = %peer.ip(), "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::counter!("natter_tls_handshakes_failed_total", "reason" => "timeout")
+                            .increment(1);
+                        return;
+                    }
+                },
+            };
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            let connection = watcher.watch(connection);
             tokio::select! {
                 ended = connection => if let Err(e) = ended {
                     tracing::trace!(error = %e, "connection ended with an error");

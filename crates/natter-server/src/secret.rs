@@ -67,6 +67,54 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// Every invite starts with this, so one pasted into the wrong field (or a
+/// log) is recognised.
+pub const INVITE_PREFIX: &str = "inv_";
+/// Random bytes in an invite: 128 bits, short enough to paste in a chat,
+/// far beyond guessing under the per-address attempt limit.
+const INVITE_BYTES: usize = 16;
+
+/// An invite (sign-up mode `invite`) as handed to the operator, once. The
+/// store keeps only its SHA-256, like an access token's.
+pub struct PlainInvite(String);
+
+impl PlainInvite {
+    /// A fresh invite from a CSPRNG.
+    #[must_use]
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; INVITE_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(format!("{INVITE_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+    }
+
+    /// Wraps an invite sent by a client, if it has the right shape.
+    #[must_use]
+    pub fn from_client(invite: &str) -> Option<Self> {
+        let invite = invite.trim();
+        let body = invite.strip_prefix(INVITE_PREFIX)?;
+        let decoded = URL_SAFE_NO_PAD.decode(body).ok()?;
+        (decoded.len() == INVITE_BYTES).then(|| Self(invite.to_owned()))
+    }
+
+    /// Its hash, for storage and lookup.
+    #[must_use]
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+
+    /// The text to give to the invitee.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PlainInvite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PlainInvite(<redacted>)")
+    }
+}
+
 /// A 6-digit verification code.
 pub struct VerificationCode(String);
 
@@ -190,6 +238,17 @@ mod tests {
         ] {
             assert!(PlainToken::from_client(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn invites_are_prefixed_128_bit_and_hash_stably() {
+        let i = PlainInvite::generate();
+        assert!(i.expose().starts_with("inv_"));
+        assert_eq!(i.expose().len(), 4 + 22);
+        assert!(PlainInvite::from_client(i.expose()).unwrap().hash() == i.hash());
+        assert!(PlainInvite::from_client("inv_short").is_none());
+        assert!(PlainInvite::from_client(PlainToken::generate().expose()).is_none());
+        assert_eq!(format!("{i:?}"), "PlainInvite(<redacted>)");
     }
 
     #[test]

@@ -10,12 +10,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::blobs::Blobs;
-use crate::config::Config;
+use crate::config::{Config, LogFormat, SignupMode};
 use crate::push::vapid::VapidKey;
 use crate::push::{PushGateway, WebPush};
 use crate::ratelimit::LocalRateLimiter;
 use crate::service::Services;
-use crate::sms::{LogSms, SmsGateway, WebhookSms};
+use crate::sms::{LogSms, NoSms, SmsGateway, WebhookSms};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
@@ -64,6 +64,31 @@ async fn push_gateway(
     Ok(Some(Arc::new(gateway)))
 }
 
+/// Says, whatever the log filter, that this server signs anyone up and
+/// prints their codes: written straight to stderr like the codes themselves
+/// (see [`LogSms`]), so `NATTER_LOG=error` cannot hide the danger.
+fn announce_open_mode(format: LogFormat) {
+    use std::io::Write as _;
+    let message = "DEVELOPMENT MODE: signup.mode is \"open\" (no sms_webhook_url is set): \
+                   verification codes are PRINTED TO STDERR instead of being sent, so anyone \
+                   who can read this output can sign up or log in to any number. Never run \
+                   like this in production: set signup.mode = \"sms\" with sms_webhook_url.";
+    let line = match format {
+        LogFormat::Json => serde_json::json!({
+            "timestamp": crate::sms::now_rfc3339(),
+            "level": "WARN",
+            "target": "natter::signup",
+            "fields": {"message": message, "signup_mode": "open"},
+        })
+        .to_string(),
+        LogFormat::Text => format!(
+            "{} WARN natter::signup: {message} signup_mode=open",
+            crate::sms::now_rfc3339()
+        ),
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -84,6 +109,9 @@ pub enum StartError {
     /// The blob store could not be opened.
     #[error("cannot open the blob store: {0}")]
     Blobs(#[from] crate::blobs::BlobError),
+    /// The TLS certificate or key is unusable; names the key.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The push engine could not start (VAPID key, HTTP client).
     #[error("cannot set up push notifications: {0}")]
     Push(#[from] crate::push::PushSetupError),
@@ -130,6 +158,8 @@ impl RunningServer {
             crate::phone::Phone::parse("+14155550123", crate::phone::PhoneValidation::Strict)
         })
         .await;
+        // Certificate and key before anything else: a bad file names its key.
+        let tls = crate::tls::acceptor(&config.tls)?;
         // Bind first: a taken port should not leave a new data directory behind.
         let listener =
             TcpListener::bind(config.listen)
@@ -151,16 +181,26 @@ impl RunningServer {
                 .map_err(|e| crate::store::StoreError::internal(e.to_string()))??,
         );
         let sms: Arc<dyn SmsGateway> = match &config.sms_webhook_url {
-            Some(url) => Arc::new(WebhookSms::new(
-                url,
-                Duration::from_secs(config.sms.timeout_secs),
-            )?),
-            None => {
-                tracing::warn!(
-                    "DEVELOPMENT MODE: no sms_webhook_url is set, so verification codes are \
-                     PRINTED TO THIS LOG instead of being sent. Never run like this in production."
+            Some(url) => {
+                let gateway = WebhookSms::new(url, Duration::from_secs(config.sms.timeout_secs))?;
+                tracing::info!(
+                    signup_mode = "sms",
+                    gateway = %gateway.host(),
+                    "sign-up by SMS code through the configured gateway"
                 );
-                Arc::new(LogSms)
+                Arc::new(gateway)
+            }
+            None if config.signup_mode() == SignupMode::Invite => {
+                tracing::info!(
+                    signup_mode = "invite",
+                    "sign-up by invite only (natter admin invite create); no codes are sent, so \
+                     phone numbers are not verified: each is what its invitee says it is"
+                );
+                Arc::new(NoSms)
+            }
+            None => {
+                announce_open_mode(config.log_format);
+                Arc::new(LogSms::new(config.log_format == LogFormat::Json))
             }
         };
         let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));
@@ -188,9 +228,14 @@ impl RunningServer {
         let limits = config.limits.clone();
         let app = crate::api::app(services.clone());
         let serving = tokio::spawn(async move {
-            crate::listener::serve(listener, app, &limits, stopped, DRAIN_TIMEOUT).await;
+            crate::listener::serve(listener, app, &limits, tls, stopped, DRAIN_TIMEOUT).await;
         });
-        tracing::info!(listen = %local_addr, data_dir = %config.data_dir.display(), "natter is serving");
+        tracing::info!(
+            listen = %local_addr,
+            data_dir = %config.data_dir.display(),
+            tls = config.tls.cert_file.is_some(),
+            "natter is serving"
+        );
         Ok(Self {
             local_addr,
             stop,
@@ -208,6 +253,13 @@ impl RunningServer {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The services, for what the operator does in-process (tests, and
+    /// `natter admin`-style calls on a running server).
+    #[must_use]
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// Runs one round of housekeeping now (it also runs every minute):

@@ -1,5 +1,8 @@
-//! `natter`: the one binary. `natter serve` runs the server; `natter bench`
-//! is the load tool (crate `natter-bench`).
+//! `natter`: the one binary. `natter serve` runs the server; `natter admin`
+//! works on its data directory (`admin.rs`); `natter bench` is the load tool
+//! (crate `natter-bench`).
+
+mod admin;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +36,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// The operator's commands on a data directory: accounts, devices,
+    /// invites, stats, checks, configuration, backup and restore.
+    Admin(admin::AdminArgs),
     /// The load tool: starts a server (or uses `--url`), drives a scenario
     /// on loopback and reports (see docs/benchmarks.md).
     Bench(natter_bench::BenchArgs),
@@ -53,6 +59,7 @@ fn main() -> ExitCode {
             listen,
             data_dir,
         } => serve(config, listen, data_dir),
+        Command::Admin(args) => admin::run(args),
         Command::Bench(args) => natter_bench::run(args),
         Command::BaselineRelay { listen } => baseline_relay(listen),
     }

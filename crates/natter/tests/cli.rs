@@ -17,9 +17,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// `natter admin`: every command against real data directories.
+#[path = "cli/admin.rs"]
+mod admin;
 /// `natter bench`: every scenario, tiny, checking the JSON and the counts.
 #[path = "cli/bench.rs"]
 mod bench;
+/// File modes in the data directory under a permissive umask.
+#[path = "cli/files.rs"]
+mod files;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -39,7 +45,22 @@ impl Drop for Natter {
 
 impl Natter {
     fn spawn(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
+        Self::spawn_umask(cwd, args, env, None)
+    }
+
+    /// Like [`Natter::spawn`], with the process's umask set first (through
+    /// `sh`, as an init system would).
+    fn spawn_umask(cwd: &Path, args: &[&str], env: &[(&str, &str)], umask: Option<&str>) -> Self {
+        let mut cmd = match umask {
+            None => Command::new(env!("CARGO_BIN_EXE_natter")),
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_natter"));
+                sh
+            }
+        };
         cmd.args(args)
             .current_dir(cwd)
             .stdin(Stdio::null())
@@ -169,6 +190,86 @@ async fn serve_runs_in_an_empty_directory_prints_codes_and_stops_on_sigterm() {
     );
 }
 
+/// A port free a moment ago, for a server whose log filter hides the
+/// "natter is serving" line that names its port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `addr` accepts TCP connections.
+fn wait_for_port(addr: &str) {
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn the_development_code_reaches_stderr_whatever_the_log_filter() {
+    for filter in ["error", "natter_server=info", "off"] {
+        let cwd = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut natter = Natter::spawn(
+            cwd.path(),
+            &["serve"],
+            &[("NATTER_LISTEN", &addr), ("NATTER_LOG", filter)],
+        );
+        // The danger is announced at start, whatever the filter.
+        let banner = natter.wait_for_line("DEVELOPMENT MODE");
+        assert!(banner.contains("signup.mode"), "{banner}");
+        wait_for_port(&addr);
+        let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+        let (status, _) = post(
+            &http,
+            format!("http://{addr}/api/v1/users/verification"),
+            json!({"phone": "+14155550100"}),
+        )
+        .await;
+        assert_eq!(status, 202, "with NATTER_LOG={filter}");
+        let line = natter.wait_for_line("DEVELOPMENT SMS SINK");
+        let code = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("code="))
+            .unwrap_or_else(|| panic!("no code= in {line:?} with NATTER_LOG={filter}"));
+        assert_eq!(code.len(), 6, "{line}");
+        assert!(line.contains("phone=+14155550100"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn with_json_logs_the_development_code_is_a_json_line() {
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut natter = Natter::spawn(
+        cwd.path(),
+        &["serve"],
+        &[
+            ("NATTER_LISTEN", &addr),
+            ("NATTER_LOG", "error"),
+            ("NATTER_LOG_FORMAT", "json"),
+        ],
+    );
+    let banner: Value = serde_json::from_str(&natter.wait_for_line("DEVELOPMENT MODE")).unwrap();
+    assert_eq!(banner["fields"]["signup_mode"], "open");
+    wait_for_port(&addr);
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let (status, _) = post(
+        &http,
+        format!("http://{addr}/api/v1/users/verification"),
+        json!({"phone": "+14155550101"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let line: Value = serde_json::from_str(&natter.wait_for_line("DEVELOPMENT SMS SINK")).unwrap();
+    assert_eq!(line["fields"]["phone"], "+14155550101");
+    assert_eq!(line["fields"]["code"].as_str().unwrap().len(), 6);
+}
+
 #[test]
 fn a_bad_environment_value_stops_start_up_naming_the_key() {
     let cwd = tempfile::tempdir().unwrap();
@@ -180,6 +281,16 @@ fn a_bad_environment_value_stops_start_up_naming_the_key() {
         !cwd.path().join("natter-data").exists(),
         "nothing is created before the config is valid"
     );
+}
+
+#[test]
+fn a_half_configured_signup_mode_stops_start_up_naming_the_key() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve"], &[("NATTER_SIGNUP__MODE", "sms")]);
+    assert_eq!(natter.wait_exit(), 2);
+    let err = natter.stderr_text();
+    assert!(err.contains("`sms_webhook_url`"), "{err}");
+    assert!(!cwd.path().join("natter-data").exists());
 }
 
 #[test]
@@ -694,4 +805,52 @@ async fn the_push_counters_are_there_at_the_first_scrape_of_every_start() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn serve_speaks_https_with_the_configured_certificate() {
+    let cwd = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(cwd.path().join("cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(cwd.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+    std::fs::write(
+        cwd.path().join("natter.toml"),
+        "listen = \"127.0.0.1:0\"\n[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n",
+    )
+    .unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve", "--config", "natter.toml"], &[]);
+    let line = natter.wait_for_line("natter is serving");
+    assert!(line.contains("tls=true"), "{line}");
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .timeout(WAIT)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let res = https
+        .get(format!("https://localhost:{}/healthz", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+
+    // A key that does not fit the certificate stops start-up, naming the key.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(
+        cwd.path().join("key.pem"),
+        other.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let mut natter = Natter::spawn(cwd.path(), &["serve", "--config", "natter.toml"], &[]);
+    assert_eq!(natter.wait_exit(), 1);
+    let err = natter.stderr_text();
+    assert!(err.contains("`tls.key_file`"), "{err}");
 }

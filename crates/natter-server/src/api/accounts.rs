@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::accounts::{
-    Device, DeviceList, LoginRequest, RegisterRequest, Session, VerificationRequest,
+    Device, DeviceList, LoginCode, LoginRequest, RegisterRequest, Session, VerificationRequest,
     VerificationSent,
 };
 use natter_proto::{DeviceId, ErrorBody, ErrorCode};
@@ -33,6 +33,7 @@ fn session_dto(s: NewSession) -> Session {
         (status = 202, description = "The code is on its way.", body = VerificationSent),
         (status = 400, description = "Invalid phone number or JSON.", body = ErrorBody),
         (status = 422, description = "Wrong body shape.", body = ErrorBody),
+        (status = 403, description = "Sign-up mode `invite`: no codes are sent.", body = ErrorBody),
         (status = 429, description = "Rate limited; see `Retry-After`.", body = ErrorBody),
         (status = 502, description = "The SMS gateway failed.", body = ErrorBody),
     )
@@ -59,7 +60,7 @@ pub(crate) async fn request_code(
     responses(
         (status = 201, description = "Account and device created.", body = Session),
         (status = 400, description = "Invalid phone number or JSON.", body = ErrorBody),
-        (status = 401, description = "Wrong or expired code.", body = ErrorBody),
+        (status = 401, description = "Wrong or expired code, or (invite mode) invite.", body = ErrorBody),
         (status = 409, description = "The number already has an account.", body = ErrorBody),
         (status = 422, description = "A field is missing or out of bounds.", body = ErrorBody),
         (status = 429, description = "Rate limited.", body = ErrorBody),
@@ -93,6 +94,33 @@ pub(crate) async fn login(
 ) -> Result<Json<Session>, ApiError> {
     let session = app.services.login(body, ip).await?;
     Ok(Json(session_dto(session)))
+}
+
+/// Makes a one-time code to log a new device in to the caller's account
+/// (`POST /api/v1/users/login` with it), instead of an SMS. The way to add a
+/// device in sign-up mode `invite`; works in every mode.
+#[utoipa::path(
+    post, path = "/api/v1/devices/login-code", tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "A code for the new device.", body = LoginCode),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 429, description = "Rate limited (the number's code budget).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn login_code(
+    State(app): State<AppState>,
+    who: Principal,
+) -> Result<(StatusCode, Json<LoginCode>), ApiError> {
+    let issued = app.services.create_login_code(&who).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(LoginCode {
+            phone: issued.phone.as_str().to_owned(),
+            code: issued.code.expose().to_owned(),
+            expires_in: issued.expires_in.as_secs(),
+        }),
+    ))
 }
 
 /// Revokes the calling device's token.

@@ -58,6 +58,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::InvalidPhone(_) => ErrorCode::InvalidPhone,
             ServiceError::InvalidCode => ErrorCode::InvalidVerificationCode,
             ServiceError::Unauthorized => ErrorCode::Unauthorized,
+            ServiceError::InvalidInvite => ErrorCode::InvalidInvite,
+            ServiceError::SmsDisabled => ErrorCode::SmsDisabled,
             ServiceError::PhoneTaken => ErrorCode::PhoneTaken,
             ServiceError::DeviceLimit(_) => ErrorCode::DeviceLimitReached,
             ServiceError::ContactLimit(_) => ErrorCode::ContactLimitReached,

@@ -82,6 +82,7 @@ fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::logout))
         .routes(routes!(accounts::list_devices))
         .routes(routes!(accounts::revoke_device))
+        .routes(routes!(accounts::login_code))
         .routes(routes!(push::set_push_channel, push::delete_push_channel))
         .routes(routes!(push::vapid_key))
         .routes(routes!(users::get_me, users::update_me))

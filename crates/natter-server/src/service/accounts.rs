@@ -9,9 +9,11 @@ use natter_proto::users::LastSeenVisibility;
 
 use super::{Principal, ServiceError, ServiceResult, Services, clean_text};
 use crate::clock::Timestamp;
+use crate::config::SignupMode;
 use crate::phone::Phone;
 use crate::ratelimit::Limit;
-use crate::secret::{CodeHash, PlainToken, VerificationCode};
+use crate::secret::{CodeHash, PlainInvite, PlainToken, TokenHash, VerificationCode};
+use crate::store::admin::{InviteRegistration, RegisteredByInvite};
 use crate::store::{
     Device, LoggedIn, Login, NewDevice, NewVerificationCode, Registered, Registration, User,
 };
@@ -36,6 +38,25 @@ pub struct NewSession {
     pub token: PlainToken,
 }
 
+/// A login code handed out instead of sent.
+#[derive(Debug)]
+pub struct LoginCodeIssued {
+    /// The account's number.
+    pub phone: Phone,
+    /// The code; shown once.
+    pub code: VerificationCode,
+    /// How long it is valid.
+    pub expires_in: Duration,
+}
+
+/// What proves a registration: a verified code or an invite.
+enum Proof {
+    /// A verification code, checked, consumed with the registration.
+    Code(CodeHash),
+    /// The hash of an invite, checked and used with the registration.
+    Invite(TokenHash),
+}
+
 /// Name for a device whose client gave none.
 const DEFAULT_DEVICE_NAME: &str = "Unnamed device";
 
@@ -45,6 +66,9 @@ impl Services {
     /// # Errors
     /// Invalid number (400), rate limits (429), gateway failure (502).
     pub async fn request_code(&self, phone: &str, client: IpAddr) -> ServiceResult<CodeSent> {
+        if self.inner.config.signup_mode() == SignupMode::Invite {
+            return Err(ServiceError::SmsDisabled);
+        }
         let phone = self.parse_phone(phone)?;
         // Cheapest to refuse first: the client's address and network, then
         // the number, its block and its country (SMS pumping spreads over
@@ -67,23 +91,12 @@ impl Services {
             .await
             .map_err(ServiceError::RateLimited)?;
 
-        let code = VerificationCode::generate();
-        let now = Timestamp::now();
-        let ttl = Duration::from_secs(self.inner.config.verification.code_ttl_secs);
-        self.inner
-            .store
-            .put_verification_code(NewVerificationCode {
-                phone: phone.clone(),
-                hash: self.inner.code_key.hash(&phone, &code),
-                created_at: now,
-                expires_at: now.plus(ttl),
-            })
-            .await?;
-        self.inner.sms.send_code(&phone, &code).await?;
+        let issued = self.issue_code(&phone).await?;
+        self.inner.sms.send_code(&phone, &issued.code).await?;
         tracing::info!(phone = ?phone, "verification code sent");
         Ok(CodeSent {
             phone,
-            expires_in: ttl,
+            expires_in: issued.expires_in,
         })
     }
 
@@ -100,9 +113,25 @@ impl Services {
         let phone = self.parse_phone(&req.phone)?;
         let name = clean_text("name", &req.name, limits.max_name_chars, false)?;
         let device_name = self.device_name(req.device_name.as_deref())?;
-        let code = self
-            .verify_code(&phone, &req.verification_code, client)
-            .await?;
+        let proof = match self.inner.config.signup_mode() {
+            SignupMode::Invite => {
+                let invite = req.invite.as_deref().ok_or_else(|| {
+                    ServiceError::Validation(
+                        "`invite` is required: this server signs up by invite".to_owned(),
+                    )
+                })?;
+                // Invite guesses count against the same per-address budget as codes.
+                self.limit_ip(Limit::CodeAttemptsPerIp, client).await?;
+                let invite = PlainInvite::from_client(invite).ok_or(ServiceError::InvalidInvite)?;
+                Proof::Invite(invite.hash())
+            }
+            SignupMode::Sms | SignupMode::Open => {
+                let code = req.verification_code.as_deref().ok_or_else(|| {
+                    ServiceError::Validation("`verification_code` is required".to_owned())
+                })?;
+                Proof::Code(self.verify_code(&phone, code, client).await?)
+            }
+        };
 
         let now = Timestamp::now();
         let token = PlainToken::generate();
@@ -123,23 +152,82 @@ impl Services {
             profile_pic: None,
             created_at: now,
         };
-        match self
+        let created = match proof {
+            Proof::Code(code) => match self
+                .inner
+                .store
+                .register(Registration { code, user, device })
+                .await?
+            {
+                Registered::Created(user) => user,
+                Registered::PhoneTaken => return Err(ServiceError::PhoneTaken),
+                Registered::CodeGone => return Err(ServiceError::InvalidCode),
+            },
+            Proof::Invite(invite) => match self
+                .inner
+                .store
+                .register_by_invite(InviteRegistration {
+                    invite,
+                    now,
+                    user,
+                    device,
+                })
+                .await?
+            {
+                RegisteredByInvite::Created(user) => user,
+                RegisteredByInvite::PhoneTaken => return Err(ServiceError::PhoneTaken),
+                RegisteredByInvite::InviteInvalid => return Err(ServiceError::InvalidInvite),
+            },
+        };
+        tracing::info!(user = %created.id, device = %device_id, "user registered");
+        Ok(NewSession {
+            user: created,
+            device_id,
+            token,
+        })
+    }
+
+    /// Makes a one-time login code for the caller's own number, handed to
+    /// the caller instead of sent by SMS: the caller types it on the new
+    /// device, which logs in with the ordinary login body. The way to add
+    /// a device in sign-up mode `invite`; works in every mode.
+    ///
+    /// # Errors
+    /// Rate limits (429, the per-number verification budget), store failure.
+    pub async fn create_login_code(&self, who: &Principal) -> ServiceResult<LoginCodeIssued> {
+        let user = self
             .inner
             .store
-            .register(Registration { code, user, device })
+            .user(who.user)
             .await?
-        {
-            Registered::Created(user) => {
-                tracing::info!(user = %user.id, device = %device_id, "user registered");
-                Ok(NewSession {
-                    user,
-                    device_id,
-                    token,
-                })
-            }
-            Registered::PhoneTaken => Err(ServiceError::PhoneTaken),
-            Registered::CodeGone => Err(ServiceError::InvalidCode),
-        }
+            .ok_or(ServiceError::Unauthorized)?;
+        self.limit(Limit::VerificationPerPhone, user.phone.as_str())
+            .await?;
+        let issued = self.issue_code(&user.phone).await?;
+        tracing::info!(user = %who.user, by = %who.device, "login code issued to a device");
+        Ok(issued)
+    }
+
+    /// Stores a fresh code for `phone` (replacing any earlier one) and
+    /// returns it: for a device of the account or for the operator.
+    pub(super) async fn issue_code(&self, phone: &Phone) -> ServiceResult<LoginCodeIssued> {
+        let code = VerificationCode::generate();
+        let now = Timestamp::now();
+        let ttl = Duration::from_secs(self.inner.config.verification.code_ttl_secs);
+        self.inner
+            .store
+            .put_verification_code(NewVerificationCode {
+                phone: phone.clone(),
+                hash: self.inner.code_key.hash(phone, &code),
+                created_at: now,
+                expires_at: now.plus(ttl),
+            })
+            .await?;
+        Ok(LoginCodeIssued {
+            phone: phone.clone(),
+            code,
+            expires_in: ttl,
+        })
     }
 
     /// Logs a new device in to the number's account.

@@ -61,7 +61,23 @@ pub(super) struct MediaEngine {
     writing: Mutex<HashSet<MediaId>>,
 }
 
+/// Creates (truncating) a staging file, `0600` whatever the umask (perms.rs).
+async fn private_staging_file(path: &std::path::Path) -> io::Result<tokio::fs::File> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(crate::perms::FILE_MODE);
+    let file = options.open(path).await?;
+    crate::perms::restrict(path)?;
+    Ok(file)
+}
+
 impl MediaEngine {
+    /// The blob store (for `natter admin check`).
+    pub(super) fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
     /// Prepares the staging directories (emptying the plain one).
     pub(super) fn new(
         blobs: Blobs,
@@ -74,8 +90,9 @@ impl MediaEngine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        std::fs::create_dir_all(&plain)?;
-        std::fs::create_dir_all(staging.join(RESUMABLE_DIR))?;
+        crate::perms::private_dir_all(&staging)?;
+        crate::perms::private_dir_all(&plain)?;
+        crate::perms::private_dir_all(&staging.join(RESUMABLE_DIR))?;
         Ok(Self {
             blobs,
             staging,
@@ -295,7 +312,7 @@ impl Services {
             .staging
             .join(PLAIN_DIR)
             .join(id.to_string());
-        let file = tokio::fs::File::create(&path).await?;
+        let file = private_staging_file(&path).await?;
         Ok(Staging {
             id,
             path,
@@ -535,7 +552,7 @@ impl Services {
         };
         // The file first: a record always has its file.
         let path = self.media_engine().resumable_path(media.id);
-        tokio::fs::File::create(&path).await?.sync_all().await?;
+        private_staging_file(&path).await?.sync_all().await?;
         let created = self
             .inner
             .store

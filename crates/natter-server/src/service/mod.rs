@@ -6,6 +6,7 @@
 //! [`Services::authenticate`] can make (DESIGN.md §4 rules 1 and 2).
 
 mod accounts;
+mod admin;
 mod chats;
 mod contacts;
 mod delivery;
@@ -24,7 +25,8 @@ use std::time::Duration;
 
 use natter_proto::{DeviceId, UserId};
 
-pub use self::accounts::{CodeSent, NewSession};
+pub use self::accounts::{CodeSent, LoginCodeIssued, NewSession};
+pub use self::admin::{BlobCheck, CreatedInvite, CreatedUser};
 pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
 pub use self::delivery::{DeliveryCursor, Live};
@@ -55,6 +57,15 @@ pub enum ServiceError {
     /// No valid access token.
     #[error("A valid access token is required.")]
     Unauthorized,
+    /// The invite cannot be used (unknown, revoked, expired, used up).
+    #[error("The invite is wrong or no longer valid; ask the server's operator for a new one.")]
+    InvalidInvite,
+    /// Sign-up mode `invite`: no codes are sent.
+    #[error(
+        "This server sends no verification codes: register with an invite from its operator; \
+         log a new device in with a code made on one of your devices (POST /api/v1/devices/login-code)."
+    )]
+    SmsDisabled,
     /// Registering a number that has an account.
     #[error("A user with this phone number already exists; log in instead.")]
     PhoneTaken,

@@ -6,6 +6,7 @@
 //! The trait speaks in domain operations, each one atomic ("consume this code
 //! and create this user"), so an engine can run each in one transaction.
 
+pub mod admin;
 pub mod rules;
 pub mod sqlite;
 
@@ -826,7 +827,17 @@ pub struct HistoryQuery {
 /// one engine.
 #[async_trait]
 pub trait Store:
-    Accounts + ChatLog + SearchIndex + MediaStore + PushOutbox + Send + Sync + std::fmt::Debug + 'static
+    Accounts
+    + ChatLog
+    + SearchIndex
+    + MediaStore
+    + PushOutbox
+    + admin::Invites
+    + admin::Administration
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
 {
     /// Succeeds when the store can serve reads and writes.
     async fn ping(&self) -> StoreResult<()>;

@@ -122,3 +122,40 @@ async fn devices_per_user_are_limited_at_n() {
     .await
     .ok(200);
 }
+
+#[tokio::test]
+async fn a_deactivated_account_loses_its_devices_and_sockets_and_cannot_log_in() {
+    let app = TestApp::start().await;
+    let ann = app.signup("+14155550390", "Ann").await;
+    let mut socket = ann.connect(&app).await;
+    let id: natter_proto::UserId = ann.user_id.parse().unwrap();
+
+    let outcome = app.services().admin_deactivate_user(id).await.unwrap();
+    assert!(
+        matches!(outcome, natter_server::store::admin::Deactivated::Done(ref d) if d.len() == 1),
+        "{outcome:?}"
+    );
+    assert!(
+        socket.next_or_close().await.is_err(),
+        "the live socket is closed"
+    );
+    app.call(Method::GET, "/api/v1/users/me", Some(&ann.token), None)
+        .await
+        .expect(401, "unauthorized");
+    // A right code no longer logs in: answered like a wrong one.
+    let code = app.code_for(&ann.phone).await;
+    app.post(
+        "/api/v1/users/login",
+        json!({"phone": ann.phone, "verification_code": code}),
+    )
+    .await
+    .expect(401, "invalid_verification_code");
+    // And the number stays taken.
+    let code = app.code_for(&ann.phone).await;
+    app.post(
+        "/api/v1/users/register",
+        json!({"phone": ann.phone, "name": "Ann again", "verification_code": code}),
+    )
+    .await
+    .expect(409, "phone_taken");
+}

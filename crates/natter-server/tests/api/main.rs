@@ -4,6 +4,7 @@
 //! Where new tests go:
 //! - `support`: the harness (`TestApp`, `SmsInbox`, `TestUser`). Helpers only.
 //! - `signup`: verification codes, register, login, the seed's bodies.
+//! - `invites`: sign-up mode `invite`, invites, login codes made by a device.
 //! - `rate_limits`: the rate-limit table.
 //! - `devices`: tokens, logout, device lists and revocation.
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
@@ -20,6 +21,7 @@
 //! - `push`: push channels, delivery to offline devices, SSRF refusals.
 //! - `push_service`: the local push service the push tests talk to (a helper).
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
+//! - `tls`: HTTPS (HTTP/2 and HTTP/1.1 by ALPN) and WebSocket over TLS.
 
 #![allow(
     clippy::unwrap_used,
@@ -33,6 +35,7 @@ mod connections;
 mod contacts;
 mod devices;
 mod errors;
+mod invites;
 mod media;
 mod messages;
 mod names;
@@ -46,3 +49,4 @@ mod restart;
 mod search;
 mod signup;
 mod support;
+mod tls;

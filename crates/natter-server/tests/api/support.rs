@@ -198,8 +198,7 @@ impl TestApp {
             .await
             .expect("the server starts in time")
             .unwrap();
-        let base = format!("http://{}", server.local_addr());
-        let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+        let (base, http) = Self::client_for(&config, &server);
         Self {
             sms,
             base,
@@ -207,6 +206,31 @@ impl TestApp {
             config,
             server: Some(server),
             _dir: dir,
+        }
+    }
+
+    /// The base URL and an HTTP client for `server`: over TLS (trusting its
+    /// certificate only) when the configuration sets one.
+    fn client_for(config: &Config, server: &RunningServer) -> (String, reqwest::Client) {
+        let builder = reqwest::Client::builder().timeout(WAIT);
+        match &config.tls.cert_file {
+            None => (
+                format!("http://{}", server.local_addr()),
+                builder.build().unwrap(),
+            ),
+            Some(cert) => {
+                let pem = std::fs::read(cert).unwrap();
+                let client = builder
+                    .tls_built_in_root_certs(false)
+                    .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+                    .resolve("localhost", server.local_addr())
+                    .build()
+                    .unwrap();
+                (
+                    format!("https://localhost:{}", server.local_addr().port()),
+                    client,
+                )
+            }
         }
     }
 
@@ -226,8 +250,7 @@ impl TestApp {
             .await
             .expect("the server restarts in time")
             .unwrap();
-        self.base = format!("http://{}", server.local_addr());
-        self.http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+        (self.base, self.http) = Self::client_for(&self.config, &server);
         self.server = Some(server);
     }
 
@@ -278,6 +301,24 @@ impl TestApp {
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// The running server's services (the operator's side, in-process).
+    pub fn services(&self) -> &natter_server::service::Services {
+        self.server.as_ref().expect("the server runs").services()
+    }
+
+    /// An invite for `uses` accounts (what `natter admin invite create` makes).
+    pub async fn invite(&self, uses: u32, expires_in: Option<Duration>) -> String {
+        let server = self.server.as_ref().expect("the server runs");
+        server
+            .services()
+            .admin_create_invite(uses, expires_in)
+            .await
+            .unwrap()
+            .token
+            .expose()
+            .to_owned()
     }
 
     /// The server's data directory.

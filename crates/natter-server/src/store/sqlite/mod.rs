@@ -4,6 +4,7 @@
 //! small pool (see [`engine`]). Migrations are embedded and applied at open,
 //! tracked by `PRAGMA user_version`.
 
+mod admin;
 mod cache;
 mod chats;
 mod engine;
@@ -45,6 +46,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_log_position.sql"),
     include_str!("migrations/0008_search_indexer.sql"),
     include_str!("migrations/0010_fanout_on_read.sql"),
+    // Last although numbered 9: a database made by a binary with 0008 and
+    // 0010 (user_version 9) must take it as its next step.
+    include_str!("migrations/0009_invites_admin.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -76,7 +80,7 @@ impl SqliteStore {
     /// # Errors
     /// When the directory or database cannot be opened or migrated.
     pub fn open(data_dir: &Path, config: &StoreConfig) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        crate::perms::private_dir_all(data_dir).map_err(|e| {
             StoreError::unavailable(format!(
                 "cannot create the data directory {}: {e}",
                 data_dir.display()
@@ -84,6 +88,11 @@ impl SqliteStore {
         })?;
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
+        // Made 0600 before SQLite opens it: its -wal and -shm files take the
+        // database file's mode; they are restricted again below regardless.
+        crate::perms::private_file(&path).map_err(|e| {
+            StoreError::unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
         let cache = cache::ChatCache::new(
             config.chat_cache_max,
             std::time::Duration::from_millis(config.receipt_flush_ms),
@@ -97,6 +106,12 @@ impl SqliteStore {
             migrate,
         )?;
         let readers = ReadPool::open(&path, config.read_connections)?;
+        for suffix in ["-wal", "-shm"] {
+            let file = data_dir.join(format!("{DB_FILE}{suffix}"));
+            crate::perms::restrict(&file).map_err(|e| {
+                StoreError::unavailable(format!("cannot restrict {}: {e}", file.display()))
+            })?;
+        }
         Ok(Self {
             writer,
             readers,
@@ -125,9 +140,9 @@ impl SqliteStore {
 /// store (their writers and rate limits would not know of each other).
 fn lock_data_dir(data_dir: &Path) -> StoreResult<std::fs::File> {
     let path = data_dir.join(LOCK_FILE);
+    crate::perms::private_file(&path)
+        .map_err(|e| StoreError::unavailable(format!("cannot open {}: {e}", path.display())))?;
     let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
         .write(true)
         .open(&path)
         .map_err(|e| StoreError::unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -440,7 +455,8 @@ impl Accounts for SqliteStore {
             .write(move |c| {
                 let user = c
                     .prepare_cached(&format!(
-                        "SELECT {USER_COLUMNS} FROM users WHERE phone = ?1"
+                        "SELECT {USER_COLUMNS} FROM users
+                         WHERE phone = ?1 AND deactivated_at IS NULL"
                     ))
                     .and_then(|mut s| s.query_row([l.phone.as_str()], user_from_row).optional())
                     .map_err(db_err)?;
@@ -1674,9 +1690,12 @@ mod tests {
         // Back to schema 7 as the earlier code left it: everything indexed
         // in its append transaction, no cursor, the text stored verbatim.
         let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        // (Schema 7 still had what the fan-out migration later removes.)
+        // (Schema 7 still had what the fan-out migration later removes, and
+        // not what 0009 adds.)
         c.execute_batch(
             "DROP TABLE search_cursor;
+             DROP TABLE invites;
+             ALTER TABLE users DROP COLUMN deactivated_at;
              CREATE TABLE updates (user_id BLOB, pts INTEGER);
              ALTER TABLE users ADD COLUMN pts INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE devices ADD COLUMN acked_pts INTEGER NOT NULL DEFAULT 0;

@@ -1,0 +1,109 @@
+//! The services on a data directory with no server running: what `natter
+//! admin` works with. Opening takes the data directory's lock like a server
+//! does, so it refuses while a server runs (and a server refuses while it
+//! is open).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::blobs::Blobs;
+use crate::config::Config;
+use crate::ratelimit::LocalRateLimiter;
+use crate::server::{BLOB_DIR, StartError};
+use crate::service::Services;
+use crate::sms::NoSms;
+use crate::store::Store;
+use crate::store::sqlite::{DB_FILE, LOCK_FILE, SqliteStore};
+
+/// Why a data directory cannot be opened offline.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// A server (or another `natter admin`) holds the lock.
+    #[error(
+        "a natter server is running on the data directory {0}: stop it first \
+         (`natter admin` works on a stopped server; only `backup` works while it runs)"
+    )]
+    Running(String),
+    /// There is no store to work on.
+    #[error(
+        "{0} is not a Natter data directory (it has no {DB_FILE}); pass --data-dir or \
+         --config, or start `natter serve` once"
+    )]
+    Missing(String),
+    /// The store or the services could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Whether a process holds the data directory's lock right now.
+#[must_use]
+pub fn server_running(data_dir: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_dir.join(LOCK_FILE))
+    else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+/// The services over a locked data directory, without a listener.
+#[derive(Debug)]
+pub struct Offline {
+    /// The services, as a server would have them.
+    services: Services,
+    /// Closed by [`Offline::close`], so every write is committed.
+    store: Arc<dyn Store>,
+}
+
+impl Offline {
+    /// Opens the data directory of `config`. With `create`, a missing one
+    /// is made (as `natter serve` would); without, it is an error.
+    ///
+    /// # Errors
+    /// A server runs on it, it does not exist, or it cannot be opened.
+    pub async fn open(config: Config, create: bool) -> Result<Self, OfflineError> {
+        let dir = config.data_dir.clone();
+        let shown = dir.display().to_string();
+        if !create && !dir.join(DB_FILE).is_file() {
+            return Err(OfflineError::Missing(shown));
+        }
+        if server_running(&dir) {
+            return Err(OfflineError::Running(shown));
+        }
+        let store_config = config.store.clone();
+        let open_dir = dir.clone();
+        let store: Arc<dyn Store> = Arc::new(
+            tokio::task::spawn_blocking(move || SqliteStore::open(&open_dir, &store_config))
+                .await
+                .map_err(|e| StartError::Store(crate::store::StoreError::internal(e.to_string())))?
+                .map_err(StartError::Store)?,
+        );
+        let blobs = Blobs::local(&dir.join(BLOB_DIR)).map_err(StartError::Blobs)?;
+        let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));
+        let services = Services::new(
+            Arc::clone(&store),
+            Arc::new(crate::bus::LocalBus::default()),
+            Arc::new(NoSms),
+            limiter,
+            blobs,
+            Arc::new(config),
+            None,
+        )
+        .await
+        .map_err(StartError::Store)?;
+        Ok(Self { services, store })
+    }
+
+    /// The services.
+    #[must_use]
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Commits and closes the store, releasing the lock.
+    pub async fn close(self) {
+        drop(self.services);
+        self.store.close().await;
+    }
+}
