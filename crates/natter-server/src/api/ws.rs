@@ -530,10 +530,13 @@ impl Gateway {
     /// Delivers a live event in its chat's order (see the module docs).
     /// Buffered: the caller flushes.
     async fn deliver(&mut self, event: &LiveEvent) -> Result<(), Closed> {
-        if self.make_room(event.chat_id, event.seq).await? {
-            self.feed_text(&event.frame).await?;
-            self.cursor.delivered(event.chat_id, event.seq);
+        if !self.make_room(event.chat_id, event.seq).await? {
+            // Delivered already (by a gap fill): if it removed the user, a
+            // later entry may have added them back, so keep following.
+            return Ok(());
         }
+        self.feed_text(&event.frame).await?;
+        self.cursor.delivered(event.chat_id, event.seq);
         if event.left == Some(self.who.user()) {
             self.cursor.unfollow(event.chat_id);
         }
