@@ -42,7 +42,7 @@ pub struct MessageView {
     pub status: MessageStatus,
 }
 
-/// A stored message and the sender's pts for it (`None` for a retry).
+/// A stored message, and whether it was a retry of one stored before.
 #[derive(Debug, Clone)]
 pub(super) struct Sent {
     pub(super) view: MessageView,
