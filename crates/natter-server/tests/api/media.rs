@@ -1157,3 +1157,46 @@ async fn every_image_is_checked_or_refused_and_only_checked_ones_are_inline() {
         .await
         .expect(422, "image_rejected");
 }
+
+#[tokio::test]
+async fn media_sent_over_the_socket_is_attached_as_over_rest() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155553090", "Alice").await;
+    let bob = app.signup("+14155553091", "Bob").await;
+    let carol = app.signup("+14155553092", "Carol").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    let media = alice.uploaded(&app, png(32, 32), "image").await;
+    let mut a = alice.connect(&app).await;
+    let mut b = bob.connect(&app).await;
+    a.send(
+        json!({"type": "send_message", "chat_id": chat, "message_type": "image",
+                  "media_id": media, "content": "look"}),
+    )
+    .await;
+    let sent = a.next_of("message_sent").await;
+    assert_eq!(sent["message"]["media_id"], media.as_str());
+    assert_eq!(sent["message"]["type"], "image");
+    let got = b.next_of("new_message").await;
+    assert_eq!(got["message"]["media_id"], media.as_str());
+    // Bob may now fetch it; Carol, outside the chat, may not.
+    let res = app
+        .http
+        .get(format!("{}/api/v1/media/{media}", app.base))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .http
+        .get(format!("{}/api/v1/media/{media}", app.base))
+        .bearer_auth(&carol.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // The same checks as over REST: an image message needs its media.
+    a.send(json!({"type": "send_message", "chat_id": chat, "message_type": "image"}))
+        .await;
+    assert_eq!(a.next_of("error").await["code"], "validation_failed");
+}
