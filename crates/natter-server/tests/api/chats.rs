@@ -403,3 +403,27 @@ async fn a_group_always_keeps_an_admin() {
                 && m["event"]["user_id"] == ben.user_id.as_str())
     );
 }
+
+#[tokio::test]
+async fn replying_reads_the_chat_at_once() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155554090", "Alice").await;
+    let bob = app.signup("+14155554091", "Bob").await;
+    let chat = alice.direct_chat_with(&app, &bob).await;
+    for n in 0..3 {
+        alice.sends(&app, &chat, &format!("m{n}")).await;
+    }
+    let unread = |user: crate::support::TestUser| {
+        let app = &app;
+        async move { user.get(app, "/api/v1/chats").await.ok(200)["chats"][0]["unread_count"].clone() }
+    };
+    assert_eq!(unread(bob.clone()).await, 3);
+    // Bob answers: what came before his answer is read, at once (not when
+    // the writer next flushes positions).
+    bob.sends(&app, &chat, "hi").await;
+    assert_eq!(unread(bob.clone()).await, 0);
+    // Alice has read up to her own messages, but not Bob's answer.
+    assert_eq!(unread(alice.clone()).await, 1);
+    alice.sends(&app, &chat, "and again").await;
+    assert_eq!(unread(alice.clone()).await, 0);
+}

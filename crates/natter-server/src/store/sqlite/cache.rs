@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use natter_proto::chats::{ChatKind, Role};
 use natter_proto::{ChatId, UserId};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 
 use super::uuid_of;
 use crate::clock::Timestamp;
@@ -73,6 +73,11 @@ pub(super) struct ChatState {
     pub(super) encrypted: bool,
     /// The log's last seq.
     pub(super) last_seq: i64,
+    /// The latest entry's sender and seq, and the latest of anyone else
+    /// before them: enough to tell whether a member's send read entries
+    /// of others (their read position must then be written at once, for
+    /// unread counts).
+    latest: [Option<(UserId, i64)>; 2],
     /// Current members.
     members: HashMap<UserId, MemberState>,
     /// The current members, shared by every entry appended until they change.
@@ -90,6 +95,7 @@ impl ChatState {
             kind,
             encrypted,
             last_seq: 0,
+            latest: [None, None],
             members: HashMap::new(),
             recipients: Recipients::from(Vec::new()),
             delivered: Positions::default(),
@@ -100,6 +106,25 @@ impl ChatState {
     /// A current member's role.
     pub(super) fn role(&self, user: UserId) -> Option<Role> {
         self.members.get(&user).map(|m| m.facts.role)
+    }
+
+    /// Records that `sender` appended the entry at `seq` (the log's head).
+    pub(super) fn appended(&mut self, sender: UserId, seq: i64) {
+        self.last_seq = seq;
+        match self.latest[0] {
+            Some((last, _)) if last == sender => self.latest[0] = Some((sender, seq)),
+            previous => self.latest = [Some((sender, seq)), previous],
+        }
+    }
+
+    /// The seq of the latest entry someone other than `user` appended, as
+    /// far as this memory knows (`None`: none since the chat was loaded).
+    pub(super) fn latest_not_by(&self, user: UserId) -> Option<i64> {
+        self.latest
+            .iter()
+            .flatten()
+            .find(|(sender, _)| *sender != user)
+            .map(|(_, seq)| *seq)
     }
 
     /// A current member's delivered and read positions.
@@ -295,20 +320,11 @@ impl ChatCache {
 
     /// Writes the positions that changed in memory.
     pub(super) fn flush(&mut self, c: &Connection) -> rusqlite::Result<()> {
-        let mut update = c.prepare_cached(
-            "UPDATE receipts SET delivered_seq = max(delivered_seq, ?3), read_seq = max(read_seq, ?4)
-             WHERE chat_id = ?1 AND user_id = ?2",
-        )?;
         for (chat, user) in self.unflushed.drain() {
             let Some(m) = self.chats.get(&chat).and_then(|s| s.members.get(&user)) else {
                 continue;
             };
-            update.execute(params![
-                chat.as_uuid().as_bytes(),
-                user.as_uuid().as_bytes(),
-                m.delivered,
-                m.read
-            ])?;
+            super::chats::write_positions(c, chat, user, m.delivered, m.read)?;
         }
         Ok(())
     }

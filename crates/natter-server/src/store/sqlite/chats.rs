@@ -239,7 +239,7 @@ fn append(
     if inserted == 0 {
         return Ok(None);
     }
-    state.last_seq = seq;
+    state.appended(draft.sender_id, seq);
     let entry = LogEntry {
         id: draft.id,
         chat_id: chat,
@@ -625,12 +625,22 @@ pub(super) fn post(c: &Connection, cache: &mut ChatCache, m: NewMessage) -> Resu
             ))
         });
     };
-    // The sender has read the chat up to their own message (written out with
-    // the next flush).
+    // The sender has read the chat up to their own message. If that read
+    // others' entries (or memory cannot tell), unread counts change: write
+    // it now; otherwise it only moves their own position, written with the
+    // next flush.
     let seq = appended.entry.seq;
-    if state.advance(m.sender_id, seq, seq).is_some() {
+    let read_before = state.positions(m.sender_id).map_or(0, |(_, read)| read);
+    let read_others = state
+        .latest_not_by(m.sender_id)
+        .is_none_or(|other| other > read_before);
+    if let Some((delivered, read)) = state.advance(m.sender_id, seq, seq) {
         appended.receipts = state.receipts();
-        cache.unflushed(m.chat_id, m.sender_id);
+        if read_others {
+            write_positions(c, m.chat_id, m.sender_id, delivered, read)?;
+        } else {
+            cache.unflushed(m.chat_id, m.sender_id);
+        }
     }
     Ok(Posted::Created(appended))
 }
@@ -916,6 +926,27 @@ pub(super) fn change_message(
     Ok(MessageChanged::Done(Box::new(appended), Box::new(now)))
 }
 
+/// Writes a member's positions (they only move forward).
+pub(super) fn write_positions(
+    c: &Connection,
+    chat: ChatId,
+    user: UserId,
+    delivered: i64,
+    read: i64,
+) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE receipts SET delivered_seq = max(delivered_seq, ?3), read_seq = max(read_seq, ?4)
+         WHERE chat_id = ?1 AND user_id = ?2",
+    )?
+    .execute(params![
+        chat.as_uuid().as_bytes(),
+        user.as_uuid().as_bytes(),
+        delivered,
+        read
+    ])?;
+    Ok(())
+}
+
 pub(super) fn mark_read(
     c: &Connection,
     cache: &mut ChatCache,
@@ -932,16 +963,7 @@ pub(super) fn mark_read(
         return Ok((state.positions(user).map_or(0, |(_, read)| read), None));
     };
     // Read positions drive unread counts: written at once.
-    c.prepare_cached(
-        "UPDATE receipts SET delivered_seq = max(delivered_seq, ?3), read_seq = max(read_seq, ?4)
-         WHERE chat_id = ?1 AND user_id = ?2",
-    )?
-    .execute(params![
-        chat.as_uuid().as_bytes(),
-        user.as_uuid().as_bytes(),
-        delivered,
-        read
-    ])?;
+    write_positions(c, chat, user, delivered, read)?;
     let after = state.receipts();
     let change = (after != before).then(|| ReceiptChange {
         chat_id: chat,
