@@ -71,6 +71,9 @@ fn bench_env(sms_url: &str) -> Vec<(&'static str, String)> {
         "NATTER_RATE_LIMITS__VERIFICATION_GLOBAL__BURST",
         "NATTER_RATE_LIMITS__CODE_ATTEMPTS_PER_IP__BURST",
         "NATTER_RATE_LIMITS__MESSAGES_PER_USER__BURST",
+        "NATTER_RATE_LIMITS__WS_SEND_PER_CONNECTION__BURST",
+        "NATTER_RATE_LIMITS__WS_ACK_PER_CONNECTION__BURST",
+        "NATTER_RATE_LIMITS__WS_ACK_WRITES_PER_USER__BURST",
     ] {
         env.push((key, MANY.to_owned()));
     }

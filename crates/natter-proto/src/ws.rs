@@ -233,4 +233,7 @@ pub mod close {
     pub const TIMEOUT: u16 = 4009;
     /// The server is shutting down; reconnect.
     pub const GOING_AWAY: u16 = 1001;
+    /// The connection kept sending over its frame budgets after being
+    /// answered `rate_limited` (see docs/websocket.md).
+    pub const POLICY_VIOLATION: u16 = 1008;
 }

@@ -466,6 +466,49 @@ pub struct RateLimits {
     pub uploads_per_user: Rate,
     /// Push channels registered (set or replaced) by one user's devices.
     pub push_channels_per_user: Rate,
+    /// `sync` frames on one WebSocket connection (each reads many events).
+    pub ws_sync_per_connection: Rate,
+    /// `sync` frames from all of one user's connections.
+    pub ws_sync_per_user: Rate,
+    /// `send_message` frames on one WebSocket connection (per user:
+    /// `messages_per_user`).
+    pub ws_send_per_connection: Rate,
+    /// `ack` frames on one WebSocket connection.
+    pub ws_ack_per_connection: Rate,
+    /// Store writes of the `ack` frames of all of one user's connections
+    /// (the acks a connection has at hand are one write).
+    pub ws_ack_writes_per_user: Rate,
+    /// `read` frames on one WebSocket connection.
+    pub ws_read_per_connection: Rate,
+    /// `read` frames from all of one user's connections.
+    pub ws_read_per_user: Rate,
+    /// `typing` frames on one WebSocket connection, every chat together
+    /// (per chat: `typing_per_device`).
+    pub ws_typing_per_connection: Rate,
+    /// `typing` frames from all of one user's connections.
+    pub ws_typing_per_user: Rate,
+    /// `presence` frames on one WebSocket connection (changes that go
+    /// out: `presence_per_device`).
+    pub ws_presence_per_connection: Rate,
+    /// `presence` frames from all of one user's connections.
+    pub ws_presence_per_user: Rate,
+    /// `join_chat` frames on one WebSocket connection.
+    pub ws_join_chat_per_connection: Rate,
+    /// `join_chat` frames from all of one user's connections.
+    pub ws_join_chat_per_user: Rate,
+    /// `ping` frames on one WebSocket connection.
+    pub ws_ping_per_connection: Rate,
+    /// `ping` frames from all of one user's connections.
+    pub ws_ping_per_user: Rate,
+    /// Frames that are not a valid client frame (bad JSON, an unknown
+    /// type, binary, a second `auth`) on one WebSocket connection.
+    pub ws_malformed_per_connection: Rate,
+    /// Frames that are not a valid client frame, from all of one user's
+    /// connections.
+    pub ws_malformed_per_user: Rate,
+    /// `rate_limited` answers one WebSocket connection may receive: one
+    /// more within the window closes it with 1008 (policy violation).
+    pub ws_refusals_per_connection: Rate,
 }
 
 impl Default for RateLimits {
@@ -485,6 +528,24 @@ impl Default for RateLimits {
             messages_per_user: Rate::new(600, 60),
             uploads_per_user: Rate::new(120, 3600),
             push_channels_per_user: Rate::new(30, 3600),
+            ws_sync_per_connection: Rate::new(10, 60),
+            ws_sync_per_user: Rate::new(30, 60),
+            ws_send_per_connection: Rate::new(1200, 60),
+            ws_ack_per_connection: Rate::new(6000, 60),
+            ws_ack_writes_per_user: Rate::new(6000, 60),
+            ws_read_per_connection: Rate::new(600, 60),
+            ws_read_per_user: Rate::new(1200, 60),
+            ws_typing_per_connection: Rate::new(60, 60),
+            ws_typing_per_user: Rate::new(120, 60),
+            ws_presence_per_connection: Rate::new(12, 60),
+            ws_presence_per_user: Rate::new(30, 60),
+            ws_join_chat_per_connection: Rate::new(60, 60),
+            ws_join_chat_per_user: Rate::new(120, 60),
+            ws_ping_per_connection: Rate::new(60, 60),
+            ws_ping_per_user: Rate::new(240, 60),
+            ws_malformed_per_connection: Rate::new(10, 60),
+            ws_malformed_per_user: Rate::new(30, 60),
+            ws_refusals_per_connection: Rate::new(20, 60),
         }
     }
 }
@@ -962,6 +1023,78 @@ impl Config {
             (
                 "rate_limits.uploads_per_user",
                 self.rate_limits.uploads_per_user,
+            ),
+            (
+                "rate_limits.ws_sync_per_connection",
+                self.rate_limits.ws_sync_per_connection,
+            ),
+            (
+                "rate_limits.ws_sync_per_user",
+                self.rate_limits.ws_sync_per_user,
+            ),
+            (
+                "rate_limits.ws_send_per_connection",
+                self.rate_limits.ws_send_per_connection,
+            ),
+            (
+                "rate_limits.ws_ack_per_connection",
+                self.rate_limits.ws_ack_per_connection,
+            ),
+            (
+                "rate_limits.ws_ack_writes_per_user",
+                self.rate_limits.ws_ack_writes_per_user,
+            ),
+            (
+                "rate_limits.ws_read_per_connection",
+                self.rate_limits.ws_read_per_connection,
+            ),
+            (
+                "rate_limits.ws_read_per_user",
+                self.rate_limits.ws_read_per_user,
+            ),
+            (
+                "rate_limits.ws_typing_per_connection",
+                self.rate_limits.ws_typing_per_connection,
+            ),
+            (
+                "rate_limits.ws_typing_per_user",
+                self.rate_limits.ws_typing_per_user,
+            ),
+            (
+                "rate_limits.ws_presence_per_connection",
+                self.rate_limits.ws_presence_per_connection,
+            ),
+            (
+                "rate_limits.ws_presence_per_user",
+                self.rate_limits.ws_presence_per_user,
+            ),
+            (
+                "rate_limits.ws_join_chat_per_connection",
+                self.rate_limits.ws_join_chat_per_connection,
+            ),
+            (
+                "rate_limits.ws_join_chat_per_user",
+                self.rate_limits.ws_join_chat_per_user,
+            ),
+            (
+                "rate_limits.ws_ping_per_connection",
+                self.rate_limits.ws_ping_per_connection,
+            ),
+            (
+                "rate_limits.ws_ping_per_user",
+                self.rate_limits.ws_ping_per_user,
+            ),
+            (
+                "rate_limits.ws_malformed_per_connection",
+                self.rate_limits.ws_malformed_per_connection,
+            ),
+            (
+                "rate_limits.ws_malformed_per_user",
+                self.rate_limits.ws_malformed_per_user,
+            ),
+            (
+                "rate_limits.ws_refusals_per_connection",
+                self.rate_limits.ws_refusals_per_connection,
             ),
         ];
         self.media.validate()?;

@@ -44,6 +44,22 @@ pub enum Limit {
     UploadsPerUser,
     /// Push channels registered by one user's devices.
     PushChannelsPerUser,
+    /// `sync` frames from one user's connections.
+    WsSyncPerUser,
+    /// Store writes of one user's `ack` frames.
+    WsAckWritesPerUser,
+    /// `read` frames from one user's connections.
+    WsReadPerUser,
+    /// `typing` frames from one user's connections.
+    WsTypingPerUser,
+    /// `presence` frames from one user's connections.
+    WsPresencePerUser,
+    /// `join_chat` frames from one user's connections.
+    WsJoinChatPerUser,
+    /// `ping` frames from one user's connections.
+    WsPingPerUser,
+    /// Invalid frames from one user's connections.
+    WsMalformedPerUser,
 }
 
 /// The key of a client address for per-address limits: an IPv4 address (an
@@ -146,6 +162,14 @@ impl LocalRateLimiter {
             (Limit::MessagesPerUser, table.messages_per_user),
             (Limit::UploadsPerUser, table.uploads_per_user),
             (Limit::PushChannelsPerUser, table.push_channels_per_user),
+            (Limit::WsSyncPerUser, table.ws_sync_per_user),
+            (Limit::WsAckWritesPerUser, table.ws_ack_writes_per_user),
+            (Limit::WsReadPerUser, table.ws_read_per_user),
+            (Limit::WsTypingPerUser, table.ws_typing_per_user),
+            (Limit::WsPresencePerUser, table.ws_presence_per_user),
+            (Limit::WsJoinChatPerUser, table.ws_join_chat_per_user),
+            (Limit::WsPingPerUser, table.ws_ping_per_user),
+            (Limit::WsMalformedPerUser, table.ws_malformed_per_user),
         ]
         .into_iter()
         .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))

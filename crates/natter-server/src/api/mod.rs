@@ -15,6 +15,7 @@ mod push;
 mod search;
 mod users;
 mod ws;
+mod ws_budget;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;

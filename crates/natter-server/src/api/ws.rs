@@ -22,8 +22,10 @@ use tokio::time::Instant;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::bearer_token;
+use super::ws_budget::{ConnectionBudget, FrameKind};
 use crate::bus::{ConnId, Kick, LiveEvent, Outbound};
 use crate::listener::ConnectionSlot;
+use crate::ratelimit::{Denied, Limit};
 use crate::service::{DeliveryCursor, Live, LiveConnection, Principal, render};
 
 /// The connection is over (closed by either side or failed).
@@ -100,6 +102,7 @@ async fn run(app: AppState, mut socket: WebSocket, principal: Option<Principal>)
         cursor,
     } = live;
     let mut gateway = Gateway {
+        budget: ConnectionBudget::new(&app.services.config().rate_limits),
         app: app.clone(),
         who,
         socket,
@@ -155,6 +158,9 @@ struct Gateway {
     cursor: DeliveryCursor,
     /// `ack` frames of the frames at hand, sent to the store together.
     acks: Vec<(ChatId, i64)>,
+    /// What this connection may still send, per kind of frame, and how
+    /// many refusals it may still receive before it is closed.
+    budget: ConnectionBudget,
 }
 
 impl Gateway {
@@ -282,6 +288,12 @@ impl Gateway {
                     return Err(Closed);
                 }
             };
+            let kind = frame.as_ref().map_or(FrameKind::Malformed, FrameKind::of);
+            if let Err(denied) = self.admit(kind).await {
+                self.send_many(conn, &mut sends).await?;
+                self.refuse(kind.name(), denied).await?;
+                continue;
+            }
             match frame {
                 Ok(ClientFrame::SendMessage {
                     chat_id,
@@ -324,9 +336,17 @@ impl Gateway {
             return Ok(());
         }
         let mut acks = std::mem::take(&mut self.acks);
+        let services = self.app.services.clone();
+        // One unit per store write; the acks are dropped (a later ack
+        // covers them: positions only grow).
+        if let Err(denied) = services
+            .frame_budget(&self.who, Limit::WsAckWritesPerUser)
+            .await
+        {
+            return self.refuse("ack", denied).await;
+        }
         acks.sort_unstable_by_key(|&(chat, seq)| (chat, std::cmp::Reverse(seq)));
         acks.dedup_by_key(|(chat, _)| *chat);
-        let services = self.app.services.clone();
         if let Err(e) = services.ack(&self.who, acks).await {
             let e = ApiError::from(e);
             self.error(e.code(), e.message()).await?;
@@ -622,7 +642,37 @@ impl Gateway {
             .map_err(|_| Closed)
     }
 
+    /// Takes one unit of the frame's budgets: this connection's, then,
+    /// for the kinds that have one, the user's in the shared limiter.
+    async fn admit(&mut self, kind: FrameKind) -> Result<(), Denied> {
+        self.budget.take(kind)?;
+        match kind.per_user() {
+            Some(limit) => self.app.services.frame_budget(&self.who, limit).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Answers a frame over its budget with `rate_limited`.
+    async fn refuse(&mut self, frame: &str, denied: Denied) -> Result<(), Closed> {
+        let message = format!(
+            "Too many `{frame}` frames; try again in {} seconds.",
+            denied.retry_after.as_secs()
+        );
+        self.error(ErrorCode::RateLimited, &message).await
+    }
+
+    /// Sends an `error` frame. A `rate_limited` one over the connection's
+    /// refusal budget closes the connection with 1008 instead: it was told.
     async fn error(&mut self, code: ErrorCode, message: &str) -> Result<(), Closed> {
+        if code == ErrorCode::RateLimited && !self.budget.refused() {
+            let _ = close_with(
+                &mut self.socket,
+                close::POLICY_VIOLATION,
+                "too many frames over the rate limits",
+            )
+            .await;
+            return Err(Closed);
+        }
         self.send(&ServerFrame::Error {
             code,
             message: message.to_owned(),

@@ -274,6 +274,19 @@ impl Services {
         Ok(())
     }
 
+    /// Takes one unit of a per-user WebSocket frame budget (`limit` is one
+    /// of the `Ws…PerUser` limits), shared by all of the user's connections.
+    ///
+    /// # Errors
+    /// Over budget: how long to wait. An engine that cannot decide denies.
+    pub async fn frame_budget(
+        &self,
+        who: &Principal,
+        limit: Limit,
+    ) -> Result<(), crate::ratelimit::Denied> {
+        self.inner.limiter.check(limit, &who.user.to_string()).await
+    }
+
     /// Tells the chat's other online participants that the caller is typing.
     ///
     /// # Errors

@@ -15,6 +15,7 @@
 //! - `errors`: malformed input of every kind, and the limits at N and N+1.
 //! - `connections`: the listener (header timeout, connections per address).
 //! - `realtime`: the WebSocket: live delivery, sync, receipts, typing, presence.
+//! - `frame_budgets`: WebSocket frame budgets per connection and per user, the 1008 close.
 //! - `restart`: what survives a restart.
 //! - `search`: message, chat and contact search.
 //! - `media`: uploads (plain and tus), downloads, thumbnails, media in messages and profiles, garbage collection.
@@ -35,6 +36,7 @@ mod connections;
 mod contacts;
 mod devices;
 mod errors;
+mod frame_budgets;
 mod invites;
 mod media;
 mod messages;
