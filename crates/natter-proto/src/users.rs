@@ -84,6 +84,14 @@ where
     }
 }
 
+/// `DELETE /api/v1/users/me`: deletes the caller's account, for good.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccount {
+    /// The account's phone number, typed again to confirm.
+    pub phone: String,
+}
+
 /// Another user's profile as the caller may see it (`GET /api/v1/users/{user_id}`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PublicProfile {

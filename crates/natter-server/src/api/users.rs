@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::media::media_url;
 use natter_proto::users::{
-    AddContact, Contact, ContactList, DiscoverContacts, DiscoveredContacts, DiscoveredUser, Me,
-    PublicProfile, UpdateMe,
+    AddContact, Contact, ContactList, DeleteAccount, DiscoverContacts, DiscoveredContacts,
+    DiscoveredUser, Me, PublicProfile, UpdateMe,
 };
 use natter_proto::{ErrorBody, ErrorCode, UserId};
 
@@ -93,6 +93,28 @@ pub(crate) async fn update_me(
     ApiJson(body): ApiJson<UpdateMe>,
 ) -> Result<Json<Me>, ApiError> {
     Ok(Json(me_dto(&app.services.update_me(&who, body).await?)))
+}
+
+/// Deletes the caller's account for good. The body repeats the account's
+/// phone number. Messages the user sent stay in their chats, from a
+/// deleted account (see docs/api.md).
+#[utoipa::path(
+    delete, path = "/api/v1/users/me", tag = "users",
+    security(("bearer" = [])),
+    request_body = DeleteAccount,
+    responses(
+        (status = 204, description = "The account is deleted; every token of it stops working."),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 422, description = "No `phone`, or not the account's number (`confirmation_mismatch`).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_me(
+    State(app): State<AppState>,
+    who: Principal,
+    ApiJson(body): ApiJson<DeleteAccount>,
+) -> Result<StatusCode, ApiError> {
+    app.services.delete_account(&who, &body.phone).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Another user's public profile; the number only when the caller is entitled to it.

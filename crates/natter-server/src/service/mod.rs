@@ -105,6 +105,9 @@ pub enum ServiceError {
     /// A field is out of bounds or malformed; the message names it.
     #[error("{0}")]
     Validation(String),
+    /// A destructive request's confirmation does not match the account.
+    #[error("{0}")]
+    ConfirmationMismatch(String),
     /// A query parameter is out of bounds; the message names it.
     #[error("{0}")]
     InvalidParameter(String),

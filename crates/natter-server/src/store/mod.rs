@@ -187,6 +187,22 @@ pub enum LoggedIn {
     CodeGone,
 }
 
+/// What an account's deletion removed, for the services to finish the job
+/// outside the store: tell the chats, close the devices' connections,
+/// delete the media's bytes.
+#[derive(Debug, Clone, Default)]
+pub struct AccountDeleted {
+    /// The `member_left` entries (and successors' `role_changed`) appended
+    /// to the chats the user was in, to publish.
+    pub left: Vec<Appended>,
+    /// The devices logged out (their tokens are gone).
+    pub devices: Vec<DeviceId>,
+    /// Finished uploads whose blobs (and thumbnails) must go.
+    pub media: Vec<MediaId>,
+    /// Resumable uploads in progress whose staging files must go.
+    pub uploads: Vec<MediaId>,
+}
+
 /// Profile fields to change; `None` keeps the current value.
 #[derive(Debug, Clone, Default)]
 pub struct ProfilePatch {
@@ -940,6 +956,21 @@ pub trait Accounts: Send + Sync {
 
     /// Records when the user was last online.
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;
+
+    /// Deletes an account, atomically: the user leaves every chat through
+    /// the chat log's removal path (direct chats too), and their devices
+    /// (with push channels and waiting pushes), contacts in both
+    /// directions, verification codes, receipts, membership periods and
+    /// upload records go. The account row stays as a tombstone with only
+    /// its id (the author of the chats it created and the messages it
+    /// sent, which stay); its number and profile are overwritten. Then the
+    /// engine makes sure the old bytes leave its files (for SQLite: a WAL
+    /// checkpoint). `None` if there is no such (undeleted) account.
+    async fn delete_account(
+        &self,
+        user: UserId,
+        now: Timestamp,
+    ) -> StoreResult<Option<AccountDeleted>>;
 }
 
 /// The store's chats, membership and their logs: appends, history, receipts and the positions devices sync from.

@@ -279,8 +279,9 @@ fn append_entry(
     })
 }
 
+/// Whether an account exists (a deleted account's tombstone does not count).
 fn user_exists(c: &Connection, user: UserId) -> Result<bool> {
-    c.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+    c.prepare_cached("SELECT 1 FROM users WHERE id = ?1 AND deleted_at IS NULL")?
         .exists([user.as_uuid().as_bytes()])
 }
 
@@ -685,45 +686,7 @@ pub(super) fn change_chat(
             if state.role(user).is_none() {
                 return Ok(ChatChanged::UnknownUser(user));
             }
-            let event = if user == actor {
-                ChatEvent::MemberLeft { user_id: user }
-            } else {
-                ChatEvent::MemberRemoved { user_id: user }
-            };
-            let successor = rules::successor(&state.member_facts(), user);
-            // The removal entry is the last the removed user sees.
-            let seq = state.last_seq + 1;
-            c.prepare_cached(
-                "UPDATE memberships SET to_seq = ?3
-                 WHERE chat_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
-            )?
-            .execute(params![
-                chat.as_uuid().as_bytes(),
-                user.as_uuid().as_bytes(),
-                seq
-            ])?;
-            state.leave(user);
-            appended.push(append_entry(
-                c,
-                state,
-                chat,
-                Draft::system(actor, event, now),
-                Some(user),
-            )?);
-            if let Some(next) = successor {
-                set_role(c, state, chat, next, Role::Admin)?;
-                let event = ChatEvent::RoleChanged {
-                    user_id: next,
-                    role: Role::Admin,
-                };
-                appended.push(append_entry(
-                    c,
-                    state,
-                    chat,
-                    Draft::system(actor, event, now),
-                    None,
-                )?);
-            }
+            appended.extend(remove_member(c, state, chat, actor, user, now)?);
         }
         ChatChange::Rename(name) => {
             c.prepare_cached("UPDATE chats SET name = ?2 WHERE id = ?1")?
@@ -759,6 +722,88 @@ pub(super) fn change_chat(
         },
     }
     Ok(ChatChanged::Done(appended))
+}
+
+/// Ends `user`'s membership (by `actor`: themself when leaving): closes
+/// their period at the removal entry, drops them from the writer's memory,
+/// and hands the group to a successor if they were its only admin. The one
+/// removal path: leaving, being removed, and deleting one's account.
+fn remove_member(
+    c: &Connection,
+    state: &mut ChatState,
+    chat: ChatId,
+    actor: UserId,
+    user: UserId,
+    now: Timestamp,
+) -> Result<Vec<Appended>> {
+    let mut appended = Vec::new();
+    let event = if user == actor {
+        ChatEvent::MemberLeft { user_id: user }
+    } else {
+        ChatEvent::MemberRemoved { user_id: user }
+    };
+    let successor = rules::successor(&state.member_facts(), user);
+    // The removal entry is the last the removed user sees.
+    let seq = state.last_seq + 1;
+    c.prepare_cached(
+        "UPDATE memberships SET to_seq = ?3
+         WHERE chat_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
+    )?
+    .execute(params![
+        chat.as_uuid().as_bytes(),
+        user.as_uuid().as_bytes(),
+        seq
+    ])?;
+    state.leave(user);
+    appended.push(append_entry(
+        c,
+        state,
+        chat,
+        Draft::system(actor, event, now),
+        Some(user),
+    )?);
+    if let Some(next) = successor {
+        set_role(c, state, chat, next, Role::Admin)?;
+        let event = ChatEvent::RoleChanged {
+            user_id: next,
+            role: Role::Admin,
+        };
+        appended.push(append_entry(
+            c,
+            state,
+            chat,
+            Draft::system(actor, event, now),
+            None,
+        )?);
+    }
+    Ok(appended)
+}
+
+/// Makes `user` leave every chat they are in, direct chats included (the
+/// account is being deleted): in each, through [`remove_member`], so the
+/// members see `member_left` and the writer's memory follows.
+pub(super) fn leave_every_chat(
+    c: &Connection,
+    cache: &mut ChatCache,
+    user: UserId,
+    now: Timestamp,
+) -> Result<Vec<Appended>> {
+    let chats: Vec<ChatId> = c
+        .prepare_cached("SELECT chat_id FROM memberships WHERE user_id = ?1 AND to_seq IS NULL")?
+        .query_map([user.as_uuid().as_bytes()], |r| {
+            uuid_of(r, "chat_id").map(ChatId::from_uuid)
+        })?
+        .collect::<Result<_>>()?;
+    let mut appended = Vec::new();
+    for chat in chats {
+        let Some(state) = cache.get(c, chat)? else {
+            continue;
+        };
+        if state.role(user).is_some() {
+            appended.extend(remove_member(c, state, chat, user, user, now)?);
+        }
+    }
+    Ok(appended)
 }
 
 fn set_role(
