@@ -86,6 +86,7 @@ fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(push::set_push_channel, push::delete_push_channel))
         .routes(routes!(push::vapid_key))
         .routes(routes!(users::get_me, users::update_me, users::delete_me))
+        .routes(routes!(users::export_me))
         .routes(routes!(users::get_user))
         .routes(routes!(users::list_contacts, users::add_contact))
         .routes(routes!(users::remove_contact))

@@ -1046,6 +1046,11 @@ pub trait ChatLog: Send + Sync {
     /// One chat's head, if the user is in it now.
     async fn chat_head(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatHead>>;
 
+    /// The messages `user` sent that they can still see (inside their
+    /// membership periods, not deleted), by chat then seq, at most `limit`
+    /// (for the export of their data).
+    async fn messages_sent_by(&self, user: UserId, limit: i64) -> StoreResult<Vec<LogEntry>>;
+
     /// The events of a chat after `after` (at most `limit`, in order) that
     /// `user` may see: those inside their membership periods.
     async fn events_after(
@@ -1093,6 +1098,9 @@ pub trait MediaStore: Send + Sync {
 
     /// An upload, finished or not.
     async fn media(&self, id: MediaId) -> StoreResult<Option<MediaRecord>>;
+
+    /// A user's finished uploads, oldest first.
+    async fn media_of(&self, owner: UserId) -> StoreResult<Vec<MediaRecord>>;
 
     /// Records how many bytes of an upload in progress are durable; false if
     /// it is no longer in progress.

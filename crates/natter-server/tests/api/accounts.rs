@@ -1,4 +1,4 @@
-//! Deleting one's account (and what stays of it).
+//! Deleting one's account (and what stays of it), exporting one's data.
 
 use std::collections::HashSet;
 
@@ -193,4 +193,80 @@ async fn a_deleted_account_leaves_its_chats_and_no_trace_of_its_number() {
     // The number is free for a new account.
     let again = app.signup(&alice.phone, "Alice again").await;
     assert_ne!(again.user_id, alice.user_id);
+}
+
+#[tokio::test]
+async fn an_export_holds_the_profile_devices_contacts_own_messages_and_uploads() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155550821", "Alice").await;
+    let bob = app.signup("+14155550822", "Bob").await;
+    alice.adds_contact(&app, &bob).await;
+    let direct = alice.direct_chat_with(&app, &bob).await;
+    let group = bob.group_with(&app, "Team", &[&alice]).await;
+    alice.sends(&app, &direct, "first").await;
+    bob.sends(&app, &direct, "from bob").await;
+    let gone = alice.sends(&app, &direct, "regretted").await;
+    alice
+        .delete(
+            &app,
+            &format!("/api/v1/messages/{}", gone["id"].as_str().unwrap()),
+        )
+        .await
+        .ok(204);
+    alice.sends(&app, &direct, "second").await;
+    alice.sends(&app, &group, "in the group").await;
+    alice
+        .delete(
+            &app,
+            &format!("/api/v1/chats/{group}/participants/{}", alice.user_id),
+        )
+        .await
+        .ok(204);
+    let media = alice.uploaded(&app, b"some notes".to_vec(), "file").await;
+
+    let export = alice.get(&app, "/api/v1/users/me/export").await.ok(200);
+    assert_eq!(export["profile"]["phone"], alice.phone.as_str());
+    assert_eq!(export["profile"]["name"], "Alice");
+    assert_eq!(export["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(export["devices"][0]["current"], true);
+    assert_eq!(export["contacts"][0]["user_id"], bob.user_id.as_str());
+    assert_eq!(export["truncated"], false);
+
+    let chats = export["chats"].as_array().unwrap();
+    assert_eq!(chats.len(), 2, "{export}");
+    let chat = |id: &str| chats.iter().find(|c| c["id"] == id).unwrap().clone();
+    let texts = |c: &Value| -> Vec<String> {
+        c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                assert_eq!(m["sender_id"], alice.user_id.as_str(), "only her own");
+                m["content"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let direct = chat(&direct);
+    assert_eq!(direct["type"], "direct");
+    assert_eq!(direct["my_role"], "member");
+    assert_eq!(texts(&direct), ["first", "second"]);
+    let group = chat(&group);
+    assert_eq!(group["name"], "Team");
+    assert_eq!(group["my_role"], Value::Null, "she left it");
+    assert_eq!(texts(&group), ["in the group"]);
+
+    let uploads = export["media"].as_array().unwrap();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0]["media_id"], media.as_str());
+    let url = uploads[0]["url"].as_str().unwrap();
+    let download = alice.download(&app, url, &[]).await;
+    assert_eq!(download.status.as_u16(), 200);
+    assert_eq!(download.bytes, b"some notes");
+
+    // Someone else's token exports someone else.
+    let theirs = bob.get(&app, "/api/v1/users/me/export").await.ok(200);
+    assert_eq!(theirs["profile"]["user_id"], bob.user_id.as_str());
+    app.call(Method::GET, "/api/v1/users/me/export", None, None)
+        .await
+        .expect(401, "unauthorized");
 }

@@ -1058,6 +1058,21 @@ pub(super) fn chat_head(c: &Connection, chat: ChatId, user: UserId) -> Result<Op
     .optional()
 }
 
+pub(super) fn messages_sent_by(c: &Connection, user: UserId, limit: i64) -> Result<Vec<LogEntry>> {
+    // No index leads by sender: an export reads the whole log once, on a
+    // reader, which holds no writer back.
+    let mut s = c.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM chat_log l
+         WHERE l.sender_id = ?1 AND l.kind = 'message' AND l.deleted_at IS NULL
+           AND EXISTS (SELECT 1 FROM memberships m
+                       WHERE m.chat_id = l.chat_id AND m.user_id = ?1
+                         AND l.seq >= m.from_seq AND (m.to_seq IS NULL OR l.seq <= m.to_seq))
+         ORDER BY l.chat_id, l.seq LIMIT ?2"
+    ))?;
+    let rows = s.query_map(params![user.as_uuid().as_bytes(), limit], entry_from_row)?;
+    rows.collect()
+}
+
 pub(super) fn events_after(
     c: &Connection,
     chat: ChatId,

@@ -967,6 +967,12 @@ impl ChatLog for SqliteStore {
             .await
     }
 
+    async fn messages_sent_by(&self, user: UserId, limit: i64) -> StoreResult<Vec<LogEntry>> {
+        self.readers
+            .read(move |c| chats::messages_sent_by(c, user, limit).map_err(db_err))
+            .await
+    }
+
     async fn chat_head(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatHead>> {
         self.readers
             .read(move |c| chats::chat_head(c, chat, user).map_err(db_err))
@@ -1025,6 +1031,12 @@ impl MediaStore for SqliteStore {
     async fn media(&self, id: MediaId) -> StoreResult<Option<MediaRecord>> {
         self.readers
             .read(move |c| media::get(c, id).map_err(db_err))
+            .await
+    }
+
+    async fn media_of(&self, owner: UserId) -> StoreResult<Vec<MediaRecord>> {
+        self.readers
+            .read(move |c| media::of_owner(c, owner).map_err(db_err))
             .await
     }
 
