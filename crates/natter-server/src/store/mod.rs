@@ -378,6 +378,29 @@ pub struct ChatOverview {
     pub unread: i64,
     /// The last message the user may see.
     pub last_message: Option<LogEntry>,
+    /// A direct chat's other person (also once they left or deleted
+    /// their account); `None` for groups.
+    pub other: Option<ChatPerson>,
+    /// The current participants by join order, at most
+    /// [`CHAT_LIST_PARTICIPANTS`].
+    pub participants: Vec<ChatPerson>,
+    /// How many participants the chat has now.
+    pub participant_count: i64,
+}
+
+/// Participants listed per chat in a chat list: enough for a row's
+/// avatars and "Ann, Bob and 8 others", bounded however big the group.
+pub const CHAT_LIST_PARTICIPANTS: usize = 10;
+
+/// Who someone in a chat is, for a chat list row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatPerson {
+    /// The user.
+    pub user_id: UserId,
+    /// Their name ("Deleted account" for a deleted one).
+    pub name: String,
+    /// Their profile picture.
+    pub profile_pic: Option<MediaId>,
 }
 
 /// A chat to create.

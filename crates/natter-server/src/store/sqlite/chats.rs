@@ -18,9 +18,9 @@ use super::uuid_of;
 use crate::clock::Timestamp;
 use crate::store::rules::{self, MemberFacts};
 use crate::store::{
-    Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, ChatRecord,
-    EntryKind, EventBody, HistoryQuery, LogEntry, LogEvent, Member, MessageChange, MessageChanged,
-    NewChat, NewContent, NewMessage, Posted, ReceiptChange, ReceiptState,
+    Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, ChatPerson,
+    ChatRecord, EntryKind, EventBody, HistoryQuery, LogEntry, LogEvent, Member, MessageChange,
+    MessageChanged, NewChat, NewContent, NewMessage, Posted, ReceiptChange, ReceiptState,
 };
 
 type Result<T> = rusqlite::Result<T>;
@@ -512,6 +512,21 @@ pub(super) fn chats_of(c: &Connection, user: UserId) -> Result<Vec<ChatOverview>
         "SELECT {ENTRY_COLUMNS} FROM chat_log l
          WHERE l.chat_id = ?1 AND l.kind = 'message' ORDER BY l.seq DESC LIMIT 1"
     ))?;
+    let mut people_stmt = c.prepare_cached(
+        "SELECT u.id, u.name, u.profile_pic FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.chat_id = ?1 AND m.to_seq IS NULL
+         ORDER BY m.from_seq, m.joined_at, m.user_id LIMIT ?2",
+    )?;
+    let mut count_stmt =
+        c.prepare_cached("SELECT count(*) FROM memberships WHERE chat_id = ?1 AND to_seq IS NULL")?;
+    // The pair is in the direct key (the two ids, sorted): the other
+    // person is known even after they left.
+    let mut other_stmt = c.prepare_cached(
+        "SELECT u.id, u.name, u.profile_pic FROM chats c JOIN users u
+           ON u.id IN (substr(c.direct_key, 1, 16), substr(c.direct_key, 17, 16))
+         WHERE c.id = ?1 AND c.direct_key IS NOT NULL AND u.id != ?2",
+    )?;
+    let limit = i64::try_from(crate::store::CHAT_LIST_PARTICIPANTS).unwrap_or(i64::MAX);
     let mut out = Vec::with_capacity(rows.len());
     for (chat, role, read_seq) in rows {
         let id = chat.id.as_uuid().as_bytes().to_vec();
@@ -520,14 +535,33 @@ pub(super) fn chats_of(c: &Connection, user: UserId) -> Result<Vec<ChatOverview>
                 r.get(0)
             })?;
         let last_message = last_stmt.query_row([&id], entry_from_row).optional()?;
+        let participants = people_stmt
+            .query_map(params![id, limit], person_from_row)?
+            .collect::<Result<Vec<_>>>()?;
+        let participant_count: i64 = count_stmt.query_row([&id], |r| r.get(0))?;
+        let other = other_stmt
+            .query_row(params![id, user.as_uuid().as_bytes()], person_from_row)
+            .optional()?;
         out.push(ChatOverview {
             chat,
             role,
             unread,
             last_message,
+            other,
+            participants,
+            participant_count,
         });
     }
     Ok(out)
+}
+
+/// A chat list's person, from a row of `u.id, u.name, u.profile_pic`.
+fn person_from_row(r: &Row<'_>) -> Result<ChatPerson> {
+    Ok(ChatPerson {
+        user_id: UserId::from_uuid(uuid_of(r, "id")?),
+        name: r.get("name")?,
+        profile_pic: opt_uuid(r, "profile_pic")?.map(MediaId::from_uuid),
+    })
 }
 
 /// A message visible to `user` in `chat` (inside one of their membership periods).
