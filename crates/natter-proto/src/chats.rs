@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use crate::ids::{ChatId, DeviceId, MessageId, UserId};
+use crate::ids::{ChatId, DeviceId, MediaId, MessageId, UserId};
 
 /// Whether a chat is between two users or a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -125,6 +125,27 @@ pub struct ChatSummary {
     /// Time of the last event in the chat.
     #[serde(with = "crate::timefmt")]
     pub last_activity_at: OffsetDateTime,
+    /// Direct chats: the other person, also once they left or deleted
+    /// their account (then named "Deleted account"); `null` for groups.
+    #[serde(default)]
+    pub other_user: Option<ChatPerson>,
+    /// The participants now, by join order, at most 10 (see `participant_count`).
+    #[serde(default)]
+    pub participants: Vec<ChatPerson>,
+    /// How many participants the chat has now.
+    #[serde(default)]
+    pub participant_count: i64,
+}
+
+/// Who someone in a chat is, for a row of the chat list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChatPerson {
+    /// The user.
+    pub user_id: UserId,
+    /// Their display name.
+    pub name: String,
+    /// Their profile picture (download at `/api/v1/media/{id}`), if any.
+    pub profile_pic_media_id: Option<MediaId>,
 }
 
 /// `GET /api/v1/chats`.

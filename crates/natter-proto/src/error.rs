@@ -108,6 +108,9 @@ pub enum ErrorCode {
     ValidationFailed,
     /// 422: an image the server will not decode (too many pixels, or corrupt).
     ImageRejected,
+    /// 422: a destructive request's confirmation (the account's phone
+    /// number, to delete it) does not match.
+    ConfirmationMismatch,
     /// 429: too many requests; `Retry-After` says when to try again.
     RateLimited,
     /// 500: a bug or an internal failure; details are in the server log only.
@@ -153,7 +156,7 @@ impl ErrorCode {
             Self::PayloadTooLarge | Self::StorageQuotaExceeded => 413,
             Self::UnsupportedMediaType | Self::MediaTypeMismatch => 415,
             Self::RangeNotSatisfiable => 416,
-            Self::ValidationFailed | Self::ImageRejected => 422,
+            Self::ValidationFailed | Self::ImageRejected | Self::ConfirmationMismatch => 422,
             Self::RateLimited => 429,
             Self::Internal => 500,
             Self::SmsDeliveryFailed => 502,

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use crate::ids::UserId;
+use crate::chats::{ChatKind, Message, Role};
+use crate::ids::{ChatId, UserId};
 
 /// Who may see when a user was last online.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -82,6 +83,56 @@ where
             "null is not a value here; leave the field out to keep it as it is",
         )),
     }
+}
+
+/// `DELETE /api/v1/users/me`: deletes the caller's account, for good.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccount {
+    /// The account's phone number, typed again to confirm.
+    pub phone: String,
+}
+
+/// `GET /api/v1/users/me/export`: what the server holds about the caller,
+/// in the API's own shapes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountExport {
+    /// When the export was made.
+    #[serde(with = "crate::timefmt")]
+    pub exported_at: OffsetDateTime,
+    /// The profile, as `GET /api/v1/users/me`.
+    pub profile: Me,
+    /// The logged-in devices, as `GET /api/v1/devices`.
+    pub devices: Vec<crate::accounts::Device>,
+    /// The contact list, as `GET /api/v1/users/contacts`.
+    pub contacts: Vec<Contact>,
+    /// Every chat the caller is or was in, with the messages they sent there
+    /// and can still see (not deleted), oldest first.
+    pub chats: Vec<ExportedChat>,
+    /// The caller's finished uploads, as the upload answer; `url` downloads
+    /// each (the uploader may always fetch their own).
+    pub media: Vec<crate::media::Media>,
+    /// True when the caller has sent more messages than one export holds
+    /// (the oldest are included).
+    pub truncated: bool,
+}
+
+/// A chat in an [`AccountExport`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExportedChat {
+    /// Its id.
+    pub id: ChatId,
+    /// `direct` or `group`.
+    #[serde(rename = "type")]
+    pub kind: ChatKind,
+    /// Group name; `null` for direct chats.
+    pub name: Option<String>,
+    /// Whether content is end-to-end encrypted (messages then carry only ciphertext).
+    pub encrypted: bool,
+    /// The caller's role; `null` if they left.
+    pub my_role: Option<Role>,
+    /// The caller's messages, as in history, oldest first.
+    pub messages: Vec<Message>,
 }
 
 /// Another user's profile as the caller may see it (`GET /api/v1/users/{user_id}`).

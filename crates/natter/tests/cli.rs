@@ -26,6 +26,9 @@ mod bench;
 /// File modes in the data directory under a permissive umask.
 #[path = "cli/files.rs"]
 mod files;
+/// The Debian package's configuration and systemd unit.
+#[path = "cli/package.rs"]
+mod package;
 
 const WAIT: Duration = Duration::from_secs(15);
 

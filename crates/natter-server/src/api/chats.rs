@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::chats::{
-    AddParticipants, ChangeRole, Chat, ChatList, ChatSummary, CreateChat, EditMessage, MarkRead,
-    Message, MessagePage, Participant, SendMessage, UpdateChat,
+    AddParticipants, ChangeRole, Chat, ChatList, ChatPerson, ChatSummary, CreateChat, EditMessage,
+    MarkRead, Message, MessagePage, Participant, SendMessage, UpdateChat,
 };
 use natter_proto::{ChatId, ErrorBody, ErrorCode, MessageId};
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,17 @@ pub(crate) fn chat_summary((o, last): (ChatOverview, Option<MessageView>)) -> Ch
         unread_count: o.unread,
         last_message: last.map(message_dto),
         last_activity_at: o.chat.last_activity_at.to_datetime(),
+        other_user: o.other.map(person_dto),
+        participants: o.participants.into_iter().map(person_dto).collect(),
+        participant_count: o.participant_count,
+    }
+}
+
+fn person_dto(p: crate::store::ChatPerson) -> ChatPerson {
+    ChatPerson {
+        user_id: p.user_id,
+        name: p.name,
+        profile_pic_media_id: p.profile_pic,
     }
 }
 

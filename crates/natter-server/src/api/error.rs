@@ -67,6 +67,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::DeviceNotFound => ErrorCode::DeviceNotFound,
             ServiceError::ContactNotFound => ErrorCode::ContactNotFound,
             ServiceError::Validation(_) => ErrorCode::ValidationFailed,
+            ServiceError::ConfirmationMismatch(_) => ErrorCode::ConfirmationMismatch,
             ServiceError::InvalidParameter(_) => ErrorCode::InvalidParameter,
             ServiceError::ChatNotFound => ErrorCode::ChatNotFound,
             ServiceError::MessageNotFound => ErrorCode::MessageNotFound,

@@ -3,10 +3,11 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use natter_proto::accounts::Device;
 use natter_proto::media::media_url;
 use natter_proto::users::{
-    AddContact, Contact, ContactList, DiscoverContacts, DiscoveredContacts, DiscoveredUser, Me,
-    PublicProfile, UpdateMe,
+    AccountExport, AddContact, Contact, ContactList, DeleteAccount, DiscoverContacts,
+    DiscoveredContacts, DiscoveredUser, ExportedChat, Me, PublicProfile, UpdateMe,
 };
 use natter_proto::{ErrorBody, ErrorCode, UserId};
 
@@ -93,6 +94,79 @@ pub(crate) async fn update_me(
     ApiJson(body): ApiJson<UpdateMe>,
 ) -> Result<Json<Me>, ApiError> {
     Ok(Json(me_dto(&app.services.update_me(&who, body).await?)))
+}
+
+/// Everything the server holds about the caller, as one JSON document:
+/// profile, devices, contacts, the chats they are or were in with the
+/// messages they sent there, and their uploads.
+#[utoipa::path(
+    get, path = "/api/v1/users/me/export", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The export.", body = AccountExport),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn export_me(
+    State(app): State<AppState>,
+    who: Principal,
+) -> Result<Json<AccountExport>, ApiError> {
+    let data = app.services.export(&who).await?;
+    Ok(Json(AccountExport {
+        exported_at: crate::clock::Timestamp::now().to_datetime(),
+        profile: me_dto(&data.user),
+        devices: data
+            .devices
+            .into_iter()
+            .map(|d| Device {
+                current: d.id == who.device(),
+                device_id: d.id,
+                name: d.name,
+                created_at: d.created_at.to_datetime(),
+                last_active_at: d.last_active_at.to_datetime(),
+            })
+            .collect(),
+        contacts: data.contacts.into_iter().map(contact_dto).collect(),
+        chats: data
+            .chats
+            .into_iter()
+            .map(|(access, messages)| ExportedChat {
+                id: access.chat.id,
+                kind: access.chat.kind,
+                name: access.chat.name,
+                encrypted: access.chat.encrypted,
+                my_role: access.role,
+                messages: messages
+                    .into_iter()
+                    .map(super::chats::message_dto)
+                    .collect(),
+            })
+            .collect(),
+        media: data.media.iter().map(super::media::media_dto).collect(),
+        truncated: data.truncated,
+    }))
+}
+
+/// Deletes the caller's account for good. The body repeats the account's
+/// phone number. Messages the user sent stay in their chats, from a
+/// deleted account (see docs/api.md).
+#[utoipa::path(
+    delete, path = "/api/v1/users/me", tag = "users",
+    security(("bearer" = [])),
+    request_body = DeleteAccount,
+    responses(
+        (status = 204, description = "The account is deleted; every token of it stops working."),
+        (status = 401, description = "No valid token.", body = ErrorBody),
+        (status = 422, description = "No `phone`, or not the account's number (`confirmation_mismatch`).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_me(
+    State(app): State<AppState>,
+    who: Principal,
+    ApiJson(body): ApiJson<DeleteAccount>,
+) -> Result<StatusCode, ApiError> {
+    app.services.delete_account(&who, &body.phone).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Another user's public profile; the number only when the caller is entitled to it.

@@ -327,6 +327,56 @@ impl Services {
         Ok(())
     }
 
+    /// Deletes the caller's account. `confirm_phone` must be the account's
+    /// number (in any form that parses to it): a deliberate act, not a
+    /// stray request with a token. The user leaves every chat (members see
+    /// `member_left`; a group's only admin hands over as when leaving), and
+    /// every device's live connections close; see
+    /// [`crate::store::Accounts::delete_account`] for what the store removes.
+    ///
+    /// # Errors
+    /// [`ServiceError::ConfirmationMismatch`] when the number is not the
+    /// account's; store failure.
+    pub async fn delete_account(&self, who: &Principal, confirm_phone: &str) -> ServiceResult<()> {
+        let user = self
+            .inner
+            .store
+            .user(who.user)
+            .await?
+            .ok_or(ServiceError::Unauthorized)?;
+        let matches = Phone::parse(confirm_phone, self.inner.config.phone_validation)
+            .is_ok_and(|p| p == user.phone);
+        if !matches {
+            return Err(ServiceError::ConfirmationMismatch(
+                "`phone` must be this account's phone number, to confirm the deletion.".to_owned(),
+            ));
+        }
+        let Some(deleted) = self
+            .inner
+            .store
+            .delete_account(who.user, Timestamp::now())
+            .await?
+        else {
+            return Err(ServiceError::Unauthorized);
+        };
+        for appended in &deleted.left {
+            self.publish(appended, None).await;
+        }
+        for device in &deleted.devices {
+            self.close_device(who.user, *device);
+        }
+        self.delete_media_files(&deleted.media, &deleted.uploads)
+            .await;
+        tracing::info!(
+            user = %who.user,
+            chats_left = deleted.left.len(),
+            devices = deleted.devices.len(),
+            media = deleted.media.len() + deleted.uploads.len(),
+            "account deleted"
+        );
+        Ok(())
+    }
+
     /// The caller's devices, oldest first.
     ///
     /// # Errors

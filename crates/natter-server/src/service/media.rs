@@ -841,6 +841,18 @@ impl Services {
         }
     }
 
+    /// Deletes the bytes of uploads whose records are gone (a deleted
+    /// account's): finished blobs with their thumbnails, staging files of
+    /// uploads in progress.
+    pub(super) async fn delete_media_files(&self, finished: &[MediaId], in_progress: &[MediaId]) {
+        for id in in_progress {
+            remove_file(&self.media_engine().resumable_path(*id)).await;
+        }
+        for id in finished {
+            self.forget_blobs(*id).await;
+        }
+    }
+
     /// Deletes expired resumable uploads and finished uploads nothing uses.
     pub(super) async fn collect_media(&self) {
         let m = &self.inner.config.media;

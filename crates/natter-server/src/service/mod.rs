@@ -10,6 +10,7 @@ mod admin;
 mod chats;
 mod contacts;
 mod delivery;
+mod export;
 mod media;
 mod profiles;
 mod push;
@@ -30,6 +31,7 @@ pub use self::admin::{BlobCheck, CreatedInvite, CreatedUser};
 pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
 pub use self::delivery::{DeliveryCursor, Live};
+pub use self::export::AccountData;
 pub use self::media::{Staging, UploadInfo, sha256_hex};
 pub use self::profiles::ProfileView;
 pub use self::realtime::LiveConnection;
@@ -105,6 +107,9 @@ pub enum ServiceError {
     /// A field is out of bounds or malformed; the message names it.
     #[error("{0}")]
     Validation(String),
+    /// A destructive request's confirmation does not match the account.
+    #[error("{0}")]
+    ConfirmationMismatch(String),
     /// A query parameter is out of bounds; the message names it.
     #[error("{0}")]
     InvalidParameter(String),

@@ -187,6 +187,22 @@ pub enum LoggedIn {
     CodeGone,
 }
 
+/// What an account's deletion removed, for the services to finish the job
+/// outside the store: tell the chats, close the devices' connections,
+/// delete the media's bytes.
+#[derive(Debug, Clone, Default)]
+pub struct AccountDeleted {
+    /// The `member_left` entries (and successors' `role_changed`) appended
+    /// to the chats the user was in, to publish.
+    pub left: Vec<Appended>,
+    /// The devices logged out (their tokens are gone).
+    pub devices: Vec<DeviceId>,
+    /// Finished uploads whose blobs (and thumbnails) must go.
+    pub media: Vec<MediaId>,
+    /// Resumable uploads in progress whose staging files must go.
+    pub uploads: Vec<MediaId>,
+}
+
 /// Profile fields to change; `None` keeps the current value.
 #[derive(Debug, Clone, Default)]
 pub struct ProfilePatch {
@@ -362,6 +378,29 @@ pub struct ChatOverview {
     pub unread: i64,
     /// The last message the user may see.
     pub last_message: Option<LogEntry>,
+    /// A direct chat's other person (also once they left or deleted
+    /// their account); `None` for groups.
+    pub other: Option<ChatPerson>,
+    /// The current participants by join order, at most
+    /// [`CHAT_LIST_PARTICIPANTS`].
+    pub participants: Vec<ChatPerson>,
+    /// How many participants the chat has now.
+    pub participant_count: i64,
+}
+
+/// Participants listed per chat in a chat list: enough for a row's
+/// avatars and "Ann, Bob and 8 others", bounded however big the group.
+pub const CHAT_LIST_PARTICIPANTS: usize = 10;
+
+/// Who someone in a chat is, for a chat list row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatPerson {
+    /// The user.
+    pub user_id: UserId,
+    /// Their name ("Deleted account" for a deleted one).
+    pub name: String,
+    /// Their profile picture.
+    pub profile_pic: Option<MediaId>,
 }
 
 /// A chat to create.
@@ -940,6 +979,21 @@ pub trait Accounts: Send + Sync {
 
     /// Records when the user was last online.
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;
+
+    /// Deletes an account, atomically: the user leaves every chat through
+    /// the chat log's removal path (direct chats too), and their devices
+    /// (with push channels and waiting pushes), contacts in both
+    /// directions, verification codes, receipts, membership periods and
+    /// upload records go. The account row stays as a tombstone with only
+    /// its id (the author of the chats it created and the messages it
+    /// sent, which stay); its number and profile are overwritten. Then the
+    /// engine makes sure the old bytes leave its files (for SQLite: a WAL
+    /// checkpoint). `None` if there is no such (undeleted) account.
+    async fn delete_account(
+        &self,
+        user: UserId,
+        now: Timestamp,
+    ) -> StoreResult<Option<AccountDeleted>>;
 }
 
 /// The store's chats, membership and their logs: appends, history, receipts and the positions devices sync from.
@@ -1015,6 +1069,11 @@ pub trait ChatLog: Send + Sync {
     /// One chat's head, if the user is in it now.
     async fn chat_head(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatHead>>;
 
+    /// The messages `user` sent that they can still see (inside their
+    /// membership periods, not deleted), by chat then seq, at most `limit`
+    /// (for the export of their data).
+    async fn messages_sent_by(&self, user: UserId, limit: i64) -> StoreResult<Vec<LogEntry>>;
+
     /// The events of a chat after `after` (at most `limit`, in order) that
     /// `user` may see: those inside their membership periods.
     async fn events_after(
@@ -1062,6 +1121,9 @@ pub trait MediaStore: Send + Sync {
 
     /// An upload, finished or not.
     async fn media(&self, id: MediaId) -> StoreResult<Option<MediaRecord>>;
+
+    /// A user's finished uploads, oldest first.
+    async fn media_of(&self, owner: UserId) -> StoreResult<Vec<MediaRecord>>;
 
     /// Records how many bytes of an upload in progress are durable; false if
     /// it is no longer in progress.

@@ -427,3 +427,88 @@ async fn replying_reads_the_chat_at_once() {
     alice.sends(&app, &chat, "and again").await;
     assert_eq!(unread(alice.clone()).await, 0);
 }
+
+#[tokio::test]
+async fn the_chat_list_says_who_is_in_each_chat() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155550851", "Alice").await;
+    let bob = app.signup("+14155550852", "Bob").await;
+    let pic = bob.uploaded(&app, crate::media::png(4, 4), "image").await;
+    bob.patch(
+        &app,
+        "/api/v1/users/me",
+        json!({"profile_pic_media_id": pic}),
+    )
+    .await
+    .ok(200);
+    let direct = alice.direct_chat_with(&app, &bob).await;
+    // A group bigger than the list shows: 1 + 11 members.
+    let mut members = Vec::new();
+    for i in 0..11 {
+        // Numbers in different blocks, so sign-up rate limits stay out of it.
+        let phone = format!("+1415{}0001", 200 + i);
+        members.push(app.signup(&phone, &format!("Member {i:02}")).await);
+    }
+    let refs: Vec<&crate::support::TestUser> = members.iter().collect();
+    let group = alice.group_with(&app, "Big", &refs).await;
+
+    let list = alice.get(&app, "/api/v1/chats").await.ok(200);
+    let chats = list["chats"].as_array().unwrap();
+    let row = |id: &str| chats.iter().find(|c| c["id"] == id).unwrap().clone();
+    let d = row(&direct);
+    assert_eq!(
+        d["other_user"],
+        json!({"user_id": bob.user_id, "name": "Bob", "profile_pic_media_id": pic})
+    );
+    assert_eq!(d["participant_count"], 2);
+    let names: Vec<&str> = d["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(
+        names.contains(&"Alice") && names.contains(&"Bob"),
+        "{names:?}"
+    );
+    // The seed's fields are still there.
+    for key in [
+        "type",
+        "name",
+        "encrypted",
+        "my_role",
+        "unread_count",
+        "last_activity_at",
+    ] {
+        assert!(d.get(key).is_some(), "{key} in {d}");
+    }
+
+    let g = row(&group);
+    assert_eq!(g["other_user"], serde_json::Value::Null);
+    assert_eq!(g["participant_count"], 12);
+    let shown = g["participants"].as_array().unwrap();
+    assert_eq!(shown.len(), 10, "bounded");
+    assert_eq!(
+        shown[0]["name"], "Alice",
+        "by join order: the creator first"
+    );
+
+    // Bob's side of the direct chat names Alice; once Alice deletes her
+    // account it still names who it was with.
+    let theirs = bob.get(&app, "/api/v1/chats").await.ok(200);
+    assert_eq!(theirs["chats"][0]["other_user"]["name"], "Alice");
+    app.call(
+        reqwest::Method::DELETE,
+        "/api/v1/users/me",
+        Some(&alice.token),
+        Some(json!({"phone": alice.phone})),
+    )
+    .await
+    .ok(204);
+    let theirs = bob.get(&app, "/api/v1/chats").await.ok(200);
+    let row = &theirs["chats"][0];
+    assert_eq!(row["other_user"]["user_id"], alice.user_id.as_str());
+    assert_eq!(row["other_user"]["name"], "Deleted account");
+    assert_eq!(row["participant_count"], 1);
+}

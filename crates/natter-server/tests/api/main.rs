@@ -7,6 +7,7 @@
 //! - `invites`: sign-up mode `invite`, invites, login codes made by a device.
 //! - `rate_limits`: the rate-limit table.
 //! - `devices`: tokens, logout, device lists and revocation.
+//! - `accounts`: deleting one's account, exporting one's data.
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
 //! - `contacts`: contact lists and discovery.
 //! - `chats`: chats, participants, roles, chat lists.
@@ -31,6 +32,7 @@
     unreachable_pub
 )]
 
+mod accounts;
 mod chats;
 mod connections;
 mod contacts;

@@ -177,7 +177,7 @@ impl Administration for SqliteStore {
                     .prepare(&format!(
                         "SELECT {USER_COLUMNS}, deactivated_at,
                            (SELECT count(*) FROM devices d WHERE d.user_id = users.id) AS n
-                         FROM users ORDER BY created_at, id"
+                         FROM users WHERE deleted_at IS NULL ORDER BY created_at, id"
                     ))
                     .map_err(db_err)?;
                 s.query_map([], |row| {
@@ -269,10 +269,11 @@ impl Administration for SqliteStore {
         self.readers
             .read(move |c| {
                 Ok(StoreStats {
-                    users: count(c, "SELECT count(*) FROM users")?,
+                    users: count(c, "SELECT count(*) FROM users WHERE deleted_at IS NULL")?,
                     deactivated_users: count(
                         c,
-                        "SELECT count(*) FROM users WHERE deactivated_at IS NOT NULL",
+                        "SELECT count(*) FROM users
+                         WHERE deactivated_at IS NOT NULL AND deleted_at IS NULL",
                     )?,
                     devices: count(c, "SELECT count(*) FROM devices")?,
                     chats: count(c, "SELECT count(*) FROM chats")?,
@@ -356,6 +357,7 @@ mod tests {
         c.execute_batch(
             "DROP TABLE invites;
              ALTER TABLE users DROP COLUMN deactivated_at;
+             ALTER TABLE users DROP COLUMN deleted_at;
              PRAGMA user_version = 9;",
         )
         .unwrap();

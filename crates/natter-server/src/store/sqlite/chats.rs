@@ -18,9 +18,9 @@ use super::uuid_of;
 use crate::clock::Timestamp;
 use crate::store::rules::{self, MemberFacts};
 use crate::store::{
-    Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, ChatRecord,
-    EntryKind, EventBody, HistoryQuery, LogEntry, LogEvent, Member, MessageChange, MessageChanged,
-    NewChat, NewContent, NewMessage, Posted, ReceiptChange, ReceiptState,
+    Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, ChatPerson,
+    ChatRecord, EntryKind, EventBody, HistoryQuery, LogEntry, LogEvent, Member, MessageChange,
+    MessageChanged, NewChat, NewContent, NewMessage, Posted, ReceiptChange, ReceiptState,
 };
 
 type Result<T> = rusqlite::Result<T>;
@@ -279,8 +279,9 @@ fn append_entry(
     })
 }
 
+/// Whether an account exists (a deleted account's tombstone does not count).
 fn user_exists(c: &Connection, user: UserId) -> Result<bool> {
-    c.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+    c.prepare_cached("SELECT 1 FROM users WHERE id = ?1 AND deleted_at IS NULL")?
         .exists([user.as_uuid().as_bytes()])
 }
 
@@ -511,6 +512,21 @@ pub(super) fn chats_of(c: &Connection, user: UserId) -> Result<Vec<ChatOverview>
         "SELECT {ENTRY_COLUMNS} FROM chat_log l
          WHERE l.chat_id = ?1 AND l.kind = 'message' ORDER BY l.seq DESC LIMIT 1"
     ))?;
+    let mut people_stmt = c.prepare_cached(
+        "SELECT u.id, u.name, u.profile_pic FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.chat_id = ?1 AND m.to_seq IS NULL
+         ORDER BY m.from_seq, m.joined_at, m.user_id LIMIT ?2",
+    )?;
+    let mut count_stmt =
+        c.prepare_cached("SELECT count(*) FROM memberships WHERE chat_id = ?1 AND to_seq IS NULL")?;
+    // The pair is in the direct key (the two ids, sorted): the other
+    // person is known even after they left.
+    let mut other_stmt = c.prepare_cached(
+        "SELECT u.id, u.name, u.profile_pic FROM chats c JOIN users u
+           ON u.id IN (substr(c.direct_key, 1, 16), substr(c.direct_key, 17, 16))
+         WHERE c.id = ?1 AND c.direct_key IS NOT NULL AND u.id != ?2",
+    )?;
+    let limit = i64::try_from(crate::store::CHAT_LIST_PARTICIPANTS).unwrap_or(i64::MAX);
     let mut out = Vec::with_capacity(rows.len());
     for (chat, role, read_seq) in rows {
         let id = chat.id.as_uuid().as_bytes().to_vec();
@@ -519,14 +535,33 @@ pub(super) fn chats_of(c: &Connection, user: UserId) -> Result<Vec<ChatOverview>
                 r.get(0)
             })?;
         let last_message = last_stmt.query_row([&id], entry_from_row).optional()?;
+        let participants = people_stmt
+            .query_map(params![id, limit], person_from_row)?
+            .collect::<Result<Vec<_>>>()?;
+        let participant_count: i64 = count_stmt.query_row([&id], |r| r.get(0))?;
+        let other = other_stmt
+            .query_row(params![id, user.as_uuid().as_bytes()], person_from_row)
+            .optional()?;
         out.push(ChatOverview {
             chat,
             role,
             unread,
             last_message,
+            other,
+            participants,
+            participant_count,
         });
     }
     Ok(out)
+}
+
+/// A chat list's person, from a row of `u.id, u.name, u.profile_pic`.
+fn person_from_row(r: &Row<'_>) -> Result<ChatPerson> {
+    Ok(ChatPerson {
+        user_id: UserId::from_uuid(uuid_of(r, "id")?),
+        name: r.get("name")?,
+        profile_pic: opt_uuid(r, "profile_pic")?.map(MediaId::from_uuid),
+    })
 }
 
 /// A message visible to `user` in `chat` (inside one of their membership periods).
@@ -695,45 +730,7 @@ pub(super) fn change_chat(
             if state.role(user).is_none() {
                 return Ok(ChatChanged::UnknownUser(user));
             }
-            let event = if user == actor {
-                ChatEvent::MemberLeft { user_id: user }
-            } else {
-                ChatEvent::MemberRemoved { user_id: user }
-            };
-            let successor = rules::successor(&state.member_facts(), user);
-            // The removal entry is the last the removed user sees.
-            let seq = state.last_seq + 1;
-            c.prepare_cached(
-                "UPDATE memberships SET to_seq = ?3
-                 WHERE chat_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
-            )?
-            .execute(params![
-                chat.as_uuid().as_bytes(),
-                user.as_uuid().as_bytes(),
-                seq
-            ])?;
-            state.leave(user);
-            appended.push(append_entry(
-                c,
-                state,
-                chat,
-                Draft::system(actor, event, now),
-                Some(user),
-            )?);
-            if let Some(next) = successor {
-                set_role(c, state, chat, next, Role::Admin)?;
-                let event = ChatEvent::RoleChanged {
-                    user_id: next,
-                    role: Role::Admin,
-                };
-                appended.push(append_entry(
-                    c,
-                    state,
-                    chat,
-                    Draft::system(actor, event, now),
-                    None,
-                )?);
-            }
+            appended.extend(remove_member(c, state, chat, actor, user, now)?);
         }
         ChatChange::Rename(name) => {
             c.prepare_cached("UPDATE chats SET name = ?2 WHERE id = ?1")?
@@ -769,6 +766,88 @@ pub(super) fn change_chat(
         },
     }
     Ok(ChatChanged::Done(appended))
+}
+
+/// Ends `user`'s membership (by `actor`: themself when leaving): closes
+/// their period at the removal entry, drops them from the writer's memory,
+/// and hands the group to a successor if they were its only admin. The one
+/// removal path: leaving, being removed, and deleting one's account.
+fn remove_member(
+    c: &Connection,
+    state: &mut ChatState,
+    chat: ChatId,
+    actor: UserId,
+    user: UserId,
+    now: Timestamp,
+) -> Result<Vec<Appended>> {
+    let mut appended = Vec::new();
+    let event = if user == actor {
+        ChatEvent::MemberLeft { user_id: user }
+    } else {
+        ChatEvent::MemberRemoved { user_id: user }
+    };
+    let successor = rules::successor(&state.member_facts(), user);
+    // The removal entry is the last the removed user sees.
+    let seq = state.last_seq + 1;
+    c.prepare_cached(
+        "UPDATE memberships SET to_seq = ?3
+         WHERE chat_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
+    )?
+    .execute(params![
+        chat.as_uuid().as_bytes(),
+        user.as_uuid().as_bytes(),
+        seq
+    ])?;
+    state.leave(user);
+    appended.push(append_entry(
+        c,
+        state,
+        chat,
+        Draft::system(actor, event, now),
+        Some(user),
+    )?);
+    if let Some(next) = successor {
+        set_role(c, state, chat, next, Role::Admin)?;
+        let event = ChatEvent::RoleChanged {
+            user_id: next,
+            role: Role::Admin,
+        };
+        appended.push(append_entry(
+            c,
+            state,
+            chat,
+            Draft::system(actor, event, now),
+            None,
+        )?);
+    }
+    Ok(appended)
+}
+
+/// Makes `user` leave every chat they are in, direct chats included (the
+/// account is being deleted): in each, through [`remove_member`], so the
+/// members see `member_left` and the writer's memory follows.
+pub(super) fn leave_every_chat(
+    c: &Connection,
+    cache: &mut ChatCache,
+    user: UserId,
+    now: Timestamp,
+) -> Result<Vec<Appended>> {
+    let chats: Vec<ChatId> = c
+        .prepare_cached("SELECT chat_id FROM memberships WHERE user_id = ?1 AND to_seq IS NULL")?
+        .query_map([user.as_uuid().as_bytes()], |r| {
+            uuid_of(r, "chat_id").map(ChatId::from_uuid)
+        })?
+        .collect::<Result<_>>()?;
+    let mut appended = Vec::new();
+    for chat in chats {
+        let Some(state) = cache.get(c, chat)? else {
+            continue;
+        };
+        if state.role(user).is_some() {
+            appended.extend(remove_member(c, state, chat, user, user, now)?);
+        }
+    }
+    Ok(appended)
 }
 
 fn set_role(
@@ -1033,6 +1112,21 @@ pub(super) fn chat_head(c: &Connection, chat: ChatId, user: UserId) -> Result<Op
         head_from_row,
     )
     .optional()
+}
+
+pub(super) fn messages_sent_by(c: &Connection, user: UserId, limit: i64) -> Result<Vec<LogEntry>> {
+    // No index leads by sender: an export reads the whole log once, on a
+    // reader, which holds no writer back.
+    let mut s = c.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM chat_log l
+         WHERE l.sender_id = ?1 AND l.kind = 'message' AND l.deleted_at IS NULL
+           AND EXISTS (SELECT 1 FROM memberships m
+                       WHERE m.chat_id = l.chat_id AND m.user_id = ?1
+                         AND l.seq >= m.from_seq AND (m.to_seq IS NULL OR l.seq <= m.to_seq))
+         ORDER BY l.chat_id, l.seq LIMIT ?2"
+    ))?;
+    let rows = s.query_map(params![user.as_uuid().as_bytes(), limit], entry_from_row)?;
+    rows.collect()
 }
 
 pub(super) fn events_after(

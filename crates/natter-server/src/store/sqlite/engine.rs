@@ -26,6 +26,15 @@ type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// answer its caller.
 type Job = Box<dyn FnOnce(&Connection, &mut ChatCache) -> (bool, Reply) + Send>;
 
+/// What the writer thread is asked to do.
+enum Task {
+    /// A write job, run in the next group commit.
+    Write(Job),
+    /// Commit what is gathered, then checkpoint and truncate the WAL now;
+    /// answers whether the log was emptied.
+    Checkpoint(oneshot::Sender<bool>),
+}
+
 /// Turns a rusqlite error into a [`StoreError`] of the right kind.
 pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode as Code;
@@ -68,7 +77,7 @@ fn open(path: &Path, read_only: bool) -> StoreResult<Connection> {
 pub(super) struct Writer {
     /// Jobs for the writer thread; bounded, so a flood of writes makes
     /// callers wait instead of growing memory. `None` once closed.
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<mpsc::Sender<Task>>>,
     /// The thread, joined on close so the last batch is committed before exit.
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -155,12 +164,33 @@ impl Writer {
             (ok, reply)
         });
         sender
-            .send(job)
+            .send(Task::Write(job))
             .await
             .map_err(|_| StoreError::unavailable("the store is closed"))?;
         result
             .await
             .map_err(|_| StoreError::unavailable("the writer stopped"))?
+    }
+
+    /// Commits what the writer holds, then folds the write-ahead log into
+    /// the database and truncates it, waiting (bounded) for readers: after
+    /// this, old copies of deleted content are gone from the log too.
+    /// `false` if readers kept it busy (the minute's checkpoint finishes it).
+    pub(super) async fn checkpoint(&self) -> StoreResult<bool> {
+        let sender = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::unavailable("the store is closed"))?;
+        let (done, result) = oneshot::channel();
+        sender
+            .send(Task::Checkpoint(done))
+            .await
+            .map_err(|_| StoreError::unavailable("the store is closed"))?;
+        result
+            .await
+            .map_err(|_| StoreError::unavailable("the writer stopped"))
     }
 
     /// Stops taking jobs, lets the writer commit what it has, and waits for it.
@@ -187,7 +217,7 @@ impl Writer {
 /// most `cache.flush_every` apart (and when the writer stops).
 fn run_writer(
     mut conn: Connection,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Task>,
     batch_max: usize,
     mut cache: ChatCache,
 ) {
@@ -209,21 +239,34 @@ fn run_writer(
                 None => break,
             }
         };
-        batch.extend(first);
-        while batch.len() < batch_max {
+        // A checkpoint request ends the batch: what came before it is
+        // committed first, so the checkpoint covers it.
+        let mut checkpoint = None;
+        match first {
+            Some(Task::Write(job)) => batch.push(job),
+            Some(Task::Checkpoint(reply)) => checkpoint = Some(reply),
+            None => {}
+        }
+        while checkpoint.is_none() && batch.len() < batch_max {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Task::Write(job)) => batch.push(job),
+                Ok(Task::Checkpoint(reply)) => checkpoint = Some(reply),
                 Err(_) => break,
             }
         }
         let flush = cache.has_unflushed() && last_flush.elapsed() >= cache.flush_every();
-        commit_batch(&mut conn, &mut batch, &mut cache, flush);
+        if !batch.is_empty() || flush {
+            commit_batch(&mut conn, &mut batch, &mut cache, flush);
+        }
         if flush {
             last_flush = Instant::now();
         }
         cache.evict_if_full();
-        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-            truncate_wal(&conn);
+        if let Some(reply) = checkpoint {
+            let _ = reply.send(truncate_wal(&conn, CHECKPOINT_WAIT));
+            last_checkpoint = Instant::now();
+        } else if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            truncate_wal(&conn, Duration::ZERO);
             last_checkpoint = Instant::now();
         }
     }
@@ -234,14 +277,14 @@ fn run_writer(
 
 /// What waiting for a job gave.
 enum Received {
-    Job(Job),
+    Job(Task),
     Timeout,
     Closed,
 }
 
 /// Waits at most `wait` for the next job (the writer is a plain thread, so
 /// this polls the queue in short steps rather than blocking on it).
-fn recv_within(rx: &mut mpsc::Receiver<Job>, wait: Duration) -> Received {
+fn recv_within(rx: &mut mpsc::Receiver<Task>, wait: Duration) -> Received {
     /// Short enough to keep a send's latency low, long enough to cost nothing idle.
     const STEP: Duration = Duration::from_millis(1);
     let deadline = Instant::now() + wait;
@@ -268,11 +311,17 @@ const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 /// old copies of deleted content that the log still holds.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
-/// Checkpoints and truncates the WAL without waiting for readers: if some
-/// are busy, it does what it can now and the rest next time.
-fn truncate_wal(conn: &Connection) {
+/// How long a requested checkpoint (after an account deletion) waits for
+/// readers to move to the newest snapshot: reads are single statements, so
+/// this is plenty, and it holds the writer no longer than a slow commit.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(2);
+
+/// Checkpoints and truncates the WAL, waiting at most `wait` for readers:
+/// if some are still busy, it does what it can now and the rest next time.
+/// True if the log was emptied.
+fn truncate_wal(conn: &Connection, wait: Duration) -> bool {
     let result = conn
-        .execute_batch("PRAGMA busy_timeout = 0;")
+        .execute_batch(&format!("PRAGMA busy_timeout = {};", wait.as_millis()))
         .and_then(|()| {
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 r.get::<_, i64>(0)
@@ -283,9 +332,18 @@ fn truncate_wal(conn: &Connection) {
                 .map(|()| busy)
         });
     match result {
-        Ok(0) => tracing::debug!("write-ahead log checkpointed and truncated"),
-        Ok(_) => tracing::debug!("write-ahead log checkpoint deferred: readers busy"),
-        Err(e) => tracing::warn!(error = %e, "write-ahead log checkpoint failed"),
+        Ok(0) => {
+            tracing::debug!("write-ahead log checkpointed and truncated");
+            true
+        }
+        Ok(_) => {
+            tracing::debug!("write-ahead log checkpoint deferred: readers busy");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "write-ahead log checkpoint failed");
+            false
+        }
     }
 }
 

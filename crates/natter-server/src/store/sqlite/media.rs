@@ -63,6 +63,15 @@ fn media_from_row(row: &Row<'_>) -> Result<MediaRecord> {
     })
 }
 
+pub(super) fn of_owner(c: &Connection, owner: UserId) -> Result<Vec<MediaRecord>> {
+    let mut s = c.prepare_cached(&format!(
+        "SELECT {MEDIA_COLUMNS} FROM media WHERE owner_id = ?1 AND ready = 1
+         ORDER BY created_at, id"
+    ))?;
+    let rows = s.query_map([owner.as_uuid().as_bytes()], media_from_row)?;
+    rows.collect()
+}
+
 pub(super) fn create(
     c: &Connection,
     m: &NewMedia,

@@ -22,10 +22,10 @@ use uuid::Uuid;
 
 use self::engine::{ReadPool, Writer, db_err};
 use super::{
-    Accounts, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatLog, ChatOverview,
-    CollectedMedia, ContactAdded, ContactEntry, Device, FinishedMedia, HistoryQuery, IndexProgress,
-    LogEntry, LogEvent, LoggedIn, Login, MediaCreated, MediaRecord, MediaStore, Member,
-    MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage, NewPush,
+    AccountDeleted, Accounts, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatLog,
+    ChatOverview, CollectedMedia, ContactAdded, ContactEntry, Device, FinishedMedia, HistoryQuery,
+    IndexProgress, LogEntry, LogEvent, LoggedIn, Login, MediaCreated, MediaRecord, MediaStore,
+    Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage, NewPush,
     NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord, PushFinished,
     PushOutbox, ReceiptChange, ReceiptState, Registered, Registration, Relation, SearchIndex,
     SearchPage, SearchQuery, Store, StoreError, StoreResult, User,
@@ -46,9 +46,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_log_position.sql"),
     include_str!("migrations/0008_search_indexer.sql"),
     include_str!("migrations/0010_fanout_on_read.sql"),
-    // Last although numbered 9: a database made by a binary with 0008 and
-    // 0010 (user_version 9) must take it as its next step.
+    // After 0010 although numbered 9: the files were numbered on parallel
+    // branches, and what counts is this order (`user_version` is the count
+    // applied). A database made with 0008 and 0010 takes 0009 next. There
+    // is no 0011.
     include_str!("migrations/0009_invites_admin.sql"),
+    include_str!("migrations/0012_account_deletion.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -234,10 +237,13 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
     })
 }
 
+/// An account by id; a deleted account's tombstone is no account.
 fn user_by_id(conn: &Connection, id: UserId) -> rusqlite::Result<Option<User>> {
-    conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
-        .query_row([id.as_uuid().as_bytes()], user_from_row)
-        .optional()
+    conn.prepare_cached(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = ?1 AND deleted_at IS NULL"
+    ))?
+    .query_row([id.as_uuid().as_bytes()], user_from_row)
+    .optional()
 }
 
 fn insert_device(conn: &Connection, user: UserId, d: &NewDevice) -> rusqlite::Result<()> {
@@ -297,6 +303,76 @@ fn relation_of(conn: &Connection, viewer: UserId, target: UserId) -> rusqlite::R
         viewer_knows_phone: mine.unwrap_or(false),
         target_has_viewer: theirs,
     })
+}
+
+/// The writer job of [`Accounts::delete_account`].
+fn delete_account(
+    c: &Connection,
+    cache: &mut cache::ChatCache,
+    user: UserId,
+    now: Timestamp,
+) -> rusqlite::Result<Option<AccountDeleted>> {
+    let id = user.as_uuid().as_bytes();
+    let phone: Option<String> = c
+        .prepare_cached("SELECT phone FROM users WHERE id = ?1 AND deleted_at IS NULL")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let Some(phone) = phone else {
+        return Ok(None);
+    };
+    // First the chats, through the one removal path (entries, memory).
+    let left = chats::leave_every_chat(c, cache, user, now)?;
+    // Push channels and waiting pushes go with their devices (cascade).
+    let devices = c
+        .prepare_cached("DELETE FROM devices WHERE user_id = ?1 RETURNING id")?
+        .query_map([id], |r| uuid_of(r, "id").map(DeviceId::from_uuid))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    c.prepare_cached("DELETE FROM push_channels WHERE user_id = ?1")?
+        .execute([id])?;
+    c.prepare_cached("DELETE FROM push_outbox WHERE user_id = ?1")?
+        .execute([id])?;
+    c.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 OR contact_id = ?1")?
+        .execute([id])?;
+    c.prepare_cached("DELETE FROM verification_codes WHERE phone = ?1")?
+        .execute([&phone])?;
+    c.prepare_cached("DELETE FROM receipts WHERE user_id = ?1")?
+        .execute([id])?;
+    c.prepare_cached("DELETE FROM memberships WHERE user_id = ?1")?
+        .execute([id])?;
+    let mut media = Vec::new();
+    let mut uploads = Vec::new();
+    let mut gone = c.prepare_cached("DELETE FROM media WHERE owner_id = ?1 RETURNING id, ready")?;
+    let rows = gone.query_map([id], |r| {
+        Ok((
+            MediaId::from_uuid(uuid_of(r, "id")?),
+            r.get::<_, bool>("ready")?,
+        ))
+    })?;
+    for row in rows {
+        let (m, ready) = row?;
+        if ready {
+            media.push(m)
+        } else {
+            uploads.push(m)
+        }
+    }
+    // The tombstone: the id stays (author of chats and messages), nothing
+    // else of the person does. The number becomes a placeholder no real
+    // number can equal, so it is free for a new account.
+    c.prepare_cached(
+        "UPDATE users SET phone = 'deleted:' || lower(hex(id)), name = 'Deleted account',
+           about = '', last_seen_visibility = 'nobody', last_seen_at = NULL,
+           profile_pic = NULL, deactivated_at = coalesce(deactivated_at, ?2),
+           deleted_at = ?2, updated_at = ?2
+         WHERE id = ?1",
+    )?
+    .execute(params![id, now.0])?;
+    Ok(Some(AccountDeleted {
+        left,
+        devices,
+        media,
+        uploads,
+    }))
 }
 
 #[async_trait]
@@ -507,7 +583,8 @@ impl Accounts for SqliteStore {
                     .and_then(|mut s| s.execute(params![device.as_uuid().as_bytes(), now.0]))
                     .map_err(db_err)?;
                 c.prepare_cached(
-                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2) WHERE id = ?1",
+                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2)
+                     WHERE id = ?1 AND deleted_at IS NULL",
                 )
                 .and_then(|mut s| s.execute(params![user.as_uuid().as_bytes(), now.0]))
                 .map_err(db_err)?;
@@ -739,11 +816,29 @@ impl Accounts for SqliteStore {
             .await
     }
 
+    async fn delete_account(
+        &self,
+        user: UserId,
+        now: Timestamp,
+    ) -> StoreResult<Option<AccountDeleted>> {
+        let deleted = self
+            .append_job(move |c, cache| delete_account(c, cache, user, now).map_err(db_err))
+            .await?;
+        if deleted.is_some() && !self.writer.checkpoint().await? {
+            tracing::warn!(
+                "the write-ahead log could not be truncated after an account deletion \
+                 (readers busy); the next checkpoint, within a minute, removes the old copies"
+            );
+        }
+        Ok(deleted)
+    }
+
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
         self.writer
             .write(move |c| {
                 c.prepare_cached(
-                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2) WHERE id = ?1",
+                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2)
+                     WHERE id = ?1 AND deleted_at IS NULL",
                 )
                 .and_then(|mut s| s.execute(params![user.as_uuid().as_bytes(), at.0]))
                 .map(drop)
@@ -873,6 +968,12 @@ impl ChatLog for SqliteStore {
             .await
     }
 
+    async fn messages_sent_by(&self, user: UserId, limit: i64) -> StoreResult<Vec<LogEntry>> {
+        self.readers
+            .read(move |c| chats::messages_sent_by(c, user, limit).map_err(db_err))
+            .await
+    }
+
     async fn chat_head(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatHead>> {
         self.readers
             .read(move |c| chats::chat_head(c, chat, user).map_err(db_err))
@@ -931,6 +1032,12 @@ impl MediaStore for SqliteStore {
     async fn media(&self, id: MediaId) -> StoreResult<Option<MediaRecord>> {
         self.readers
             .read(move |c| media::get(c, id).map_err(db_err))
+            .await
+    }
+
+    async fn media_of(&self, owner: UserId) -> StoreResult<Vec<MediaRecord>> {
+        self.readers
+            .read(move |c| media::of_owner(c, owner).map_err(db_err))
             .await
     }
 
@@ -1696,6 +1803,7 @@ mod tests {
             "DROP TABLE search_cursor;
              DROP TABLE invites;
              ALTER TABLE users DROP COLUMN deactivated_at;
+             ALTER TABLE users DROP COLUMN deleted_at;
              CREATE TABLE updates (user_id BLOB, pts INTEGER);
              ALTER TABLE users ADD COLUMN pts INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE devices ADD COLUMN acked_pts INTEGER NOT NULL DEFAULT 0;
