@@ -155,17 +155,19 @@ pub(crate) async fn list_devices(
 ) -> Result<Json<DeviceList>, ApiError> {
     let devices = app.services.devices(&who).await?;
     Ok(Json(DeviceList {
-        devices: devices
-            .into_iter()
-            .map(|d| Device {
-                current: d.id == who.device(),
-                device_id: d.id,
-                name: d.name,
-                created_at: d.created_at.to_datetime(),
-                last_active_at: d.last_active_at.to_datetime(),
-            })
-            .collect(),
+        devices: devices.into_iter().map(|d| device_dto(d, &who)).collect(),
     }))
+}
+
+/// A device as its owner sees it (`current`: the one asking).
+pub(crate) fn device_dto(d: crate::store::Device, who: &Principal) -> Device {
+    Device {
+        current: d.id == who.device(),
+        device_id: d.id,
+        name: d.name,
+        created_at: d.created_at.to_datetime(),
+        last_active_at: d.last_active_at.to_datetime(),
+    }
 }
 
 /// Revokes one of the caller's devices.

@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use natter_proto::accounts::Device;
 use natter_proto::media::media_url;
 use natter_proto::users::{
     AccountExport, AddContact, Contact, ContactList, DeleteAccount, DiscoverContacts,
@@ -118,13 +117,7 @@ pub(crate) async fn export_me(
         devices: data
             .devices
             .into_iter()
-            .map(|d| Device {
-                current: d.id == who.device(),
-                device_id: d.id,
-                name: d.name,
-                created_at: d.created_at.to_datetime(),
-                last_active_at: d.last_active_at.to_datetime(),
-            })
+            .map(|d| super::accounts::device_dto(d, &who))
             .collect(),
         contacts: data.contacts.into_iter().map(contact_dto).collect(),
         chats: data

@@ -148,12 +148,6 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut ChatCache) -> StoreResult<T> + Send + 'static,
     {
-        let sender = self
-            .jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| StoreError::unavailable("the store is closed"))?;
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |conn, cache| {
             let outcome = f(conn, cache);
@@ -163,13 +157,24 @@ impl Writer {
             });
             (ok, reply)
         });
-        sender
-            .send(Task::Write(job))
-            .await
-            .map_err(|_| StoreError::unavailable("the store is closed"))?;
+        self.send(Task::Write(job)).await?;
         result
             .await
             .map_err(|_| StoreError::unavailable("the writer stopped"))?
+    }
+
+    /// Queues a task for the writer thread (waiting while its queue is full).
+    async fn send(&self, task: Task) -> StoreResult<()> {
+        let sender = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::unavailable("the store is closed"))?;
+        sender
+            .send(task)
+            .await
+            .map_err(|_| StoreError::unavailable("the store is closed"))
     }
 
     /// Commits what the writer holds, then folds the write-ahead log into
@@ -177,17 +182,8 @@ impl Writer {
     /// this, old copies of deleted content are gone from the log too.
     /// `false` if readers kept it busy (the minute's checkpoint finishes it).
     pub(super) async fn checkpoint(&self) -> StoreResult<bool> {
-        let sender = self
-            .jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| StoreError::unavailable("the store is closed"))?;
         let (done, result) = oneshot::channel();
-        sender
-            .send(Task::Checkpoint(done))
-            .await
-            .map_err(|_| StoreError::unavailable("the store is closed"))?;
+        self.send(Task::Checkpoint(done)).await?;
         result
             .await
             .map_err(|_| StoreError::unavailable("the writer stopped"))
