@@ -18,6 +18,26 @@ pub const TOKEN_PREFIX: &str = "nat_";
 /// Random bytes in a token: 256 bits.
 const TOKEN_BYTES: usize = 32;
 
+/// A fresh `prefix` + base64url of `N` bytes from a CSPRNG
+/// (`rand::rng()`: ChaCha12 seeded and reseeded from the OS).
+fn random_secret<const N: usize>(prefix: &str) -> String {
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// `text` if it is `prefix` + base64url of exactly `len` bytes.
+fn prefixed_secret(text: &str, prefix: &str, len: usize) -> Option<String> {
+    let body = text.strip_prefix(prefix)?;
+    let decoded = URL_SAFE_NO_PAD.decode(body).ok()?;
+    (decoded.len() == len).then(|| text.to_owned())
+}
+
+/// The SHA-256 of a secret's text, as stored.
+fn hash_of(text: &str) -> TokenHash {
+    TokenHash(Sha256::digest(text.as_bytes()).into())
+}
+
 /// An access token as handed to the client, once.
 pub struct PlainToken(String);
 
@@ -29,23 +49,19 @@ impl PlainToken {
     /// A fresh token from a CSPRNG (`rand::rng()`: ChaCha12 seeded and reseeded from the OS).
     #[must_use]
     pub fn generate() -> Self {
-        let mut bytes = [0u8; TOKEN_BYTES];
-        rand::rng().fill_bytes(&mut bytes);
-        Self(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+        Self(random_secret::<TOKEN_BYTES>(TOKEN_PREFIX))
     }
 
     /// Wraps a token sent by a client, if it has the right shape.
     #[must_use]
     pub fn from_client(token: &str) -> Option<Self> {
-        let body = token.strip_prefix(TOKEN_PREFIX)?;
-        let decoded = URL_SAFE_NO_PAD.decode(body).ok()?;
-        (decoded.len() == TOKEN_BYTES).then(|| Self(token.to_owned()))
+        prefixed_secret(token, TOKEN_PREFIX, TOKEN_BYTES).map(Self)
     }
 
     /// Its hash, for storage and lookup.
     #[must_use]
     pub fn hash(&self) -> TokenHash {
-        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+        hash_of(&self.0)
     }
 
     /// The text to send to the client.
@@ -82,24 +98,19 @@ impl PlainInvite {
     /// A fresh invite from a CSPRNG.
     #[must_use]
     pub fn generate() -> Self {
-        let mut bytes = [0u8; INVITE_BYTES];
-        rand::rng().fill_bytes(&mut bytes);
-        Self(format!("{INVITE_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+        Self(random_secret::<INVITE_BYTES>(INVITE_PREFIX))
     }
 
     /// Wraps an invite sent by a client, if it has the right shape.
     #[must_use]
     pub fn from_client(invite: &str) -> Option<Self> {
-        let invite = invite.trim();
-        let body = invite.strip_prefix(INVITE_PREFIX)?;
-        let decoded = URL_SAFE_NO_PAD.decode(body).ok()?;
-        (decoded.len() == INVITE_BYTES).then(|| Self(invite.to_owned()))
+        prefixed_secret(invite.trim(), INVITE_PREFIX, INVITE_BYTES).map(Self)
     }
 
     /// Its hash, for storage and lookup.
     #[must_use]
     pub fn hash(&self) -> TokenHash {
-        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+        hash_of(&self.0)
     }
 
     /// The text to give to the invitee.

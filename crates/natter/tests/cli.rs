@@ -133,6 +133,14 @@ impl Natter {
     }
 }
 
+/// The `host:port` of a "natter is serving" line.
+fn listen_addr(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no listen= in {line:?}"))
+        .to_owned()
+}
+
 async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let res = http.post(url).json(&body).send().await.unwrap();
     let status = res.status().as_u16();
@@ -145,11 +153,7 @@ async fn serve_runs_in_an_empty_directory_prints_codes_and_stops_on_sigterm() {
     let mut natter = Natter::spawn(cwd.path(), &["serve"], &[("NATTER_LISTEN", "127.0.0.1:0")]);
     natter.wait_for_line("DEVELOPMENT MODE");
     let line = natter.wait_for_line("natter is serving");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap_or_else(|| panic!("no listen= in {line:?}"))
-        .to_owned();
+    let addr = listen_addr(&line);
     let base = format!("http://{addr}");
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
 
@@ -360,11 +364,7 @@ fn start_in(cwd: &Path, data_dir: &Path) -> (Natter, String) {
         ],
     );
     let line = natter.wait_for_line("natter is serving");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap()
-        .to_owned();
+    let addr = listen_addr(&line);
     (natter, format!("http://{addr}"))
 }
 
@@ -717,11 +717,7 @@ async fn debug_logs_name_paths_but_never_query_strings() {
         ],
     );
     let line = natter.wait_for_line("natter is serving");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap()
-        .to_owned();
+    let addr = listen_addr(&line);
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     let alice = sign_up(&mut natter, &http, &base, "+14155550702").await;
@@ -784,11 +780,7 @@ async fn the_push_counters_are_there_at_the_first_scrape_of_every_start() {
             ],
         );
         let line = natter.wait_for_line("natter is serving");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .unwrap()
-            .to_owned();
+        let addr = listen_addr(&line);
         let metrics = tokio::time::timeout(WAIT, http.get(format!("http://{addr}/metrics")).send())
             .await
             .unwrap()
@@ -824,12 +816,7 @@ async fn serve_speaks_https_with_the_configured_certificate() {
     let mut natter = Natter::spawn(cwd.path(), &["serve", "--config", "natter.toml"], &[]);
     let line = natter.wait_for_line("natter is serving");
     assert!(line.contains("tls=true"), "{line}");
-    let addr: std::net::SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr: std::net::SocketAddr = listen_addr(&line).parse().unwrap();
     let https = reqwest::Client::builder()
         .timeout(WAIT)
         .tls_built_in_root_certs(false)

@@ -87,11 +87,7 @@ fn serve(data: &Path, env: &[(&str, &str)]) -> (Natter, String) {
     vars.extend_from_slice(env);
     let mut natter = Natter::spawn(data.parent().unwrap(), &["serve"], &vars);
     let line = natter.wait_for_line("natter is serving");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap()
-        .to_owned();
+    let addr = super::listen_addr(&line);
     (natter, format!("http://{addr}"))
 }
 

@@ -65,11 +65,7 @@ async fn under_umask_000_every_file_is_0600_and_every_directory_0700() {
         Some("000"),
     );
     let line = natter.wait_for_line("natter is serving");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap()
-        .to_owned();
+    let addr = super::listen_addr(&line);
     let base = format!("http://{addr}");
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
     let alice = super::sign_up(&mut natter, &http, &base, "+14155554300").await;
