@@ -91,6 +91,10 @@ pub struct Chat {
     pub name: Option<String>,
     /// Whether content is end-to-end encrypted.
     pub encrypted: bool,
+    /// Encrypted chats: the MLS epoch the next commit must be for (0 until
+    /// the group's first commit); 0 for plaintext chats.
+    #[serde(default)]
+    pub epoch: u64,
     /// Who created it.
     pub created_by: UserId,
     /// When.
@@ -169,6 +173,9 @@ pub enum MessageType {
     File,
     /// An event of the chat itself (membership, rename), described in `event`.
     System,
+    /// An MLS commit of an encrypted chat (in `ciphertext`): membership of
+    /// the group's devices and key rotation. Never counted as unread, never pushed.
+    Commit,
 }
 
 /// A message's delivery state as its sender sees it.
@@ -215,6 +222,13 @@ pub enum ChatEvent {
         user_id: UserId,
         /// To what.
         role: Role,
+    },
+    /// Encrypted chats: `user_id`'s identity key or set of certified devices
+    /// changed (a device certified or revoked, a new identity key). Members'
+    /// clients bring the MLS group in line with a commit.
+    DevicesChanged {
+        /// Whose.
+        user_id: UserId,
     },
 }
 

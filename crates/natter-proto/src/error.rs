@@ -85,6 +85,26 @@ pub enum ErrorCode {
     LastAdmin,
     /// 409: the message can no longer be edited (too old, or deleted).
     EditWindowClosed,
+    /// 409: the MLS handshake message is not for the chat's current epoch
+    /// (another commit won it): process the chat's log, rebase, retry.
+    StaleEpoch,
+    /// 409: the device has no certificate from its user's identity key yet.
+    DeviceNotCertified,
+    /// 409: the device's keys are set already (a device's keys never change).
+    CredentialExists,
+    /// 409: the device's inbox holds as many items as allowed.
+    InboxFull,
+    /// 403: this server requires end-to-end encryption for new chats.
+    EncryptionRequired,
+    /// 422: the MLS message is malformed, of the wrong wire format or
+    /// content type, for another group, or an application message for an
+    /// epoch too old or not yet reached.
+    InvalidMlsMessage,
+    /// 422: the KeyPackage is malformed, of an unsupported cipher suite,
+    /// expired, or not this device's (credential or signature key).
+    InvalidKeyPackage,
+    /// 422: the certificate does not verify against the user's identity key.
+    InvalidCertificate,
     /// 409: a resumable upload's `Upload-Offset` is not where the server is
     /// (or another request is writing it).
     UploadOffsetMismatch,
@@ -140,7 +160,7 @@ impl ErrorCode {
             | Self::MediaNotFound
             | Self::UploadNotFound => 404,
             Self::PushDisabled | Self::PushChannelNotFound => 404,
-            Self::Forbidden | Self::SmsDisabled => 403,
+            Self::Forbidden | Self::SmsDisabled | Self::EncryptionRequired => 403,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::PhoneTaken
@@ -150,13 +170,22 @@ impl ErrorCode {
             | Self::LastAdmin
             | Self::EditWindowClosed
             | Self::UploadOffsetMismatch
-            | Self::TooManyUploads => 409,
+            | Self::TooManyUploads
+            | Self::StaleEpoch
+            | Self::DeviceNotCertified
+            | Self::CredentialExists
+            | Self::InboxFull => 409,
             Self::TusVersionUnsupported => 412,
             Self::HeadersTooLarge => 431,
             Self::PayloadTooLarge | Self::StorageQuotaExceeded => 413,
             Self::UnsupportedMediaType | Self::MediaTypeMismatch => 415,
             Self::RangeNotSatisfiable => 416,
-            Self::ValidationFailed | Self::ImageRejected | Self::ConfirmationMismatch => 422,
+            Self::ValidationFailed
+            | Self::ImageRejected
+            | Self::ConfirmationMismatch
+            | Self::InvalidMlsMessage
+            | Self::InvalidKeyPackage
+            | Self::InvalidCertificate => 422,
             Self::RateLimited => 429,
             Self::Internal => 500,
             Self::SmsDeliveryFailed => 502,

@@ -6,6 +6,7 @@
 //! - [`error`]: the `{"error":{"code","message"}}` envelope and [`ErrorCode`].
 //! - [`accounts`]: verification, register, login, devices.
 //! - [`chats`]: chats, participants, messages and history.
+//! - [`e2ee`]: identity and device keys, the KeyPackage directory, commits and device inboxes (MLS).
 //! - [`media`]: uploads, their kinds and descriptions.
 //! - [`push`]: push channels, the VAPID key and the push payload.
 //! - [`search`]: message, chat and contact search results.
@@ -16,6 +17,7 @@
 
 pub mod accounts;
 pub mod chats;
+pub mod e2ee;
 pub mod error;
 pub mod ids;
 pub mod media;

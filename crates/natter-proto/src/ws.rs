@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use crate::chats::{Message, MessageType};
+use crate::e2ee::InboxItem;
 use crate::error::ErrorCode;
 use crate::ids::{ChatId, DeviceId, MessageId, UserId};
 use crate::users::PresenceStatus;
@@ -211,6 +212,17 @@ pub enum ServerFrame {
         chat_id: ChatId,
         /// The chat's current seq.
         seq: i64,
+    },
+    /// A payload for this device arrived in its inbox (an MLS Welcome, a
+    /// handover); it stays there until acknowledged over REST.
+    Inbox {
+        /// The item.
+        item: InboxItem,
+    },
+    /// This device's one-time KeyPackages ran low: publish more.
+    KeyPackagesLow {
+        /// How many are left.
+        available: u32,
     },
     /// A frame could not be processed; the connection stays open.
     Error {

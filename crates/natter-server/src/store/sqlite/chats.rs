@@ -65,6 +65,7 @@ pub(super) fn type_to_sql(t: MessageType) -> &'static str {
         MessageType::Video => "video",
         MessageType::File => "file",
         MessageType::System => "system",
+        MessageType::Commit => "commit",
     }
 }
 
@@ -74,6 +75,7 @@ fn type_from_sql(s: &str) -> MessageType {
         "video" => MessageType::Video,
         "file" => MessageType::File,
         "system" => MessageType::System,
+        "commit" => MessageType::Commit,
         _ => MessageType::Text,
     }
 }
