@@ -73,6 +73,7 @@ async fn user(store: &SqliteStore, n: usize) -> UserId {
             hash: CodeHash([1; 32]),
             created_at: now,
             expires_at: now.plus(Duration::from_secs(60)),
+            shown: None,
         })
         .await
         .unwrap();

@@ -50,6 +50,7 @@ async fn main() {
                                 hash: CodeHash([7; 32]),
                                 created_at: now,
                                 expires_at: now,
+                                shown: None,
                             })
                             .await
                             .unwrap();

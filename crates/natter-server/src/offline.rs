@@ -33,6 +33,65 @@ pub enum OfflineError {
     /// The store or the services could not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// A read-only look at the store failed.
+    #[error("cannot read the store: {0}")]
+    Read(String),
+}
+
+/// A verification code waiting to be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCode {
+    /// The number it was issued for (E.164).
+    pub phone: String,
+    /// The code, in sign-up mode `open` only (elsewhere only its hash is stored).
+    pub code: Option<String>,
+    /// Wrong guesses so far.
+    pub attempts: i64,
+    /// When it stops working.
+    pub expires_at: crate::clock::Timestamp,
+}
+
+/// The verification codes not yet used or expired, soonest to expire first.
+/// A read-only look that works while a server runs (SQLite's WAL lets a
+/// reader in beside the server's writer), as `natter admin codes` needs in
+/// development, where the operator hands codes to testers.
+///
+/// # Errors
+/// No store at `data_dir`, or it cannot be read.
+pub fn pending_codes(
+    data_dir: &Path,
+    now: crate::clock::Timestamp,
+) -> Result<Vec<PendingCode>, OfflineError> {
+    use rusqlite::{Connection, OpenFlags};
+    let db = data_dir.join(DB_FILE);
+    if !db.is_file() {
+        return Err(OfflineError::Missing(data_dir.display().to_string()));
+    }
+    let read = |e: rusqlite::Error| OfflineError::Read(e.to_string());
+    let conn = Connection::open_with_flags(
+        &db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(read)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(read)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT phone, shown_code, attempts, expires_at FROM verification_codes
+             WHERE expires_at > ?1 ORDER BY expires_at, phone",
+        )
+        .map_err(read)?;
+    let rows = stmt
+        .query_map([now.0], |r| {
+            Ok(PendingCode {
+                phone: r.get(0)?,
+                code: r.get(1)?,
+                attempts: r.get(2)?,
+                expires_at: crate::clock::Timestamp(r.get(3)?),
+            })
+        })
+        .map_err(read)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(read)
 }
 
 /// Whether a process holds the data directory's lock right now.

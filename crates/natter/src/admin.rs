@@ -1,10 +1,11 @@
 //! `natter admin`: the operator's commands on a local data directory.
 //!
-//! Every command but `backup`, `genconfig` and `checkconfig` opens the data
-//! directory the way `natter serve` would (same `--config`, `NATTER_*`
-//! variables and `--data-dir`) and takes its lock, so it refuses, with a
-//! message saying so, while a server runs on it. `backup` works while the
-//! server runs (SQLite's online backup API). Output goes to stdout; errors
+//! Every command but `backup`, `codes`, `genconfig` and `checkconfig` opens
+//! the data directory the way `natter serve` would (same `--config`,
+//! `NATTER_*` variables and `--data-dir`) and takes its lock, so it refuses,
+//! with a message saying so, while a server runs on it. `backup` (SQLite's
+//! online backup API) and `codes` (a read-only look) work while the server
+//! runs. Output goes to stdout; errors
 //! to stderr with exit code 1 (2 for bad input or configuration).
 
 /// A line on stdout. A closed stdout (`natter admin user list | head -1`)
@@ -24,6 +25,7 @@ use clap::{Args, Subcommand};
 use natter_proto::{DeviceId, UserId};
 use natter_server::Config;
 use natter_server::clock::Timestamp;
+use natter_server::config::SignupMode;
 use natter_server::offline::Offline;
 use natter_server::service::ServiceError;
 use natter_server::store::admin::Deactivated;
@@ -57,6 +59,11 @@ enum AdminCommand {
     /// Invites for sign-up mode `invite`: create, list, revoke.
     #[command(subcommand)]
     Invite(InviteCommand),
+    /// Verification codes waiting to be used, soonest to expire first: in
+    /// sign-up mode `open` (development) with the codes, so testers can be
+    /// given theirs; otherwise only numbers and expiry (only hashes are
+    /// stored). Works while the server runs.
+    Codes,
     /// Counts of accounts, devices, chats, messages, media and invites, and
     /// the size of the data directory.
     Stats,
@@ -103,6 +110,17 @@ enum UserCommand {
     },
     /// Lists every account, oldest first.
     List,
+    /// Deletes an account for good, as the user can themselves: its devices,
+    /// tokens, memberships, push channels and media go; its messages in
+    /// groups stay, shown as from "Deleted account". Its number is free again.
+    Delete {
+        /// The account's user id (from `user list`).
+        #[arg(value_name = "USER_ID")]
+        user: String,
+        /// The account's phone number again, to confirm.
+        #[arg(long, value_name = "PHONE")]
+        confirm_phone: String,
+    },
     /// Deactivates an account: logs out all its devices and refuses its
     /// logins from now on; its number stays taken and its messages stay.
     Deactivate {
@@ -271,6 +289,7 @@ fn run_on_data(config: Config, command: AdminCommand) -> Outcome {
     match command {
         AdminCommand::Backup { to } => return backup(&config.data_dir, &to),
         AdminCommand::Restore { from } => return restore(&from, &config.data_dir),
+        AdminCommand::Codes => return codes(&config),
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -349,6 +368,23 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
                     return Err(Failure::failed(format!("no user with id {id}")));
                 }
             }
+        }
+        AdminCommand::User(UserCommand::Delete {
+            user,
+            confirm_phone,
+        }) => {
+            let id = parse_id::<UserId>(&user, "user id")?;
+            services
+                .admin_delete_user(id, &confirm_phone)
+                .await
+                .map_err(|e| match e {
+                    ServiceError::UserNotFound => Failure::failed(format!("no user with id {id}")),
+                    ServiceError::ConfirmationMismatch(m) => {
+                        Failure::failed(format!("{m} Nothing was deleted."))
+                    }
+                    other => other.into(),
+                })?;
+            out!("deleted user {id}");
         }
         AdminCommand::User(UserCommand::LoginCode { user }) => {
             let id = parse_id::<UserId>(&user, "user id")?;
@@ -510,7 +546,8 @@ async fn dispatch(offline: &Offline, data_dir: &Path, command: AdminCommand) -> 
         AdminCommand::Genconfig
         | AdminCommand::Checkconfig { .. }
         | AdminCommand::Backup { .. }
-        | AdminCommand::Restore { .. } => {}
+        | AdminCommand::Restore { .. }
+        | AdminCommand::Codes => {}
     }
     Ok(())
 }
@@ -587,6 +624,32 @@ fn backup(data_dir: &Path, to: &Path) -> Outcome {
         data_dir.display(),
         to.display()
     );
+    Ok(())
+}
+
+fn codes(config: &Config) -> Outcome {
+    let now = Timestamp::now();
+    let codes =
+        natter_server::offline::pending_codes(&config.data_dir, now).map_err(Failure::failed)?;
+    let open = config.signup_mode() == SignupMode::Open;
+    out!("{:<16}  {:<8}  {:>8}  EXPIRES", "PHONE", "CODE", "ATTEMPTS");
+    for c in &codes {
+        out!(
+            "{:<16}  {:<8}  {:>8}  {}",
+            c.phone,
+            c.code.as_deref().unwrap_or("(hidden)"),
+            c.attempts,
+            time_text(c.expires_at)
+        );
+    }
+    out!("{} pending codes", codes.len());
+    if !open {
+        eprintln!(
+            "codes are shown only in sign-up mode \"open\" (development); this server \
+             runs in mode \"{}\" and stores only their hashes",
+            config.signup_mode().as_str()
+        );
+    }
     Ok(())
 }
 

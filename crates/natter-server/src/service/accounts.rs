@@ -3,9 +3,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use natter_proto::DeviceId;
 use natter_proto::accounts::{LoginRequest, RegisterRequest};
 use natter_proto::users::LastSeenVisibility;
+use natter_proto::{DeviceId, UserId};
 
 use super::{Principal, ServiceError, ServiceResult, Services, clean_text};
 use crate::clock::Timestamp;
@@ -221,6 +221,8 @@ impl Services {
                 hash: self.inner.code_key.hash(phone, &code),
                 created_at: now,
                 expires_at: now.plus(ttl),
+                shown: (self.inner.config.signup_mode() == SignupMode::Open)
+                    .then(|| code.expose().to_owned()),
             })
             .await?;
         Ok(LoginCodeIssued {
@@ -344,37 +346,60 @@ impl Services {
             .user(who.user)
             .await?
             .ok_or(ServiceError::Unauthorized)?;
-        let matches = Phone::parse(confirm_phone, self.inner.config.phone_validation)
-            .is_ok_and(|p| p == user.phone);
-        if !matches {
-            return Err(ServiceError::ConfirmationMismatch(
-                "`phone` must be this account's phone number, to confirm the deletion.".to_owned(),
-            ));
+        self.confirm_deletion(&user.phone, confirm_phone, "`phone`")?;
+        if self.remove_account(who.user).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::Unauthorized)
         }
+    }
+
+    /// A deletion is confirmed by the account's number, in any form that
+    /// parses to it; `field` names where it came from in the refusal.
+    pub(super) fn confirm_deletion(
+        &self,
+        phone: &Phone,
+        confirm_phone: &str,
+        field: &str,
+    ) -> ServiceResult<()> {
+        if Phone::parse(confirm_phone, self.inner.config.phone_validation)
+            .is_ok_and(|p| &p == phone)
+        {
+            Ok(())
+        } else {
+            Err(ServiceError::ConfirmationMismatch(format!(
+                "{field} must be this account's phone number, to confirm the deletion."
+            )))
+        }
+    }
+
+    /// Deletes an account (the user's request, or the operator's): false if
+    /// there is no such account.
+    pub(super) async fn remove_account(&self, user: UserId) -> ServiceResult<bool> {
         let Some(deleted) = self
             .inner
             .store
-            .delete_account(who.user, Timestamp::now())
+            .delete_account(user, Timestamp::now())
             .await?
         else {
-            return Err(ServiceError::Unauthorized);
+            return Ok(false);
         };
         for appended in &deleted.left {
             self.publish(appended, None).await;
         }
         for device in &deleted.devices {
-            self.close_device(who.user, *device);
+            self.close_device(user, *device);
         }
         self.delete_media_files(&deleted.media, &deleted.uploads)
             .await;
         tracing::info!(
-            user = %who.user,
+            user = %user,
             chats_left = deleted.left.len(),
             devices = deleted.devices.len(),
             media = deleted.media.len() + deleted.uploads.len(),
             "account deleted"
         );
-        Ok(())
+        Ok(true)
     }
 
     /// The caller's devices, oldest first.

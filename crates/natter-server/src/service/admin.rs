@@ -116,6 +116,29 @@ impl Services {
         Ok(outcome)
     }
 
+    /// Deletes an account as `DELETE /api/v1/users/me` does (devices,
+    /// tokens, memberships, push channels and media go; messages in groups
+    /// stay, from "Deleted account").
+    ///
+    /// # Errors
+    /// [`ServiceError::UserNotFound`], [`ServiceError::ConfirmationMismatch`]
+    /// when `confirm_phone` is not the account's number, store failure.
+    pub async fn admin_delete_user(&self, user: UserId, confirm_phone: &str) -> ServiceResult<()> {
+        let found = self
+            .inner
+            .store
+            .user(user)
+            .await?
+            .ok_or(ServiceError::UserNotFound)?;
+        self.confirm_deletion(&found.phone, confirm_phone, "--confirm-phone")?;
+        if self.remove_account(user).await? {
+            tracing::info!(user = %user, "user deleted by the operator");
+            Ok(())
+        } else {
+            Err(ServiceError::UserNotFound)
+        }
+    }
+
     /// An account's devices.
     ///
     /// # Errors

@@ -135,6 +135,9 @@ pub struct NewVerificationCode {
     pub created_at: Timestamp,
     /// When it stops working.
     pub expires_at: Timestamp,
+    /// The code itself, kept only in sign-up mode `open` (development) so
+    /// `natter admin codes` can show it; `None` otherwise.
+    pub shown: Option<String>,
 }
 
 /// A new account: consume the code, create the user and its first device.

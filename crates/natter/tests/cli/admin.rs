@@ -125,6 +125,7 @@ fn every_admin_command_explains_itself_in_help() {
         &["user", "create"],
         &["user", "list"],
         &["user", "deactivate"],
+        &["user", "delete"],
         &["user", "login-code"],
         &["device"],
         &["device", "list"],
@@ -133,6 +134,7 @@ fn every_admin_command_explains_itself_in_help() {
         &["invite", "create"],
         &["invite", "list"],
         &["invite", "revoke"],
+        &["codes"],
         &["stats"],
         &["check"],
         &["genconfig"],
@@ -195,6 +197,33 @@ fn bad_input_is_a_clear_message_and_a_nonzero_exit() {
             &["invite", "revoke", "01a00000-0000-7000-8000-000000000000"],
             1,
             "no usable invite",
+        ),
+        (
+            &[
+                "user",
+                "delete",
+                "nobody",
+                "--confirm-phone",
+                "+14155550123",
+            ],
+            2,
+            "not a user id",
+        ),
+        (
+            &["user", "delete", "01a00000-0000-7000-8000-000000000000"],
+            2,
+            "--confirm-phone",
+        ),
+        (
+            &[
+                "user",
+                "delete",
+                "01a00000-0000-7000-8000-000000000000",
+                "--confirm-phone",
+                "+14155550123",
+            ],
+            1,
+            "no user",
         ),
         (&["frobnicate"], 2, "unrecognized subcommand"),
     ];
@@ -398,8 +427,34 @@ async fn invites_users_and_devices_from_creation_to_deactivation() {
     stop(natter);
 
     // A fresh login code for Olga, who lost her only device.
-    let out = admin_ok(&data, &["user", "login-code", &olga_id]);
-    let code = word_after(&out, "+14155554000:").to_owned();
+    let ran = admin_in(
+        cwd.path(),
+        &[
+            "user",
+            "login-code",
+            &olga_id,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &invite_mode,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let code = word_after(&ran.stdout, "+14155554000:").to_owned();
+    // Outside development mode `codes` lists it, but only its hash is stored.
+    let ran = admin_in(
+        cwd.path(),
+        &["codes", "--data-dir", data.to_str().unwrap()],
+        &invite_mode,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let line = ran.stdout.lines().find(|l| l.contains("+14155554000"));
+    assert!(
+        line.is_some_and(|l| l.contains("(hidden)")),
+        "{}",
+        ran.stdout
+    );
+    assert!(!ran.stdout.contains(&code), "{}", ran.stdout);
+    assert!(ran.stderr.contains("only their hashes"), "{}", ran.stderr);
     let (_natter, base) = serve(&data, &invite_mode);
     let (status, _) = post(
         &http,
@@ -408,6 +463,70 @@ async fn invites_users_and_devices_from_creation_to_deactivation() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn in_development_codes_shows_pending_codes_while_the_server_runs() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("data");
+    let (_natter, base) = serve(&data, &[]);
+    let (status, _) = post(
+        &http(),
+        format!("{base}/api/v1/users/verification"),
+        json!({"phone": "+14155554100"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let listed = admin_ok(&data, &["codes"]);
+    let line = listed
+        .lines()
+        .find(|l| l.contains("+14155554100"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    let code = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(
+        code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()),
+        "{line}"
+    );
+    assert!(listed.contains("1 pending codes"), "{listed}");
+    // The code shown is the one that signs the tester up.
+    let (status, body) = post(
+        &http(),
+        format!("{base}/api/v1/users/register"),
+        json!({"phone": "+14155554100", "name": "Tess", "verification_code": code}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(admin_ok(&data, &["codes"]).contains("0 pending codes"));
+}
+
+#[test]
+fn user_delete_needs_the_number_and_frees_it() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("data");
+    let created = admin_ok(
+        &data,
+        &["user", "create", "--phone", "+14155554200", "--name", "Dee"],
+    );
+    let id = word_after(&created, "created user").to_owned();
+    let ran = admin(
+        &data,
+        &["user", "delete", &id, "--confirm-phone", "+14155554201"],
+    );
+    assert_eq!(ran.code, 1);
+    assert!(ran.stderr.contains("Nothing was deleted"), "{}", ran.stderr);
+    assert!(admin_ok(&data, &["user", "list"]).contains("1 users"));
+    // Any form of the number that parses to it confirms.
+    let out = admin_ok(
+        &data,
+        &["user", "delete", &id, "--confirm-phone", "+1 415 555 4200"],
+    );
+    assert!(out.contains("deleted user"), "{out}");
+    assert!(admin_ok(&data, &["user", "list"]).contains("0 users"));
+    // The number is free again.
+    admin_ok(
+        &data,
+        &["user", "create", "--phone", "+14155554200", "--name", "Dee"],
+    );
 }
 
 /// Signs `phone` up on an open-mode server, reading the code from stderr.

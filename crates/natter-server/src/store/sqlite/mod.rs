@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     // is no 0011.
     include_str!("migrations/0009_invites_admin.sql"),
     include_str!("migrations/0012_account_deletion.sql"),
+    include_str!("migrations/0015_shown_codes.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -425,17 +426,20 @@ impl Accounts for SqliteStore {
         self.writer
             .write(move |c| {
                 c.prepare_cached(
-                    "INSERT INTO verification_codes (phone, code_hash, attempts, created_at, expires_at)
-                     VALUES (?1, ?2, 0, ?3, ?4)
+                    "INSERT INTO verification_codes
+                       (phone, code_hash, attempts, created_at, expires_at, shown_code)
+                     VALUES (?1, ?2, 0, ?3, ?4, ?5)
                      ON CONFLICT (phone) DO UPDATE SET code_hash = excluded.code_hash,
-                       attempts = 0, created_at = excluded.created_at, expires_at = excluded.expires_at",
+                       attempts = 0, created_at = excluded.created_at,
+                       expires_at = excluded.expires_at, shown_code = excluded.shown_code",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
                         code.phone.as_str(),
                         code.hash.0,
                         code.created_at.0,
-                        code.expires_at.0
+                        code.expires_at.0,
+                        code.shown
                     ])
                 })
                 .map(drop)
@@ -1167,6 +1171,7 @@ mod tests {
                 hash: CodeHash([1; 32]),
                 created_at: now,
                 expires_at: now.plus(std::time::Duration::from_secs(60)),
+                shown: None,
             })
             .await
             .unwrap();
