@@ -358,6 +358,7 @@ mod tests {
             "DROP TABLE invites;
              ALTER TABLE users DROP COLUMN deactivated_at;
              ALTER TABLE users DROP COLUMN deleted_at;
+             ALTER TABLE verification_codes DROP COLUMN shown_code;
              PRAGMA user_version = 9;",
         )
         .unwrap();

@@ -1809,6 +1809,7 @@ mod tests {
              DROP TABLE invites;
              ALTER TABLE users DROP COLUMN deactivated_at;
              ALTER TABLE users DROP COLUMN deleted_at;
+             ALTER TABLE verification_codes DROP COLUMN shown_code;
              CREATE TABLE updates (user_id BLOB, pts INTEGER);
              ALTER TABLE users ADD COLUMN pts INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE devices ADD COLUMN acked_pts INTEGER NOT NULL DEFAULT 0;
