@@ -122,6 +122,8 @@ pub enum StartError {
 pub struct RunningServer {
     /// Where it listens (the real port when configured with port 0).
     local_addr: SocketAddr,
+    /// The TLS certificate in use, reloadable; `None` without TLS.
+    certificates: Option<Arc<crate::tls::Certificates>>,
     /// Tells the serving task and housekeeping to stop.
     stop: watch::Sender<bool>,
     /// The serving task; ends after the drain.
@@ -159,7 +161,7 @@ impl RunningServer {
         })
         .await;
         // Certificate and key before anything else: a bad file names its key.
-        let tls = crate::tls::acceptor(&config.tls)?;
+        let (tls, certificates) = crate::tls::acceptor(&config.tls)?.unzip();
         // Bind first: a taken port should not leave a new data directory behind.
         let listener =
             TcpListener::bind(config.listen)
@@ -238,6 +240,7 @@ impl RunningServer {
         );
         Ok(Self {
             local_addr,
+            certificates,
             stop,
             serving,
             push_stop,
@@ -253,6 +256,20 @@ impl RunningServer {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reads `tls.cert_file` and `tls.key_file` again and serves the new
+    /// pair from the next connection on (open connections keep theirs).
+    /// On error the pair in use stays, and the error says which file is
+    /// wrong. Without TLS there is nothing to do.
+    ///
+    /// # Errors
+    /// The files do not hold a valid certificate and matching key.
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.certificates {
+            Some(c) => c.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// The services, for what the operator does in-process (tests, and

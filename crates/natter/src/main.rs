@@ -127,7 +127,14 @@ fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>, data_dir: Option<Pat
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        let mut signals = Signals::install();
+        while signals.next().await == Signal::Reload {
+            match server.reload_tls() {
+                Ok(true) => tracing::info!("TLS certificate and key reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: TLS is off, nothing to reload"),
+                Err(e) => tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in use"),
+            }
+        }
         server.shutdown().await;
         ExitCode::SUCCESS
     })
@@ -146,26 +153,69 @@ fn init_logging(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// What a signal asks of `natter serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT (Ctrl-C) or SIGTERM: shut down.
+    Stop,
+    /// SIGHUP: reload the TLS certificate and key.
+    Reload,
+}
+
+/// Resolves when `signal` arrives; never when it could not be installed.
+#[cfg(unix)]
+async fn wait(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
         }
-    };
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// The signals `natter serve` listens to, installed once so none is lost
+/// between two waits.
+#[derive(Debug)]
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next signal: SIGINT (Ctrl-C), SIGTERM or SIGHUP.
+    async fn next(&mut self) -> Signal {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                () = ctrl_c => Signal::Stop,
+                () = wait(self.term.as_mut()) => Signal::Stop,
+                () = wait(self.hup.as_mut()) => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            ctrl_c.await;
+            Signal::Stop
+        }
     }
 }

@@ -844,3 +844,99 @@ async fn serve_speaks_https_with_the_configured_certificate() {
     let err = natter.stderr_text();
     assert!(err.contains("`tls.key_file`"), "{err}");
 }
+
+/// A client that trusts only `cert_pem`, reaching `localhost` at `addr`.
+fn trusting(cert_pem: &str, addr: std::net::SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_renewed_certificate_and_keeps_the_old_one_on_a_bad_pair() {
+    let cwd = tempfile::tempdir().unwrap();
+    let write = |made: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+        std::fs::write(cwd.path().join("cert.pem"), made.cert.pem()).unwrap();
+        std::fs::write(cwd.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+    };
+    let first = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    write(&first);
+    std::fs::write(
+        cwd.path().join("natter.toml"),
+        "listen = \"127.0.0.1:0\"\n[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n",
+    )
+    .unwrap();
+    let mut natter = Natter::spawn(
+        cwd.path(),
+        &["serve", "--config", "natter.toml"],
+        &[("NATTER_LOG", "info")],
+    );
+    let line = natter.wait_for_line("natter is serving");
+    let addr: std::net::SocketAddr = listen_addr(&line).parse().unwrap();
+    let url = format!("https://localhost:{}/healthz", addr.port());
+    let hup = |pid: u32| {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    assert_eq!(
+        trusting(&first.cert.pem(), addr)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The renewed pair is served from the next connection on.
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    write(&renewed);
+    hup(natter.child.id());
+    natter.wait_for_line("TLS certificate and key reloaded");
+    assert_eq!(
+        trusting(&renewed.cert.pem(), addr)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        trusting(&first.cert.pem(), addr)
+            .get(&url)
+            .send()
+            .await
+            .is_err(),
+        "the old certificate is no longer served"
+    );
+
+    // A key that does not fit: the error is logged and the renewed pair stays.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(
+        cwd.path().join("key.pem"),
+        other.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    hup(natter.child.id());
+    let failed = natter.wait_for_line("TLS reload failed");
+    assert!(failed.contains("tls.key_file"), "{failed}");
+    assert_eq!(
+        trusting(&renewed.cert.pem(), addr)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
