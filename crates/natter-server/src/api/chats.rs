@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::chats::{
+    ReadPosition,
     AddParticipants, ChangeRole, Chat, ChatList, ChatPerson, ChatSummary, CreateChat, EditMessage,
     MarkRead, Message, MessagePage, Participant, SendMessage, UpdateChat,
 };
@@ -362,12 +363,6 @@ pub(crate) async fn delete_message(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The caller's read position after `POST /api/v1/chats/{chat_id}/read`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub(crate) struct ReadPosition {
-    chat_id: ChatId,
-    read_seq: i64,
-}
 
 /// Marks everything up to `seq` as read (only ever moves forward).
 #[utoipa::path(
