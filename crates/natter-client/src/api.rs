@@ -68,7 +68,10 @@ impl ApiError {
                 } else {
                     ErrorCode::InvalidParameter
                 },
-                message: String::from_utf8_lossy(&response.body).chars().take(200).collect(),
+                message: String::from_utf8_lossy(&response.body)
+                    .chars()
+                    .take(200)
+                    .collect(),
             },
         }
     }
@@ -239,7 +242,12 @@ impl Api {
         }
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Body) -> ClientResult<T> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+    ) -> ClientResult<T> {
         let response = self.ok(method, path, body).await?;
         serde_json::from_slice(&response.body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
@@ -255,7 +263,8 @@ impl Api {
     /// # Errors
     /// A refused number, a rate limit, or a transport failure.
     pub async fn request_code(&self, body: &VerificationRequest) -> ClientResult<VerificationSent> {
-        self.call(Method::Post, "/api/v1/users/verification", json(body)?).await
+        self.call(Method::Post, "/api/v1/users/verification", json(body)?)
+            .await
     }
 
     /// `POST /api/v1/users/register`.
@@ -263,7 +272,8 @@ impl Api {
     /// # Errors
     /// A wrong code, a taken number, or a transport failure.
     pub async fn register(&self, body: &RegisterRequest) -> ClientResult<SessionBody> {
-        self.call(Method::Post, "/api/v1/users/register", json(body)?).await
+        self.call(Method::Post, "/api/v1/users/register", json(body)?)
+            .await
     }
 
     /// `POST /api/v1/users/login`: a new device.
@@ -271,7 +281,8 @@ impl Api {
     /// # Errors
     /// A wrong code or a transport failure.
     pub async fn login(&self, body: &LoginRequest) -> ClientResult<SessionBody> {
-        self.call(Method::Post, "/api/v1/users/login", json(body)?).await
+        self.call(Method::Post, "/api/v1/users/login", json(body)?)
+            .await
     }
 
     /// `POST /api/v1/devices/login-code`: a code to log in another device.
@@ -279,7 +290,8 @@ impl Api {
     /// # Errors
     /// A rate limit or a transport failure.
     pub async fn login_code(&self) -> ClientResult<LoginCode> {
-        self.call(Method::Post, "/api/v1/devices/login-code", Body::Empty).await
+        self.call(Method::Post, "/api/v1/devices/login-code", Body::Empty)
+            .await
     }
 
     /// `POST /api/v1/users/logout`: revokes this device's token.
@@ -287,7 +299,8 @@ impl Api {
     /// # Errors
     /// A transport failure.
     pub async fn logout(&self) -> ClientResult<()> {
-        self.call_empty(Method::Post, "/api/v1/users/logout", Body::Empty).await
+        self.call_empty(Method::Post, "/api/v1/users/logout", Body::Empty)
+            .await
     }
 
     /// `GET /api/v1/devices`.
@@ -303,7 +316,12 @@ impl Api {
     /// # Errors
     /// An unknown device or a transport failure.
     pub async fn revoke_device(&self, device: DeviceId) -> ClientResult<()> {
-        self.call_empty(Method::Delete, &format!("/api/v1/devices/{device}"), Body::Empty).await
+        self.call_empty(
+            Method::Delete,
+            &format!("/api/v1/devices/{device}"),
+            Body::Empty,
+        )
+        .await
     }
 
     /// `DELETE /api/v1/users/me`: deletes the account.
@@ -311,7 +329,8 @@ impl Api {
     /// # Errors
     /// A mismatched confirmation or a transport failure.
     pub async fn delete_me(&self, body: &DeleteAccount) -> ClientResult<()> {
-        self.call_empty(Method::Delete, "/api/v1/users/me", json(body)?).await
+        self.call_empty(Method::Delete, "/api/v1/users/me", json(body)?)
+            .await
     }
 
     /// `GET /api/v1/users/me/export`.
@@ -319,7 +338,8 @@ impl Api {
     /// # Errors
     /// A transport failure.
     pub async fn export_me(&self) -> ClientResult<AccountExport> {
-        self.call(Method::Get, "/api/v1/users/me/export", Body::Empty).await
+        self.call(Method::Get, "/api/v1/users/me/export", Body::Empty)
+            .await
     }
 
     // Profiles and contacts.
@@ -329,7 +349,8 @@ impl Api {
     /// # Errors
     /// A transport failure.
     pub async fn me(&self) -> ClientResult<Me> {
-        self.call(Method::Get, "/api/v1/users/me", Body::Empty).await
+        self.call(Method::Get, "/api/v1/users/me", Body::Empty)
+            .await
     }
 
     /// `PATCH /api/v1/users/me`.
@@ -337,7 +358,8 @@ impl Api {
     /// # Errors
     /// A validation failure or a transport failure.
     pub async fn update_me(&self, body: &UpdateMe) -> ClientResult<Me> {
-        self.call(Method::Patch, "/api/v1/users/me", json(body)?).await
+        self.call(Method::Patch, "/api/v1/users/me", json(body)?)
+            .await
     }
 
     /// `GET /api/v1/users/{id}`.
@@ -345,7 +367,8 @@ impl Api {
     /// # Errors
     /// An unknown user or a transport failure.
     pub async fn user(&self, user: UserId) -> ClientResult<PublicProfile> {
-        self.call(Method::Get, &format!("/api/v1/users/{user}"), Body::Empty).await
+        self.call(Method::Get, &format!("/api/v1/users/{user}"), Body::Empty)
+            .await
     }
 
     /// `GET /api/v1/users/contacts`.
@@ -353,7 +376,8 @@ impl Api {
     /// # Errors
     /// A transport failure.
     pub async fn contacts(&self) -> ClientResult<ContactList> {
-        self.call(Method::Get, "/api/v1/users/contacts", Body::Empty).await
+        self.call(Method::Get, "/api/v1/users/contacts", Body::Empty)
+            .await
     }
 
     /// `POST /api/v1/users/contacts` (201 new, 200 already there).
@@ -361,7 +385,8 @@ impl Api {
     /// # Errors
     /// An unknown user, the contact limit, or a transport failure.
     pub async fn add_contact(&self, body: &AddContact) -> ClientResult<Contact> {
-        self.call(Method::Post, "/api/v1/users/contacts", json(body)?).await
+        self.call(Method::Post, "/api/v1/users/contacts", json(body)?)
+            .await
     }
 
     /// `DELETE /api/v1/users/contacts/{id}`.
@@ -369,7 +394,12 @@ impl Api {
     /// # Errors
     /// Not a contact, or a transport failure.
     pub async fn remove_contact(&self, user: UserId) -> ClientResult<()> {
-        self.call_empty(Method::Delete, &format!("/api/v1/users/contacts/{user}"), Body::Empty).await
+        self.call_empty(
+            Method::Delete,
+            &format!("/api/v1/users/contacts/{user}"),
+            Body::Empty,
+        )
+        .await
     }
 
     /// `POST /api/v1/users/contacts/discover`.
@@ -377,7 +407,8 @@ impl Api {
     /// # Errors
     /// A rate limit or a transport failure.
     pub async fn discover(&self, body: &DiscoverContacts) -> ClientResult<DiscoveredContacts> {
-        self.call(Method::Post, "/api/v1/users/contacts/discover", json(body)?).await
+        self.call(Method::Post, "/api/v1/users/contacts/discover", json(body)?)
+            .await
     }
 
     // Chats and participants.
@@ -403,7 +434,8 @@ impl Api {
     /// # Errors
     /// Not a member (`chat_not_found`) or a transport failure.
     pub async fn chat(&self, chat: ChatId) -> ClientResult<Chat> {
-        self.call(Method::Get, &format!("/api/v1/chats/{chat}"), Body::Empty).await
+        self.call(Method::Get, &format!("/api/v1/chats/{chat}"), Body::Empty)
+            .await
     }
 
     /// `PATCH /api/v1/chats/{id}` (admins).
@@ -411,15 +443,25 @@ impl Api {
     /// # Errors
     /// Not an admin, or a transport failure.
     pub async fn update_chat(&self, chat: ChatId, body: &UpdateChat) -> ClientResult<Chat> {
-        self.call(Method::Patch, &format!("/api/v1/chats/{chat}"), json(body)?).await
+        self.call(Method::Patch, &format!("/api/v1/chats/{chat}"), json(body)?)
+            .await
     }
 
     /// `POST /api/v1/chats/{id}/participants` (admins).
     ///
     /// # Errors
     /// Not an admin, a full group, or a transport failure.
-    pub async fn add_participants(&self, chat: ChatId, body: &AddParticipants) -> ClientResult<Chat> {
-        self.call(Method::Post, &format!("/api/v1/chats/{chat}/participants"), json(body)?).await
+    pub async fn add_participants(
+        &self,
+        chat: ChatId,
+        body: &AddParticipants,
+    ) -> ClientResult<Chat> {
+        self.call(
+            Method::Post,
+            &format!("/api/v1/chats/{chat}/participants"),
+            json(body)?,
+        )
+        .await
     }
 
     /// `DELETE /api/v1/chats/{id}/participants/{user}` (admins, or leaving).
@@ -435,7 +477,12 @@ impl Api {
     ///
     /// # Errors
     /// Not an admin, the last admin, or a transport failure.
-    pub async fn change_role(&self, chat: ChatId, user: UserId, body: &ChangeRole) -> ClientResult<Chat> {
+    pub async fn change_role(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        body: &ChangeRole,
+    ) -> ClientResult<Chat> {
         let path = format!("/api/v1/chats/{chat}/participants/{user}");
         self.call(Method::Patch, &path, json(body)?).await
     }
@@ -448,9 +495,11 @@ impl Api {
     /// # Errors
     /// Not a member, a validation failure, or a transport failure.
     pub async fn send_message(&self, body: &SendMessage) -> ClientResult<Posted> {
-        let response = self.ok(Method::Post, "/api/v1/messages", json(body)?).await?;
-        let message =
-            serde_json::from_slice(&response.body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let response = self
+            .ok(Method::Post, "/api/v1/messages", json(body)?)
+            .await?;
+        let message = serde_json::from_slice(&response.body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(Posted {
             message,
             duplicate: response.status == 200,
@@ -480,8 +529,17 @@ impl Api {
     ///
     /// # Errors
     /// Not the sender, the window closed, or a transport failure.
-    pub async fn edit_message(&self, message: MessageId, body: &EditMessage) -> ClientResult<Message> {
-        self.call(Method::Patch, &format!("/api/v1/messages/{message}"), json(body)?).await
+    pub async fn edit_message(
+        &self,
+        message: MessageId,
+        body: &EditMessage,
+    ) -> ClientResult<Message> {
+        self.call(
+            Method::Patch,
+            &format!("/api/v1/messages/{message}"),
+            json(body)?,
+        )
+        .await
     }
 
     /// `DELETE /api/v1/messages/{id}` (for everyone; sender only).
@@ -489,7 +547,12 @@ impl Api {
     /// # Errors
     /// Not the sender, or a transport failure.
     pub async fn delete_message(&self, message: MessageId) -> ClientResult<()> {
-        self.call_empty(Method::Delete, &format!("/api/v1/messages/{message}"), Body::Empty).await
+        self.call_empty(
+            Method::Delete,
+            &format!("/api/v1/messages/{message}"),
+            Body::Empty,
+        )
+        .await
     }
 
     /// `POST /api/v1/chats/{id}/read`: read receipts over REST.
@@ -497,7 +560,12 @@ impl Api {
     /// # Errors
     /// Not a member, or a transport failure.
     pub async fn mark_read(&self, chat: ChatId, body: &MarkRead) -> ClientResult<ReadPosition> {
-        self.call(Method::Post, &format!("/api/v1/chats/{chat}/read"), json(body)?).await
+        self.call(
+            Method::Post,
+            &format!("/api/v1/chats/{chat}/read"),
+            json(body)?,
+        )
+        .await
     }
 
     // Media.
@@ -522,7 +590,8 @@ impl Api {
             name: "type".to_owned(),
             value: upload.kind.as_str().to_owned(),
         });
-        self.call(Method::Post, "/api/v1/media/upload", Body::Form(parts)).await
+        self.call(Method::Post, "/api/v1/media/upload", Body::Form(parts))
+            .await
     }
 
     /// `GET /api/v1/media/{id}` (whole).
@@ -530,7 +599,8 @@ impl Api {
     /// # Errors
     /// Not visible to the caller, or a transport failure.
     pub async fn download(&self, media: MediaId) -> ClientResult<Download> {
-        self.download_path(&natter_proto::media::media_url(media)).await
+        self.download_path(&natter_proto::media::media_url(media))
+            .await
     }
 
     /// `GET /api/v1/media/{id}/thumbnail`.
@@ -538,7 +608,8 @@ impl Api {
     /// # Errors
     /// No thumbnail, not visible, or a transport failure.
     pub async fn thumbnail(&self, media: MediaId) -> ClientResult<Download> {
-        self.download_path(&natter_proto::media::thumbnail_url(media)).await
+        self.download_path(&natter_proto::media::thumbnail_url(media))
+            .await
     }
 
     async fn download_path(&self, path: &str) -> ClientResult<Download> {
@@ -556,7 +627,10 @@ impl Api {
     ///
     /// # Errors
     /// A malformed query or a transport failure.
-    pub async fn search_messages(&self, search: &MessageSearch) -> ClientResult<MessageSearchResults> {
+    pub async fn search_messages(
+        &self,
+        search: &MessageSearch,
+    ) -> ClientResult<MessageSearchResults> {
         let mut pairs = vec![("q", search.q.clone())];
         pairs.extend(search.chat_ids.iter().map(|c| ("chat_id", c.to_string())));
         if let Some(s) = search.sender_id {
@@ -603,15 +677,25 @@ impl Api {
     /// # Errors
     /// Push disabled, or a transport failure.
     pub async fn vapid_key(&self) -> ClientResult<VapidKey> {
-        self.call(Method::Get, "/api/v1/push/vapid", Body::Empty).await
+        self.call(Method::Get, "/api/v1/push/vapid", Body::Empty)
+            .await
     }
 
     /// `POST /api/v1/devices/{id}/push` (201 new, 200 replaced).
     ///
     /// # Errors
     /// An unacceptable endpoint, or a transport failure.
-    pub async fn set_push_channel(&self, device: DeviceId, body: &PushChannelRequest) -> ClientResult<PushChannel> {
-        self.call(Method::Post, &format!("/api/v1/devices/{device}/push"), json(body)?).await
+    pub async fn set_push_channel(
+        &self,
+        device: DeviceId,
+        body: &PushChannelRequest,
+    ) -> ClientResult<PushChannel> {
+        self.call(
+            Method::Post,
+            &format!("/api/v1/devices/{device}/push"),
+            json(body)?,
+        )
+        .await
     }
 
     /// `DELETE /api/v1/devices/{id}/push`.
@@ -619,7 +703,12 @@ impl Api {
     /// # Errors
     /// No channel, or a transport failure.
     pub async fn delete_push_channel(&self, device: DeviceId) -> ClientResult<()> {
-        self.call_empty(Method::Delete, &format!("/api/v1/devices/{device}/push"), Body::Empty).await
+        self.call_empty(
+            Method::Delete,
+            &format!("/api/v1/devices/{device}/push"),
+            Body::Empty,
+        )
+        .await
     }
 
     // End-to-end encryption: the MLS delivery service (docs/e2ee.md).
@@ -629,14 +718,19 @@ impl Api {
     /// # Errors
     /// A malformed key, or a transport failure.
     pub async fn set_identity(&self, body: &SetIdentity) -> ClientResult<()> {
-        self.call_empty(Method::Put, "/api/v1/users/me/identity", json(body)?).await
+        self.call_empty(Method::Put, "/api/v1/users/me/identity", json(body)?)
+            .await
     }
 
     /// `PUT /api/v1/devices/{id}/credential` (`id` is this device or another of the user's).
     ///
     /// # Errors
     /// A bad certificate, a different credential already set, or a transport failure.
-    pub async fn set_device_credential(&self, device: DeviceId, body: &SetDeviceCredential) -> ClientResult<()> {
+    pub async fn set_device_credential(
+        &self,
+        device: DeviceId,
+        body: &SetDeviceCredential,
+    ) -> ClientResult<()> {
         let path = format!("/api/v1/devices/{device}/credential");
         self.call_empty(Method::Put, &path, json(body)?).await
     }
@@ -646,15 +740,24 @@ impl Api {
     /// # Errors
     /// An unknown user, or a transport failure.
     pub async fn user_devices(&self, user: UserId) -> ClientResult<UserDevices> {
-        self.call(Method::Get, &format!("/api/v1/users/{user}/devices"), Body::Empty).await
+        self.call(
+            Method::Get,
+            &format!("/api/v1/users/{user}/devices"),
+            Body::Empty,
+        )
+        .await
     }
 
     /// `POST /api/v1/devices/me/key-packages`.
     ///
     /// # Errors
     /// Not certified, malformed packages, or a transport failure.
-    pub async fn publish_key_packages(&self, body: &PublishKeyPackages) -> ClientResult<KeyPackageStock> {
-        self.call(Method::Post, "/api/v1/devices/me/key-packages", json(body)?).await
+    pub async fn publish_key_packages(
+        &self,
+        body: &PublishKeyPackages,
+    ) -> ClientResult<KeyPackageStock> {
+        self.call(Method::Post, "/api/v1/devices/me/key-packages", json(body)?)
+            .await
     }
 
     /// `GET /api/v1/devices/me/key-packages`.
@@ -662,15 +765,20 @@ impl Api {
     /// # Errors
     /// A transport failure.
     pub async fn key_package_stock(&self) -> ClientResult<KeyPackageStock> {
-        self.call(Method::Get, "/api/v1/devices/me/key-packages", Body::Empty).await
+        self.call(Method::Get, "/api/v1/devices/me/key-packages", Body::Empty)
+            .await
     }
 
     /// `POST /api/v1/key-packages/claim`: one per certified device of each user.
     ///
     /// # Errors
     /// Unknown users, or a transport failure.
-    pub async fn claim_key_packages(&self, body: &ClaimKeyPackages) -> ClientResult<ClaimedKeyPackages> {
-        self.call(Method::Post, "/api/v1/key-packages/claim", json(body)?).await
+    pub async fn claim_key_packages(
+        &self,
+        body: &ClaimKeyPackages,
+    ) -> ClientResult<ClaimedKeyPackages> {
+        self.call(Method::Post, "/api/v1/key-packages/claim", json(body)?)
+            .await
     }
 
     /// `POST /api/v1/chats/{id}/commits` (201). A commit for a past epoch
@@ -678,8 +786,17 @@ impl Api {
     ///
     /// # Errors
     /// A stale epoch, a malformed message, or a transport failure.
-    pub async fn submit_commit(&self, chat: ChatId, body: &SubmitCommit) -> ClientResult<CommitAccepted> {
-        self.call(Method::Post, &format!("/api/v1/chats/{chat}/commits"), json(body)?).await
+    pub async fn submit_commit(
+        &self,
+        chat: ChatId,
+        body: &SubmitCommit,
+    ) -> ClientResult<CommitAccepted> {
+        self.call(
+            Method::Post,
+            &format!("/api/v1/chats/{chat}/commits"),
+            json(body)?,
+        )
+        .await
     }
 
     /// `GET /api/v1/devices/me/inbox`: oldest first.
@@ -687,7 +804,8 @@ impl Api {
     /// # Errors
     /// A transport failure.
     pub async fn inbox(&self) -> ClientResult<Inbox> {
-        self.call(Method::Get, "/api/v1/devices/me/inbox", Body::Empty).await
+        self.call(Method::Get, "/api/v1/devices/me/inbox", Body::Empty)
+            .await
     }
 
     /// `DELETE /api/v1/devices/me/inbox/{id}`: acknowledges an item.
@@ -695,7 +813,12 @@ impl Api {
     /// # Errors
     /// A transport failure.
     pub async fn ack_inbox(&self, item: i64) -> ClientResult<()> {
-        self.call_empty(Method::Delete, &format!("/api/v1/devices/me/inbox/{item}"), Body::Empty).await
+        self.call_empty(
+            Method::Delete,
+            &format!("/api/v1/devices/me/inbox/{item}"),
+            Body::Empty,
+        )
+        .await
     }
 
     /// `POST /api/v1/devices/{id}/handover`: a sealed payload for another device of the user.

@@ -54,7 +54,9 @@ pub use api::{Api, ApiError};
 pub use natter_proto::chats::SendMessage;
 pub use session::{Client, Connection, ConnectionConfig, Event, MemoryState, Session, SyncState};
 #[cfg(not(target_arch = "wasm32"))]
-pub use socket::{BUFFER_BYTES, SMALL_BUFFER_BYTES, Socket, SocketReader, SocketWriter, frame_message};
+pub use socket::{
+    BUFFER_BYTES, SMALL_BUFFER_BYTES, Socket, SocketReader, SocketWriter, frame_message,
+};
 #[cfg(not(target_arch = "wasm32"))]
 pub use store::{HistoryEntry, SavedSession, Store};
 #[cfg(not(target_arch = "wasm32"))]

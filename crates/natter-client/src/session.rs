@@ -31,7 +31,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use natter_proto::accounts::{LoginRequest, RegisterRequest, VerificationRequest, VerificationSent};
+use natter_proto::accounts::{
+    LoginRequest, RegisterRequest, VerificationRequest, VerificationSent,
+};
 use natter_proto::chats::{Message, MessageType, SendMessage};
 use natter_proto::e2ee::InboxItem;
 use natter_proto::users::PresenceStatus;
@@ -535,7 +537,10 @@ impl Connection {
         let base = base
             .strip_prefix("https://")
             .map(|rest| format!("wss://{rest}"))
-            .or_else(|| base.strip_prefix("http://").map(|rest| format!("ws://{rest}")))
+            .or_else(|| {
+                base.strip_prefix("http://")
+                    .map(|rest| format!("ws://{rest}"))
+            })
             .unwrap_or_else(|| base.to_owned());
         format!("{base}/api/v1/ws")
     }
@@ -591,7 +596,11 @@ impl Connection {
         match first {
             WsEvent::Text(text) => match serde_json::from_str::<ServerFrame>(&text) {
                 Ok(ServerFrame::Connected { .. }) => {}
-                _ => return Err(ClientError::Protocol(format!("expected `connected`, got {text}"))),
+                _ => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected `connected`, got {text}"
+                    )));
+                }
             },
             WsEvent::Closed(Some(close::UNAUTHORIZED | close::REVOKED)) => {
                 return Err(ClientError::Revoked);
@@ -652,12 +661,14 @@ impl Connection {
 
     /// Marks the chat read up to `seq` (over the socket when it is open).
     pub async fn read(&mut self, chat: ChatId, seq: i64) {
-        self.send_frame(&ClientFrame::Read { chat_id: chat, seq }).await;
+        self.send_frame(&ClientFrame::Read { chat_id: chat, seq })
+            .await;
     }
 
     /// Tells the chat this user is typing (ephemeral; dropped when offline).
     pub async fn typing(&mut self, chat: ChatId) {
-        self.send_frame(&ClientFrame::Typing { chat_id: chat }).await;
+        self.send_frame(&ClientFrame::Typing { chat_id: chat })
+            .await;
     }
 
     /// Sends every outbox entry in order until one fails for a reason that
@@ -762,7 +773,9 @@ impl Connection {
                     self.socket = None;
                     return Err(ClientError::Revoked);
                 }
-                Some(Ok(WsEvent::Closed(code))) => format!("the server closed the connection ({code:?})"),
+                Some(Ok(WsEvent::Closed(code))) => {
+                    format!("the server closed the connection ({code:?})")
+                }
                 Some(Err(e)) => e.to_string(),
             };
             self.disconnect().await;
@@ -778,13 +791,18 @@ impl Connection {
             return Ok(false);
         }
         self.record(chat, seq)?;
-        self.send_frame(&ClientFrame::Ack { chat_id: chat, seq }).await;
+        self.send_frame(&ClientFrame::Ack { chat_id: chat, seq })
+            .await;
         Ok(true)
     }
 
     async fn process(&mut self, frame: ServerFrame) -> ClientResult<Option<Event>> {
         Ok(match frame {
-            ServerFrame::NewMessage { chat_id, seq, message } => {
+            ServerFrame::NewMessage {
+                chat_id,
+                seq,
+                message,
+            } => {
                 if !self.accept(chat_id, seq).await? {
                     return Ok(None);
                 }
@@ -793,29 +811,57 @@ impl Connection {
                     _ => None,
                 };
                 self.state.save_message(&message, text)?;
-                Some(Event::Message { chat_id, seq, message })
+                Some(Event::Message {
+                    chat_id,
+                    seq,
+                    message,
+                })
             }
-            ServerFrame::MessageUpdated { chat_id, seq, message } => {
+            ServerFrame::MessageUpdated {
+                chat_id,
+                seq,
+                message,
+            } => {
                 if !self.accept(chat_id, seq).await? {
                     return Ok(None);
                 }
                 if let Some(text) = message.content.as_deref() {
                     self.state.edit_message(message.id, Some(text))?;
                 }
-                Some(Event::MessageUpdated { chat_id, seq, message })
+                Some(Event::MessageUpdated {
+                    chat_id,
+                    seq,
+                    message,
+                })
             }
-            ServerFrame::MessageDeleted { chat_id, seq, message } => {
+            ServerFrame::MessageDeleted {
+                chat_id,
+                seq,
+                message,
+            } => {
                 if !self.accept(chat_id, seq).await? {
                     return Ok(None);
                 }
                 self.state.edit_message(message.id, None)?;
-                Some(Event::MessageDeleted { chat_id, seq, message })
+                Some(Event::MessageDeleted {
+                    chat_id,
+                    seq,
+                    message,
+                })
             }
-            ServerFrame::ChatUpdated { chat_id, seq, message } => {
+            ServerFrame::ChatUpdated {
+                chat_id,
+                seq,
+                message,
+            } => {
                 if !self.accept(chat_id, seq).await? {
                     return Ok(None);
                 }
-                Some(Event::ChatUpdated { chat_id, seq, message })
+                Some(Event::ChatUpdated {
+                    chat_id,
+                    seq,
+                    message,
+                })
             }
             ServerFrame::Receipt {
                 chat_id,
@@ -827,7 +873,9 @@ impl Connection {
                 read_seq,
             }),
             ServerFrame::Typing { chat_id, user_id } => Some(Event::Typing { chat_id, user_id }),
-            ServerFrame::Presence { user_id, status, .. } => Some(Event::Presence { user_id, status }),
+            ServerFrame::Presence {
+                user_id, status, ..
+            } => Some(Event::Presence { user_id, status }),
             ServerFrame::SyncDone { chats } => {
                 for c in &chats {
                     self.record(c.chat_id, c.seq)?;

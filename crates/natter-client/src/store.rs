@@ -134,7 +134,9 @@ impl StateTxn<'_> {
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .tx
-            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -196,7 +198,8 @@ fn lock(db: &Mutex<rusqlite::Connection>) -> std::sync::MutexGuard<'_, rusqlite:
 }
 
 fn parse<T: std::str::FromStr>(s: &str) -> Result<T, StoreError> {
-    s.parse().map_err(|_| StoreError::Corrupt(format!("bad id {s:?}")))
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad id {s:?}")))
 }
 
 impl Store {
@@ -205,12 +208,19 @@ impl Store {
     /// # Errors
     /// The directory or database cannot be created, or a migration failed.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         let path = dir.join("natter.db");
         if !path.exists() {
             // Create it private before SQLite opens it.
-            fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)?;
         }
         let mut db = rusqlite::Connection::open(&path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
@@ -337,7 +347,10 @@ impl Store {
                 "UPDATE history SET text = ?2 WHERE message_id = ?1",
                 params![message.to_string(), text],
             )?,
-            None => db.execute("DELETE FROM history WHERE message_id = ?1", [message.to_string()])?,
+            None => db.execute(
+                "DELETE FROM history WHERE message_id = ?1",
+                [message.to_string()],
+            )?,
         };
         Ok(())
     }
@@ -422,7 +435,8 @@ impl SyncState for Store {
     }
 
     fn push_outbox(&self, message: &SendMessage) -> Result<(), StoreError> {
-        let body = serde_json::to_string(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let body =
+            serde_json::to_string(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let id = message.client_message_id.clone().unwrap_or_default();
         lock(&self.db).execute(
             "INSERT INTO outbox (chat_id, client_message_id, body) VALUES (?1, ?2, ?3)
@@ -449,11 +463,18 @@ impl SyncState for Store {
     }
 
     fn remove_outbox(&self, client_message_id: &str) -> Result<(), StoreError> {
-        lock(&self.db).execute("DELETE FROM outbox WHERE client_message_id = ?1", [client_message_id])?;
+        lock(&self.db).execute(
+            "DELETE FROM outbox WHERE client_message_id = ?1",
+            [client_message_id],
+        )?;
         Ok(())
     }
 
-    fn save_message(&self, message: &natter_proto::chats::Message, text: Option<&str>) -> Result<(), StoreError> {
+    fn save_message(
+        &self,
+        message: &natter_proto::chats::Message,
+        text: Option<&str>,
+    ) -> Result<(), StoreError> {
         let Some(text) = text else { return Ok(()) };
         let sent_at = message
             .timestamp
@@ -487,7 +508,10 @@ mod tests {
     fn user_text_becomes_quoted_terms() {
         assert_eq!(fts_query("don't").as_deref(), Some("\"don't\""));
         assert_eq!(fts_query("e-mail").as_deref(), Some("\"e-mail\""));
-        assert_eq!(fts_query("how are you?").as_deref(), Some("\"how\" \"are\" \"you?\""));
+        assert_eq!(
+            fts_query("how are you?").as_deref(),
+            Some("\"how\" \"are\" \"you?\"")
+        );
         assert_eq!(fts_query("say \"hi").as_deref(), Some("\"say\" \"\"\"hi\""));
         assert_eq!(fts_query("  ?? - "), None);
     }
@@ -503,10 +527,15 @@ mod tests {
             Err(StoreError::Corrupt("abort".to_owned()))
         });
         assert!(failed.is_err());
-        let (a, b) = store.transaction(|tx| Ok((tx.get("a")?, tx.get("b")?))).unwrap();
+        let (a, b) = store
+            .transaction(|tx| Ok((tx.get("a")?, tx.get("b")?)))
+            .unwrap();
         assert_eq!(a.as_deref(), Some(&b"1"[..]));
         assert_eq!(b, None);
-        assert_eq!(store.transaction(|tx| tx.keys("")).unwrap(), vec!["a".to_owned()]);
+        assert_eq!(
+            store.transaction(|tx| tx.keys("")).unwrap(),
+            vec!["a".to_owned()]
+        );
     }
 
     #[test]
@@ -525,7 +554,10 @@ mod tests {
         assert_eq!(mode(&path), 0o700);
         assert_eq!(mode(&path.join("session.json")), 0o600);
         assert_eq!(mode(&path.join("natter.db")), 0o600);
-        assert_eq!(Store::open(&path).unwrap().load_session().unwrap(), Some(saved));
+        assert_eq!(
+            Store::open(&path).unwrap().load_session().unwrap(),
+            Some(saved)
+        );
         assert!(!format!("{:?}", store.load_session().unwrap()).contains("nt_secret"));
     }
 }

@@ -232,7 +232,9 @@ pub use native::NativeTransport;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use super::{Body, FormPart, Method, Request, Response, Transport, TransportError, WebSocket, WsEvent};
+    use super::{
+        Body, FormPart, Method, Request, Response, Transport, TransportError, WebSocket, WsEvent,
+    };
     use futures_util::{SinkExt as _, StreamExt as _};
     use std::time::Duration;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -293,7 +295,9 @@ mod native {
         async fn recv(&mut self) -> Result<WsEvent, TransportError> {
             loop {
                 match self.ws.next().await {
-                    Some(Ok(WsMessage::Text(t))) => return Ok(WsEvent::Text(t.as_str().to_owned())),
+                    Some(Ok(WsMessage::Text(t))) => {
+                        return Ok(WsEvent::Text(t.as_str().to_owned()));
+                    }
                     Some(Ok(WsMessage::Close(frame))) => {
                         return Ok(WsEvent::Closed(frame.map(|f| u16::from(f.code))));
                     }
@@ -334,7 +338,11 @@ mod native {
                     for part in parts {
                         form = match part {
                             FormPart::Text { name, value } => form.text(name, value),
-                            FormPart::File { name, file_name, bytes } => form.part(
+                            FormPart::File {
+                                name,
+                                file_name,
+                                bytes,
+                            } => form.part(
                                 name,
                                 reqwest::multipart::Part::bytes(bytes).file_name(file_name),
                             ),
@@ -343,7 +351,10 @@ mod native {
                     req.multipart(form)
                 }
             };
-            let res = req.send().await.map_err(|e| TransportError(e.to_string()))?;
+            let res = req
+                .send()
+                .await
+                .map_err(|e| TransportError(e.to_string()))?;
             let status = res.status().as_u16();
             let headers = res
                 .headers()
@@ -355,7 +366,11 @@ mod native {
                 .await
                 .map_err(|e| TransportError(e.to_string()))?
                 .to_vec();
-            Ok(Response { status, headers, body })
+            Ok(Response {
+                status,
+                headers,
+                body,
+            })
         }
 
         async fn connect(&self, url: &str) -> Result<Box<dyn WebSocket>, TransportError> {

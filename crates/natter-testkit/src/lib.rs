@@ -117,7 +117,10 @@ impl SmsInbox {
         let app = axum::Router::new()
             .route("/sms", axum::routing::post(receive))
             .with_state(Arc::clone(&state));
-        let bind = |source| TestkitError::Bind { addr: listen, source };
+        let bind = |source| TestkitError::Bind {
+            addr: listen,
+            source,
+        };
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         tokio::spawn(async move {
@@ -137,12 +140,20 @@ impl SmsInbox {
 
     /// Makes the gateway answer 503 from now on.
     pub fn fail(&self) {
-        *self.state.failing.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *self
+            .state
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
     }
 
     /// Makes the gateway take `delay` before answering.
     pub fn slow_down(&self, delay: Duration) {
-        *self.state.delay.lock().unwrap_or_else(PoisonError::into_inner) = delay;
+        *self
+            .state
+            .delay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = delay;
     }
 
     /// How many codes went to `phone`.
@@ -190,7 +201,11 @@ impl SmsInbox {
     ///
     /// # Errors
     /// The request failed, or no code arrived within [`WAIT`].
-    pub async fn code_for(&self, client: &Client, phone: &str) -> Result<(String, String), TestkitError> {
+    pub async fn code_for(
+        &self,
+        client: &Client,
+        phone: &str,
+    ) -> Result<(String, String), TestkitError> {
         let before = self.count(phone);
         let phone = client.request_code(phone).await?.phone;
         tokio::time::timeout(WAIT, async {
@@ -204,7 +219,9 @@ impl SmsInbox {
         })
         .await
         .map_err(|_| TestkitError::NoCode(phone.clone()))?;
-        let code = self.latest(&phone).ok_or_else(|| TestkitError::NoCode(phone.clone()))?;
+        let code = self
+            .latest(&phone)
+            .ok_or_else(|| TestkitError::NoCode(phone.clone()))?;
         Ok((phone, code))
     }
 }
@@ -223,7 +240,12 @@ impl TestUser {
     ///
     /// # Errors
     /// The code or the registration failed.
-    pub async fn sign_up(client: &Client, sms: &SmsInbox, phone: &str, name: &str) -> Result<Self, TestkitError> {
+    pub async fn sign_up(
+        client: &Client,
+        sms: &SmsInbox,
+        phone: &str,
+        name: &str,
+    ) -> Result<Self, TestkitError> {
         let (phone, code) = sms.code_for(client, phone).await?;
         let session = client
             .register(&RegisterRequest {

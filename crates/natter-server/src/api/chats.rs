@@ -4,9 +4,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::chats::{
-    ReadPosition,
     AddParticipants, ChangeRole, Chat, ChatList, ChatPerson, ChatSummary, CreateChat, EditMessage,
-    MarkRead, Message, MessagePage, Participant, SendMessage, UpdateChat,
+    MarkRead, Message, MessagePage, Participant, ReadPosition, SendMessage, UpdateChat,
 };
 use natter_proto::{ChatId, ErrorBody, ErrorCode, MessageId};
 use serde::{Deserialize, Serialize};
@@ -362,7 +361,6 @@ pub(crate) async fn delete_message(
     app.services.delete_message(&who, message_id(&raw)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
-
 
 /// Marks everything up to `seq` as read (only ever moves forward).
 #[utoipa::path(
