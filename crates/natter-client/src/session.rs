@@ -10,8 +10,9 @@
 //!   `sync` with the last `seq` processed in each chat ([`SyncState`]);
 //! - every chat-log event is yielded once: an event at or below the recorded
 //!   position is a duplicate (a replay after a reconnect) and is dropped; an
-//!   event yielded is recorded and acknowledged (`ack`) at once, so after a
-//!   reconnect the sync resumes right after it, with no gap;
+//!   event yielded is recorded at once, so after a reconnect the sync resumes
+//!   right after it, with no gap, and acknowledged (`ack`, coalesced per
+//!   chat, within [`ACK_BATCH`] events or [`ACK_DELAY`]);
 //! - when the socket ends (closed, failed, or silent past the heartbeat) it
 //!   reconnects with bounded, jittered exponential backoff, every step with
 //!   a timeout, and re-syncs;
@@ -43,6 +44,13 @@ use natter_proto::{ChatId, DeviceId, ErrorCode, MessageId, UserId};
 use crate::api::{Api, ApiError};
 use crate::transport::{MaybeSend, Transport, WebSocket, WsEvent, timeout};
 use crate::{ClientError, ClientResult, StoreError};
+
+/// Acks are coalesced (the highest seq per chat) and sent after this many
+/// events, or when the socket has been quiet for [`ACK_DELAY`]: one ack per
+/// event would spend the server's per-connection ack budget in a big sync.
+const ACK_BATCH: usize = 64;
+/// How long events may wait for their ack when no more arrive.
+const ACK_DELAY: Duration = Duration::from_millis(200);
 
 /// A message waiting in the outbox.
 #[derive(Debug, Clone)]
@@ -322,6 +330,8 @@ impl Session {
             socket: None,
             positions: None,
             pending: VecDeque::new(),
+            unacked: HashMap::new(),
+            unacked_events: 0,
             attempt: 0,
             pinged: false,
             rng: seed,
@@ -490,6 +500,11 @@ pub struct Connection {
     positions: Option<HashMap<ChatId, i64>>,
     /// Events decided but not yet handed out (outbox results, `Connected`).
     pending: VecDeque<Event>,
+    /// The highest processed seq per chat not yet acknowledged to the
+    /// server (kept across reconnects; sent on the next socket).
+    unacked: HashMap<ChatId, i64>,
+    /// Events since the last acks went out.
+    unacked_events: usize,
     /// Consecutive failed connects (0: connected, or never tried).
     attempt: u32,
     /// A ping is out and unanswered.
@@ -545,10 +560,15 @@ impl Connection {
         format!("{base}/api/v1/ws")
     }
 
-    fn position(&mut self, chat: ChatId) -> ClientResult<i64> {
+    fn load_positions(&mut self) -> ClientResult<()> {
         if self.positions.is_none() {
             self.positions = Some(self.state.positions()?.into_iter().collect());
         }
+        Ok(())
+    }
+
+    fn position(&mut self, chat: ChatId) -> ClientResult<i64> {
+        self.load_positions()?;
         Ok(self
             .positions
             .as_ref()
@@ -607,7 +627,7 @@ impl Connection {
             }
             WsEvent::Closed(_) => return Err(ClientError::Closed),
         }
-        self.position(ChatId::new())?;
+        self.load_positions()?;
         let chats = self
             .positions
             .iter()
@@ -749,8 +769,17 @@ impl Connection {
             let Some(socket) = self.socket.as_mut() else {
                 continue;
             };
-            let received = timeout(&*transport, heartbeat, socket.recv()).await;
+            let wait = if self.unacked.is_empty() {
+                heartbeat
+            } else {
+                ACK_DELAY.min(heartbeat)
+            };
+            let received = timeout(&*transport, wait, socket.recv()).await;
             let reason = match received {
+                None if !self.unacked.is_empty() => {
+                    self.flush_acks().await;
+                    continue;
+                }
                 None if self.pinged => "no answer to a ping".to_owned(),
                 None => {
                     self.pinged = true;
@@ -785,15 +814,30 @@ impl Connection {
         }
     }
 
-    /// Records a chat-log event and acknowledges it; `false` for a duplicate.
+    /// Records a chat-log event and queues its ack; `false` for a duplicate.
     async fn accept(&mut self, chat: ChatId, seq: i64) -> ClientResult<bool> {
         if seq <= self.position(chat)? {
             return Ok(false);
         }
         self.record(chat, seq)?;
-        self.send_frame(&ClientFrame::Ack { chat_id: chat, seq })
-            .await;
+        self.unacked.insert(chat, seq);
+        self.unacked_events += 1;
+        if self.unacked_events >= ACK_BATCH {
+            self.flush_acks().await;
+        }
         Ok(true)
+    }
+
+    /// Sends the coalesced acks (kept while there is no socket).
+    async fn flush_acks(&mut self) {
+        if self.socket.is_none() {
+            return;
+        }
+        let acks: Vec<(ChatId, i64)> = self.unacked.drain().collect();
+        self.unacked_events = 0;
+        for (chat_id, seq) in acks {
+            self.send_frame(&ClientFrame::Ack { chat_id, seq }).await;
+        }
     }
 
     async fn process(&mut self, frame: ServerFrame) -> ClientResult<Option<Event>> {
@@ -880,6 +924,7 @@ impl Connection {
                 for c in &chats {
                     self.record(c.chat_id, c.seq)?;
                 }
+                self.flush_acks().await;
                 Some(Event::SyncDone { chats })
             }
             ServerFrame::TooLong { chat_id, seq } => {
