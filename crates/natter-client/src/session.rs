@@ -441,6 +441,8 @@ pub enum Event {
         user_id: UserId,
         /// Now.
         status: PresenceStatus,
+        /// When last online, if they let this user see it.
+        last_seen: Option<time::OffsetDateTime>,
     },
     /// A payload for this device (an MLS Welcome, a handover).
     Inbox(InboxItem),
@@ -918,8 +920,14 @@ impl Connection {
             }),
             ServerFrame::Typing { chat_id, user_id } => Some(Event::Typing { chat_id, user_id }),
             ServerFrame::Presence {
-                user_id, status, ..
-            } => Some(Event::Presence { user_id, status }),
+                user_id,
+                status,
+                last_seen,
+            } => Some(Event::Presence {
+                user_id,
+                status,
+                last_seen,
+            }),
             ServerFrame::SyncDone { chats } => {
                 for c in &chats {
                     self.record(c.chat_id, c.seq)?;
