@@ -3,88 +3,60 @@
 //! ordinary `sms_webhook_url`), so no benchmark-only path exists in the
 //! server at all.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-
-use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
 use futures_util::StreamExt as _;
 use natter_client::Client;
-use natter_proto::UserId;
+use natter_proto::chats::{ChatKind, CreateChat};
+use natter_proto::{ChatId, UserId};
+pub(crate) use natter_testkit::SmsInbox;
 
+use crate::BenchResult;
 use crate::load::progress;
-use crate::{BenchError, BenchResult};
 
 /// Sign-ups in flight at once.
 const SIGNUP_CONCURRENCY: usize = 64;
 
-/// Codes received by the webhook, by phone number.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SmsInbox {
-    /// The latest code per number.
-    codes: Arc<Mutex<HashMap<String, String>>>,
-    /// Where the server should post codes.
-    pub(crate) url: String,
+/// The few typed SDK calls the scenarios make, by token.
+pub(crate) trait BenchCalls {
+    /// Opens (or finds) the direct chat with `other`.
+    async fn direct_chat(&self, token: &str, other: UserId) -> BenchResult<ChatId>;
+    /// Creates a group of the caller and `others`.
+    async fn group_chat(&self, token: &str, name: &str, others: &[UserId]) -> BenchResult<ChatId>;
+    /// Searches the caller's messages; the number of hits the server counted.
+    async fn search_messages(&self, token: &str, query: &str) -> BenchResult<u64>;
 }
 
-#[derive(serde::Deserialize)]
-struct Sms {
-    phone: String,
-    code: String,
-}
-
-async fn receive(
-    State(codes): State<Arc<Mutex<HashMap<String, String>>>>,
-    Json(sms): Json<Sms>,
-) -> StatusCode {
-    codes
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(sms.phone, sms.code);
-    StatusCode::NO_CONTENT
-}
-
-impl SmsInbox {
-    /// Starts the receiver on `listen`; it runs until the runtime ends.
-    ///
-    /// # Errors
-    /// The address cannot be bound.
-    pub(crate) async fn start(listen: SocketAddr) -> BenchResult<Self> {
-        let codes: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let app = axum::Router::new()
-            .route("/sms", axum::routing::post(receive))
-            .with_state(Arc::clone(&codes));
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(BenchError::io(format!(
-                "binding the SMS receiver to {listen}"
-            )))?;
-        let addr = listener
-            .local_addr()
-            .map_err(BenchError::io("reading the SMS receiver's address"))?;
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self {
-            codes,
-            url: format!("http://{addr}/sms"),
-        })
+impl BenchCalls for Client {
+    async fn direct_chat(&self, token: &str, other: UserId) -> BenchResult<ChatId> {
+        let body = CreateChat {
+            kind: ChatKind::Direct,
+            participants: vec![other],
+            name: None,
+            encrypted: false,
+        };
+        Ok(self.api().with_token(token).create_chat(&body).await?.id)
     }
 
-    /// The code sent to `phone` (the server posts it before answering the
-    /// verification request, so it is already here).
-    fn take(&self, phone: &str) -> BenchResult<String> {
-        self.codes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(phone)
-            .ok_or_else(|| {
-                BenchError::Other(format!(
-                    "no SMS code arrived for {phone}: is the server's sms_webhook_url this receiver?"
-                ))
-            })
+    async fn group_chat(&self, token: &str, name: &str, others: &[UserId]) -> BenchResult<ChatId> {
+        let body = CreateChat {
+            kind: ChatKind::Group,
+            participants: others.to_vec(),
+            name: Some(name.to_owned()),
+            encrypted: false,
+        };
+        Ok(self.api().with_token(token).create_chat(&body).await?.id)
+    }
+
+    async fn search_messages(&self, token: &str, query: &str) -> BenchResult<u64> {
+        let search = natter_client::api::MessageSearch {
+            q: query.to_owned(),
+            ..Default::default()
+        };
+        let results = self
+            .api()
+            .with_token(token)
+            .search_messages(&search)
+            .await?;
+        Ok(u64::try_from(results.total).unwrap_or(0))
     }
 }
 
@@ -116,15 +88,17 @@ pub(crate) async fn sign_up(
             let bar = bar.clone();
             async move {
                 let phone = format!("+4477{:08}", base + i as u64);
-                let phone = client.request_code(&phone).await?;
-                let code = inbox.take(&phone)?;
-                let session = client
-                    .register(&phone, &format!("{prefix}{i}"), &code)
-                    .await?;
+                let user = natter_testkit::TestUser::sign_up(
+                    client,
+                    inbox,
+                    &phone,
+                    &format!("{prefix}{i}"),
+                )
+                .await?;
                 bar.inc(1);
                 Ok(User {
-                    id: session.user_id,
-                    token: session.access_token,
+                    id: user.user_id(),
+                    token: user.token().to_owned(),
                 })
             }
         })

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::accounts::{SmsInbox, sign_up};
+use crate::accounts::{BenchCalls as _, SmsInbox, sign_up};
 use crate::load::{content, now_us, parse, progress, source_ip};
 use crate::report::{Report, thousands};
 use crate::target::{Target, with_natter};

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::accounts::{SmsInbox, sign_up};
+use crate::accounts::{BenchCalls as _, SmsInbox, sign_up};
 use crate::load::{
     connect_all, content, histogram, instant_at, latency_json, latency_line, now_us, parse,
     progress, record,

@@ -46,8 +46,8 @@ pub(crate) async fn run(common: &Common, args: &IdleArgs) -> BenchResult<Report>
     } else {
         Kind::Natter
     };
-    let inbox = SmsInbox::start(common.sms_listen).await?;
-    let target = Target::start(common, kind, &inbox.url).await?;
+    let inbox = SmsInbox::start_on(common.sms_listen).await?;
+    let target = Target::start(common, kind, inbox.url()).await?;
     let tokens: Vec<String> = match kind {
         Kind::Natter => {
             let client = Client::new(&target.http, STEP_TIMEOUT)?;

@@ -109,6 +109,9 @@ pub enum BenchError {
     /// Talking to the target failed.
     #[error("{0}")]
     Client(#[from] natter_client::ClientError),
+    /// Signing up (the SMS receiver, a code that did not arrive).
+    #[error("{0}")]
+    Accounts(#[from] natter_testkit::TestkitError),
     /// A local operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::accounts::{SmsInbox, sign_up};
+use crate::accounts::{BenchCalls as _, SmsInbox, sign_up};
 use crate::load::{
     connect_all, content, histogram, instant_at, latency_json, latency_line, now_us, parse,
     progress, record, timed_progress,
@@ -516,7 +516,7 @@ async fn run_target(
     kind: Kind,
     inbox: Option<&SmsInbox>,
 ) -> BenchResult<TargetRun> {
-    let sms_url = inbox.map(|i| i.url.clone()).unwrap_or_default();
+    let sms_url = inbox.map(|i| i.url().to_owned()).unwrap_or_default();
     let target = Target::start(common, kind, &sms_url).await?;
     let outcome = drive(common, args, kind, inbox, &target).await;
     if outcome.is_err() {
@@ -608,7 +608,7 @@ pub(crate) async fn run(
         runs.push(run_target(common, args, Kind::Baseline, None).await?);
     }
     if !baseline_only {
-        let inbox = SmsInbox::start(common.sms_listen).await?;
+        let inbox = SmsInbox::start_on(common.sms_listen).await?;
         runs.push(run_target(common, args, Kind::Natter, Some(&inbox)).await?);
     }
     let mut report = Report::new(if baseline_only { "baseline" } else { "relay" });

@@ -260,8 +260,8 @@ pub(crate) async fn with_natter<T>(
     common: &Common,
     drive: impl AsyncFnOnce(&SmsInbox, &Target) -> BenchResult<T>,
 ) -> BenchResult<T> {
-    let inbox = SmsInbox::start(common.sms_listen).await?;
-    let target = Target::start(common, Kind::Natter, &inbox.url).await?;
+    let inbox = SmsInbox::start_on(common.sms_listen).await?;
+    let target = Target::start(common, Kind::Natter, inbox.url()).await?;
     let outcome = drive(&inbox, &target).await;
     if outcome.is_err() {
         eprintln!("natter log:\n{}", target.log_tail());

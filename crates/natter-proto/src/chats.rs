@@ -337,3 +337,12 @@ pub struct MarkRead {
     /// Everything up to this `seq` is read.
     pub seq: i64,
 }
+
+/// The caller's read position after `POST /api/v1/chats/{chat_id}/read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReadPosition {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// Read up to here (never moves back).
+    pub read_seq: i64,
+}

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::chats::{
     AddParticipants, ChangeRole, Chat, ChatList, ChatPerson, ChatSummary, CreateChat, EditMessage,
-    MarkRead, Message, MessagePage, Participant, SendMessage, UpdateChat,
+    MarkRead, Message, MessagePage, Participant, ReadPosition, SendMessage, UpdateChat,
 };
 use natter_proto::{ChatId, ErrorBody, ErrorCode, MessageId};
 use serde::{Deserialize, Serialize};
@@ -360,13 +360,6 @@ pub(crate) async fn delete_message(
 ) -> Result<StatusCode, ApiError> {
     app.services.delete_message(&who, message_id(&raw)?).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The caller's read position after `POST /api/v1/chats/{chat_id}/read`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub(crate) struct ReadPosition {
-    chat_id: ChatId,
-    read_seq: i64,
 }
 
 /// Marks everything up to `seq` as read (only ever moves forward).

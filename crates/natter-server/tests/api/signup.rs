@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::TestApp;
+use crate::support::{TestApp, WAIT};
 
 const SEED_PHONE: &str = "+1234567890";
 
@@ -19,7 +19,7 @@ async fn the_seed_sign_up_and_login_bodies_work_verbatim() {
         .await
         .ok(202);
     assert_eq!(sent, json!({"phone": "+1234567890", "expires_in": 300}));
-    let code = app.sms.latest(SEED_PHONE).await;
+    let code = app.sms.wait_for(SEED_PHONE, WAIT).await.unwrap();
     assert_eq!(code.len(), 6);
 
     // The seed's register body, with the code we received instead of 123456.
@@ -95,7 +95,7 @@ async fn numbers_are_normalised_to_e164() {
         .await
         .ok(202);
     assert_eq!(sent["phone"], "+14155550123");
-    let code = app.sms.latest("+14155550123").await;
+    let code = app.sms.wait_for("+14155550123", WAIT).await.unwrap();
     // Register with the number written another way: it is the same number.
     app.post(
         "/api/v1/users/register",
@@ -377,7 +377,7 @@ async fn a_trunk_zero_after_the_country_code_reaches_the_same_account() {
         .await
         .ok(202);
     assert_eq!(sent["phone"], "+447700900123");
-    let code = app.sms.latest("+447700900123").await;
+    let code = app.sms.wait_for("+447700900123", WAIT).await.unwrap();
     app.post(
         "/api/v1/users/register",
         json!({"phone": "+44 (0)7700 900123", "name": "Uma 2", "verification_code": code}),

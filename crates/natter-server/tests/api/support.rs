@@ -1,123 +1,30 @@
-//! The test harness: `TestApp` starts a real server, `SmsInbox` plays the
-//! operator's SMS gateway, `TestUser` is a signed-up account with a token.
+//! The test harness: `TestApp` starts a real server, `SmsInbox` (from
+//! natter-testkit, shared with the SDK's tests and the load tool) plays the
+//! operator's SMS gateway, `TestUser` is a signed-up account with a token
+//! and its SDK session. The common flows (sign-up, login, chats, messages,
+//! contacts, history) go through the SDK's typed calls; `call` and `raw`
+//! stay for tests that send exactly the bytes they mean to.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
 use axum::http::StatusCode;
+use natter_client::api::HistoryQuery;
+use natter_proto::chats::{ChatKind, CreateChat, MessageType, SendMessage};
+use natter_proto::users::AddContact;
+use natter_proto::ws::ClientFrame;
+use natter_proto::{ChatId, UserId};
 use natter_server::{Config, RunningServer};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tempfile::TempDir;
-use tokio::sync::Notify;
 
 /// How long a test waits for anything on the network.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A fake SMS gateway: records the codes the server POSTs to it.
-#[derive(Clone)]
-pub struct SmsInbox {
-    url: String,
-    state: Arc<InboxState>,
-}
-
-struct InboxState {
-    codes: Mutex<HashMap<String, Vec<String>>>,
-    arrived: Notify,
-    failing: Mutex<bool>,
-    delay: Mutex<Duration>,
-}
-
-async fn receive(State(state): State<Arc<InboxState>>, Json(body): Json<Value>) -> StatusCode {
-    let delay = *state.delay.lock().unwrap();
-    tokio::time::sleep(delay).await;
-    if *state.failing.lock().unwrap() {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    let phone = body["phone"].as_str().unwrap().to_owned();
-    let code = body["code"].as_str().unwrap().to_owned();
-    assert_eq!(
-        body.as_object().unwrap().len(),
-        2,
-        "the webhook body is exactly phone and code"
-    );
-    state
-        .codes
-        .lock()
-        .unwrap()
-        .entry(phone)
-        .or_default()
-        .push(code);
-    state.arrived.notify_waiters();
-    StatusCode::OK
-}
-
-impl SmsInbox {
-    pub async fn start() -> Self {
-        let state = Arc::new(InboxState {
-            codes: Mutex::default(),
-            arrived: Notify::new(),
-            failing: Mutex::new(false),
-            delay: Mutex::new(Duration::ZERO),
-        });
-        let app = axum::Router::new()
-            .route("/sms", axum::routing::post(receive))
-            .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self {
-            url: format!("http://{addr}/sms"),
-            state,
-        }
-    }
-
-    /// Makes the gateway answer 503 from now on.
-    pub fn fail(&self) {
-        *self.state.failing.lock().unwrap() = true;
-    }
-
-    /// Makes the gateway take `delay` before answering.
-    pub fn slow_down(&self, delay: Duration) {
-        *self.state.delay.lock().unwrap() = delay;
-    }
-
-    /// How many codes went to `phone`.
-    pub fn count(&self, phone: &str) -> usize {
-        self.state
-            .codes
-            .lock()
-            .unwrap()
-            .get(phone)
-            .map_or(0, Vec::len)
-    }
-
-    /// The latest code sent to `phone`, waiting for it if needed.
-    pub async fn latest(&self, phone: &str) -> String {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let arrived = self.state.arrived.notified();
-                if let Some(code) = self
-                    .state
-                    .codes
-                    .lock()
-                    .unwrap()
-                    .get(phone)
-                    .and_then(|c| c.last().cloned())
-                {
-                    return code;
-                }
-                arrived.await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no SMS code for {phone} within {WAIT:?}"))
-    }
-}
+/// The one SMS gateway fake of the workspace (natter-testkit).
+pub use natter_testkit::SmsInbox;
 
 /// An HTTP answer: status, headers and JSON body (`Null` when empty or not JSON).
 #[derive(Debug)]
@@ -161,18 +68,23 @@ pub struct TestApp {
     pub sms: SmsInbox,
     pub base: String,
     pub http: reqwest::Client,
+    /// The SDK's client for this server (same TLS trust as `http`).
+    pub client: natter_client::Client,
     config: Config,
     server: Option<RunningServer>,
     _dir: Arc<TempDir>,
 }
 
-/// A signed-up account and one of its devices.
+/// A signed-up account and one of its devices (ids as strings, as the
+/// JSON the tests compare them with).
 #[derive(Debug, Clone)]
 pub struct TestUser {
     pub phone: String,
     pub user_id: String,
     pub device_id: String,
     pub token: String,
+    /// The device's SDK session: typed calls as this user.
+    pub session: natter_client::Session,
 }
 
 impl TestApp {
@@ -183,12 +95,12 @@ impl TestApp {
 
     /// A server with the configuration adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        let sms = SmsInbox::start().await;
+        let sms = SmsInbox::start().await.unwrap();
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: dir.path().join("data"),
-            sms_webhook_url: Some(sms.url.clone()),
+            sms_webhook_url: Some(sms.url().to_owned()),
             ..Config::default()
         };
         config.sms.timeout_secs = 5;
@@ -199,10 +111,12 @@ impl TestApp {
             .expect("the server starts in time")
             .unwrap();
         let (base, http) = Self::client_for(&config, &server);
+        let client = Self::sdk_for(&base, &http);
         Self {
             sms,
             base,
             http,
+            client,
             config,
             server: Some(server),
             _dir: dir,
@@ -234,6 +148,12 @@ impl TestApp {
         }
     }
 
+    /// The SDK over the test's HTTP client.
+    fn sdk_for(base: &str, http: &reqwest::Client) -> natter_client::Client {
+        let transport = natter_client::NativeTransport::with_client(http.clone(), WAIT);
+        natter_client::Client::with_transport(Arc::new(transport), base)
+    }
+
     /// Stops the server (gracefully) and starts it again on the same data,
     /// on a new port.
     pub async fn restart(&mut self) {
@@ -251,6 +171,7 @@ impl TestApp {
             .expect("the server restarts in time")
             .unwrap();
         (self.base, self.http) = Self::client_for(&self.config, &server);
+        self.client = Self::sdk_for(&self.base, &self.http);
         self.server = Some(server);
     }
 
@@ -407,45 +328,41 @@ impl TestApp {
     /// Asks for a code and returns it as the SMS gateway received it.
     pub async fn code_for(&self, phone: &str) -> String {
         let before = self.sms.count(phone);
-        self.post("/api/v1/users/verification", json!({ "phone": phone }))
-            .await
-            .ok(202);
+        let (_, code) = self.sms.code_for(&self.client, phone).await.unwrap();
         assert_eq!(self.sms.count(phone), before + 1, "one SMS per request");
-        self.sms.latest(phone).await
+        code
     }
 
     /// Registers `phone` with a fresh code.
     pub async fn signup(&self, phone: &str, name: &str) -> TestUser {
-        let code = self.code_for(phone).await;
-        let body = self
-            .post(
-                "/api/v1/users/register",
-                json!({ "phone": phone, "name": name, "verification_code": code }),
-            )
+        let before = self.sms.count(phone);
+        let user = natter_testkit::TestUser::sign_up(&self.client, &self.sms, phone, name)
             .await
-            .ok(201);
-        Self::user_from(phone, &body)
+            .unwrap();
+        assert_eq!(self.sms.count(phone), before + 1, "one SMS per request");
+        TestUser::from(user)
     }
 
     /// Logs in another device of `phone`.
     pub async fn login(&self, phone: &str, device_name: &str) -> TestUser {
-        let code = self.code_for(phone).await;
-        let body = self
-            .post(
-                "/api/v1/users/login",
-                json!({ "phone": phone, "verification_code": code, "device_name": device_name }),
-            )
-            .await
-            .ok(200);
-        Self::user_from(phone, &body)
+        let before = self.sms.count(phone);
+        let user =
+            natter_testkit::TestUser::log_in(&self.client, &self.sms, phone, Some(device_name))
+                .await
+                .unwrap();
+        assert_eq!(self.sms.count(phone), before + 1, "one SMS per request");
+        TestUser::from(user)
     }
+}
 
-    fn user_from(phone: &str, body: &Value) -> TestUser {
-        TestUser {
-            phone: phone.to_owned(),
-            user_id: body["user_id"].as_str().unwrap().to_owned(),
-            device_id: body["device_id"].as_str().unwrap().to_owned(),
-            token: body["access_token"].as_str().unwrap().to_owned(),
+impl From<natter_testkit::TestUser> for TestUser {
+    fn from(user: natter_testkit::TestUser) -> Self {
+        Self {
+            phone: user.phone.clone(),
+            user_id: user.user_id().to_string(),
+            device_id: user.device_id().to_string(),
+            token: user.token().to_owned(),
+            session: user.session,
         }
     }
 }
@@ -470,75 +387,83 @@ impl TestUser {
             .await
     }
 
+    /// The typed API as this user's device.
+    pub fn api(&self) -> &natter_client::Api {
+        self.session.api()
+    }
+
+    /// The user's id, typed.
+    pub fn id(&self) -> UserId {
+        self.session.user_id()
+    }
+
     /// Adds `other` as a contact by phone number.
-    pub async fn adds_contact(&self, app: &TestApp, other: &TestUser) {
-        let status = self
-            .post(
-                app,
-                "/api/v1/users/contacts",
-                json!({ "phone": other.phone }),
-            )
-            .await
-            .status
-            .as_u16();
-        assert!(
-            status == 201 || status == 200,
-            "adding a contact answered {status}"
-        );
+    pub async fn adds_contact(&self, _app: &TestApp, other: &TestUser) {
+        let body = AddContact {
+            phone: Some(other.phone.clone()),
+            user_id: None,
+        };
+        self.api().add_contact(&body).await.unwrap();
     }
 }
 
 impl TestUser {
     /// Creates (or finds) the direct chat with `other`; returns its id.
-    pub async fn direct_chat_with(&self, app: &TestApp, other: &TestUser) -> String {
-        let answer = self
-            .post(
-                app,
-                "/api/v1/chats",
-                json!({"type": "direct", "participants": [other.user_id]}),
-            )
-            .await;
-        assert!(answer.status == 201 || answer.status == 200, "{answer:?}");
-        answer.body["id"].as_str().unwrap().to_owned()
+    pub async fn direct_chat_with(&self, _app: &TestApp, other: &TestUser) -> String {
+        let body = CreateChat {
+            kind: ChatKind::Direct,
+            participants: vec![other.id()],
+            name: None,
+            encrypted: false,
+        };
+        self.api().create_chat(&body).await.unwrap().id.to_string()
     }
 
     /// Creates a group with `others`; returns its id.
-    pub async fn group_with(&self, app: &TestApp, name: &str, others: &[&TestUser]) -> String {
-        let ids: Vec<&str> = others.iter().map(|u| u.user_id.as_str()).collect();
-        let body = self
-            .post(
-                app,
-                "/api/v1/chats",
-                json!({"type": "group", "name": name, "participants": ids}),
-            )
-            .await
-            .ok(201);
-        body["id"].as_str().unwrap().to_owned()
+    pub async fn group_with(&self, _app: &TestApp, name: &str, others: &[&TestUser]) -> String {
+        let body = CreateChat {
+            kind: ChatKind::Group,
+            participants: others.iter().map(|u| u.id()).collect(),
+            name: Some(name.to_owned()),
+            encrypted: false,
+        };
+        self.api().create_chat(&body).await.unwrap().id.to_string()
     }
 
-    /// Sends a text message; returns the stored message.
-    pub async fn sends(&self, app: &TestApp, chat: &str, text: &str) -> Value {
-        self.post(
-            app,
-            "/api/v1/messages",
-            json!({"chat_id": chat, "content": text, "type": "text"}),
-        )
-        .await
-        .ok(201)
+    /// Sends a text message; returns the stored message (as JSON, for the
+    /// tests that compare it field by field).
+    pub async fn sends(&self, _app: &TestApp, chat: &str, text: &str) -> Value {
+        let body = SendMessage {
+            chat_id: chat.parse::<ChatId>().unwrap(),
+            content: Some(text.to_owned()),
+            ciphertext: None,
+            message_type: MessageType::Text,
+            timestamp: None,
+            client_message_id: None,
+            reply_to: None,
+            media_id: None,
+        };
+        let posted = self.api().send_message(&body).await.unwrap();
+        assert!(!posted.duplicate, "a new message answers 201");
+        serde_json::to_value(posted.message).unwrap()
     }
 
     /// The texts of a chat's history as this user sees it, oldest first.
-    pub async fn texts(&self, app: &TestApp, chat: &str) -> Vec<String> {
+    pub async fn texts(&self, _app: &TestApp, chat: &str) -> Vec<String> {
+        let query = HistoryQuery {
+            limit: Some(100),
+            ..HistoryQuery::default()
+        };
         let page = self
-            .get(app, &format!("/api/v1/chats/{chat}/messages?limit=100"))
+            .api()
+            .history(chat.parse::<ChatId>().unwrap(), query)
             .await
-            .ok(200);
-        let mut texts: Vec<String> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["type"] == "text")
-            .map(|m| m["content"].as_str().unwrap_or("<deleted>").to_owned())
+            .unwrap();
+        let mut texts: Vec<String> = page
+            .messages
+            .into_iter()
+            .filter(|m| m.message_type == MessageType::Text)
+            .map(|m| m.content.unwrap_or_else(|| "<deleted>".to_owned()))
             .collect();
         texts.reverse();
         texts
@@ -569,7 +494,10 @@ impl TestUser {
                 .await
                 .expect("connect in time")
                 .expect("the WebSocket opens");
-        let auth = json!({"type": "auth", "token": self.token}).to_string();
+        let auth = serde_json::to_string(&ClientFrame::Auth {
+            token: self.token.clone(),
+        })
+        .unwrap();
         ws.send(tokio_tungstenite::tungstenite::Message::text(auth))
             .await
             .unwrap();

@@ -99,7 +99,7 @@ async fn https_speaks_http2_and_http1_by_alpn_and_the_seed_sign_up_works() {
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    let code = app.sms.latest("+1234567890").await;
+    let code = app.sms.wait_for("+1234567890", WAIT).await.unwrap();
     let res = h1
         .post(format!("{base}/api/v1/users/register"))
         .json(&json!({"phone": "+1234567890", "name": "John Doe", "verification_code": code}))
