@@ -8,7 +8,7 @@
 //! a notification service extension can sync and show what it found, and
 //! the content-free fields beside `aps`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use natter_proto::push::{APNS_TOKEN_MAX_CHARS, APNS_TOKEN_MIN_CHARS, ApnsEnvironment};
 use ring::rand::SystemRandom;
@@ -21,15 +21,28 @@ use crate::config::ApnsConfig;
 /// How long a provider token is reused: past APNs' 20-minute floor on
 /// refreshes, well before its one-hour expiry.
 pub const TOKEN_REUSE: Duration = Duration::from_secs(40 * 60);
+/// APNs answers `TooManyProviderTokenUpdates` to refreshes closer together
+/// than this, so an early refresh (after `ExpiredProviderToken`) is made at
+/// most once in this long; a clock APNs disagrees with cannot make every
+/// push sign a new token.
+const MIN_EARLY_REFRESH: Duration = Duration::from_secs(20 * 60);
 /// The alert shown when the app cannot fetch anything better.
 const ALERT_TITLE: &str = "Natter";
 /// The alert's body: never the message itself.
 const ALERT_BODY: &str = "New message";
 
-/// A provider token and when it was signed.
+/// A provider token and when it was signed (its `iat`: APNs judges the
+/// age by the wall clock, so it is measured by the wall clock too).
 struct ProviderToken {
     value: String,
-    made: Instant,
+    issued_at: i64,
+}
+
+/// The token in use, and when one was last replaced early.
+#[derive(Default)]
+struct TokenState {
+    current: Option<ProviderToken>,
+    last_early_refresh: Option<i64>,
 }
 
 /// Sends APNs pushes for one app (topic).
@@ -55,7 +68,7 @@ pub struct Apns {
     max_response_bytes: usize,
     /// The provider token in use. An async lock, so concurrent sends share
     /// one refresh.
-    token: Mutex<Option<ProviderToken>>,
+    token: Mutex<TokenState>,
 }
 
 impl std::fmt::Debug for Apns {
@@ -147,7 +160,7 @@ impl Apns {
             key,
             ttl_secs,
             max_response_bytes,
-            token: Mutex::new(None),
+            token: Mutex::new(TokenState::default()),
         })
     }
 
@@ -211,38 +224,61 @@ impl Apns {
         let answer = read_bounded(response, self.max_response_bytes).await;
         let reason = reason_of(&answer);
         if status == 403 && reason.as_deref() == Some("ExpiredProviderToken") {
-            self.expire(&token).await;
-            return Attempt::Expired;
+            if self.expire(&token).await {
+                return Attempt::Expired;
+            }
+            tracing::warn!(
+                "APNs calls a fresh provider token expired; is this host's clock right?"
+            );
+            return Attempt::Done(Delivery::Retry {
+                after: None,
+                reason: "auth",
+            });
         }
         Attempt::Done(classify(status, retry_after, reason.as_deref()))
     }
 
     /// The token in use, or a new one once it is [`TOKEN_REUSE`] old.
     async fn provider_token(&self) -> Result<String, Delivery> {
-        let mut current = self.token.lock().await;
-        if let Some(token) = current.as_ref()
-            && token.made.elapsed() < TOKEN_REUSE
+        let mut state = self.token.lock().await;
+        let now = super::jwt::now_secs();
+        let reuse = i64::try_from(TOKEN_REUSE.as_secs()).unwrap_or(i64::MAX);
+        if let Some(token) = state.current.as_ref()
+            && (token.issued_at..token.issued_at.saturating_add(reuse)).contains(&now)
         {
             return Ok(token.value.clone());
         }
         let header = serde_json::json!({"alg": "ES256", "kid": self.key_id});
-        let claims = serde_json::json!({"iss": self.team_id, "iat": super::jwt::now_secs()});
+        let claims = serde_json::json!({"iss": self.team_id, "iat": now});
         let value = super::jwt::sign_es256(&self.key, &header, &claims)
             .map_err(|_| Delivery::Refused("could not sign the APNs provider token".to_owned()))?;
-        *current = Some(ProviderToken {
+        state.current = Some(ProviderToken {
             value: value.clone(),
-            made: Instant::now(),
+            issued_at: now,
         });
         Ok(value)
     }
 
-    /// APNs called `refused` expired: sign a new one at the next send,
-    /// unless a concurrent send already did.
-    async fn expire(&self, refused: &str) {
-        let mut current = self.token.lock().await;
-        if current.as_ref().is_some_and(|t| t.value == refused) {
-            *current = None;
+    /// APNs called `refused` expired: sign a new one at the next send
+    /// (unless a concurrent send already did). False when an early refresh
+    /// was already made in the last [`MIN_EARLY_REFRESH`].
+    async fn expire(&self, refused: &str) -> bool {
+        let mut state = self.token.lock().await;
+        if state.current.as_ref().is_none_or(|t| t.value != refused) {
+            // Already replaced by a concurrent send: use the new one.
+            return true;
         }
+        let now = super::jwt::now_secs();
+        let floor = i64::try_from(MIN_EARLY_REFRESH.as_secs()).unwrap_or(i64::MAX);
+        if state
+            .last_early_refresh
+            .is_some_and(|at| now.saturating_sub(at) < floor)
+        {
+            return false;
+        }
+        state.last_early_refresh = Some(now);
+        state.current = None;
+        true
     }
 }
 

@@ -261,21 +261,30 @@ async fn apns_answers_remove_channels_drive_retries_and_refresh_the_token() {
             (503, None, json!({"reason": "ServiceUnavailable"})),
         ],
     );
-    services.answer(
-        &expired,
-        &[(403, None, json!({"reason": "ExpiredProviderToken"}))],
-    );
+    // Expired twice: one early refresh, then (not to refresh again within
+    // 20 minutes) the outbox's retry with the new token.
+    let expired_answer = (403, None, json!({"reason": "ExpiredProviderToken"}));
+    services.answer(&expired, &[expired_answer.clone(), expired_answer]);
 
     alice.sends(&app, &chat, "ping").await;
 
     assert_eq!(services.wait_for(&busy, 1).await[0].payload["count"], 1);
     assert_eq!(services.requests(&busy), 3, "two failures, then the push");
     services.wait_for(&expired, 1).await;
-    assert_eq!(services.requests(&expired), 2, "refreshed once, then sent");
+    assert_eq!(
+        services.requests(&expired),
+        3,
+        "refused, refreshed, refused, retried"
+    );
     assert_eq!(
         services.provider_tokens(),
         2,
-        "a new provider token after 403"
+        "one new provider token after 403"
+    );
+    assert_eq!(
+        app.metric(r#"natter_push_failed_total{reason="auth"}"#)
+            .await,
+        1.0
     );
     wait_metric(&app, r#"natter_push_dropped_total{reason="gone"}"#, 2.0).await;
     for (user, token) in [(&bob, &unregistered), (&cleo, &bad)] {
