@@ -1,5 +1,6 @@
 //! Push channels: registering a device's Web Push or UnifiedPush endpoint,
-//! the server's VAPID key, and the payload a push carries (`docs/push.md`).
+//! or its FCM or APNs token; the server's VAPID key; and the payload a push
+//! carries (`docs/push.md`).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -25,6 +26,43 @@ pub enum PushChannelRequest {
         /// The distributor's endpoint URL.
         endpoint: String,
     },
+    /// An Android device's Firebase Cloud Messaging registration token: the
+    /// server sends the content-free payload as FCM `data` (HTTP v1 API).
+    Fcm {
+        /// The registration token: printable ASCII, at most
+        /// [`FCM_TOKEN_MAX_CHARS`] characters.
+        token: String,
+    },
+    /// An Apple device's APNs device token: the server sends a generic
+    /// alert ("New message") with `mutable-content` and the content-free
+    /// fields beside `aps`.
+    Apns {
+        /// The device token in hex, [`APNS_TOKEN_MIN_CHARS`] to
+        /// [`APNS_TOKEN_MAX_CHARS`] characters.
+        token: String,
+        /// Which APNs environment issued the token; `production` if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        environment: Option<ApnsEnvironment>,
+    },
+}
+
+/// Longest FCM registration token accepted, in characters.
+pub const FCM_TOKEN_MAX_CHARS: usize = 4096;
+/// Shortest APNs device token accepted, in hex digits (32 bytes today).
+pub const APNS_TOKEN_MIN_CHARS: usize = 64;
+/// Longest APNs device token accepted, in hex digits (Apple may lengthen them).
+pub const APNS_TOKEN_MAX_CHARS: usize = 200;
+
+/// Which APNs environment a device token belongs to: development builds get
+/// sandbox tokens, App Store and TestFlight builds production ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApnsEnvironment {
+    /// `api.sandbox.push.apple.com`.
+    Sandbox,
+    /// `api.push.apple.com`.
+    #[default]
+    Production,
 }
 
 /// The keys of a Web Push subscription.
@@ -45,6 +83,10 @@ pub enum PushKind {
     Webpush,
     /// UnifiedPush without keys: content-free, unencrypted payloads.
     Unifiedpush,
+    /// Firebase Cloud Messaging (HTTP v1): content-free `data`.
+    Fcm,
+    /// Apple Push Notification service: a generic alert, content-free fields.
+    Apns,
 }
 
 /// A registered push channel (201 for a new one, 200 for a replacement).
@@ -54,8 +96,15 @@ pub struct PushChannel {
     pub device_id: DeviceId,
     /// Its protocol.
     pub kind: PushKind,
-    /// Its endpoint.
-    pub endpoint: String,
+    /// Its endpoint (`webpush` and `unifiedpush`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Its device token (`fcm` and `apns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Its APNs environment (`apns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<ApnsEnvironment>,
     /// When it was registered.
     #[serde(with = "crate::timefmt")]
     pub created_at: OffsetDateTime,
@@ -85,7 +134,7 @@ pub struct PushPayload {
     /// from here on are new. `null` when they are in several chats.
     pub seq: Option<i64>,
     /// Only when the operator enabled previews, for plaintext chats, and for
-    /// channels with keys: the latest message's sender and an excerpt.
+    /// Web Push channels with keys (never FCM, APNs or keyless UnifiedPush): the latest message's sender and an excerpt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<PushPreview>,
 }

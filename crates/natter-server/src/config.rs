@@ -245,6 +245,76 @@ pub struct PushConfig {
     /// and over plain `http://`. Off, push requests go only to public HTTPS
     /// endpoints (SSRF defence).
     pub allow_private_endpoints: bool,
+    /// Firebase Cloud Messaging (Android devices).
+    pub fcm: FcmConfig,
+    /// Apple Push Notification service (iOS and macOS devices).
+    pub apns: ApnsConfig,
+}
+
+/// `[push.fcm]`: Firebase Cloud Messaging over the HTTP v1 API, with the
+/// OAuth 2 token of a Google service account (`docs/operations.md#mobile-push`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FcmConfig {
+    /// Whether devices may register `fcm` channels and FCM pushes are sent.
+    pub enabled: bool,
+    /// The service account's JSON key file, as the Firebase console gives
+    /// it (`project_id`, `client_email`, `private_key`, `token_uri`).
+    pub service_account_file: Option<PathBuf>,
+    /// The FCM API's base URL.
+    pub endpoint: String,
+    /// Time allowed for one request (token exchange or send), connect to last byte.
+    pub timeout_secs: u64,
+}
+
+impl Default for FcmConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            service_account_file: None,
+            endpoint: "https://fcm.googleapis.com".to_owned(),
+            timeout_secs: 10,
+        }
+    }
+}
+
+/// `[push.apns]`: the Apple Push Notification service over HTTP/2, with
+/// token-based (ES256 JWT) authentication (`docs/operations.md#mobile-push`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// Whether devices may register `apns` channels and APNs pushes are sent.
+    pub enabled: bool,
+    /// The `.p8` signing key (PKCS#8 PEM) from the Apple developer account.
+    pub key_file: Option<PathBuf>,
+    /// The key's 10-character Key ID (the JWT's `kid`).
+    pub key_id: Option<String>,
+    /// The 10-character Team ID (the JWT's `iss`).
+    pub team_id: Option<String>,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: Option<String>,
+    /// The production APNs base URL.
+    pub endpoint: String,
+    /// The development (sandbox) APNs base URL, for tokens registered with
+    /// `"environment": "sandbox"`.
+    pub sandbox_endpoint: String,
+    /// Time allowed for one request, connect to last byte.
+    pub timeout_secs: u64,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            key_file: None,
+            key_id: None,
+            team_id: None,
+            topic: None,
+            endpoint: "https://api.push.apple.com".to_owned(),
+            sandbox_endpoint: "https://api.sandbox.push.apple.com".to_owned(),
+            timeout_secs: 10,
+        }
+    }
 }
 
 impl Default for PushConfig {
@@ -263,6 +333,8 @@ impl Default for PushConfig {
             previews: false,
             preview_chars: 80,
             allow_private_endpoints: false,
+            fcm: FcmConfig::default(),
+            apns: ApnsConfig::default(),
         }
     }
 }
@@ -664,6 +736,56 @@ impl MediaConfig {
     }
 }
 
+impl PushConfig {
+    /// An enabled FCM or APNs provider has every key it needs, and its
+    /// endpoints are URLs. (The key files are read, and checked, at start.)
+    fn validate_mobile(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
+        }
+        fn url(key: &'static str, value: &str) -> Result<(), ConfigError> {
+            match reqwest::Url::parse(value) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+                _ => Err(invalid(key, "must be an https:// URL")),
+            }
+        }
+        fn required(key: &'static str, value: Option<&str>, why: &str) -> Result<(), ConfigError> {
+            match value {
+                Some(v) if !v.trim().is_empty() => Ok(()),
+                _ => Err(invalid(key, format!("must be set when {why} is on"))),
+            }
+        }
+        if self.fcm.enabled {
+            if self.fcm.service_account_file.is_none() {
+                return Err(invalid(
+                    "push.fcm.service_account_file",
+                    "must be set when push.fcm.enabled is on (the service account's JSON key file)",
+                ));
+            }
+            url("push.fcm.endpoint", &self.fcm.endpoint)?;
+        }
+        if self.apns.enabled {
+            let apns = &self.apns;
+            if apns.key_file.is_none() {
+                return Err(invalid(
+                    "push.apns.key_file",
+                    "must be set when push.apns.enabled is on (the .p8 signing key)",
+                ));
+            }
+            let why = "push.apns.enabled";
+            required("push.apns.key_id", apns.key_id.as_deref(), why)?;
+            required("push.apns.team_id", apns.team_id.as_deref(), why)?;
+            required("push.apns.topic", apns.topic.as_deref(), why)?;
+            url("push.apns.endpoint", &apns.endpoint)?;
+            url("push.apns.sandbox_endpoint", &apns.sandbox_endpoint)?;
+        }
+        Ok(())
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -772,7 +894,7 @@ impl Config {
             _ => {}
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 54] = [
+        let positive: [(&'static str, u64); 56] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -920,6 +1042,8 @@ impl Config {
             ("push.ttl_secs", self.push.ttl_secs),
             ("push.concurrency", self.push.concurrency as u64),
             ("push.preview_chars", self.push.preview_chars as u64),
+            ("push.fcm.timeout_secs", self.push.fcm.timeout_secs),
+            ("push.apns.timeout_secs", self.push.apns.timeout_secs),
         ];
         // The listener's connection bounds (kept apart so the list above
         // does not change length with every new key).
@@ -967,6 +1091,7 @@ impl Config {
                 "must not be longer than push.backoff_max_secs",
             ));
         }
+        self.push.validate_mobile()?;
         let rates = [
             (
                 "rate_limits.verification_per_phone",
@@ -1362,6 +1487,39 @@ mod tests {
         assert!(e.contains("`tls.cert_file`"), "{e}");
         let e = error_of(&[("NATTER_SIGNUP__MODE", "closed")]);
         assert!(e.contains("`signup.mode`"), "{e}");
+    }
+
+    #[test]
+    fn half_configured_mobile_push_names_the_missing_key() {
+        let e = error_of(&[("NATTER_PUSH__FCM__ENABLED", "true")]);
+        assert!(e.contains("`push.fcm.service_account_file`"), "{e}");
+        let e = error_of(&[
+            ("NATTER_PUSH__FCM__ENABLED", "true"),
+            (
+                "NATTER_PUSH__FCM__SERVICE_ACCOUNT_FILE",
+                "/etc/natter/fcm.json",
+            ),
+            ("NATTER_PUSH__FCM__ENDPOINT", "fcm.googleapis.com"),
+        ]);
+        assert!(e.contains("`push.fcm.endpoint`"), "{e}");
+        let e = error_of(&[("NATTER_PUSH__FCM__TIMEOUT_SECS", "0")]);
+        assert!(e.contains("`push.fcm.timeout_secs`"), "{e}");
+
+        let mut vars = vec![("NATTER_PUSH__APNS__ENABLED", "true")];
+        for (var, key) in [
+            ("NATTER_PUSH__APNS__KEY_FILE", "`push.apns.key_file`"),
+            ("NATTER_PUSH__APNS__KEY_ID", "`push.apns.key_id`"),
+            ("NATTER_PUSH__APNS__TEAM_ID", "`push.apns.team_id`"),
+            ("NATTER_PUSH__APNS__TOPIC", "`push.apns.topic`"),
+        ] {
+            let e = error_of(&vars);
+            assert!(e.contains(key), "{e}");
+            vars.push((var, "x"));
+        }
+        Config::load(None, env(&vars)).unwrap();
+        vars.push(("NATTER_PUSH__APNS__SANDBOX_ENDPOINT", "nowhere"));
+        let e = error_of(&vars);
+        assert!(e.contains("`push.apns.sandbox_endpoint`"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::blobs::Blobs;
 use crate::config::{Config, LogFormat, SignupMode};
 use crate::push::vapid::VapidKey;
-use crate::push::{PushGateway, WebPush};
+use crate::push::{PushEngine, PushGateway};
 use crate::ratelimit::LocalRateLimiter;
 use crate::service::Services;
 use crate::sms::{LogSms, NoSms, SmsGateway, WebhookSms};
@@ -54,7 +54,7 @@ async fn push_gateway(
     let pkcs8 = store
         .server_secret(VAPID_SECRET, Box::new(move || fresh))
         .await?;
-    let gateway = WebPush::new(&config.push, &config.limits, &pkcs8)?;
+    let gateway = PushEngine::new(&config.push, &config.limits, &pkcs8)?;
     if config.push.allow_private_endpoints {
         tracing::warn!(
             "DEVELOPMENT MODE: push.allow_private_endpoints is on, so devices may make this \

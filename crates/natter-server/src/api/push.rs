@@ -1,9 +1,10 @@
-//! `/api/v1/devices/{device_id}/push` and `/api/v1/push/vapid`.
+//! `/api/v1/devices/{device_id}/push` (Web Push, UnifiedPush, FCM and APNs
+//! channels) and `/api/v1/push/vapid`.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use natter_proto::push::{PushChannel, PushChannelRequest, VapidKey};
+use natter_proto::push::{PushChannel, PushChannelRequest, PushKind, VapidKey};
 use natter_proto::{DeviceId, ErrorBody, ErrorCode};
 
 use super::AppState;
@@ -20,10 +21,10 @@ use crate::service::Principal;
     responses(
         (status = 201, description = "Channel registered.", body = PushChannel),
         (status = 200, description = "Channel replaced.", body = PushChannel),
-        (status = 400, description = "The endpoint may not be used (`invalid_push_endpoint`).", body = ErrorBody),
+        (status = 400, description = "The endpoint may not be used, or this server does not send to FCM or APNs (`invalid_push_endpoint`).", body = ErrorBody),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "Not one of the caller's devices, or push is off.", body = ErrorBody),
-        (status = 422, description = "Malformed keys or body.", body = ErrorBody),
+        (status = 422, description = "Malformed keys, token or body.", body = ErrorBody),
     )
 )]
 pub(crate) async fn set_push_channel(
@@ -39,12 +40,19 @@ pub(crate) async fn set_push_channel(
     } else {
         StatusCode::OK
     };
+    let target = record.target;
+    let (endpoint, token) = match target.kind {
+        PushKind::Webpush | PushKind::Unifiedpush => (Some(target.endpoint), None),
+        PushKind::Fcm | PushKind::Apns => (None, Some(target.endpoint)),
+    };
     Ok((
         status,
         Json(PushChannel {
             device_id: record.device_id,
-            kind: record.target.kind,
-            endpoint: record.target.endpoint,
+            kind: target.kind,
+            endpoint,
+            token,
+            environment: target.environment,
             created_at: record.created_at.to_datetime(),
         }),
     ))

@@ -1,6 +1,7 @@
 //! Push: delivering content-free wake-ups to devices that are offline, over
 //! Web Push (RFC 8030) with encrypted payloads (RFC 8291) and VAPID
-//! (RFC 8292), or to UnifiedPush endpoints without keys.
+//! (RFC 8292), to UnifiedPush endpoints without keys, to Android devices
+//! through Firebase Cloud Messaging and to Apple devices through APNs.
 //!
 //! This is the engine: it encrypts, signs and sends one push and says how it
 //! went ([`Delivery`]). Who gets a push, coalescing, the outbox, retries and
@@ -11,16 +12,22 @@
 //! - [`ece`]: RFC 8291 payload encryption (aes128gcm), from `ring` primitives.
 //! - [`vapid`]: the server's key pair and the signed JWT.
 //! - [`endpoint`]: which endpoints may be contacted (SSRF defence).
+//! - [`jwt`]: RS256 and ES256 tokens for the mobile services.
+//! - [`fcm`]: FCM HTTP v1 with a service account's OAuth 2 token.
+//! - [`apns`]: APNs over HTTP/2 with an ES256 provider token.
 
+pub mod apns;
 pub mod ece;
 pub mod endpoint;
+pub mod fcm;
+pub mod jwt;
 pub mod vapid;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use natter_proto::push::PushKind;
+use natter_proto::push::{ApnsEnvironment, PushKind};
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use self::endpoint::{CheckedResolver, ResolveError};
@@ -32,12 +39,14 @@ use crate::config::{Limits, PushConfig};
 pub struct PushTarget {
     /// The protocol.
     pub kind: PushKind,
-    /// The push service URL.
+    /// The push service URL; for `fcm` and `apns`, the device token.
     pub endpoint: String,
     /// The subscription's P-256 public key (Web Push only).
     pub p256dh: Option<Vec<u8>>,
     /// The subscription's auth secret (Web Push only).
     pub auth: Option<Vec<u8>>,
+    /// The APNs environment of the token (`apns` only; production if `None`).
+    pub environment: Option<ApnsEnvironment>,
 }
 
 /// How a send went.
@@ -53,7 +62,8 @@ pub enum Delivery {
         /// What happened, for logs and metrics.
         reason: &'static str,
     },
-    /// 404 or 410: the subscription is gone for good.
+    /// 404 or 410 (or the mobile services' "this token is dead"): the
+    /// subscription is gone for good.
     Gone,
     /// The service refused this push for good (another 4xx, a redirect).
     Rejected {
@@ -65,11 +75,17 @@ pub enum Delivery {
     Refused(String),
 }
 
-/// Sends pushes. [`WebPush`] in production; tests may swap in their own.
+/// Sends pushes. [`PushEngine`] in production; tests may swap in their own.
 #[async_trait]
 pub trait PushGateway: Send + Sync + std::fmt::Debug + 'static {
     /// The VAPID public key, base64url uncompressed point.
     fn public_key(&self) -> &str;
+    /// Whether channels of this kind can be sent to (FCM and APNs only
+    /// when configured).
+    fn accepts(&self, kind: PushKind) -> bool {
+        let _ = kind;
+        true
+    }
     /// Sends `payload` to `target` (bounded in time and response size).
     async fn send(&self, target: &PushTarget, payload: &[u8]) -> Delivery;
 }
@@ -83,12 +99,19 @@ pub enum PushSetupError {
     /// The HTTP client could not be built.
     #[error("cannot build the push HTTP client: {0}")]
     Client(String),
+    /// FCM is enabled but its service account is unusable.
+    #[error(transparent)]
+    Fcm(#[from] fcm::FcmSetupError),
+    /// APNs is enabled but its key or settings are unusable.
+    #[error(transparent)]
+    Apns(#[from] apns::ApnsSetupError),
 }
 
 /// Web Push and UnifiedPush over one HTTP client whose resolver refuses
-/// non-public addresses, with no redirects and no proxies.
+/// non-public addresses, with no redirects and no proxies; FCM and APNs,
+/// when configured, each over its own client to the operator's endpoints.
 #[derive(Debug)]
-pub struct WebPush {
+pub struct PushEngine {
     /// The shared client (connection pooling to the few big push services).
     client: reqwest::Client,
     /// The VAPID key pair.
@@ -103,15 +126,34 @@ pub struct WebPush {
     allow_private: bool,
     /// `limits.max_push_endpoint_chars`.
     max_endpoint_chars: usize,
+    /// FCM, when `push.fcm.enabled`.
+    fcm: Option<fcm::Fcm>,
+    /// APNs, when `push.apns.enabled`.
+    apns: Option<apns::Apns>,
 }
 
-impl WebPush {
-    /// Builds the gateway with the stored VAPID key (`pkcs8`).
+impl PushEngine {
+    /// Builds the gateway with the stored VAPID key (`pkcs8`), and the FCM
+    /// and APNs senders that are enabled (reading their key files).
     ///
     /// # Errors
-    /// A [`PushSetupError`].
+    /// A [`PushSetupError`]; for FCM and APNs it names the key at fault.
     pub fn new(config: &PushConfig, limits: &Limits, pkcs8: &[u8]) -> Result<Self, PushSetupError> {
         let key = VapidKey::from_pkcs8(pkcs8)?;
+        let fcm = if config.fcm.enabled {
+            Some(fcm::Fcm::new(&config.fcm, config.max_response_bytes)?)
+        } else {
+            None
+        };
+        let apns = if config.apns.enabled {
+            Some(apns::Apns::new(
+                &config.apns,
+                config.ttl_secs,
+                config.max_response_bytes,
+            )?)
+        } else {
+            None
+        };
         let timeout = Duration::from_secs(config.request_timeout_secs);
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -135,6 +177,8 @@ impl WebPush {
             max_response_bytes: config.max_response_bytes,
             allow_private: config.allow_private_endpoints,
             max_endpoint_chars: limits.max_push_endpoint_chars,
+            fcm,
+            apns,
         })
     }
 
@@ -173,18 +217,43 @@ impl WebPush {
                 headers.insert("content-type", HeaderValue::from_static("application/json"));
                 payload.to_vec()
             }
+            (PushKind::Fcm | PushKind::Apns, _, _) => {
+                return Err("not a Web Push channel".to_owned());
+            }
         };
         Ok((headers, body))
     }
 }
 
 #[async_trait]
-impl PushGateway for WebPush {
+impl PushGateway for PushEngine {
     fn public_key(&self) -> &str {
         self.key.public_key()
     }
 
+    fn accepts(&self, kind: PushKind) -> bool {
+        match kind {
+            PushKind::Webpush | PushKind::Unifiedpush => true,
+            PushKind::Fcm => self.fcm.is_some(),
+            PushKind::Apns => self.apns.is_some(),
+        }
+    }
+
     async fn send(&self, target: &PushTarget, payload: &[u8]) -> Delivery {
+        match (target.kind, &self.fcm, &self.apns) {
+            (PushKind::Fcm, Some(fcm), _) => return fcm.send(&target.endpoint, payload).await,
+            (PushKind::Apns, _, Some(apns)) => {
+                return apns
+                    .send(&target.endpoint, target.environment, payload)
+                    .await;
+            }
+            (PushKind::Fcm | PushKind::Apns, _, _) => {
+                return Delivery::Refused(
+                    "this server does not send to FCM or APNs channels now".to_owned(),
+                );
+            }
+            (PushKind::Webpush | PushKind::Unifiedpush, _, _) => {}
+        }
         let url = match endpoint::check_url(
             &target.endpoint,
             self.max_endpoint_chars,
@@ -237,14 +306,67 @@ impl PushGateway for WebPush {
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = retry_after_of(&response);
         drain(response, self.max_response_bytes).await;
         classify(status, retry_after)
     }
+}
+
+/// The fields of a payload that may travel in the clear to FCM and APNs:
+/// the format version, the kind, the chat, the count and the seq (nulls
+/// left out). An allow-list, so a field added to [`natter_proto::push::PushPayload`]
+/// later (or a preview) does not reach them unless added here.
+///
+/// # Errors
+/// When the payload is not a JSON object.
+pub(crate) fn content_free_fields(
+    payload: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    const ALLOWED: [&str; 5] = ["v", "kind", "chat_id", "count", "seq"];
+    let serde_json::Value::Object(fields) =
+        serde_json::from_slice(payload).map_err(|_| "the push payload is not JSON".to_owned())?
+    else {
+        return Err("the push payload is not a JSON object".to_owned());
+    };
+    Ok(fields
+        .into_iter()
+        .filter(|(k, v)| ALLOWED.contains(&k.as_str()) && !v.is_null())
+        .collect())
+}
+
+/// A failed request: a timeout or a connection failure, both retried.
+pub(crate) fn transport_failure(e: &reqwest::Error) -> Delivery {
+    Delivery::Retry {
+        after: None,
+        reason: if e.is_timeout() {
+            "timeout"
+        } else {
+            "connection"
+        },
+    }
+}
+
+/// The answer's `Retry-After`.
+pub(crate) fn retry_after_of(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+/// Reads at most `max` bytes of the answer (the mobile services explain
+/// their refusals in the body).
+pub(crate) async fn read_bounded(mut response: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = max.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= max {
+            break;
+        }
+    }
+    out
 }
 
 /// What a push service's status means.
@@ -277,7 +399,7 @@ async fn drain(mut response: reqwest::Response, max: usize) {
 }
 
 /// `Retry-After` as seconds or an HTTP date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -312,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn a_send_checks_the_endpoint_again_and_refuses_private_ones() {
         let pkcs8 = VapidKey::generate_pkcs8().unwrap();
-        let push = WebPush::new(&PushConfig::default(), &Limits::default(), &pkcs8).unwrap();
+        let push = PushEngine::new(&PushConfig::default(), &Limits::default(), &pkcs8).unwrap();
         for endpoint in [
             "https://127.0.0.1/x",
             "https://[::1]/x",
@@ -323,6 +445,7 @@ mod tests {
                 endpoint: endpoint.to_owned(),
                 p256dh: None,
                 auth: None,
+                environment: None,
             };
             assert!(
                 matches!(push.send(&target, b"{}").await, Delivery::Refused(_)),
@@ -335,6 +458,7 @@ mod tests {
             endpoint: "https://1.1.1.1/x".to_owned(),
             p256dh: None,
             auth: None,
+            environment: None,
         };
         assert!(matches!(
             push.send(&keyless, b"{}").await,

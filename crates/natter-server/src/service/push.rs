@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use natter_proto::push::{PushChannelRequest, PushKind, PushPayload, PushPreview};
+use natter_proto::push::{
+    APNS_TOKEN_MAX_CHARS, APNS_TOKEN_MIN_CHARS, FCM_TOKEN_MAX_CHARS, PushChannelRequest, PushKind,
+    PushPayload, PushPreview,
+};
 use natter_proto::{ChatId, DeviceId, UserId};
 use rand::Rng as _;
 use tokio::sync::{mpsc, watch};
@@ -92,6 +95,7 @@ fn describe_metrics() {
         "dns",
         "throttled",
         "server_error",
+        "auth",
         "gone",
         "rejected",
     ] {
@@ -114,6 +118,31 @@ fn describe_metrics() {
 fn decode_b64(field: &str, value: &str) -> ServiceResult<Vec<u8>> {
     B64.decode(value.trim_end_matches('='))
         .map_err(|_| ServiceError::Validation(format!("`{field}` must be base64url.")))
+}
+
+/// An FCM registration token: printable ASCII, 1 to [`FCM_TOKEN_MAX_CHARS`].
+fn check_fcm_token(token: &str) -> ServiceResult<()> {
+    if token.is_empty()
+        || token.len() > FCM_TOKEN_MAX_CHARS
+        || !token.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ServiceError::Validation(format!(
+            "`token` must be an FCM registration token: printable ASCII, \
+             at most {FCM_TOKEN_MAX_CHARS} characters."
+        )));
+    }
+    Ok(())
+}
+
+/// An APNs device token: hex, [`APNS_TOKEN_MIN_CHARS`] to [`APNS_TOKEN_MAX_CHARS`].
+fn check_apns_token(token: &str) -> ServiceResult<()> {
+    if !crate::push::apns::is_device_token(token) {
+        return Err(ServiceError::Validation(format!(
+            "`token` must be an APNs device token: {APNS_TOKEN_MIN_CHARS} to \
+             {APNS_TOKEN_MAX_CHARS} hex digits."
+        )));
+    }
+    Ok(())
 }
 
 /// The first `max` characters, with an ellipsis if cut.
@@ -145,16 +174,17 @@ impl Services {
     ///
     /// # Errors
     /// Push disabled (404), not the caller's device (404), an endpoint the
-    /// server may not contact (400), malformed keys (422).
+    /// server may not contact or a mobile service it does not send to
+    /// (400), malformed keys or tokens (422).
     pub async fn set_push_channel(
         &self,
         who: &Principal,
         device: DeviceId,
         req: PushChannelRequest,
     ) -> ServiceResult<(PushChannelRecord, bool)> {
-        if self.inner.push.gateway.is_none() {
+        let Some(gateway) = self.inner.push.gateway.as_ref() else {
             return Err(ServiceError::PushDisabled);
-        }
+        };
         // Before the endpoint check: it resolves the endpoint's host.
         self.limit(
             crate::ratelimit::Limit::PushChannelsPerUser,
@@ -176,6 +206,7 @@ impl Services {
                     endpoint,
                     p256dh: Some(p256dh),
                     auth: Some(auth),
+                    environment: None,
                 }
             }
             PushChannelRequest::Unifiedpush { endpoint } => PushTarget {
@@ -183,9 +214,47 @@ impl Services {
                 endpoint,
                 p256dh: None,
                 auth: None,
+                environment: None,
             },
+            PushChannelRequest::Fcm { token } => {
+                check_fcm_token(&token)?;
+                PushTarget {
+                    kind: PushKind::Fcm,
+                    endpoint: token,
+                    p256dh: None,
+                    auth: None,
+                    environment: None,
+                }
+            }
+            PushChannelRequest::Apns { token, environment } => {
+                check_apns_token(&token)?;
+                PushTarget {
+                    kind: PushKind::Apns,
+                    endpoint: token,
+                    p256dh: None,
+                    auth: None,
+                    environment: Some(environment.unwrap_or_default()),
+                }
+            }
         };
-        self.check_endpoint(&target.endpoint).await?;
+        match target.kind {
+            PushKind::Webpush | PushKind::Unifiedpush => {
+                self.check_endpoint(&target.endpoint).await?;
+            }
+            // The operator's configured service, not a device-chosen URL.
+            PushKind::Fcm | PushKind::Apns => {
+                if !gateway.accepts(target.kind) {
+                    return Err(ServiceError::InvalidPushEndpoint(format!(
+                        "This server does not send {} pushes.",
+                        if target.kind == PushKind::Fcm {
+                            "FCM"
+                        } else {
+                            "APNs"
+                        }
+                    )));
+                }
+            }
+        }
         let record = PushChannelRecord {
             device_id: device,
             target,
@@ -423,9 +492,14 @@ impl Services {
         let config = self.inner.config.push.clone();
         let window_ms = i64::try_from(config.coalesce_ms).unwrap_or(i64::MAX);
         // A send is bounded by the request timeout plus the endpoint's DNS
-        // check; the lease outlasts both, so only a crash leaves it to expire.
-        let send_budget = Duration::from_secs(config.request_timeout_secs)
+        // check; an FCM send by up to four requests (token exchange and
+        // send, twice after a refused token), an APNs one by two. The lease
+        // outlasts them, so only a crash leaves it to expire.
+        let web = Duration::from_secs(config.request_timeout_secs)
             + endpoint::REGISTRATION_LOOKUP_TIMEOUT;
+        let fcm = Duration::from_secs(config.fcm.timeout_secs.saturating_mul(4));
+        let apns = Duration::from_secs(config.apns.timeout_secs.saturating_mul(2));
+        let send_budget = web.max(fcm).max(apns);
         let lease = send_budget * 2;
         let mut inflight: JoinSet<()> = JoinSet::new();
         let mut next_due = self.next_due(window_ms).await;
@@ -526,8 +600,8 @@ impl Services {
         }
         let target = &push.channel.target;
         // Previews only where they were allowed when queued, and only to
-        // channels that encrypt: a keyless UnifiedPush body is readable on
-        // the way.
+        // channels that encrypt end to end: a keyless UnifiedPush body is
+        // readable on the way, and FCM and APNs read what they carry.
         let preview = match (&push.preview, target.kind) {
             (Some((sender, text)), PushKind::Webpush) => Some(PushPreview {
                 sender: sender.clone(),
@@ -591,7 +665,7 @@ impl Services {
                     endpoint: target.endpoint.clone(),
                 })
                 .await;
-                tracing::info!(device = %device, "push channel gone (404/410); removed");
+                tracing::info!(device = %device, "push channel gone (404/410, or a dead token); removed");
                 metrics::counter!("natter_push_failed_total", "reason" => "gone").increment(1);
                 dropped("gone");
             }

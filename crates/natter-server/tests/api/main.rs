@@ -22,6 +22,8 @@
 //! - `media`: uploads (plain and tus), downloads, thumbnails, media in messages and profiles, garbage collection.
 //! - `push`: push channels, delivery to offline devices, SSRF refusals.
 //! - `push_service`: the local push service the push tests talk to (a helper).
+//! - `mobile_push`: FCM and APNs channels, delivery, dead tokens, retries, credentials.
+//! - `mobile_push_service`: the local OAuth, FCM and APNs services those tests talk to (a helper).
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
 //! - `tls`: HTTPS (HTTP/2 and HTTP/1.1 by ALPN) and WebSocket over TLS.
 
@@ -42,6 +44,8 @@ mod frame_budgets;
 mod invites;
 mod media;
 mod messages;
+mod mobile_push;
+mod mobile_push_service;
 mod names;
 mod ops;
 mod profiles;

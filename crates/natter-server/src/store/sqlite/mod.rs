@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_invites_admin.sql"),
     include_str!("migrations/0012_account_deletion.sql"),
     include_str!("migrations/0015_shown_codes.sql"),
+    include_str!("migrations/0016_mobile_push.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -1474,6 +1475,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn push_channels_and_waiting_pushes_survive_the_mobile_push_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let (user, device) = (UserId::new(), DeviceId::new());
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.starts_with("-- Mobile push: FCM and APNs"))
+            .unwrap();
+        {
+            // Everything before 0016, a Web Push channel and a waiting push.
+            let mut conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", i + 1).unwrap();
+                tx.commit().unwrap();
+            }
+            let (u, d) = (
+                user.as_uuid().as_bytes().to_vec(),
+                device.as_uuid().as_bytes().to_vec(),
+            );
+            conn.execute(
+                "INSERT INTO users (id, phone, name, created_at, updated_at)
+                 VALUES (?1, '+14155550009', 'u', 1, 1)",
+                [&u],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO devices (id, user_id, name, token_hash, created_at, last_active_at)
+                 VALUES (?1, ?2, 'phone', x'01', 1, 1)",
+                params![d, u],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO push_channels (device_id, user_id, kind, endpoint, p256dh, auth,
+                                            created_at)
+                 VALUES (?1, ?2, 'webpush', 'https://push.example.com/1', x'04', x'05', 1)",
+                params![d, u],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO push_outbox (device_id, user_id, chat_id, count, since_seq, last_seq,
+                                          queued_at)
+                 VALUES (?1, ?2, NULL, 2, 4, 6, 1)",
+                params![d, u],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let claimed = store
+            .claim_pushes(Timestamp(10_000), 0, Timestamp(20_000), 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let push = &claimed[0];
+        assert_eq!((push.device_id, push.count, push.last_seq), (device, 2, 6));
+        assert_eq!(push.channel.target.endpoint, "https://push.example.com/1");
+        assert_eq!(push.channel.target.p256dh.as_deref(), Some(&[4u8][..]));
+        assert_eq!(push.channel.target.environment, None);
+        store.close().await;
+        // The outbox still refers to the (renamed) channels table.
+        let conn = Connection::open(&path).unwrap();
+        let parent: String = conn
+            .query_row(
+                "SELECT \"table\" FROM pragma_foreign_key_list('push_outbox')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(parent, "push_channels");
+    }
+
+    #[tokio::test]
     async fn a_burst_coalesces_into_one_push_and_late_arrivals_survive_the_send() {
         use crate::push::PushTarget;
         use crate::store::{NewPush, PushChannelRecord, PushFinished};
@@ -1490,6 +1564,7 @@ mod tests {
                 endpoint: "https://up.example.com/x".into(),
                 p256dh: None,
                 auth: None,
+                environment: None,
             },
             created_at: Timestamp(0),
         };

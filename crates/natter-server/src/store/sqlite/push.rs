@@ -1,4 +1,4 @@
-//! Push channels and the push outbox in SQLite (migration 0006).
+//! Push channels and the push outbox in SQLite (migrations 0006 and 0016).
 //!
 //! The outbox holds at most one row per device. A new message for a device
 //! that already has a waiting push bumps its count and version instead of
@@ -6,7 +6,7 @@
 //! retry time. Claiming a row leases it (sets its retry time ahead), so a
 //! crash mid-send retries it after the lease instead of losing it.
 
-use natter_proto::push::PushKind;
+use natter_proto::push::{ApnsEnvironment, PushKind};
 use natter_proto::{ChatId, DeviceId, UserId};
 use rusqlite::{Connection, Row, params};
 
@@ -19,13 +19,29 @@ fn kind_to_sql(kind: PushKind) -> &'static str {
     match kind {
         PushKind::Webpush => "webpush",
         PushKind::Unifiedpush => "unifiedpush",
+        PushKind::Fcm => "fcm",
+        PushKind::Apns => "apns",
     }
+}
+
+fn environment_to_sql(environment: Option<ApnsEnvironment>) -> Option<&'static str> {
+    environment.map(|e| match e {
+        ApnsEnvironment::Sandbox => "sandbox",
+        ApnsEnvironment::Production => "production",
+    })
 }
 
 fn channel_from_row(row: &Row<'_>) -> rusqlite::Result<PushChannelRecord> {
     let kind = match row.get::<_, String>("kind")?.as_str() {
         "unifiedpush" => PushKind::Unifiedpush,
+        "fcm" => PushKind::Fcm,
+        "apns" => PushKind::Apns,
         _ => PushKind::Webpush,
+    };
+    let environment = match row.get::<_, Option<String>>("environment")?.as_deref() {
+        Some("sandbox") => Some(ApnsEnvironment::Sandbox),
+        Some(_) => Some(ApnsEnvironment::Production),
+        None => None,
     };
     Ok(PushChannelRecord {
         device_id: DeviceId::from_uuid(uuid_of(row, "device_id")?),
@@ -34,6 +50,7 @@ fn channel_from_row(row: &Row<'_>) -> rusqlite::Result<PushChannelRecord> {
             endpoint: row.get("endpoint")?,
             p256dh: row.get("p256dh")?,
             auth: row.get("auth")?,
+            environment,
         },
         created_at: Timestamp(row.get("created_at")?),
     })
@@ -56,11 +73,12 @@ pub(super) fn put_channel(
         .prepare_cached("SELECT 1 FROM push_channels WHERE device_id = ?1")?
         .exists([&device])?;
     c.prepare_cached(
-        "INSERT INTO push_channels (device_id, user_id, kind, endpoint, p256dh, auth, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO push_channels (device_id, user_id, kind, endpoint, p256dh, auth, created_at,
+                                    environment)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (device_id) DO UPDATE SET kind = excluded.kind,
            endpoint = excluded.endpoint, p256dh = excluded.p256dh, auth = excluded.auth,
-           created_at = excluded.created_at",
+           created_at = excluded.created_at, environment = excluded.environment",
     )?
     .execute(params![
         device,
@@ -69,7 +87,8 @@ pub(super) fn put_channel(
         ch.target.endpoint,
         ch.target.p256dh,
         ch.target.auth,
-        ch.created_at.0
+        ch.created_at.0,
+        environment_to_sql(ch.target.environment)
     ])?;
     Ok(Some(!existed))
 }
@@ -167,7 +186,7 @@ pub(super) fn claim(
     let mut stmt = c.prepare_cached(&format!(
         "SELECT o.device_id, o.user_id, o.chat_id, o.count, o.since_seq, o.last_seq,
                 o.preview_sender, o.preview_text, o.attempts, o.version,
-                p.kind, p.endpoint, p.p256dh, p.auth, p.created_at
+                p.kind, p.endpoint, p.p256dh, p.auth, p.created_at, p.environment
          FROM push_outbox o JOIN push_channels p ON p.device_id = o.device_id
          WHERE {DUE} <= ?2 ORDER BY {DUE} LIMIT ?3"
     ))?;
