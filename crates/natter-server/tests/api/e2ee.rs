@@ -814,3 +814,79 @@ async fn claims_are_rate_limited_per_user() {
     .await
     .expect(429, "rate_limited");
 }
+
+#[tokio::test]
+async fn a_device_keeps_at_most_its_stock_and_a_welcome_is_bounded() {
+    let app = TestApp::start_with(|c| {
+        c.e2ee.key_packages_max_per_device = 2;
+        c.e2ee.welcome_max_bytes = 8;
+    })
+    .await;
+    let alice = app.signup("+14155551141", "Alice").await;
+    let bob = app.signup("+14155551142", "Bob").await;
+    let a = MlsDevice::certified(&app, &alice, &Identity::new(), true).await;
+    a.publishes(&app, 2, false).await;
+    alice
+        .post(
+            &app,
+            "/api/v1/devices/me/key-packages",
+            json!({"key_packages": [a.key_package()]}),
+        )
+        .await
+        .expect(422, "validation_failed");
+    assert_eq!(stock(&app, &alice).await["available"], 2);
+
+    // A Welcome (version, wire format 3, suite, then the encrypted rest)
+    // of N bytes passes, N + 1 does not.
+    let chat = encrypted_chat(&app, &alice, &[&bob]).await;
+    let path = format!("/api/v1/chats/{chat}/commits");
+    let with_welcome = |epoch: u64, welcome: &[u8]| {
+        json!({
+            "commit": mls_private(&chat, epoch, 3, &[1; 8]),
+            "welcome": b64(welcome),
+            "welcome_devices": [bob.device_id],
+        })
+    };
+    alice
+        .post(&app, &path, with_welcome(0, &[0, 1, 0, 3, 0, 1, 9, 9, 9]))
+        .await
+        .expect(413, "payload_too_large");
+    alice
+        .post(&app, &path, with_welcome(0, &[0, 1, 0, 2, 0, 1, 9, 9]))
+        .await
+        .expect(422, "invalid_mls_message");
+    alice
+        .post(&app, &path, with_welcome(0, &[0, 1, 0, 3, 0, 1, 9, 9]))
+        .await
+        .ok(201);
+    let inbox = bob.get(&app, "/api/v1/devices/me/inbox").await.ok(200);
+    assert_eq!(inbox["items"][0]["payload"], b64(&[0, 1, 0, 3, 0, 1, 9, 9]));
+}
+
+#[tokio::test]
+async fn deleting_an_account_removes_its_keys() {
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551151", "Alice").await;
+    let bob = app.signup("+14155551152", "Bob").await;
+    let a = MlsDevice::certified(&app, &alice, &Identity::new(), true).await;
+    a.publishes(&app, 2, true).await;
+    app.call(
+        Method::DELETE,
+        "/api/v1/users/me",
+        Some(&alice.token),
+        Some(json!({"phone": alice.phone})),
+    )
+    .await
+    .ok(204);
+    bob.get(&app, &format!("/api/v1/users/{}/devices", alice.user_id))
+        .await
+        .expect(404, "user_not_found");
+    let claimed = bob
+        .post(
+            &app,
+            "/api/v1/key-packages/claim",
+            json!({"user_ids": [alice.user_id]}),
+        )
+        .await;
+    claimed.expect(404, "user_not_found");
+}

@@ -1922,6 +1922,8 @@ mod tests {
         c.execute_batch(
             "DROP TABLE search_cursor;
              DROP TABLE invites;
+             DROP TABLE device_inbox; DROP TABLE key_packages; DROP TABLE device_keys;
+             DROP TABLE identity_keys; ALTER TABLE chats DROP COLUMN epoch;
              ALTER TABLE users DROP COLUMN deactivated_at;
              ALTER TABLE users DROP COLUMN deleted_at;
              CREATE TABLE updates (user_id BLOB, pts INTEGER);
