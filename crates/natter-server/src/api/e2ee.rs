@@ -18,7 +18,7 @@ use super::chats::message_dto;
 use super::error::ApiError;
 use super::extract::{ApiJson, E2eeJson, path_id};
 use super::users::user_id;
-use crate::service::{Principal, inbox_item};
+use crate::service::{Principal, ServiceError, inbox_item};
 
 /// A device in a path: its id, or `me` for the calling device.
 fn device_id(raw: &str, who: &Principal) -> Result<DeviceId, ApiError> {
@@ -294,7 +294,12 @@ pub(crate) async fn ack_inbox(
     app.services
         .ack_inbox(&who, id)
         .await
-        .map_err(|_| ApiError::new(ErrorCode::NotFound, "No such inbox item."))?;
+        .map_err(|e| match e {
+            ServiceError::MessageNotFound => {
+                ApiError::new(ErrorCode::NotFound, "No such inbox item.")
+            }
+            other => ApiError::from(other),
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
