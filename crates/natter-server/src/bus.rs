@@ -99,6 +99,10 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
     async fn send_state(&self, recipients: &[UserId], frame: Arc<str>);
     /// Queues an ephemeral frame for every connection of `user`, if there is room.
     async fn send_signal(&self, user: UserId, frame: Arc<str>);
+    /// Queues a frame for every connection of one device (an inbox item,
+    /// a low KeyPackage stock); never dropped, like state: a connection
+    /// without room is told to close and catches up over REST.
+    async fn send_to_device(&self, user: UserId, device: DeviceId, frame: Arc<str>);
     /// Closes every connection of one device (logout, revocation).
     fn close_device(&self, user: UserId, device: DeviceId, kick: Kick);
     /// Closes every connection (shutdown).
@@ -252,6 +256,24 @@ impl Bus for LocalBus {
 
     async fn send_state(&self, recipients: &[UserId], frame: Arc<str>) {
         self.send_kept(recipients, &Outbound::State(frame), None);
+    }
+
+    async fn send_to_device(&self, user: UserId, device: DeviceId, frame: Arc<str>) {
+        self.with_users(|users| {
+            let Some(conns) = users.get(&user) else {
+                return;
+            };
+            for conn in conns.iter().filter(|c| c.device == device) {
+                if conn
+                    .queue
+                    .try_send(Outbound::State(Arc::clone(&frame)))
+                    .is_err()
+                {
+                    metrics::counter!("natter_ws_kicked_total", "reason" => "behind").increment(1);
+                    let _ = conn.kick.send(Some(behind()));
+                }
+            }
+        });
     }
 
     async fn send_signal(&self, user: UserId, frame: Arc<str>) {

@@ -56,6 +56,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Push notifications (Web Push and UnifiedPush).
     pub push: PushConfig,
+    /// End-to-end encryption: the MLS delivery service's bounds.
+    pub e2ee: E2eeConfig,
 }
 
 impl Default for Config {
@@ -77,6 +79,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             media: MediaConfig::default(),
             push: PushConfig::default(),
+            e2ee: E2eeConfig::default(),
         }
     }
 }
@@ -786,6 +789,94 @@ impl PushConfig {
     }
 }
 
+/// End-to-end encryption: the bounds of the MLS delivery service (key
+/// directory, commits, device inboxes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct E2eeConfig {
+    /// When true, creating a plaintext chat is refused (403 `encryption_required`).
+    pub require_encryption: bool,
+    /// KeyPackages one publish may carry.
+    pub key_package_batch_max: u64,
+    /// One-time KeyPackages a device may keep on file.
+    pub key_packages_max_per_device: u64,
+    /// Largest KeyPackage, in bytes (the post-quantum suite's are about 2.7 KB).
+    pub key_package_max_bytes: u64,
+    /// Below this many one-time packages, the device is asked to publish more.
+    pub key_package_low_water: u64,
+    /// Largest commit, in bytes (a post-quantum commit at 1,000 members is over 1 MB).
+    pub commit_max_bytes: u64,
+    /// Largest Welcome, in bytes.
+    pub welcome_max_bytes: u64,
+    /// Largest sealed handover payload, in bytes.
+    pub handover_max_bytes: u64,
+    /// Items a device inbox may hold before further ones are refused.
+    pub inbox_max_items: u64,
+    /// KeyPackage claims per user per minute.
+    pub claims_per_minute: u64,
+}
+
+impl Default for E2eeConfig {
+    fn default() -> Self {
+        Self {
+            require_encryption: false,
+            key_package_batch_max: 100,
+            key_packages_max_per_device: 500,
+            key_package_max_bytes: 16384,
+            key_package_low_water: 10,
+            commit_max_bytes: 4 * MIB,
+            welcome_max_bytes: 4 * MIB,
+            handover_max_bytes: 64 * 1024,
+            inbox_max_items: 1000,
+            claims_per_minute: 120,
+        }
+    }
+}
+
+impl E2eeConfig {
+    /// The largest JSON body of the end-to-end encryption routes that carry
+    /// MLS bytes: a commit and its Welcome, a full KeyPackage batch or a
+    /// handover, in base64 (4 bytes per 3), plus room for the rest of the
+    /// body (64 KiB: device ids, keys, names).
+    #[must_use]
+    pub fn max_body_bytes(&self) -> usize {
+        let base64 = |n: u64| n.saturating_add(2) / 3 * 4;
+        let batch = self
+            .key_package_batch_max
+            .saturating_add(1)
+            .saturating_mul(self.key_package_max_bytes);
+        let largest = base64(self.commit_max_bytes.saturating_add(self.welcome_max_bytes))
+            .max(base64(batch))
+            .max(base64(self.handover_max_bytes));
+        usize::try_from(largest.saturating_add(64 * 1024)).unwrap_or(usize::MAX)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 8] = [
+            ("e2ee.key_package_batch_max", self.key_package_batch_max),
+            (
+                "e2ee.key_packages_max_per_device",
+                self.key_packages_max_per_device,
+            ),
+            ("e2ee.key_package_max_bytes", self.key_package_max_bytes),
+            ("e2ee.commit_max_bytes", self.commit_max_bytes),
+            ("e2ee.welcome_max_bytes", self.welcome_max_bytes),
+            ("e2ee.handover_max_bytes", self.handover_max_bytes),
+            ("e2ee.inbox_max_items", self.inbox_max_items),
+            ("e2ee.claims_per_minute", self.claims_per_minute),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: "must be greater than zero".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -1223,6 +1314,7 @@ impl Config {
             ),
         ];
         self.media.validate()?;
+        self.e2ee.validate()?;
         for (key, rate) in rates {
             if rate.burst == 0 || rate.per_secs == 0 {
                 return Err(invalid(key, "needs burst and per_secs greater than zero"));

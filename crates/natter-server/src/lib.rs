@@ -28,6 +28,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 mod listener;
+pub mod mls_framing;
 pub mod offline;
 pub mod perms;
 pub mod phone;

@@ -139,7 +139,7 @@ impl Offline {
                 .map_err(StartError::Store)?,
         );
         let blobs = Blobs::local(&dir.join(BLOB_DIR)).map_err(StartError::Blobs)?;
-        let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));
+        let limiter = Arc::new(LocalRateLimiter::for_config(&config));
         let services = Services::new(
             Arc::clone(&store),
             Arc::new(crate::bus::LocalBus::default()),

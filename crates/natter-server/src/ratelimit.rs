@@ -60,6 +60,8 @@ pub enum Limit {
     WsPingPerUser,
     /// Invalid frames from one user's connections.
     WsMalformedPerUser,
+    /// KeyPackage claims by one user (`e2ee.claims_per_minute`).
+    KeyPackageClaimsPerUser,
 }
 
 /// The key of a client address for per-address limits: an IPv4 address (an
@@ -179,6 +181,22 @@ impl LocalRateLimiter {
             global: DefaultDirectRateLimiter::direct(quota(table.verification_global)),
             clock: DefaultClock::default(),
         }
+    }
+
+    /// Builds the limiters of a configuration: the table, and the limits
+    /// configured in their own sections (`e2ee.claims_per_minute`).
+    #[must_use]
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        let mut limiter = Self::new(&config.rate_limits);
+        let claims = crate::config::Rate {
+            burst: u32::try_from(config.e2ee.claims_per_minute).unwrap_or(u32::MAX),
+            per_secs: 60,
+        };
+        limiter.keyed.insert(
+            Limit::KeyPackageClaimsPerUser,
+            DefaultKeyedRateLimiter::keyed(quota(claims)),
+        );
+        limiter
     }
 
     fn denied(

@@ -205,7 +205,7 @@ impl RunningServer {
                 Arc::new(LogSms::new(config.log_format == LogFormat::Json))
             }
         };
-        let limiter = Arc::new(LocalRateLimiter::new(&config.rate_limits));
+        let limiter = Arc::new(LocalRateLimiter::for_config(&config));
         let bus = Arc::new(crate::bus::LocalBus::default());
         let blobs = Blobs::local(&config.data_dir.join(BLOB_DIR))?;
         let push = push_gateway(&config, store.as_ref()).await?;

@@ -24,8 +24,7 @@ fn chat_dto(v: ChatView) -> Chat {
         kind: v.chat.kind,
         name: v.chat.name,
         encrypted: v.chat.encrypted,
-        // The delivery service's epoch order is not built yet.
-        epoch: 0,
+        epoch: v.chat.epoch,
         created_by: v.chat.created_by,
         created_at: v.chat.created_at.to_datetime(),
         last_seq: v.chat.last_seq,

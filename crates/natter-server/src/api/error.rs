@@ -101,6 +101,14 @@ impl From<ServiceError> for ApiError {
             ServiceError::MediaTypeMismatch(_) => ErrorCode::MediaTypeMismatch,
             ServiceError::ImageRejected(_) => ErrorCode::ImageRejected,
             ServiceError::OffsetMismatch(_) => ErrorCode::UploadOffsetMismatch,
+            ServiceError::StaleEpoch(_) => ErrorCode::StaleEpoch,
+            ServiceError::DeviceNotCertified => ErrorCode::DeviceNotCertified,
+            ServiceError::CredentialExists => ErrorCode::CredentialExists,
+            ServiceError::InboxFull(_) => ErrorCode::InboxFull,
+            ServiceError::EncryptionRequired => ErrorCode::EncryptionRequired,
+            ServiceError::InvalidMlsMessage(_) => ErrorCode::InvalidMlsMessage,
+            ServiceError::InvalidKeyPackage(_) => ErrorCode::InvalidKeyPackage,
+            ServiceError::InvalidCertificate => ErrorCode::InvalidCertificate,
         };
         Self::new(code, e.to_string())
     }

@@ -24,6 +24,33 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let max = state.services.config().limits.max_body_bytes;
+        read_json(req, state, max).await.map(ApiJson)
+    }
+}
+
+/// [`ApiJson`] for the end-to-end encryption routes that carry MLS
+/// handshakes, KeyPackage batches and handovers, bounded by
+/// [`crate::config::E2eeConfig::max_body_bytes`] instead of
+/// `limits.max_body_bytes`.
+#[derive(Debug)]
+pub(crate) struct E2eeJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for E2eeJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let max = state.services.config().e2ee.max_body_bytes();
+        read_json(req, state, max).await.map(E2eeJson)
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(
+    req: Request,
+    state: &AppState,
+    max_body_bytes: usize,
+) -> Result<T, ApiError> {
+    {
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -48,12 +75,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
-            return Err(too_large(limits.max_body_bytes));
+        if declared.is_some_and(|len| len > max_body_bytes as u64) {
+            return Err(too_large(max_body_bytes));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                too_large(limits.max_body_bytes)
+                too_large(max_body_bytes)
             } else {
                 ApiError::new(ErrorCode::InvalidJson, "The body could not be read.")
             }
@@ -75,7 +102,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 "The body must be a JSON object.",
             ));
         }
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+        serde_json::from_slice(&bytes).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
                 Category::Data => ApiError::new(

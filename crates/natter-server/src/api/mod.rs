@@ -7,6 +7,7 @@
 
 mod accounts;
 mod chats;
+mod e2ee;
 mod error;
 mod extract;
 mod media;
@@ -75,7 +76,12 @@ impl Modify for BearerAuth {
 /// Every documented route, and the OpenAPI document that describes them:
 /// the API proper, and the media transfer routes (large bodies, no request
 /// deadline), which get different limits.
-fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+fn routes() -> (
+    Router<AppState>,
+    Router<AppState>,
+    Router<AppState>,
+    utoipa::openapi::OpenApi,
+) {
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::request_code))
         .routes(routes!(accounts::register))
@@ -100,6 +106,13 @@ fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chats::mark_read))
         .routes(routes!(chats::send_message))
         .routes(routes!(chats::edit_message, chats::delete_message))
+        .routes(routes!(e2ee::set_identity))
+        .routes(routes!(e2ee::set_device_credential))
+        .routes(routes!(e2ee::user_devices))
+        .routes(routes!(e2ee::key_package_stock))
+        .routes(routes!(e2ee::claim_key_packages))
+        .routes(routes!(e2ee::inbox))
+        .routes(routes!(e2ee::ack_inbox))
         .routes(routes!(ws::upgrade))
         .routes(routes!(search::search_messages))
         .routes(routes!(search::search_chats))
@@ -108,6 +121,13 @@ fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .split_for_parts();
+    // The routes that carry MLS handshakes, KeyPackage batches and
+    // handovers: bounded by `e2ee.*`, not by `limits.max_body_bytes`.
+    let (mls, mls_doc) = OpenApiRouter::new()
+        .routes(routes!(e2ee::publish_key_packages))
+        .routes(routes!(e2ee::submit_commit))
+        .routes(routes!(e2ee::hand_over))
         .split_for_parts();
     let (transfers, transfers_doc) = OpenApiRouter::new()
         .routes(routes!(media::upload))
@@ -122,16 +142,17 @@ fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
             media::tus_delete
         ))
         .split_for_parts();
+    doc.merge(mls_doc);
     doc.merge(transfers_doc);
     doc.merge(tus_doc);
     let transfers = transfers.merge(tus.layer(middleware::from_fn(media::tus_headers)));
-    (api, transfers, doc)
+    (api, mls, transfers, doc)
 }
 
 /// The OpenAPI document, without building a server (for docs and tests).
 #[must_use]
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    routes().2
+    routes().3
 }
 
 /// The process-wide Prometheus recorder (metrics are global in a process).
@@ -159,9 +180,10 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 /// The whole application: routes, limits and middleware, ready to serve.
 pub fn app(services: Services) -> Router {
-    let (api, transfers, openapi) = routes();
+    let (api, mls, transfers, openapi) = routes();
     let openapi = Arc::new(openapi.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
     let limits = services.config().limits.clone();
+    let mls_body_bytes = services.config().e2ee.max_body_bytes();
     let max_header_bytes = limits.max_header_bytes;
     let timeout = services.config().request_timeout();
     let state = AppState {
@@ -172,7 +194,9 @@ pub fn app(services: Services) -> Router {
     // Transfers bound their bodies themselves (per-kind limits, quota) and
     // their time by idleness, not by a deadline a slow phone network would hit.
     let transfers = transfers.layer(DefaultBodyLimit::disable());
+    let mls = mls.layer(DefaultBodyLimit::max(mls_body_bytes));
     api.layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .merge(mls)
         .layer(middleware::from_fn(move |req, next| {
             deadline(timeout, req, next)
         }))

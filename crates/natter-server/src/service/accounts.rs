@@ -323,8 +323,10 @@ impl Services {
     /// # Errors
     /// Store failure.
     pub async fn logout(&self, who: &Principal) -> ServiceResult<()> {
+        let certified = self.is_certified(who.user, who.device).await;
         self.inner.store.delete_device(who.user, who.device).await?;
         self.close_device(who.user, who.device);
+        self.certified_device_left(who.user, certified).await;
         tracing::info!(user = %who.user, device = %who.device, "device logged out");
         Ok(())
     }
@@ -415,8 +417,10 @@ impl Services {
     /// # Errors
     /// [`ServiceError::DeviceNotFound`] if it is not one of theirs.
     pub async fn revoke_device(&self, who: &Principal, device: DeviceId) -> ServiceResult<()> {
+        let certified = self.is_certified(who.user, device).await;
         if self.inner.store.delete_device(who.user, device).await? {
             self.close_device(who.user, device);
+            self.certified_device_left(who.user, certified).await;
             tracing::info!(user = %who.user, device = %device, by = %who.device, "device revoked");
             Ok(())
         } else {

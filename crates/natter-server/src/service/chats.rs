@@ -15,7 +15,7 @@ use natter_proto::{ChatId, MessageId, UserId};
 use super::{Principal, ServiceError, ServiceResult, Services, clean_text};
 use crate::bus::ConnId;
 use crate::clock::Timestamp;
-use crate::store::rules::BodyRefusal;
+use crate::store::rules::{BodyRefusal, MlsRefusal};
 use crate::store::{
     ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatOverview, ChatRecord, HistoryQuery,
     LogEntry, Member, MessageChange, MessageChanged, NewChat, NewContent, NewMessage, Posted,
@@ -65,6 +65,9 @@ pub struct HistoryRequest {
 
 /// The error for a body that does not suit its chat.
 fn body_refused(refusal: BodyRefusal) -> ServiceError {
+    if let BodyRefusal::Mls(refusal) = refusal {
+        return mls_refused(refusal);
+    }
     ServiceError::Validation(
         match refusal {
             BodyRefusal::ContentRequired => "`content` is required.",
@@ -73,9 +76,33 @@ fn body_refused(refusal: BodyRefusal) -> ServiceError {
                 "This chat is not encrypted: send `content`, not `ciphertext`."
             }
             BodyRefusal::Encrypted => "This chat is end-to-end encrypted: send only `ciphertext`.",
+            BodyRefusal::Mls(_) => "The ciphertext is not an MLS message for this chat.",
         }
         .to_owned(),
     )
+}
+
+/// The error for an MLS message a chat does not take.
+pub(super) fn mls_refused(refusal: MlsRefusal) -> ServiceError {
+    match refusal {
+        MlsRefusal::Epoch { epoch, current } => ServiceError::InvalidMlsMessage(format!(
+            "The MLS message is for epoch {epoch}; this chat is at epoch {current} and takes \
+             application messages for it and the {} before it.",
+            natter_proto::e2ee::PAST_EPOCHS
+        )),
+        MlsRefusal::Malformed => ServiceError::InvalidMlsMessage(
+            "The ciphertext is not a well-formed MLS message.".to_owned(),
+        ),
+        MlsRefusal::NotPrivate => ServiceError::InvalidMlsMessage(
+            "Messages of an encrypted chat must be MLS private messages.".to_owned(),
+        ),
+        MlsRefusal::WrongGroup => ServiceError::InvalidMlsMessage(
+            "The MLS message is for another group than this chat's (its id's 16 bytes).".to_owned(),
+        ),
+        MlsRefusal::WrongContentType => ServiceError::InvalidMlsMessage(
+            "Application messages go to /messages, commits to /chats/{chat_id}/commits.".to_owned(),
+        ),
+    }
 }
 
 /// The default page size, as in the seed's example.
@@ -123,6 +150,9 @@ impl Services {
         who: &Principal,
         req: CreateChat,
     ) -> ServiceResult<(ChatView, bool)> {
+        if !req.encrypted && self.inner.config.e2ee.require_encryption {
+            return Err(ServiceError::EncryptionRequired);
+        }
         let limits = &self.inner.config.limits;
         let mut others: Vec<UserId> = req
             .participants
@@ -261,9 +291,11 @@ impl Services {
         )
         .await?;
         let limits = &self.inner.config.limits;
-        if req.message_type == MessageType::System {
+        if matches!(req.message_type, MessageType::System | MessageType::Commit) {
             return Err(ServiceError::Validation(
-                "`type` must be text, image, video or file.".to_owned(),
+                "`type` must be text, image, video or file (commits go to \
+                 POST /api/v1/chats/{chat_id}/commits)."
+                    .to_owned(),
             ));
         }
         // Membership, and whether the body suits the chat (plaintext or
@@ -557,6 +589,7 @@ impl Services {
                 "Only the sender may change a message.".to_owned(),
             )),
             MessageChanged::TooLate => Err(ServiceError::EditWindowClosed),
+            MessageChanged::WrongBody(refusal) => Err(body_refused(refusal)),
         }
     }
 

@@ -10,6 +10,7 @@ mod admin;
 mod chats;
 mod contacts;
 mod delivery;
+mod e2ee;
 mod export;
 mod media;
 mod profiles;
@@ -31,6 +32,7 @@ pub use self::admin::{BlobCheck, CreatedInvite, CreatedUser};
 pub use self::chats::{ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
 pub use self::delivery::{DeliveryCursor, Live};
+pub use self::e2ee::{CommitView, UserDevicesView, inbox_item};
 pub use self::export::AccountData;
 pub use self::media::{Staging, UploadInfo, sha256_hex};
 pub use self::profiles::ProfileView;
@@ -159,6 +161,30 @@ pub enum ServiceError {
     /// A resumable upload's offset is not where the request says.
     #[error("{0}")]
     OffsetMismatch(String),
+    /// A commit for an epoch that is not the chat's current one.
+    #[error("The chat is at epoch {0}: process the log's new commits and commit again.")]
+    StaleEpoch(u64),
+    /// The device has no certificate yet.
+    #[error("This device is not certified: a device holding the identity key must sign it first.")]
+    DeviceNotCertified,
+    /// The device's keys are set and differ.
+    #[error("This device's keys are already set; a device's keys never change.")]
+    CredentialExists,
+    /// A device inbox is full.
+    #[error("The device's inbox holds {0} items, the most allowed.")]
+    InboxFull(u64),
+    /// The server requires end-to-end encryption.
+    #[error("This server requires end-to-end encryption: create the chat with `encrypted: true`.")]
+    EncryptionRequired,
+    /// Not the MLS message expected; the message says why.
+    #[error("{0}")]
+    InvalidMlsMessage(String),
+    /// A KeyPackage the directory refuses; the message says why.
+    #[error("{0}")]
+    InvalidKeyPackage(String),
+    /// A device certificate that does not verify.
+    #[error("The certificate does not verify with the user's identity key.")]
+    InvalidCertificate,
     /// A failure inside the server (files, blobs); logged, never shown.
     #[error("The server could not complete the request.")]
     Internal(String),

@@ -336,7 +336,11 @@ impl Services {
     /// queue drops the push and counts it).
     pub(super) fn plan_push(&self, appended: &Appended, encrypted: bool) {
         let push = &self.inner.push;
-        if push.gateway.is_none() || !matches!(appended.entry.kind, EntryKind::Message(_)) {
+        // Commits are MLS bookkeeping, not messages anyone reads: never pushed.
+        if push.gateway.is_none()
+            || !matches!(appended.entry.kind, EntryKind::Message(_))
+            || appended.entry.kind == EntryKind::Message(natter_proto::chats::MessageType::Commit)
+        {
             return;
         }
         let sender = appended.entry.sender_id;

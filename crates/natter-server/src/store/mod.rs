@@ -7,6 +7,7 @@
 //! and create this user"), so an engine can run each in one transaction.
 
 pub mod admin;
+pub mod e2ee;
 pub mod rules;
 pub mod sqlite;
 
@@ -264,6 +265,8 @@ pub struct ChatRecord {
     pub name: Option<String>,
     /// End-to-end encrypted (ciphertext only).
     pub encrypted: bool,
+    /// The MLS epoch the next commit must be for (0 for plaintext chats).
+    pub epoch: u64,
     /// Creator.
     pub created_by: UserId,
     /// Creation time.
@@ -632,6 +635,9 @@ pub enum MessageChanged {
     NotSender,
     /// Outside the edit window, or already deleted.
     TooLate,
+    /// The new body does not suit the chat (plaintext or encrypted, and for
+    /// encrypted chats an MLS application message of its current epochs).
+    WrongBody(rules::BodyRefusal),
 }
 
 /// An edit or deletion of a message.
@@ -876,6 +882,8 @@ pub trait Store:
     + PushOutbox
     + admin::Invites
     + admin::Administration
+    + e2ee::KeyDirectory
+    + e2ee::DeviceInbox
     + Send
     + Sync
     + std::fmt::Debug

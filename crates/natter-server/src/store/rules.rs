@@ -3,8 +3,8 @@
 //! chat, how big a group may grow, who takes over from the last admin, how
 //! long a message can be edited, and who hears of an entry.
 
-use natter_proto::UserId;
 use natter_proto::chats::{ChatKind, Role};
+use natter_proto::{ChatId, UserId};
 
 use super::{ChatChange, ChatChanged, Recipients};
 use crate::clock::Timestamp;
@@ -84,6 +84,60 @@ pub enum BodyRefusal {
     NotEncrypted,
     /// Text sent to an encrypted chat.
     Encrypted,
+    /// Ciphertext that is not an MLS application message for this chat now.
+    Mls(MlsRefusal),
+}
+
+/// Why bytes are not an MLS message a chat takes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlsRefusal {
+    /// Not a well-formed MLS public or private message.
+    Malformed,
+    /// An application message must be a private message.
+    NotPrivate,
+    /// For another group than this chat's (its id's 16 bytes).
+    WrongGroup,
+    /// Not of the content type the route takes (application messages go to
+    /// `/messages`, commits to `/commits`).
+    WrongContentType,
+    /// For an epoch outside the window the chat takes now.
+    Epoch {
+        /// The message's epoch.
+        epoch: u64,
+        /// The chat's epoch.
+        current: u64,
+    },
+}
+
+/// Whether `bytes` are an MLS application message the encrypted chat
+/// `chat` at `epoch` takes: a private message of its group, content type
+/// application, for `epoch` or one of the [`PAST_EPOCHS`] before it. `None`
+/// when they are. Checked by the writer, which knows the epoch.
+///
+/// [`PAST_EPOCHS`]: natter_proto::e2ee::PAST_EPOCHS
+#[must_use]
+pub fn refuse_application(chat: ChatId, epoch: u64, bytes: &[u8]) -> Option<MlsRefusal> {
+    use crate::mls_framing::{ContentType, WireFormat, parse_message};
+    let Ok(framing) = parse_message(bytes) else {
+        return Some(MlsRefusal::Malformed);
+    };
+    if framing.wire_format != WireFormat::PrivateMessage {
+        return Some(MlsRefusal::NotPrivate);
+    }
+    if framing.group_id != chat.as_uuid().as_bytes() {
+        return Some(MlsRefusal::WrongGroup);
+    }
+    if framing.content_type != ContentType::Application {
+        return Some(MlsRefusal::WrongContentType);
+    }
+    let oldest = epoch.saturating_sub(natter_proto::e2ee::PAST_EPOCHS);
+    if framing.epoch < oldest || framing.epoch > epoch {
+        return Some(MlsRefusal::Epoch {
+            epoch: framing.epoch,
+            current: epoch,
+        });
+    }
+    None
 }
 
 /// Whether a message's body suits its chat: plaintext chats take text

@@ -7,6 +7,7 @@
 //! - `invites`: sign-up mode `invite`, invites, login codes made by a device.
 //! - `rate_limits`: the rate-limit table.
 //! - `devices`: tokens, logout, device lists and revocation.
+//! - `e2ee`: end-to-end encryption: keys, KeyPackages, commits, Welcomes, inboxes, handovers.
 //! - `accounts`: deleting one's account, exporting one's data.
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
 //! - `contacts`: contact lists and discovery.
@@ -39,6 +40,7 @@ mod chats;
 mod connections;
 mod contacts;
 mod devices;
+mod e2ee;
 mod errors;
 mod frame_budgets;
 mod invites;

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{Answer, TestApp, TestUser, WAIT};
+use crate::support::{Answer, TestApp, TestUser, WAIT, mls_app};
 
 fn sha_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -886,11 +886,9 @@ async fn messages_carry_only_media_the_sender_may_use() {
         .as_str()
         .unwrap()
         .to_owned();
-    let sealed =
-        json!({"chat_id": secret_chat, "type": "image", "media_id": secret, "ciphertext": "AAEC"});
+    let sealed = json!({"chat_id": secret_chat, "type": "image", "media_id": secret, "ciphertext": mls_app(&secret_chat, 0)});
     alice.post(&app, "/api/v1/messages", sealed).await.ok(201);
-    let plain =
-        json!({"chat_id": secret_chat, "type": "image", "media_id": image, "ciphertext": "AAEC"});
+    let plain = json!({"chat_id": secret_chat, "type": "image", "media_id": image, "ciphertext": mls_app(&secret_chat, 0)});
     alice
         .post(&app, "/api/v1/messages", plain)
         .await

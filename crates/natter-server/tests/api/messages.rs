@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::TestApp;
+use crate::support::{TestApp, mls_app, mls_private};
 
 #[tokio::test]
 async fn the_seed_message_and_history_bodies_work_verbatim() {
@@ -232,7 +232,8 @@ async fn message_fields_are_bounded_at_n_and_n_plus_one() {
 
 #[tokio::test]
 async fn encrypted_chats_take_only_ciphertext_and_return_it_untouched() {
-    let app = TestApp::start_with(|c| c.limits.max_ciphertext_bytes = 8).await;
+    // An MLS application message of the tests is 36 bytes.
+    let app = TestApp::start_with(|c| c.limits.max_ciphertext_bytes = 36).await;
     let alice = app.signup("+14155550912", "Alice").await;
     let bob = app.signup("+14155550913", "Bob").await;
     let chat = alice
@@ -245,30 +246,31 @@ async fn encrypted_chats_take_only_ciphertext_and_return_it_untouched() {
         .ok(201);
     assert_eq!(chat["encrypted"], true);
     let chat = chat["id"].as_str().unwrap();
+    let sealed = mls_app(chat, 0);
     let send = |body: serde_json::Value| alice.post(&app, "/api/v1/messages", body);
     send(json!({"chat_id": chat, "content": "plain"}))
         .await
         .expect(422, "validation_failed");
-    send(json!({"chat_id": chat, "ciphertext": "AAECAwQFBgc=", "content": "x"}))
+    send(json!({"chat_id": chat, "ciphertext": sealed, "content": "x"}))
         .await
         .expect(422, "validation_failed");
     send(json!({"chat_id": chat, "ciphertext": "not base64!"}))
         .await
         .expect(422, "validation_failed");
-    // 8 bytes pass, 9 do not.
-    let sent = send(json!({"chat_id": chat, "ciphertext": "AAECAwQFBgc="}))
+    // 36 bytes pass, 37 do not.
+    let sent = send(json!({"chat_id": chat, "ciphertext": sealed}))
         .await
         .ok(201);
-    assert_eq!(sent["ciphertext"], "AAECAwQFBgc=");
+    assert_eq!(sent["ciphertext"], sealed.as_str());
     assert_eq!(sent["content"], serde_json::Value::Null);
-    send(json!({"chat_id": chat, "ciphertext": "AAECAwQFBgcI"}))
+    send(json!({"chat_id": chat, "ciphertext": mls_private(chat, 0, 1, &[1, 2, 3, 4, 5])}))
         .await
         .expect(422, "validation_failed");
     let page = bob
         .get(&app, &format!("/api/v1/chats/{chat}/messages"))
         .await
         .ok(200);
-    assert_eq!(page["messages"][0]["ciphertext"], "AAECAwQFBgc=");
+    assert_eq!(page["messages"][0]["ciphertext"], sealed.as_str());
     // The chat list shows no plaintext preview for encrypted chats.
     let list = bob.get(&app, "/api/v1/chats").await.ok(200);
     assert_eq!(

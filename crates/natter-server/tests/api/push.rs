@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::push_service::{PushService, Subscription};
-use crate::support::{TestApp, TestUser, WAIT};
+use crate::support::{TestApp, TestUser, WAIT, mls_private};
 
 /// A development server talking to the local push service, with a short
 /// coalescing window and quick retries.
@@ -256,6 +256,7 @@ async fn no_push_for_an_encrypted_chat_carries_its_text_even_with_previews() {
 
     // An encrypted chat: nothing of the message, not even the sender.
     let secret = "the eagle lands at dawn";
+    let ciphertext_bytes = secret.as_bytes().to_vec();
     let ciphertext = base64::engine::general_purpose::STANDARD.encode(secret);
     let encrypted = alice
         .post(
@@ -272,7 +273,7 @@ async fn no_push_for_an_encrypted_chat_carries_its_text_even_with_previews() {
         .post(
             &app,
             "/api/v1/messages",
-            json!({"chat_id": encrypted, "ciphertext": ciphertext}),
+            json!({"chat_id": encrypted, "ciphertext": mls_private(&encrypted, 0, 1, &ciphertext_bytes)}),
         )
         .await
         .ok(201);

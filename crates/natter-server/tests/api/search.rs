@@ -12,7 +12,7 @@ use natter_server::store::{
 };
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, TestUser, WAIT};
+use crate::support::{TestApp, TestUser, WAIT, mls_private};
 
 /// Searches once the index has caught up with everything sent so far, so
 /// the answer is exact.
@@ -116,7 +116,7 @@ async fn users_find_only_what_they_could_read() {
     ann.post(
         &app,
         "/api/v1/messages",
-        json!({"chat_id": sealed["id"], "ciphertext": "c2VjcmV0"}),
+        json!({"chat_id": sealed["id"], "ciphertext": mls_private(sealed["id"].as_str().unwrap(), 0, 1, b"secret")}),
     )
     .await
     .ok(201);

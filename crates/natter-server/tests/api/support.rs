@@ -17,7 +17,7 @@ use natter_proto::ws::ClientFrame;
 use natter_proto::{ChatId, UserId};
 use natter_server::{Config, RunningServer};
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 /// How long a test waits for anything on the network.
@@ -666,4 +666,193 @@ impl TestUser {
             bytes: res.bytes().await.unwrap().to_vec(),
         }
     }
+}
+
+// --- End-to-end encryption (MLS) helpers -----------------------------------
+
+/// Standard base64.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The bytes of an MLS private message (RFC 9420 §6.3) of `chat`'s group:
+/// version, wire format 2, group id (the chat id's 16 bytes), `epoch`,
+/// `content_type` (1 application, 2 proposal, 3 commit), empty
+/// authenticated data and `body` as the ciphertext. Its framing is all the
+/// server reads, so this is enough where the cryptography does not matter.
+pub fn mls_private_bytes(chat: &str, epoch: u64, content_type: u8, body: &[u8]) -> Vec<u8> {
+    let group = uuid::Uuid::parse_str(chat).unwrap();
+    let mut m = vec![0, 1, 0, 2, 16];
+    m.extend_from_slice(group.as_bytes());
+    m.extend_from_slice(&epoch.to_be_bytes());
+    m.push(content_type);
+    m.push(0);
+    assert!(body.len() < 64, "one-byte vector lengths only");
+    m.push(u8::try_from(body.len()).unwrap());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Base64 of [`mls_private_bytes`].
+pub fn mls_private(chat: &str, epoch: u64, content_type: u8, body: &[u8]) -> String {
+    b64(&mls_private_bytes(chat, epoch, content_type, body))
+}
+
+/// An MLS application message for `chat` at `epoch` (base64), 36 bytes.
+pub fn mls_app(chat: &str, epoch: u64) -> String {
+    mls_private(chat, epoch, 1, &[1, 2, 3, 4])
+}
+
+/// An encrypted chat: a direct one with `other`, or a group of `others`.
+pub async fn encrypted_chat(app: &TestApp, creator: &TestUser, others: &[&TestUser]) -> String {
+    let ids: Vec<&str> = others.iter().map(|u| u.user_id.as_str()).collect();
+    let body = creator
+        .post(
+            app,
+            "/api/v1/chats",
+            json!({"type": "group", "name": "Sealed", "participants": ids, "encrypted": true}),
+        )
+        .await
+        .ok(201);
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// One device's MLS keys: an OpenMLS provider and signer whose basic
+/// credential is `"{user_id}/{device_id}"`, registered and certified with
+/// the user's identity key.
+pub struct MlsDevice {
+    pub user: TestUser,
+    pub provider: openmls_rust_crypto::OpenMlsRustCrypto,
+    pub signer: openmls_basic_credential::SignatureKeyPair,
+    pub credential: openmls::prelude::CredentialWithKey,
+}
+
+/// A user's identity key pair (Ed25519, `ring`).
+pub struct Identity(pub ring::signature::Ed25519KeyPair);
+
+impl Identity {
+    pub fn new() -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        Self(ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap())
+    }
+
+    pub fn public(&self) -> String {
+        use ring::signature::KeyPair as _;
+        b64(self.0.public_key().as_ref())
+    }
+
+    /// The certificate of `device`'s signature key.
+    pub fn certify(&self, device: &TestUser, signature_key: &[u8]) -> String {
+        let user = natter_proto::UserId::from_uuid(uuid::Uuid::parse_str(&device.user_id).unwrap());
+        let dev =
+            natter_proto::DeviceId::from_uuid(uuid::Uuid::parse_str(&device.device_id).unwrap());
+        let message = natter_proto::e2ee::device_certificate_message(user, dev, signature_key);
+        b64(self.0.sign(&message).as_ref())
+    }
+}
+
+/// The cipher suite of the tests.
+pub const MLS_SUITE: openmls::prelude::Ciphersuite =
+    openmls::prelude::Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+impl MlsDevice {
+    /// Makes the device's MLS keys (not registered yet).
+    pub fn new(user: &TestUser) -> Self {
+        use openmls::prelude::*;
+        let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+        let signer =
+            openmls_basic_credential::SignatureKeyPair::new(MLS_SUITE.signature_algorithm())
+                .unwrap();
+        signer.store(provider.storage()).unwrap();
+        let identity = format!("{}/{}", user.user_id, user.device_id);
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(identity.into_bytes()).into(),
+            signature_key: signer.public().into(),
+        };
+        Self {
+            user: user.clone(),
+            provider,
+            signer,
+            credential,
+        }
+    }
+
+    /// Makes the keys, registers them and certifies them with `identity`
+    /// (setting the identity key first when `first`).
+    pub async fn certified(
+        app: &TestApp,
+        user: &TestUser,
+        identity: &Identity,
+        first: bool,
+    ) -> Self {
+        if first {
+            app.call(
+                Method::PUT,
+                "/api/v1/users/me/identity",
+                Some(&user.token),
+                Some(json!({"identity_key": identity.public()})),
+            )
+            .await
+            .ok(204);
+        }
+        let device = Self::new(user);
+        let key = device.signer.public().to_vec();
+        app.call(
+            Method::PUT,
+            "/api/v1/devices/me/credential",
+            Some(&user.token),
+            Some(json!({
+                "signature_key": b64(&key),
+                "link_key": b64(&[7u8; 32]),
+                "certificate": identity.certify(user, &key),
+            })),
+        )
+        .await
+        .ok(204);
+        device
+    }
+
+    /// A fresh KeyPackage of this device, as the `MLSMessage` bytes.
+    pub fn key_package_bytes(&self) -> Vec<u8> {
+        use openmls::prelude::tls_codec::Serialize as _;
+        use openmls::prelude::*;
+        let bundle = KeyPackage::builder()
+            .build(
+                MLS_SUITE,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .unwrap();
+        let message: MlsMessageOut = bundle.key_package().clone().into();
+        message.tls_serialize_detached().unwrap()
+    }
+
+    /// Base64 of [`MlsDevice::key_package_bytes`].
+    pub fn key_package(&self) -> String {
+        b64(&self.key_package_bytes())
+    }
+
+    /// Publishes `n` one-time KeyPackages (and a last-resort one if asked).
+    pub async fn publishes(&self, app: &TestApp, n: usize, last_resort: bool) -> Value {
+        let packages: Vec<String> = (0..n).map(|_| self.key_package()).collect();
+        let mut body = json!({"key_packages": packages});
+        if last_resort {
+            body["last_resort"] = json!(self.key_package());
+        }
+        self.user
+            .post(app, "/api/v1/devices/me/key-packages", body)
+            .await
+            .ok(201)
+    }
+}
+
+/// Decodes standard base64.
+pub fn unb64(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
 }

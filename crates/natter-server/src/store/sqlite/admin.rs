@@ -355,7 +355,9 @@ mod tests {
         // What a binary with 0008 and 0010 but without this branch left.
         let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
         c.execute_batch(
-            "DROP TABLE invites;
+            "DROP TABLE device_inbox; DROP TABLE key_packages; DROP TABLE device_keys;
+             DROP TABLE identity_keys; ALTER TABLE chats DROP COLUMN epoch;
+             DROP TABLE invites;
              ALTER TABLE users DROP COLUMN deactivated_at;
              ALTER TABLE users DROP COLUMN deleted_at;
              ALTER TABLE verification_codes DROP COLUMN shown_code;

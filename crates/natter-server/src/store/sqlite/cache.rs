@@ -73,6 +73,9 @@ pub(super) struct ChatState {
     pub(super) encrypted: bool,
     /// The log's last seq.
     pub(super) last_seq: i64,
+    /// The MLS epoch (encrypted chats): the next commit must be for it,
+    /// application messages for it or the `PAST_EPOCHS` before it.
+    pub(super) epoch: u64,
     /// The latest entry's sender and seq, and the latest of anyone else
     /// before them: enough to tell whether a member's send read entries
     /// of others (their read position must then be written at once, for
@@ -95,6 +98,7 @@ impl ChatState {
             kind,
             encrypted,
             last_seq: 0,
+            epoch: 0,
             latest: [None, None],
             members: HashMap::new(),
             recipients: Recipients::from(Vec::new()),
@@ -367,11 +371,11 @@ impl ChatCache {
 /// Reads a chat's state from the store.
 fn load(c: &Connection, chat: ChatId) -> rusqlite::Result<Option<ChatState>> {
     let id = chat.as_uuid().as_bytes();
-    let row: Option<(String, bool)> = c
-        .prepare_cached("SELECT kind, encrypted FROM chats WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+    let row: Option<(String, bool, u64)> = c
+        .prepare_cached("SELECT kind, encrypted, epoch FROM chats WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let Some((kind, encrypted)) = row else {
+    let Some((kind, encrypted, epoch)) = row else {
         return Ok(None);
     };
     let kind = if kind == "group" {
@@ -380,6 +384,7 @@ fn load(c: &Connection, chat: ChatId) -> rusqlite::Result<Option<ChatState>> {
         ChatKind::Direct
     };
     let mut state = ChatState::new(kind, encrypted);
+    state.epoch = epoch;
     state.last_seq = c
         .prepare_cached("SELECT coalesce(max(seq), 0) FROM chat_log WHERE chat_id = ?1")?
         .query_row([id], |r| r.get(0))?;

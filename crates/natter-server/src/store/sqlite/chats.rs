@@ -25,7 +25,7 @@ use crate::store::{
 
 type Result<T> = rusqlite::Result<T>;
 
-fn conversion<E: std::error::Error + Send + Sync + 'static>(e: E) -> rusqlite::Error {
+pub(super) fn conversion<E: std::error::Error + Send + Sync + 'static>(e: E) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
 }
 
@@ -81,7 +81,7 @@ fn type_from_sql(s: &str) -> MessageType {
 }
 
 /// A chat's columns; its head and last activity come from its log.
-const CHAT_COLUMNS: &str = "c.id, c.kind, c.name, c.encrypted, c.created_by, c.created_at,
+const CHAT_COLUMNS: &str = "c.id, c.kind, c.name, c.encrypted, c.epoch, c.created_by, c.created_at,
      coalesce((SELECT max(h.seq) FROM chat_log h WHERE h.chat_id = c.id), 0) AS last_seq,
      coalesce((SELECT h.created_at FROM chat_log h WHERE h.chat_id = c.id
                ORDER BY h.seq DESC LIMIT 1), c.created_at) AS last_activity_at";
@@ -97,6 +97,7 @@ fn chat_from_row(row: &Row<'_>) -> Result<ChatRecord> {
         },
         name: row.get("name")?,
         encrypted: row.get("encrypted")?,
+        epoch: row.get("epoch")?,
         created_by: UserId::from_uuid(uuid_of(row, "created_by")?),
         created_at: Timestamp(row.get("created_at")?),
         last_seq: row.get("last_seq")?,
@@ -156,22 +157,22 @@ fn entry_from_row(row: &Row<'_>) -> Result<LogEntry> {
 }
 
 /// A log entry before it has its seq.
-struct Draft {
-    id: MessageId,
-    sender_id: UserId,
-    sender_device_id: Option<DeviceId>,
-    kind: EntryKind,
-    content: Option<String>,
-    ciphertext: Option<Vec<u8>>,
-    media_id: Option<MediaId>,
-    reply_to: Option<MessageId>,
-    client_message_id: Option<String>,
-    client_timestamp: Option<Timestamp>,
-    now: Timestamp,
+pub(super) struct Draft {
+    pub(super) id: MessageId,
+    pub(super) sender_id: UserId,
+    pub(super) sender_device_id: Option<DeviceId>,
+    pub(super) kind: EntryKind,
+    pub(super) content: Option<String>,
+    pub(super) ciphertext: Option<Vec<u8>>,
+    pub(super) media_id: Option<MediaId>,
+    pub(super) reply_to: Option<MessageId>,
+    pub(super) client_message_id: Option<String>,
+    pub(super) client_timestamp: Option<Timestamp>,
+    pub(super) now: Timestamp,
 }
 
 impl Draft {
-    fn system(actor: UserId, event: ChatEvent, now: Timestamp) -> Self {
+    pub(super) fn system(actor: UserId, event: ChatEvent, now: Timestamp) -> Self {
         Self {
             id: MessageId::new(),
             sender_id: actor,
@@ -191,7 +192,7 @@ impl Draft {
 /// Stores an entry at the chat's next seq; gives the entry and who hears of
 /// it (the members, and `removed` if the entry removed them). `None` if an
 /// entry with the same idempotency key exists (nothing is written then).
-fn append(
+pub(super) fn append(
     c: &Connection,
     state: &mut ChatState,
     chat: ChatId,
@@ -267,7 +268,7 @@ fn append(
 }
 
 /// [`append`] for entries that carry no idempotency key (they cannot conflict).
-fn append_entry(
+pub(super) fn append_entry(
     c: &Connection,
     state: &mut ChatState,
     chat: ChatId,
@@ -507,12 +508,14 @@ pub(super) fn chats_of(c: &Connection, user: UserId) -> Result<Vec<ChatOverview>
     let rows: Vec<(ChatRecord, Role, i64)> = rows.collect::<Result<_>>()?;
     let mut unread_stmt = c.prepare_cached(
         "SELECT count(*) FROM chat_log
-         WHERE chat_id = ?1 AND seq > ?2 AND kind = 'message' AND sender_id != ?3
+         WHERE chat_id = ?1 AND seq > ?2 AND kind = 'message' AND msg_type IS NOT 'commit'
+           AND sender_id != ?3
            AND deleted_at IS NULL",
     )?;
     let mut last_stmt = c.prepare_cached(&format!(
         "SELECT {ENTRY_COLUMNS} FROM chat_log l
-         WHERE l.chat_id = ?1 AND l.kind = 'message' ORDER BY l.seq DESC LIMIT 1"
+         WHERE l.chat_id = ?1 AND l.kind = 'message' AND l.msg_type IS NOT 'commit'
+         ORDER BY l.seq DESC LIMIT 1"
     ))?;
     let mut people_stmt = c.prepare_cached(
         "SELECT u.id, u.name, u.profile_pic FROM memberships m JOIN users u ON u.id = m.user_id
@@ -575,7 +578,7 @@ fn visible_message(
 ) -> Result<Option<LogEntry>> {
     c.prepare_cached(&format!(
         "SELECT {ENTRY_COLUMNS} FROM chat_log l
-         WHERE l.id = ?1 AND l.chat_id = ?2 AND l.kind = 'message'
+         WHERE l.id = ?1 AND l.chat_id = ?2 AND l.kind = 'message' AND l.msg_type IS NOT 'commit'
            AND EXISTS (SELECT 1 FROM memberships m
                        WHERE m.chat_id = l.chat_id AND m.user_id = ?3
                          AND l.seq >= m.from_seq AND (m.to_seq IS NULL OR l.seq <= m.to_seq))"
@@ -592,7 +595,7 @@ fn visible_message(
 }
 
 /// The message first sent with this idempotency key.
-fn by_idempotency_key(
+pub(super) fn by_idempotency_key(
     c: &Connection,
     chat: ChatId,
     sender: UserId,
@@ -623,6 +626,14 @@ pub(super) fn post(c: &Connection, cache: &mut ChatCache, m: NewMessage) -> Resu
         m.media_id.is_some(),
     ) {
         return Ok(Posted::WrongBody(refusal));
+    }
+    // The epoch is known here, in the writer: an application message is
+    // checked against the chat's epoch as of its append.
+    if state.encrypted
+        && let Some(bytes) = &m.ciphertext
+        && let Some(refusal) = rules::refuse_application(m.chat_id, state.epoch, bytes)
+    {
+        return Ok(Posted::WrongBody(rules::BodyRefusal::Mls(refusal)));
     }
     if let Some(reply) = m.reply_to
         && visible_message(c, m.chat_id, m.sender_id, reply)?.is_none()
@@ -917,7 +928,8 @@ pub(super) fn entry_at(c: &Connection, chat: ChatId, seq: i64) -> Result<Option<
 
 fn message_by_id(c: &Connection, id: MessageId) -> Result<Option<LogEntry>> {
     c.prepare_cached(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM chat_log l WHERE l.id = ?1 AND l.kind = 'message'"
+        "SELECT {ENTRY_COLUMNS} FROM chat_log l
+         WHERE l.id = ?1 AND l.kind = 'message' AND l.msg_type IS NOT 'commit'"
     ))?
     .query_row([id.as_uuid().as_bytes()], entry_from_row)
     .optional()
@@ -968,6 +980,21 @@ pub(super) fn change_message(
         }) => {
             if !rules::may_edit(message.created_at, ch.now, window_ms) {
                 return Ok(MessageChanged::TooLate);
+            }
+            if let Some(refusal) = rules::refuse_body(
+                state.encrypted,
+                content.is_some(),
+                ciphertext.is_some(),
+                false,
+            ) {
+                return Ok(MessageChanged::WrongBody(refusal));
+            }
+            if state.encrypted
+                && let Some(bytes) = &ciphertext
+                && let Some(refusal) =
+                    rules::refuse_application(message.chat_id, state.epoch, bytes)
+            {
+                return Ok(MessageChanged::WrongBody(rules::BodyRefusal::Mls(refusal)));
             }
             c.prepare_cached(
                 "UPDATE chat_log SET content = ?2, ciphertext = ?3, edited_at = ?4 WHERE id = ?1",

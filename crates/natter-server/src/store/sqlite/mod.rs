@@ -7,6 +7,7 @@
 mod admin;
 mod cache;
 mod chats;
+mod e2ee;
 mod engine;
 mod media;
 mod push;
@@ -22,13 +23,13 @@ use uuid::Uuid;
 
 use self::engine::{ReadPool, Writer, db_err};
 use super::{
-    AccountDeleted, Accounts, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatLog,
-    ChatOverview, CollectedMedia, ContactAdded, ContactEntry, Device, FinishedMedia, HistoryQuery,
-    IndexProgress, LogEntry, LogEvent, LoggedIn, Login, MediaCreated, MediaRecord, MediaStore,
-    Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage, NewPush,
-    NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord, PushFinished,
-    PushOutbox, ReceiptChange, ReceiptState, Registered, Registration, Relation, SearchIndex,
-    SearchPage, SearchQuery, Store, StoreError, StoreResult, User,
+    AccountDeleted, Accounts, Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead,
+    ChatLog, ChatOverview, CollectedMedia, ContactAdded, ContactEntry, Device, FinishedMedia,
+    HistoryQuery, IndexProgress, LogEntry, LogEvent, LoggedIn, Login, MediaCreated, MediaRecord,
+    MediaStore, Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage,
+    NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord,
+    PushFinished, PushOutbox, ReceiptChange, ReceiptState, Registered, Registration, Relation,
+    SearchIndex, SearchPage, SearchQuery, Store, StoreError, StoreResult, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -52,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     // is no 0011.
     include_str!("migrations/0009_invites_admin.sql"),
     include_str!("migrations/0012_account_deletion.sql"),
+    include_str!("migrations/0013_e2ee.sql"),
     include_str!("migrations/0015_shown_codes.sql"),
     include_str!("migrations/0016_mobile_push.sql"),
 ];
@@ -332,6 +334,10 @@ fn delete_account(
     c.prepare_cached("DELETE FROM push_channels WHERE user_id = ?1")?
         .execute([id])?;
     c.prepare_cached("DELETE FROM push_outbox WHERE user_id = ?1")?
+        .execute([id])?;
+    // Device keys, KeyPackages and inboxes went with the devices (cascade);
+    // the identity key is the account's.
+    c.prepare_cached("DELETE FROM identity_keys WHERE user_id = ?1")?
         .execute([id])?;
     c.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 OR contact_id = ?1")?
         .execute([id])?;
@@ -1157,6 +1163,120 @@ impl PushOutbox for SqliteStore {
     }
 }
 
+#[async_trait]
+impl crate::store::e2ee::KeyDirectory for SqliteStore {
+    async fn set_identity_key(
+        &self,
+        user: UserId,
+        key: Vec<u8>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Appended>> {
+        self.append_job(move |c, cache| {
+            e2ee::set_identity_key(c, cache, user, &key, now).map_err(db_err)
+        })
+        .await
+    }
+
+    async fn identity_key(&self, user: UserId) -> StoreResult<Option<Vec<u8>>> {
+        self.readers
+            .read(move |c| e2ee::identity_key(c, user).map_err(db_err))
+            .await
+    }
+
+    async fn set_device_credential(
+        &self,
+        user: UserId,
+        credential: crate::store::e2ee::DeviceCredential,
+        now: Timestamp,
+    ) -> StoreResult<crate::store::e2ee::CredentialSet> {
+        self.append_job(move |c, cache| {
+            e2ee::set_device_credential(c, cache, user, credential, now).map_err(db_err)
+        })
+        .await
+    }
+
+    async fn device_credentials(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<crate::store::e2ee::DeviceCredential>> {
+        self.readers
+            .read(move |c| e2ee::device_credentials(c, user).map_err(db_err))
+            .await
+    }
+
+    async fn publish_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        max_per_device: u64,
+        now: Timestamp,
+    ) -> StoreResult<crate::store::e2ee::Published> {
+        self.writer
+            .write(move |c| {
+                e2ee::publish(c, device, packages, last_resort, max_per_device, now).map_err(db_err)
+            })
+            .await
+    }
+
+    async fn key_package_stock(&self, device: DeviceId) -> StoreResult<(u32, bool)> {
+        self.readers
+            .read(move |c| e2ee::stock(c, device).map_err(db_err))
+            .await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        users: Vec<UserId>,
+        except: DeviceId,
+    ) -> StoreResult<Vec<crate::store::e2ee::ClaimedUser>> {
+        self.writer
+            .write(move |c| e2ee::claim(c, users, except).map_err(db_err))
+            .await
+    }
+
+    async fn devices_changed(&self, user: UserId, now: Timestamp) -> StoreResult<Vec<Appended>> {
+        self.append_job(move |c, cache| e2ee::devices_changed(c, cache, user, now).map_err(db_err))
+            .await
+    }
+}
+
+#[async_trait]
+impl crate::store::e2ee::DeviceInbox for SqliteStore {
+    async fn commit(
+        &self,
+        commit: crate::store::e2ee::NewCommit,
+    ) -> StoreResult<crate::store::e2ee::Committed> {
+        self.append_job(move |c, cache| e2ee::commit(c, cache, commit).map_err(db_err))
+            .await
+    }
+
+    async fn hand_over(
+        &self,
+        handover: crate::store::e2ee::NewHandover,
+    ) -> StoreResult<crate::store::e2ee::HandedOver> {
+        self.writer
+            .write(move |c| e2ee::hand_over(c, handover).map_err(db_err))
+            .await
+    }
+
+    async fn inbox(
+        &self,
+        device: DeviceId,
+        limit: u64,
+    ) -> StoreResult<Vec<crate::store::e2ee::InboxRecord>> {
+        self.readers
+            .read(move |c| e2ee::inbox(c, device, limit).map_err(db_err))
+            .await
+    }
+
+    async fn ack_inbox(&self, device: DeviceId, id: i64) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| e2ee::ack(c, device, id).map_err(db_err))
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use natter_proto::chats::{ChatKind, MessageType};
@@ -1882,6 +2002,8 @@ mod tests {
         c.execute_batch(
             "DROP TABLE search_cursor;
              DROP TABLE invites;
+             DROP TABLE device_inbox; DROP TABLE key_packages; DROP TABLE device_keys;
+             DROP TABLE identity_keys; ALTER TABLE chats DROP COLUMN epoch;
              ALTER TABLE users DROP COLUMN deactivated_at;
              ALTER TABLE users DROP COLUMN deleted_at;
              ALTER TABLE verification_codes DROP COLUMN shown_code;
