@@ -9,6 +9,7 @@ mod accounts;
 mod chats;
 mod error;
 mod extract;
+mod invitations;
 mod media;
 mod ops;
 mod push;
@@ -100,6 +101,9 @@ fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chats::mark_read))
         .routes(routes!(chats::send_message))
         .routes(routes!(chats::edit_message, chats::delete_message))
+        .routes(routes!(invitations::list_invitations))
+        .routes(routes!(invitations::accept_invitation))
+        .routes(routes!(invitations::decline_invitation))
         .routes(routes!(ws::upgrade))
         .routes(routes!(search::search_messages))
         .routes(routes!(search::search_chats))
