@@ -74,6 +74,9 @@ fn bench_env(sms_url: &str) -> Vec<(&'static str, String)> {
         "NATTER_RATE_LIMITS__WS_SEND_PER_CONNECTION__BURST",
         "NATTER_RATE_LIMITS__WS_ACK_PER_CONNECTION__BURST",
         "NATTER_RATE_LIMITS__WS_ACK_WRITES_PER_USER__BURST",
+        // One user creates the group scenario's group with all its members.
+        "NATTER_RATE_LIMITS__PARTICIPANTS_ADDED_PER_MINUTE__BURST",
+        "NATTER_RATE_LIMITS__PARTICIPANTS_ADDED_PER_DAY__BURST",
     ] {
         env.push((key, MANY.to_owned()));
     }

@@ -446,6 +446,8 @@ pub enum Event {
     },
     /// A payload for this device (an MLS Welcome, a handover).
     Inbox(InboxItem),
+    /// An invitation to a group (the user's setting turned an add into one).
+    Invitation(natter_proto::invitations::Invitation),
     /// Publish more KeyPackages.
     KeyPackagesLow {
         /// How many are left.
@@ -940,6 +942,7 @@ impl Connection {
                 Some(Event::TooLong { chat_id, seq })
             }
             ServerFrame::Inbox { item } => Some(Event::Inbox(item)),
+            ServerFrame::Invitation { invitation } => Some(Event::Invitation(invitation)),
             ServerFrame::KeyPackagesLow { available } => Some(Event::KeyPackagesLow { available }),
             ServerFrame::Error { code, message } => Some(Event::ServerError { code, message }),
             ServerFrame::Connected { .. }

@@ -106,6 +106,15 @@ pub struct Chat {
     pub my_role: Option<Role>,
     /// Current participants.
     pub participants: Vec<Participant>,
+    /// Answers that add people (creating a group, adding participants):
+    /// the users who became members by this request. Absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added: Option<Vec<UserId>>,
+    /// Answers that add people: the users whose privacy setting turned the
+    /// add into an invitation (they are not members until they accept).
+    /// Absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited: Option<Vec<UserId>>,
 }
 
 /// One entry of `GET /api/v1/chats`.

@@ -51,6 +51,9 @@ pub enum ErrorCode {
     NotFound,
     /// 404: no such user, or one the caller may not see.
     UserNotFound,
+    /// 404: no such invitation among the caller's pending ones (unknown,
+    /// declined, accepted, or expired).
+    InvitationNotFound,
     /// 404: no such device among the caller's devices.
     DeviceNotFound,
     /// 404: no such contact in the caller's list.
@@ -83,6 +86,13 @@ pub enum ErrorCode {
     GroupFull,
     /// 409: the change would leave the group without an admin.
     LastAdmin,
+    /// 409: too many pending invitations: the invited user has as many as
+    /// allowed, or the group does.
+    InvitationLimitReached,
+    /// 409: the invitation can no longer be accepted: its inviter is no
+    /// longer allowed to add people to the group (left, or no longer an
+    /// admin). It is removed.
+    InvitationNoLongerValid,
     /// 409: the message can no longer be edited (too old, or deleted).
     EditWindowClosed,
     /// 409: the MLS handshake message is not for the chat's current epoch
@@ -157,6 +167,7 @@ impl ErrorCode {
             | Self::ContactNotFound
             | Self::ChatNotFound
             | Self::MessageNotFound
+            | Self::InvitationNotFound
             | Self::MediaNotFound
             | Self::UploadNotFound => 404,
             Self::PushDisabled | Self::PushChannelNotFound => 404,
@@ -167,6 +178,8 @@ impl ErrorCode {
             | Self::DeviceLimitReached
             | Self::ContactLimitReached
             | Self::GroupFull
+            | Self::InvitationLimitReached
+            | Self::InvitationNoLongerValid
             | Self::LastAdmin
             | Self::EditWindowClosed
             | Self::UploadOffsetMismatch

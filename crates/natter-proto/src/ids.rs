@@ -86,6 +86,10 @@ id_type!(
     /// the id of its resumable (tus) upload while it is in progress.
     MediaId
 );
+id_type!(
+    /// An invitation to a group, waiting for its user to accept or decline.
+    InvitationId
+);
 
 #[cfg(test)]
 mod tests {

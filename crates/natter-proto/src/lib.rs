@@ -7,6 +7,7 @@
 //! - [`accounts`]: verification, register, login, devices.
 //! - [`chats`]: chats, participants, messages and history.
 //! - [`e2ee`]: identity and device keys, the KeyPackage directory, commits and device inboxes (MLS).
+//! - [`invitations`]: invitations to groups (adds a user's privacy setting refused).
 //! - [`media`]: uploads, their kinds and descriptions.
 //! - [`push`]: push channels, the VAPID key and the push payload.
 //! - [`search`]: message, chat and contact search results.
@@ -20,6 +21,7 @@ pub mod chats;
 pub mod e2ee;
 pub mod error;
 pub mod ids;
+pub mod invitations;
 pub mod media;
 pub mod push;
 pub mod search;
@@ -28,4 +30,4 @@ pub mod users;
 pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use ids::{ChatId, DeviceId, MediaId, MessageId, UserId};
+pub use ids::{ChatId, DeviceId, InvitationId, MediaId, MessageId, UserId};

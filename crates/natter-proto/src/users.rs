@@ -19,6 +19,21 @@ pub enum LastSeenVisibility {
     Nobody,
 }
 
+/// Who may add a user to groups (creating a group with them, or adding
+/// them to one). An add the setting refuses becomes an invitation the user
+/// may accept or ignore. Direct chats are not group adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupAddPermission {
+    /// Anyone (the default).
+    #[default]
+    Everyone,
+    /// Only users this user has in their contacts; others invite.
+    Contacts,
+    /// No one: every add is an invitation.
+    Nobody,
+}
+
 /// Whether a user is connected right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +59,8 @@ pub struct Me {
     pub about: String,
     /// Who may see `last_seen`.
     pub last_seen_visibility: LastSeenVisibility,
+    /// Who may add the user to groups (others invite).
+    pub group_add_permission: GroupAddPermission,
     /// Where to download the profile picture (any signed-in user may).
     pub profile_pic_url: Option<String>,
     /// When the account was created.
@@ -65,6 +82,9 @@ pub struct UpdateMe {
     /// New last-seen visibility.
     #[serde(default, deserialize_with = "present")]
     pub last_seen_visibility: Option<LastSeenVisibility>,
+    /// Who may add the caller to groups.
+    #[serde(default, deserialize_with = "present")]
+    pub group_add_permission: Option<GroupAddPermission>,
     /// A finished `image` upload of the caller's to show as their profile
     /// picture; `""` removes the picture.
     #[serde(default, deserialize_with = "present")]

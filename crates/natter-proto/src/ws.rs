@@ -14,6 +14,7 @@ use crate::chats::{Message, MessageType};
 use crate::e2ee::InboxItem;
 use crate::error::ErrorCode;
 use crate::ids::{ChatId, DeviceId, MessageId, UserId};
+use crate::invitations::Invitation;
 use crate::users::PresenceStatus;
 
 /// What a client may send.
@@ -218,6 +219,13 @@ pub enum ServerFrame {
     Inbox {
         /// The item.
         item: InboxItem,
+    },
+    /// Someone tried to add the user to a group and their privacy setting
+    /// made it an invitation: accept it (`POST
+    /// /api/v1/invitations/{id}/accept`) or ignore it.
+    Invitation {
+        /// The invitation.
+        invitation: Invitation,
     },
     /// This device's one-time KeyPackages ran low: publish more.
     KeyPackagesLow {

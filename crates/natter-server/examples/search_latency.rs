@@ -83,6 +83,7 @@ async fn user(store: &SqliteStore, n: usize) -> UserId {
         name: format!("user {n}"),
         about: String::new(),
         last_seen_visibility: LastSeenVisibility::Everyone,
+        group_add_permission: natter_proto::users::GroupAddPermission::Everyone,
         last_seen_at: None,
         profile_pic: None,
         created_at: now,

@@ -440,6 +440,13 @@ pub struct Limits {
     pub max_push_endpoint_chars: usize,
     /// Push entries waiting to be planned before new ones are dropped.
     pub push_queue_depth: usize,
+    /// How long an invitation to a group waits to be accepted.
+    pub invitation_ttl_secs: u64,
+    /// Pending invitations one user may hold; more are refused
+    /// (`invitation_limit_reached`).
+    pub max_pending_invitations_per_user: usize,
+    /// Pending invitations to one group.
+    pub max_pending_invitations_per_chat: usize,
 }
 
 impl Default for Limits {
@@ -486,6 +493,9 @@ impl Default for Limits {
             max_search_offset: 10_000,
             max_push_endpoint_chars: 1024,
             push_queue_depth: 4096,
+            invitation_ttl_secs: 7 * 24 * 3600,
+            max_pending_invitations_per_user: 50,
+            max_pending_invitations_per_chat: 200,
         }
     }
 }
@@ -541,6 +551,16 @@ pub struct RateLimits {
     pub uploads_per_user: Rate,
     /// Push channels registered (set or replaced) by one user's devices.
     pub push_channels_per_user: Rate,
+    /// Groups created by one user: the short-term budget.
+    pub chats_created_per_minute: Rate,
+    /// Groups created by one user: the daily budget.
+    pub chats_created_per_day: Rate,
+    /// People one user adds to groups (each initial participant of a new
+    /// group and each user of an add counts, invitations included): the
+    /// short-term budget.
+    pub participants_added_per_minute: Rate,
+    /// People one user adds to groups: the daily budget.
+    pub participants_added_per_day: Rate,
     /// `sync` frames on one WebSocket connection (each reads many events).
     pub ws_sync_per_connection: Rate,
     /// `sync` frames from all of one user's connections.
@@ -603,6 +623,10 @@ impl Default for RateLimits {
             messages_per_user: Rate::new(600, 60),
             uploads_per_user: Rate::new(120, 3600),
             push_channels_per_user: Rate::new(30, 3600),
+            chats_created_per_minute: Rate::new(10, 60),
+            chats_created_per_day: Rate::new(100, 24 * 3600),
+            participants_added_per_minute: Rate::new(200, 60),
+            participants_added_per_day: Rate::new(2000, 24 * 3600),
             ws_sync_per_connection: Rate::new(10, 60),
             ws_sync_per_user: Rate::new(30, 60),
             ws_send_per_connection: Rate::new(1200, 60),
@@ -985,7 +1009,7 @@ impl Config {
             _ => {}
         }
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 56] = [
+        let positive: [(&'static str, u64); 59] = [
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -1121,6 +1145,18 @@ impl Config {
                 "limits.push_queue_depth",
                 self.limits.push_queue_depth as u64,
             ),
+            (
+                "limits.invitation_ttl_secs",
+                self.limits.invitation_ttl_secs,
+            ),
+            (
+                "limits.max_pending_invitations_per_user",
+                self.limits.max_pending_invitations_per_user as u64,
+            ),
+            (
+                "limits.max_pending_invitations_per_chat",
+                self.limits.max_pending_invitations_per_chat as u64,
+            ),
             ("push.coalesce_ms", self.push.coalesce_ms),
             ("push.max_attempts", u64::from(self.push.max_attempts)),
             ("push.backoff_base_ms", self.push.backoff_base_ms),
@@ -1207,6 +1243,22 @@ impl Config {
             (
                 "rate_limits.push_channels_per_user",
                 self.rate_limits.push_channels_per_user,
+            ),
+            (
+                "rate_limits.chats_created_per_minute",
+                self.rate_limits.chats_created_per_minute,
+            ),
+            (
+                "rate_limits.chats_created_per_day",
+                self.rate_limits.chats_created_per_day,
+            ),
+            (
+                "rate_limits.participants_added_per_minute",
+                self.rate_limits.participants_added_per_minute,
+            ),
+            (
+                "rate_limits.participants_added_per_day",
+                self.rate_limits.participants_added_per_day,
             ),
             (
                 "rate_limits.verification_global",

@@ -44,6 +44,14 @@ pub enum Limit {
     UploadsPerUser,
     /// Push channels registered by one user's devices.
     PushChannelsPerUser,
+    /// Groups created by one user, per minute.
+    ChatsCreatedPerMinute,
+    /// Groups created by one user, per day.
+    ChatsCreatedPerDay,
+    /// People added to groups by one user, per minute.
+    ParticipantsAddedPerMinute,
+    /// People added to groups by one user, per day.
+    ParticipantsAddedPerDay,
     /// `sync` frames from one user's connections.
     WsSyncPerUser,
     /// Store writes of one user's `ack` frames.
@@ -108,6 +116,10 @@ pub trait RateLimiter: Send + Sync + fmt::Debug + 'static {
     /// An engine that cannot decide must deny.
     async fn check(&self, limit: Limit, key: &str) -> Result<(), Denied>;
 
+    /// Takes `n` units at once from `limit` for `key` (all or none), or says
+    /// how long to wait. More than the limit's burst is always denied.
+    async fn check_n(&self, limit: Limit, key: &str, n: u32) -> Result<(), Denied>;
+
     /// Takes one unit from the server-wide verification budget.
     async fn check_verification_budget(&self) -> Result<(), Denied>;
 
@@ -164,6 +176,16 @@ impl LocalRateLimiter {
             (Limit::MessagesPerUser, table.messages_per_user),
             (Limit::UploadsPerUser, table.uploads_per_user),
             (Limit::PushChannelsPerUser, table.push_channels_per_user),
+            (Limit::ChatsCreatedPerMinute, table.chats_created_per_minute),
+            (Limit::ChatsCreatedPerDay, table.chats_created_per_day),
+            (
+                Limit::ParticipantsAddedPerMinute,
+                table.participants_added_per_minute,
+            ),
+            (
+                Limit::ParticipantsAddedPerDay,
+                table.participants_added_per_day,
+            ),
             (Limit::WsSyncPerUser, table.ws_sync_per_user),
             (Limit::WsAckWritesPerUser, table.ws_ack_writes_per_user),
             (Limit::WsReadPerUser, table.ws_read_per_user),
@@ -224,6 +246,25 @@ impl RateLimiter for LocalRateLimiter {
         limiter
             .check_key(&key.to_owned())
             .map_err(|n| self.denied(&n))
+    }
+
+    async fn check_n(&self, limit: Limit, key: &str, n: u32) -> Result<(), Denied> {
+        let Some(n) = NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        let Some(limiter) = self.keyed.get(&limit) else {
+            return Err(Denied {
+                retry_after: Duration::from_secs(60),
+            });
+        };
+        match limiter.check_key_n(&key.to_owned(), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(self.denied(&not_until)),
+            // More than the burst can never pass: a request must be split.
+            Err(_) => Err(Denied {
+                retry_after: Duration::from_secs(60),
+            }),
+        }
     }
 
     async fn check_verification_budget(&self) -> Result<(), Denied> {

@@ -18,7 +18,8 @@ use super::users::user_id;
 use crate::service::{ChatView, HistoryRequest, MessageView, Principal, render};
 use crate::store::ChatOverview;
 
-fn chat_dto(v: ChatView) -> Chat {
+pub(crate) fn chat_dto(v: ChatView) -> Chat {
+    let (added, invited) = v.adds.map(|a| (a.added, a.invited)).unzip();
     Chat {
         id: v.chat.id,
         kind: v.chat.kind,
@@ -38,6 +39,8 @@ fn chat_dto(v: ChatView) -> Chat {
                 joined_at: m.joined_at.to_datetime(),
             })
             .collect(),
+        added,
+        invited,
     }
 }
 
@@ -63,8 +66,9 @@ fn message_id(raw: &str) -> Result<MessageId, ApiError> {
         (status = 200, description = "The direct chat with this user already exists.", body = Chat),
         (status = 401, description = "No valid token.", body = ErrorBody),
         (status = 404, description = "A participant does not exist.", body = ErrorBody),
-        (status = 409, description = "Too many participants.", body = ErrorBody),
+        (status = 409, description = "Too many participants, or too many pending invitations.", body = ErrorBody),
         (status = 422, description = "Bad participants or name.", body = ErrorBody),
+        (status = 429, description = "Too many groups created, or people added, lately.", body = ErrorBody),
     )
 )]
 pub(crate) async fn create_chat(
@@ -171,7 +175,8 @@ pub(crate) async fn update_chat(
     )))
 }
 
-/// Adds participants to a group (admins).
+/// Adds participants to a group (admins). A user whose privacy setting
+/// refuses the caller is invited instead; `added` and `invited` say who is which.
 #[utoipa::path(
     post, path = "/api/v1/chats/{chat_id}/participants", tag = "chats",
     security(("bearer" = [])),
@@ -181,7 +186,8 @@ pub(crate) async fn update_chat(
         (status = 200, description = "The chat with its participants.", body = Chat),
         (status = 403, description = "Not an admin.", body = ErrorBody),
         (status = 404, description = "No such chat or user.", body = ErrorBody),
-        (status = 409, description = "The group is full.", body = ErrorBody),
+        (status = 409, description = "The group is full, or too many pending invitations.", body = ErrorBody),
+        (status = 429, description = "Too many people added lately.", body = ErrorBody),
     )
 )]
 pub(crate) async fn add_participants(

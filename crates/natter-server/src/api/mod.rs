@@ -10,6 +10,7 @@ mod chats;
 mod e2ee;
 mod error;
 mod extract;
+mod invitations;
 mod media;
 mod ops;
 mod push;
@@ -113,6 +114,9 @@ fn routes() -> (
         .routes(routes!(e2ee::claim_key_packages))
         .routes(routes!(e2ee::inbox))
         .routes(routes!(e2ee::ack_inbox))
+        .routes(routes!(invitations::list_invitations))
+        .routes(routes!(invitations::accept_invitation))
+        .routes(routes!(invitations::decline_invitation))
         .routes(routes!(ws::upgrade))
         .routes(routes!(search::search_messages))
         .routes(routes!(search::search_chats))

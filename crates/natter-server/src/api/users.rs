@@ -23,6 +23,7 @@ pub(crate) fn me_dto(u: &User) -> Me {
         name: u.name.clone(),
         about: u.about.clone(),
         last_seen_visibility: u.last_seen_visibility,
+        group_add_permission: u.group_add_permission,
         profile_pic_url: u.profile_pic.map(media_url),
         created_at: u.created_at.to_datetime(),
     }

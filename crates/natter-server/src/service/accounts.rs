@@ -148,6 +148,7 @@ impl Services {
             name,
             about: String::new(),
             last_seen_visibility: LastSeenVisibility::Everyone,
+            group_add_permission: natter_proto::users::GroupAddPermission::Everyone,
             last_seen_at: Some(now),
             profile_pic: None,
             created_at: now,

@@ -59,6 +59,7 @@ impl Services {
             name,
             about: String::new(),
             last_seen_visibility: LastSeenVisibility::Everyone,
+            group_add_permission: natter_proto::users::GroupAddPermission::Everyone,
             last_seen_at: None,
             profile_pic: None,
             created_at: now,

@@ -31,6 +31,18 @@ pub struct ChatView {
     pub role: Option<Role>,
     /// Current participants.
     pub members: Vec<Member>,
+    /// For an answer to an add: who was added and who invited.
+    pub adds: Option<Adds>,
+}
+
+/// Who of the people of an add became members and who was invited instead
+/// (their privacy setting refused the add).
+#[derive(Debug, Clone, Default)]
+pub struct Adds {
+    /// New members.
+    pub added: Vec<UserId>,
+    /// Invited (not members until they accept).
+    pub invited: Vec<UserId>,
 }
 
 /// A chat-log entry with the status its sender sees.
@@ -132,12 +144,13 @@ impl Services {
             .ok_or(ServiceError::ChatNotFound)
     }
 
-    async fn view(&self, access: ChatAccess) -> ServiceResult<ChatView> {
+    pub(super) async fn view(&self, access: ChatAccess) -> ServiceResult<ChatView> {
         let members = self.inner.store.members(access.chat.id).await?;
         Ok(ChatView {
             chat: access.chat,
             role: access.role,
             members,
+            adds: None,
         })
     }
 
@@ -199,6 +212,10 @@ impl Services {
             others,
             now: Timestamp::now(),
         };
+        if new.kind == ChatKind::Group {
+            // Groups respect their participants' privacy settings.
+            return Ok((self.create_group(who, new).await?, true));
+        }
         let (chat, created) = match self.inner.store.create_chat(new).await? {
             ChatCreated::Created(chat, appended) => {
                 self.publish(&appended, None).await;
@@ -612,10 +629,12 @@ impl Services {
         self.change_chat(who, chat, ChatChange::Rename(name)).await
     }
 
-    /// Adds users to a group (admins).
+    /// Adds users to a group (admins); a user whose privacy setting
+    /// refuses the caller is invited instead.
     ///
     /// # Errors
-    /// Unknown chat or user (404), not an admin (403), full (409).
+    /// Unknown chat or user (404), not an admin (403), full (409), too many
+    /// invitations (409), rate limited (429).
     pub async fn add_participants(
         &self,
         who: &Principal,
@@ -628,7 +647,7 @@ impl Services {
                 "`user_ids` must hold 1 to {max} users."
             )));
         }
-        self.change_chat(who, chat, ChatChange::Add(users)).await
+        self.add_to_group(who, chat, users).await
     }
 
     /// Removes a participant (admins), or leaves (anyone, for themself).

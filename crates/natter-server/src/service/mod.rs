@@ -12,6 +12,7 @@ mod contacts;
 mod delivery;
 mod e2ee;
 mod export;
+mod invitations;
 mod media;
 mod profiles;
 mod push;
@@ -29,7 +30,7 @@ use natter_proto::{DeviceId, UserId};
 
 pub use self::accounts::{CodeSent, LoginCodeIssued, NewSession};
 pub use self::admin::{BlobCheck, CreatedInvite, CreatedUser};
-pub use self::chats::{ChatView, HistoryRequest, MessageView};
+pub use self::chats::{Adds, ChatView, HistoryRequest, MessageView};
 pub use self::contacts::{ContactView, Discovered, Discovery};
 pub use self::delivery::{DeliveryCursor, Live};
 pub use self::e2ee::{CommitView, UserDevicesView, inbox_item};
@@ -100,6 +101,21 @@ pub enum ServiceError {
     /// The group is full.
     #[error("A group holds at most {0} participants.")]
     GroupFull(usize),
+    /// No such pending invitation of the caller's.
+    #[error("No such invitation.")]
+    InvitationNotFound,
+    /// Too many pending invitations (for an invited user, or for the group).
+    #[error(
+        "Too many pending invitations: a user may hold {0} and a group {1}; \
+         try again once some are accepted, declined or expired."
+    )]
+    InvitationLimit(usize, usize),
+    /// The inviter may no longer add people to the group.
+    #[error(
+        "This invitation can no longer be accepted: whoever sent it may no longer add people \
+         to the group. It has been removed."
+    )]
+    InvitationNoLongerValid,
     /// The change would leave the group without an admin.
     #[error("A group needs an admin: make someone else admin first.")]
     LastAdmin,
@@ -321,6 +337,16 @@ impl Services {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "expired verification codes removed"),
             Err(e) => tracing::warn!(error = %e, "could not remove expired verification codes"),
+        }
+        match self
+            .inner
+            .store
+            .delete_expired_invitations(Timestamp::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "expired invitations removed"),
+            Err(e) => tracing::warn!(error = %e, "could not remove expired invitations"),
         }
     }
 

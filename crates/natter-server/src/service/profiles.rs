@@ -74,6 +74,7 @@ impl Services {
                 .map(|a| clean_text("about", &a, limits.max_about_chars, true))
                 .transpose()?,
             last_seen_visibility: change.last_seen_visibility,
+            group_add_permission: change.group_add_permission,
             profile_pic: match change.profile_pic_media_id.as_deref().map(str::trim) {
                 None => None,
                 Some("") => Some(None),
@@ -117,6 +118,7 @@ mod tests {
             name: "Jane".into(),
             about: String::new(),
             last_seen_visibility: visibility,
+            group_add_permission: natter_proto::users::GroupAddPermission::Everyone,
             last_seen_at: Some(Timestamp(1)),
             profile_pic: None,
             created_at: Timestamp(1),

@@ -71,6 +71,28 @@ pub fn event_frame(seq: i64, body: &EventBody) -> ServerFrame {
     }
 }
 
+/// An invitation to a group, as its user sees it (REST and WebSocket).
+#[must_use]
+pub fn invitation(i: &crate::store::InvitationRecord) -> natter_proto::invitations::Invitation {
+    natter_proto::invitations::Invitation {
+        id: i.id,
+        chat_id: i.chat_id,
+        chat_name: i.chat_name.clone(),
+        inviter_id: i.inviter_id,
+        inviter_name: i.inviter_name.clone(),
+        created_at: i.created_at.to_datetime(),
+        expires_at: i.expires_at.to_datetime(),
+    }
+}
+
+/// The frame that tells a user of a new invitation to a group.
+#[must_use]
+pub fn invitation_frame(i: &crate::store::InvitationRecord) -> ServerFrame {
+    ServerFrame::Invitation {
+        invitation: invitation(i),
+    }
+}
+
 /// The frame that carries a chat's receipt positions.
 #[must_use]
 pub fn receipt_frame(chat: ChatId, receipts: ReceiptState) -> ServerFrame {

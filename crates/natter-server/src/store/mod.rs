@@ -14,8 +14,8 @@ pub mod sqlite;
 use async_trait::async_trait;
 use natter_proto::chats::{ChatEvent, ChatKind, MessageType, Role};
 use natter_proto::media::MediaKind;
-use natter_proto::users::LastSeenVisibility;
-use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
+use natter_proto::users::{GroupAddPermission, LastSeenVisibility};
+use natter_proto::{ChatId, DeviceId, InvitationId, MediaId, MessageId, UserId};
 
 use crate::clock::Timestamp;
 use crate::phone::Phone;
@@ -89,6 +89,8 @@ pub struct User {
     pub about: String,
     /// Who may see `last_seen_at`.
     pub last_seen_visibility: LastSeenVisibility,
+    /// Who may add them to groups (others invite).
+    pub group_add_permission: GroupAddPermission,
     /// Last authenticated activity of any device.
     pub last_seen_at: Option<Timestamp>,
     /// Profile picture (an image the user uploaded).
@@ -216,6 +218,8 @@ pub struct ProfilePatch {
     pub about: Option<String>,
     /// New last-seen visibility.
     pub last_seen_visibility: Option<LastSeenVisibility>,
+    /// New setting of who may add them to groups.
+    pub group_add_permission: Option<GroupAddPermission>,
     /// New profile picture (`Some(None)` removes it). The engine sets it only
     /// if the media is a finished image of the user's, atomically with that
     /// check, and clears it otherwise.
@@ -884,6 +888,7 @@ pub trait Store:
     + admin::Administration
     + e2ee::KeyDirectory
     + e2ee::DeviceInbox
+    + GroupInvitations
     + Send
     + Sync
     + std::fmt::Debug
@@ -1203,4 +1208,139 @@ pub trait PushOutbox: Send + Sync {
 
     /// Removes a device's waiting push (it came online); true if there was one.
     async fn cancel_push(&self, device: DeviceId) -> StoreResult<bool>;
+}
+
+/// The bounds of invitations to groups (from `Limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct InvitationRules {
+    /// How long an invitation waits, in milliseconds.
+    pub ttl_ms: i64,
+    /// Pending invitations one user may hold.
+    pub max_per_user: usize,
+    /// Pending invitations to one group.
+    pub max_per_chat: usize,
+}
+
+/// A pending invitation to a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitationRecord {
+    /// Its id.
+    pub id: InvitationId,
+    /// The group.
+    pub chat_id: ChatId,
+    /// The group's name.
+    pub chat_name: Option<String>,
+    /// The invited user.
+    pub user_id: UserId,
+    /// Who tried to add them.
+    pub inviter_id: UserId,
+    /// The inviter's display name.
+    pub inviter_name: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it goes away unless accepted.
+    pub expires_at: Timestamp,
+}
+
+/// Who of the people of an add became members and who was invited.
+#[derive(Debug, Clone, Default)]
+pub struct AddOutcome {
+    /// New members.
+    pub added: Vec<UserId>,
+    /// The invited users: invitations this add made (`fresh`), or ones
+    /// pending from an earlier add.
+    pub invited: Vec<UserId>,
+    /// The invitations this add made (their users are told).
+    pub fresh: Vec<InvitationRecord>,
+}
+
+/// What became of a group creation that respects privacy settings.
+#[derive(Debug, Clone)]
+pub enum GroupCreated {
+    /// Created, with its entry, and who was added or invited.
+    Created(ChatRecord, Box<Appended>, AddOutcome),
+    /// A participant does not exist.
+    UnknownUser(UserId),
+    /// An invited user, or the group, has as many pending invitations as allowed.
+    InvitationLimit,
+}
+
+/// What became of an add to a group that respects privacy settings.
+#[derive(Debug, Clone)]
+pub enum GroupAdded {
+    /// Done: the entries appended, and who was added or invited.
+    Done(Vec<Appended>, AddOutcome),
+    /// Refused, as a chat change would be.
+    Refused(ChatChanged),
+    /// An invited user, or the group, has as many pending invitations as allowed.
+    InvitationLimit,
+}
+
+/// What became of accepting an invitation.
+#[derive(Debug, Clone)]
+pub enum InvitationAccepted {
+    /// The user is a member now: the entries appended (none if they already were).
+    Joined(ChatId, Vec<Appended>),
+    /// No such pending invitation of the user's (or it expired).
+    NotFound,
+    /// The group no longer exists (the invitation is removed).
+    ChatGone,
+    /// The inviter may no longer add people (the invitation is removed).
+    NoLongerValid,
+    /// The group is full (the invitation stays).
+    GroupFull,
+}
+
+/// The store's invitations to groups: adds that respect the added users'
+/// privacy settings (`group_add_permission`), and the invitations such adds
+/// become. Each operation decides who is added and who is invited in the
+/// same transaction as the add.
+#[async_trait]
+pub trait GroupInvitations: Send + Sync {
+    /// Creates a group whose initial participants are added where their
+    /// setting allows the creator to, and invited otherwise.
+    async fn create_group(
+        &self,
+        chat: NewChat,
+        rules: InvitationRules,
+    ) -> StoreResult<GroupCreated>;
+
+    /// Adds users to a group (as [`ChatLog::change_chat`] with
+    /// [`ChatChange::Add`]) where their setting allows `actor` to, and
+    /// invites the others.
+    async fn add_to_group(
+        &self,
+        chat: ChatId,
+        actor: UserId,
+        users: Vec<UserId>,
+        max_members: usize,
+        rules: InvitationRules,
+        now: Timestamp,
+    ) -> StoreResult<GroupAdded>;
+
+    /// A user's pending invitations, newest first.
+    async fn invitations(&self, user: UserId, now: Timestamp)
+    -> StoreResult<Vec<InvitationRecord>>;
+
+    /// Accepts one of `user`'s pending invitations: re-checks the rules
+    /// (the group exists, the inviter may still add people, the group has
+    /// room) and adds the user as if the inviter added them now.
+    async fn accept_invitation(
+        &self,
+        id: InvitationId,
+        user: UserId,
+        max_members: usize,
+        now: Timestamp,
+    ) -> StoreResult<InvitationAccepted>;
+
+    /// Declines (deletes) one of `user`'s pending invitations; false if there was none.
+    async fn decline_invitation(
+        &self,
+        id: InvitationId,
+        user: UserId,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+
+    /// Deletes invitations expired by `now`; returns how many.
+    async fn delete_expired_invitations(&self, now: Timestamp) -> StoreResult<u64>;
 }

@@ -1,9 +1,11 @@
 //! The product rules of chats, as plain functions every storage engine
 //! calls inside its transaction, so each rule exists once: who may change a
 //! chat, how big a group may grow, who takes over from the last admin, how
-//! long a message can be edited, and who hears of an entry.
+//! long a message can be edited, who hears of an entry, and who may add
+//! whom to a group.
 
 use natter_proto::chats::{ChatKind, Role};
+use natter_proto::users::GroupAddPermission;
 use natter_proto::{ChatId, UserId};
 
 use super::{ChatChange, ChatChanged, Recipients};
@@ -43,6 +45,18 @@ pub fn refuse_change(
 #[must_use]
 pub const fn has_room(current: usize, adding: usize, max_members: usize) -> bool {
     current.saturating_add(adding) <= max_members
+}
+
+/// Whether a user with `permission` may be added to a group directly by
+/// someone they do (`adder_is_contact`) or do not have in their contacts;
+/// when not, the add becomes an invitation.
+#[must_use]
+pub const fn may_add_to_group(permission: GroupAddPermission, adder_is_contact: bool) -> bool {
+    match permission {
+        GroupAddPermission::Everyone => true,
+        GroupAddPermission::Contacts => adder_is_contact,
+        GroupAddPermission::Nobody => false,
+    }
 }
 
 /// Whether demoting `user` would leave the group without an admin.
@@ -209,6 +223,15 @@ mod tests {
         assert!(has_room(3, 2, 5));
         assert!(!has_room(3, 3, 5));
         assert!(!has_room(usize::MAX, 1, 5));
+    }
+
+    #[test]
+    fn the_group_add_setting_decides_between_an_add_and_an_invitation() {
+        use GroupAddPermission::{Contacts, Everyone, Nobody};
+        assert!(may_add_to_group(Everyone, false));
+        assert!(may_add_to_group(Contacts, true));
+        assert!(!may_add_to_group(Contacts, false));
+        assert!(!may_add_to_group(Nobody, true));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
 //! - `contacts`: contact lists and discovery.
 //! - `chats`: chats, participants, roles, chat lists.
+//! - `group_privacy`: who may add whom to groups, invitations, the limits on group creations and adds.
 //! - `messages`: sending, history, idempotency, encryption, edits, receipts.
 //! - `names`: which characters display and group names may hold.
 //! - `errors`: malformed input of every kind, and the limits at N and N+1.
@@ -43,6 +44,7 @@ mod devices;
 mod e2ee;
 mod errors;
 mod frame_budgets;
+mod group_privacy;
 mod invites;
 mod media;
 mod messages;

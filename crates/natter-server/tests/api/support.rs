@@ -856,3 +856,52 @@ pub fn unb64(text: &str) -> Vec<u8> {
         .decode(text)
         .unwrap()
 }
+impl TestUser {
+    /// Sets who may add this user to groups (`everyone`, `contacts`, `nobody`).
+    pub async fn lets_add_to_groups(&self, app: &TestApp, who: &str) {
+        let me = self
+            .patch(
+                app,
+                "/api/v1/users/me",
+                json!({ "group_add_permission": who }),
+            )
+            .await
+            .ok(200);
+        assert_eq!(me["group_add_permission"], who);
+    }
+
+    /// Asks to create a group with `others`; the answer as it comes.
+    pub async fn tries_group_with(
+        &self,
+        app: &TestApp,
+        name: &str,
+        others: &[&TestUser],
+    ) -> Answer {
+        let ids: Vec<&str> = others.iter().map(|u| u.user_id.as_str()).collect();
+        self.post(
+            app,
+            "/api/v1/chats",
+            json!({"type": "group", "name": name, "participants": ids}),
+        )
+        .await
+    }
+
+    /// Asks to add `others` to a group; the answer as it comes.
+    pub async fn tries_adding(&self, app: &TestApp, chat: &str, others: &[&TestUser]) -> Answer {
+        let ids: Vec<&str> = others.iter().map(|u| u.user_id.as_str()).collect();
+        self.post(
+            app,
+            &format!("/api/v1/chats/{chat}/participants"),
+            json!({ "user_ids": ids }),
+        )
+        .await
+    }
+
+    /// This user's pending invitations to groups, newest first.
+    pub async fn invitations(&self, app: &TestApp) -> Vec<Value> {
+        self.get(app, "/api/v1/invitations").await.ok(200)["invitations"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}

@@ -355,7 +355,9 @@ mod tests {
         // What a binary with 0008 and 0010 but without this branch left.
         let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
         c.execute_batch(
-            "DROP TABLE device_inbox; DROP TABLE key_packages; DROP TABLE device_keys;
+            "DROP TABLE group_invitations;
+             ALTER TABLE users DROP COLUMN group_add_permission;
+             DROP TABLE device_inbox; DROP TABLE key_packages; DROP TABLE device_keys;
              DROP TABLE identity_keys; ALTER TABLE chats DROP COLUMN epoch;
              DROP TABLE invites;
              ALTER TABLE users DROP COLUMN deactivated_at;

@@ -283,7 +283,7 @@ pub(super) fn append_entry(
 }
 
 /// Whether an account exists (a deleted account's tombstone does not count).
-fn user_exists(c: &Connection, user: UserId) -> Result<bool> {
+pub(super) fn user_exists(c: &Connection, user: UserId) -> Result<bool> {
     c.prepare_cached("SELECT 1 FROM users WHERE id = ?1 AND deleted_at IS NULL")?
         .exists([user.as_uuid().as_bytes()])
 }

@@ -9,6 +9,7 @@ mod cache;
 mod chats;
 mod e2ee;
 mod engine;
+mod invitations;
 mod media;
 mod push;
 mod search;
@@ -17,7 +18,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use natter_proto::users::LastSeenVisibility;
-use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
+use natter_proto::{ChatId, DeviceId, InvitationId, MediaId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
@@ -30,6 +31,10 @@ use super::{
     NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord,
     PushFinished, PushOutbox, ReceiptChange, ReceiptState, Registered, Registration, Relation,
     SearchIndex, SearchPage, SearchQuery, Store, StoreError, StoreResult, User,
+};
+use super::{
+    GroupAdded, GroupCreated, GroupInvitations, InvitationAccepted, InvitationRecord,
+    InvitationRules,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -54,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_invites_admin.sql"),
     include_str!("migrations/0012_account_deletion.sql"),
     include_str!("migrations/0013_e2ee.sql"),
+    include_str!("migrations/0014_group_privacy.sql"),
     include_str!("migrations/0015_shown_codes.sql"),
     include_str!("migrations/0016_mobile_push.sql"),
 ];
@@ -212,8 +218,8 @@ fn visibility_from_sql(s: &str) -> LastSeenVisibility {
     }
 }
 
-const USER_COLUMNS: &str =
-    "id, phone, name, about, last_seen_visibility, last_seen_at, profile_pic, created_at";
+const USER_COLUMNS: &str = "id, phone, name, about, last_seen_visibility, group_add_permission, \
+     last_seen_at, profile_pic, created_at";
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -222,6 +228,9 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         name: row.get("name")?,
         about: row.get("about")?,
         last_seen_visibility: visibility_from_sql(&row.get::<_, String>("last_seen_visibility")?),
+        group_add_permission: invitations::permission_from_sql(
+            &row.get::<_, String>("group_add_permission")?,
+        ),
         last_seen_at: row.get::<_, Option<i64>>("last_seen_at")?.map(Timestamp),
         profile_pic: row
             .get::<_, Option<Vec<u8>>>("profile_pic")?
@@ -347,6 +356,8 @@ fn delete_account(
         .execute([id])?;
     c.prepare_cached("DELETE FROM memberships WHERE user_id = ?1")?
         .execute([id])?;
+    c.prepare_cached("DELETE FROM group_invitations WHERE user_id = ?1 OR inviter_id = ?1")?
+        .execute([id])?;
     let mut media = Vec::new();
     let mut uploads = Vec::new();
     let mut gone = c.prepare_cached("DELETE FROM media WHERE owner_id = ?1 RETURNING id, ready")?;
@@ -369,7 +380,8 @@ fn delete_account(
     // number can equal, so it is free for a new account.
     c.prepare_cached(
         "UPDATE users SET phone = 'deleted:' || lower(hex(id)), name = 'Deleted account',
-           about = '', last_seen_visibility = 'nobody', last_seen_at = NULL,
+           about = '', last_seen_visibility = 'nobody', group_add_permission = 'nobody',
+           last_seen_at = NULL,
            profile_pic = NULL, deactivated_at = coalesce(deactivated_at, ?2),
            deleted_at = ?2, updated_at = ?2
          WHERE id = ?1",
@@ -669,6 +681,7 @@ impl Accounts for SqliteStore {
                 c.prepare_cached(
                     "UPDATE users SET name = coalesce(?2, name), about = coalesce(?3, about),
                        last_seen_visibility = coalesce(?4, last_seen_visibility), updated_at = ?5,
+                       group_add_permission = coalesce(?8, group_add_permission),
                        profile_pic = CASE WHEN ?6 THEN (
                          SELECT m.id FROM media m WHERE m.id = ?7 AND m.owner_id = ?1
                            AND m.ready = 1 AND m.kind = 'image')
@@ -684,6 +697,9 @@ impl Accounts for SqliteStore {
                         now.0,
                         patch.profile_pic.is_some(),
                         patch.profile_pic.flatten().map(|m| *m.as_uuid().as_bytes()),
+                        patch
+                            .group_add_permission
+                            .map(invitations::permission_to_sql),
                     ])
                 })
                 .map_err(db_err)?;
@@ -760,7 +776,7 @@ impl Accounts for SqliteStore {
                 let mut s = c
                     .prepare_cached(
                         "SELECT u.id, u.phone, u.name, u.about, u.last_seen_visibility,
-                                u.last_seen_at, u.profile_pic, u.created_at, c.added_by_phone,
+                                u.group_add_permission, u.last_seen_at, u.profile_pic, u.created_at, c.added_by_phone,
                                 EXISTS (SELECT 1 FROM contacts r
                                         WHERE r.owner_id = u.id AND r.contact_id = c.owner_id)
                                   AS they_have_me
@@ -855,6 +871,76 @@ impl Accounts for SqliteStore {
                 .map(drop)
                 .map_err(db_err)
             })
+            .await
+    }
+}
+
+#[async_trait]
+impl GroupInvitations for SqliteStore {
+    async fn create_group(
+        &self,
+        chat: NewChat,
+        rules: InvitationRules,
+    ) -> StoreResult<GroupCreated> {
+        self.append_job(move |c, cache| {
+            invitations::create_group(c, cache, chat, rules).map_err(db_err)
+        })
+        .await
+    }
+
+    async fn add_to_group(
+        &self,
+        chat: ChatId,
+        actor: UserId,
+        users: Vec<UserId>,
+        max_members: usize,
+        rules: InvitationRules,
+        now: Timestamp,
+    ) -> StoreResult<GroupAdded> {
+        self.append_job(move |c, cache| {
+            invitations::add_to_group(c, cache, chat, actor, users, max_members, rules, now)
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn invitations(
+        &self,
+        user: UserId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<InvitationRecord>> {
+        self.readers
+            .read(move |c| invitations::invitations(c, user, now).map_err(db_err))
+            .await
+    }
+
+    async fn accept_invitation(
+        &self,
+        id: InvitationId,
+        user: UserId,
+        max_members: usize,
+        now: Timestamp,
+    ) -> StoreResult<InvitationAccepted> {
+        self.append_job(move |c, cache| {
+            invitations::accept(c, cache, id, user, max_members, now).map_err(db_err)
+        })
+        .await
+    }
+
+    async fn decline_invitation(
+        &self,
+        id: InvitationId,
+        user: UserId,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| invitations::decline(c, id, user, now).map_err(db_err))
+            .await
+    }
+
+    async fn delete_expired_invitations(&self, now: Timestamp) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| invitations::delete_expired(c, now).map_err(db_err))
             .await
     }
 }
@@ -1302,6 +1388,7 @@ mod tests {
             name: format!("u{n}"),
             about: String::new(),
             last_seen_visibility: LastSeenVisibility::Everyone,
+            group_add_permission: natter_proto::users::GroupAddPermission::Everyone,
             last_seen_at: None,
             profile_pic: None,
             created_at: now,
@@ -2000,7 +2087,9 @@ mod tests {
         // (Schema 7 still had what the fan-out migration later removes, and
         // not what 0009 adds.)
         c.execute_batch(
-            "DROP TABLE search_cursor;
+            "DROP TABLE group_invitations;
+             ALTER TABLE users DROP COLUMN group_add_permission;
+             DROP TABLE search_cursor;
              DROP TABLE invites;
              DROP TABLE device_inbox; DROP TABLE key_packages; DROP TABLE device_keys;
              DROP TABLE identity_keys; ALTER TABLE chats DROP COLUMN epoch;
