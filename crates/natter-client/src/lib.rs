@@ -10,6 +10,8 @@
 //!   limit), authenticated with the `auth` frame; split into a
 //!   [`SocketWriter`] and a [`SocketReader`] for pipelined use.
 
+pub mod e2ee;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
