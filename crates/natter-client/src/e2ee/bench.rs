@@ -254,4 +254,13 @@ mod tests {
         assert!(report.groups[0].welcome_bytes > 0);
         assert!(report.to_string().contains("3 members"));
     }
+
+    /// The figures in the report: `cargo test --release -p natter-client
+    /// --lib e2ee::bench -- --ignored --nocapture` (or `natter bench e2ee`).
+    #[test]
+    #[ignore = "a benchmark: run in release"]
+    fn figures_at_100_and_1000_members() {
+        let report = run(Suite::default(), &[100, 1000], 1000).unwrap();
+        eprintln!("{report}");
+    }
 }

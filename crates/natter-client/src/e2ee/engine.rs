@@ -138,8 +138,9 @@ pub struct CommitSummary {
     pub epoch: u64,
 }
 
-/// The outcome of processing one incoming message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The outcome of processing one incoming message. Its `Debug` shows an
+/// application message's length, never its content (logs carry no content).
+#[derive(Clone, PartialEq, Eq)]
 pub enum GroupEvent {
     /// An application message (a [`super::payload::Payload`] inside).
     Application {
@@ -162,8 +163,25 @@ pub enum GroupEvent {
     Ignored,
 }
 
+impl std::fmt::Debug for GroupEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Application { sender, plaintext } => f
+                .debug_struct("Application")
+                .field("sender", sender)
+                .field("bytes", &plaintext.len())
+                .finish(),
+            Self::Commit(summary) => f.debug_tuple("Commit").field(summary).finish(),
+            Self::RemovedFromGroup { by } => {
+                f.debug_struct("RemovedFromGroup").field("by", by).finish()
+            }
+            Self::AlreadyApplied => f.write_str("AlreadyApplied"),
+            Self::Ignored => f.write_str("Ignored"),
+        }
+    }
+}
+
 /// The engine of one device.
-#[derive(Debug)]
 pub struct Engine {
     /// This device's user.
     user: UserId,
@@ -177,6 +195,18 @@ pub struct Engine {
     provider: EngineProvider,
     /// The groups this device is in, by chat.
     groups: HashMap<ChatId, MlsGroup>,
+}
+
+impl std::fmt::Debug for Engine {
+    /// Names only: the state holds every secret of the device.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("user", &self.user)
+            .field("device", &self.device)
+            .field("holds_identity", &self.identity.is_some())
+            .field("chats", &self.groups.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a snapshot holds besides the MLS store.

@@ -12,12 +12,19 @@ use openmls_traits::OpenMlsProvider;
 use super::E2eeError;
 
 /// RustCrypto plus a [`MemoryStorage`] the engine can read out and replace.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct EngineProvider {
     /// Primitives (and randomness) for OpenMLS.
     crypto: RustCrypto,
     /// Every MLS secret and group state of this device, keyed by OpenMLS.
     storage: MemoryStorage,
+}
+
+impl std::fmt::Debug for EngineProvider {
+    /// No values: the store holds the device's secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineProvider").finish_non_exhaustive()
+    }
 }
 
 impl OpenMlsProvider for EngineProvider {
