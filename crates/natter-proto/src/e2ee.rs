@@ -50,11 +50,7 @@ pub const SUITES: [u16; 2] = [SUITE_CLASSIC, SUITE_PQ_HYBRID];
 /// member whose device certificate does not verify against the user's
 /// identity key, so the server cannot add a reader.
 #[must_use]
-pub fn device_certificate_message(
-    user: UserId,
-    device: DeviceId,
-    signature_key: &[u8],
-) -> Vec<u8> {
+pub fn device_certificate_message(user: UserId, device: DeviceId, signature_key: &[u8]) -> Vec<u8> {
     const LABEL: &[u8] = b"natter device certificate v1\0";
     let mut m = Vec::with_capacity(LABEL.len() + 32 + signature_key.len());
     m.extend_from_slice(LABEL);
@@ -279,8 +275,14 @@ mod tests {
         let user = UserId::new();
         let device = DeviceId::new();
         let a = device_certificate_message(user, device, &[1; 32]);
-        assert_ne!(a, device_certificate_message(user, DeviceId::new(), &[1; 32]));
-        assert_ne!(a, device_certificate_message(UserId::new(), device, &[1; 32]));
+        assert_ne!(
+            a,
+            device_certificate_message(user, DeviceId::new(), &[1; 32])
+        );
+        assert_ne!(
+            a,
+            device_certificate_message(UserId::new(), device, &[1; 32])
+        );
         assert_ne!(a, device_certificate_message(user, device, &[2; 32]));
         assert_eq!(a.len(), 29 + 32 + 32);
     }
