@@ -11,6 +11,7 @@
 //! - `target`: starting, pinning, watching and stopping the child process.
 //! - `accounts`: the SMS webhook receiver and account sign-up.
 //! - `relay`, `group`, `catchup`, `search`, `idle`: the scenarios.
+//! - `e2ee`: the client's MLS engine in-process (no server started).
 //! - [`baseline`]: the bare relay (no auth, no storage), run as
 //!   `natter baseline-relay` (hidden) by the `baseline` scenario.
 //! - `report`: results as a table or JSON.
@@ -18,6 +19,7 @@
 mod accounts;
 pub mod baseline;
 mod catchup;
+mod e2ee;
 mod group;
 mod idle;
 mod load;
@@ -98,6 +100,9 @@ pub enum Scenario {
     Catchup(catchup::CatchupArgs),
     /// Query latency over a store of M messages.
     Search(search::SearchArgs),
+    /// The client's MLS engine in-process, no server: message cost, add and
+    /// remove commits at 100 and 1,000 devices, Welcome sizes.
+    E2ee(e2ee::E2eeArgs),
     /// The relay scenario against the bare built-in relay only (no auth, no
     /// storage): the physical limit of this machine and client.
     Baseline(relay::RelayArgs),
@@ -192,6 +197,7 @@ async fn scenario(args: BenchArgs) -> BenchResult<Report> {
         Scenario::Group(a) => group::run(&common, &a).await,
         Scenario::Catchup(a) => catchup::run(&common, &a).await,
         Scenario::Search(a) => search::run(&common, &a).await,
+        Scenario::E2ee(a) => e2ee::run(&common, &a).await,
     }
 }
 

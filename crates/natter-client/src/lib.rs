@@ -43,6 +43,7 @@
 //! ```
 
 pub mod api;
+pub mod e2ee;
 pub mod session;
 #[cfg(not(target_arch = "wasm32"))]
 mod socket;

@@ -162,3 +162,11 @@ fn search_fills_the_store_and_queries_each_word_class() {
             > 0.0
     );
 }
+
+#[test]
+fn e2ee_measures_the_mls_engine_in_process() {
+    let r = bench(&["e2ee", "--members", "3", "--messages", "5"]);
+    assert_eq!(count(&r, "/sizes/0/members"), 3, "{r}");
+    assert!(count(&r, "/sizes/0/welcome_bytes") > 0, "{r}");
+    assert!(count(&r, "/sizes/0/message_bytes") > 100, "{r}");
+}
