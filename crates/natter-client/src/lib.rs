@@ -16,6 +16,10 @@
 //! - `store` (native): [`Store`], SQLite: session file, positions,
 //!   outbox, the encryption engine's `state`, history with FTS5 search.
 //! - `socket` (native): [`Socket`], a raw WebSocket for the load tool.
+//! - [`e2ee`]: the MLS engine of one device (keys, groups, trust, safety
+//!   numbers, encrypted media, handovers), network-free.
+//! - `messenger` (native): [`Messenger`], the end-to-end encrypted client
+//!   of one device: session, sync engine, MLS engine and store in step.
 //!
 //! Usage, natively:
 //! ```no_run
@@ -44,6 +48,8 @@
 
 pub mod api;
 pub mod e2ee;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod messenger;
 pub mod session;
 #[cfg(not(target_arch = "wasm32"))]
 mod socket;
@@ -52,6 +58,8 @@ pub mod store;
 pub mod transport;
 
 pub use api::{Api, ApiError};
+#[cfg(not(target_arch = "wasm32"))]
+pub use messenger::{ChatMessage, Messenger, MessengerEvent, ReceivedFile};
 pub use natter_proto::chats::SendMessage;
 pub use session::{Client, Connection, ConnectionConfig, Event, MemoryState, Session, SyncState};
 #[cfg(not(target_arch = "wasm32"))]

@@ -98,8 +98,9 @@ pub enum ErrorCode {
     /// 409: the MLS handshake message is not for the chat's current epoch
     /// (another commit won it): process the chat's log, rebase, retry.
     StaleEpoch,
-    /// 409: the device has no certificate from its user's identity key yet.
-    DeviceNotCertified,
+    /// 409: the device has not registered its keys yet
+    /// (`PUT /api/v1/devices/me/credential` first).
+    DeviceKeysMissing,
     /// 409: the device's keys are set already (a device's keys never change).
     CredentialExists,
     /// 409: the device's inbox holds as many items as allowed.
@@ -185,7 +186,7 @@ impl ErrorCode {
             | Self::UploadOffsetMismatch
             | Self::TooManyUploads
             | Self::StaleEpoch
-            | Self::DeviceNotCertified
+            | Self::DeviceKeysMissing
             | Self::CredentialExists
             | Self::InboxFull => 409,
             Self::TusVersionUnsupported => 412,

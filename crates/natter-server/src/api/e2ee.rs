@@ -140,7 +140,7 @@ fn stock(app: &AppState, (available, last_resort): (u32, bool)) -> KeyPackageSto
     responses(
         (status = 201, description = "Stored; the stock now.", body = KeyPackageStock),
         (status = 401, description = "No valid token.", body = ErrorBody),
-        (status = 409, description = "The device is not certified (`device_not_certified`).", body = ErrorBody),
+        (status = 409, description = "The device has registered no keys (`device_keys_missing`).", body = ErrorBody),
         (status = 413, description = "A KeyPackage is larger than `e2ee.key_package_max_bytes`.", body = ErrorBody),
         (status = 422, description = "A KeyPackage refused (`invalid_key_package`: wire format, suite, lifetime, credential, signature key), or too many.", body = ErrorBody),
     )

@@ -105,7 +105,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::ImageRejected(_) => ErrorCode::ImageRejected,
             ServiceError::OffsetMismatch(_) => ErrorCode::UploadOffsetMismatch,
             ServiceError::StaleEpoch(_) => ErrorCode::StaleEpoch,
-            ServiceError::DeviceNotCertified => ErrorCode::DeviceNotCertified,
+            ServiceError::DeviceKeysMissing => ErrorCode::DeviceKeysMissing,
             ServiceError::CredentialExists => ErrorCode::CredentialExists,
             ServiceError::InboxFull(_) => ErrorCode::InboxFull,
             ServiceError::EncryptionRequired => ErrorCode::EncryptionRequired,

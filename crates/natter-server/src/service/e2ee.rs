@@ -270,8 +270,7 @@ impl Services {
             .await?
             .into_iter()
             .find(|d| d.device_id == who.device)
-            .filter(|d| d.certificate.is_some())
-            .ok_or(ServiceError::DeviceNotCertified)?;
+            .ok_or(ServiceError::DeviceKeysMissing)?;
         let now_secs = u64::try_from(Timestamp::now().0 / 1000).unwrap_or(0);
         let mut packages = Vec::with_capacity(key_packages.len());
         for (i, raw) in key_packages.iter().enumerate() {
@@ -307,7 +306,7 @@ impl Services {
             .await?
         {
             Published::Stock(available, last_resort) => Ok((available, last_resort)),
-            Published::NotCertified => Err(ServiceError::DeviceNotCertified),
+            Published::NoKeys => Err(ServiceError::DeviceKeysMissing),
             Published::TooMany => Err(ServiceError::Validation(format!(
                 "A device keeps at most {} one-time KeyPackages; publish fewer.",
                 e2ee.key_packages_max_per_device

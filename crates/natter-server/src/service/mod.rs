@@ -180,9 +180,9 @@ pub enum ServiceError {
     /// A commit for an epoch that is not the chat's current one.
     #[error("The chat is at epoch {0}: process the log's new commits and commit again.")]
     StaleEpoch(u64),
-    /// The device has no certificate yet.
-    #[error("This device is not certified: a device holding the identity key must sign it first.")]
-    DeviceNotCertified,
+    /// The device has registered no keys.
+    #[error("This device has no keys yet: PUT /api/v1/devices/me/credential first.")]
+    DeviceKeysMissing,
     /// The device's keys are set and differ.
     #[error("This device's keys are already set; a device's keys never change.")]
     CredentialExists,

@@ -42,8 +42,8 @@ pub enum CredentialSet {
 pub enum Published {
     /// Stored: the device's stock now (one-time packages, last resort on file).
     Stock(u32, bool),
-    /// The device is not certified (now).
-    NotCertified,
+    /// The device has registered no keys.
+    NoKeys,
     /// The device would keep more one-time packages than allowed.
     TooMany,
 }

@@ -251,7 +251,7 @@ async fn the_directory_refuses_bad_key_packages_with_typed_errors_and_stores_not
         .await
         .ok(201);
 
-    // An uncertified device may publish nothing.
+    // A device without registered keys may publish nothing.
     let tablet = app.login("+14155551041", "tablet").await;
     let t = MlsDevice::new(&tablet);
     tablet
@@ -261,7 +261,7 @@ async fn the_directory_refuses_bad_key_packages_with_typed_errors_and_stores_not
             json!({"key_packages": [t.key_package()]}),
         )
         .await
-        .expect(409, "device_not_certified");
+        .expect(409, "device_keys_missing");
     put(
         &app,
         &tablet,
@@ -270,6 +270,8 @@ async fn the_directory_refuses_bad_key_packages_with_typed_errors_and_stores_not
     )
     .await
     .ok(204);
+    // With keys but no certificate it may publish (so it can be added the
+    // moment it is certified), but no claim hands its packages out.
     tablet
         .post(
             &app,
@@ -277,8 +279,18 @@ async fn the_directory_refuses_bad_key_packages_with_typed_errors_and_stores_not
             json!({"key_packages": [t.key_package()]}),
         )
         .await
-        .expect(409, "device_not_certified");
-    // Certified by the first device (it holds the identity key): now it may.
+        .ok(201);
+    let claimed = claim(&app, &bob, &alice).await;
+    let devices = |claimed: &Value| -> Vec<String> {
+        claimed["users"][0]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["device_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(!devices(&claimed).contains(&tablet.device_id), "{claimed}");
+    // Certified by the first device (it holds the identity key): now it is claimed.
     put(
         &app,
         &alice,
@@ -291,14 +303,8 @@ async fn the_directory_refuses_bad_key_packages_with_typed_errors_and_stores_not
     )
     .await
     .ok(204);
-    tablet
-        .post(
-            &app,
-            "/api/v1/devices/me/key-packages",
-            json!({"key_packages": [t.key_package()]}),
-        )
-        .await
-        .ok(201);
+    let claimed = claim(&app, &bob, &alice).await;
+    assert!(devices(&claimed).contains(&tablet.device_id), "{claimed}");
 }
 
 #[tokio::test]

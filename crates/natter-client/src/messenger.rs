@@ -1,0 +1,1212 @@
+//! The end-to-end encrypted client of one device: its [`Session`], sync
+//! engine ([`Connection`]), MLS engine ([`Engine`]), trust store
+//! ([`PinnedKeys`]) and local [`Store`], kept in step (docs/e2ee.md).
+//!
+//! Every chat a [`Messenger`] creates is encrypted. It processes each
+//! encrypted chat's log in order, exactly once: its own position per chat
+//! is saved with the MLS state in one transaction, so a crash between the
+//! two cannot skip a commit. Decrypted messages go to the local history
+//! (searchable with [`Store::search_local`]); the server keeps only
+//! ciphertext.
+//!
+//! Keeping groups in line: the device that causes a change (creates a
+//! chat, adds or removes someone, links or revokes a device) commits it at
+//! once; every other member marks the chat and brings the group in line
+//! before its next send, so a departed member's leaves are gone before
+//! anything new is encrypted.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use natter_proto::chats::{
+    AddParticipants, ChatEvent, ChatKind, CreateChat, Message, MessageType, SendMessage,
+};
+use natter_proto::e2ee::{
+    ClaimKeyPackages, PublishKeyPackages, SendHandover, SetDeviceCredential, SetIdentity,
+    SubmitCommit,
+};
+use natter_proto::media::MediaKind;
+use natter_proto::{ChatId, DeviceId, ErrorCode, MediaId, MessageId, UserId};
+
+use crate::api::{HistoryQuery, Upload};
+use crate::e2ee::engine::{CertifiedDevice, CommitIntent, DeviceRef, GroupEvent, PendingCommit};
+use crate::e2ee::handover;
+use crate::e2ee::identity::Identity;
+use crate::e2ee::media;
+use crate::e2ee::payload::{Body, Payload};
+use crate::e2ee::safety::SafetyNumber;
+use crate::e2ee::trust::{PinnedKeys, TrustEvent};
+use crate::e2ee::{E2eeError, Engine, Suite};
+use crate::session::{Connection, Event, Session};
+use crate::store::{HistoryEntry, Store};
+use crate::{ClientError, ClientResult, StoreError};
+
+/// One-time KeyPackages published at a time (and again when the server
+/// says the stock ran low).
+const KEY_PACKAGE_BATCH: usize = 20;
+/// Attempts at one commit before giving up (each lost race rebases).
+const COMMIT_ATTEMPTS: usize = 8;
+/// History page size when catching a chat up over REST.
+const CATCH_UP_PAGE: i64 = 100;
+/// State keys in the store's `state` table.
+const ENGINE_KEY: &str = "e2ee/engine";
+const TRUST_KEY: &str = "e2ee/trust";
+const POSITIONS_KEY: &str = "e2ee/positions";
+
+/// What a [`Messenger`] reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessengerEvent {
+    /// Connected (and synced from the saved positions).
+    Connected,
+    /// Disconnected; it reconnects by itself.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// A message, decrypted (or a plaintext chat's).
+    Message(Box<ChatMessage>),
+    /// A system entry of a chat (membership, rename, devices).
+    ChatChanged {
+        /// The chat.
+        chat_id: ChatId,
+        /// What happened.
+        event: ChatEvent,
+    },
+    /// This device joined a chat's group (from a Welcome).
+    Joined {
+        /// The chat.
+        chat_id: ChatId,
+    },
+    /// This device was removed from a chat's group.
+    Removed {
+        /// The chat.
+        chat_id: ChatId,
+    },
+    /// A contact's identity key is not the one pinned: the new one is
+    /// pinned, and the contact is no longer verified. Tell the user.
+    IdentityChanged {
+        /// The contact.
+        user_id: UserId,
+    },
+    /// A KeyPackage, Welcome or commit was refused because a device in it
+    /// is not certified by its user's pinned identity key.
+    Refused {
+        /// The chat, if any.
+        chat_id: Option<ChatId>,
+        /// Why.
+        reason: String,
+    },
+    /// An entry of an encrypted chat could not be decrypted.
+    Undecryptable {
+        /// The chat.
+        chat_id: ChatId,
+        /// Its seq.
+        seq: i64,
+        /// Why.
+        reason: String,
+    },
+    /// This device received the identity key from another device of the
+    /// user (linking finished).
+    Linked,
+    /// A message of ours was stored by the server.
+    Sent {
+        /// Its idempotency key.
+        client_message_id: String,
+        /// Its seq in the chat.
+        seq: i64,
+    },
+    /// A send was refused for good.
+    SendFailed {
+        /// Its idempotency key.
+        client_message_id: String,
+        /// Why.
+        code: ErrorCode,
+    },
+    /// Receipts moved.
+    Receipt {
+        /// The chat.
+        chat_id: ChatId,
+        /// Delivered to everyone up to here.
+        delivered_seq: i64,
+        /// Read by everyone up to here.
+        read_seq: i64,
+    },
+    /// Someone is typing.
+    Typing {
+        /// The chat.
+        chat_id: ChatId,
+        /// Who.
+        user_id: UserId,
+    },
+}
+
+/// A message as the user sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// Its seq.
+    pub seq: i64,
+    /// The server's id.
+    pub message_id: MessageId,
+    /// Who sent it.
+    pub sender: UserId,
+    /// From which device.
+    pub sender_device: Option<DeviceId>,
+    /// What it says.
+    pub body: Body,
+    /// The message it answers.
+    pub reply_to: Option<MessageId>,
+}
+
+/// What [`Messenger::fetch_file`] gives back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedFile {
+    /// Its name, as the sender gave it.
+    pub name: String,
+    /// Its type.
+    pub mime: String,
+    /// The decrypted bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The encrypted client of one device.
+pub struct Messenger {
+    /// The device's session (REST).
+    session: Session,
+    /// The sync engine and outbox.
+    connection: Connection,
+    /// The local store.
+    store: Store,
+    /// The MLS engine.
+    engine: Engine,
+    /// Pinned identity keys and checked certificates.
+    trust: PinnedKeys,
+    /// The last seq processed per encrypted chat (saved with the engine).
+    positions: BTreeMap<ChatId, i64>,
+    /// Chats whose group may be out of line with the server's membership.
+    dirty: HashSet<ChatId>,
+    /// Whether each chat the device met is encrypted.
+    encrypted: HashMap<ChatId, bool>,
+    /// Events waiting to be handed out.
+    pending: VecDeque<MessengerEvent>,
+    /// Our sends in flight: what we encrypted, to keep in the history
+    /// (a device cannot decrypt its own MLS messages).
+    sending: HashMap<String, (ChatId, Payload)>,
+}
+
+impl std::fmt::Debug for Messenger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messenger")
+            .field("user", &self.session.user_id())
+            .field("device", &self.session.device_id())
+            .field("chats", &self.positions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn e2ee(e: E2eeError) -> ClientError {
+    ClientError::Protocol(format!("end-to-end encryption: {e}"))
+}
+
+fn decode(field: &str, text: &str) -> ClientResult<Vec<u8>> {
+    B64.decode(text)
+        .map_err(|_| ClientError::Protocol(format!("`{field}` is not base64")))
+}
+
+impl Messenger {
+    /// Opens the device's encrypted client on `store`: the saved engine if
+    /// there is one; otherwise new keys: on the first device of an account
+    /// a new identity key, certified and published with the device's keys
+    /// and KeyPackages; on a further device the keys and KeyPackages
+    /// without a certificate, waiting for [`Messenger::approve_device`] on
+    /// an existing device.
+    ///
+    /// # Errors
+    /// The server or the store failed.
+    pub async fn start(session: Session, store: Store) -> ClientResult<Self> {
+        let saved = store.transaction(|tx| {
+            Ok((
+                tx.get(ENGINE_KEY)?,
+                tx.get(TRUST_KEY)?,
+                tx.get(POSITIONS_KEY)?,
+            ))
+        })?;
+        let connection = session.connect(std::sync::Arc::new(store.clone()));
+        let (engine, trust, positions, fresh) = match saved {
+            (Some(engine), trust, positions) => {
+                let engine = Engine::restore(&engine).map_err(e2ee)?;
+                let trust = match trust {
+                    Some(t) => PinnedKeys::from_bytes(&t).map_err(e2ee)?,
+                    None => PinnedKeys::new(),
+                };
+                let positions = match positions {
+                    Some(p) => serde_json::from_slice(&p)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    None => BTreeMap::new(),
+                };
+                (engine, trust, positions, false)
+            }
+            _ => {
+                let me = session.api().user_devices(session.user_id()).await?;
+                let identity = match me.identity_key {
+                    None => Some(Identity::generate().map_err(e2ee)?),
+                    Some(_) => None,
+                };
+                let engine =
+                    Engine::new(session.user_id(), session.device_id(), identity).map_err(e2ee)?;
+                (engine, PinnedKeys::new(), BTreeMap::new(), true)
+            }
+        };
+        let mut messenger = Self {
+            session,
+            connection,
+            store,
+            engine,
+            trust,
+            positions,
+            dirty: HashSet::new(),
+            encrypted: HashMap::new(),
+            pending: VecDeque::new(),
+            sending: HashMap::new(),
+        };
+        if fresh {
+            messenger.publish_keys().await?;
+        }
+        Ok(messenger)
+    }
+
+    /// The device's session.
+    #[must_use]
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The local store (history, search).
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This device's MLS signature key: shown on a new device, so the user
+    /// can compare it on the device that approves it.
+    #[must_use]
+    pub fn device_key(&self) -> &[u8] {
+        self.engine.signature_key()
+    }
+
+    /// Whether this device holds the user's identity key (it can approve devices).
+    #[must_use]
+    pub fn holds_identity(&self) -> bool {
+        self.engine.identity().is_some()
+    }
+
+    /// Saves the engine, trust store and positions in one transaction.
+    fn save(&self) -> ClientResult<()> {
+        let engine = self.engine.snapshot().map_err(e2ee)?;
+        let trust = self.trust.to_bytes().map_err(e2ee)?;
+        let positions =
+            serde_json::to_vec(&self.positions).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.store.transaction(|tx| {
+            tx.put(ENGINE_KEY, &engine)?;
+            tx.put(TRUST_KEY, &trust)?;
+            tx.put(POSITIONS_KEY, &positions)
+        })?;
+        Ok(())
+    }
+
+    /// Publishes the identity key (first device), the device's keys (with a
+    /// self-signed certificate on the first device) and KeyPackages.
+    async fn publish_keys(&mut self) -> ClientResult<()> {
+        let api = self.session.api().clone();
+        let me = self.session.user_id();
+        let certificate = match self.engine.identity() {
+            Some(identity) => {
+                let key = identity.public_key().to_vec();
+                api.set_identity(&SetIdentity {
+                    identity_key: B64.encode(&key),
+                })
+                .await?;
+                self.trust.observe_identity(me, &key);
+                Some(self.engine.self_certificate().map_err(e2ee)?)
+            }
+            None => None,
+        };
+        api.set_device_credential(
+            self.session.device_id(),
+            &SetDeviceCredential {
+                signature_key: B64.encode(self.engine.signature_key()),
+                link_key: B64.encode(self.engine.link_key()),
+                certificate: certificate.map(|c| B64.encode(c)),
+            },
+        )
+        .await?;
+        self.replenish(true).await
+    }
+
+    /// Publishes a batch of one-time KeyPackages (and a last-resort one).
+    async fn replenish(&mut self, with_last_resort: bool) -> ClientResult<()> {
+        let packages = self
+            .engine
+            .key_packages(Suite::Classic, KEY_PACKAGE_BATCH)
+            .map_err(e2ee)?;
+        // Their private keys are in the engine: saved before the server
+        // can hand the packages out.
+        self.save()?;
+        self.session
+            .api()
+            .publish_key_packages(&PublishKeyPackages {
+                key_packages: packages.one_time.iter().map(|p| B64.encode(p)).collect(),
+                last_resort: with_last_resort.then(|| B64.encode(&packages.last_resort)),
+            })
+            .await?;
+        Ok(())
+    }
+
+    // === Trust ===
+
+    /// Learns `user`'s identity key and certified devices from the server,
+    /// checking every certificate against the pinned key; returns the
+    /// devices that pass.
+    async fn learn(&mut self, user: UserId) -> ClientResult<Vec<CertifiedDevice>> {
+        let listed = self.session.api().user_devices(user).await?;
+        let Some(identity) = listed.identity_key else {
+            return Ok(Vec::new());
+        };
+        let identity = decode("identity_key", &identity)?;
+        if let Some(TrustEvent::IdentityChanged { user_id }) =
+            self.trust.observe_identity(user, &identity)
+        {
+            self.pending
+                .push_back(MessengerEvent::IdentityChanged { user_id });
+        }
+        let mut certified = Vec::new();
+        let mut seen = HashSet::new();
+        for d in listed.devices {
+            let Some(certificate) = d.certificate else {
+                continue;
+            };
+            let key = decode("signature_key", &d.signature_key)?;
+            let certificate = decode("certificate", &certificate)?;
+            match self
+                .trust
+                .add_certificate(user, d.device_id, &key, &certificate)
+            {
+                Ok(()) => {
+                    seen.insert(d.device_id);
+                    certified.push(CertifiedDevice {
+                        device: DeviceRef {
+                            user,
+                            device: d.device_id,
+                        },
+                        signature_key: key,
+                    });
+                }
+                Err(e) => self.pending.push_back(MessengerEvent::Refused {
+                    chat_id: None,
+                    reason: format!("device {} of {user}: {e}", d.device_id),
+                }),
+            }
+        }
+        Ok(certified)
+    }
+
+    /// The safety number between this user and `other` (from the pinned keys).
+    ///
+    /// # Errors
+    /// No identity key is known for one of the two.
+    pub async fn safety_number(&mut self, other: UserId) -> ClientResult<SafetyNumber> {
+        let me = self.session.user_id();
+        self.learn(other).await?;
+        self.learn(me).await?;
+        let (Some(mine), Some(theirs)) =
+            (self.trust.identity_key(me), self.trust.identity_key(other))
+        else {
+            return Err(ClientError::Protocol(
+                "no identity key is known for this contact yet".into(),
+            ));
+        };
+        Ok(SafetyNumber::new(me, mine, other, theirs))
+    }
+
+    /// Marks `other` verified (after comparing safety numbers) or not.
+    ///
+    /// # Errors
+    /// No identity key is pinned for them; the store failed.
+    pub fn set_verified(&mut self, other: UserId, verified: bool) -> ClientResult<()> {
+        self.trust.set_verified(other, verified).map_err(e2ee)?;
+        self.save()
+    }
+
+    /// Whether `other` is marked verified.
+    #[must_use]
+    pub fn is_verified(&self, other: UserId) -> bool {
+        self.trust.is_verified(other)
+    }
+
+    // === Chats and groups ===
+
+    /// Creates an encrypted chat with `participants` and its MLS group, and
+    /// adds every certified device of every participant (and this user's
+    /// other devices).
+    ///
+    /// # Errors
+    /// The server refused the chat or the commit; the store failed.
+    pub async fn create_chat(
+        &mut self,
+        kind: ChatKind,
+        participants: &[UserId],
+        name: Option<&str>,
+    ) -> ClientResult<ChatId> {
+        let chat = self
+            .session
+            .api()
+            .create_chat(&CreateChat {
+                kind,
+                participants: participants.to_vec(),
+                name: name.map(str::to_owned),
+                encrypted: true,
+            })
+            .await?;
+        self.encrypted.insert(chat.id, true);
+        // A direct chat already there (one per pair) has its group.
+        if !self.engine.chats().any(|c| c == chat.id) && chat.epoch == 0 {
+            self.engine
+                .create_group(chat.id, Suite::Classic)
+                .map_err(e2ee)?;
+            self.positions.insert(chat.id, chat.last_seq);
+            self.save()?;
+        }
+        self.reconcile(chat.id).await?;
+        Ok(chat.id)
+    }
+
+    /// Adds users to a group chat and their devices to its MLS group.
+    ///
+    /// # Errors
+    /// The server refused; the store failed.
+    pub async fn add_participants(&mut self, chat: ChatId, users: &[UserId]) -> ClientResult<()> {
+        self.session
+            .api()
+            .add_participants(
+                chat,
+                &AddParticipants {
+                    user_ids: users.to_vec(),
+                },
+            )
+            .await?;
+        self.reconcile(chat).await
+    }
+
+    /// Removes a user from a group chat and their devices from its group,
+    /// before anything else is sent.
+    ///
+    /// # Errors
+    /// The server refused; the store failed.
+    pub async fn remove_participant(&mut self, chat: ChatId, user: UserId) -> ClientResult<()> {
+        self.session.api().remove_participant(chat, user).await?;
+        self.reconcile(chat).await
+    }
+
+    /// Logs out one of this user's other devices and removes it from every
+    /// encrypted chat's group.
+    ///
+    /// # Errors
+    /// The server refused; the store failed.
+    pub async fn revoke_device(&mut self, device: DeviceId) -> ClientResult<()> {
+        self.session.api().revoke_device(device).await?;
+        self.trust.forget_device(self.session.user_id(), device);
+        let chats: Vec<ChatId> = self.engine.chats().collect();
+        for chat in chats {
+            self.reconcile(chat).await?;
+        }
+        Ok(())
+    }
+
+    /// Certifies a new device of this user (it logged in and published its
+    /// keys), hands it the identity key, and adds it to every encrypted
+    /// chat. `expected_signature_key`, if given, must match the key the new
+    /// device shows (compare it there: the server cannot fake that).
+    ///
+    /// # Errors
+    /// This device does not hold the identity key, the device is unknown or
+    /// shows another key, or the server refused.
+    pub async fn approve_device(
+        &mut self,
+        device: DeviceId,
+        expected_signature_key: Option<&[u8]>,
+    ) -> ClientResult<()> {
+        let me = self.session.user_id();
+        let api = self.session.api().clone();
+        let listed = api.user_devices(me).await?;
+        let keys = listed
+            .devices
+            .into_iter()
+            .find(|d| d.device_id == device)
+            .ok_or_else(|| ClientError::Protocol(format!("device {device} has no keys yet")))?;
+        let signature_key = decode("signature_key", &keys.signature_key)?;
+        if expected_signature_key.is_some_and(|k| k != signature_key.as_slice()) {
+            return Err(ClientError::Protocol(
+                "the device's key is not the one it shows: not approved".into(),
+            ));
+        }
+        let link_key = decode("link_key", &keys.link_key)?;
+        let identity = self
+            .engine
+            .identity()
+            .ok_or_else(|| e2ee(E2eeError::NoIdentity))?;
+        let certificate = identity.certify(me, device, &signature_key).map_err(e2ee)?;
+        let sealed = handover::seal(me, device, &link_key, identity, None).map_err(e2ee)?;
+        api.set_device_credential(
+            device,
+            &SetDeviceCredential {
+                signature_key: keys.signature_key.clone(),
+                link_key: keys.link_key.clone(),
+                certificate: Some(B64.encode(&certificate)),
+            },
+        )
+        .await?;
+        api.send_handover(
+            device,
+            &SendHandover {
+                payload: B64.encode(sealed),
+            },
+        )
+        .await?;
+        let chats: Vec<ChatId> = self.engine.chats().collect();
+        for chat in chats {
+            self.reconcile(chat).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the chat's group in line with the server's membership: adds
+    /// every certified device of every participant that has no leaf (with a
+    /// claimed KeyPackage), removes every leaf that should not be there, in
+    /// one commit, rebased and retried when another commit wins the epoch.
+    ///
+    /// # Errors
+    /// The server refused the commit for good; the store failed.
+    pub async fn reconcile(&mut self, chat: ChatId) -> ClientResult<()> {
+        if !self.engine.chats().any(|c| c == chat) {
+            return Ok(());
+        }
+        self.catch_up(chat).await?;
+        let info = self.session.api().chat(chat).await?;
+        let mut wanted = Vec::new();
+        for p in &info.participants {
+            wanted.extend(self.learn(p.user_id).await?);
+        }
+        let change = self.engine.reconcile(chat, &wanted).map_err(e2ee)?;
+        if change.is_empty() {
+            self.dirty.remove(&chat);
+            return Ok(());
+        }
+        let mut add = Vec::new();
+        if !change.add.is_empty() {
+            let users: Vec<UserId> = change
+                .add
+                .iter()
+                .map(|d| d.user)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let claimed = self
+                .session
+                .api()
+                .claim_key_packages(&ClaimKeyPackages { user_ids: users })
+                .await?;
+            let wanted_devices: HashSet<DeviceRef> = change.add.iter().copied().collect();
+            for user in claimed.users {
+                for d in user.devices {
+                    let device = DeviceRef {
+                        user: user.user_id,
+                        device: d.device_id,
+                    };
+                    if !wanted_devices.contains(&device) {
+                        continue;
+                    }
+                    let bytes = decode("key_package", &d.key_package)?;
+                    match self.engine.validate_key_package(
+                        &self.trust,
+                        device,
+                        Suite::Classic,
+                        &bytes,
+                    ) {
+                        Ok(valid) => add.push(valid),
+                        Err(e) => self.pending.push_back(MessengerEvent::Refused {
+                            chat_id: Some(chat),
+                            reason: format!(
+                                "KeyPackage of device {} of {}: {e}",
+                                d.device_id, user.user_id
+                            ),
+                        }),
+                    }
+                }
+            }
+        }
+        if add.is_empty() && change.remove.is_empty() {
+            self.dirty.remove(&chat);
+            return Ok(());
+        }
+        let intent = CommitIntent::Change {
+            add,
+            remove: change.remove,
+        };
+        self.commit(chat, intent).await?;
+        self.dirty.remove(&chat);
+        Ok(())
+    }
+
+    /// Rotates this device's keys in the chat's group (post-compromise security).
+    ///
+    /// # Errors
+    /// The server refused the commit for good; the store failed.
+    pub async fn self_update(&mut self, chat: ChatId) -> ClientResult<()> {
+        self.catch_up(chat).await?;
+        self.commit(chat, CommitIntent::SelfUpdate).await
+    }
+
+    /// Submits a commit for `intent`; on 409 `stale_epoch` processes the
+    /// winner, rebases and tries again.
+    async fn commit(&mut self, chat: ChatId, intent: CommitIntent) -> ClientResult<()> {
+        let mut pending: Option<PendingCommit> =
+            Some(self.engine.commit(chat, intent).map_err(e2ee)?);
+        for _ in 0..COMMIT_ATTEMPTS {
+            let Some(commit) = pending.take() else {
+                return Ok(());
+            };
+            self.save()?;
+            let body = SubmitCommit {
+                commit: B64.encode(&commit.commit),
+                welcome: commit.welcome.as_ref().map(|w| B64.encode(w)),
+                welcome_devices: commit.welcome_for.iter().map(|d| d.device).collect(),
+                client_message_id: Some(uuid::Uuid::now_v7().to_string()),
+            };
+            match self.session.api().submit_commit(chat, &body).await {
+                Ok(_) => {
+                    self.engine.commit_accepted(chat).map_err(e2ee)?;
+                    self.save()?;
+                    // Messages that reached the log just before our commit
+                    // are still to be read (with the epoch they were sent
+                    // in); our own commit in the log is skipped as ours.
+                    self.catch_up(chat).await?;
+                    return Ok(());
+                }
+                Err(ClientError::Api(e)) if e.code == ErrorCode::StaleEpoch => {
+                    self.engine.commit_rejected(chat).map_err(e2ee)?;
+                    self.catch_up(chat).await?;
+                    pending = self.engine.rebase(chat, commit.intent).map_err(e2ee)?;
+                }
+                Err(e) => {
+                    self.engine.commit_rejected(chat).map_err(e2ee)?;
+                    self.save()?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::Protocol(format!(
+            "chat {chat}: {COMMIT_ATTEMPTS} commits in a row lost the race for the epoch"
+        )))
+    }
+
+    fn advance(&mut self, chat: ChatId, seq: i64) {
+        let pos = self.positions.entry(chat).or_default();
+        *pos = (*pos).max(seq);
+    }
+
+    /// Processes, over REST, every entry of the chat's log after this
+    /// device's position that it has not processed (after a Welcome, after
+    /// a lost race, after a crash between the sync engine and the MLS state).
+    async fn catch_up(&mut self, chat: ChatId) -> ClientResult<()> {
+        let Some(&from) = self.positions.get(&chat) else {
+            return Ok(());
+        };
+        let mut entries = Vec::new();
+        let mut before = None;
+        'pages: loop {
+            let page = self
+                .session
+                .api()
+                .history(
+                    chat,
+                    HistoryQuery {
+                        page: None,
+                        limit: Some(CATCH_UP_PAGE),
+                        before_seq: before,
+                    },
+                )
+                .await?;
+            let oldest = page.messages.last().map(|m| m.seq);
+            for m in page.messages {
+                if m.seq <= from {
+                    break 'pages;
+                }
+                entries.push(m);
+            }
+            match oldest {
+                Some(seq) if page.has_more && seq > from + 1 => before = Some(seq),
+                _ => break,
+            }
+        }
+        entries.sort_by_key(|m| m.seq);
+        for m in entries {
+            self.on_entry(m).await?;
+        }
+        Ok(())
+    }
+
+    // === Messages ===
+
+    /// Sends a text message, encrypted for the chat's group.
+    ///
+    /// # Errors
+    /// Not a member of the chat's group; the store failed.
+    pub async fn send_text(&mut self, chat: ChatId, text: &str) -> ClientResult<String> {
+        self.send_payload(
+            chat,
+            Payload::new(Body::Text {
+                text: text.to_owned(),
+            }),
+            MessageType::Text,
+            None,
+        )
+        .await
+    }
+
+    /// Encrypts a file with a fresh key, uploads it as an `encrypted` blob
+    /// and sends its key and hash inside the MLS message.
+    ///
+    /// # Errors
+    /// The upload was refused; not a member; the store failed.
+    pub async fn send_file(
+        &mut self,
+        chat: ChatId,
+        name: &str,
+        mime: &str,
+        bytes: &[u8],
+    ) -> ClientResult<String> {
+        let mut sealed = Vec::with_capacity(bytes.len() + bytes.len() / 1024 + 64);
+        let key = media::encrypt_stream(bytes, &mut sealed)
+            .map_err(|e| ClientError::Protocol(format!("encrypting the file: {e}")))?;
+        let uploaded = self
+            .session
+            .api()
+            .upload(Upload {
+                bytes: sealed,
+                kind: MediaKind::Encrypted,
+                // The name travels inside the MLS message only.
+                file_name: "encrypted".to_owned(),
+                chat_id: Some(chat),
+            })
+            .await?;
+        let media_id: MediaId = uploaded.media_id;
+        let payload = Payload::new(Body::File {
+            media_id,
+            key,
+            name: name.to_owned(),
+            mime: mime.to_owned(),
+        });
+        self.send_payload(chat, payload, MessageType::File, Some(media_id))
+            .await
+    }
+
+    /// Downloads and decrypts a file received in `body`.
+    ///
+    /// # Errors
+    /// Not a file, the download failed, or it does not decrypt (tampered,
+    /// truncated).
+    pub async fn fetch_file(&self, body: &Body) -> ClientResult<ReceivedFile> {
+        let Body::File {
+            media_id,
+            key,
+            name,
+            mime,
+        } = body
+        else {
+            return Err(ClientError::Protocol("not a file message".into()));
+        };
+        let download = self.session.api().download(*media_id).await?;
+        let mut plain = Vec::new();
+        media::decrypt_stream(key, download.bytes.as_slice(), &mut plain)
+            .map_err(|e| ClientError::Protocol(format!("the file does not decrypt: {e}")))?;
+        Ok(ReceivedFile {
+            name: name.clone(),
+            mime: mime.clone(),
+            bytes: plain,
+        })
+    }
+
+    async fn send_payload(
+        &mut self,
+        chat: ChatId,
+        payload: Payload,
+        message_type: MessageType,
+        media_id: Option<MediaId>,
+    ) -> ClientResult<String> {
+        // Read the log up to its head first: a commit this device has not
+        // processed yet would leave the message in an epoch that devices
+        // added since cannot read.
+        let head = self.session.api().chat(chat).await?;
+        if self
+            .positions
+            .get(&chat)
+            .is_some_and(|p| *p < head.last_seq)
+        {
+            self.catch_up(chat).await?;
+        }
+        if self.dirty.contains(&chat) {
+            self.reconcile(chat).await?;
+        }
+        let wire = self.engine.encrypt(chat, &payload.encode()).map_err(e2ee)?;
+        // The ratchet moved: saved before the ciphertext leaves.
+        self.save()?;
+        let id = uuid::Uuid::now_v7().to_string();
+        self.sending.insert(id.clone(), (chat, payload));
+        self.connection
+            .send(SendMessage {
+                chat_id: chat,
+                content: None,
+                ciphertext: Some(B64.encode(wire)),
+                message_type,
+                timestamp: None,
+                client_message_id: Some(id.clone()),
+                reply_to: None,
+                media_id: media_id.map(|m| m.to_string()),
+            })
+            .await?;
+        Ok(id)
+    }
+
+    /// Marks the chat read up to `seq`.
+    pub async fn read(&mut self, chat: ChatId, seq: i64) {
+        self.connection.read(chat, seq).await;
+    }
+
+    /// The next event: connects, syncs, decrypts.
+    ///
+    /// # Errors
+    /// The device was revoked, or the local store failed.
+    pub async fn next_event(&mut self) -> ClientResult<MessengerEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            let event = self.connection.next_event().await?;
+            self.on_event(event).await?;
+        }
+    }
+
+    async fn on_event(&mut self, event: Event) -> ClientResult<()> {
+        match event {
+            Event::Connected { .. } => {
+                self.pending.push_back(MessengerEvent::Connected);
+                for item in self.session.api().inbox().await?.items {
+                    self.on_inbox(item).await?;
+                }
+                // `key_packages_low` is live only: check the stock on each connect.
+                let stock = self.session.api().key_package_stock().await?;
+                if stock.available < stock.low_water {
+                    self.replenish(!stock.last_resort).await?;
+                }
+            }
+            Event::Disconnected { reason, .. } => {
+                self.pending
+                    .push_back(MessengerEvent::Disconnected { reason });
+            }
+            Event::Message { message, .. }
+            | Event::ChatUpdated { message, .. }
+            | Event::MessageDeleted { message, .. } => self.on_entry(message).await?,
+            Event::Inbox(item) => self.on_inbox(item).await?,
+            Event::KeyPackagesLow { .. } => self.replenish(false).await?,
+            Event::SyncDone { chats } => {
+                // Entries the sync engine passed while this device could not
+                // yet process them (before a Welcome, or before a crash).
+                let behind: Vec<ChatId> = chats
+                    .iter()
+                    .filter(|c| self.positions.get(&c.chat_id).is_some_and(|p| *p < c.seq))
+                    .map(|c| c.chat_id)
+                    .collect();
+                for chat in behind {
+                    self.catch_up(chat).await?;
+                }
+            }
+            Event::TooLong { chat_id, .. } => self.catch_up(chat_id).await?,
+            Event::Sent {
+                client_message_id,
+                message,
+            } => {
+                if let Some((chat, payload)) = self.sending.remove(&client_message_id) {
+                    self.keep(chat, &message, &payload)?;
+                }
+                self.pending.push_back(MessengerEvent::Sent {
+                    client_message_id,
+                    seq: message.seq,
+                });
+            }
+            Event::SendFailed {
+                client_message_id,
+                error,
+            } => {
+                self.sending.remove(&client_message_id);
+                self.pending.push_back(MessengerEvent::SendFailed {
+                    client_message_id,
+                    code: error.code,
+                });
+            }
+            Event::Receipt {
+                chat_id,
+                delivered_seq,
+                read_seq,
+            } => self.pending.push_back(MessengerEvent::Receipt {
+                chat_id,
+                delivered_seq,
+                read_seq,
+            }),
+            Event::Typing { chat_id, user_id } => self
+                .pending
+                .push_back(MessengerEvent::Typing { chat_id, user_id }),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Keeps a message in the local history (searchable).
+    fn keep(&self, chat: ChatId, message: &Message, payload: &Payload) -> ClientResult<()> {
+        match &payload.body {
+            Body::Text { text } => self.store.put_history(&HistoryEntry {
+                chat_id: chat,
+                seq: message.seq,
+                message_id: message.id,
+                sender_id: message.sender_id,
+                sent_at: natter_proto::timefmt::format(message.timestamp).unwrap_or_default(),
+                text: text.clone(),
+            })?,
+            Body::File { name, .. } => self.store.put_history(&HistoryEntry {
+                chat_id: chat,
+                seq: message.seq,
+                message_id: message.id,
+                sender_id: message.sender_id,
+                sent_at: natter_proto::timefmt::format(message.timestamp).unwrap_or_default(),
+                text: name.clone(),
+            })?,
+            Body::Edit { target, text } => self.store.update_history(*target, Some(text))?,
+            Body::Delete { target } => self.store.update_history(*target, None)?,
+        }
+        Ok(())
+    }
+
+    async fn is_encrypted(&mut self, chat: ChatId) -> ClientResult<bool> {
+        if let Some(e) = self.encrypted.get(&chat) {
+            return Ok(*e);
+        }
+        let encrypted = match self.session.api().chat(chat).await {
+            Ok(c) => c.encrypted,
+            // A chat we left: whatever it was, nothing more to read.
+            Err(ClientError::Api(e)) if e.code == ErrorCode::ChatNotFound => true,
+            Err(e) => return Err(e),
+        };
+        self.encrypted.insert(chat, encrypted);
+        Ok(encrypted)
+    }
+
+    /// One entry of a chat's log, in order.
+    async fn on_entry(&mut self, message: Message) -> ClientResult<()> {
+        let chat = message.chat_id;
+        if !self.is_encrypted(chat).await? {
+            if let Some(event) = message.event.clone() {
+                self.pending.push_back(MessengerEvent::ChatChanged {
+                    chat_id: chat,
+                    event,
+                });
+            } else if let Some(text) = message.content.clone() {
+                self.pending
+                    .push_back(MessengerEvent::Message(Box::new(ChatMessage {
+                        chat_id: chat,
+                        seq: message.seq,
+                        message_id: message.id,
+                        sender: message.sender_id,
+                        sender_device: message.sender_device_id,
+                        body: Body::Text { text },
+                        reply_to: message.reply_to,
+                    })));
+            }
+            return Ok(());
+        }
+        // Not in the group (yet): the Welcome says where to start.
+        let Some(&position) = self.positions.get(&chat) else {
+            if let Some(event) = message.event {
+                self.pending.push_back(MessengerEvent::ChatChanged {
+                    chat_id: chat,
+                    event,
+                });
+            }
+            return Ok(());
+        };
+        if message.seq <= position {
+            return Ok(());
+        }
+        if let Some(event) = message.event.clone() {
+            if matches!(
+                event,
+                ChatEvent::MemberAdded { .. }
+                    | ChatEvent::MemberRemoved { .. }
+                    | ChatEvent::MemberLeft { .. }
+                    | ChatEvent::DevicesChanged { .. }
+            ) {
+                self.dirty.insert(chat);
+            }
+            // The commit that adds someone's devices comes after this entry:
+            // their certificates must be known by then.
+            if let ChatEvent::MemberAdded { user_id } | ChatEvent::DevicesChanged { user_id } =
+                &event
+            {
+                match self.learn(*user_id).await {
+                    Ok(_) => {}
+                    Err(ClientError::Api(e)) if e.code == ErrorCode::UserNotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if let ChatEvent::MemberRemoved { user_id } | ChatEvent::MemberLeft { user_id } = &event
+                && *user_id == self.session.user_id()
+            {
+                self.forget(chat)?;
+            }
+            self.advance(chat, message.seq);
+            self.save()?;
+            self.pending.push_back(MessengerEvent::ChatChanged {
+                chat_id: chat,
+                event,
+            });
+            return Ok(());
+        }
+        if message.sender_device_id == Some(self.session.device_id()) {
+            // Our own message or commit: a device cannot decrypt what it
+            // sent (its history has it from the send; its commits were
+            // merged when the server took them).
+            self.advance(chat, message.seq);
+            return self.save();
+        }
+        let Some(ciphertext) = message.ciphertext.as_deref() else {
+            // A deleted message: nothing left to decrypt.
+            self.advance(chat, message.seq);
+            self.save()?;
+            return Ok(());
+        };
+        let wire = decode("ciphertext", ciphertext)?;
+        let outcome = self.engine.process(&self.trust, chat, &wire);
+        self.advance(chat, message.seq);
+        match outcome {
+            Ok(GroupEvent::Application { sender, plaintext }) => {
+                match Payload::decode(&plaintext) {
+                    Ok(payload) => {
+                        self.keep(chat, &message, &payload)?;
+                        self.pending
+                            .push_back(MessengerEvent::Message(Box::new(ChatMessage {
+                                chat_id: chat,
+                                seq: message.seq,
+                                message_id: message.id,
+                                sender: sender.user,
+                                sender_device: Some(sender.device),
+                                reply_to: payload.reply_to,
+                                body: payload.body,
+                            })));
+                    }
+                    Err(e) => self.pending.push_back(MessengerEvent::Undecryptable {
+                        chat_id: chat,
+                        seq: message.seq,
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+            Ok(GroupEvent::Commit(_) | GroupEvent::AlreadyApplied | GroupEvent::Ignored) => {}
+            Ok(GroupEvent::RemovedFromGroup { .. }) => {
+                self.forget(chat)?;
+                self.pending
+                    .push_back(MessengerEvent::Removed { chat_id: chat });
+            }
+            Err(e @ (E2eeError::Uncertified { .. } | E2eeError::Forbidden(_))) => {
+                self.pending.push_back(MessengerEvent::Refused {
+                    chat_id: Some(chat),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => self.pending.push_back(MessengerEvent::Undecryptable {
+                chat_id: chat,
+                seq: message.seq,
+                reason: e.to_string(),
+            }),
+        }
+        self.save()
+    }
+
+    fn forget(&mut self, chat: ChatId) -> ClientResult<()> {
+        self.engine.forget_group(chat).map_err(e2ee)?;
+        self.positions.remove(&chat);
+        self.dirty.remove(&chat);
+        self.save()
+    }
+
+    /// A payload from this device's inbox: a Welcome (join the chat's
+    /// group, then process its log from the commit on) or a handover.
+    async fn on_inbox(&mut self, item: natter_proto::e2ee::InboxItem) -> ClientResult<()> {
+        use natter_proto::e2ee::InboxKind;
+        let payload = decode("payload", &item.payload)?;
+        match item.kind {
+            InboxKind::Welcome => {
+                let (Some(chat), Some(seq)) = (item.chat_id, item.seq) else {
+                    return Err(ClientError::Protocol("a Welcome without its chat".into()));
+                };
+                if self.positions.contains_key(&chat) {
+                    // Joined already (the item came again before its ack).
+                    self.session.api().ack_inbox(item.id).await?;
+                    return Ok(());
+                }
+                // Every member must be certified: learn the participants first.
+                if let Ok(info) = self.session.api().chat(chat).await {
+                    for p in &info.participants {
+                        self.learn(p.user_id).await?;
+                    }
+                }
+                match self.engine.join(&self.trust, &payload) {
+                    Ok(joined) => {
+                        self.encrypted.insert(joined, true);
+                        self.positions.insert(joined, seq);
+                        self.save()?;
+                        self.session.api().ack_inbox(item.id).await?;
+                        self.pending
+                            .push_back(MessengerEvent::Joined { chat_id: joined });
+                        self.catch_up(joined).await?;
+                    }
+                    Err(e) => {
+                        self.pending.push_back(MessengerEvent::Refused {
+                            chat_id: Some(chat),
+                            reason: format!("Welcome: {e}"),
+                        });
+                        // A Welcome into a group with an uncertified member
+                        // is refused for good.
+                        self.session.api().ack_inbox(item.id).await?;
+                    }
+                }
+            }
+            InboxKind::Handover => {
+                match handover::open(&self.engine, &payload) {
+                    Ok(opened) => {
+                        self.trust
+                            .observe_identity(self.session.user_id(), opened.identity.public_key());
+                        self.engine.set_identity(opened.identity);
+                        self.save()?;
+                        self.pending.push_back(MessengerEvent::Linked);
+                    }
+                    Err(e) => self.pending.push_back(MessengerEvent::Refused {
+                        chat_id: None,
+                        reason: format!("handover: {e}"),
+                    }),
+                }
+                self.session.api().ack_inbox(item.id).await?;
+            }
+        }
+        Ok(())
+    }
+}

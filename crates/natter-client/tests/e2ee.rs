@@ -1,0 +1,606 @@
+//! End-to-end encryption with real SDK clients ([`Messenger`]) over a real
+//! server (in-process, real sockets, temporary directories): every device
+//! decrypts what was sent while it was a member, nobody else does, and the
+//! server never holds a readable byte.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use natter_client::e2ee::payload::Body;
+use natter_client::{Client, ClientError, Messenger, MessengerEvent, Store};
+use natter_proto::chats::ChatKind;
+use natter_proto::{ChatId, UserId};
+use natter_server::config::Rate;
+use natter_server::{Config, RunningServer};
+use natter_testkit::{SmsInbox, TestUser};
+use tempfile::TempDir;
+
+/// How long a test waits for anything.
+const WAIT: Duration = Duration::from_secs(30);
+
+struct TestServer {
+    sms: SmsInbox,
+    server: Option<RunningServer>,
+    client: Client,
+    dir: TempDir,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let sms = SmsInbox::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().join("server"),
+            sms_webhook_url: Some(sms.url().to_owned()),
+            ..Config::default()
+        };
+        config.sms.timeout_secs = 5;
+        // Many sign-ups and groups from one address in a few seconds.
+        let many = Rate {
+            burst: 10_000,
+            per_secs: 1,
+        };
+        let r = &mut config.rate_limits;
+        r.verification_per_ip = many;
+        r.verification_per_network = many;
+        r.verification_per_prefix = many;
+        r.verification_per_country = many;
+        r.verification_global = many;
+        r.code_attempts_per_ip = many;
+        r.chats_created_per_minute = many;
+        r.chats_created_per_day = many;
+        r.participants_added_per_minute = many;
+        r.participants_added_per_day = many;
+        config.validate().unwrap();
+        let server = tokio::time::timeout(WAIT, RunningServer::start(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let client = Client::new(&format!("http://{}", server.local_addr()), WAIT).unwrap();
+        Self {
+            sms,
+            server: Some(server),
+            client,
+            dir,
+        }
+    }
+
+    async fn user(&self, phone: &str, name: &str) -> TestUser {
+        TestUser::sign_up(&self.client, &self.sms, phone, name)
+            .await
+            .unwrap()
+    }
+
+    async fn second_device(&self, phone: &str) -> TestUser {
+        TestUser::log_in(&self.client, &self.sms, phone, Some("second"))
+            .await
+            .unwrap()
+    }
+
+    /// The encrypted client of `user`'s device, with its own store.
+    async fn messenger(&self, user: &TestUser) -> Messenger {
+        let store = Store::open(&self.dir.path().join(user.device_id().to_string())).unwrap();
+        Messenger::start(user.session.clone(), store).await.unwrap()
+    }
+
+    fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("server")
+    }
+
+    async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(WAIT, server.shutdown()).await.unwrap();
+        }
+    }
+}
+
+/// The next event that `pick` keeps, within WAIT.
+async fn until<T>(m: &mut Messenger, mut pick: impl FnMut(MessengerEvent) -> Option<T>) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(t) = pick(m.next_event().await.unwrap()) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the event within WAIT")
+}
+
+/// The next decrypted text in `chat`.
+async fn next_text(m: &mut Messenger, chat: ChatId) -> String {
+    until(m, |e| match e {
+        MessengerEvent::Message(msg) if msg.chat_id == chat => match msg.body {
+            Body::Text { text } => Some(text),
+            _ => None,
+        },
+        MessengerEvent::Undecryptable { reason, .. } => panic!("undecryptable: {reason}"),
+        _ => None,
+    })
+    .await
+}
+
+async fn joined(m: &mut Messenger, chat: ChatId) {
+    until(m, |e| match e {
+        MessengerEvent::Joined { chat_id } if chat_id == chat => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+/// Polls `m` until nothing arrives for a moment.
+async fn drain(m: &mut Messenger) -> Vec<MessengerEvent> {
+    let mut seen = Vec::new();
+    while let Ok(e) = tokio::time::timeout(Duration::from_millis(400), m.next_event()).await {
+        seen.push(e.unwrap());
+    }
+    seen
+}
+
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// The server's log, captured for the whole test process (nextest runs one
+/// test per process).
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn a_linked_device_and_a_contact_read_everything_and_the_server_reads_nothing() {
+    let log = Log::default();
+    let writer = log.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer(move || writer.clone())
+        .try_init();
+    let mut server = TestServer::start().await;
+    let alice = server.user("+14155550201", "Alice").await;
+    let bob = server.user("+14155550202", "Bob").await;
+    let mut a1 = server.messenger(&alice).await;
+    let mut b1 = server.messenger(&bob).await;
+    assert!(a1.holds_identity() && b1.holds_identity());
+
+    // Alice's second device logs in, shows its key, and her first device approves it.
+    let alice2 = server.second_device("+14155550201").await;
+    let mut a2 = server.messenger(&alice2).await;
+    assert!(!a2.holds_identity());
+    let shown = a2.device_key().to_vec();
+    a1.approve_device(alice2.device_id(), Some(&shown))
+        .await
+        .unwrap();
+    until(&mut a2, |e| (e == MessengerEvent::Linked).then_some(())).await;
+    assert!(a2.holds_identity());
+
+    // A direct chat: every device of both is a member.
+    let chat = a1
+        .create_chat(ChatKind::Direct, &[bob.user_id()], None)
+        .await
+        .unwrap();
+    joined(&mut b1, chat).await;
+    joined(&mut a2, chat).await;
+
+    const CANARY: &str = "zebracanary4711";
+    a1.send_text(chat, &format!("hello {CANARY}"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut b1, chat).await, format!("hello {CANARY}"));
+    assert_eq!(next_text(&mut a2, chat).await, format!("hello {CANARY}"));
+    b1.send_text(chat, "don't forget: e-mail me, how are you?")
+        .await
+        .unwrap();
+    for m in [&mut a1, &mut a2] {
+        assert_eq!(
+            next_text(m, chat).await,
+            "don't forget: e-mail me, how are you?"
+        );
+    }
+
+    // A file: encrypted by the sender, the name and key inside the message.
+    let bytes: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| {
+            if i % 1000 == 0 {
+                CANARY.as_bytes().to_vec()
+            } else {
+                vec![(i % 251) as u8]
+            }
+        })
+        .collect();
+    let name = format!("{CANARY}-plans.pdf");
+    b1.send_file(chat, &name, "application/pdf", &bytes)
+        .await
+        .unwrap();
+    let body = until(&mut a2, |e| match e {
+        MessengerEvent::Message(m) if matches!(m.body, Body::File { .. }) => Some(m.body),
+        _ => None,
+    })
+    .await;
+    let file = a2.fetch_file(&body).await.unwrap();
+    assert_eq!(
+        (file.name.as_str(), file.bytes.len()),
+        (name.as_str(), bytes.len())
+    );
+    assert!(file.bytes == bytes, "byte-exact");
+
+    // Local search finds what people typed; the server's search finds nothing.
+    drain(&mut a1).await;
+    let hits = a1.store().search_local("e-mail").unwrap();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert!(!a1.store().search_local(CANARY).unwrap().is_empty());
+    let found = a1
+        .session()
+        .api()
+        .search_messages(&natter_client::api::MessageSearch {
+            q: CANARY.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        found.messages.is_empty(),
+        "the server indexes no ciphertext"
+    );
+
+    // After the test: not one byte of the canary in the server's files or log.
+    drop((a1, a2, b1));
+    server.stop().await;
+    let mut all = Vec::new();
+    files(&server.data_dir(), &mut all);
+    assert!(all.iter().any(|p| p.ends_with("natter.db")));
+    for path in &all {
+        let data = std::fs::read(path).unwrap();
+        assert!(
+            !contains(&data, CANARY.as_bytes()),
+            "{} holds the canary",
+            path.display()
+        );
+    }
+    let log = log.0.lock().unwrap().clone();
+    assert!(!log.is_empty(), "the log was captured");
+    assert!(
+        !contains(&log, CANARY.as_bytes()),
+        "the log holds the canary"
+    );
+    std::io::stderr().flush().unwrap();
+}
+
+#[tokio::test]
+async fn a_group_grows_and_removed_members_and_revoked_devices_read_nothing_after() {
+    let server = TestServer::start().await;
+    let alice = server.user("+14155550301", "Alice").await;
+    let bob = server.user("+14155550302", "Bob").await;
+    let carol = server.user("+14155550303", "Carol").await;
+    let mut a = server.messenger(&alice).await;
+    let mut b = server.messenger(&bob).await;
+    let mut c = server.messenger(&carol).await;
+    let chat = a
+        .create_chat(
+            ChatKind::Group,
+            &[bob.user_id(), carol.user_id()],
+            Some("Trio"),
+        )
+        .await
+        .unwrap();
+    joined(&mut b, chat).await;
+    joined(&mut c, chat).await;
+    a.send_text(chat, "welcome, both").await.unwrap();
+    assert_eq!(next_text(&mut b, chat).await, "welcome, both");
+    assert_eq!(next_text(&mut c, chat).await, "welcome, both");
+
+    // Nine more people join: every device reads what follows.
+    let mut others = Vec::new();
+    for i in 0..9 {
+        let u = server
+            .user(&format!("+1415555031{i}"), &format!("Guest {i}"))
+            .await;
+        let m = server.messenger(&u).await;
+        others.push((u, m));
+    }
+    let ids: Vec<UserId> = others.iter().map(|(u, _)| u.user_id()).collect();
+    a.add_participants(chat, &ids).await.unwrap();
+    for (_, m) in &mut others {
+        joined(m, chat).await;
+    }
+    b.send_text(chat, "hi all twelve").await.unwrap();
+    for m in [&mut a, &mut c]
+        .into_iter()
+        .chain(others.iter_mut().map(|(_, m)| m))
+    {
+        assert_eq!(next_text(m, chat).await, "hi all twelve");
+    }
+
+    // Carol is removed: her device cannot read what follows.
+    a.remove_participant(chat, carol.user_id()).await.unwrap();
+    a.send_text(chat, "after carol").await.unwrap();
+    assert_eq!(next_text(&mut b, chat).await, "after carol");
+    let seen = drain(&mut c).await;
+    assert!(
+        !seen.iter().any(|e| matches!(e,
+            MessengerEvent::Message(m) if m.body == Body::Text { text: "after carol".into() })),
+        "{seen:?}"
+    );
+    // Nor would the server give it to her: her history ends at her removal.
+    let history = carol
+        .session
+        .api()
+        .history(chat, natter_client::api::HistoryQuery::default())
+        .await
+        .unwrap();
+    let newest = &history.messages[0];
+    assert_eq!(
+        newest.event,
+        Some(natter_proto::chats::ChatEvent::MemberRemoved {
+            user_id: carol.user_id()
+        })
+    );
+
+    // Bob links a tablet, then revokes it: it reads nothing sent after.
+    let tablet = server.second_device("+14155550302").await;
+    let mut t = server.messenger(&tablet).await;
+    let key = t.device_key().to_vec();
+    b.approve_device(tablet.device_id(), Some(&key))
+        .await
+        .unwrap();
+    until(&mut t, |e| (e == MessengerEvent::Linked).then_some(())).await;
+    joined(&mut t, chat).await;
+    a.send_text(chat, "tablet too").await.unwrap();
+    assert_eq!(next_text(&mut t, chat).await, "tablet too");
+    assert_eq!(next_text(&mut b, chat).await, "tablet too");
+    b.revoke_device(tablet.device_id()).await.unwrap();
+    a.send_text(chat, "after the tablet").await.unwrap();
+    assert_eq!(next_text(&mut b, chat).await, "after the tablet");
+    // The revoked device is told its token is dead, and it never sees the
+    // message sent after it was removed from the group.
+    let after = tokio::time::timeout(WAIT, async {
+        loop {
+            match t.next_event().await {
+                Ok(MessengerEvent::Message(m)) => {
+                    assert_ne!(
+                        m.body,
+                        Body::Text {
+                            text: "after the tablet".into()
+                        }
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(matches!(after, ClientError::Revoked), "{after:?}");
+}
+
+/// Every text of `chat` up to and including `last`.
+async fn texts_until(m: &mut Messenger, chat: ChatId, last: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    loop {
+        let t = next_text(m, chat).await;
+        let done = t == last;
+        texts.push(t);
+        if done {
+            return texts;
+        }
+    }
+}
+
+#[tokio::test]
+async fn racing_commits_one_wins_the_other_rebases_and_late_messages_still_decrypt() {
+    let server = TestServer::start().await;
+    let alice = server.user("+14155550401", "Alice").await;
+    let bob = server.user("+14155550402", "Bob").await;
+    let dan = server.user("+14155550403", "Dan").await;
+    let eve = server.user("+14155550404", "Eve").await;
+    let fay = server.user("+14155550405", "Fay").await;
+    let mut f = server.messenger(&fay).await;
+    let mut a = server.messenger(&alice).await;
+    let mut b = server.messenger(&bob).await;
+    let mut d = server.messenger(&dan).await;
+    let mut e = server.messenger(&eve).await;
+    let chat = a
+        .create_chat(ChatKind::Group, &[bob.user_id()], Some("Race"))
+        .await
+        .unwrap();
+    joined(&mut b, chat).await;
+    // Bob is an admin too, so both may add.
+    alice
+        .session
+        .api()
+        .change_role(
+            chat,
+            bob.user_id(),
+            &natter_proto::chats::ChangeRole {
+                role: natter_proto::chats::Role::Admin,
+            },
+        )
+        .await
+        .unwrap();
+    drain(&mut b).await;
+
+    // Two admins add at once: one commit wins the epoch, the other
+    // processes it, rebases and lands.
+    let (dan_id, eve_id, fay_id) = ([dan.user_id()], [eve.user_id()], [fay.user_id()]);
+    let (ra, rb) = tokio::join!(
+        a.add_participants(chat, &dan_id),
+        b.add_participants(chat, &eve_id)
+    );
+    ra.unwrap();
+    rb.unwrap();
+    // A message encrypted while a commit races it still decrypts (the
+    // server takes the 3 epochs before the current one; so do clients).
+    let (sent, added) = tokio::join!(
+        b.send_text(chat, "sent while committing"),
+        a.add_participants(chat, &fay_id)
+    );
+    sent.unwrap();
+    added.unwrap();
+    joined(&mut d, chat).await;
+    joined(&mut e, chat).await;
+    joined(&mut f, chat).await;
+    b.send_text(chat, "all in").await.unwrap();
+    // Alice was a member throughout: she reads both. The others read
+    // "all in", and the racing message if they were members by then.
+    assert_eq!(
+        texts_until(&mut a, chat, "all in").await,
+        ["sent while committing", "all in"]
+    );
+    for m in [&mut d, &mut e, &mut f] {
+        texts_until(m, chat, "all in").await;
+    }
+}
+
+#[tokio::test]
+async fn a_key_package_forged_in_the_store_is_refused_and_a_new_identity_key_is_shown() {
+    let server = TestServer::start().await;
+    let alice = server.user("+14155550501", "Alice").await;
+    let bob = server.user("+14155550502", "Bob").await;
+    let mut a = server.messenger(&alice).await;
+    let b = server.messenger(&bob).await;
+    // Alice has met Bob: his identity key is pinned.
+    let before = a.safety_number(bob.user_id()).await.unwrap();
+    assert_eq!(before.digits().len(), 60);
+
+    // The server (here: a write into its store) puts a KeyPackage of its
+    // own for Bob's device first in line.
+    let forger = natter_client::e2ee::Engine::new(bob.user_id(), bob.device_id(), None).unwrap();
+    let forged = forger
+        .key_packages(natter_client::e2ee::Suite::Classic, 1)
+        .unwrap()
+        .one_time
+        .remove(0);
+    let db = rusqlite::Connection::open(server.data_dir().join("natter.db")).unwrap();
+    db.busy_timeout(WAIT).unwrap();
+    db.execute(
+        "INSERT INTO key_packages (id, device_id, last_resort, bytes, created_at)
+         VALUES (0, ?1, 0, ?2, 0)",
+        rusqlite::params![bob.device_id().as_uuid().as_bytes().to_vec(), forged],
+    )
+    .unwrap();
+    drop(db);
+    let chat = a
+        .create_chat(ChatKind::Direct, &[bob.user_id()], None)
+        .await
+        .unwrap();
+    let refused = until(&mut a, |e| match e {
+        MessengerEvent::Refused { chat_id, reason } if chat_id == Some(chat) => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(refused.contains("KeyPackage"), "{refused}");
+    // The forged reader is not in the group: the next reconcile claims a
+    // real package and adds Bob's real device.
+    drop(b);
+
+    // Bob's identity key changes (a new phone, no old device): Alice is told.
+    let fresh = natter_client::e2ee::Identity::generate().unwrap();
+    bob.session
+        .api()
+        .set_identity(&natter_proto::e2ee::SetIdentity {
+            identity_key: base64_encode(fresh.public_key()),
+        })
+        .await
+        .unwrap();
+    let after = a.safety_number(bob.user_id()).await.unwrap();
+    assert_ne!(before.digits(), after.digits());
+    until(&mut a, |e| match e {
+        MessengerEvent::IdentityChanged { user_id } if user_id == bob.user_id() => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(!a.is_verified(bob.user_id()));
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn an_offline_device_catches_up_commits_then_messages_and_the_directory_survives_exhaustion()
+{
+    let server = TestServer::start().await;
+    let alice = server.user("+14155550601", "Alice").await;
+    let bob = server.user("+14155550602", "Bob").await;
+    let mut a = server.messenger(&alice).await;
+    let mut b = server.messenger(&bob).await;
+    let chat = a
+        .create_chat(ChatKind::Group, &[bob.user_id()], Some("Away"))
+        .await
+        .unwrap();
+    joined(&mut b, chat).await;
+    // Bob goes offline (his client is closed; his state is on disk).
+    drop(b);
+    // Meanwhile: more people, key rotations and messages.
+    let mut texts = Vec::new();
+    for i in 0..3 {
+        let u = server
+            .user(&format!("+1415555061{i}"), &format!("Friend {i}"))
+            .await;
+        let _m = server.messenger(&u).await;
+        a.add_participants(chat, &[u.user_id()]).await.unwrap();
+        a.self_update(chat).await.unwrap();
+        for j in 0..5 {
+            let t = format!("round {i} message {j}");
+            a.send_text(chat, &t).await.unwrap();
+            texts.push(t);
+        }
+    }
+    // Bob comes back: commits first, then every message, in order.
+    let mut b = server.messenger(&bob).await;
+    for t in &texts {
+        assert_eq!(&next_text(&mut b, chat).await, t);
+    }
+
+    // Carol's one-time packages run out: the last resort still adds her.
+    let carol = server.user("+14155550620", "Carol").await;
+    let mut c = server.messenger(&carol).await;
+    for _ in 0..25 {
+        alice
+            .session
+            .api()
+            .claim_key_packages(&natter_proto::e2ee::ClaimKeyPackages {
+                user_ids: vec![carol.user_id()],
+            })
+            .await
+            .unwrap();
+    }
+    let stock = carol.session.api().key_package_stock().await.unwrap();
+    assert_eq!(stock.available, 0);
+    assert!(stock.last_resort);
+    a.add_participants(chat, &[carol.user_id()]).await.unwrap();
+    joined(&mut c, chat).await;
+    // Told to replenish, Carol's device publishes a new batch.
+    drain(&mut c).await;
+    let stock = carol.session.api().key_package_stock().await.unwrap();
+    assert!(stock.available > 0, "{stock:?}");
+    a.send_text(chat, "carol, welcome").await.unwrap();
+    assert_eq!(next_text(&mut c, chat).await, "carol, welcome");
+}
