@@ -604,3 +604,60 @@ async fn an_offline_device_catches_up_commits_then_messages_and_the_directory_su
     a.send_text(chat, "carol, welcome").await.unwrap();
     assert_eq!(next_text(&mut c, chat).await, "carol, welcome");
 }
+
+#[tokio::test]
+async fn a_group_of_three_grows_to_thirty_devices_and_every_one_reads_every_message() {
+    let server = TestServer::start().await;
+    let alice = server.user("+14155550701", "Alice").await;
+    let bob = server.user("+14155550702", "Bob").await;
+    let carol = server.user("+14155550703", "Carol").await;
+    let mut a = server.messenger(&alice).await;
+    let mut members = vec![server.messenger(&bob).await, server.messenger(&carol).await];
+    let chat = a
+        .create_chat(
+            ChatKind::Group,
+            &[bob.user_id(), carol.user_id()],
+            Some("Hundred"),
+        )
+        .await
+        .unwrap();
+    for m in &mut members {
+        joined(m, chat).await;
+    }
+    a.send_text(chat, "three of us").await.unwrap();
+    for m in &mut members {
+        assert_eq!(next_text(m, chat).await, "three of us");
+    }
+    // 27 more people, added in three commits: 30 devices in the group.
+    // (100 and 1,000 devices are measured in-process by the engine's tests
+    // and `natter bench e2ee`; over a server each joiner here fetches every
+    // member's certified devices, one request per member.)
+    let mut n = 0;
+    for batch in [9, 9, 9] {
+        let mut ids = Vec::new();
+        let mut joiners = Vec::new();
+        for _ in 0..batch {
+            let u = server
+                .user(&format!("+1415556{n:04}"), &format!("Member {n}"))
+                .await;
+            n += 1;
+            ids.push(u.user_id());
+            joiners.push(server.messenger(&u).await);
+        }
+        a.add_participants(chat, &ids).await.unwrap();
+        for m in &mut joiners {
+            joined(m, chat).await;
+        }
+        members.extend(joiners);
+    }
+    assert_eq!(members.len() + 1, 30);
+    a.send_text(chat, "thirty devices").await.unwrap();
+    for m in &mut members {
+        assert_eq!(next_text(m, chat).await, "thirty devices");
+    }
+    // And one of the newest is heard by the first ones.
+    let last = members.last_mut().unwrap();
+    last.send_text(chat, "hello from the back").await.unwrap();
+    assert_eq!(next_text(&mut a, chat).await, "hello from the back");
+    assert_eq!(next_text(&mut members[0], chat).await, "hello from the back");
+}
