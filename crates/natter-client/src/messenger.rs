@@ -107,8 +107,11 @@ pub enum MessengerEvent {
         reason: String,
     },
     /// This device received the identity key from another device of the
-    /// user (linking finished).
-    Linked,
+    /// user (linking finished), and `imported` messages of its history.
+    Linked {
+        /// History entries handed over (0: none was).
+        imported: usize,
+    },
     /// A message of ours was stored by the server.
     Sent {
         /// Its idempotency key.
@@ -529,6 +532,12 @@ impl Messenger {
     /// chat. `expected_signature_key`, if given, must match the key the new
     /// device shows (compare it there: the server cannot fake that).
     ///
+    /// With `with_history`, this device's decrypted history of its
+    /// encrypted chats goes along: exported, encrypted like a file with a
+    /// fresh key, uploaded, and its id and key sealed in the handover. A new
+    /// device otherwise starts with no history (MLS gives it none: it reads
+    /// from the epoch it was added in).
+    ///
     /// # Errors
     /// This device does not hold the identity key, the device is unknown or
     /// shows another key, or the server refused.
@@ -536,6 +545,7 @@ impl Messenger {
         &mut self,
         device: DeviceId,
         expected_signature_key: Option<&[u8]>,
+        with_history: bool,
     ) -> ClientResult<()> {
         let me = self.session.user_id();
         let api = self.session.api().clone();
@@ -552,12 +562,17 @@ impl Messenger {
             ));
         }
         let link_key = decode("link_key", &keys.link_key)?;
+        let history = if with_history {
+            Some(self.export_history().await?)
+        } else {
+            None
+        };
         let identity = self
             .engine
             .identity()
             .ok_or_else(|| e2ee(E2eeError::NoIdentity))?;
         let certificate = identity.certify(me, device, &signature_key).map_err(e2ee)?;
-        let sealed = handover::seal(me, device, &link_key, identity, None).map_err(e2ee)?;
+        let sealed = handover::seal(me, device, &link_key, identity, history).map_err(e2ee)?;
         api.set_device_credential(
             device,
             &SetDeviceCredential {
@@ -579,6 +594,48 @@ impl Messenger {
             self.reconcile(chat).await?;
         }
         Ok(())
+    }
+
+    /// Uploads this device's history of its encrypted chats, encrypted
+    /// with a fresh key, for a handover.
+    async fn export_history(&self) -> ClientResult<handover::HistoryRef> {
+        let mut entries = Vec::new();
+        for chat in self.positions.keys() {
+            entries.extend(self.store.history(*chat)?);
+        }
+        let plain =
+            serde_json::to_vec(&entries).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut sealed = Vec::with_capacity(plain.len() + plain.len() / 1024 + 64);
+        let key = media::encrypt_stream(plain.as_slice(), &mut sealed)
+            .map_err(|e| ClientError::Protocol(format!("encrypting the history: {e}")))?;
+        let uploaded = self
+            .session
+            .api()
+            .upload(Upload {
+                bytes: sealed,
+                kind: MediaKind::Encrypted,
+                file_name: "encrypted".to_owned(),
+                chat_id: None,
+            })
+            .await?;
+        Ok(handover::HistoryRef {
+            media_id: uploaded.media_id,
+            key,
+        })
+    }
+
+    /// Takes in a history handed over by another device of the user.
+    async fn import_history(&self, history: &handover::HistoryRef) -> ClientResult<usize> {
+        let download = self.session.api().download(history.media_id).await?;
+        let mut plain = Vec::new();
+        media::decrypt_stream(&history.key, download.bytes.as_slice(), &mut plain)
+            .map_err(|e| ClientError::Protocol(format!("the history does not decrypt: {e}")))?;
+        let entries: Vec<HistoryEntry> =
+            serde_json::from_slice(&plain).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        for entry in &entries {
+            self.store.put_history(entry)?;
+        }
+        Ok(entries.len())
     }
 
     /// Brings the chat's group in line with the server's membership: adds
@@ -1195,9 +1252,14 @@ impl Messenger {
                     Ok(opened) => {
                         self.trust
                             .observe_identity(self.session.user_id(), opened.identity.public_key());
+                        let history = opened.history.clone();
                         self.engine.set_identity(opened.identity);
                         self.save()?;
-                        self.pending.push_back(MessengerEvent::Linked);
+                        let imported = match &history {
+                            Some(h) => self.import_history(h).await?,
+                            None => 0,
+                        };
+                        self.pending.push_back(MessengerEvent::Linked { imported });
                     }
                     Err(e) => self.pending.push_back(MessengerEvent::Refused {
                         chat_id: None,

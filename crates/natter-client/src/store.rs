@@ -94,7 +94,7 @@ impl std::fmt::Debug for SavedSession {
 }
 
 /// A message of the local history (decrypted, or plaintext).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryEntry {
     /// The chat.
     pub chat_id: ChatId,

@@ -193,10 +193,15 @@ async fn a_linked_device_and_a_contact_read_everything_and_the_server_reads_noth
     let mut a2 = server.messenger(&alice2).await;
     assert!(!a2.holds_identity());
     let shown = a2.device_key().to_vec();
-    a1.approve_device(alice2.device_id(), Some(&shown))
+    a1.approve_device(alice2.device_id(), Some(&shown), false)
         .await
         .unwrap();
-    until(&mut a2, |e| (e == MessengerEvent::Linked).then_some(())).await;
+    let imported = until(&mut a2, |e| match e {
+        MessengerEvent::Linked { imported } => Some(imported),
+        _ => None,
+    })
+    .await;
+    assert_eq!(imported, 0, "no history unless asked for");
     assert!(a2.holds_identity());
 
     // A direct chat: every device of both is a member.
@@ -365,10 +370,18 @@ async fn a_group_grows_and_removed_members_and_revoked_devices_read_nothing_afte
     let tablet = server.second_device("+14155550302").await;
     let mut t = server.messenger(&tablet).await;
     let key = t.device_key().to_vec();
-    b.approve_device(tablet.device_id(), Some(&key))
+    // With the history: the tablet can read (and search) what came before it.
+    drain(&mut b).await;
+    b.approve_device(tablet.device_id(), Some(&key), true)
         .await
         .unwrap();
-    until(&mut t, |e| (e == MessengerEvent::Linked).then_some(())).await;
+    let imported = until(&mut t, |e| match e {
+        MessengerEvent::Linked { imported } => Some(imported),
+        _ => None,
+    })
+    .await;
+    assert!(imported >= 3, "{imported}");
+    assert_eq!(t.store().search_local("twelve").unwrap().len(), 1);
     joined(&mut t, chat).await;
     a.send_text(chat, "tablet too").await.unwrap();
     assert_eq!(next_text(&mut t, chat).await, "tablet too");
@@ -659,5 +672,8 @@ async fn a_group_of_three_grows_to_thirty_devices_and_every_one_reads_every_mess
     let last = members.last_mut().unwrap();
     last.send_text(chat, "hello from the back").await.unwrap();
     assert_eq!(next_text(&mut a, chat).await, "hello from the back");
-    assert_eq!(next_text(&mut members[0], chat).await, "hello from the back");
+    assert_eq!(
+        next_text(&mut members[0], chat).await,
+        "hello from the back"
+    );
 }
