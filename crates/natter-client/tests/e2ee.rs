@@ -57,6 +57,9 @@ impl TestServer {
         r.chats_created_per_day = many;
         r.participants_added_per_minute = many;
         r.participants_added_per_day = many;
+        // Pushes to a local receiver (plain http on loopback), promptly.
+        config.push.allow_private_endpoints = true;
+        config.push.coalesce_ms = 50;
         config.validate().unwrap();
         let server = tokio::time::timeout(WAIT, RunningServer::start(config))
             .await
@@ -169,6 +172,54 @@ impl std::io::Write for Log {
     }
 }
 
+/// A push service on loopback that keeps every request it gets, raw.
+async fn push_receiver() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push/bob", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                loop {
+                    let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
+                    else {
+                        break;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                keep.lock().unwrap().push(request);
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    (url, got)
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -187,6 +238,18 @@ async fn a_linked_device_and_a_contact_read_everything_and_the_server_reads_noth
     let mut a1 = server.messenger(&alice).await;
     let mut b1 = server.messenger(&bob).await;
     assert!(a1.holds_identity() && b1.holds_identity());
+    // Bob's phone is offline: it gets push notifications.
+    let (endpoint, pushes) = push_receiver().await;
+    let phone = server.second_device("+14155550202").await;
+    phone
+        .session
+        .api()
+        .set_push_channel(
+            phone.device_id(),
+            &natter_proto::push::PushChannelRequest::Unifiedpush { endpoint },
+        )
+        .await
+        .unwrap();
 
     // Alice's second device logs in, shows its key, and her first device approves it.
     let alice2 = server.second_device("+14155550201").await;
@@ -272,6 +335,21 @@ async fn a_linked_device_and_a_contact_read_everything_and_the_server_reads_noth
         found.messages.is_empty(),
         "the server indexes no ciphertext"
     );
+
+    // Bob's offline phone was told, without content.
+    tokio::time::timeout(WAIT, async {
+        while pushes.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a push within WAIT");
+    for push in pushes.lock().unwrap().iter() {
+        assert!(
+            !contains(push, CANARY.as_bytes()),
+            "a push holds the canary"
+        );
+    }
 
     // After the test: not one byte of the canary in the server's files or log.
     drop((a1, a2, b1));
