@@ -605,9 +605,20 @@ impl Messenger {
         }
         let plain =
             serde_json::to_vec(&entries).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let mut sealed = Vec::with_capacity(plain.len() + plain.len() / 1024 + 64);
-        let key = media::encrypt_stream(plain.as_slice(), &mut sealed)
-            .map_err(|e| ClientError::Protocol(format!("encrypting the history: {e}")))?;
+        let (media_id, key) = self.upload_encrypted(&plain, None).await?;
+        Ok(handover::HistoryRef { media_id, key })
+    }
+
+    /// Encrypts `bytes` with a fresh key and uploads them as an `encrypted`
+    /// blob (named "encrypted": a real name travels inside MLS only).
+    async fn upload_encrypted(
+        &self,
+        bytes: &[u8],
+        chat: Option<ChatId>,
+    ) -> ClientResult<(MediaId, media::MediaKey)> {
+        let mut sealed = Vec::with_capacity(bytes.len() + bytes.len() / 1024 + 64);
+        let key = media::encrypt_stream(bytes, &mut sealed)
+            .map_err(|e| ClientError::Protocol(format!("encrypting the upload: {e}")))?;
         let uploaded = self
             .session
             .api()
@@ -615,13 +626,10 @@ impl Messenger {
                 bytes: sealed,
                 kind: MediaKind::Encrypted,
                 file_name: "encrypted".to_owned(),
-                chat_id: None,
+                chat_id: chat,
             })
             .await?;
-        Ok(handover::HistoryRef {
-            media_id: uploaded.media_id,
-            key,
-        })
+        Ok((uploaded.media_id, key))
     }
 
     /// Takes in a history handed over by another device of the user.
@@ -844,21 +852,7 @@ impl Messenger {
         mime: &str,
         bytes: &[u8],
     ) -> ClientResult<String> {
-        let mut sealed = Vec::with_capacity(bytes.len() + bytes.len() / 1024 + 64);
-        let key = media::encrypt_stream(bytes, &mut sealed)
-            .map_err(|e| ClientError::Protocol(format!("encrypting the file: {e}")))?;
-        let uploaded = self
-            .session
-            .api()
-            .upload(Upload {
-                bytes: sealed,
-                kind: MediaKind::Encrypted,
-                // The name travels inside the MLS message only.
-                file_name: "encrypted".to_owned(),
-                chat_id: Some(chat),
-            })
-            .await?;
-        let media_id: MediaId = uploaded.media_id;
+        let (media_id, key) = self.upload_encrypted(bytes, Some(chat)).await?;
         let payload = Payload::new(Body::File {
             media_id,
             key,
