@@ -374,6 +374,31 @@ impl Messenger {
     /// devices that pass.
     async fn learn(&mut self, user: UserId) -> ClientResult<Vec<CertifiedDevice>> {
         let listed = self.session.api().user_devices(user).await?;
+        self.take_in(user, listed)
+    }
+
+    /// [`Messenger::learn`] for many users, their device lists fetched at
+    /// once (a group's members when joining or bringing it in line).
+    async fn learn_all(&mut self, users: &[UserId]) -> ClientResult<Vec<CertifiedDevice>> {
+        let api = self.session.api().clone();
+        let lists = futures_util::future::join_all(users.iter().map(|u| {
+            let api = api.clone();
+            async move { (*u, api.user_devices(*u).await) }
+        }))
+        .await;
+        let mut certified = Vec::new();
+        for (user, listed) in lists {
+            certified.extend(self.take_in(user, listed?)?);
+        }
+        Ok(certified)
+    }
+
+    /// Pins `user`'s identity key and checks their devices' certificates.
+    fn take_in(
+        &mut self,
+        user: UserId,
+        listed: natter_proto::e2ee::UserDevices,
+    ) -> ClientResult<Vec<CertifiedDevice>> {
         let Some(identity) = listed.identity_key else {
             return Ok(Vec::new());
         };
@@ -659,10 +684,8 @@ impl Messenger {
         }
         self.catch_up(chat).await?;
         let info = self.session.api().chat(chat).await?;
-        let mut wanted = Vec::new();
-        for p in &info.participants {
-            wanted.extend(self.learn(p.user_id).await?);
-        }
+        let users: Vec<UserId> = info.participants.iter().map(|p| p.user_id).collect();
+        let wanted = self.learn_all(&users).await?;
         let change = self.engine.reconcile(chat, &wanted).map_err(e2ee)?;
         if change.is_empty() {
             self.dirty.remove(&chat);
@@ -1216,9 +1239,8 @@ impl Messenger {
                 }
                 // Every member must be certified: learn the participants first.
                 if let Ok(info) = self.session.api().chat(chat).await {
-                    for p in &info.participants {
-                        self.learn(p.user_id).await?;
-                    }
+                    let users: Vec<UserId> = info.participants.iter().map(|p| p.user_id).collect();
+                    self.learn_all(&users).await?;
                 }
                 match self.engine.join(&self.trust, &payload) {
                     Ok(joined) => {
