@@ -13,6 +13,10 @@
 //!   event yielded is recorded at once, so after a reconnect the sync resumes
 //!   right after it, with no gap, and acknowledged (`ack`, coalesced per
 //!   chat, within [`ACK_BATCH`] events or [`ACK_DELAY`]);
+//! - until a socket's `sync_done`, a live event may overtake the events its
+//!   sync replays (the server delivers live from authentication on): one
+//!   that is ahead of its turn is held and handed out, in seq order, once
+//!   the events before it came (or at `sync_done`);
 //! - when the socket ends (closed, failed, or silent past the heartbeat) it
 //!   reconnects with bounded, jittered exponential backoff, every step with
 //!   a timeout, and re-syncs;
