@@ -12,6 +12,8 @@
 //! - `accounts`: the SMS webhook receiver and account sign-up.
 //! - `relay`, `group`, `catchup`, `search`, `idle`: the scenarios.
 //! - `e2ee`: the client's MLS engine in-process (no server started).
+//! - `soak`: randomized sends, reconnects, socket drops and `kill -9`s of
+//!   the server; [`checker`] judges the history it records.
 //! - [`baseline`]: the bare relay (no auth, no storage), run as
 //!   `natter baseline-relay` (hidden) by the `baseline` scenario.
 //! - `report`: results as a table or JSON.
@@ -19,6 +21,7 @@
 mod accounts;
 pub mod baseline;
 mod catchup;
+pub mod checker;
 mod e2ee;
 mod group;
 mod idle;
@@ -26,6 +29,7 @@ mod load;
 mod relay;
 mod report;
 mod search;
+mod soak;
 mod target;
 
 use std::process::ExitCode;
@@ -103,6 +107,10 @@ pub enum Scenario {
     /// The client's MLS engine in-process, no server: message cost, add and
     /// remove commits at 100 and 1,000 devices, Welcome sizes.
     E2ee(e2ee::E2eeArgs),
+    /// Randomized sends (REST and WebSocket), retries, socket drops and
+    /// `kill -9`s of the server, then the delivery checker: nothing
+    /// acknowledged lost, nothing twice, per-chat order, idempotent retries.
+    Soak(soak::SoakArgs),
     /// The relay scenario against the bare built-in relay only (no auth, no
     /// storage): the physical limit of this machine and client.
     Baseline(relay::RelayArgs),
@@ -198,6 +206,7 @@ async fn scenario(args: BenchArgs) -> BenchResult<Report> {
         Scenario::Catchup(a) => catchup::run(&common, &a).await,
         Scenario::Search(a) => search::run(&common, &a).await,
         Scenario::E2ee(a) => e2ee::run(&common, &a).await,
+        Scenario::Soak(a) => soak::run(&common, &a).await,
     }
 }
 

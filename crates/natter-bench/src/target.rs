@@ -53,7 +53,7 @@ pub(crate) struct Target {
 /// The benchmark configuration: everything that would throttle one client
 /// address or one user sending thousands of messages a second is opened
 /// up, in the child's environment only (the defaults stay as they are).
-fn bench_env(sms_url: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn bench_env(sms_url: &str) -> Vec<(&'static str, String)> {
     const MANY: &str = "1000000000";
     let mut env = vec![
         ("NATTER_LISTEN", "127.0.0.1:0".to_owned()),
@@ -230,7 +230,7 @@ pub(crate) fn rss_of(path: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn tail(text: &str) -> String {
+pub(crate) fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }

@@ -13,6 +13,10 @@
 //!   event yielded is recorded at once, so after a reconnect the sync resumes
 //!   right after it, with no gap, and acknowledged (`ack`, coalesced per
 //!   chat, within [`ACK_BATCH`] events or [`ACK_DELAY`]);
+//! - until a socket's `sync_done`, a live event may overtake the events its
+//!   sync replays (the server delivers live from authentication on): one
+//!   that is ahead of its turn is held and handed out, in seq order, once
+//!   the events before it came (or at `sync_done`);
 //! - when the socket ends (closed, failed, or silent past the heartbeat) it
 //!   reconnects with bounded, jittered exponential backoff, every step with
 //!   a timeout, and re-syncs;
@@ -28,7 +32,7 @@
 //!
 //! May depend on: [`crate::api`], [`crate::transport`], `natter-proto`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -335,6 +339,8 @@ impl Session {
             attempt: 0,
             pinged: false,
             rng: seed,
+            held: HashMap::new(),
+            synced: false,
         }
     }
 }
@@ -515,6 +521,15 @@ pub struct Connection {
     pinged: bool,
     /// Jitter source (xorshift; not for secrets).
     rng: u64,
+    /// Chat-log events that came ahead of their turn before this socket's
+    /// `sync_done`, by chat and seq. The server delivers live events from
+    /// the moment it authenticates a socket, so one can overtake the
+    /// events the sync is about to send; held here, it is handed out once
+    /// the events before it came (or at `sync_done`), never dropped as a
+    /// duplicate. Emptied on every new socket (its sync sends them again).
+    held: HashMap<ChatId, BTreeMap<i64, ServerFrame>>,
+    /// This socket's `sync_done` came: events arrive in per-chat order.
+    synced: bool,
 }
 
 impl Connection {
@@ -603,6 +618,8 @@ impl Connection {
     }
 
     async fn open(&mut self) -> ClientResult<()> {
+        self.held.clear();
+        self.synced = false;
         let transport = self.transport();
         let limit = self.config.connect_timeout;
         let url = self.ws_url();
@@ -732,6 +749,11 @@ impl Connection {
     /// connection trouble is reported as [`Event::Disconnected`], not as an
     /// error.
     ///
+    /// Cancel-safe for events: a call dropped at any await (in a
+    /// `select!` or under a timeout) loses no chat-log event, because an
+    /// event is recorded as processed only right before it is returned.
+    /// At worst an ack is sent again, or an outbox entry is retried.
+    ///
     /// # Errors
     /// The device was revoked or its token refused ([`ClientError::Revoked`]),
     /// or the local store failed.
@@ -768,6 +790,9 @@ impl Connection {
                     }
                 }
             }
+            if self.unacked_events >= ACK_BATCH {
+                self.flush_acks().await;
+            }
             let transport = self.transport();
             let heartbeat = self.config.heartbeat;
             let Some(socket) = self.socket.as_mut() else {
@@ -797,7 +822,7 @@ impl Connection {
                         // A frame type newer than this SDK: skip it.
                         continue;
                     };
-                    if let Some(event) = self.process(frame).await? {
+                    if let Some(event) = self.process(frame)? {
                         return Ok(event);
                     }
                     continue;
@@ -819,16 +844,17 @@ impl Connection {
     }
 
     /// Records a chat-log event and queues its ack; `false` for a duplicate.
-    async fn accept(&mut self, chat: ChatId, seq: i64) -> ClientResult<bool> {
+    fn accept(&mut self, chat: ChatId, seq: i64) -> ClientResult<bool> {
         if seq <= self.position(chat)? {
             return Ok(false);
         }
         self.record(chat, seq)?;
         self.unacked.insert(chat, seq);
         self.unacked_events += 1;
-        if self.unacked_events >= ACK_BATCH {
-            self.flush_acks().await;
-        }
+        // No await between recording the event and handing it out: a
+        // caller that drops `next_event` (a `select!`, a timeout) would
+        // otherwise lose an event already recorded as processed. A full
+        // batch is acked at the start of the next call instead.
         Ok(true)
     }
 
@@ -844,14 +870,73 @@ impl Connection {
         }
     }
 
-    async fn process(&mut self, frame: ServerFrame) -> ClientResult<Option<Event>> {
+    fn process(&mut self, frame: ServerFrame) -> ClientResult<Option<Event>> {
+        if let Some((chat, seq)) = chat_log_position(&frame) {
+            let pos = self.position(chat)?;
+            let held = self.held.get(&chat).is_some_and(|h| h.contains_key(&seq));
+            if seq <= pos || held {
+                return Ok(None);
+            }
+            if !self.synced && seq > pos + 1 {
+                self.held.entry(chat).or_default().insert(seq, frame);
+                return Ok(None);
+            }
+            let event = self.apply(frame)?;
+            self.release(chat, false)?;
+            return Ok(event);
+        }
+        Ok(match frame {
+            ServerFrame::SyncDone { chats } => {
+                self.synced = true;
+                let chats_held: Vec<ChatId> = self.held.keys().copied().collect();
+                for chat in chats_held {
+                    self.release(chat, true)?;
+                }
+                for c in &chats {
+                    self.record(c.chat_id, c.seq)?;
+                }
+                // Acked at the start of the next call (see `accept`).
+                self.unacked_events = self.unacked_events.max(ACK_BATCH);
+                // After the events released above.
+                self.pending.push_back(Event::SyncDone { chats });
+                None
+            }
+            other => self.apply(other)?,
+        })
+    }
+
+    /// Hands out the held events of `chat` that are now next in line (all
+    /// of them, in seq order, with `all`), through `pending`.
+    fn release(&mut self, chat: ChatId, all: bool) -> ClientResult<()> {
+        loop {
+            let pos = self.position(chat)?;
+            let Some(held) = self.held.get_mut(&chat) else {
+                return Ok(());
+            };
+            let Some(entry) = held.first_entry() else {
+                self.held.remove(&chat);
+                return Ok(());
+            };
+            if !all && *entry.key() != pos + 1 {
+                return Ok(());
+            }
+            let frame = entry.remove();
+            if let Some(event) = self.apply(frame)? {
+                self.pending.push_back(event);
+            }
+        }
+    }
+
+    /// Applies one frame: records chat-log events (dropping duplicates),
+    /// keeps messages in the store, and gives the event to hand out.
+    fn apply(&mut self, frame: ServerFrame) -> ClientResult<Option<Event>> {
         Ok(match frame {
             ServerFrame::NewMessage {
                 chat_id,
                 seq,
                 message,
             } => {
-                if !self.accept(chat_id, seq).await? {
+                if !self.accept(chat_id, seq)? {
                     return Ok(None);
                 }
                 let text = match message.message_type {
@@ -870,7 +955,7 @@ impl Connection {
                 seq,
                 message,
             } => {
-                if !self.accept(chat_id, seq).await? {
+                if !self.accept(chat_id, seq)? {
                     return Ok(None);
                 }
                 if let Some(text) = message.content.as_deref() {
@@ -887,7 +972,7 @@ impl Connection {
                 seq,
                 message,
             } => {
-                if !self.accept(chat_id, seq).await? {
+                if !self.accept(chat_id, seq)? {
                     return Ok(None);
                 }
                 self.state.edit_message(message.id, None)?;
@@ -902,7 +987,7 @@ impl Connection {
                 seq,
                 message,
             } => {
-                if !self.accept(chat_id, seq).await? {
+                if !self.accept(chat_id, seq)? {
                     return Ok(None);
                 }
                 Some(Event::ChatUpdated {
@@ -934,7 +1019,6 @@ impl Connection {
                 for c in &chats {
                     self.record(c.chat_id, c.seq)?;
                 }
-                self.flush_acks().await;
                 Some(Event::SyncDone { chats })
             }
             ServerFrame::TooLong { chat_id, seq } => {
@@ -950,5 +1034,118 @@ impl Connection {
             | ServerFrame::Pong
             | ServerFrame::MessageSent { .. } => None,
         })
+    }
+}
+
+/// The chat and seq of a chat-log event (`None` for other frames).
+fn chat_log_position(frame: &ServerFrame) -> Option<(ChatId, i64)> {
+    match frame {
+        ServerFrame::NewMessage { chat_id, seq, .. }
+        | ServerFrame::MessageUpdated { chat_id, seq, .. }
+        | ServerFrame::MessageDeleted { chat_id, seq, .. }
+        | ServerFrame::ChatUpdated { chat_id, seq, .. } => Some((*chat_id, *seq)),
+        _ => None,
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use crate::transport::{Request, Response, TransportError};
+
+    /// A socket that plays a script of server frames, then stays silent.
+    #[derive(Debug)]
+    struct Scripted(VecDeque<String>);
+
+    #[async_trait::async_trait]
+    impl WebSocket for Scripted {
+        async fn send(&mut self, _: String) -> Result<(), TransportError> {
+            Ok(())
+        }
+        async fn recv(&mut self) -> Result<WsEvent, TransportError> {
+            match self.0.pop_front() {
+                Some(text) => Ok(WsEvent::Text(text)),
+                None => std::future::pending().await,
+            }
+        }
+        async fn close(&mut self) {}
+    }
+
+    /// A transport whose one WebSocket plays `script`; no HTTP.
+    #[derive(Debug)]
+    struct OneSocket(Mutex<Option<VecDeque<String>>>);
+
+    #[async_trait::async_trait]
+    impl Transport for OneSocket {
+        async fn http(&self, _: Request) -> Result<Response, TransportError> {
+            Err(TransportError("no HTTP here".to_owned()))
+        }
+        async fn connect(&self, _: &str) -> Result<Box<dyn WebSocket>, TransportError> {
+            let script = self.0.lock().unwrap().take();
+            script
+                .map(|s| Box::new(Scripted(s)) as Box<dyn WebSocket>)
+                .ok_or_else(|| TransportError("one socket only".to_owned()))
+        }
+        async fn sleep(&self, duration: Duration) {
+            tokio::time::sleep(duration).await;
+        }
+    }
+
+    fn new_message(chat: ChatId, seq: i64) -> String {
+        serde_json::json!({
+            "type": "new_message", "chat_id": chat, "seq": seq,
+            "message": {
+                "id": MessageId::new(), "chat_id": chat, "seq": seq,
+                "sender_id": UserId::new(), "sender_device_id": null,
+                "type": "text", "content": format!("m{seq}"), "ciphertext": null,
+                "media_id": null, "reply_to": null, "client_message_id": null,
+                "timestamp": "2026-12-01T00:00:00.000Z", "client_timestamp": null,
+                "edited_at": null, "deleted": false, "event": null, "status": "sent"
+            }
+        })
+        .to_string()
+    }
+
+    /// Found by the soak checker (`natter bench soak`): the server delivers
+    /// live events from the moment it authenticates a socket, so a live
+    /// event can overtake the events the `sync` replays. The SDK took it,
+    /// moved its position past the replay, and dropped the replayed events
+    /// as duplicates: a gap for good.
+    #[tokio::test]
+    async fn a_live_event_that_overtakes_the_sync_replay_is_held_not_a_gap() {
+        let (user, device, chat) = (UserId::new(), DeviceId::new(), ChatId::new());
+        let connected =
+            serde_json::json!({"type": "connected", "user_id": user, "device_id": device});
+        let sync_done =
+            serde_json::json!({"type": "sync_done", "chats": [{"chat_id": chat, "seq": 5}]});
+        // The device had seq 2; 5 came live before the sync sent 3 and 4.
+        let script = VecDeque::from([
+            connected.to_string(),
+            new_message(chat, 5),
+            new_message(chat, 3),
+            new_message(chat, 4),
+            sync_done.to_string(),
+        ]);
+        let transport = Arc::new(OneSocket(Mutex::new(Some(script))));
+        let client = Client::with_transport(transport, "http://natter.invalid");
+        let session = client.session(user, device, "token");
+        let state = Arc::new(MemoryState::default());
+        state.record(chat, 2).unwrap();
+        let mut conn = session.connect(state);
+        let mut seqs = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), conn.next_event())
+                .await
+                .unwrap()
+                .unwrap();
+            match event {
+                Event::Message { seq, .. } => seqs.push(seq),
+                Event::SyncDone { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(seqs, vec![3, 4, 5], "in order, none dropped");
     }
 }

@@ -27,6 +27,8 @@ pub mod blobs;
 pub mod bus;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod listener;
 pub mod mls_framing;
 pub mod offline;

@@ -465,7 +465,7 @@ fn disposition(inline: bool, filename: Option<&str>) -> String {
 
 /// What a `Range` header asks for.
 #[derive(Debug, PartialEq, Eq)]
-enum RangeSpec {
+pub(crate) enum RangeSpec {
     /// Not a single byte range we serve partially: send everything (RFC
     /// 9110 lets a server ignore `Range`, e.g. several ranges).
     Whole,
@@ -475,7 +475,7 @@ enum RangeSpec {
     Unsatisfiable,
 }
 
-fn parse_range(spec: &str, size: u64) -> RangeSpec {
+pub(crate) fn parse_range(spec: &str, size: u64) -> RangeSpec {
     // The unit is case-insensitive (RFC 9110 §14.1).
     let spec = spec.trim();
     let Some(set) = spec
@@ -552,7 +552,10 @@ fn require_tus(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
-fn header_number(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, ApiError> {
+pub(crate) fn header_number(
+    headers: &HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<u64>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -573,7 +576,7 @@ fn header_number(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, 
 /// Reads tus `Upload-Metadata`: comma-separated `key base64value` pairs.
 /// Keys used: `type` (image, video, file, encrypted), `chat_id`, and
 /// `filename` (or `name`). Others (a client's `filetype`, …) are ignored.
-fn tus_metadata(headers: &HeaderMap) -> Result<UploadInfo, ApiError> {
+pub(crate) fn tus_metadata(headers: &HeaderMap) -> Result<UploadInfo, ApiError> {
     use base64::Engine as _;
     let mut info = UploadInfo::default();
     let Some(raw) = headers.get(&UPLOAD_METADATA) else {

@@ -11,7 +11,7 @@ mod e2ee;
 mod error;
 mod extract;
 mod invitations;
-mod media;
+pub(crate) mod media;
 mod ops;
 mod push;
 mod search;
