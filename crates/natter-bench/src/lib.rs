@@ -187,7 +187,12 @@ pub fn run(args: BenchArgs) -> ExitCode {
     match outcome {
         Ok(report) => {
             report.print(json);
-            ExitCode::SUCCESS
+            if report.found_violations() {
+                // The report names them; a script sees the failure.
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("natter bench: {e}");

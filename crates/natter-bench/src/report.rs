@@ -50,6 +50,16 @@ impl Report {
         Value::Object(self.json.clone())
     }
 
+    /// Whether the run found what it checks for broken: a non-empty
+    /// `violations` list (the soak's delivery checker).
+    #[must_use]
+    pub fn found_violations(&self) -> bool {
+        self.json
+            .get("violations")
+            .and_then(Value::as_array)
+            .is_some_and(|v| !v.is_empty())
+    }
+
     /// Prints the table, or the JSON object, to stdout.
     pub fn print(&self, json: bool) {
         let mut out = std::io::stdout().lock();
