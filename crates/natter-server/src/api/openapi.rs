@@ -436,10 +436,10 @@ fn add_limits(doc: &mut Value, config: &Config) {
                 "/paths/{}/get/responses/{status}/content",
                 path.replace('/', "~1")
             );
-            if let Some(content) = doc.pointer_mut(&pointer).and_then(Value::as_object_mut) {
-                if let Some(body) = content.remove("application/octet-stream") {
-                    content.insert("*/*".to_owned(), body);
-                }
+            if let Some(content) = doc.pointer_mut(&pointer).and_then(Value::as_object_mut)
+                && let Some(body) = content.remove("application/octet-stream")
+            {
+                content.insert("*/*".to_owned(), body);
             }
         }
     }
