@@ -132,6 +132,87 @@ const RATE_LIMITED: &[(&str, &str)] = &[
     ("post", "/api/v1/devices/{device_id}/push"),
 ];
 
+/// What the server refuses although the schema allows it: rules across
+/// fields, or about the server's state, that a JSON Schema cannot state.
+/// Appended to the operation's description.
+const RULES: &[(&str, &str, &str)] = &[
+    (
+        "post",
+        "/api/v1/users/verification",
+        "The number must also be valid by libphonenumber's rules (400 `invalid_phone`).",
+    ),
+    (
+        "post",
+        "/api/v1/users/register",
+        "The number must also be valid by libphonenumber's rules (400 `invalid_phone`).",
+    ),
+    (
+        "post",
+        "/api/v1/users/login",
+        "The number must also be valid by libphonenumber's rules (400 `invalid_phone`).",
+    ),
+    (
+        "post",
+        "/api/v1/users/contacts",
+        "Send exactly one of `phone` and `user_id`, not the caller's own (422).",
+    ),
+    (
+        "post",
+        "/api/v1/chats",
+        "A direct chat has exactly one other participant and no `name`; a group needs a `name` (422).",
+    ),
+    (
+        "post",
+        "/api/v1/messages",
+        "`content` in plaintext chats, `ciphertext` in encrypted ones, never both; `media_id` exactly for `image`, `video` and `file`; `type` is not `system` or `commit` (422).",
+    ),
+    (
+        "patch",
+        "/api/v1/messages/{message_id}",
+        "`content` in plaintext chats, `ciphertext` in encrypted ones (422).",
+    ),
+    (
+        "post",
+        "/api/v1/chats/{chat_id}/commits",
+        "`commit` must be an MLS commit of this chat's group; `welcome` and `welcome_devices` come together (422).",
+    ),
+    (
+        "post",
+        "/api/v1/devices/me/key-packages",
+        "Each KeyPackage must parse and carry this device's certified key (422).",
+    ),
+    (
+        "put",
+        "/api/v1/devices/{device_id}/credential",
+        "`certificate` must verify with the user's identity key (422 `invalid_certificate`).",
+    ),
+    (
+        "post",
+        "/api/v1/devices/{device_id}/push",
+        "Endpoints must be public `https` URLs; tokens have each service's shape (400, 422).",
+    ),
+    (
+        "post",
+        "/api/v1/media/tus",
+        "`Upload-Metadata` must carry a `type` (422).",
+    ),
+    (
+        "post",
+        "/api/v1/media/upload",
+        "The bytes must be of the declared `type` (415 `media_type_mismatch`).",
+    ),
+    (
+        "patch",
+        "/api/v1/users/me",
+        "`profile_pic_media_id` must name a finished image upload of the caller's (422).",
+    ),
+    (
+        "get",
+        "/api/v1/search/messages",
+        "`(page - 1) * limit` reaches at most `limits.max_search_offset` hits (400).",
+    ),
+];
+
 /// The routes that answer without the store or the deadline.
 const BARE: &[&str] = &["/healthz", "/metrics", "/api/v1/openapi.json"];
 
@@ -222,6 +303,18 @@ fn add_common_responses(doc: &mut Value) {
             add("HeadersTooLarge");
             if !bare {
                 add("Unavailable");
+            }
+            for (_, _, rule) in RULES
+                .iter()
+                .filter(|(m, p, _)| *m == method.as_str() && *p == path.as_str())
+            {
+                let description = op["description"].as_str().unwrap_or_default();
+                let joined = if description.is_empty() {
+                    (*rule).to_owned()
+                } else {
+                    format!("{description}\n\n{rule}")
+                };
+                op["description"] = json!(joined);
             }
         }
     }

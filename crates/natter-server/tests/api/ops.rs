@@ -164,6 +164,13 @@ fn the_openapi_document_states_the_limits() {
     assert_eq!(param("chat_id")["schema"]["format"], "uuid");
     assert_eq!(param("limit")["schema"]["maximum"], limits.max_page_size);
     assert_eq!(param("page")["schema"]["minimum"], 1);
+    // Rules across fields are in the operation's description.
+    assert!(
+        doc["paths"]["/api/v1/chats"]["post"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("exactly one other participant")
+    );
     // In sign-up mode `open` (the default), registration needs the code.
     assert!(
         doc["components"]["schemas"]["RegisterRequest"]["required"]
