@@ -356,6 +356,7 @@ pub(crate) async fn edit_message(
         (status = 204, description = "Deleted."),
         (status = 403, description = "Not the sender.", body = ErrorBody),
         (status = 404, description = "No such message.", body = ErrorBody),
+        (status = 409, description = "Already deleted, or past the edit window (`edit_window_closed`).", body = ErrorBody),
     )
 )]
 pub(crate) async fn delete_message(

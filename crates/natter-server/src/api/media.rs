@@ -702,7 +702,10 @@ pub(crate) async fn tus_create(
 #[utoipa::path(
     head, path = "/api/v1/media/tus/{upload_id}", tag = "media",
     security(("bearer" = [])),
-    params(("upload_id" = String, Path, description = "The upload.")),
+    params(
+        ("upload_id" = String, Path, description = "The upload."),
+        ("Tus-Resumable" = String, Header, description = "`1.0.0`."),
+    ),
     responses(
         (status = 200, description = "`Upload-Offset`, `Upload-Length`, `Upload-Expires`."),
         (status = 404, description = "No such upload of the caller's (or expired)."),
@@ -809,7 +812,10 @@ pub(crate) async fn tus_patch(
 #[utoipa::path(
     delete, path = "/api/v1/media/tus/{upload_id}", tag = "media",
     security(("bearer" = [])),
-    params(("upload_id" = String, Path, description = "The upload.")),
+    params(
+        ("upload_id" = String, Path, description = "The upload."),
+        ("Tus-Resumable" = String, Header, description = "`1.0.0`."),
+    ),
     responses(
         (status = 204, description = "Terminated."),
         (status = 404, description = "No such upload in progress.", body = ErrorBody),

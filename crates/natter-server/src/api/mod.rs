@@ -12,6 +12,7 @@ mod error;
 mod extract;
 mod invitations;
 pub(crate) mod media;
+mod openapi;
 mod ops;
 mod push;
 mod search;
@@ -153,10 +154,11 @@ fn routes() -> (
     (api, mls, transfers, doc)
 }
 
-/// The OpenAPI document, without building a server (for docs and tests).
+/// The OpenAPI document of a server with the default configuration,
+/// without building one (for docs and tests).
 #[must_use]
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    routes().3
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document(&routes().3, &crate::config::Config::default())
 }
 
 /// The process-wide Prometheus recorder (metrics are global in a process).
@@ -185,7 +187,9 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// The whole application: routes, limits and middleware, ready to serve.
 pub fn app(services: Services) -> Router {
     let (api, mls, transfers, openapi) = routes();
-    let openapi = Arc::new(openapi.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
+    let openapi = openapi::document(&openapi, services.config());
+    let openapi =
+        Arc::new(serde_json::to_string_pretty(&openapi).unwrap_or_else(|_| "{}".to_owned()));
     let limits = services.config().limits.clone();
     let mls_body_bytes = services.config().e2ee.max_body_bytes();
     let max_header_bytes = limits.max_header_bytes;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -49,8 +50,15 @@ const READY_FRAMES_MAX: usize = 64;
 /// must be `{"type":"auth","token":…}` within `limits.ws_auth_timeout_secs`.
 #[utoipa::path(
     get, path = "/api/v1/ws", tag = "realtime",
+    params(
+        ("Connection" = String, Header, description = "`Upgrade`."),
+        ("Upgrade" = String, Header, description = "`websocket`."),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`."),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes in base64 (RFC 6455)."),
+    ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol; see docs/websocket.md for the frames."),
+        (status = 400, description = "Not a WebSocket upgrade request (`invalid_parameter`).", body = natter_proto::ErrorBody),
         (status = 401, description = "The Authorization header carries no valid token.", body = natter_proto::ErrorBody),
     )
 )]
@@ -58,8 +66,22 @@ pub(crate) async fn upgrade(
     State(app): State<AppState>,
     slot: Option<Extension<ConnectionSlot>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // axum's own refusal is plain text; ours is the error envelope.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "This route opens a WebSocket: send an HTTP/1.1 upgrade request ({}).",
+                    rejection.body_text()
+                ),
+            )
+            .into_response();
+        }
+    };
     let principal = match bearer_token(&headers) {
         Some(token) => match app.services.authenticate(token).await {
             Ok(p) => Some(p),

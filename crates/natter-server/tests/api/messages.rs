@@ -321,6 +321,11 @@ async fn senders_edit_within_the_window_and_delete_for_everyone() {
         .patch(&app, &path, json!({"content": "again"}))
         .await
         .expect(409, "edit_window_closed");
+    // Deleting it again is 409 too (declared in the OpenAPI document).
+    alice
+        .delete(&app, &path)
+        .await
+        .expect(409, "edit_window_closed");
     alice
         .delete(
             &app,
