@@ -241,7 +241,7 @@ pub enum ChatEvent {
     },
 }
 
-/// `POST /api/v1/messages`: the seed's body plus optional fields. Sender,
+/// `POST /api/v1/messages`: the message body plus optional fields. Sender,
 /// device, server time, id and `seq` come from the server; fields the server
 /// sets are ignored if sent.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -330,7 +330,7 @@ pub struct Message {
     pub status: MessageStatus,
 }
 
-/// `GET /api/v1/chats/{chat_id}/messages`: the seed's shape.
+/// `GET /api/v1/chats/{chat_id}/messages`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MessagePage {
     /// Newest first.

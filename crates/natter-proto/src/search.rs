@@ -16,7 +16,7 @@ pub struct MessageHit {
     pub snippet: String,
 }
 
-/// `GET /api/v1/search/messages`: the seed's shape.
+/// `GET /api/v1/search/messages`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MessageSearchResults {
     /// Newest first, or best first with `sort=relevance`.

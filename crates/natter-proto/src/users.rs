@@ -187,7 +187,7 @@ pub struct AddContact {
     pub user_id: Option<UserId>,
 }
 
-/// One entry of the contact list, in the seed's shape.
+/// One entry of the contact list.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Contact {
     /// The contact's account id.

@@ -26,7 +26,7 @@ pub enum ClientFrame {
         /// The access token.
         token: String,
     },
-    /// Sends a message (the seed's shape, plus optional fields).
+    /// Sends a message (the same fields as `POST /api/v1/messages`).
     SendMessage {
         /// The chat.
         chat_id: ChatId,
@@ -87,7 +87,7 @@ pub enum ClientFrame {
         /// `online` or `away`.
         status: PresenceStatus,
     },
-    /// The seed's frame: checks membership; a device receives all its chats anyway.
+    /// Checks membership; a device receives all its chats anyway.
     JoinChat {
         /// The chat.
         chat_id: ChatId,

@@ -295,7 +295,7 @@ pub(crate) async fn history(
     }))
 }
 
-/// Sends a message (the seed's body). A retry with the same `client_message_id` returns the first (200).
+/// Sends a message. A retry with the same `client_message_id` returns the first (200).
 #[utoipa::path(
     post, path = "/api/v1/messages", tag = "messages",
     security(("bearer" = [])),

@@ -1,4 +1,4 @@
-//! `/api/v1/media`: plain uploads (`multipart/form-data`, the seed's
+//! `/api/v1/media`: plain uploads (`multipart/form-data`, one
 //! request), resumable uploads (tus 1.0: core, creation, termination,
 //! expiration), downloads with `Range`, and thumbnails.
 //!
@@ -148,7 +148,7 @@ async fn text_part(
     })
 }
 
-/// Uploads a file in one request (the seed's `multipart/form-data` body with
+/// Uploads a file in one request (a `multipart/form-data` body with
 /// `file`, `chat_id`, `type`), streamed to storage.
 #[utoipa::path(
     post, path = "/api/v1/media/upload", tag = "media",

@@ -115,7 +115,7 @@ fn parse_message_search(parts: &Parts) -> Result<MessageSearch, ApiError> {
 }
 
 /// Searches the messages the caller may see (plaintext chats, within their
-/// membership periods). The seed's shape: `{messages, total, page, limit}`.
+/// membership periods). Shape: `{messages, total, page, limit}`.
 #[utoipa::path(
     get, path = "/api/v1/search/messages", tag = "search",
     security(("bearer" = [])),
