@@ -818,14 +818,7 @@ async fn serve_speaks_https_with_the_configured_certificate() {
     let line = natter.wait_for_line("natter is serving");
     assert!(line.contains("tls=true"), "{line}");
     let addr: std::net::SocketAddr = listen_addr(&line).parse().unwrap();
-    let https = reqwest::Client::builder()
-        .timeout(WAIT)
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap())
-        .resolve("localhost", addr)
-        .build()
-        .unwrap();
-    let res = https
+    let res = trusting(&made.cert.pem(), addr)
         .get(format!("https://localhost:{}/healthz", addr.port()))
         .send()
         .await
@@ -879,6 +872,17 @@ async fn sighup_reloads_a_renewed_certificate_and_keeps_the_old_one_on_a_bad_pai
     let line = natter.wait_for_line("natter is serving");
     let addr: std::net::SocketAddr = listen_addr(&line).parse().unwrap();
     let url = format!("https://localhost:{}/healthz", addr.port());
+    let healthz = |cert: String| {
+        let url = url.clone();
+        async move {
+            trusting(&cert, addr)
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
     let hup = |pid: u32| {
         assert!(
             std::process::Command::new("kill")
@@ -888,30 +892,14 @@ async fn sighup_reloads_a_renewed_certificate_and_keeps_the_old_one_on_a_bad_pai
                 .success()
         );
     };
-    assert_eq!(
-        trusting(&first.cert.pem(), addr)
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(healthz(first.cert.pem()).await, 200);
 
     // The renewed pair is served from the next connection on.
     let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     write(&renewed);
     hup(natter.child.id());
     natter.wait_for_line("TLS certificate and key reloaded");
-    assert_eq!(
-        trusting(&renewed.cert.pem(), addr)
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(healthz(renewed.cert.pem()).await, 200);
     assert!(
         trusting(&first.cert.pem(), addr)
             .get(&url)
@@ -931,13 +919,5 @@ async fn sighup_reloads_a_renewed_certificate_and_keeps_the_old_one_on_a_bad_pai
     hup(natter.child.id());
     let failed = natter.wait_for_line("TLS reload failed");
     assert!(failed.contains("tls.key_file"), "{failed}");
-    assert_eq!(
-        trusting(&renewed.cert.pem(), addr)
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(healthz(renewed.cert.pem()).await, 200);
 }
