@@ -236,6 +236,7 @@ mod native {
         Body, FormPart, Method, Request, Response, Transport, TransportError, WebSocket, WsEvent,
     };
     use futures_util::{SinkExt as _, StreamExt as _};
+    use std::sync::Arc;
     use std::time::Duration;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -244,14 +245,49 @@ mod native {
     /// (a sync page), far below tungstenite's 64 MiB default.
     const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
-    /// reqwest (rustls with ring) for HTTP, tokio-tungstenite for
-    /// WebSockets, tokio for timers.
-    #[derive(Debug, Clone)]
+    /// reqwest (rustls with ring) for HTTP, tokio-tungstenite (the same
+    /// rustls) for WebSockets, tokio for timers. Both trust the Web PKI's
+    /// roots (webpki-roots) and any roots given to [`Self::with_roots`].
+    #[derive(Clone)]
     pub struct NativeTransport {
         /// Connection pool, each request bounded by the timeout.
         http: reqwest::Client,
+        /// TLS for `wss://`.
+        tls: Arc<rustls::ClientConfig>,
         /// Bound on connecting a WebSocket.
         timeout: Duration,
+    }
+
+    impl std::fmt::Debug for NativeTransport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("NativeTransport")
+                .field("timeout", &self.timeout)
+                .finish_non_exhaustive()
+        }
+    }
+
+    fn tls_error(e: impl std::fmt::Display) -> TransportError {
+        TransportError(format!("TLS: {e}"))
+    }
+
+    /// rustls with ring, the Web PKI's roots and `extra` (DER certificates).
+    fn tls_config(extra: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for der in extra {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+                .map_err(tls_error)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Arc::new(config))
     }
 
     impl NativeTransport {
@@ -260,19 +296,45 @@ mod native {
         /// # Errors
         /// The HTTP client cannot be built.
         pub fn new(timeout: Duration) -> Result<Self, TransportError> {
-            let http = reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .pool_max_idle_per_host(256)
-                .build()
-                .map_err(|e| TransportError(e.to_string()))?;
-            Ok(Self { http, timeout })
+            Self::with_roots(timeout, &[])
         }
 
-        /// A transport over a ready reqwest client (custom TLS roots, …).
-        #[must_use]
-        pub fn with_client(http: reqwest::Client, timeout: Duration) -> Self {
-            Self { http, timeout }
+        /// A transport that also trusts `roots` (DER certificates), for a
+        /// server with a certificate of its own CA or a self-signed one.
+        ///
+        /// # Errors
+        /// A certificate is not valid DER, or the HTTP client cannot be built.
+        pub fn with_roots(timeout: Duration, roots: &[&[u8]]) -> Result<Self, TransportError> {
+            let mut builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .pool_max_idle_per_host(256);
+            for der in roots {
+                builder = builder
+                    .add_root_certificate(reqwest::Certificate::from_der(der).map_err(tls_error)?);
+            }
+            let http = builder.build().map_err(|e| TransportError(e.to_string()))?;
+            Ok(Self {
+                http,
+                tls: tls_config(roots)?,
+                timeout,
+            })
+        }
+
+        /// A transport over a ready reqwest client (custom TLS roots, …);
+        /// its WebSockets trust the Web PKI's roots.
+        ///
+        /// # Errors
+        /// The TLS configuration cannot be built.
+        pub fn with_client(
+            http: reqwest::Client,
+            timeout: Duration,
+        ) -> Result<Self, TransportError> {
+            Ok(Self {
+                http,
+                tls: tls_config(&[])?,
+                timeout,
+            })
         }
     }
 
@@ -377,7 +439,12 @@ mod native {
             let mut config = WebSocketConfig::default();
             config.max_message_size = Some(MAX_MESSAGE_BYTES);
             config.max_frame_size = Some(MAX_MESSAGE_BYTES);
-            let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+            let connect = tokio_tungstenite::connect_async_tls_with_config(
+                url,
+                Some(config),
+                true,
+                Some(tokio_tungstenite::Connector::Rustls(Arc::clone(&self.tls))),
+            );
             let (ws, _) = tokio::time::timeout(self.timeout, connect)
                 .await
                 .map_err(|_| TransportError("timed out connecting the WebSocket".to_owned()))?

@@ -150,7 +150,7 @@ impl TestApp {
 
     /// The SDK over the test's HTTP client.
     fn sdk_for(base: &str, http: &reqwest::Client) -> natter_client::Client {
-        let transport = natter_client::NativeTransport::with_client(http.clone(), WAIT);
+        let transport = natter_client::NativeTransport::with_client(http.clone(), WAIT).unwrap();
         natter_client::Client::with_transport(Arc::new(transport), base)
     }
 

@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use natter_client::{Event, MemoryState, NativeTransport};
 use natter_server::config::TlsConfig;
 use natter_server::{Config, RunningServer};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{TestApp, WAIT};
 
@@ -141,58 +140,44 @@ async fn https_speaks_http2_and_http1_by_alpn_and_the_seed_sign_up_works() {
 }
 
 #[tokio::test]
-async fn a_websocket_works_over_tls() {
+async fn the_sdk_logs_in_over_https_and_syncs_over_wss() {
     let cert = TestCert::new();
-    let (app, _base) = tls_app(&cert).await;
+    let (app, base) = tls_app(&cert).await;
     let alice = app.signup("+14155554400", "Alice").await;
+    let bob = app.signup("+14155554401", "Bob").await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).unwrap();
-    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let port = app.base.rsplit(':').next().unwrap().to_owned();
-    let addr = format!("127.0.0.1:{port}");
-    let tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(&addr))
+    // Alice's second device: the SDK's own transport, trusting the
+    // self-signed certificate, for REST (https) and the socket (wss).
+    let transport = NativeTransport::with_roots(WAIT, &[cert.der.as_ref()]).unwrap();
+    let client = natter_client::Client::with_transport(Arc::new(transport), &base);
+    let laptop = natter_testkit::TestUser::log_in(&client, &app.sms, &alice.phone, Some("laptop"))
         .await
-        .unwrap()
         .unwrap();
-    let tls = tokio::time::timeout(
-        WAIT,
-        tokio_rustls::TlsConnector::from(Arc::new(client)).connect(
-            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let (mut ws, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::client_async(format!("wss://localhost:{port}/api/v1/ws"), tls),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    ws.send(Message::text(
-        json!({"type": "auth", "token": alice.token}).to_string(),
-    ))
-    .await
-    .unwrap();
-    let frame = loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
-            Some(Ok(Message::Text(t))) => break serde_json::from_str::<Value>(&t).unwrap(),
-            Some(Ok(_)) => {}
-            other => panic!("the socket ended: {other:?}"),
+    let mut conn = laptop.session.connect(Arc::new(MemoryState::default()));
+    match next(&mut conn).await {
+        Event::Connected { user_id, .. } => assert_eq!(user_id, alice.id()),
+        other => panic!("expected connected, got {other:?}"),
+    }
+    let chat = bob.direct_chat_with(&app, &alice).await;
+    bob.sends(&app, &chat, "over TLS, all the way").await;
+    loop {
+        if let Event::Message { message, .. } = next(&mut conn).await {
+            assert_eq!(message.chat_id.to_string(), chat);
+            assert_eq!(message.content.as_deref(), Some("over TLS, all the way"));
+            break;
         }
-    };
-    assert_eq!(frame["type"], "connected", "{frame}");
-    assert_eq!(frame["user_id"], alice.user_id.as_str());
+    }
+
+    // A transport that does not trust the certificate is refused.
+    let untrusting = natter_client::Client::new(&base, WAIT).unwrap();
+    assert!(untrusting.request_code("+14155554402").await.is_err());
+}
+
+async fn next(conn: &mut natter_client::Connection) -> Event {
+    tokio::time::timeout(WAIT, conn.next_event())
+        .await
+        .expect("an event in time")
+        .unwrap()
 }
 
 /// Starts a server with `tls`; returns the start-up error's text.
