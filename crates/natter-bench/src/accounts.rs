@@ -6,7 +6,7 @@
 use futures_util::StreamExt as _;
 use natter_client::Client;
 use natter_proto::chats::{ChatKind, CreateChat};
-use natter_proto::{ChatId, UserId};
+use natter_proto::{ChatId, DeviceId, UserId};
 pub(crate) use natter_testkit::SmsInbox;
 
 use crate::BenchResult;
@@ -65,6 +65,8 @@ impl BenchCalls for Client {
 pub(crate) struct User {
     /// The account.
     pub(crate) id: UserId,
+    /// Its device.
+    pub(crate) device: DeviceId,
     /// The device's bearer token.
     pub(crate) token: String,
 }
@@ -98,6 +100,7 @@ pub(crate) async fn sign_up(
                 bar.inc(1);
                 Ok(User {
                     id: user.user_id(),
+                    device: user.device_id(),
                     token: user.token().to_owned(),
                 })
             }

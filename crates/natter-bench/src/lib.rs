@@ -11,6 +11,7 @@
 //! - `target`: starting, pinning, watching and stopping the child process.
 //! - `accounts`: the SMS webhook receiver and account sign-up.
 //! - `relay`, `group`, `catchup`, `search`, `idle`: the scenarios.
+//! - `keys`: the KeyPackage directory (publish, claim, exhaustion).
 //! - `e2ee`: the client's MLS engine in-process (no server started).
 //! - `soak`: randomized sends, reconnects, socket drops and `kill -9`s of
 //!   the server; [`checker`] judges the history it records.
@@ -25,6 +26,7 @@ pub mod checker;
 mod e2ee;
 mod group;
 mod idle;
+mod keys;
 mod load;
 mod relay;
 mod report;
@@ -104,6 +106,9 @@ pub enum Scenario {
     Catchup(catchup::CatchupArgs),
     /// Query latency over a store of M messages.
     Search(search::SearchArgs),
+    /// The KeyPackage directory: publish rate, claim rate and latency, each
+    /// one-time package handed out exactly once, then the last resort.
+    Keys(keys::KeysArgs),
     /// The client's MLS engine in-process, no server: message cost, add and
     /// remove commits at 100 and 1,000 devices, Welcome sizes.
     E2ee(e2ee::E2eeArgs),
@@ -210,6 +215,7 @@ async fn scenario(args: BenchArgs) -> BenchResult<Report> {
         Scenario::Group(a) => group::run(&common, &a).await,
         Scenario::Catchup(a) => catchup::run(&common, &a).await,
         Scenario::Search(a) => search::run(&common, &a).await,
+        Scenario::Keys(a) => keys::run(&common, &a).await,
         Scenario::E2ee(a) => e2ee::run(&common, &a).await,
         Scenario::Soak(a) => soak::run(&common, &a).await,
     }

@@ -77,6 +77,8 @@ pub(crate) fn bench_env(sms_url: &str) -> Vec<(&'static str, String)> {
         // One user creates the group scenario's group with all its members.
         "NATTER_RATE_LIMITS__PARTICIPANTS_ADDED_PER_MINUTE__BURST",
         "NATTER_RATE_LIMITS__PARTICIPANTS_ADDED_PER_DAY__BURST",
+        // The keys scenario's claimers claim as fast as the server answers.
+        "NATTER_E2EE__CLAIMS_PER_MINUTE",
     ] {
         env.push((key, MANY.to_owned()));
     }

@@ -181,6 +181,29 @@ fn e2ee_measures_the_mls_engine_in_process() {
     assert!(count(&r, "/sizes/0/message_bytes") > 100, "{r}");
 }
 
+#[test]
+fn keys_hands_every_one_time_package_out_once_then_the_last_resort() {
+    let r = bench(&[
+        "keys",
+        "--users",
+        "3",
+        "--packages",
+        "12",
+        "--batch",
+        "5",
+        "--per-claim",
+        "2",
+        "--claimers",
+        "2",
+    ]);
+    assert_eq!(r["violations"], serde_json::json!([]), "{r}");
+    // 3 × 12 packages, 2 users per claim: 18 claims take all 36.
+    assert_eq!(count(&r, "/keys/one_time_handed_out"), 36, "{r}");
+    assert_eq!(count(&r, "/keys/one_time_distinct"), 36, "{r}");
+    assert_eq!(count(&r, "/keys/last_resort_after_exhaustion"), 3, "{r}");
+    assert_eq!(count(&r, "/keys/claim_latency/count"), 18, "{r}");
+}
+
 /// The soak's whole run (sign-ups, 18 s of trouble, settling) in a debug
 /// build on a loaded 2-core machine takes about 20 s.
 const SOAK_LIMIT: Duration = Duration::from_secs(60);
