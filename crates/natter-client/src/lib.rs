@@ -72,6 +72,16 @@ pub use store::{HistoryEntry, SavedSession, Store};
 pub use transport::NativeTransport;
 pub use transport::{Transport, TransportError};
 
+/// What `Debug` shows of user content (a text, a file name, a file's
+/// bytes): its size, so a logged event or error leaks nothing.
+pub(crate) struct Redacted(pub(crate) usize);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0)
+    }
+}
+
 /// What went wrong in a local store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

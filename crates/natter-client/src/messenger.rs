@@ -163,8 +163,9 @@ pub struct ChatMessage {
     pub reply_to: Option<MessageId>,
 }
 
-/// What [`Messenger::fetch_file`] gives back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What [`Messenger::fetch_file`] gives back. Its `Debug` shows the sizes
+/// of the name and the bytes only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ReceivedFile {
     /// Its name, as the sender gave it.
     pub name: String,
@@ -172,6 +173,16 @@ pub struct ReceivedFile {
     pub mime: String,
     /// The decrypted bytes.
     pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for ReceivedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceivedFile")
+            .field("name", &crate::Redacted(self.name.len()))
+            .field("mime", &self.mime)
+            .field("bytes", &crate::Redacted(self.bytes.len()))
+            .finish()
+    }
 }
 
 /// The encrypted client of one device.

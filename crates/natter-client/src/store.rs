@@ -93,8 +93,9 @@ impl std::fmt::Debug for SavedSession {
     }
 }
 
-/// A message of the local history (decrypted, or plaintext).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A message of the local history (decrypted, or plaintext). Its `Debug`
+/// shows the text's size only.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryEntry {
     /// The chat.
     pub chat_id: ChatId,
@@ -108,6 +109,19 @@ pub struct HistoryEntry {
     pub sent_at: String,
     /// The text.
     pub text: String,
+}
+
+impl std::fmt::Debug for HistoryEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryEntry")
+            .field("chat_id", &self.chat_id)
+            .field("seq", &self.seq)
+            .field("message_id", &self.message_id)
+            .field("sender_id", &self.sender_id)
+            .field("sent_at", &self.sent_at)
+            .field("text", &crate::Redacted(self.text.len()))
+            .finish()
+    }
 }
 
 /// The local store of one device. Cheap to clone (one connection behind a lock).

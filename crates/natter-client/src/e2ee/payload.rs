@@ -16,6 +16,7 @@ use natter_proto::{MediaId, MessageId};
 use serde::{Deserialize, Serialize};
 
 use super::media::MediaKey;
+use crate::Redacted;
 
 /// The payload format this build writes and reads.
 pub const PAYLOAD_VERSION: u32 = 1;
@@ -33,8 +34,9 @@ pub struct Payload {
     pub reply_to: Option<MessageId>,
 }
 
-/// The kinds of application message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The kinds of application message. Its `Debug` shows no text and no file
+/// name (only their sizes), so a log line of an event leaks no content.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Body {
     /// A text message.
@@ -65,6 +67,35 @@ pub enum Body {
         /// The message deleted.
         target: MessageId,
     },
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text { text } => f
+                .debug_struct("Text")
+                .field("text", &Redacted(text.len()))
+                .finish(),
+            Self::File {
+                media_id,
+                key,
+                name,
+                mime,
+            } => f
+                .debug_struct("File")
+                .field("media_id", media_id)
+                .field("key", key)
+                .field("name", &Redacted(name.len()))
+                .field("mime", mime)
+                .finish(),
+            Self::Edit { target, text } => f
+                .debug_struct("Edit")
+                .field("target", target)
+                .field("text", &Redacted(text.len()))
+                .finish(),
+            Self::Delete { target } => f.debug_struct("Delete").field("target", target).finish(),
+        }
+    }
 }
 
 /// Why bytes are not a payload.
@@ -148,6 +179,35 @@ pub(crate) mod b64_array {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_no_text_and_no_file_name() {
+        let key = MediaKey {
+            key: [1; 32],
+            nonce_prefix: [2; 19],
+            sha256: [3; 32],
+            size: 12,
+        };
+        for body in [
+            Body::Text {
+                text: "secretword".into(),
+            },
+            Body::File {
+                media_id: MediaId::new(),
+                key,
+                name: "secretword.jpg".into(),
+                mime: "image/jpeg".into(),
+            },
+            Body::Edit {
+                target: MessageId::new(),
+                text: "secretword".into(),
+            },
+        ] {
+            let shown = format!("{:?}", Payload::new(body));
+            assert!(!shown.contains("secretword"), "{shown}");
+            assert!(shown.contains(" bytes>"), "{shown}");
+        }
+    }
 
     #[test]
     fn every_kind_round_trips() {
