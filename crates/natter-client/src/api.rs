@@ -177,6 +177,20 @@ fn json(body: &impl Serialize) -> ClientResult<Body> {
         .map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
+/// Where tus uploads live.
+const TUS_PATH: &str = "/api/v1/media/tus";
+
+fn tus_resumable() -> (String, String) {
+    ("tus-resumable".to_owned(), "1.0.0".to_owned())
+}
+
+fn upload_offset(response: &Response) -> ClientResult<u64> {
+    response
+        .header("upload-offset")
+        .and_then(|o| o.parse().ok())
+        .ok_or_else(|| ClientError::Protocol("a tus answer without Upload-Offset".into()))
+}
+
 fn query(pairs: &[(&str, String)]) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
@@ -234,7 +248,24 @@ impl Api {
     }
 
     async fn ok(&self, method: Method, path: &str, body: Body) -> ClientResult<Response> {
-        let response = self.raw(method, path, body).await?;
+        self.ok_with(method, path, Vec::new(), body).await
+    }
+
+    async fn ok_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: Vec<(String, String)>,
+        body: Body,
+    ) -> ClientResult<Response> {
+        let request = Request {
+            method,
+            url: format!("{}{path}", self.base),
+            bearer: self.token.clone(),
+            headers,
+            body,
+        };
+        let response = self.transport.http(request).await?;
         if (200..300).contains(&response.status) {
             Ok(response)
         } else {
@@ -601,6 +632,127 @@ impl Api {
     pub async fn download(&self, media: MediaId) -> ClientResult<Download> {
         self.download_path(&natter_proto::media::media_url(media))
             .await
+    }
+
+    /// `GET /api/v1/media/{id}` with `Range: bytes=start-end` (inclusive):
+    /// 206 with those bytes.
+    ///
+    /// # Errors
+    /// Not visible to the caller, a range outside the file (416), or a
+    /// transport failure.
+    pub async fn download_range(
+        &self,
+        media: MediaId,
+        start: u64,
+        end: u64,
+    ) -> ClientResult<Download> {
+        let response = self
+            .ok_with(
+                Method::Get,
+                &natter_proto::media::media_url(media),
+                vec![("range".to_owned(), format!("bytes={start}-{end}"))],
+                Body::Empty,
+            )
+            .await?;
+        Ok(Download {
+            status: response.status,
+            content_type: response.header("content-type").map(str::to_owned),
+            bytes: response.body,
+        })
+    }
+
+    // Resumable uploads (tus 1.0).
+
+    /// `POST /api/v1/media/tus`: announces an upload of `length` bytes;
+    /// its id is the media id once the last byte arrives.
+    ///
+    /// # Errors
+    /// Too large, too many uploads in progress, or a transport failure.
+    pub async fn tus_create(
+        &self,
+        length: u64,
+        kind: MediaKind,
+        chat: Option<ChatId>,
+        file_name: &str,
+    ) -> ClientResult<MediaId> {
+        use base64::Engine as _;
+        let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+        let mut metadata = vec![format!("type {}", b64(kind.as_str()))];
+        if let Some(chat) = chat {
+            metadata.push(format!("chat_id {}", b64(&chat.to_string())));
+        }
+        metadata.push(format!("filename {}", b64(file_name)));
+        let response = self
+            .ok_with(
+                Method::Post,
+                TUS_PATH,
+                vec![
+                    tus_resumable(),
+                    ("upload-length".to_owned(), length.to_string()),
+                    ("upload-metadata".to_owned(), metadata.join(",")),
+                ],
+                Body::Empty,
+            )
+            .await?;
+        response
+            .header("location")
+            .and_then(|l| l.rsplit('/').next())
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| ClientError::Protocol("a tus creation without a Location".into()))
+    }
+
+    /// `PATCH /api/v1/media/tus/{id}`: `bytes` at `offset`; the new offset.
+    ///
+    /// # Errors
+    /// A wrong offset (409), past the length (413), a refused file at the
+    /// end (415, 422), or a transport failure.
+    pub async fn tus_patch(&self, id: MediaId, offset: u64, bytes: Vec<u8>) -> ClientResult<u64> {
+        let response = self
+            .ok_with(
+                Method::Patch,
+                &format!("{TUS_PATH}/{id}"),
+                vec![
+                    tus_resumable(),
+                    ("upload-offset".to_owned(), offset.to_string()),
+                ],
+                Body::Bytes {
+                    content_type: "application/offset+octet-stream".to_owned(),
+                    bytes,
+                },
+            )
+            .await?;
+        upload_offset(&response)
+    }
+
+    /// `HEAD /api/v1/media/tus/{id}`: how much of the upload the server has.
+    ///
+    /// # Errors
+    /// An unknown or expired upload, or a transport failure.
+    pub async fn tus_offset(&self, id: MediaId) -> ClientResult<u64> {
+        let response = self
+            .ok_with(
+                Method::Head,
+                &format!("{TUS_PATH}/{id}"),
+                vec![tus_resumable()],
+                Body::Empty,
+            )
+            .await?;
+        upload_offset(&response)
+    }
+
+    /// `DELETE /api/v1/media/tus/{id}`: abandons the upload.
+    ///
+    /// # Errors
+    /// An unknown upload or a transport failure.
+    pub async fn tus_delete(&self, id: MediaId) -> ClientResult<()> {
+        self.ok_with(
+            Method::Delete,
+            &format!("{TUS_PATH}/{id}"),
+            vec![tus_resumable()],
+            Body::Empty,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// `GET /api/v1/media/{id}/thumbnail`.

@@ -48,6 +48,7 @@
 
 pub mod api;
 pub mod e2ee;
+pub mod files;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod messenger;
 pub mod session;

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::io::{AsyncRead, AsyncWrite};
 use natter_proto::chats::{
     AddParticipants, ChatEvent, ChatKind, CreateChat, Message, MessageType, SendMessage,
 };
@@ -26,18 +27,17 @@ use natter_proto::e2ee::{
     ClaimKeyPackages, PublishKeyPackages, SendHandover, SetDeviceCredential, SetIdentity,
     SubmitCommit,
 };
-use natter_proto::media::MediaKind;
 use natter_proto::{ChatId, DeviceId, ErrorCode, MediaId, MessageId, UserId};
 
-use crate::api::{HistoryQuery, Upload};
+use crate::api::HistoryQuery;
 use crate::e2ee::engine::{CertifiedDevice, CommitIntent, DeviceRef, GroupEvent, PendingCommit};
 use crate::e2ee::handover;
 use crate::e2ee::identity::Identity;
-use crate::e2ee::media;
 use crate::e2ee::payload::{Body, Payload};
 use crate::e2ee::safety::SafetyNumber;
 use crate::e2ee::trust::{PinnedKeys, TrustEvent};
 use crate::e2ee::{E2eeError, Engine, Suite};
+use crate::files;
 use crate::session::{Connection, Event, Session};
 use crate::store::{HistoryEntry, Store};
 use crate::{ClientError, ClientResult, StoreError};
@@ -641,39 +641,28 @@ impl Messenger {
         }
         let plain =
             serde_json::to_vec(&entries).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let (media_id, key) = self.upload_encrypted(&plain, None).await?;
+        let (media_id, key) = files::upload_encrypted(
+            self.session.api(),
+            plain.len() as u64,
+            plain.as_slice(),
+            None,
+            &mut |_, _| {},
+        )
+        .await?;
         Ok(handover::HistoryRef { media_id, key })
-    }
-
-    /// Encrypts `bytes` with a fresh key and uploads them as an `encrypted`
-    /// blob (named "encrypted": a real name travels inside MLS only).
-    async fn upload_encrypted(
-        &self,
-        bytes: &[u8],
-        chat: Option<ChatId>,
-    ) -> ClientResult<(MediaId, media::MediaKey)> {
-        let mut sealed = Vec::with_capacity(bytes.len() + bytes.len() / 1024 + 64);
-        let key = media::encrypt_stream(bytes, &mut sealed)
-            .map_err(|e| ClientError::Protocol(format!("encrypting the upload: {e}")))?;
-        let uploaded = self
-            .session
-            .api()
-            .upload(Upload {
-                bytes: sealed,
-                kind: MediaKind::Encrypted,
-                file_name: "encrypted".to_owned(),
-                chat_id: chat,
-            })
-            .await?;
-        Ok((uploaded.media_id, key))
     }
 
     /// Takes in a history handed over by another device of the user.
     async fn import_history(&self, history: &handover::HistoryRef) -> ClientResult<usize> {
-        let download = self.session.api().download(history.media_id).await?;
         let mut plain = Vec::new();
-        media::decrypt_stream(&history.key, download.bytes.as_slice(), &mut plain)
-            .map_err(|e| ClientError::Protocol(format!("the history does not decrypt: {e}")))?;
+        files::download_decrypted(
+            self.session.api(),
+            history.media_id,
+            &history.key,
+            &mut plain,
+            &mut |_, _| {},
+        )
+        .await?;
         let entries: Vec<HistoryEntry> =
             serde_json::from_slice(&plain).map_err(|e| ClientError::Protocol(e.to_string()))?;
         for entry in &entries {
@@ -886,7 +875,29 @@ impl Messenger {
         mime: &str,
         bytes: &[u8],
     ) -> ClientResult<String> {
-        let (media_id, key) = self.upload_encrypted(bytes, Some(chat)).await?;
+        self.send_file_from(chat, name, mime, bytes.len() as u64, bytes, &mut |_, _| {})
+            .await
+    }
+
+    /// [`Messenger::send_file`] for a file of `size` bytes read from
+    /// `reader` as it is encrypted and uploaded, in a few megabytes of
+    /// memory whatever its size (`files`); `progress` hears the bytes the
+    /// server holds and the total.
+    ///
+    /// # Errors
+    /// The reader gave more or fewer than `size` bytes, the upload was
+    /// refused or failed, not a member, the store failed.
+    pub async fn send_file_from(
+        &mut self,
+        chat: ChatId,
+        name: &str,
+        mime: &str,
+        size: u64,
+        reader: impl AsyncRead + Unpin,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> ClientResult<String> {
+        let (media_id, key) =
+            files::upload_encrypted(self.session.api(), size, reader, Some(chat), progress).await?;
         let payload = Payload::new(Body::File {
             media_id,
             key,
@@ -897,30 +908,42 @@ impl Messenger {
             .await
     }
 
-    /// Downloads and decrypts a file received in `body`.
+    /// Downloads and decrypts a file received in `body`, into memory.
     ///
     /// # Errors
     /// Not a file, the download failed, or it does not decrypt (tampered,
     /// truncated).
     pub async fn fetch_file(&self, body: &Body) -> ClientResult<ReceivedFile> {
-        let Body::File {
-            media_id,
-            key,
-            name,
-            mime,
-        } = body
-        else {
+        let Body::File { name, mime, .. } = body else {
             return Err(ClientError::Protocol("not a file message".into()));
         };
-        let download = self.session.api().download(*media_id).await?;
-        let mut plain = Vec::new();
-        media::decrypt_stream(key, download.bytes.as_slice(), &mut plain)
-            .map_err(|e| ClientError::Protocol(format!("the file does not decrypt: {e}")))?;
+        let mut bytes = Vec::new();
+        self.fetch_file_to(body, &mut bytes, &mut |_, _| {}).await?;
         Ok(ReceivedFile {
             name: name.clone(),
             mime: mime.clone(),
-            bytes: plain,
+            bytes,
         })
+    }
+
+    /// Downloads and decrypts a file received in `body` into `writer`, in
+    /// ranges, each chunk written once it authenticates; `progress` hears
+    /// the bytes written and the total. Returns the size. On an error, what
+    /// was written must be discarded.
+    ///
+    /// # Errors
+    /// Not a file, the download failed, it does not decrypt, or the writer
+    /// failed.
+    pub async fn fetch_file_to(
+        &self,
+        body: &Body,
+        writer: impl AsyncWrite + Unpin,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> ClientResult<u64> {
+        let Body::File { media_id, key, .. } = body else {
+            return Err(ClientError::Protocol("not a file message".into()));
+        };
+        files::download_decrypted(self.session.api(), *media_id, key, writer, progress).await
     }
 
     async fn send_payload(

@@ -38,6 +38,8 @@ pub enum Method {
     Patch,
     /// `DELETE`
     Delete,
+    /// `HEAD`
+    Head,
 }
 
 impl Method {
@@ -50,6 +52,7 @@ impl Method {
             Self::Put => "PUT",
             Self::Patch => "PATCH",
             Self::Delete => "DELETE",
+            Self::Head => "HEAD",
         }
     }
 }
@@ -94,6 +97,13 @@ pub enum Body {
     Json(Vec<u8>),
     /// `multipart/form-data`.
     Form(Vec<FormPart>),
+    /// Raw bytes of a content type (a tus `PATCH`).
+    Bytes {
+        /// The `Content-Type`.
+        content_type: String,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
 }
 
 impl fmt::Debug for Body {
@@ -103,6 +113,10 @@ impl fmt::Debug for Body {
             Self::Empty => f.write_str("Empty"),
             Self::Json(b) => write!(f, "Json({} bytes)", b.len()),
             Self::Form(parts) => write!(f, "Form({parts:?})"),
+            Self::Bytes {
+                content_type,
+                bytes,
+            } => write!(f, "Bytes({content_type}, {} bytes)", bytes.len()),
         }
     }
 }
@@ -384,6 +398,7 @@ mod native {
                 Method::Put => reqwest::Method::PUT,
                 Method::Patch => reqwest::Method::PATCH,
                 Method::Delete => reqwest::Method::DELETE,
+                Method::Head => reqwest::Method::HEAD,
             };
             let mut req = self.http.request(method, &request.url);
             if let Some(token) = &request.bearer {
@@ -395,6 +410,10 @@ mod native {
             req = match request.body {
                 Body::Empty => req,
                 Body::Json(bytes) => req.header("content-type", "application/json").body(bytes),
+                Body::Bytes {
+                    content_type,
+                    bytes,
+                } => req.header("content-type", content_type).body(bytes),
                 Body::Form(parts) => {
                     let mut form = reqwest::multipart::Form::new();
                     for part in parts {

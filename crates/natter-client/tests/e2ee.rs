@@ -752,3 +752,80 @@ async fn a_group_of_three_grows_to_a_hundred_devices_and_every_one_reads_every_m
         "hello from the back"
     );
 }
+
+#[tokio::test]
+async fn a_large_file_streams_in_pieces_and_a_reader_that_lies_about_its_size_is_refused() {
+    use natter_client::files::PIECE_BYTES;
+    let server = TestServer::start().await;
+    let alice = server.user("+14155550901", "Alice").await;
+    let bob = server.user("+14155550902", "Bob").await;
+    let mut a = server.messenger(&alice).await;
+    let mut b = server.messenger(&bob).await;
+    let chat = a
+        .create_chat(ChatKind::Direct, &[bob.user_id()], None)
+        .await
+        .unwrap();
+    joined(&mut b, chat).await;
+
+    // Two full pieces and a bit: three PATCHes up, three ranges down.
+    let size = 2 * PIECE_BYTES + 12_345;
+    let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+    let mut sent = Vec::new();
+    a.send_file_from(
+        chat,
+        "video.mp4",
+        "video/mp4",
+        size as u64,
+        bytes.as_slice(),
+        &mut |done, total| sent.push((done, total)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent.windows(2).all(|w| w[0].0 < w[1].0), "{sent:?}");
+    let (done, total) = *sent.last().unwrap();
+    assert_eq!(done, total);
+    assert!(total > size as u64, "the ciphertext carries tags");
+
+    let body = until(&mut b, |e| match e {
+        MessengerEvent::Message(m) if matches!(m.body, Body::File { .. }) => Some(m.body),
+        _ => None,
+    })
+    .await;
+    let mut received = Vec::new();
+    let mut got = Vec::new();
+    let written = b
+        .fetch_file_to(&body, &mut received, &mut |done, total| {
+            got.push((done, total));
+        })
+        .await
+        .unwrap();
+    assert_eq!(written, size as u64);
+    assert!(received == bytes, "byte-exact");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(*got.last().unwrap(), (size as u64, size as u64));
+
+    // A reader shorter or longer than the size announced fails the send;
+    // nothing is sent.
+    for (announced, actual) in [(1_000u64, 999usize), (1_000, 1_001)] {
+        let data = vec![1u8; actual];
+        let err = a
+            .send_file_from(
+                chat,
+                "a.bin",
+                "application/octet-stream",
+                announced,
+                data.as_slice(),
+                &mut |_, _| {},
+            )
+            .await
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("shorter") || shown.contains("longer"),
+            "{shown}"
+        );
+    }
+    a.send_text(chat, "after the refused files").await.unwrap();
+    assert_eq!(next_text(&mut b, chat).await, "after the refused files");
+}

@@ -7,10 +7,11 @@
 //! altered file fails to decrypt; memory use is two chunks whatever the
 //! file's size.
 //!
-//! The functions are synchronous (`Read` → `Write`): the SDK runs them on a
-//! blocking thread and feeds the upload through a bounded channel into a
-//! streaming request body (reqwest's `Body::wrap_stream`), or reads a
-//! download from a file.
+//! [`Sealer`] and [`Opener`] work chunk by chunk as bytes are fed, so the
+//! SDK uploads a file in tus pieces and downloads it in ranges with a few
+//! megabytes in memory whatever its size (`Messenger::send_file_from`,
+//! `Messenger::fetch_file_to`); [`encrypt_stream`] and [`decrypt_stream`]
+//! are the same over `Read` → `Write`.
 
 use std::io::{self, Read, Write};
 
@@ -78,6 +79,166 @@ pub enum MediaError {
     /// No randomness.
     #[error("no randomness for a media key")]
     Random,
+    /// A chunk of the wrong size was given to a [`Sealer`].
+    #[error("a file chunk of the wrong size (all but the last hold {CHUNK_BYTES} bytes)")]
+    ChunkSize,
+}
+
+/// Encrypts a file chunk by chunk as it is fed, for uploads that go out in
+/// pieces: every chunk but the last is exactly [`CHUNK_BYTES`] of
+/// plaintext, the last one 0 to [`CHUNK_BYTES`]; the caller knows which is
+/// last (it knows the file's size, which the upload announces anyway).
+pub struct Sealer {
+    encryptor: EncryptorBE32<XChaCha20Poly1305>,
+    key: [u8; 32],
+    nonce_prefix: [u8; NONCE_PREFIX_BYTES],
+    hash: Sha256,
+    size: u64,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    /// A fresh key and nonce prefix.
+    ///
+    /// # Errors
+    /// [`MediaError::Random`] without randomness.
+    pub fn new() -> Result<Self, MediaError> {
+        let rand = RustCrypto::default();
+        let key: [u8; 32] = rand.random_array().map_err(|_| MediaError::Random)?;
+        let nonce_prefix: [u8; NONCE_PREFIX_BYTES] =
+            rand.random_array().map_err(|_| MediaError::Random)?;
+        let aead = XChaCha20Poly1305::new(&key.into());
+        Ok(Self {
+            encryptor: EncryptorBE32::from_aead(aead, nonce_prefix.as_slice().into()),
+            key,
+            nonce_prefix,
+            hash: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Seals a chunk that is not the last one, in place (it grows by
+    /// [`TAG_BYTES`]).
+    ///
+    /// # Errors
+    /// [`MediaError::ChunkSize`] unless it holds exactly [`CHUNK_BYTES`].
+    pub fn seal(&mut self, chunk: &mut Vec<u8>) -> Result<(), MediaError> {
+        if chunk.len() != CHUNK_BYTES {
+            return Err(MediaError::ChunkSize);
+        }
+        self.size += chunk.len() as u64;
+        self.encryptor
+            .encrypt_next_in_place(b"", chunk)
+            .map_err(|_| MediaError::Tampered)?;
+        self.hash.update(chunk.as_slice());
+        Ok(())
+    }
+
+    /// Seals the last chunk in place and gives the file's key.
+    ///
+    /// # Errors
+    /// [`MediaError::ChunkSize`] if it holds more than [`CHUNK_BYTES`].
+    pub fn finish(mut self, chunk: &mut Vec<u8>) -> Result<MediaKey, MediaError> {
+        if chunk.len() > CHUNK_BYTES {
+            return Err(MediaError::ChunkSize);
+        }
+        self.size += chunk.len() as u64;
+        self.encryptor
+            .encrypt_last_in_place(b"", chunk)
+            .map_err(|_| MediaError::Tampered)?;
+        self.hash.update(chunk.as_slice());
+        Ok(MediaKey {
+            key: self.key,
+            nonce_prefix: self.nonce_prefix,
+            sha256: self.hash.finalize().into(),
+            size: self.size,
+        })
+    }
+}
+
+/// Decrypts a file chunk by chunk as it arrives: every sealed chunk but the
+/// last is exactly [`CHUNK_BYTES`] + [`TAG_BYTES`]; the message's
+/// [`MediaKey::size`] says how many there are.
+pub struct Opener<'k> {
+    decryptor: DecryptorBE32<XChaCha20Poly1305>,
+    key: &'k MediaKey,
+    hash: Sha256,
+    size: u64,
+}
+
+impl std::fmt::Debug for Opener<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opener")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'k> Opener<'k> {
+    /// An opener for the file `key` describes.
+    #[must_use]
+    pub fn new(key: &'k MediaKey) -> Self {
+        let aead = XChaCha20Poly1305::new(&key.key.into());
+        Self {
+            decryptor: DecryptorBE32::from_aead(aead, key.nonce_prefix.as_slice().into()),
+            key,
+            hash: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// The sealed chunks of the file and the size of the last one.
+    #[must_use]
+    pub fn layout(key: &MediaKey) -> (u64, usize) {
+        let sealed = MediaKey::ciphertext_size(key.size);
+        let full = (CHUNK_BYTES + TAG_BYTES) as u64;
+        let chunks = sealed.div_ceil(full).max(1);
+        let last = sealed - (chunks - 1) * full;
+        (chunks, usize::try_from(last).unwrap_or(usize::MAX))
+    }
+
+    /// Opens a chunk that is not the last one, in place.
+    ///
+    /// # Errors
+    /// [`MediaError::Tampered`] if it does not authenticate (a short chunk
+    /// never does).
+    pub fn open(&mut self, chunk: &mut Vec<u8>) -> Result<(), MediaError> {
+        if chunk.len() != CHUNK_BYTES + TAG_BYTES {
+            return Err(MediaError::Tampered);
+        }
+        self.hash.update(chunk.as_slice());
+        self.decryptor
+            .decrypt_next_in_place(b"", chunk)
+            .map_err(|_| MediaError::Tampered)?;
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Opens the last chunk in place and checks the whole file against the
+    /// message's hash and size.
+    ///
+    /// # Errors
+    /// [`MediaError::Tampered`], or [`MediaError::Mismatch`] if the
+    /// ciphertext is not the one the message described.
+    pub fn finish(mut self, chunk: &mut Vec<u8>) -> Result<u64, MediaError> {
+        self.hash.update(chunk.as_slice());
+        self.decryptor
+            .decrypt_last_in_place(b"", chunk)
+            .map_err(|_| MediaError::Tampered)?;
+        self.size += chunk.len() as u64;
+        let digest: [u8; 32] = self.hash.finalize().into();
+        if digest != self.key.sha256 || self.size != self.key.size {
+            return Err(MediaError::Mismatch);
+        }
+        Ok(self.size)
+    }
 }
 
 /// Encrypts everything `reader` yields into `writer`.
@@ -88,42 +249,22 @@ pub fn encrypt_stream(
     mut reader: impl Read,
     mut writer: impl Write,
 ) -> Result<MediaKey, MediaError> {
-    let rand = RustCrypto::default();
-    let key: [u8; 32] = rand.random_array().map_err(|_| MediaError::Random)?;
-    let nonce_prefix: [u8; NONCE_PREFIX_BYTES] =
-        rand.random_array().map_err(|_| MediaError::Random)?;
-    let aead = XChaCha20Poly1305::new(&key.into());
-    let mut encryptor = EncryptorBE32::from_aead(aead, nonce_prefix.as_slice().into());
-    let mut hash = Sha256::new();
-    let mut size = 0u64;
+    let mut sealer = Sealer::new()?;
     let mut current = Vec::with_capacity(CHUNK_BYTES + TAG_BYTES);
     let mut next = Vec::with_capacity(CHUNK_BYTES + TAG_BYTES);
     read_chunk(&mut reader, &mut current, CHUNK_BYTES)?;
     loop {
         read_chunk(&mut reader, &mut next, CHUNK_BYTES)?;
-        size += current.len() as u64;
         if next.is_empty() {
-            encryptor
-                .encrypt_last_in_place(b"", &mut current)
-                .map_err(|_| MediaError::Tampered)?;
-            hash.update(&current);
+            let key = sealer.finish(&mut current)?;
             writer.write_all(&current)?;
-            break;
+            writer.flush()?;
+            return Ok(key);
         }
-        encryptor
-            .encrypt_next_in_place(b"", &mut current)
-            .map_err(|_| MediaError::Tampered)?;
-        hash.update(&current);
+        sealer.seal(&mut current)?;
         writer.write_all(&current)?;
         std::mem::swap(&mut current, &mut next);
     }
-    writer.flush()?;
-    Ok(MediaKey {
-        key,
-        nonce_prefix,
-        sha256: hash.finalize().into(),
-        size,
-    })
 }
 
 /// Decrypts a file encrypted by [`encrypt_stream`] into `writer` and
@@ -139,38 +280,23 @@ pub fn decrypt_stream(
     mut reader: impl Read,
     mut writer: impl Write,
 ) -> Result<u64, MediaError> {
-    let aead = XChaCha20Poly1305::new(&key.key.into());
-    let mut decryptor = DecryptorBE32::from_aead(aead, key.nonce_prefix.as_slice().into());
-    let mut hash = Sha256::new();
-    let mut size = 0u64;
+    let mut opener = Opener::new(key);
     let sealed = CHUNK_BYTES + TAG_BYTES;
     let mut current = Vec::with_capacity(sealed);
     let mut next = Vec::with_capacity(sealed);
     read_chunk(&mut reader, &mut current, sealed)?;
     loop {
         read_chunk(&mut reader, &mut next, sealed)?;
-        hash.update(&current);
         if next.is_empty() {
-            decryptor
-                .decrypt_last_in_place(b"", &mut current)
-                .map_err(|_| MediaError::Tampered)?;
-            size += current.len() as u64;
+            let size = opener.finish(&mut current)?;
             writer.write_all(&current)?;
-            break;
+            writer.flush()?;
+            return Ok(size);
         }
-        decryptor
-            .decrypt_next_in_place(b"", &mut current)
-            .map_err(|_| MediaError::Tampered)?;
-        size += current.len() as u64;
+        opener.open(&mut current)?;
         writer.write_all(&current)?;
         std::mem::swap(&mut current, &mut next);
     }
-    writer.flush()?;
-    let digest: [u8; 32] = hash.finalize().into();
-    if digest != key.sha256 || size != key.size {
-        return Err(MediaError::Mismatch);
-    }
-    Ok(size)
 }
 
 /// Fills `buf` with up to `max` bytes (fewer only at the end of the input).
