@@ -20,7 +20,9 @@ use tokio_postgres::{Client, NoTls};
 use crate::TestkitError;
 
 /// The variable naming a running test cluster (`postgres://…`, no database).
-pub const URL_VAR: &str = "NATTER_TEST_PG_URL";
+/// Not `NATTER_…`: the binary reads every `NATTER_*` variable as its
+/// configuration and refuses unknown keys.
+pub const URL_VAR: &str = "TEST_NATTER_PG_URL";
 
 /// How long a test waits for another process to finish migrating the
 /// template, or for a connection.

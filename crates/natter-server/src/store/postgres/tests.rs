@@ -63,7 +63,7 @@ async fn migrations_apply_once_and_record_each_version() {
 }
 
 /// Set in the child processes of the next test: the database to migrate.
-const CHILD_VAR: &str = "NATTER_TEST_PG_MIGRATE_CHILD";
+const CHILD_VAR: &str = "TEST_NATTER_PG_MIGRATE_CHILD";
 
 #[tokio::test]
 async fn migrations_from_two_processes_at_once() {
