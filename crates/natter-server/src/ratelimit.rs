@@ -143,11 +143,91 @@ impl fmt::Debug for LocalRateLimiter {
     }
 }
 
+/// How often one unit of `rate` comes back: every `per_secs / burst`, at
+/// least a millisecond. Every engine refills at this pace.
+#[must_use]
+pub fn refill_interval(rate: Rate) -> Duration {
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    (Duration::from_secs(rate.per_secs) / burst.get()).max(Duration::from_millis(1))
+}
+
+/// The refusal for a wait: whole seconds for `Retry-After`, never zero.
+#[must_use]
+pub fn denied_for(wait: Duration) -> Denied {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Denied {
+        retry_after: Duration::from_secs(secs.max(1)),
+    }
+}
+
+/// The refusal of a request that can never pass (more than the burst at
+/// once, or a limit the engine does not know): come back in a minute.
+pub const NEVER: Denied = Denied {
+    retry_after: Duration::from_secs(60),
+};
+
+/// Every keyed limit of a configuration with its rate: the table, and the
+/// limits configured in their own sections (`e2ee.claims_per_minute`).
+#[must_use]
+pub fn configured_rates(config: &crate::config::Config) -> Vec<(Limit, Rate)> {
+    let mut rates = table_rates(&config.rate_limits).to_vec();
+    rates.push((
+        Limit::KeyPackageClaimsPerUser,
+        Rate {
+            burst: u32::try_from(config.e2ee.claims_per_minute).unwrap_or(u32::MAX),
+            per_secs: 60,
+        },
+    ));
+    rates
+}
+
+/// The keyed limits of the table with their rates.
+#[must_use]
+pub const fn table_rates(table: &RateLimits) -> [(Limit, Rate); 25] {
+    [
+        (Limit::VerificationPerPhone, table.verification_per_phone),
+        (Limit::VerificationPerIp, table.verification_per_ip),
+        (
+            Limit::VerificationPerNetwork,
+            table.verification_per_network,
+        ),
+        (Limit::VerificationPerPrefix, table.verification_per_prefix),
+        (
+            Limit::VerificationPerCountry,
+            table.verification_per_country,
+        ),
+        (Limit::CodeAttemptsPerIp, table.code_attempts_per_ip),
+        (Limit::DiscoverPerUser, table.discover_per_user),
+        (Limit::ContactAddPerUser, table.contact_add_per_user),
+        (Limit::TypingPerDevice, table.typing_per_device),
+        (Limit::PresencePerDevice, table.presence_per_device),
+        (Limit::MessagesPerUser, table.messages_per_user),
+        (Limit::UploadsPerUser, table.uploads_per_user),
+        (Limit::PushChannelsPerUser, table.push_channels_per_user),
+        (Limit::ChatsCreatedPerMinute, table.chats_created_per_minute),
+        (Limit::ChatsCreatedPerDay, table.chats_created_per_day),
+        (
+            Limit::ParticipantsAddedPerMinute,
+            table.participants_added_per_minute,
+        ),
+        (
+            Limit::ParticipantsAddedPerDay,
+            table.participants_added_per_day,
+        ),
+        (Limit::WsSyncPerUser, table.ws_sync_per_user),
+        (Limit::WsAckWritesPerUser, table.ws_ack_writes_per_user),
+        (Limit::WsReadPerUser, table.ws_read_per_user),
+        (Limit::WsTypingPerUser, table.ws_typing_per_user),
+        (Limit::WsPresencePerUser, table.ws_presence_per_user),
+        (Limit::WsJoinChatPerUser, table.ws_join_chat_per_user),
+        (Limit::WsPingPerUser, table.ws_ping_per_user),
+        (Limit::WsMalformedPerUser, table.ws_malformed_per_user),
+    ]
+}
+
 fn quota(rate: Rate) -> Quota {
     let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-    // One unit comes back every per_secs / burst; at least a millisecond.
-    let period = Duration::from_secs(rate.per_secs) / burst.get();
-    Quota::with_period(period.max(Duration::from_millis(1)))
+    Quota::with_period(refill_interval(rate))
         .unwrap_or_else(|| Quota::per_second(burst))
         .allow_burst(burst)
 }
@@ -156,48 +236,10 @@ impl LocalRateLimiter {
     /// Builds the limiters from the table.
     #[must_use]
     pub fn new(table: &RateLimits) -> Self {
-        let keyed = [
-            (Limit::VerificationPerPhone, table.verification_per_phone),
-            (Limit::VerificationPerIp, table.verification_per_ip),
-            (
-                Limit::VerificationPerNetwork,
-                table.verification_per_network,
-            ),
-            (Limit::VerificationPerPrefix, table.verification_per_prefix),
-            (
-                Limit::VerificationPerCountry,
-                table.verification_per_country,
-            ),
-            (Limit::CodeAttemptsPerIp, table.code_attempts_per_ip),
-            (Limit::DiscoverPerUser, table.discover_per_user),
-            (Limit::ContactAddPerUser, table.contact_add_per_user),
-            (Limit::TypingPerDevice, table.typing_per_device),
-            (Limit::PresencePerDevice, table.presence_per_device),
-            (Limit::MessagesPerUser, table.messages_per_user),
-            (Limit::UploadsPerUser, table.uploads_per_user),
-            (Limit::PushChannelsPerUser, table.push_channels_per_user),
-            (Limit::ChatsCreatedPerMinute, table.chats_created_per_minute),
-            (Limit::ChatsCreatedPerDay, table.chats_created_per_day),
-            (
-                Limit::ParticipantsAddedPerMinute,
-                table.participants_added_per_minute,
-            ),
-            (
-                Limit::ParticipantsAddedPerDay,
-                table.participants_added_per_day,
-            ),
-            (Limit::WsSyncPerUser, table.ws_sync_per_user),
-            (Limit::WsAckWritesPerUser, table.ws_ack_writes_per_user),
-            (Limit::WsReadPerUser, table.ws_read_per_user),
-            (Limit::WsTypingPerUser, table.ws_typing_per_user),
-            (Limit::WsPresencePerUser, table.ws_presence_per_user),
-            (Limit::WsJoinChatPerUser, table.ws_join_chat_per_user),
-            (Limit::WsPingPerUser, table.ws_ping_per_user),
-            (Limit::WsMalformedPerUser, table.ws_malformed_per_user),
-        ]
-        .into_iter()
-        .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))
-        .collect();
+        let keyed = table_rates(table)
+            .into_iter()
+            .map(|(limit, rate)| (limit, DefaultKeyedRateLimiter::keyed(quota(rate))))
+            .collect();
         Self {
             keyed,
             global: DefaultDirectRateLimiter::direct(quota(table.verification_global)),
@@ -210,14 +252,12 @@ impl LocalRateLimiter {
     #[must_use]
     pub fn for_config(config: &crate::config::Config) -> Self {
         let mut limiter = Self::new(&config.rate_limits);
-        let claims = crate::config::Rate {
-            burst: u32::try_from(config.e2ee.claims_per_minute).unwrap_or(u32::MAX),
-            per_secs: 60,
-        };
-        limiter.keyed.insert(
-            Limit::KeyPackageClaimsPerUser,
-            DefaultKeyedRateLimiter::keyed(quota(claims)),
-        );
+        for (limit, rate) in configured_rates(config) {
+            limiter
+                .keyed
+                .entry(limit)
+                .or_insert_with(|| DefaultKeyedRateLimiter::keyed(quota(rate)));
+        }
         limiter
     }
 
@@ -225,12 +265,7 @@ impl LocalRateLimiter {
         &self,
         not_until: &governor::NotUntil<<DefaultClock as governor::clock::Clock>::Instant>,
     ) -> Denied {
-        let wait = not_until.wait_time_from(self.clock.now());
-        // Whole seconds for Retry-After, never zero.
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        Denied {
-            retry_after: Duration::from_secs(secs.max(1)),
-        }
+        denied_for(not_until.wait_time_from(self.clock.now()))
     }
 }
 
@@ -239,9 +274,7 @@ impl RateLimiter for LocalRateLimiter {
     async fn check(&self, limit: Limit, key: &str) -> Result<(), Denied> {
         // Every limit is built in `new`; a missing one denies (fail closed).
         let Some(limiter) = self.keyed.get(&limit) else {
-            return Err(Denied {
-                retry_after: Duration::from_secs(60),
-            });
+            return Err(NEVER);
         };
         limiter
             .check_key(&key.to_owned())
@@ -253,17 +286,13 @@ impl RateLimiter for LocalRateLimiter {
             return Ok(());
         };
         let Some(limiter) = self.keyed.get(&limit) else {
-            return Err(Denied {
-                retry_after: Duration::from_secs(60),
-            });
+            return Err(NEVER);
         };
         match limiter.check_key_n(&key.to_owned(), n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(self.denied(&not_until)),
             // More than the burst can never pass: a request must be split.
-            Err(_) => Err(Denied {
-                retry_after: Duration::from_secs(60),
-            }),
+            Err(_) => Err(NEVER),
         }
     }
 

@@ -10,6 +10,9 @@
 //!   make it fail or slow down to test the server's handling.
 //! - [`TestUser`]: a signed-up account and one device, as an SDK
 //!   [`Session`].
+//! - [`pg`]: a throwaway PostgreSQL cluster (the one the test command
+//!   started, or the test's own) and a database per test cloned from a
+//!   migrated template.
 //!
 //! Nothing here panics: the load tool ships it; tests unwrap.
 
@@ -25,6 +28,8 @@ use natter_client::{Client, ClientError, Session};
 use natter_proto::accounts::{LoginRequest, RegisterRequest};
 use natter_proto::{DeviceId, UserId};
 use tokio::sync::Notify;
+
+pub mod pg;
 
 /// How long a code may take to arrive by default.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -46,6 +51,9 @@ pub enum TestkitError {
     /// An API call failed.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The test PostgreSQL could not be started or used.
+    #[error("test PostgreSQL: {0}")]
+    Postgres(String),
 }
 
 /// The shared state of an [`SmsInbox`].

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod e2ee;
+pub mod postgres;
 pub mod rules;
 pub mod sqlite;
 
