@@ -11,7 +11,12 @@
 //! - [`TestUser`]: a signed-up account and one device, as an SDK
 //!   [`Session`].
 //!
+//! - [`engines`]: throwaway `nats-server` and S3 servers for the scale-out
+//!   tests.
+//!
 //! Nothing here panics: the load tool ships it; tests unwrap.
+
+pub mod engines;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -84,7 +84,7 @@ pub enum NatsBusError {
     Connect(#[from] async_nats::ConnectError),
     /// JetStream (for the presence bucket) is not enabled or refused it.
     #[error("cannot create the presence bucket (is JetStream enabled, `nats-server -js`?): {0}")]
-    Presence(#[from] async_nats::jetstream::context::CreateKeyValueError),
+    Presence(String),
 }
 
 /// One node's part of a user's presence.
@@ -235,18 +235,13 @@ impl NatsBus {
             })
             .connect(options.url.as_str())
             .await?;
-        let jetstream = async_nats::jetstream::new(client.clone());
-        let presence = jetstream
-            .create_or_update_key_value(kv::Config {
-                bucket: format!("{}_presence", options.prefix),
-                description: "natter: each node's part of each user's presence".to_owned(),
-                history: 1,
-                max_age: options.presence_ttl,
-                storage: async_nats::jetstream::stream::StorageType::Memory,
-                num_replicas: options.presence_replicas,
-                ..kv::Config::default()
-            })
-            .await?;
+        let presence = presence_bucket(
+            &client,
+            &format!("{}_presence", options.prefix),
+            options.presence_ttl,
+            options.presence_replicas,
+        )
+        .await?;
         let node_key = format!("{:016x}", local.node());
         let shared = Arc::new(Shared {
             local,
@@ -262,6 +257,42 @@ impl NatsBus {
         let refresher = tokio::spawn(refresh(Arc::downgrade(&shared)));
         Ok(Self { shared, refresher })
     }
+}
+
+/// Creates (or joins) the presence bucket. The bucket's stream is made
+/// here, with the settings async-nats's `create_key_value` would use,
+/// because that call first reads account fields NATS 2.9 (Debian 12's)
+/// does not send; several nodes starting at once all succeed.
+async fn presence_bucket(
+    client: &async_nats::Client,
+    bucket: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, NatsBusError> {
+    use async_nats::jetstream::stream;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("natter: each node's part of each user's presence".to_owned()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl,
+            // On disk, so a restarted NATS still has the bucket.
+            storage: stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..stream::Config::default()
+        })
+        .await
+        .map_err(|e| NatsBusError::Presence(e.to_string()))?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| NatsBusError::Presence(e.to_string()))
 }
 
 impl Shared {

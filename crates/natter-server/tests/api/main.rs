@@ -12,6 +12,7 @@
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
 //! - `contacts`: contact lists and discovery.
 //! - `chats`: chats, participants, roles, chat lists.
+//! - `cluster_bus`: the NATS bus between nodes (routing, presence TTL, NATS restarts).
 //! - `group_privacy`: who may add whom to groups, invitations, the limits on group creations and adds.
 //! - `messages`: sending, history, idempotency, encryption, edits, receipts.
 //! - `names`: which characters display and group names may hold.
@@ -38,6 +39,7 @@
 
 mod accounts;
 mod chats;
+mod cluster_bus;
 mod connections;
 mod contacts;
 mod devices;
