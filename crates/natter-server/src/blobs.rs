@@ -131,10 +131,12 @@ impl Blobs {
     /// # Errors
     /// The store's failure.
     pub async fn check(&self) -> Result<(), BlobError> {
-        match self.store.head(&Key::from("natter-start-check")).await {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        // A listing of a prefix that holds nothing: cheap on any bucket,
+        // and unlike a HEAD it tells a missing bucket from a missing key.
+        self.store
+            .list_with_delimiter(Some(&Key::from("natter-start-check")))
+            .await?;
+        Ok(())
     }
 
     /// Streams a local file into a blob, durably.

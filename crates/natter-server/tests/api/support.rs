@@ -176,6 +176,27 @@ impl TestApp {
         natter_client::Client::with_transport(Arc::new(transport), base)
     }
 
+    /// How many media blobs (originals) the blob store holds: files in the
+    /// data directory, or objects in the S3 bucket.
+    pub async fn media_blobs(&self) -> usize {
+        let (Some(bucket), Some(endpoint)) = (self.config.s3_bucket(), &self.config.s3.endpoint)
+        else {
+            let dir = self.data_dir().join("blobs").join("media");
+            return std::fs::read_dir(dir).map_or(0, |d| d.count());
+        };
+        // The test server takes unsigned listings (ListObjectsV2).
+        let listing = self
+            .http
+            .get(format!("{endpoint}/{bucket}?list-type=2&prefix=media/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        listing.matches("<Key>").count()
+    }
+
     /// Stops the server (gracefully) and starts it again on the same data,
     /// on a new port.
     pub async fn restart(&mut self) {
