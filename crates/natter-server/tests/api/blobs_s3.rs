@@ -7,16 +7,23 @@ use natter_server::blobs::{BlobKind, Blobs};
 use natter_server::config::Config;
 use natter_testkit::engines::S3Server;
 
-async fn s3_blobs(s3: &S3Server) -> Blobs {
-    let bucket = format!("natter-{}", uuid::Uuid::now_v7().simple());
-    s3.create_bucket(&bucket).await.unwrap();
-    let mut config = Config::default();
-    config.blobs = Some(format!("s3://{bucket}"));
+fn s3_config(s3: &S3Server, bucket: &str) -> Config {
+    let mut config = Config {
+        blobs: Some(format!("s3://{bucket}")),
+        ..Config::default()
+    };
     config.s3.endpoint = Some(s3.url().to_owned());
     config.s3.allow_http = true;
     config.s3.access_key_id = Some("test".to_owned());
     config.s3.secret_access_key = Some(serde_json::from_str("\"test\"").unwrap());
     config.validate().unwrap();
+    config
+}
+
+async fn s3_blobs(s3: &S3Server) -> Blobs {
+    let bucket = format!("natter-{}", uuid::Uuid::now_v7().simple());
+    s3.create_bucket(&bucket).await.unwrap();
+    let config = s3_config(s3, &bucket);
     let blobs = Blobs::s3(&config).unwrap();
     blobs.check().await.unwrap();
     blobs
@@ -67,12 +74,7 @@ async fn a_large_file_goes_up_in_parts_and_reads_back_whole_and_by_range() {
 #[tokio::test]
 async fn a_wrong_bucket_fails_at_start_not_at_the_first_upload() {
     let s3 = S3Server::start().await.unwrap();
-    let mut config = Config::default();
-    config.blobs = Some("s3://no-such-bucket-here".to_owned());
-    config.s3.endpoint = Some(s3.url().to_owned());
-    config.s3.allow_http = true;
-    config.s3.access_key_id = Some("test".to_owned());
-    config.s3.secret_access_key = Some(serde_json::from_str("\"test\"").unwrap());
+    let config = s3_config(&s3, "no-such-bucket-here");
     let blobs = Blobs::s3(&config).unwrap();
     assert!(blobs.check().await.is_err());
 }
