@@ -466,31 +466,36 @@ impl Shared {
                 );
             }
             let key = user.to_string();
-            let written = if value.is_empty() {
-                match revision {
-                    None => return Ok(others),
-                    Some(r) => self
-                        .presence
-                        .delete_expect_revision(&key, Some(r))
-                        .await
-                        .map(|()| 0)
-                        .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
-                }
-            } else {
-                let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
-                match revision {
-                    None => self
-                        .presence
-                        .create(&key, bytes)
-                        .await
-                        .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
-                    Some(r) => self
-                        .presence
-                        .update(&key, bytes, r)
-                        .await
-                        .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
+            let write = async {
+                if value.is_empty() {
+                    match revision {
+                        None => Ok(0),
+                        Some(r) => self
+                            .presence
+                            .delete_expect_revision(&key, Some(r))
+                            .await
+                            .map(|()| 0)
+                            .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
+                    }
+                } else {
+                    let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+                    match revision {
+                        None => self
+                            .presence
+                            .create(&key, bytes)
+                            .await
+                            .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
+                        Some(r) => self
+                            .presence
+                            .update(&key, bytes, r)
+                            .await
+                            .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
+                    }
                 }
             };
+            let written = tokio::time::timeout(NATS_OP_TIMEOUT, write)
+                .await
+                .unwrap_or(Err(false));
             match written {
                 Ok(_) => return Ok(others),
                 // Another node wrote first: read again.
