@@ -312,17 +312,18 @@ impl Shared {
     /// Publishes on a user's subject; skipped when NATS is away (the node's
     /// sockets resync when it is back, the others' nodes resync theirs).
     async fn publish(&self, user: UserId, kind: &str, routed: &Routed) {
+        if let Some(payload) = encode(routed) {
+            self.publish_encoded(user, kind, payload).await;
+        }
+    }
+
+    /// Publishes an encoded message (the same bytes for every recipient of
+    /// a fan-out: encoded once).
+    async fn publish_encoded(&self, user: UserId, kind: &str, payload: Bytes) {
         if !self.connected() {
             metrics::counter!("natter_bus_publish_skipped_total").increment(1);
             return;
         }
-        let payload = match serde_json::to_vec(routed) {
-            Ok(p) => Bytes::from(p),
-            Err(e) => {
-                tracing::error!(error = %e, "could not encode a bus message");
-                return;
-            }
-        };
         let subject = self.subject(user, kind);
         match tokio::time::timeout(NATS_OP_TIMEOUT, self.client.publish(subject, payload)).await {
             Ok(Ok(())) => metrics::counter!("natter_bus_published_total").increment(1),
@@ -511,6 +512,16 @@ impl Shared {
     }
 }
 
+fn encode(routed: &Routed) -> Option<Bytes> {
+    match serde_json::to_vec(routed) {
+        Ok(p) => Some(Bytes::from(p)),
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a bus message");
+            None
+        }
+    }
+}
+
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
@@ -605,16 +616,18 @@ impl Bus for NatsBus {
             &super::Outbound::Event(Arc::clone(&event)),
             except,
         );
+        let Some(payload) = encode(&Routed::Event {
+            chat_id: event.chat_id,
+            seq: event.seq,
+            joined: event.joined,
+            left: event.left,
+            frame: event.frame.to_string(),
+            except: except.map(|c| (c.node, c.local)),
+        }) else {
+            return;
+        };
         for user in recipients {
-            let routed = Routed::Event {
-                chat_id: event.chat_id,
-                seq: event.seq,
-                joined: event.joined,
-                left: event.left,
-                frame: event.frame.to_string(),
-                except: except.map(|c| (c.node, c.local)),
-            };
-            shared.publish(*user, "e", &routed).await;
+            shared.publish_encoded(*user, "e", payload.clone()).await;
         }
     }
 
@@ -625,11 +638,13 @@ impl Bus for NatsBus {
             &super::Outbound::State(Arc::clone(&frame)),
             None,
         );
+        let Some(payload) = encode(&Routed::State {
+            frame: frame.to_string(),
+        }) else {
+            return;
+        };
         for user in recipients {
-            let routed = Routed::State {
-                frame: frame.to_string(),
-            };
-            shared.publish(*user, "s", &routed).await;
+            shared.publish_encoded(*user, "s", payload.clone()).await;
         }
     }
 
