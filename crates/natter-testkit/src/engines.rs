@@ -4,7 +4,9 @@
 //! happen to run on the machine.
 //!
 //! A test command that starts one engine for the whole run exports its
-//! address (`NATTER_TEST_S3_URL`); a test without it starts its own.
+//! address (`TESTKIT_S3_URL`); a test without it starts its own. The
+//! variables are not `NATTER_*`: the server takes every one of those as
+//! configuration and refuses unknown keys.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -14,10 +16,10 @@ use std::time::{Duration, Instant};
 /// How long an engine may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where `nats-server` is, unless `NATTER_TEST_NATS_SERVER` says.
+/// Where `nats-server` is, unless `TESTKIT_NATS_SERVER` says.
 const NATS_SERVER: &str = "nats-server";
 
-/// Where `moto_server` is, unless `NATTER_TEST_MOTO_SERVER` says.
+/// Where `moto_server` is, unless `TESTKIT_MOTO_SERVER` says.
 const MOTO_SERVER: &str = "moto_server";
 
 /// An engine could not start.
@@ -120,7 +122,7 @@ impl NatsServer {
     }
 
     async fn run(dir: &Path, port: Option<u16>) -> Result<(Killed, SocketAddr), EngineError> {
-        let bin = program("NATTER_TEST_NATS_SERVER", NATS_SERVER);
+        let bin = program("TESTKIT_NATS_SERVER", NATS_SERVER);
         let ports = dir.join("ports");
         std::fs::create_dir_all(&ports)?;
         let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
@@ -130,7 +132,7 @@ impl NatsServer {
                 .arg(dir.join("js"))
                 .arg("--ports_file_dir")
                 .arg(&ports),
-            "install it (Debian: apt-get install nats-server) or set NATTER_TEST_NATS_SERVER",
+            "install it (Debian: apt-get install nats-server) or set TESTKIT_NATS_SERVER",
         )?;
         let deadline = Instant::now() + START_TIMEOUT;
         let pid = child.0.id();
@@ -189,7 +191,7 @@ fn read_ports_file(file: &PathBuf) -> Option<SocketAddr> {
     url.strip_prefix("nats://")?.parse().ok()
 }
 
-/// An S3-compatible server: the run's own (`NATTER_TEST_S3_URL`), or a
+/// An S3-compatible server: the run's own (`TESTKIT_S3_URL`), or a
 /// `moto_server` started for this test on a free port.
 #[derive(Debug)]
 pub struct S3Server {
@@ -205,20 +207,20 @@ impl S3Server {
     /// # Errors
     /// Not installed, or not listening in time.
     pub async fn start() -> Result<Self, EngineError> {
-        if let Ok(url) = std::env::var("NATTER_TEST_S3_URL") {
+        if let Ok(url) = std::env::var("TESTKIT_S3_URL") {
             return Ok(Self {
                 _process: None,
                 url,
             });
         }
-        let bin = program("NATTER_TEST_MOTO_SERVER", MOTO_SERVER);
+        let bin = program("TESTKIT_MOTO_SERVER", MOTO_SERVER);
         // The port is free when chosen; another process may take it before
         // moto binds, so try a few.
         for _ in 0..3 {
             let port = free_port()?;
             let mut child = spawn(
                 Command::new(&bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
-                "install it (pip install 'moto[server]') or set NATTER_TEST_MOTO_SERVER",
+                "install it (pip install 'moto[server]') or set TESTKIT_MOTO_SERVER",
             )?;
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             if wait_listening(addr, &mut child).await {

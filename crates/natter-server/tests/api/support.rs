@@ -73,7 +73,7 @@ pub struct TestApp {
     config: Config,
     server: Option<RunningServer>,
     _dir: Arc<TempDir>,
-    /// The S3 server media go to, with `NATTER_TEST_BLOBS=s3`.
+    /// The S3 server media go to, with `TESTKIT_BLOBS=s3`.
     _s3: Option<natter_testkit::engines::S3Server>,
 }
 
@@ -89,11 +89,11 @@ pub struct TestUser {
     pub session: natter_client::Session,
 }
 
-/// With `NATTER_TEST_BLOBS=s3`, media go to a fresh bucket of an S3 server
-/// (the run's, `NATTER_TEST_S3_URL`, or one started for this test), so the
+/// With `TESTKIT_BLOBS=s3`, media go to a fresh bucket of an S3 server
+/// (the run's, `TESTKIT_S3_URL`, or one started for this test), so the
 /// same tests cover the S3 engine.
 async fn media_on_s3(config: &mut Config) -> Option<natter_testkit::engines::S3Server> {
-    if std::env::var("NATTER_TEST_BLOBS").as_deref() != Ok("s3") {
+    if std::env::var("TESTKIT_BLOBS").as_deref() != Ok("s3") {
         return None;
     }
     let s3 = natter_testkit::engines::S3Server::start().await.unwrap();
