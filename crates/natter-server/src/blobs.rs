@@ -21,6 +21,8 @@ use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
+mod s3;
+
 /// Size of one part written to the object store (S3's smallest allowed
 /// part): the most a blob write holds in memory per part in flight.
 const PART_BYTES: usize = 5 * 1024 * 1024;
@@ -93,6 +95,48 @@ impl Blobs {
             store: Arc::new(store),
             local_root: Some(root.to_path_buf()),
         })
+    }
+
+    /// Blobs in the S3-compatible bucket of `blobs = "s3://bucket"` and
+    /// `[s3]`, written in multipart uploads of `PART_BYTES` parts.
+    ///
+    /// # Errors
+    /// A configuration the S3 engine refuses.
+    pub fn s3(config: &crate::config::Config) -> Result<Self, BlobError> {
+        Ok(Self {
+            store: Arc::new(s3::store(config)?),
+            local_root: None,
+        })
+    }
+
+    /// The blob store the configuration names: S3 when `blobs` is set,
+    /// else files under `local_root`.
+    ///
+    /// # Errors
+    /// As [`Blobs::s3`] and [`Blobs::local`].
+    pub fn for_config(
+        config: &crate::config::Config,
+        local_root: &Path,
+    ) -> Result<Self, BlobError> {
+        if config.blobs.is_some() {
+            Self::s3(config)
+        } else {
+            Self::local(local_root)
+        }
+    }
+
+    /// Checks that the store answers (a start-up check: a wrong endpoint,
+    /// bucket or key fails here, not at the first upload).
+    ///
+    /// # Errors
+    /// The store's failure.
+    pub async fn check(&self) -> Result<(), BlobError> {
+        // A listing of a prefix that holds nothing: cheap on any bucket,
+        // and unlike a HEAD it tells a missing bucket from a missing key.
+        self.store
+            .list_with_delimiter(Some(&Key::from("natter-start-check")))
+            .await?;
+        Ok(())
     }
 
     /// Streams a local file into a blob, durably.

@@ -22,6 +22,9 @@ use natter_proto::ws::close;
 use natter_proto::{ChatId, DeviceId, UserId};
 use tokio::sync::{mpsc, watch};
 
+mod nats;
+pub use nats::{NatsBus, NatsBusError, NatsOptions};
+
 /// Identifies one connection: the node that holds its socket and a number
 /// unique on that node, so ids stay unique across a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,12 +85,16 @@ pub struct Registration {
 }
 
 /// Routes to live connections.
+///
+/// The methods that may cross nodes are async (the NATS bus asks the
+/// cluster); [`LocalBus`] answers them at once.
 #[async_trait]
 pub trait Bus: Send + Sync + fmt::Debug + 'static {
-    /// Registers a connection with a queue of `queue` entries.
-    fn register(&self, user: UserId, device: DeviceId, queue: usize) -> Registration;
-    /// Removes a connection; true if it was the user's last.
-    fn unregister(&self, user: UserId, conn: ConnId) -> bool;
+    /// Registers a connection with a queue of `queue` entries. Once this
+    /// returns, every event sent to the user reaches the queue.
+    async fn register(&self, user: UserId, device: DeviceId, queue: usize) -> Registration;
+    /// Removes a connection; true if it was the user's last (on every node).
+    async fn unregister(&self, user: UserId, conn: ConnId) -> bool;
     /// Queues a chat-log event for every connection of `recipients` but `except`.
     async fn send_event(
         &self,
@@ -103,18 +110,18 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
     /// a low KeyPackage stock); never dropped, like state: a connection
     /// without room is told to close and catches up over REST.
     async fn send_to_device(&self, user: UserId, device: DeviceId, frame: Arc<str>);
-    /// Closes every connection of one device (logout, revocation).
-    fn close_device(&self, user: UserId, device: DeviceId, kick: Kick);
-    /// Closes every connection (shutdown).
+    /// Closes every connection of one device (logout, revocation), on every node.
+    async fn close_device(&self, user: UserId, device: DeviceId, kick: Kick);
+    /// Closes every connection of this node (shutdown).
     fn close_all(&self, kick: Kick);
     /// Marks a connection away (or back); returns the user's presence if it changed.
-    fn set_away(&self, user: UserId, conn: ConnId, away: bool) -> Option<PresenceStatus>;
+    async fn set_away(&self, user: UserId, conn: ConnId, away: bool) -> Option<PresenceStatus>;
     /// The user's presence: online if any connection is active, away if all are away.
-    fn presence(&self, user: UserId) -> PresenceStatus;
-    /// Open connections, for metrics.
+    async fn presence(&self, user: UserId) -> PresenceStatus;
+    /// Open connections on this node, for metrics and shutdown.
     fn connections(&self) -> usize;
     /// Whether the device has a live connection (then it gets no push).
-    fn device_online(&self, user: UserId, device: DeviceId) -> bool;
+    async fn device_online(&self, user: UserId, device: DeviceId) -> bool;
 }
 
 struct Conn {
@@ -137,11 +144,7 @@ pub struct LocalBus {
 
 impl Default for LocalBus {
     fn default() -> Self {
-        Self {
-            users: Mutex::default(),
-            node: rand::random(),
-            next_id: AtomicU64::new(0),
-        }
+        Self::with_node(rand::random())
     }
 }
 
@@ -154,6 +157,20 @@ impl fmt::Debug for LocalBus {
 }
 
 impl LocalBus {
+    /// A bus whose connection ids carry `node`.
+    pub(crate) fn with_node(node: u64) -> Self {
+        Self {
+            users: Mutex::default(),
+            node,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// This node's part of connection ids.
+    pub(crate) fn node(&self) -> u64 {
+        self.node
+    }
+
     fn with_users<T>(&self, f: impl FnOnce(&mut HashMap<UserId, Vec<Conn>>) -> T) -> T {
         f(&mut self.users.lock().unwrap_or_else(PoisonError::into_inner))
     }
@@ -177,28 +194,15 @@ impl LocalBus {
             }
         });
     }
-}
 
-fn behind() -> Kick {
-    Kick {
-        code: close::BEHIND,
-        reason: "fell behind; reconnect and sync",
-    }
-}
-
-fn presence_of(conns: &[Conn]) -> PresenceStatus {
-    if conns.is_empty() {
-        PresenceStatus::Offline
-    } else if conns.iter().all(|c| c.away) {
-        PresenceStatus::Away
-    } else {
-        PresenceStatus::Online
-    }
-}
-
-#[async_trait]
-impl Bus for LocalBus {
-    fn register(&self, user: UserId, device: DeviceId, queue: usize) -> Registration {
+    /// Registers a connection on this node; `first_of_user` says whether it
+    /// is the user's first here.
+    pub(crate) fn register_local(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        queue: usize,
+    ) -> Registration {
         let id = ConnId {
             node: self.node,
             local: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -225,7 +229,8 @@ impl Bus for LocalBus {
         }
     }
 
-    fn unregister(&self, user: UserId, conn: ConnId) -> bool {
+    /// Removes a connection of this node; true if it was the user's last here.
+    pub(crate) fn unregister_local(&self, user: UserId, conn: ConnId) -> bool {
         let (removed, last) = self.with_users(|users| {
             let Some(conns) = users.get_mut(&user) else {
                 return (false, false);
@@ -245,6 +250,138 @@ impl Bus for LocalBus {
         last
     }
 
+    pub(crate) fn send_to_device_local(&self, user: UserId, device: DeviceId, frame: &Arc<str>) {
+        self.with_users(|users| {
+            let Some(conns) = users.get(&user) else {
+                return;
+            };
+            for conn in conns.iter().filter(|c| c.device == device) {
+                if conn
+                    .queue
+                    .try_send(Outbound::State(Arc::clone(frame)))
+                    .is_err()
+                {
+                    metrics::counter!("natter_ws_kicked_total", "reason" => "behind").increment(1);
+                    let _ = conn.kick.send(Some(behind()));
+                }
+            }
+        });
+    }
+
+    pub(crate) fn send_signal_local(&self, user: UserId, frame: &Arc<str>) {
+        self.with_users(|users| {
+            let Some(conns) = users.get(&user) else {
+                return;
+            };
+            for conn in conns {
+                // Ephemeral: dropped when there is no room.
+                let _ = conn.queue.try_send(Outbound::Signal(Arc::clone(frame)));
+            }
+        });
+    }
+
+    pub(crate) fn close_device_local(&self, user: UserId, device: DeviceId, kick: Kick) {
+        self.with_users(|users| {
+            for conn in users
+                .get(&user)
+                .into_iter()
+                .flatten()
+                .filter(|c| c.device == device)
+            {
+                let _ = conn.kick.send(Some(kick));
+            }
+        });
+    }
+
+    pub(crate) fn close_all_local(&self, kick: Kick) {
+        self.with_users(|users| {
+            for conn in users.values().flatten() {
+                let _ = conn.kick.send(Some(kick));
+            }
+        });
+    }
+
+    /// Marks a connection of this node away (or back); the user's presence
+    /// on this node, if it changed.
+    pub(crate) fn set_away_local(
+        &self,
+        user: UserId,
+        conn: ConnId,
+        away: bool,
+    ) -> Option<PresenceStatus> {
+        self.with_users(|users| {
+            let conns = users.get_mut(&user)?;
+            let before = presence_of(conns);
+            if let Some(c) = conns.iter_mut().find(|c| c.id == conn) {
+                c.away = away;
+            }
+            let after = presence_of(conns);
+            (after != before).then_some(after)
+        })
+    }
+
+    /// The user's presence on this node.
+    pub(crate) fn presence_local(&self, user: UserId) -> PresenceStatus {
+        self.with_users(|users| {
+            users
+                .get(&user)
+                .map_or(PresenceStatus::Offline, |c| presence_of(c))
+        })
+    }
+
+    /// What this node knows of a user: their devices here and whether all
+    /// their connections here are away; `None` without connections.
+    pub(crate) fn user_here(&self, user: UserId) -> Option<(Vec<DeviceId>, bool)> {
+        self.with_users(|users| {
+            let conns = users.get(&user)?;
+            let mut devices: Vec<DeviceId> = conns.iter().map(|c| c.device).collect();
+            devices.sort_unstable();
+            devices.dedup();
+            Some((devices, conns.iter().all(|c| c.away)))
+        })
+    }
+
+    /// The users with a connection on this node.
+    pub(crate) fn users_here(&self) -> Vec<UserId> {
+        self.with_users(|users| users.keys().copied().collect())
+    }
+
+    pub(crate) fn device_online_local(&self, user: UserId, device: DeviceId) -> bool {
+        self.with_users(|users| {
+            users
+                .get(&user)
+                .is_some_and(|conns| conns.iter().any(|c| c.device == device))
+        })
+    }
+}
+
+fn behind() -> Kick {
+    Kick {
+        code: close::BEHIND,
+        reason: "fell behind; reconnect and sync",
+    }
+}
+
+fn presence_of(conns: &[Conn]) -> PresenceStatus {
+    if conns.is_empty() {
+        PresenceStatus::Offline
+    } else if conns.iter().all(|c| c.away) {
+        PresenceStatus::Away
+    } else {
+        PresenceStatus::Online
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn register(&self, user: UserId, device: DeviceId, queue: usize) -> Registration {
+        self.register_local(user, device, queue)
+    }
+
+    async fn unregister(&self, user: UserId, conn: ConnId) -> bool {
+        self.unregister_local(user, conn)
+    }
+
     async fn send_event(
         &self,
         recipients: &[UserId],
@@ -259,86 +396,35 @@ impl Bus for LocalBus {
     }
 
     async fn send_to_device(&self, user: UserId, device: DeviceId, frame: Arc<str>) {
-        self.with_users(|users| {
-            let Some(conns) = users.get(&user) else {
-                return;
-            };
-            for conn in conns.iter().filter(|c| c.device == device) {
-                if conn
-                    .queue
-                    .try_send(Outbound::State(Arc::clone(&frame)))
-                    .is_err()
-                {
-                    metrics::counter!("natter_ws_kicked_total", "reason" => "behind").increment(1);
-                    let _ = conn.kick.send(Some(behind()));
-                }
-            }
-        });
+        self.send_to_device_local(user, device, &frame);
     }
 
     async fn send_signal(&self, user: UserId, frame: Arc<str>) {
-        self.with_users(|users| {
-            let Some(conns) = users.get(&user) else {
-                return;
-            };
-            for conn in conns {
-                // Ephemeral: dropped when there is no room.
-                let _ = conn.queue.try_send(Outbound::Signal(Arc::clone(&frame)));
-            }
-        });
+        self.send_signal_local(user, &frame);
     }
 
-    fn close_device(&self, user: UserId, device: DeviceId, kick: Kick) {
-        self.with_users(|users| {
-            for conn in users
-                .get(&user)
-                .into_iter()
-                .flatten()
-                .filter(|c| c.device == device)
-            {
-                let _ = conn.kick.send(Some(kick));
-            }
-        });
+    async fn close_device(&self, user: UserId, device: DeviceId, kick: Kick) {
+        self.close_device_local(user, device, kick);
     }
 
     fn close_all(&self, kick: Kick) {
-        self.with_users(|users| {
-            for conn in users.values().flatten() {
-                let _ = conn.kick.send(Some(kick));
-            }
-        });
+        self.close_all_local(kick);
     }
 
-    fn set_away(&self, user: UserId, conn: ConnId, away: bool) -> Option<PresenceStatus> {
-        self.with_users(|users| {
-            let conns = users.get_mut(&user)?;
-            let before = presence_of(conns);
-            if let Some(c) = conns.iter_mut().find(|c| c.id == conn) {
-                c.away = away;
-            }
-            let after = presence_of(conns);
-            (after != before).then_some(after)
-        })
+    async fn set_away(&self, user: UserId, conn: ConnId, away: bool) -> Option<PresenceStatus> {
+        self.set_away_local(user, conn, away)
     }
 
-    fn presence(&self, user: UserId) -> PresenceStatus {
-        self.with_users(|users| {
-            users
-                .get(&user)
-                .map_or(PresenceStatus::Offline, |c| presence_of(c))
-        })
+    async fn presence(&self, user: UserId) -> PresenceStatus {
+        self.presence_local(user)
     }
 
     fn connections(&self) -> usize {
         self.with_users(|users| users.values().map(Vec::len).sum())
     }
 
-    fn device_online(&self, user: UserId, device: DeviceId) -> bool {
-        self.with_users(|users| {
-            users
-                .get(&user)
-                .is_some_and(|conns| conns.iter().any(|c| c.device == device))
-        })
+    async fn device_online(&self, user: UserId, device: DeviceId) -> bool {
+        self.device_online_local(user, device)
     }
 }
 
@@ -350,8 +436,8 @@ mod tests {
     async fn a_full_queue_kicks_the_connection_and_spares_the_others() {
         let bus = LocalBus::default();
         let (alice, bob) = (UserId::new(), UserId::new());
-        let mut slow = bus.register(alice, DeviceId::new(), 2);
-        let mut fast = bus.register(bob, DeviceId::new(), 8);
+        let mut slow = bus.register(alice, DeviceId::new(), 2).await;
+        let mut fast = bus.register(bob, DeviceId::new(), 8).await;
         let chat = ChatId::new();
         for seq in 1..=3 {
             let event = Arc::new(LiveEvent {
@@ -373,22 +459,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn presence_is_online_while_any_connection_is_active() {
+    #[tokio::test]
+    async fn presence_is_online_while_any_connection_is_active() {
         let bus = LocalBus::default();
         let user = UserId::new();
-        assert_eq!(bus.presence(user), PresenceStatus::Offline);
+        assert_eq!(bus.presence(user).await, PresenceStatus::Offline);
         let phone = DeviceId::new();
-        assert!(!bus.device_online(user, phone));
-        let a = bus.register(user, phone, 1);
-        assert!(bus.device_online(user, phone));
+        assert!(!bus.device_online(user, phone).await);
+        let a = bus.register(user, phone, 1).await;
+        assert!(bus.device_online(user, phone).await);
         assert!(a.first_of_user);
-        let b = bus.register(user, DeviceId::new(), 1);
+        let b = bus.register(user, DeviceId::new(), 1).await;
         assert!(!b.first_of_user);
-        assert_eq!(bus.set_away(user, a.id, true), None, "b is still active");
-        assert_eq!(bus.set_away(user, b.id, true), Some(PresenceStatus::Away));
-        assert!(!bus.unregister(user, a.id));
-        assert!(bus.unregister(user, b.id));
-        assert_eq!(bus.presence(user), PresenceStatus::Offline);
+        assert_eq!(
+            bus.set_away(user, a.id, true).await,
+            None,
+            "b is still active"
+        );
+        assert_eq!(
+            bus.set_away(user, b.id, true).await,
+            Some(PresenceStatus::Away)
+        );
+        assert!(!bus.unregister(user, a.id).await);
+        assert!(bus.unregister(user, b.id).await);
+        assert_eq!(bus.presence(user).await, PresenceStatus::Offline);
     }
 }

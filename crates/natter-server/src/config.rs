@@ -48,6 +48,16 @@ pub struct Config {
     pub sms: SmsConfig,
     /// The embedded store.
     pub store: StoreConfig,
+    /// Scale-out: `nats://host:port` (several separated by commas; `tls://`
+    /// for TLS) routes live traffic between nodes. Unset: one node, in-process.
+    pub bus: Option<String>,
+    /// The NATS bus, when `bus` is set.
+    pub nats: NatsConfig,
+    /// Scale-out: `s3://bucket` keeps media blobs in S3-compatible storage
+    /// (see `[s3]`). Unset: files in the data directory.
+    pub blobs: Option<String>,
+    /// The S3-compatible blob store, when `blobs` is set.
+    pub s3: S3Config,
     /// Every size and count bound.
     pub limits: Limits,
     /// The rate-limit table.
@@ -75,6 +85,10 @@ impl Default for Config {
             verification: VerificationConfig::default(),
             sms: SmsConfig::default(),
             store: StoreConfig::default(),
+            bus: None,
+            nats: NatsConfig::default(),
+            blobs: None,
+            s3: S3Config::default(),
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
             media: MediaConfig::default(),
@@ -210,6 +224,95 @@ impl Default for StoreConfig {
             receipt_flush_ms: 1000,
             search_index_batch: 500,
             search_index_poll_ms: 1000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Whether every node of a cluster sees this store. The embedded store
+    /// belongs to one node (its data directory is locked), so a bus between
+    /// nodes has nothing shared to stand on.
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        false
+    }
+}
+
+/// The NATS bus (`docs/scale.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Prefix of every subject and of the presence bucket, so several
+    /// deployments can share one NATS.
+    pub prefix: String,
+    /// How long a node's part of a user's presence lives without a refresh:
+    /// the users of a node that died go offline after at most this long.
+    pub presence_ttl_secs: u64,
+    /// Replicas of the presence bucket: 1 on one NATS server, 3 on a cluster.
+    pub presence_replicas: u64,
+    /// How long the first connection to NATS may take at start.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "natter".to_owned(),
+            presence_ttl_secs: 30,
+            presence_replicas: 1,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+/// A secret read from the configuration; `Debug` does not show it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// The value, for the one place that uses it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The S3-compatible blob store (`blobs = "s3://bucket"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// The endpoint, `https://…` (unset: AWS's endpoint for `region`).
+    pub endpoint: Option<String>,
+    /// The region (`us-east-1` for most S3-compatible servers).
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<SecretString>,
+    /// Allow a plain `http://` endpoint (a server on the same host or a
+    /// private network only).
+    pub allow_http: bool,
+    /// Address buckets as `bucket.endpoint` (AWS) instead of `endpoint/bucket`
+    /// (most self-hosted servers).
+    pub virtual_hosted_style: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            virtual_hosted_style: false,
         }
     }
 }
@@ -917,7 +1020,133 @@ pub enum ConfigError {
     },
 }
 
+/// The bucket of `blobs = "s3://bucket"`.
+fn s3_bucket(blobs: &str) -> Option<&str> {
+    let bucket = blobs.strip_prefix("s3://")?.trim_end_matches('/');
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    ok.then_some(bucket)
+}
+
 impl Config {
+    /// The bucket of `blobs`, when media go to S3.
+    #[must_use]
+    pub fn s3_bucket(&self) -> Option<&str> {
+        self.blobs.as_deref().and_then(s3_bucket)
+    }
+
+    /// The scale-out keys: all of a cluster or none of it, never half.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
+        }
+        if let Some(bus) = &self.bus {
+            for url in bus.split(',').map(str::trim) {
+                match reqwest::Url::parse(url) {
+                    Ok(u) if matches!(u.scheme(), "nats" | "tls") && u.has_host() => {}
+                    _ => {
+                        return Err(invalid(
+                            "bus",
+                            "must be nats://host:port (or tls://host:port), several separated by commas",
+                        ));
+                    }
+                }
+            }
+            if !self.store.is_shared() {
+                return Err(invalid(
+                    "store",
+                    "must be a shared store when `bus` is set: with the embedded store every                      node would keep its own accounts and chats. Unset `bus` to run one node",
+                ));
+            }
+            if self.blobs.is_none() {
+                return Err(invalid(
+                    "blobs",
+                    "must be set (s3://bucket) when `bus` is set: media kept in one node's data                      directory cannot be read through the others",
+                ));
+            }
+        }
+        if self.nats.prefix.is_empty()
+            || !self
+                .nats
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "nats.prefix",
+                "must be letters, digits, `_` or `-` (it names subjects and a bucket)",
+            ));
+        }
+        let s3 = &self.s3;
+        match &self.blobs {
+            Some(blobs) => {
+                if s3_bucket(blobs).is_none() {
+                    return Err(invalid(
+                        "blobs",
+                        "must be s3://bucket (3 to 63 lowercase letters, digits, `-` or `.`)",
+                    ));
+                }
+                if s3.access_key_id.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        "s3.access_key_id",
+                        "must be set when blobs = \"s3://…\"",
+                    ));
+                }
+                if s3
+                    .secret_access_key
+                    .as_ref()
+                    .is_none_or(|k| k.expose().is_empty())
+                {
+                    return Err(invalid(
+                        "s3.secret_access_key",
+                        "must be set when blobs = \"s3://…\"",
+                    ));
+                }
+                if s3.region.is_empty() {
+                    return Err(invalid("s3.region", "must not be empty"));
+                }
+                if let Some(endpoint) = &s3.endpoint {
+                    match reqwest::Url::parse(endpoint) {
+                        Ok(u) if u.scheme() == "https" && u.has_host() => {}
+                        Ok(u) if u.scheme() == "http" && u.has_host() => {
+                            if !s3.allow_http {
+                                return Err(invalid(
+                                    "s3.endpoint",
+                                    "is plain http://: set s3.allow_http = true if that is meant                                      (a private network only)",
+                                ));
+                            }
+                        }
+                        _ => {
+                            return Err(invalid(
+                                "s3.endpoint",
+                                "must be an https:// (or, with s3.allow_http, http://) URL",
+                            ));
+                        }
+                    }
+                }
+            }
+            None => {
+                let set = [
+                    ("s3.endpoint", s3.endpoint.is_some()),
+                    ("s3.access_key_id", s3.access_key_id.is_some()),
+                    ("s3.secret_access_key", s3.secret_access_key.is_some()),
+                ];
+                if let Some((key, _)) = set.into_iter().find(|(_, set)| *set) {
+                    return Err(invalid(
+                        key,
+                        "is only used with blobs = \"s3://bucket\", which is not set",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the file (if given), then `NATTER_*` variables from `env`, and validates.
     ///
     /// # Errors
@@ -1008,8 +1237,12 @@ impl Config {
             }
             _ => {}
         }
+        self.validate_cluster()?;
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 59] = [
+        let positive: [(&'static str, u64); 62] = [
+            ("nats.presence_ttl_secs", self.nats.presence_ttl_secs),
+            ("nats.presence_replicas", self.nats.presence_replicas),
+            ("nats.connect_timeout_secs", self.nats.connect_timeout_secs),
             (
                 "verification.code_ttl_secs",
                 self.verification.code_ttl_secs,
@@ -1497,6 +1730,52 @@ mod tests {
 
     fn error_of(vars: &[(&str, &str)]) -> String {
         Config::load(None, env(vars)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_half_configured_cluster_is_refused_naming_the_key() {
+        let s3 = [
+            ("NATTER_BLOBS", "s3://natter-media"),
+            ("NATTER_S3__ACCESS_KEY_ID", "id"),
+            ("NATTER_S3__SECRET_ACCESS_KEY", "secret"),
+        ];
+        // A bus with the embedded store: every node would have its own data.
+        let e = error_of(&[("NATTER_BUS", "nats://127.0.0.1:4222")]);
+        assert!(e.contains("`store`") && e.contains("shared store"), "{e}");
+        let e = error_of(&[("NATTER_BUS", "http://127.0.0.1:4222")]);
+        assert!(e.contains("`bus`"), "{e}");
+        // S3 without credentials, or with half of them.
+        let e = error_of(&[("NATTER_BLOBS", "s3://natter-media")]);
+        assert!(e.contains("`s3.access_key_id`"), "{e}");
+        let e = error_of(&s3[..2]);
+        assert!(e.contains("`s3.secret_access_key`"), "{e}");
+        let e = error_of(&[("NATTER_BLOBS", "s3://Bad_Bucket")]);
+        assert!(e.contains("`blobs`"), "{e}");
+        let e = error_of(&[("NATTER_BLOBS", "/var/media")]);
+        assert!(e.contains("`blobs`"), "{e}");
+        // S3 keys without `blobs` are a mistake, not ignored.
+        let e = error_of(&[("NATTER_S3__ENDPOINT", "https://s3.example.com")]);
+        assert!(e.contains("`s3.endpoint`") && e.contains("blobs"), "{e}");
+        // A plain http endpoint only when asked for.
+        let mut vars = s3.to_vec();
+        vars.push(("NATTER_S3__ENDPOINT", "http://127.0.0.1:9000"));
+        let e = error_of(&vars);
+        assert!(
+            e.contains("`s3.endpoint`") && e.contains("allow_http"),
+            "{e}"
+        );
+        vars.push(("NATTER_S3__ALLOW_HTTP", "true"));
+        let c = Config::load(None, env(&vars)).unwrap();
+        assert_eq!(c.s3_bucket(), Some("natter-media"));
+        // The secret never shows in a debug dump of the configuration.
+        assert!(!format!("{c:?}").contains("secret\""), "{c:?}");
+        let e = error_of(&[("NATTER_NATS__PREFIX", "a.b")]);
+        assert!(e.contains("`nats.prefix`"), "{e}");
+        let e = error_of(&[("NATTER_NATS__PRESENCE_TTL_SECS", "0")]);
+        assert!(e.contains("`nats.presence_ttl_secs`"), "{e}");
+        // The embedded default is untouched.
+        let c = Config::load(None, env(&[])).unwrap();
+        assert!(c.bus.is_none() && c.blobs.is_none() && c.s3_bucket().is_none());
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl Offline {
                 .map_err(|e| StartError::Store(crate::store::StoreError::internal(e.to_string())))?
                 .map_err(StartError::Store)?,
         );
-        let blobs = Blobs::local(&dir.join(BLOB_DIR)).map_err(StartError::Blobs)?;
+        let blobs = Blobs::for_config(&config, &dir.join(BLOB_DIR)).map_err(StartError::Blobs)?;
         let limiter = Arc::new(LocalRateLimiter::for_config(&config));
         let services = Services::new(
             Arc::clone(&store),

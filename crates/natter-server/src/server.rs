@@ -109,6 +109,9 @@ pub enum StartError {
     /// The blob store could not be opened.
     #[error("cannot open the blob store: {0}")]
     Blobs(#[from] crate::blobs::BlobError),
+    /// The bus between nodes (`bus`) could not start.
+    #[error("cannot start the bus: {0}")]
+    Bus(#[from] crate::bus::NatsBusError),
     /// The TLS certificate or key is unusable; names the key.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -206,8 +209,24 @@ impl RunningServer {
             }
         };
         let limiter = Arc::new(LocalRateLimiter::for_config(&config));
-        let bus = Arc::new(crate::bus::LocalBus::default());
-        let blobs = Blobs::local(&config.data_dir.join(BLOB_DIR))?;
+        let bus: Arc<dyn crate::bus::Bus> = match &config.bus {
+            Some(url) => {
+                let bus = crate::bus::NatsBus::connect(crate::bus::NatsOptions {
+                    url: url.clone(),
+                    prefix: config.nats.prefix.clone(),
+                    presence_ttl: Duration::from_secs(config.nats.presence_ttl_secs),
+                    presence_replicas: usize::try_from(config.nats.presence_replicas)
+                        .unwrap_or(usize::MAX),
+                    connect_timeout: Duration::from_secs(config.nats.connect_timeout_secs),
+                })
+                .await?;
+                tracing::info!(prefix = %config.nats.prefix, "routing between nodes over NATS");
+                Arc::new(bus)
+            }
+            None => Arc::new(crate::bus::LocalBus::default()),
+        };
+        let blobs = Blobs::for_config(&config, &config.data_dir.join(BLOB_DIR))?;
+        blobs.check().await?;
         let push = push_gateway(&config, store.as_ref()).await?;
         let services = Services::new(
             Arc::clone(&store),

@@ -14,7 +14,12 @@
 //!   started, or the test's own) and a database per test cloned from a
 //!   migrated template.
 //!
+//! - [`engines`]: throwaway `nats-server` and S3 servers for the scale-out
+//!   tests.
+//!
 //! Nothing here panics: the load tool ships it; tests unwrap.
+
+pub mod engines;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -326,7 +326,7 @@ impl Services {
     pub async fn logout(&self, who: &Principal) -> ServiceResult<()> {
         let certified = self.is_certified(who.user, who.device).await;
         self.inner.store.delete_device(who.user, who.device).await?;
-        self.close_device(who.user, who.device);
+        self.close_device(who.user, who.device).await;
         self.certified_device_left(who.user, certified).await;
         tracing::info!(user = %who.user, device = %who.device, "device logged out");
         Ok(())
@@ -391,7 +391,7 @@ impl Services {
             self.publish(appended, None).await;
         }
         for device in &deleted.devices {
-            self.close_device(user, *device);
+            self.close_device(user, *device).await;
         }
         self.delete_media_files(&deleted.media, &deleted.uploads)
             .await;
@@ -420,7 +420,7 @@ impl Services {
     pub async fn revoke_device(&self, who: &Principal, device: DeviceId) -> ServiceResult<()> {
         let certified = self.is_certified(who.user, device).await;
         if self.inner.store.delete_device(who.user, device).await? {
-            self.close_device(who.user, device);
+            self.close_device(who.user, device).await;
             self.certified_device_left(who.user, certified).await;
             tracing::info!(user = %who.user, device = %device, by = %who.device, "device revoked");
             Ok(())

@@ -110,7 +110,7 @@ impl Services {
             .await?;
         if let Deactivated::Done(devices) = &outcome {
             for device in devices {
-                self.close_device(user, *device);
+                self.close_device(user, *device).await;
             }
             tracing::info!(user = %user, devices = devices.len(), "user deactivated by the operator");
         }
@@ -170,7 +170,7 @@ impl Services {
         {
             return Err(ServiceError::DeviceNotFound);
         }
-        self.close_device(found.user_id, device);
+        self.close_device(found.user_id, device).await;
         tracing::info!(user = %found.user_id, device = %device, "device revoked by the operator");
         Ok(found)
     }

@@ -100,14 +100,13 @@ impl Services {
     /// Store failure.
     pub async fn contacts(&self, who: &Principal) -> ServiceResult<Vec<ContactView>> {
         let entries = self.inner.store.contacts(who.user).await?;
-        Ok(entries
-            .into_iter()
-            .map(|e| {
-                let mut view = ProfileView::new(e.user, who.user, e.relation);
-                view.status = self.presence_for(view.user.id, view.show_last_seen);
-                view
-            })
-            .collect())
+        // Presence may be a question to the cluster: ask for all at once.
+        let views = entries.into_iter().map(|e| async move {
+            let mut view = ProfileView::new(e.user, who.user, e.relation);
+            view.status = self.presence_for(view.user.id, view.show_last_seen).await;
+            view
+        });
+        Ok(futures_util::future::join_all(views).await)
     }
 
     /// Tells which numbers have accounts. The numbers are not stored or logged.

@@ -101,7 +101,7 @@ impl Services {
             .ok_or(ServiceError::UserNotFound)?;
         let relation = self.inner.store.relation(who.user, id).await?;
         let mut view = ProfileView::new(user, who.user, relation);
-        view.status = self.presence_for(view.user.id, view.show_last_seen);
+        view.status = self.presence_for(view.user.id, view.show_last_seen).await;
         Ok(view)
     }
 }

@@ -436,7 +436,7 @@ impl Services {
                 if !intent.recipients.contains(user) {
                     continue;
                 }
-                if self.inner.bus.device_online(*user, *device) {
+                if self.inner.bus.device_online(*user, *device).await {
                     continue;
                 }
                 pushes.push(NewPush {
@@ -598,7 +598,7 @@ impl Services {
                 tracing::warn!(error = %e, "could not record a push outcome");
             }
         };
-        if self.inner.bus.device_online(push.user_id, device) {
+        if self.inner.bus.device_online(push.user_id, device).await {
             finish(PushFinished::Drop).await;
             return dropped("online");
         }

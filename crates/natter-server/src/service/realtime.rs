@@ -55,11 +55,11 @@ impl Services {
     /// Store failure.
     pub async fn connect(&self, who: &Principal) -> ServiceResult<LiveConnection> {
         let queue = self.inner.config.limits.ws_queue_depth;
-        let reg = self.inner.bus.register(who.user, who.device, queue);
+        let reg = self.inner.bus.register(who.user, who.device, queue).await;
         let heads = match self.inner.store.chat_heads(who.user).await {
             Ok(heads) => heads,
             Err(e) => {
-                self.inner.bus.unregister(who.user, reg.id);
+                self.inner.bus.unregister(who.user, reg.id).await;
                 return Err(e.into());
             }
         };
@@ -80,7 +80,7 @@ impl Services {
     /// Unregisters a connection; the user's last one records `last_seen`
     /// and tells their audience they went offline.
     pub async fn disconnect(&self, who: &Principal, conn: ConnId) {
-        if self.inner.bus.unregister(who.user, conn) {
+        if self.inner.bus.unregister(who.user, conn).await {
             let now = Timestamp::now();
             if let Err(e) = self.inner.store.set_last_seen(who.user, now).await {
                 tracing::warn!(error = %e, "could not record last seen");
@@ -331,16 +331,16 @@ impl Services {
                 ));
             }
         };
-        if let Some(now) = self.inner.bus.set_away(who.user, conn, away) {
+        if let Some(now) = self.inner.bus.set_away(who.user, conn, away).await {
             self.announce_presence(who.user, now, None).await;
         }
         Ok(())
     }
 
     /// The user's presence as `viewer` may see it.
-    pub(super) fn presence_for(&self, user: UserId, visible: bool) -> PresenceStatus {
+    pub(super) async fn presence_for(&self, user: UserId, visible: bool) -> PresenceStatus {
         if visible {
-            self.inner.bus.presence(user)
+            self.inner.bus.presence(user).await
         } else {
             PresenceStatus::Offline
         }
@@ -367,22 +367,25 @@ impl Services {
             last_seen: last_seen.map(Timestamp::to_datetime),
         });
         for viewer in audience {
-            if self.inner.bus.presence(viewer) != PresenceStatus::Offline {
+            if self.inner.bus.presence(viewer).await != PresenceStatus::Offline {
                 self.inner.bus.send_signal(viewer, Arc::clone(&frame)).await;
             }
         }
     }
 
     /// Closes a device's live connections (it was logged out or revoked).
-    pub(super) fn close_device(&self, user: UserId, device: DeviceId) {
-        self.inner.bus.close_device(
-            user,
-            device,
-            Kick {
-                code: close::REVOKED,
-                reason: "device logged out",
-            },
-        );
+    pub(super) async fn close_device(&self, user: UserId, device: DeviceId) {
+        self.inner
+            .bus
+            .close_device(
+                user,
+                device,
+                Kick {
+                    code: close::REVOKED,
+                    reason: "device logged out",
+                },
+            )
+            .await;
     }
 
     /// Closes every live connection (shutdown) and waits, at most `wait`,

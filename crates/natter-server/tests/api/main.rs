@@ -11,7 +11,9 @@
 //! - `accounts`: deleting one's account, exporting one's data.
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
 //! - `contacts`: contact lists and discovery.
+//! - `blobs_s3`: the S3 blob engine (multipart writes, ranged reads) on a throwaway S3 server.
 //! - `chats`: chats, participants, roles, chat lists.
+//! - `cluster_bus`: the NATS bus between nodes (routing, presence TTL, NATS restarts).
 //! - `group_privacy`: who may add whom to groups, invitations, the limits on group creations and adds.
 //! - `messages`: sending, history, idempotency, encryption, edits, receipts.
 //! - `names`: which characters display and group names may hold.
@@ -37,7 +39,9 @@
 )]
 
 mod accounts;
+mod blobs_s3;
 mod chats;
+mod cluster_bus;
 mod connections;
 mod contacts;
 mod devices;

@@ -77,9 +77,8 @@ async fn pair(app: &TestApp) -> (TestUser, TestUser, String) {
     (alice, bob, chat)
 }
 
-fn blob_files(app: &TestApp) -> usize {
-    let dir = app.data_dir().join("blobs").join("media");
-    std::fs::read_dir(dir).map_or(0, |d| d.count())
+async fn blob_files(app: &TestApp) -> usize {
+    app.media_blobs().await
 }
 
 #[tokio::test]
@@ -347,7 +346,7 @@ async fn an_image_bomb_is_refused_without_being_decoded() {
         .uploads(&app, broken, "image", None)
         .await
         .expect(422, "image_rejected");
-    assert_eq!(blob_files(&app), 1, "refused uploads leave no blob");
+    assert_eq!(blob_files(&app).await, 1, "refused uploads leave no blob");
 }
 
 #[tokio::test]
@@ -424,7 +423,7 @@ async fn malformed_uploads_get_clear_errors() {
         .await
         .expect(status, code);
     }
-    assert_eq!(blob_files(&app), 0);
+    assert_eq!(blob_files(&app).await, 0);
 }
 
 #[tokio::test]
@@ -998,10 +997,10 @@ async fn garbage_collection_removes_unreferenced_uploads_and_never_referenced_on
 
     // Younger than the time allowed: kept.
     app.housekeeping().await;
-    assert_eq!(blob_files(&app), 3);
+    assert_eq!(blob_files(&app).await, 3);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     app.housekeeping().await;
-    assert_eq!(blob_files(&app), 2);
+    assert_eq!(blob_files(&app).await, 2);
     alice
         .get(&app, &format!("/api/v1/media/{unused}"))
         .await

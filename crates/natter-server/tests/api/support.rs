@@ -73,6 +73,8 @@ pub struct TestApp {
     config: Config,
     server: Option<RunningServer>,
     _dir: Arc<TempDir>,
+    /// The S3 server media go to, with `TESTKIT_BLOBS=s3`.
+    _s3: Option<natter_testkit::engines::S3Server>,
 }
 
 /// A signed-up account and one of its devices (ids as strings, as the
@@ -85,6 +87,24 @@ pub struct TestUser {
     pub token: String,
     /// The device's SDK session: typed calls as this user.
     pub session: natter_client::Session,
+}
+
+/// With `TESTKIT_BLOBS=s3`, media go to a fresh bucket of an S3 server
+/// (the run's, `TESTKIT_S3_URL`, or one started for this test), so the
+/// same tests cover the S3 engine.
+async fn media_on_s3(config: &mut Config) -> Option<natter_testkit::engines::S3Server> {
+    if std::env::var("TESTKIT_BLOBS").as_deref() != Ok("s3") {
+        return None;
+    }
+    let s3 = natter_testkit::engines::S3Server::start().await.unwrap();
+    let bucket = format!("natter-{}", uuid::Uuid::now_v7().simple());
+    s3.create_bucket(&bucket).await.unwrap();
+    config.blobs = Some(format!("s3://{bucket}"));
+    config.s3.endpoint = Some(s3.url().to_owned());
+    config.s3.allow_http = true;
+    config.s3.access_key_id = Some("test".to_owned());
+    config.s3.secret_access_key = Some(serde_json::from_str("\"test\"").unwrap());
+    Some(s3)
 }
 
 impl TestApp {
@@ -104,6 +124,7 @@ impl TestApp {
             ..Config::default()
         };
         config.sms.timeout_secs = 5;
+        let s3 = media_on_s3(&mut config).await;
         adjust(&mut config);
         config.validate().unwrap();
         let server = tokio::time::timeout(WAIT, RunningServer::start(config.clone()))
@@ -120,6 +141,7 @@ impl TestApp {
             config,
             server: Some(server),
             _dir: dir,
+            _s3: s3,
         }
     }
 
@@ -152,6 +174,27 @@ impl TestApp {
     fn sdk_for(base: &str, http: &reqwest::Client) -> natter_client::Client {
         let transport = natter_client::NativeTransport::with_client(http.clone(), WAIT).unwrap();
         natter_client::Client::with_transport(Arc::new(transport), base)
+    }
+
+    /// How many media blobs (originals) the blob store holds: files in the
+    /// data directory, or objects in the S3 bucket.
+    pub async fn media_blobs(&self) -> usize {
+        let (Some(bucket), Some(endpoint)) = (self.config.s3_bucket(), &self.config.s3.endpoint)
+        else {
+            let dir = self.data_dir().join("blobs").join("media");
+            return std::fs::read_dir(dir).map_or(0, |d| d.count());
+        };
+        // The test server takes unsigned listings (ListObjectsV2).
+        let listing = self
+            .http
+            .get(format!("{endpoint}/{bucket}?list-type=2&prefix=media/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        listing.matches("<Key>").count()
     }
 
     /// Stops the server (gracefully) and starts it again on the same data,
