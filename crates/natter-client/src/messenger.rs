@@ -969,6 +969,23 @@ impl Messenger {
         self.connection.is_connected()
     }
 
+    /// Sends a text to a plaintext chat (one not end-to-end encrypted),
+    /// through the outbox.
+    ///
+    /// # Errors
+    /// The local store failed.
+    pub async fn send_plain_text(&mut self, chat: ChatId, text: &str) -> ClientResult<String> {
+        self.connection.send_text(chat, text).await
+    }
+
+    /// Whether the chat is end-to-end encrypted (asked of the server once).
+    ///
+    /// # Errors
+    /// The server could not be reached.
+    pub async fn chat_is_encrypted(&mut self, chat: ChatId) -> ClientResult<bool> {
+        self.is_encrypted(chat).await
+    }
+
     /// Sends a new text for an earlier message of this user, encrypted.
     ///
     /// # Errors
