@@ -23,6 +23,9 @@ mod admin;
 /// `natter bench`: every scenario, tiny, checking the JSON and the counts.
 #[path = "cli/bench.rs"]
 mod bench;
+/// `natter chat`: login, send and tail against a real server.
+#[path = "cli/chat.rs"]
+mod chat;
 /// File modes in the data directory under a permissive umask.
 #[path = "cli/files.rs"]
 mod files;
