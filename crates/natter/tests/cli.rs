@@ -32,6 +32,9 @@ mod files;
 /// The Debian package's configuration and systemd unit.
 #[path = "cli/package.rs"]
 mod package;
+/// `natter chat` in tmux: the acceptance test of the terminal client.
+#[path = "cli/tmux.rs"]
+mod tmux;
 
 const WAIT: Duration = Duration::from_secs(15);
 
