@@ -956,3 +956,229 @@ fn expand(path: &str) -> PathBuf {
         None => PathBuf::from(path),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::driver::{ChatRow, Line, LineBody, Mark, Update};
+    use crossterm::event::KeyEvent;
+
+    fn id<T: std::str::FromStr>() -> T {
+        uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .unwrap_or_else(|_| unreachable!())
+    }
+
+    fn row(chat: ChatId, kind: ChatKind, other: Option<UserId>) -> ChatRow {
+        ChatRow {
+            id: chat,
+            kind,
+            title: "x".into(),
+            encrypted: true,
+            unread: 0,
+            last: String::new(),
+            other,
+            people: Vec::new(),
+        }
+    }
+
+    fn typed(app: &mut App, text: &str, now: Instant) -> Vec<Command> {
+        let mut out = Vec::new();
+        for c in text.chars() {
+            out.extend(app.key(KeyEvent::from(KeyCode::Char(c)), now));
+        }
+        out.extend(app.key(KeyEvent::from(KeyCode::Enter), now));
+        out
+    }
+
+    fn incoming(chat: ChatId, sender: UserId, seq: i64) -> Update {
+        Update::Line(Box::new(Line {
+            chat,
+            seq: Some(seq),
+            message_id: Some(id()),
+            local_id: None,
+            sender,
+            at: OffsetDateTime::now_utc(),
+            body: LineBody::Text("hi".into()),
+            edited: false,
+            deleted: false,
+            mark: Mark::None,
+        }))
+    }
+
+    #[test]
+    fn commands_are_parsed_and_wrong_ones_explained() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        let out = typed(&mut app, "/group Book club +14155550101 +14155550102", now);
+        match out.as_slice() {
+            [Command::NewGroup { name, phones }] => {
+                assert_eq!(name, "Book club");
+                assert_eq!(phones.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(typed(&mut app, "/new", now).is_empty());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.1 && s.0.contains("usage"))
+        );
+        assert!(typed(&mut app, "hello", now).is_empty());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.0.contains("open a chat"))
+        );
+        assert!(typed(&mut app, "/frobnicate", now).is_empty());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.0.contains("unknown command"))
+        );
+        assert!(matches!(
+            typed(&mut app, "/plain +14155550101", now).as_slice(),
+            [Command::NewDirect { plain: true, .. }]
+        ));
+    }
+
+    #[test]
+    fn group_commands_refuse_a_direct_chat() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        let chat = id();
+        app.apply(
+            Update::Chats(vec![row(chat, ChatKind::Direct, Some(id()))]),
+            now,
+        );
+        app.key(KeyEvent::from(KeyCode::Tab), now);
+        assert!(typed(&mut app, "/leave", now).is_empty());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.0.contains("groups only"))
+        );
+        assert!(matches!(
+            typed(&mut app, "/safety", now).as_slice(),
+            [Command::Safety(_)]
+        ));
+    }
+
+    #[test]
+    fn unread_typing_and_sent_lines_follow_the_updates() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        let me: UserId = id();
+        let bob: UserId = id();
+        let (a, b): (ChatId, ChatId) = (id(), id());
+        app.apply(
+            Update::Me {
+                user: me,
+                name: "A".into(),
+                phone: "+1".into(),
+            },
+            now,
+        );
+        app.apply(
+            Update::Chats(vec![
+                row(a, ChatKind::Direct, Some(bob)),
+                row(b, ChatKind::Group, None),
+            ]),
+            now,
+        );
+        let out = app.key(KeyEvent::from(KeyCode::Tab), now);
+        assert!(matches!(out.as_slice(), [Command::Open(c)] if *c == a));
+        // A message in the open chat is marked read; in the other, unread.
+        let out = app.apply(incoming(a, bob, 1), now);
+        assert!(matches!(out.as_slice(), [Command::Read { seq: 1, .. }]));
+        assert!(app.apply(incoming(b, bob, 1), now).is_empty());
+        assert_eq!(app.chats[1].unread, 1);
+        // The same entry twice shows once.
+        app.apply(incoming(a, bob, 1), now);
+        assert_eq!(app.conversations[&a].lines.len(), 1);
+        // Typing shows, then expires.
+        app.apply(Update::Typing { chat: a, user: bob }, now);
+        assert_eq!(app.typing_in(a, now).len(), 1);
+        assert!(app.typing_in(a, now + TYPING_SHOWN).is_empty());
+        // My line gets its seq; queued lines are marked.
+        let out = typed(&mut app, "yo", now);
+        let Some(Command::Send { local_id, .. }) = out.last() else {
+            panic!("{out:?}")
+        };
+        let local_id = local_id.clone();
+        app.apply(
+            Update::Line(Box::new(Line {
+                chat: a,
+                seq: None,
+                message_id: None,
+                local_id: Some(local_id.clone()),
+                sender: me,
+                at: OffsetDateTime::now_utc(),
+                body: LineBody::Text("yo".into()),
+                edited: false,
+                deleted: false,
+                mark: Mark::Sending,
+            })),
+            now,
+        );
+        app.apply(
+            Update::Queued {
+                local_id: local_id.clone(),
+            },
+            now,
+        );
+        assert_eq!(app.conversations[&a].lines[1].mark, Mark::Queued);
+        app.apply(Update::Sent { local_id, seq: 2 }, now);
+        assert_eq!(app.conversations[&a].lines[1].seq, Some(2));
+        assert_eq!(app.conversations[&a].lines[1].mark, Mark::None);
+    }
+
+    #[test]
+    fn the_input_edits_by_character_and_has_a_limit() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        for c in "你好👋".chars() {
+            app.key(KeyEvent::from(KeyCode::Char(c)), now);
+        }
+        app.key(KeyEvent::from(KeyCode::Left), now);
+        app.key(KeyEvent::from(KeyCode::Backspace), now);
+        assert_eq!(app.input, "你👋");
+        app.input.clear();
+        app.cursor = 0;
+        app.paste(&"x".repeat(MAX_INPUT + 1));
+        assert_eq!(app.input.chars().count(), MAX_INPUT);
+        app.paste("y");
+        assert_eq!(app.input.chars().count(), MAX_INPUT);
+    }
+
+    #[test]
+    fn scrolling_up_asks_for_older_history_once() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        let chat = id();
+        let bob = id();
+        app.apply(
+            Update::Chats(vec![row(chat, ChatKind::Direct, Some(bob))]),
+            now,
+        );
+        app.key(KeyEvent::from(KeyCode::Tab), now);
+        app.apply(
+            Update::History {
+                chat,
+                lines: Vec::new(),
+                has_more: true,
+                older: false,
+            },
+            now,
+        );
+        app.apply(incoming(chat, bob, 51), now);
+        let out = app.key(KeyEvent::from(KeyCode::PageUp), now);
+        assert!(matches!(
+            out.as_slice(),
+            [Command::Older { before_seq: 51, .. }]
+        ));
+        assert!(app.key(KeyEvent::from(KeyCode::PageUp), now).is_empty());
+    }
+}

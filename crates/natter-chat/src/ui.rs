@@ -674,3 +674,208 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
     }
     rows
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::app::App;
+    use crate::driver::{ChatRow, Line, LineBody, Mark, Update};
+    use natter_proto::chats::ChatKind;
+    use natter_proto::{ChatId, MessageId, UserId};
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    fn id<T: std::str::FromStr>() -> T {
+        uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Alice's client with one encrypted direct chat with Bob, open.
+    fn alice_with_bob(width: u16) -> (App, ChatId, UserId, UserId) {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        app.width = width;
+        let (me, bob, chat): (UserId, UserId, ChatId) = (id(), id(), id());
+        app.apply(
+            Update::Me {
+                user: me,
+                name: "Alice".into(),
+                phone: "+14155550101".into(),
+            },
+            now,
+        );
+        app.apply(Update::Connection(true), now);
+        app.apply(
+            Update::Chats(vec![ChatRow {
+                id: chat,
+                kind: ChatKind::Direct,
+                title: "Bob".into(),
+                encrypted: true,
+                unread: 0,
+                last: String::new(),
+                other: Some(bob),
+                people: vec![(me, "Alice".into()), (bob, "Bob".into())],
+            }]),
+            now,
+        );
+        (app, chat, me, bob)
+    }
+
+    fn line(chat: ChatId, sender: UserId, seq: i64, text: &str) -> Line {
+        Line {
+            chat,
+            seq: Some(seq),
+            message_id: Some(id::<MessageId>()),
+            local_id: None,
+            sender,
+            at: time::macros::datetime!(2026-12-01 10:30 UTC),
+            body: LineBody::Text(text.into()),
+            edited: false,
+            deleted: false,
+            mark: Mark::None,
+        }
+    }
+
+    fn render(app: &App, w: u16, h: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        terminal.draw(|f| draw(f, app, Instant::now())).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        let mut out = String::new();
+        for y in 0..h {
+            let mut x = 0;
+            while x < w {
+                // A wide character's second cell is blank: skip it.
+                let symbol = buffer[(x, y)].symbol();
+                out.push_str(symbol);
+                x += u16::try_from(symbol.width().max(1)).unwrap_or(1);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn wrapping_counts_cells_and_never_splits_a_wide_character() {
+        assert_eq!(wrap("你好世界", 4), vec!["你好", "世界"]);
+        assert_eq!(wrap("你好世界", 5), vec!["你好", "世界"]);
+        assert_eq!(wrap("hello world", 5), vec!["hello", "world"]);
+        assert_eq!(wrap("a verylongword", 4), vec!["a", "very", "long", "word"]);
+        for text in [
+            "👋👋👋 hi",
+            "مرحبا بالعالم",
+            "mixed 中文 and emoji 🎉🎉",
+            "x",
+        ] {
+            for width in 2..12 {
+                for row in wrap(text, width) {
+                    assert!(row.width() <= width, "{row:?} wider than {width}");
+                }
+            }
+        }
+        assert_eq!(fit("你好世界", 5), "你好…");
+        assert_eq!(fit("short", 10), "short");
+    }
+
+    #[test]
+    fn a_conversation_shows_day_separators_marks_and_unicode() {
+        let (mut app, chat, me, bob) = alice_with_bob(100);
+        let now = Instant::now();
+        app.key(
+            crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Tab),
+            now,
+        );
+        app.apply(
+            Update::History {
+                chat,
+                lines: vec![
+                    line(chat, bob, 1, "你好 Alice 👋"),
+                    line(chat, me, 2, "مرحبا Bob"),
+                ],
+                has_more: true,
+                older: false,
+            },
+            now,
+        );
+        app.apply(
+            Update::Receipt {
+                chat,
+                delivered: 2,
+                read: 2,
+            },
+            now,
+        );
+        let screen = render(&app, 100, 20);
+        assert!(screen.contains("Tue 1 Dec 2026"), "{screen}");
+        assert!(screen.contains("10:30 Bob: 你好 Alice 👋"), "{screen}");
+        assert!(screen.contains("you: مرحبا Bob ✓✓ read"), "{screen}");
+        assert!(screen.contains("PageUp: older messages"), "{screen}");
+        assert!(screen.contains("end-to-end encrypted"), "{screen}");
+        app.apply(Update::Typing { chat, user: bob }, now);
+        assert!(render(&app, 100, 20).contains("Bob typing…"));
+    }
+
+    #[test]
+    fn a_narrow_terminal_shows_the_list_or_the_conversation() {
+        let (mut app, chat, _, bob) = alice_with_bob(40);
+        let now = Instant::now();
+        let screen = render(&app, 40, 12);
+        assert!(screen.contains("Bob"), "{screen}");
+        app.key(
+            crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Enter),
+            now,
+        );
+        app.apply(
+            Update::History {
+                chat,
+                lines: vec![line(
+                    chat,
+                    bob,
+                    1,
+                    "a long message that must wrap on a narrow screen 中文中文中文",
+                )],
+                has_more: false,
+                older: false,
+            },
+            now,
+        );
+        let screen = render(&app, 40, 12);
+        assert!(!screen.contains("Chats"), "{screen}");
+        assert!(screen.contains("Bob: a long"), "{screen}");
+        app.key(
+            crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Esc),
+            now,
+        );
+        assert!(render(&app, 40, 12).contains("Chats"));
+        // Tiny terminals draw without a panic.
+        for (w, h) in [(1, 1), (10, 3), (20, 5), (69, 8), (70, 8)] {
+            app.width = w;
+            render(&app, w, h);
+        }
+    }
+
+    #[test]
+    fn help_and_the_identity_warning_are_shown() {
+        let (mut app, _, _, bob) = alice_with_bob(100);
+        let now = Instant::now();
+        app.key(
+            crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Tab),
+            now,
+        );
+        app.apply(Update::IdentityChanged(bob), now);
+        let screen = render(&app, 100, 24);
+        assert!(
+            screen.contains("safety number with Bob changed"),
+            "{screen}"
+        );
+        app.key(
+            crossterm::event::KeyEvent::from(crossterm::event::KeyCode::F(1)),
+            now,
+        );
+        let screen = render(&app, 100, 30);
+        assert!(screen.contains("Ctrl-F"), "{screen}");
+        assert!(screen.contains("/safety"), "{screen}");
+    }
+}

@@ -21,7 +21,11 @@ struct Terminal {
 
 impl Drop for Terminal {
     fn drop(&mut self) {
+        let path = self.tmux(&["display-message", "-p", "#{socket_path}"]);
         let _ = self.tmux(&["kill-server"]);
+        if !path.trim().is_empty() {
+            let _ = std::fs::remove_file(path.trim());
+        }
     }
 }
 
