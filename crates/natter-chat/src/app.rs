@@ -397,7 +397,11 @@ impl App {
             }
             Update::Devices(found) => {
                 if let Some(Overlay::Devices { rows, selected }) = &mut self.overlay {
-                    *selected = (*selected).min(found.len().saturating_sub(1));
+                    // A device waiting for approval is what the screen is for.
+                    *selected = found
+                        .iter()
+                        .position(|d| !d.approved && !d.current)
+                        .unwrap_or((*selected).min(found.len().saturating_sub(1)));
                     *rows = Some(found);
                 }
             }

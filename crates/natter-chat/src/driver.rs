@@ -751,6 +751,9 @@ impl Driver {
             ChatEvent::RoleChanged { user_id, role } => {
                 format!("{} is now {role:?}", self.name(*user_id)).to_lowercase()
             }
+            ChatEvent::DevicesChanged { user_id } if *user_id == self.me => {
+                "your devices changed".to_owned()
+            }
             ChatEvent::DevicesChanged { user_id } => {
                 format!("{}'s devices changed", self.name(*user_id))
             }

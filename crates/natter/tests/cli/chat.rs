@@ -21,18 +21,38 @@ pub(super) struct ChatServer {
 impl ChatServer {
     pub(super) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("server");
-        let mut natter = Natter::spawn(
-            dir.path(),
+        let natter = Self::serve(dir.path(), "127.0.0.1:0");
+        let mut server = Self {
+            natter,
+            base: String::new(),
+            dir,
+        };
+        let line = server.natter.wait_for_line("natter is serving");
+        server.base = format!("http://{}", listen_addr(&line));
+        server
+    }
+
+    fn serve(dir: &Path, listen: &str) -> Natter {
+        let data = dir.join("server");
+        Natter::spawn(
+            dir,
             &["serve"],
             &[
-                ("NATTER_LISTEN", "127.0.0.1:0"),
+                ("NATTER_LISTEN", listen),
                 ("NATTER_DATA_DIR", data.to_str().unwrap()),
             ],
-        );
-        let line = natter.wait_for_line("natter is serving");
-        let base = format!("http://{}", listen_addr(&line));
-        Self { natter, base, dir }
+        )
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same address
+    /// and data; `between` runs while it is down.
+    pub(super) fn restart(&mut self, between: impl FnOnce()) {
+        let _ = self.natter.child.kill();
+        let _ = self.natter.child.wait();
+        between();
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        self.natter = Self::serve(self.dir.path(), &addr);
+        self.natter.wait_for_line("natter is serving");
     }
 
     /// The code the development SMS sink printed for `phone`.
