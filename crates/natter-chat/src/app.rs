@@ -203,11 +203,13 @@ impl App {
         who
     }
 
-    fn notice(&mut self, text: impl Into<String>) {
+    /// Shows a notice in the status line.
+    pub fn notice(&mut self, text: impl Into<String>) {
         self.status = Some((text.into(), false));
     }
 
-    fn error(&mut self, text: impl Into<String>) {
+    /// Shows an error in the status line.
+    pub fn error(&mut self, text: impl Into<String>) {
         self.status = Some((text.into(), true));
     }
 

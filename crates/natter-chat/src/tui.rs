@@ -59,9 +59,18 @@ pub async fn run(m: Messenger, base: String, offset: time::UtcOffset) -> Result<
             },
             _ = tick.tick() => Vec::new(),
         };
+        // Never wait for the driver here: it may be waiting for this loop
+        // to take its updates. A full queue drops typing signals and says
+        // so for anything else.
         for c in commands {
-            if command_tx.send(c).await.is_err() {
-                break;
+            match command_tx.try_send(c) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(Command::Typing(_))) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => app.error(
+                    "the client is still busy with earlier work: that was not done, try \
+                     again in a moment",
+                ),
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
         if app.quit {
