@@ -1,5 +1,5 @@
 //! The terminal: raw mode and the alternate screen (restored on exit and
-//! on panic, by `ratatui::init`), and the loop between keys, the driver's
+//! on panic, by `ratatui::try_init`), and the loop between keys, the driver's
 //! updates and a clock tick (typing indicators expire, the progress bar
 //! moves).
 
@@ -22,10 +22,18 @@ const TICK: Duration = Duration::from_millis(250);
 /// # Errors
 /// The terminal failed, or the session ended (the reason is returned).
 pub async fn run(m: Messenger, base: String, offset: time::UtcOffset) -> Result<(), ChatError> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        return Err(ChatError::new(
+            "the interactive client needs a terminal; scripts use `natter chat send` and \
+             `natter chat tail`",
+        ));
+    }
+    let mut terminal = ratatui::try_init()
+        .map_err(|e| ChatError::new(format!("cannot use this terminal: {e}")))?;
     let (command_tx, command_rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
     let (update_tx, mut update_rx) = mpsc::channel(UPDATE_QUEUE);
     let driver = tokio::spawn(driver::run(m, base, command_rx, update_tx));
-    let mut terminal = ratatui::init();
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
     let mut app = App::new(offset);
     let mut keys = EventStream::new();

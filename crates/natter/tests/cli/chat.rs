@@ -281,6 +281,9 @@ fn bad_input_gets_a_sentence_not_a_panic() {
     let out =
         run(chat(&server.client_dir("carol"), &down).args(["login", "--phone", "+14155550323"]));
     assert_clear_failure(&out, "cannot reach the Natter server at");
+    // The interactive client without a terminal.
+    let out = run(&mut chat(&alice, &server.base));
+    assert_clear_failure(&out, "needs a terminal");
     // Not an address.
     let out = run(chat(&alice, "localhost:8080").args(["tail"]));
     assert_clear_failure(&out, "http://");
