@@ -51,7 +51,7 @@ pub async fn upload_encrypted(
     size: u64,
     reader: impl AsyncRead + Unpin,
     chat: Option<ChatId>,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> ClientResult<(MediaId, MediaKey)> {
     let total = MediaKey::ciphertext_size(size);
     let id = api
@@ -72,7 +72,7 @@ async fn upload_pieces(
     id: MediaId,
     size: u64,
     mut reader: impl AsyncRead + Unpin,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> ClientResult<MediaKey> {
     let total = MediaKey::ciphertext_size(size);
     let chunks = size.div_ceil(CHUNK_BYTES as u64).max(1);
@@ -194,7 +194,7 @@ pub async fn download_decrypted(
     media: MediaId,
     key: &MediaKey,
     mut writer: impl AsyncWrite + Unpin,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> ClientResult<u64> {
     let total = MediaKey::ciphertext_size(key.size);
     let (chunks, _) = Opener::layout(key);

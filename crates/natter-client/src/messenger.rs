@@ -894,7 +894,7 @@ impl Messenger {
         mime: &str,
         size: u64,
         reader: impl AsyncRead + Unpin,
-        progress: &mut dyn FnMut(u64, u64),
+        progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> ClientResult<String> {
         let (media_id, key) =
             files::upload_encrypted(self.session.api(), size, reader, Some(chat), progress).await?;
@@ -938,7 +938,7 @@ impl Messenger {
         &self,
         body: &Body,
         writer: impl AsyncWrite + Unpin,
-        progress: &mut dyn FnMut(u64, u64),
+        progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> ClientResult<u64> {
         let Body::File { media_id, key, .. } = body else {
             return Err(ClientError::Protocol("not a file message".into()));
@@ -990,6 +990,103 @@ impl Messenger {
     /// Marks the chat read up to `seq`.
     pub async fn read(&mut self, chat: ChatId, seq: i64) {
         self.connection.read(chat, seq).await;
+    }
+
+    /// Sends "typing" to the chat (ephemeral; dropped while offline).
+    pub async fn typing(&mut self, chat: ChatId) {
+        self.connection.typing(chat).await;
+    }
+
+    /// Whether the socket is open now.
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.connection.is_connected()
+    }
+
+    /// Sends a text to a plaintext chat (one not end-to-end encrypted),
+    /// through the outbox.
+    ///
+    /// # Errors
+    /// The local store failed.
+    pub async fn send_plain_text(&mut self, chat: ChatId, text: &str) -> ClientResult<String> {
+        self.connection.send_text(chat, text).await
+    }
+
+    /// Whether the chat is end-to-end encrypted (asked of the server once).
+    ///
+    /// # Errors
+    /// The server could not be reached.
+    pub async fn chat_is_encrypted(&mut self, chat: ChatId) -> ClientResult<bool> {
+        self.is_encrypted(chat).await
+    }
+
+    /// Sends a new text for an earlier message of this user, encrypted.
+    ///
+    /// # Errors
+    /// Not a member of the chat's group; the store failed.
+    pub async fn send_edit(
+        &mut self,
+        chat: ChatId,
+        target: MessageId,
+        text: &str,
+    ) -> ClientResult<String> {
+        let payload = Payload::new(Body::Edit {
+            target,
+            text: text.to_owned(),
+        });
+        self.send_payload(chat, payload, MessageType::Text, None)
+            .await
+    }
+
+    /// Deletes an earlier message of this user for everyone, encrypted.
+    ///
+    /// # Errors
+    /// Not a member of the chat's group; the store failed.
+    pub async fn send_delete(&mut self, chat: ChatId, target: MessageId) -> ClientResult<String> {
+        let payload = Payload::new(Body::Delete { target });
+        self.send_payload(chat, payload, MessageType::Text, None)
+            .await
+    }
+
+    /// Leaves a group chat and drops its MLS group.
+    ///
+    /// # Errors
+    /// The server refused; the store failed.
+    pub async fn leave(&mut self, chat: ChatId) -> ClientResult<()> {
+        self.session
+            .api()
+            .remove_participant(chat, self.session.user_id())
+            .await?;
+        if self.engine.chats().any(|c| c == chat) {
+            self.forget(chat)?;
+        }
+        Ok(())
+    }
+
+    /// The next event of the sync engine, not yet processed: the
+    /// cancel-safe half of [`Messenger::next_event`], for a caller that
+    /// waits for it in a `select!` alongside other work. Hand it to
+    /// [`Messenger::process`], then drain [`Messenger::take_event`].
+    ///
+    /// # Errors
+    /// The device was revoked, or the local store failed.
+    pub async fn receive(&mut self) -> ClientResult<Event> {
+        self.connection.next_event().await
+    }
+
+    /// Processes an event from [`Messenger::receive`] (decrypts, joins,
+    /// catches up); what it yields waits in [`Messenger::take_event`].
+    /// Not cancel-safe: run it to completion.
+    ///
+    /// # Errors
+    /// The server or the local store failed.
+    pub async fn process(&mut self, event: Event) -> ClientResult<()> {
+        self.on_event(event).await
+    }
+
+    /// The next processed event waiting, if any.
+    pub fn take_event(&mut self) -> Option<MessengerEvent> {
+        self.pending.pop_front()
     }
 
     /// The next event: connects, syncs, decrypts.

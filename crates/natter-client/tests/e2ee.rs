@@ -829,3 +829,95 @@ async fn a_large_file_streams_in_pieces_and_a_reader_that_lies_about_its_size_is
     a.send_text(chat, "after the refused files").await.unwrap();
     assert_eq!(next_text(&mut b, chat).await, "after the refused files");
 }
+
+/// The next text, edit or deletion in `chat`, as (kind, target or id, text).
+async fn next_change(m: &mut Messenger, chat: ChatId) -> (&'static str, String, String) {
+    until(m, |e| match e {
+        MessengerEvent::Message(msg) if msg.chat_id == chat => match msg.body {
+            Body::Text { text } => Some(("text", msg.message_id.to_string(), text)),
+            Body::Edit { target, text } => Some(("edit", target.to_string(), text)),
+            Body::Delete { target } => Some(("delete", target.to_string(), String::new())),
+            Body::File { .. } => None,
+        },
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn edits_deletes_typing_and_leaving_go_through_the_messenger() {
+    let server = TestServer::start().await;
+    let alice = server.user("+14155550801", "Alice").await;
+    let bob = server.user("+14155550802", "Bob").await;
+    let mut a = server.messenger(&alice).await;
+    let mut b = server.messenger(&bob).await;
+    let chat = a
+        .create_chat(ChatKind::Group, &[bob.user_id()], Some("edits"))
+        .await
+        .unwrap();
+    joined(&mut b, chat).await;
+    assert!(a.chat_is_encrypted(chat).await.unwrap());
+    a.send_text(chat, "frist").await.unwrap();
+    until(&mut a, |e| {
+        matches!(e, MessengerEvent::Sent { .. }).then_some(())
+    })
+    .await;
+    // (the outbox sends over REST: the socket opens on the next poll)
+    until(&mut a, |e| {
+        matches!(e, MessengerEvent::Connected).then_some(())
+    })
+    .await;
+    assert!(a.is_connected());
+    let (kind, id, text) = next_change(&mut b, chat).await;
+    assert_eq!((kind, text.as_str()), ("text", "frist"));
+    let target = id.parse().unwrap();
+    a.send_edit(chat, target, "first").await.unwrap();
+    assert_eq!(
+        next_change(&mut b, chat).await,
+        ("edit", id.clone(), "first".into())
+    );
+    // The receiver's local history (and so its search) has the new text.
+    assert_eq!(b.store().history(chat).unwrap()[0].text, "first");
+    a.send_delete(chat, target).await.unwrap();
+    assert_eq!(next_change(&mut b, chat).await.0, "delete");
+    // Typing reaches the other member.
+    a.typing(chat).await;
+    let alice_id = alice.user_id();
+    until(&mut b, |e| match e {
+        MessengerEvent::Typing { chat_id, user_id } if chat_id == chat && user_id == alice_id => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    // receive/process/take_event is next_event in two halves.
+    a.send_text(chat, "two halves").await.unwrap();
+    let text = tokio::time::timeout(WAIT, async {
+        loop {
+            let event = b.receive().await.unwrap();
+            b.process(event).await.unwrap();
+            while let Some(e) = b.take_event() {
+                if let MessengerEvent::Message(m) = e
+                    && let Body::Text { text } = m.body
+                {
+                    return text;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(text, "two halves");
+    // Bob leaves: Alice hears it, and Bob can no longer send there.
+    b.leave(chat).await.unwrap();
+    let bob_id = bob.user_id();
+    until(&mut a, |e| match e {
+        MessengerEvent::ChatChanged {
+            event: natter_proto::chats::ChatEvent::MemberLeft { user_id },
+            ..
+        } if user_id == bob_id => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(b.send_text(chat, "still here?").await.is_err());
+}

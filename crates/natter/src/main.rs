@@ -1,6 +1,7 @@
 //! `natter`: the one binary. `natter serve` runs the server; `natter admin`
-//! works on its data directory (`admin.rs`); `natter bench` is the load tool
-//! (crate `natter-bench`).
+//! works on its data directory (`admin.rs`); `natter chat` is the terminal
+//! client (crate `natter-chat`); `natter bench` is the load tool (crate
+//! `natter-bench`).
 
 mod admin;
 
@@ -39,6 +40,8 @@ enum Command {
     /// The operator's commands on a data directory: accounts, devices,
     /// invites, stats, checks, configuration, backup and restore.
     Admin(admin::AdminArgs),
+    /// The terminal client: end-to-end encrypted chats (see docs/chat.md).
+    Chat(natter_chat::ChatArgs),
     /// The load tool: starts a server (or uses `--url`), drives a scenario
     /// on loopback and reports (see docs/benchmarks.md).
     Bench(natter_bench::BenchArgs),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
             data_dir,
         } => serve(config, listen, data_dir),
         Command::Admin(args) => admin::run(args),
+        Command::Chat(args) => natter_chat::run(args, std::env::vars()),
         Command::Bench(args) => natter_bench::run(args),
         Command::BaselineRelay { listen } => baseline_relay(listen),
     }

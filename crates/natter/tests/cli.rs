@@ -23,12 +23,18 @@ mod admin;
 /// `natter bench`: every scenario, tiny, checking the JSON and the counts.
 #[path = "cli/bench.rs"]
 mod bench;
+/// `natter chat`: login, send and tail against a real server.
+#[path = "cli/chat.rs"]
+mod chat;
 /// File modes in the data directory under a permissive umask.
 #[path = "cli/files.rs"]
 mod files;
 /// The Debian package's configuration and systemd unit.
 #[path = "cli/package.rs"]
 mod package;
+/// `natter chat` in tmux: the acceptance test of the terminal client.
+#[path = "cli/tmux.rs"]
+mod tmux;
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -1,0 +1,1190 @@
+//! The interactive client's state and what keys and commands do to it. No
+//! I/O: the terminal loop feeds it keys and [`Update`]s and sends the
+//! [`Command`]s it returns, so it is tested without a terminal.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use natter_proto::chats::ChatKind;
+use natter_proto::{ChatId, UserId};
+use time::OffsetDateTime;
+
+use crate::driver::{ChatRow, Command, DeviceRow, Hit, Line, LineBody, Mark, Update};
+
+/// How long "typing…" shows after the last signal.
+pub const TYPING_SHOWN: Duration = Duration::from_secs(6);
+/// At most one typing signal per this long.
+pub const TYPING_EVERY: Duration = Duration::from_secs(3);
+/// Below this width the list and the conversation take turns.
+pub const NARROW: u16 = 70;
+/// The longest input line (characters).
+pub const MAX_INPUT: usize = 4000;
+
+/// One conversation's loaded lines and receipts.
+#[derive(Debug, Default, Clone)]
+pub struct Conversation {
+    /// Oldest first.
+    pub lines: Vec<Line>,
+    /// Older lines exist.
+    pub has_more: bool,
+    /// A page is being loaded.
+    pub loading: bool,
+    /// Delivered to everyone up to here.
+    pub delivered: i64,
+    /// Read by everyone up to here.
+    pub read: i64,
+    /// Rows scrolled up from the bottom.
+    pub scroll: usize,
+    /// The history was loaded once.
+    pub loaded: bool,
+}
+
+/// A screen over the main one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Overlay {
+    /// Key bindings and commands.
+    Help,
+    /// A safety number.
+    Safety {
+        /// With whom.
+        user: UserId,
+        /// The digits, grouped.
+        digits: Option<String>,
+        /// Marked verified.
+        verified: bool,
+    },
+    /// Search results.
+    Search {
+        /// The query.
+        query: String,
+        /// The hits (`None`: searching).
+        hits: Option<Vec<Hit>>,
+        /// The selected hit.
+        selected: usize,
+    },
+    /// The account's devices.
+    Devices {
+        /// Them (`None`: loading).
+        rows: Option<Vec<DeviceRow>>,
+        /// The selected one.
+        selected: usize,
+    },
+}
+
+/// What is known of someone's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    /// Online now.
+    pub online: bool,
+    /// Last seen, if they let me know.
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+/// The interactive client's state.
+#[derive(Debug)]
+pub struct App {
+    /// Me.
+    pub me: Option<UserId>,
+    /// My name and number.
+    pub me_label: String,
+    /// The chat list, as the server orders it.
+    pub chats: Vec<ChatRow>,
+    /// The selected chat in the list.
+    pub selected: usize,
+    /// The open chat.
+    pub open: Option<ChatId>,
+    /// Loaded conversations.
+    pub conversations: HashMap<ChatId, Conversation>,
+    /// The input line.
+    pub input: String,
+    /// The cursor in the input, in characters.
+    pub cursor: usize,
+    /// A screen over the main one.
+    pub overlay: Option<Overlay>,
+    /// The last notice (or error) and whether it is an error.
+    pub status: Option<(String, bool)>,
+    /// Connected to the server.
+    pub connected: bool,
+    /// Who types where, and since when.
+    pub typing: HashMap<ChatId, HashMap<UserId, Instant>>,
+    /// Presence by user.
+    pub presence: HashMap<UserId, Presence>,
+    /// Names by user.
+    pub names: HashMap<UserId, String>,
+    /// Contacts whose identity changed, not yet looked at.
+    pub identity_changed: Vec<UserId>,
+    /// A long step in progress, and since when.
+    pub progress: Option<(String, Instant)>,
+    /// On a narrow terminal: the list shows, not the conversation.
+    pub show_list: bool,
+    /// The session ended with this sentence.
+    pub fatal: Option<String>,
+    /// Quit.
+    pub quit: bool,
+    /// The local time offset for times and day separators.
+    pub offset: time::UtcOffset,
+    /// When I last told a chat I am typing.
+    last_typing: Option<(ChatId, Instant)>,
+    /// The terminal's width (for the narrow layout).
+    pub width: u16,
+}
+
+impl App {
+    /// An empty client; times are shown at `offset`.
+    #[must_use]
+    pub fn new(offset: time::UtcOffset) -> Self {
+        Self {
+            me: None,
+            me_label: String::new(),
+            chats: Vec::new(),
+            selected: 0,
+            open: None,
+            conversations: HashMap::new(),
+            input: String::new(),
+            cursor: 0,
+            overlay: None,
+            status: None,
+            connected: false,
+            typing: HashMap::new(),
+            presence: HashMap::new(),
+            names: HashMap::new(),
+            identity_changed: Vec::new(),
+            progress: None,
+            show_list: true,
+            fatal: None,
+            quit: false,
+            offset,
+            last_typing: None,
+            width: 80,
+        }
+    }
+
+    /// Whether the list and the conversation take turns.
+    #[must_use]
+    pub fn narrow(&self) -> bool {
+        self.width < NARROW
+    }
+
+    /// The open chat's row.
+    #[must_use]
+    pub fn open_row(&self) -> Option<&ChatRow> {
+        let open = self.open?;
+        self.chats.iter().find(|c| c.id == open)
+    }
+
+    /// A user's name as shown.
+    #[must_use]
+    pub fn name(&self, user: UserId) -> String {
+        if Some(user) == self.me {
+            return "you".to_owned();
+        }
+        self.names
+            .get(&user)
+            .cloned()
+            .unwrap_or_else(|| "someone".to_owned())
+    }
+
+    /// Who is typing in `chat` now.
+    #[must_use]
+    pub fn typing_in(&self, chat: ChatId, now: Instant) -> Vec<String> {
+        let mut who: Vec<String> = self
+            .typing
+            .get(&chat)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, t)| now.duration_since(**t) < TYPING_SHOWN)
+                    .map(|(u, _)| self.name(*u))
+                    .collect()
+            })
+            .unwrap_or_default();
+        who.sort();
+        who
+    }
+
+    /// Shows a notice in the status line.
+    pub fn notice(&mut self, text: impl Into<String>) {
+        self.status = Some((text.into(), false));
+    }
+
+    /// Shows an error in the status line.
+    pub fn error(&mut self, text: impl Into<String>) {
+        self.status = Some((text.into(), true));
+    }
+
+    /// Opens the chat at `index` of the list.
+    fn open_index(&mut self, index: usize) -> Vec<Command> {
+        let Some(row) = self.chats.get(index) else {
+            return Vec::new();
+        };
+        self.selected = index;
+        let chat = row.id;
+        self.open = Some(chat);
+        self.show_list = false;
+        if let Some(row) = self.chats.get_mut(index) {
+            row.unread = 0;
+        }
+        let conv = self.conversations.entry(chat).or_default();
+        conv.scroll = 0;
+        let mut out = Vec::new();
+        if !conv.loaded {
+            conv.loading = true;
+            out.push(Command::Open(chat));
+        }
+        if let Some(seq) = conv.lines.iter().filter_map(|l| l.seq).max() {
+            out.push(Command::Read { chat, seq });
+        }
+        out
+    }
+
+    /// Opens `chat` if it is in the list.
+    fn open_chat(&mut self, chat: ChatId) -> Vec<Command> {
+        match self.chats.iter().position(|c| c.id == chat) {
+            Some(i) => self.open_index(i),
+            None => Vec::new(),
+        }
+    }
+
+    /// Applies an update from the driver; returns commands it causes.
+    pub fn apply(&mut self, update: Update, now: Instant) -> Vec<Command> {
+        match update {
+            Update::Me { user, name, phone } => {
+                self.me = Some(user);
+                self.me_label = format!("{name} ({phone})");
+            }
+            Update::Chats(rows) => {
+                for r in &rows {
+                    for (u, n) in &r.people {
+                        self.names.insert(*u, n.clone());
+                    }
+                }
+                let open = self.open;
+                self.chats = rows;
+                if let Some(open) = open {
+                    if let Some(i) = self.chats.iter().position(|c| c.id == open) {
+                        self.selected = i;
+                        self.chats[i].unread = 0;
+                    } else {
+                        self.open = None;
+                        self.show_list = true;
+                    }
+                }
+                self.selected = self.selected.min(self.chats.len().saturating_sub(1));
+            }
+            Update::History {
+                chat,
+                lines,
+                has_more,
+                older,
+            } => {
+                let conv = self.conversations.entry(chat).or_default();
+                conv.loading = false;
+                conv.has_more = has_more;
+                conv.loaded = true;
+                if older {
+                    let mut lines = lines;
+                    lines.append(&mut conv.lines);
+                    conv.lines = lines;
+                } else {
+                    // Keep what arrived live while the page was loading.
+                    let known: Vec<i64> = lines.iter().filter_map(|l| l.seq).collect();
+                    let newest = known.iter().max().copied().unwrap_or(0);
+                    let live: Vec<Line> = conv
+                        .lines
+                        .drain(..)
+                        .filter(|l| l.seq.is_none_or(|s| s > newest))
+                        .collect();
+                    conv.lines = lines;
+                    conv.lines.extend(live);
+                }
+                if Some(chat) == self.open
+                    && let Some(seq) = conv.lines.iter().filter_map(|l| l.seq).max()
+                {
+                    return vec![Command::Read { chat, seq }];
+                }
+            }
+            Update::Line(line) => return self.add_line(*line),
+            Update::Sent { local_id, seq } => {
+                for conv in self.conversations.values_mut() {
+                    let duplicate = conv.lines.iter().any(|l| l.seq == Some(seq));
+                    if let Some(i) = conv
+                        .lines
+                        .iter()
+                        .position(|l| l.local_id.as_deref() == Some(&local_id))
+                    {
+                        if duplicate {
+                            conv.lines.remove(i);
+                        } else {
+                            conv.lines[i].seq = Some(seq);
+                            conv.lines[i].mark = Mark::None;
+                        }
+                    }
+                }
+            }
+            Update::Sending { local_id } => self.mark(&local_id, Mark::Sending),
+            Update::Queued { local_id } => {
+                self.mark(&local_id, Mark::Queued);
+                self.notice("offline: the message waits and is sent when the server is back");
+            }
+            Update::Failed { local_id, reason } => {
+                for conv in self.conversations.values_mut() {
+                    conv.lines
+                        .retain(|l| l.local_id.as_deref() != Some(&local_id));
+                }
+                self.error(format!("not sent: {reason}"));
+            }
+            Update::Changed { chat, target, text } => {
+                if let Some(conv) = self.conversations.get_mut(&chat) {
+                    for l in &mut conv.lines {
+                        if l.message_id == Some(target) {
+                            match &text {
+                                Some(t) => {
+                                    l.body = LineBody::Text(t.clone());
+                                    l.edited = true;
+                                }
+                                None => {
+                                    l.body = LineBody::Text(String::new());
+                                    l.deleted = true;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Update::Receipt {
+                chat,
+                delivered,
+                read,
+            } => {
+                let conv = self.conversations.entry(chat).or_default();
+                conv.delivered = conv.delivered.max(delivered);
+                conv.read = conv.read.max(read);
+            }
+            Update::Typing { chat, user } => {
+                self.typing.entry(chat).or_default().insert(user, now);
+            }
+            Update::Presence {
+                user,
+                online,
+                last_seen,
+            } => {
+                self.presence.insert(user, Presence { online, last_seen });
+            }
+            Update::Connection(up) => {
+                self.connected = up;
+            }
+            Update::Safety {
+                user,
+                digits,
+                verified,
+            } => {
+                self.identity_changed.retain(|u| *u != user);
+                self.overlay = Some(Overlay::Safety {
+                    user,
+                    digits: Some(digits),
+                    verified,
+                });
+            }
+            Update::IdentityChanged(user) => {
+                if !self.identity_changed.contains(&user) {
+                    self.identity_changed.push(user);
+                }
+            }
+            Update::Search(found) => {
+                if let Some(Overlay::Search { hits, selected, .. }) = &mut self.overlay {
+                    *hits = Some(found);
+                    *selected = 0;
+                }
+            }
+            Update::Devices(found) => {
+                if let Some(Overlay::Devices { rows, selected }) = &mut self.overlay {
+                    // A device waiting for approval is what the screen is for.
+                    *selected = found
+                        .iter()
+                        .position(|d| !d.approved && !d.current)
+                        .unwrap_or((*selected).min(found.len().saturating_sub(1)));
+                    *rows = Some(found);
+                }
+            }
+            Update::Progress(p) => self.progress = p.map(|label| (label, now)),
+            Update::OpenChat(chat) => {
+                self.status = None;
+                return self.open_chat(chat);
+            }
+            Update::Notice(text) => self.notice(text),
+            Update::Error(text) => self.error(text),
+            Update::Fatal(text) => {
+                self.fatal = Some(text);
+                self.quit = true;
+            }
+        }
+        Vec::new()
+    }
+
+    fn mark(&mut self, local_id: &str, mark: Mark) {
+        for conv in self.conversations.values_mut() {
+            for l in &mut conv.lines {
+                if l.local_id.as_deref() == Some(local_id) {
+                    l.mark = mark;
+                }
+            }
+        }
+    }
+
+    fn add_line(&mut self, line: Line) -> Vec<Command> {
+        let chat = line.chat;
+        if let Some(u) = self.typing.get_mut(&chat) {
+            u.remove(&line.sender);
+        }
+        let mine = Some(line.sender) == self.me;
+        let preview = match &line.body {
+            LineBody::Text(t) => Some(t.clone()),
+            LineBody::File { name, .. } => Some(format!("📎 {name}")),
+            LineBody::System(_) => None,
+        };
+        let is_open = Some(chat) == self.open;
+        if let Some(row) = self.chats.iter_mut().find(|c| c.id == chat) {
+            if let Some(p) = preview {
+                row.last = p;
+            }
+            if !mine && !is_open && line.seq.is_some() {
+                row.unread += 1;
+            }
+        }
+        let conv = self.conversations.entry(chat).or_default();
+        if line.seq.is_some() && conv.lines.iter().any(|l| l.seq == line.seq) {
+            return Vec::new();
+        }
+        let seq = line.seq;
+        conv.lines.push(line);
+        match seq {
+            Some(seq) if is_open && !mine => vec![Command::Read { chat, seq }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Handles a pasted text.
+    pub fn paste(&mut self, text: &str) {
+        for c in text.chars() {
+            let c = if c == '\n' || c == '\r' { ' ' } else { c };
+            self.insert(c);
+        }
+    }
+
+    fn insert(&mut self, c: char) {
+        if self.input.chars().count() >= MAX_INPUT || c.is_control() {
+            return;
+        }
+        let at = self.byte_at(self.cursor);
+        self.input.insert(at, c);
+        self.cursor += 1;
+    }
+
+    fn byte_at(&self, chars: usize) -> usize {
+        self.input
+            .char_indices()
+            .nth(chars)
+            .map_or(self.input.len(), |(i, _)| i)
+    }
+
+    /// Handles a key; returns the commands it causes.
+    pub fn key(&mut self, key: KeyEvent, now: Instant) -> Vec<Command> {
+        if key.kind == KeyEventKind::Release {
+            return Vec::new();
+        }
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        if ctrl && matches!(key.code, KeyCode::Char('c' | 'q')) {
+            self.quit = true;
+            return Vec::new();
+        }
+        if let Some(overlay) = self.overlay.clone() {
+            return self.overlay_key(overlay, key);
+        }
+        match key.code {
+            KeyCode::F(1) => {
+                self.overlay = Some(Overlay::Help);
+                Vec::new()
+            }
+            KeyCode::Char('?') if self.input.is_empty() => {
+                self.overlay = Some(Overlay::Help);
+                Vec::new()
+            }
+            KeyCode::Char('f') if ctrl => {
+                self.input = "/search ".to_owned();
+                self.cursor = self.input.chars().count();
+                Vec::new()
+            }
+            KeyCode::Char('n') if ctrl => self.step(1),
+            KeyCode::Char('p') if ctrl => self.step(-1),
+            KeyCode::Tab | KeyCode::Down if self.show_list || !self.narrow() => self.step(1),
+            KeyCode::BackTab | KeyCode::Up if self.show_list || !self.narrow() => self.step(-1),
+            KeyCode::Tab => self.step(1),
+            KeyCode::BackTab => self.step(-1),
+            KeyCode::Esc => {
+                if !self.input.is_empty() {
+                    self.input.clear();
+                    self.cursor = 0;
+                } else if self.narrow() {
+                    self.show_list = true;
+                }
+                self.status = None;
+                Vec::new()
+            }
+            KeyCode::PageUp => self.scroll_up(),
+            KeyCode::PageDown => {
+                if let Some(conv) = self.open.and_then(|c| self.conversations.get_mut(&c)) {
+                    conv.scroll = conv.scroll.saturating_sub(10);
+                }
+                Vec::new()
+            }
+            KeyCode::Enter => self.submit(now),
+            KeyCode::Backspace => {
+                if self.cursor > 0 {
+                    self.cursor -= 1;
+                    let at = self.byte_at(self.cursor);
+                    self.input.remove(at);
+                }
+                Vec::new()
+            }
+            KeyCode::Delete => {
+                if self.cursor < self.input.chars().count() {
+                    let at = self.byte_at(self.cursor);
+                    self.input.remove(at);
+                }
+                Vec::new()
+            }
+            KeyCode::Left => {
+                self.cursor = self.cursor.saturating_sub(1);
+                Vec::new()
+            }
+            KeyCode::Right => {
+                self.cursor = (self.cursor + 1).min(self.input.chars().count());
+                Vec::new()
+            }
+            KeyCode::Home => {
+                self.cursor = 0;
+                Vec::new()
+            }
+            KeyCode::End => {
+                self.cursor = self.input.chars().count();
+                Vec::new()
+            }
+            KeyCode::Char(c) if !ctrl => {
+                self.insert(c);
+                self.typed(now)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn typed(&mut self, now: Instant) -> Vec<Command> {
+        let Some(chat) = self.open else {
+            return Vec::new();
+        };
+        if self.input.starts_with('/') {
+            return Vec::new();
+        }
+        match self.last_typing {
+            Some((c, t)) if c == chat && now.duration_since(t) < TYPING_EVERY => Vec::new(),
+            _ => {
+                self.last_typing = Some((chat, now));
+                vec![Command::Typing(chat)]
+            }
+        }
+    }
+
+    fn step(&mut self, by: isize) -> Vec<Command> {
+        if self.chats.is_empty() {
+            return Vec::new();
+        }
+        let n = self.chats.len() as isize;
+        let from = if self.open.is_some() {
+            self.selected as isize
+        } else {
+            -1
+        };
+        let next = (from + by).rem_euclid(n) as usize;
+        self.open_index(next)
+    }
+
+    fn scroll_up(&mut self) -> Vec<Command> {
+        let Some(chat) = self.open else {
+            return Vec::new();
+        };
+        let conv = self.conversations.entry(chat).or_default();
+        conv.scroll += 10;
+        // Near the top of what is loaded: the next page, once.
+        let rows = conv.lines.len() * 2;
+        if conv.has_more
+            && !conv.loading
+            && conv.scroll + 20 >= rows
+            && let Some(before_seq) = conv.lines.iter().filter_map(|l| l.seq).min()
+        {
+            conv.loading = true;
+            return vec![Command::Older { chat, before_seq }];
+        }
+        Vec::new()
+    }
+
+    fn overlay_key(&mut self, overlay: Overlay, key: KeyEvent) -> Vec<Command> {
+        if key.code == KeyCode::Esc || key.code == KeyCode::Char('q') {
+            self.overlay = None;
+            return Vec::new();
+        }
+        match overlay {
+            Overlay::Help => {
+                self.overlay = None;
+                Vec::new()
+            }
+            Overlay::Safety { user, .. } => match key.code {
+                KeyCode::Char('v') => vec![Command::Verify {
+                    user,
+                    verified: true,
+                }],
+                KeyCode::Char('u') => vec![Command::Verify {
+                    user,
+                    verified: false,
+                }],
+                _ => Vec::new(),
+            },
+            Overlay::Search {
+                query,
+                hits,
+                selected,
+            } => {
+                let len = hits.as_ref().map_or(0, Vec::len);
+                match key.code {
+                    KeyCode::Down if len > 0 => {
+                        self.overlay = Some(Overlay::Search {
+                            query,
+                            hits,
+                            selected: (selected + 1) % len,
+                        });
+                        Vec::new()
+                    }
+                    KeyCode::Up if len > 0 => {
+                        self.overlay = Some(Overlay::Search {
+                            query,
+                            hits,
+                            selected: (selected + len - 1) % len,
+                        });
+                        Vec::new()
+                    }
+                    KeyCode::Enter => {
+                        let chat = hits.as_ref().and_then(|h| h.get(selected)).map(|h| h.chat);
+                        self.overlay = None;
+                        chat.map(|c| self.open_chat(c)).unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                }
+            }
+            Overlay::Devices { rows, selected } => {
+                let len = rows.as_ref().map_or(0, Vec::len);
+                match key.code {
+                    KeyCode::Down if len > 0 => {
+                        self.overlay = Some(Overlay::Devices {
+                            rows,
+                            selected: (selected + 1) % len,
+                        });
+                        Vec::new()
+                    }
+                    KeyCode::Up if len > 0 => {
+                        self.overlay = Some(Overlay::Devices {
+                            rows,
+                            selected: (selected + len - 1) % len,
+                        });
+                        Vec::new()
+                    }
+                    KeyCode::Char('a') => match rows.as_ref().and_then(|r| r.get(selected)) {
+                        Some(d) if !d.approved && !d.current => vec![Command::Approve(d.id)],
+                        Some(_) => {
+                            self.notice("that device is approved already");
+                            Vec::new()
+                        }
+                        None => Vec::new(),
+                    },
+                    KeyCode::Char('c') => vec![Command::LoginCode],
+                    _ => Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, now: Instant) -> Vec<Command> {
+        let text = std::mem::take(&mut self.input);
+        self.cursor = 0;
+        let text = text.trim().to_owned();
+        if text.is_empty() {
+            if self.narrow() && self.show_list {
+                return self.open_index(self.selected);
+            }
+            return Vec::new();
+        }
+        if let Some(rest) = text.strip_prefix('/') {
+            return self.slash(rest);
+        }
+        let Some(chat) = self.open else {
+            self.error("open a chat first (Tab), or start one: /new +PHONE");
+            return Vec::new();
+        };
+        let _ = now;
+        self.last_typing = None;
+        if let Some(conv) = self.conversations.get_mut(&chat) {
+            conv.scroll = 0;
+        }
+        vec![Command::Send {
+            chat,
+            text,
+            local_id: uuid::Uuid::now_v7().to_string(),
+        }]
+    }
+
+    /// My latest message in the open chat that the server has.
+    fn my_last(&self) -> Option<(ChatId, natter_proto::MessageId)> {
+        let chat = self.open?;
+        let conv = self.conversations.get(&chat)?;
+        conv.lines
+            .iter()
+            .rev()
+            .find(|l| Some(l.sender) == self.me && l.message_id.is_some() && !l.deleted)
+            .and_then(|l| l.message_id.map(|m| (chat, m)))
+    }
+
+    /// The `n`th file of the open chat (1-based), or the latest.
+    #[must_use]
+    pub fn file(&self, n: Option<usize>) -> Option<&Line> {
+        let chat = self.open?;
+        let files: Vec<&Line> = self
+            .conversations
+            .get(&chat)?
+            .lines
+            .iter()
+            .filter(|l| matches!(l.body, LineBody::File { .. }))
+            .collect();
+        match n {
+            Some(n) => files.get(n.checked_sub(1)?).copied(),
+            None => files.last().copied(),
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn slash(&mut self, rest: &str) -> Vec<Command> {
+        let (name, args) = rest.split_once(' ').unwrap_or((rest, ""));
+        let args = args.trim();
+        let open = self.open;
+        let need_open = |app: &mut Self| {
+            if open.is_none() {
+                app.error("open a chat first");
+            }
+            open
+        };
+        let group = |app: &mut Self| -> Option<ChatId> {
+            let chat = need_open(app)?;
+            if app.open_row().is_some_and(|r| r.kind == ChatKind::Direct) {
+                app.error("that works in groups only");
+                return None;
+            }
+            Some(chat)
+        };
+        match name {
+            "help" | "h" => {
+                self.overlay = Some(Overlay::Help);
+                Vec::new()
+            }
+            "quit" | "q" => {
+                self.quit = true;
+                Vec::new()
+            }
+            "new" | "plain" => {
+                if args.is_empty() {
+                    self.error(format!("usage: /{name} +PHONE"));
+                    return Vec::new();
+                }
+                self.notice(format!("starting a chat with {args}…"));
+                vec![Command::NewDirect {
+                    phone: args.to_owned(),
+                    plain: name == "plain",
+                }]
+            }
+            "group" => {
+                let (phones, words): (Vec<&str>, Vec<&str>) =
+                    args.split_whitespace().partition(|w| w.starts_with('+'));
+                if phones.is_empty() || words.is_empty() {
+                    self.error("usage: /group NAME +PHONE [+PHONE…]");
+                    return Vec::new();
+                }
+                vec![Command::NewGroup {
+                    name: words.join(" "),
+                    phones: phones.into_iter().map(str::to_owned).collect(),
+                }]
+            }
+            "add" | "remove" => {
+                let Some(chat) = group(self) else {
+                    return Vec::new();
+                };
+                if args.is_empty() {
+                    self.error(format!("usage: /{name} +PHONE"));
+                    return Vec::new();
+                }
+                let phone = args.to_owned();
+                if name == "add" {
+                    vec![Command::Add { chat, phone }]
+                } else {
+                    vec![Command::Remove { chat, phone }]
+                }
+            }
+            "leave" => group(self).map(Command::Leave).into_iter().collect(),
+            "rename" => {
+                let Some(chat) = group(self) else {
+                    return Vec::new();
+                };
+                if args.is_empty() {
+                    self.error("usage: /rename NAME");
+                    return Vec::new();
+                }
+                vec![Command::Rename {
+                    chat,
+                    name: args.to_owned(),
+                }]
+            }
+            "file" => {
+                let Some(chat) = need_open(self) else {
+                    return Vec::new();
+                };
+                if args.is_empty() {
+                    self.error("usage: /file PATH");
+                    return Vec::new();
+                }
+                vec![Command::SendFile {
+                    chat,
+                    path: expand(args),
+                }]
+            }
+            "save" => {
+                let mut words = args.splitn(2, ' ');
+                let first = words.next().unwrap_or_default();
+                let (n, path) = match first.parse::<usize>() {
+                    Ok(n) => (Some(n), words.next().unwrap_or_default().trim()),
+                    Err(_) => (None, args),
+                };
+                let path = if path.is_empty() { "." } else { path };
+                match self.file(n).map(|l| l.body.clone()) {
+                    Some(LineBody::File {
+                        body: Some(body), ..
+                    }) => vec![Command::SaveFile {
+                        body,
+                        path: expand(path),
+                    }],
+                    Some(_) => {
+                        self.error(
+                            "that file's key is not on this device any more (only files \
+                             received since the client started can be saved)",
+                        );
+                        Vec::new()
+                    }
+                    None => {
+                        self.error("no such file in this chat: /save [N] [PATH]");
+                        Vec::new()
+                    }
+                }
+            }
+            "edit" => match self.my_last() {
+                Some((chat, target)) if !args.is_empty() => vec![Command::Edit {
+                    chat,
+                    target,
+                    text: args.to_owned(),
+                }],
+                Some(_) => {
+                    self.error("usage: /edit NEW TEXT");
+                    Vec::new()
+                }
+                None => {
+                    self.error("you have no message here to edit");
+                    Vec::new()
+                }
+            },
+            "delete" => match self.my_last() {
+                Some((chat, target)) => vec![Command::Delete { chat, target }],
+                None => {
+                    self.error("you have no message here to delete");
+                    Vec::new()
+                }
+            },
+            "safety" | "verify" => {
+                let Some(row) = self.open_row() else {
+                    self.error("open a direct chat first");
+                    return Vec::new();
+                };
+                let Some(user) = row.other else {
+                    self.error("safety numbers are per person: open your direct chat with them");
+                    return Vec::new();
+                };
+                self.overlay = Some(Overlay::Safety {
+                    user,
+                    digits: None,
+                    verified: false,
+                });
+                vec![Command::Safety(user)]
+            }
+            "search" => {
+                if args.is_empty() {
+                    self.error("usage: /search WORDS");
+                    return Vec::new();
+                }
+                self.overlay = Some(Overlay::Search {
+                    query: args.to_owned(),
+                    hits: None,
+                    selected: 0,
+                });
+                vec![Command::Search(args.to_owned())]
+            }
+            "devices" => {
+                self.overlay = Some(Overlay::Devices {
+                    rows: None,
+                    selected: 0,
+                });
+                vec![Command::Devices]
+            }
+            "older" => self.scroll_up(),
+            _ => {
+                self.error(format!("unknown command /{name}: F1 lists them"));
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// `~/x` as a path under the home directory.
+fn expand(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => std::env::home_dir().map_or_else(|| PathBuf::from(path), |h| h.join(rest)),
+        None => PathBuf::from(path),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::driver::{ChatRow, Line, LineBody, Mark, Update};
+    use crossterm::event::KeyEvent;
+
+    fn id<T: std::str::FromStr>() -> T {
+        uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .unwrap_or_else(|_| unreachable!())
+    }
+
+    fn row(chat: ChatId, kind: ChatKind, other: Option<UserId>) -> ChatRow {
+        ChatRow {
+            id: chat,
+            kind,
+            title: "x".into(),
+            encrypted: true,
+            unread: 0,
+            last: String::new(),
+            other,
+            people: Vec::new(),
+        }
+    }
+
+    fn typed(app: &mut App, text: &str, now: Instant) -> Vec<Command> {
+        let mut out = Vec::new();
+        for c in text.chars() {
+            out.extend(app.key(KeyEvent::from(KeyCode::Char(c)), now));
+        }
+        out.extend(app.key(KeyEvent::from(KeyCode::Enter), now));
+        out
+    }
+
+    fn incoming(chat: ChatId, sender: UserId, seq: i64) -> Update {
+        Update::Line(Box::new(Line {
+            chat,
+            seq: Some(seq),
+            message_id: Some(id()),
+            local_id: None,
+            sender,
+            at: OffsetDateTime::now_utc(),
+            body: LineBody::Text("hi".into()),
+            edited: false,
+            deleted: false,
+            mark: Mark::None,
+        }))
+    }
+
+    #[test]
+    fn commands_are_parsed_and_wrong_ones_explained() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        let out = typed(&mut app, "/group Book club +14155550101 +14155550102", now);
+        match out.as_slice() {
+            [Command::NewGroup { name, phones }] => {
+                assert_eq!(name, "Book club");
+                assert_eq!(phones.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(typed(&mut app, "/new", now).is_empty());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.1 && s.0.contains("usage"))
+        );
+        assert!(typed(&mut app, "hello", now).is_empty());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.0.contains("open a chat"))
+        );
+        assert!(typed(&mut app, "/frobnicate", now).is_empty());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.0.contains("unknown command"))
+        );
+        assert!(matches!(
+            typed(&mut app, "/plain +14155550101", now).as_slice(),
+            [Command::NewDirect { plain: true, .. }]
+        ));
+    }
+
+    #[test]
+    fn group_commands_refuse_a_direct_chat() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        let chat = id();
+        app.apply(
+            Update::Chats(vec![row(chat, ChatKind::Direct, Some(id()))]),
+            now,
+        );
+        app.key(KeyEvent::from(KeyCode::Tab), now);
+        assert!(typed(&mut app, "/leave", now).is_empty());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.0.contains("groups only"))
+        );
+        assert!(matches!(
+            typed(&mut app, "/safety", now).as_slice(),
+            [Command::Safety(_)]
+        ));
+    }
+
+    #[test]
+    fn unread_typing_and_sent_lines_follow_the_updates() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        let me: UserId = id();
+        let bob: UserId = id();
+        let (a, b): (ChatId, ChatId) = (id(), id());
+        app.apply(
+            Update::Me {
+                user: me,
+                name: "A".into(),
+                phone: "+1".into(),
+            },
+            now,
+        );
+        app.apply(
+            Update::Chats(vec![
+                row(a, ChatKind::Direct, Some(bob)),
+                row(b, ChatKind::Group, None),
+            ]),
+            now,
+        );
+        let out = app.key(KeyEvent::from(KeyCode::Tab), now);
+        assert!(matches!(out.as_slice(), [Command::Open(c)] if *c == a));
+        // A message in the open chat is marked read; in the other, unread.
+        let out = app.apply(incoming(a, bob, 1), now);
+        assert!(matches!(out.as_slice(), [Command::Read { seq: 1, .. }]));
+        assert!(app.apply(incoming(b, bob, 1), now).is_empty());
+        assert_eq!(app.chats[1].unread, 1);
+        // The same entry twice shows once.
+        app.apply(incoming(a, bob, 1), now);
+        assert_eq!(app.conversations[&a].lines.len(), 1);
+        // Typing shows, then expires.
+        app.apply(Update::Typing { chat: a, user: bob }, now);
+        assert_eq!(app.typing_in(a, now).len(), 1);
+        assert!(app.typing_in(a, now + TYPING_SHOWN).is_empty());
+        // My line gets its seq; queued lines are marked.
+        let out = typed(&mut app, "yo", now);
+        let Some(Command::Send { local_id, .. }) = out.last() else {
+            panic!("{out:?}")
+        };
+        let local_id = local_id.clone();
+        app.apply(
+            Update::Line(Box::new(Line {
+                chat: a,
+                seq: None,
+                message_id: None,
+                local_id: Some(local_id.clone()),
+                sender: me,
+                at: OffsetDateTime::now_utc(),
+                body: LineBody::Text("yo".into()),
+                edited: false,
+                deleted: false,
+                mark: Mark::Sending,
+            })),
+            now,
+        );
+        app.apply(
+            Update::Queued {
+                local_id: local_id.clone(),
+            },
+            now,
+        );
+        assert_eq!(app.conversations[&a].lines[1].mark, Mark::Queued);
+        app.apply(Update::Sent { local_id, seq: 2 }, now);
+        assert_eq!(app.conversations[&a].lines[1].seq, Some(2));
+        assert_eq!(app.conversations[&a].lines[1].mark, Mark::None);
+    }
+
+    #[test]
+    fn the_input_edits_by_character_and_has_a_limit() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        for c in "你好👋".chars() {
+            app.key(KeyEvent::from(KeyCode::Char(c)), now);
+        }
+        app.key(KeyEvent::from(KeyCode::Left), now);
+        app.key(KeyEvent::from(KeyCode::Backspace), now);
+        assert_eq!(app.input, "你👋");
+        app.input.clear();
+        app.cursor = 0;
+        app.paste(&"x".repeat(MAX_INPUT + 1));
+        assert_eq!(app.input.chars().count(), MAX_INPUT);
+        app.paste("y");
+        assert_eq!(app.input.chars().count(), MAX_INPUT);
+    }
+
+    #[test]
+    fn scrolling_up_asks_for_older_history_once() {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        let chat = id();
+        let bob = id();
+        app.apply(
+            Update::Chats(vec![row(chat, ChatKind::Direct, Some(bob))]),
+            now,
+        );
+        app.key(KeyEvent::from(KeyCode::Tab), now);
+        app.apply(
+            Update::History {
+                chat,
+                lines: Vec::new(),
+                has_more: true,
+                older: false,
+            },
+            now,
+        );
+        app.apply(incoming(chat, bob, 51), now);
+        let out = app.key(KeyEvent::from(KeyCode::PageUp), now);
+        assert!(matches!(
+            out.as_slice(),
+            [Command::Older { before_seq: 51, .. }]
+        ));
+        assert!(app.key(KeyEvent::from(KeyCode::PageUp), now).is_empty());
+    }
+}

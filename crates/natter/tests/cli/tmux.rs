@@ -1,0 +1,281 @@
+//! The acceptance test of `natter chat`: two terminal clients in tmux
+//! against a real `natter serve`, driven with send-keys and read with
+//! capture-pane, the way a person uses them. Each test has its own tmux
+//! server (`tmux -L <unique socket>`), killed on drop; every wait polls the
+//! screen until WAIT.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::WAIT;
+use super::chat::ChatServer;
+
+static SOCKETS: AtomicU32 = AtomicU32::new(0);
+
+/// One terminal running `natter chat`, on a tmux server of its own.
+struct Terminal {
+    socket: String,
+    command: Vec<String>,
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let path = self.tmux(&["display-message", "-p", "#{socket_path}"]);
+        let _ = self.tmux(&["kill-server"]);
+        if !path.trim().is_empty() {
+            let _ = std::fs::remove_file(path.trim());
+        }
+    }
+}
+
+impl Terminal {
+    fn start(command: Vec<String>, width: u16, height: u16) -> Self {
+        let socket = format!(
+            "natter-test-{}-{}",
+            std::process::id(),
+            SOCKETS.fetch_add(1, Ordering::Relaxed)
+        );
+        let term = Self { socket, command };
+        let (w, h) = (width.to_string(), height.to_string());
+        let mut args = vec!["new-session", "-d", "-s", "main", "-x", &w, "-y", &h];
+        let cmd: Vec<&str> = term.command.iter().map(String::as_str).collect();
+        args.extend(cmd);
+        term.tmux(&args);
+        // Keep the pane when the client exits, to restart it.
+        term.tmux(&["set-option", "-g", "remain-on-exit", "on"]);
+        term
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-u", "-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux runs (apt-get install tmux)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `text` literally, then Enter.
+    fn line(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "main", "-l", text]);
+        self.key("Enter");
+    }
+
+    /// Presses a key (tmux's names: `Enter`, `Tab`, `Escape`, `C-q`).
+    fn key(&self, key: &str) {
+        self.tmux(&["send-keys", "-t", "main", key]);
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "main"])
+    }
+
+    /// Polls the screen until it shows `needle`; returns the screen.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on the screen within {WAIT:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls the screen until `done` holds for it; returns the screen.
+    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} on the screen within {WAIT:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the client in the pane has exited.
+    fn exited(&self) -> bool {
+        self.tmux(&["display-message", "-p", "-t", "main", "#{pane_dead}"])
+            .trim()
+            == "1"
+    }
+
+    /// Quits the client (Ctrl-Q) and starts it again in the same pane.
+    fn restart(&self) {
+        self.key("C-q");
+        let deadline = Instant::now() + WAIT;
+        while !self.exited() {
+            assert!(Instant::now() < deadline, "the client did not quit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut args = vec!["respawn-pane", "-k", "-t", "main"];
+        args.extend(self.command.iter().map(String::as_str));
+        self.tmux(&args);
+    }
+}
+
+/// Signs `phone` up in the client on `term`, typing what it asks (an
+/// empty `name` logs in to the number's account).
+fn sign_up(server: &mut ChatServer, term: &Terminal, phone: &str, name: &str) {
+    term.wait_for("Phone number");
+    term.line(phone);
+    term.wait_for("DEVELOPMENT SMS SINK");
+    term.wait_for("Your name");
+    term.line(name);
+    let name = if name.is_empty() { "Alice" } else { name };
+    term.wait_for("A name for this device");
+    term.line("terminal");
+    term.wait_for("Code:");
+    let code = server.code_for(phone);
+    term.line(&code);
+    term.wait_for(&format!("{name} ({phone})"));
+}
+
+/// The 5-digit groups of a safety number on the screen.
+fn safety_digits(screen: &str) -> Vec<String> {
+    screen
+        .split(|c: char| c.is_whitespace() || c == '│')
+        .filter(|w| w.len() == 5 && w.chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn two_people_chat_encrypted_in_two_terminals() {
+    let mut server = ChatServer::start();
+    let client = |name: &str| {
+        vec![
+            env!("CARGO_BIN_EXE_natter").to_owned(),
+            "chat".to_owned(),
+            "--server".to_owned(),
+            server.base.clone(),
+            "--data-dir".to_owned(),
+            server.client_dir(name).to_str().unwrap().to_owned(),
+        ]
+    };
+    let alice = Terminal::start(client("alice"), 120, 36);
+    let bob = Terminal::start(client("bob"), 120, 36);
+    sign_up(&mut server, &alice, "+14155550501", "Alice");
+    sign_up(&mut server, &bob, "+14155550502", "Bob");
+
+    // Bob finds Alice by her number; the chat is end-to-end encrypted.
+    bob.line("/new +14155550501");
+    bob.wait_for("🔒 end-to-end encrypted");
+    bob.line("Hello Alice, 你好 👋");
+
+    // Alice sees it in her list, opens it, answers.
+    alice.wait_for("Hello Alice");
+    alice.key("Tab");
+    alice.wait_for("Bob: Hello Alice, 你好 👋");
+    alice.line("Hi Bob, مرحبا");
+    bob.wait_for("Alice: Hi Bob, مرحبا");
+    // Alice had the chat open: Bob's message shows read.
+    bob.wait_for("Hello Alice, 你好 👋 ✓✓ read");
+
+    // A file, encrypted, saved byte-exact on the other side.
+    let file = server.dir.path().join("payload.bin");
+    let bytes: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    alice.line(&format!("/file {}", file.display()));
+    bob.wait_for("payload.bin (146.5 KiB)");
+    let downloads = server.dir.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    bob.line(&format!("/save 1 {}", downloads.display()));
+    bob.wait_for("saved payload.bin");
+    assert_eq!(std::fs::read(downloads.join("payload.bin")).unwrap(), bytes);
+
+    // Safety numbers: the same on both screens; Alice marks Bob verified.
+    alice.line("/safety");
+    let shown = |s: &str| safety_digits(s).len() == 12;
+    let a = safety_digits(&alice.wait_until("safety number", shown));
+    bob.line("/safety");
+    let b = safety_digits(&bob.wait_until("safety number", shown));
+    assert_eq!(a.len(), 12, "{a:?}");
+    assert_eq!(a, b);
+    alice.wait_for("Bob is not verified");
+    alice.key("v");
+    alice.wait_for("✓ Bob is verified");
+    alice.key("Escape");
+    bob.key("Escape");
+
+    // Bob restarts his client: his history is there.
+    bob.restart();
+    bob.wait_for("Alice");
+    bob.key("Tab");
+    let screen = bob.wait_for("Alice: Hi Bob, مرحبا");
+    assert!(screen.contains("you: Hello Alice, 你好 👋"), "{screen}");
+    // And the chat goes on.
+    bob.line("back again");
+    alice.wait_for("Bob: back again");
+}
+
+#[test]
+fn a_second_device_is_approved_and_offline_messages_go_out_in_order() {
+    let mut server = ChatServer::start();
+    let client = |name: &str| {
+        vec![
+            env!("CARGO_BIN_EXE_natter").to_owned(),
+            "chat".to_owned(),
+            "--server".to_owned(),
+            server.base.clone(),
+            "--data-dir".to_owned(),
+            server.client_dir(name).to_str().unwrap().to_owned(),
+        ]
+    };
+    let alice = Terminal::start(client("alice"), 120, 36);
+    let bob = Terminal::start(client("bob"), 120, 36);
+    let laptop = Terminal::start(client("alice-laptop"), 120, 36);
+    sign_up(&mut server, &alice, "+14155550511", "Alice");
+    sign_up(&mut server, &bob, "+14155550512", "Bob");
+    bob.line("/new +14155550511");
+    bob.wait_for("🔒 end-to-end encrypted");
+    bob.line("before the laptop");
+    alice.wait_for("before the laptop");
+
+    // Alice's second device logs in to her account and waits for approval.
+    sign_up(&mut server, &laptop, "+14155550511", "");
+    alice.line("/devices");
+    alice.wait_for("waiting for approval");
+    alice.key("a");
+    alice.wait_for("the device is approved");
+    alice.key("Escape");
+    laptop.wait_for("this device is approved");
+    laptop.key("Tab");
+    // The history came along, and new messages reach the new device.
+    laptop.wait_for("Bob: before the laptop");
+    bob.line("after the laptop");
+    laptop.wait_for("Bob: after the laptop");
+    alice.key("Tab");
+    alice.wait_for("Bob: after the laptop");
+
+    // The server goes away; Bob writes two messages; they wait, marked.
+    server.restart(|| {
+        bob.wait_for("○ offline");
+        bob.line("written offline, first");
+        bob.line("written offline, second");
+        bob.wait_until("two queued messages", |s| {
+            s.matches("[queued]").count() == 2
+        });
+    });
+    // Back: they go out in order, and both of Alice's devices read them.
+    for term in [&alice, &laptop] {
+        let screen = term.wait_for("Bob: written offline, second");
+        let first = screen.find("written offline, first").unwrap();
+        // (the list's preview shows the second one too: the last one found is the conversation's)
+        assert!(
+            first < screen.rfind("written offline, second").unwrap(),
+            "{screen}"
+        );
+    }
+    bob.wait_until("no queued message", |s| !s.contains("[queued]"));
+}
