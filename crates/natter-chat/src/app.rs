@@ -117,6 +117,8 @@ pub struct App {
     pub identity_changed: Vec<UserId>,
     /// A long step in progress, and since when.
     pub progress: Option<(String, Instant)>,
+    /// How far the transfer in progress is (0 to 1), once it has moved.
+    pub progress_ratio: Option<f64>,
     /// On a narrow terminal: the list shows, not the conversation.
     pub show_list: bool,
     /// The session ended with this sentence.
@@ -152,6 +154,7 @@ impl App {
             names: HashMap::new(),
             identity_changed: Vec::new(),
             progress: None,
+            progress_ratio: None,
             show_list: true,
             fatal: None,
             quit: false,
@@ -407,7 +410,16 @@ impl App {
                     *rows = Some(found);
                 }
             }
-            Update::Progress(p) => self.progress = p.map(|label| (label, now)),
+            Update::Progress(p) => {
+                self.progress = p.map(|label| (label, now));
+                self.progress_ratio = None;
+            }
+            Update::Transfer { label, done, total } => {
+                // A late step of a transfer that already ended is dropped.
+                if self.progress.as_ref().is_some_and(|(l, _)| *l == label) {
+                    self.progress_ratio = Some(done as f64 / total.max(1) as f64);
+                }
+            }
             Update::OpenChat(chat) => {
                 self.status = None;
                 return self.open_chat(chat);

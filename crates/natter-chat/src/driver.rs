@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::error::{ChatError, explain};
-use crate::oneshot::{find_user, read_file};
+use crate::oneshot::{find_user, open_file};
 
 /// Messages per history page (scrollback loads one more at a time).
 pub const PAGE: usize = 50;
@@ -362,6 +362,15 @@ pub enum Update {
     Devices(Vec<DeviceRow>),
     /// A long step: its label, or `None` when done.
     Progress(Option<String>),
+    /// A transfer moved: `done` of `total` bytes.
+    Transfer {
+        /// What it is.
+        label: String,
+        /// Bytes so far.
+        done: u64,
+        /// All of them.
+        total: u64,
+    },
     /// Open this chat (one just made).
     OpenChat(ChatId),
     /// Something to tell.
@@ -914,16 +923,21 @@ impl Driver {
                         "this client sends files only to end-to-end encrypted chats",
                     ));
                 }
-                let (name, mime, bytes) = read_file(&path)?;
-                let size = bytes.len() as u64;
-                self.tell(Update::Progress(Some(format!(
-                    "encrypting and uploading {name} ({})",
-                    human_size(size)
-                ))))
-                .await;
+                let f = open_file(&path)?;
+                let (name, size) = (f.name.clone(), f.size);
+                let label = format!("encrypting and uploading {name} ({})", human_size(size));
+                self.tell(Update::Progress(Some(label.clone()))).await;
                 let local_id = uuid::Uuid::now_v7().to_string();
+                let updates = self.updates.clone();
                 let cmid = m
-                    .send_file(chat, &name, &mime, &bytes)
+                    .send_file_from(chat, &name, &f.mime, size, f.file, &mut |done, total| {
+                        // Lossy: a full queue skips a step of the bar.
+                        let _ = updates.try_send(Update::Transfer {
+                            label: label.clone(),
+                            done,
+                            total,
+                        });
+                    })
                     .await
                     .map_err(explain)?;
                 self.in_flight.insert(cmid, local_id.clone());
@@ -950,23 +964,34 @@ impl Driver {
                 let Body::File { name, key, .. } = body.as_ref() else {
                     return Err(ChatError::new("that message is not a file"));
                 };
-                self.tell(Update::Progress(Some(format!(
+                let label = format!(
                     "downloading and decrypting {name} ({})",
                     human_size(key.size)
-                ))))
-                .await;
-                let file = m.fetch_file(&body).await.map_err(explain)?;
+                );
+                self.tell(Update::Progress(Some(label.clone()))).await;
                 let target = if path.is_dir() {
-                    free_name(&path, &safe_name(&file.name))
+                    free_name(&path, &safe_name(name))
                 } else {
                     path
                 };
-                write_new(&target, &file.bytes)?;
+                let updates = self.updates.clone();
+                let saved = save_new(&target, async |file| {
+                    m.fetch_file_to(&body, file, &mut |done, total| {
+                        let _ = updates.try_send(Update::Transfer {
+                            label: label.clone(),
+                            done,
+                            total,
+                        });
+                    })
+                    .await
+                    .map_err(explain)
+                })
+                .await;
                 self.tell(Update::Progress(None)).await;
+                let size = saved?;
                 self.tell(Update::Notice(format!(
-                    "saved {} ({}) to {}",
-                    file.name,
-                    human_size(file.bytes.len() as u64),
+                    "saved {name} ({}) to {}",
+                    human_size(size),
                     target.display()
                 )))
                 .await;
@@ -1325,17 +1350,28 @@ fn free_name(dir: &std::path::Path, name: &str) -> PathBuf {
         .unwrap_or(first)
 }
 
-/// Writes a new file; never replaces one.
-fn write_new(path: &std::path::Path, bytes: &[u8]) -> Result<(), ChatError> {
-    use std::io::Write as _;
-    let mut f = std::fs::OpenOptions::new()
+/// Writes a new file through `fill` (never replacing one); a file that
+/// `fill` fails to complete (a download that did not decrypt) is removed.
+async fn save_new(
+    path: &std::path::Path,
+    fill: impl AsyncFnOnce(&mut futures_util::io::AllowStdIo<std::fs::File>) -> Result<u64, ChatError>,
+) -> Result<u64, ChatError> {
+    let cannot =
+        |e: std::io::Error| ChatError::new(format!("cannot save to {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|e| ChatError::new(format!("cannot save to {}: {e}", path.display())))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| ChatError::new(format!("cannot save to {}: {e}", path.display())))
+        .map_err(cannot)?;
+    let mut file = futures_util::io::AllowStdIo::new(file);
+    let filled = match fill(&mut file).await {
+        Ok(size) => file.get_ref().sync_all().map(|()| size).map_err(cannot),
+        Err(e) => Err(e),
+    };
+    if filled.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    filled
 }
 
 /// `1.5 MiB`.

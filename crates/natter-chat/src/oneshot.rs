@@ -17,7 +17,7 @@ use crate::error::ChatError;
 /// How long `send` waits for the server to store the message.
 pub const SEND_WAIT: Duration = Duration::from_secs(30);
 /// The largest file `send --file` reads (the server has its own limit).
-pub const MAX_FILE_BYTES: u64 = 1 << 30;
+pub const MAX_FILE_BYTES: u64 = 2 << 30;
 
 /// Finds the chat `to` names: a chat id, or a phone number (the direct
 /// chat with its user, made if needed; encrypted unless `plain`).
@@ -83,13 +83,28 @@ pub async fn find_user(
         .ok_or_else(|| ChatError::new(format!("no Natter account has the number {phone}")))
 }
 
-/// Reads a file to send, within [`MAX_FILE_BYTES`].
+/// A file to send, opened: its name, type, size and the file, read as it
+/// is encrypted and uploaded (never whole into memory).
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Its name (the last path component).
+    pub name: String,
+    /// Its type, from the extension.
+    pub mime: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The open file.
+    pub file: futures_util::io::AllowStdIo<std::fs::File>,
+}
+
+/// Opens a file to send, within [`MAX_FILE_BYTES`].
 ///
 /// # Errors
-/// It cannot be read or is too big.
-pub fn read_file(path: &Path) -> Result<(String, String, Vec<u8>), ChatError> {
+/// Not a readable file, or too large.
+pub fn open_file(path: &Path) -> Result<Outgoing, ChatError> {
     let cannot = |e: std::io::Error| ChatError::new(format!("cannot read {}: {e}", path.display()));
-    let meta = std::fs::metadata(path).map_err(cannot)?;
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
     if !meta.is_file() {
         return Err(ChatError::new(format!("{} is not a file", path.display())));
     }
@@ -100,11 +115,15 @@ pub fn read_file(path: &Path) -> Result<(String, String, Vec<u8>), ChatError> {
             MAX_FILE_BYTES >> 20
         )));
     }
-    let bytes = std::fs::read(path).map_err(cannot)?;
     let name = path
         .file_name()
         .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
-    Ok((name, mime_of(path).to_owned(), bytes))
+    Ok(Outgoing {
+        name,
+        mime: mime_of(path).to_owned(),
+        size: meta.len(),
+        file: futures_util::io::AllowStdIo::new(file),
+    })
 }
 
 /// A file's type from its extension (the receiver only shows it).
@@ -152,8 +171,9 @@ pub async fn send(
         (Some(text), None) if encrypted => m.send_text(chat, text).await,
         (Some(text), None) => m.send_plain_text(chat, text).await,
         (None, Some(path)) if encrypted => {
-            let (name, mime, bytes) = read_file(path)?;
-            m.send_file(chat, &name, &mime, &bytes).await
+            let f = open_file(path)?;
+            m.send_file_from(chat, &f.name, &f.mime, f.size, f.file, &mut |_, _| {})
+                .await
         }
         (None, Some(_)) => {
             return Err(ChatError::new(

@@ -283,10 +283,13 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: Rect, now: Instant)
     let visible: Vec<TextLine<'static>> = rows[start..end].to_vec();
     frame.render_widget(Paragraph::new(visible), body);
     if let Some((label, since)) = &app.progress {
-        // The SDK encrypts and uploads a file in one call: the bar moves
-        // while it works and says what it is doing.
+        // A transfer's bytes once it has moved; until then (and for steps
+        // of no known length) a bar that moves while it works.
         let tick = now.duration_since(*since).as_millis() / 100;
-        let ratio = ((tick % 20) as f64) / 20.0;
+        let ratio = app
+            .progress_ratio
+            .unwrap_or(((tick % 20) as f64) / 20.0)
+            .clamp(0.0, 1.0);
         frame.render_widget(
             Gauge::default()
                 .ratio(ratio)
