@@ -13,8 +13,11 @@
 //! - [`session`]: [`Client`] (before login), [`Session`] (one device),
 //!   [`Connection`] (the sync engine and outbox) and its [`Event`]s;
 //!   [`SyncState`] is what the engine persists.
-//! - `store` (native): [`Store`], SQLite: session file, positions,
-//!   outbox, the encryption engine's `state`, history with FTS5 search.
+//! - [`local`]: [`ClientStore`], what a device keeps (sync state, the
+//!   encryption engine's `state` in transactions, searchable history),
+//!   whatever engine holds it.
+//! - `store` (native): [`Store`], the [`ClientStore`] in SQLite: session
+//!   file, positions, outbox, `state`, history with FTS5 search.
 //! - `socket` (native): [`Socket`], a raw WebSocket for the load tool.
 //! - [`e2ee`]: the MLS engine of one device (keys, groups, trust, safety
 //!   numbers, encrypted media, handovers), network-free.
@@ -48,6 +51,7 @@
 
 pub mod api;
 pub mod e2ee;
+pub mod local;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod messenger;
 pub mod session;
@@ -58,6 +62,7 @@ pub mod store;
 pub mod transport;
 
 pub use api::{Api, ApiError};
+pub use local::{ClientStore, HistoryEntry, SharedStore, StateTx};
 #[cfg(not(target_arch = "wasm32"))]
 pub use messenger::{ChatMessage, Messenger, MessengerEvent, ReceivedFile};
 pub use natter_proto::chats::SendMessage;
@@ -67,7 +72,7 @@ pub use socket::{
     BUFFER_BYTES, SMALL_BUFFER_BYTES, Socket, SocketReader, SocketWriter, frame_message,
 };
 #[cfg(not(target_arch = "wasm32"))]
-pub use store::{HistoryEntry, SavedSession, Store};
+pub use store::{SavedSession, Store};
 #[cfg(not(target_arch = "wasm32"))]
 pub use transport::NativeTransport;
 pub use transport::{Transport, TransportError};

@@ -25,6 +25,8 @@ use natter_proto::{ChatId, DeviceId, MessageId, UserId};
 use rusqlite::{OptionalExtension as _, params};
 
 use crate::StoreError;
+pub use crate::local::HistoryEntry;
+use crate::local::{ClientStore, StateTx};
 use crate::session::{OutboxEntry, SyncState};
 
 /// The schema, one step per entry; never edit a step that shipped.
@@ -91,23 +93,6 @@ impl std::fmt::Debug for SavedSession {
             .field("token", &"<redacted>")
             .finish()
     }
-}
-
-/// A message of the local history (decrypted, or plaintext).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HistoryEntry {
-    /// The chat.
-    pub chat_id: ChatId,
-    /// Its seq in the chat log.
-    pub seq: i64,
-    /// The server's id.
-    pub message_id: MessageId,
-    /// Who sent it.
-    pub sender_id: UserId,
-    /// The server's timestamp (RFC 3339).
-    pub sent_at: String,
-    /// The text.
-    pub text: String,
 }
 
 /// The local store of one device. Cheap to clone (one connection behind a lock).
@@ -492,6 +477,49 @@ impl SyncState for Store {
 
     fn edit_message(&self, message: MessageId, text: Option<&str>) -> Result<(), StoreError> {
         self.update_history(message, text)
+    }
+}
+
+impl StateTx for StateTxn<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        StateTxn::get(self, key)
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        StateTxn::put(self, key, value)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        StateTxn::delete(self, key)
+    }
+
+    fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        StateTxn::keys(self, prefix)
+    }
+}
+
+impl ClientStore for Store {
+    fn transaction_dyn(
+        &self,
+        work: &mut dyn FnMut(&dyn StateTx) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        Store::transaction(self, |tx| work(tx))
+    }
+
+    fn put_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        Store::put_history(self, entry)
+    }
+
+    fn update_history(&self, message: MessageId, text: Option<&str>) -> Result<(), StoreError> {
+        Store::update_history(self, message, text)
+    }
+
+    fn history(&self, chat: ChatId) -> Result<Vec<HistoryEntry>, StoreError> {
+        Store::history(self, chat)
+    }
+
+    fn search_local(&self, text: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        Store::search_local(self, text)
     }
 }
 
