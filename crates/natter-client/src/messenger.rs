@@ -1,12 +1,12 @@
 //! The end-to-end encrypted client of one device: its [`Session`], sync
 //! engine ([`Connection`]), MLS engine ([`Engine`]), trust store
-//! ([`PinnedKeys`]) and local [`Store`], kept in step (docs/e2ee.md).
+//! ([`PinnedKeys`]) and local [`ClientStore`], kept in step (docs/e2ee.md).
 //!
 //! Every chat a [`Messenger`] creates is encrypted. It processes each
 //! encrypted chat's log in order, exactly once: its own position per chat
 //! is saved with the MLS state in one transaction, so a crash between the
 //! two cannot skip a commit. Decrypted messages go to the local history
-//! (searchable with [`Store::search_local`]); the server keeps only
+//! (searchable with [`ClientStore::search_local`]); the server keeps only
 //! ciphertext.
 //!
 //! Keeping groups in line: the device that causes a change (creates a
@@ -38,8 +38,8 @@ use crate::e2ee::payload::{Body, Payload};
 use crate::e2ee::safety::SafetyNumber;
 use crate::e2ee::trust::{PinnedKeys, TrustEvent};
 use crate::e2ee::{E2eeError, Engine, Suite};
+use crate::local::{ClientStore, HistoryEntry, SharedStore};
 use crate::session::{Connection, Event, Session};
-use crate::store::{HistoryEntry, Store};
 use crate::{ClientError, ClientResult, StoreError};
 
 /// One-time KeyPackages published at a time (and again when the server
@@ -181,7 +181,7 @@ pub struct Messenger {
     /// The sync engine and outbox.
     connection: Connection,
     /// The local store.
-    store: Store,
+    store: SharedStore,
     /// The MLS engine.
     engine: Engine,
     /// Pinned identity keys and checked certificates.
@@ -228,7 +228,8 @@ impl Messenger {
     ///
     /// # Errors
     /// The server or the store failed.
-    pub async fn start(session: Session, store: Store) -> ClientResult<Self> {
+    pub async fn start(session: Session, store: impl ClientStore + 'static) -> ClientResult<Self> {
+        let store: SharedStore = std::sync::Arc::new(store);
         let saved = store.transaction(|tx| {
             Ok((
                 tx.get(ENGINE_KEY)?,
@@ -236,7 +237,7 @@ impl Messenger {
                 tx.get(POSITIONS_KEY)?,
             ))
         })?;
-        let connection = session.connect(std::sync::Arc::new(store.clone()));
+        let connection = session.connect(store.clone());
         let (engine, trust, positions, fresh) = match saved {
             (Some(engine), trust, positions) => {
                 let engine = Engine::restore(&engine).map_err(e2ee)?;
@@ -288,8 +289,8 @@ impl Messenger {
 
     /// The local store (history, search).
     #[must_use]
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn ClientStore {
+        &*self.store
     }
 
     /// This device's MLS signature key: shown on a new device, so the user
@@ -970,6 +971,37 @@ impl Messenger {
             let event = self.connection.next_event().await?;
             self.on_event(event).await?;
         }
+    }
+
+    /// [`Messenger::next_event`] in steps, for a caller that serves other
+    /// requests while it waits (the browser bindings): take what is
+    /// [`pending`](Self::take_pending), wait on
+    /// [`wait_connection`](Self::wait_connection) (cancel-safe: it may lose
+    /// a `select`), then [`handle`](Self::handle) what came, to the end.
+    pub fn take_pending(&mut self) -> Option<MessengerEvent> {
+        self.pending.pop_front()
+    }
+
+    /// The sync engine's next event (cancel-safe; see [`Messenger::take_pending`]).
+    ///
+    /// # Errors
+    /// The device was revoked, or the local store failed.
+    pub async fn wait_connection(&mut self) -> ClientResult<Event> {
+        self.connection.next_event().await
+    }
+
+    /// Processes one event of [`Messenger::wait_connection`]; its results
+    /// join the pending events. Not cancel-safe: run it to the end.
+    ///
+    /// # Errors
+    /// The server or the local store failed.
+    pub async fn handle(&mut self, event: Event) -> ClientResult<()> {
+        self.on_event(event).await
+    }
+
+    /// Tells the chat this user is typing (ephemeral).
+    pub async fn typing(&mut self, chat: ChatId) {
+        self.connection.typing(chat).await;
     }
 
     async fn on_event(&mut self, event: Event) -> ClientResult<()> {
