@@ -21,7 +21,10 @@
 //! - `socket` (native): [`Socket`], a raw WebSocket for the load tool.
 //! - [`e2ee`]: the MLS engine of one device (keys, groups, trust, safety
 //!   numbers, encrypted media, handovers), network-free.
-//! - `messenger` (native): [`Messenger`], the end-to-end encrypted client
+//! - `browser` (wasm32): `BrowserTransport` (fetch, WebSocket, timers)
+//!   and `BrowserStore` (the [`ClientStore`] in IndexedDB, encrypted with
+//!   a non-extractable WebCrypto key).
+//! - [`messenger`]: [`Messenger`], the end-to-end encrypted client
 //!   of one device: session, sync engine, MLS engine and store in step.
 //!
 //! Usage, natively:
@@ -50,9 +53,10 @@
 //! ```
 
 pub mod api;
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 pub mod e2ee;
 pub mod local;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod messenger;
 pub mod session;
 #[cfg(not(target_arch = "wasm32"))]
@@ -62,8 +66,7 @@ pub mod store;
 pub mod transport;
 
 pub use api::{Api, ApiError};
-pub use local::{ClientStore, HistoryEntry, SharedStore, StateTx};
-#[cfg(not(target_arch = "wasm32"))]
+pub use local::{ClientStore, HistoryEntry, SavedSession, SharedStore, StateTx};
 pub use messenger::{ChatMessage, Messenger, MessengerEvent, ReceivedFile};
 pub use natter_proto::chats::SendMessage;
 pub use session::{Client, Connection, ConnectionConfig, Event, MemoryState, Session, SyncState};
@@ -72,7 +75,7 @@ pub use socket::{
     BUFFER_BYTES, SMALL_BUFFER_BYTES, Socket, SocketReader, SocketWriter, frame_message,
 };
 #[cfg(not(target_arch = "wasm32"))]
-pub use store::{SavedSession, Store};
+pub use store::Store;
 #[cfg(not(target_arch = "wasm32"))]
 pub use transport::NativeTransport;
 pub use transport::{Transport, TransportError};
@@ -80,6 +83,10 @@ pub use transport::{Transport, TransportError};
 /// What went wrong in a local store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The browser's storage (IndexedDB, WebCrypto) failed.
+    #[cfg(target_arch = "wasm32")]
+    #[error("the browser's storage failed: {0}")]
+    Browser(String),
     /// SQLite failed.
     #[cfg(not(target_arch = "wasm32"))]
     #[error("the local database failed: {0}")]

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use natter_proto::{ChatId, MessageId, UserId};
+use natter_proto::{ChatId, DeviceId, MessageId, UserId};
 
 use crate::StoreError;
 use crate::session::SyncState;
@@ -37,6 +37,30 @@ pub struct HistoryEntry {
     pub sent_at: String,
     /// The text.
     pub text: String,
+}
+
+/// The saved login of this device (natively `session.json`, mode 0600).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedSession {
+    /// The server.
+    pub base: String,
+    /// The account.
+    pub user_id: UserId,
+    /// This device.
+    pub device_id: DeviceId,
+    /// The bearer token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for SavedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SavedSession")
+            .field("base", &self.base)
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The `state` table inside one transaction.

@@ -21,12 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use natter_proto::chats::SendMessage;
-use natter_proto::{ChatId, DeviceId, MessageId, UserId};
+use natter_proto::{ChatId, MessageId};
 use rusqlite::{OptionalExtension as _, params};
 
 use crate::StoreError;
-pub use crate::local::HistoryEntry;
 use crate::local::{ClientStore, StateTx};
+pub use crate::local::{HistoryEntry, SavedSession};
 use crate::session::{OutboxEntry, SyncState};
 
 /// The schema, one step per entry; never edit a step that shipped.
@@ -70,30 +70,6 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO history_fts(rowid, text) VALUES (new.id, new.text);
     END;",
 ];
-
-/// The saved login of this device (`session.json`, mode 0600).
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SavedSession {
-    /// The server.
-    pub base: String,
-    /// The account.
-    pub user_id: UserId,
-    /// This device.
-    pub device_id: DeviceId,
-    /// The bearer token.
-    pub token: String,
-}
-
-impl std::fmt::Debug for SavedSession {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SavedSession")
-            .field("base", &self.base)
-            .field("user_id", &self.user_id)
-            .field("device_id", &self.device_id)
-            .field("token", &"<redacted>")
-            .finish()
-    }
-}
 
 /// The local store of one device. Cheap to clone (one connection behind a lock).
 #[derive(Debug, Clone)]
@@ -531,6 +507,7 @@ fn time_format() -> time::format_description::well_known::Rfc3339 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use natter_proto::{DeviceId, UserId};
 
     #[test]
     fn user_text_becomes_quoted_terms() {
