@@ -286,6 +286,7 @@ $("composer").addEventListener("submit", (ev) => {
     const id = await state.client.sendText(chatId, text);
     if ($("draft").value === text) $("draft").value = "";
     state.drafts.delete(chatId);
+    state.typingSentAt = 0; // the next keystroke says "typing" again
     const li = await messageItem({ chatId, seq: 0, senderId: state.client.userId, sentAt: new Date().toISOString(), text });
     li.querySelector(".status").textContent = " · sending";
     state.pending.set(id, { chatId, li });
@@ -449,6 +450,13 @@ $("enable-push").addEventListener("click", () => busy($("enable-push"), async ()
   const json = sub.toJSON();
   await state.client.setPush(json.endpoint, json.keys.p256dh, json.keys.auth);
   notice("Notifications are on.", "info");
+}));
+
+$("sign-out").addEventListener("click", () => busy($("sign-out"), async () => {
+  if (!confirm("Sign out? This browser forgets this device's keys and history.")) return;
+  await state.client.logOut();
+  location.hash = "";
+  location.reload();
 }));
 
 // === Events from the messenger ===

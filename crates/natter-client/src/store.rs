@@ -544,6 +544,43 @@ mod tests {
     }
 
     #[test]
+    fn the_store_behind_the_trait_commits_or_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: crate::local::SharedStore =
+            std::sync::Arc::new(Store::open(&dir.path().join("s")).unwrap());
+        let n = store
+            .transaction(|tx| {
+                tx.put("e2ee/a", b"1")?;
+                Ok(tx.keys("e2ee/")?.len())
+            })
+            .unwrap();
+        assert_eq!(n, 1);
+        let failed: Result<(), StoreError> = store.transaction(|tx| {
+            tx.delete("e2ee/a")?;
+            Err(StoreError::Corrupt("abort".to_owned()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(
+            store.transaction(|tx| tx.get("e2ee/a")).unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        let chat = ChatId::new();
+        let entry = HistoryEntry {
+            chat_id: chat,
+            seq: 1,
+            message_id: MessageId::new(),
+            sender_id: UserId::new(),
+            sent_at: "2026-12-02T04:00:00Z".to_owned(),
+            text: "Lunch at noon?".to_owned(),
+        };
+        store.put_history(&entry).unwrap();
+        assert_eq!(store.history(chat).unwrap(), vec![entry.clone()]);
+        assert_eq!(store.search_local("noon").unwrap(), vec![entry.clone()]);
+        store.update_history(entry.message_id, None).unwrap();
+        assert!(store.history(chat).unwrap().is_empty());
+    }
+
+    #[test]
     fn the_directory_and_the_token_file_are_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");

@@ -84,6 +84,16 @@ fn parse_id<T: std::str::FromStr>(what: &str, text: &str) -> JsResult<T> {
         .map_err(|_| plain_error(&format!("not a {what} id: {text}")))
 }
 
+/// A seq from JavaScript (a Number: exact up to 2^53).
+fn seq_of(seq: f64) -> JsResult<i64> {
+    if seq.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&seq) {
+        #[allow(clippy::cast_possible_truncation)] // checked above
+        Ok(seq as i64)
+    } else {
+        Err(plain_error(&format!("not a seq: {seq}")))
+    }
+}
+
 fn store_error(e: natter_client::StoreError) -> JsValue {
     js_error(&ClientError::Store(e))
 }
@@ -239,9 +249,8 @@ impl Natter {
                 invite: None,
                 device_name: Some("Browser".to_owned()),
             })
-            .await
-            .map_err(|e| js_error(&e))?;
-        Self::start(session, store).await
+            .await;
+        Self::start_or_close(session, store).await
     }
 
     /// Logs a new device in to an existing account and starts it (it waits
@@ -255,20 +264,37 @@ impl Natter {
                 verification_code: code,
                 device_name: Some("Browser".to_owned()),
             })
-            .await
-            .map_err(|e| js_error(&e))?;
-        Self::start(session, store).await
+            .await;
+        Self::start_or_close(session, store).await
     }
 
     /// The device saved in this browser, started; `null` if there is none.
     pub async fn resume() -> JsResult<Option<Natter>> {
         let store = BrowserStore::open(STORE_NAME).await.map_err(store_error)?;
         let Some(saved) = store.load_session() else {
+            // Sign-up or log-in makes a fresh one (and deletes this).
+            store.close();
             return Ok(None);
         };
         let session =
             client(&saved.base, Some(&store)).session(saved.user_id, saved.device_id, &saved.token);
         Self::start(session, store).await.map(Some)
+    }
+
+    /// Starts a new device, or closes its store (so the next attempt can
+    /// delete it) when signing in failed.
+    async fn start_or_close(
+        session: natter_client::ClientResult<Session>,
+        store: BrowserStore,
+    ) -> JsResult<Natter> {
+        let outcome = match session {
+            Ok(session) => Self::start(session, store.clone()).await,
+            Err(e) => Err(js_error(&e)),
+        };
+        if outcome.is_err() {
+            store.close();
+        }
+        outcome
     }
 
     async fn start(session: Session, store: BrowserStore) -> JsResult<Natter> {
@@ -448,8 +474,9 @@ impl Natter {
 
     /// A file message's decrypted bytes: `{name, mime, bytes}`.
     #[wasm_bindgen(js_name = fileBytes)]
-    pub async fn file_bytes(&self, chat_id: String, seq: i64) -> JsResult<JsValue> {
+    pub async fn file_bytes(&self, chat_id: String, seq: f64) -> JsResult<JsValue> {
         let chat = parse_id::<ChatId>("chat", &chat_id)?;
+        let seq = seq_of(seq)?;
         let dyn_store: &dyn ClientStore = &self.store;
         let (body, sent, info) = dyn_store
             .transaction(|tx| {
@@ -514,8 +541,9 @@ impl Natter {
     }
 
     /// Marks the chat read up to `seq`.
-    pub async fn read(&self, chat_id: String, seq: i64) -> JsResult<()> {
+    pub async fn read(&self, chat_id: String, seq: f64) -> JsResult<()> {
         let chat = parse_id::<ChatId>("chat", &chat_id)?;
+        let seq = seq_of(seq)?;
         self.call(Box::new(move |m, _| {
             Box::pin(async move {
                 m.read(chat, seq).await;
@@ -692,6 +720,7 @@ impl Natter {
     #[wasm_bindgen(js_name = logOut)]
     pub async fn log_out(&self) -> JsResult<()> {
         let _ = self.session.api().logout().await;
+        self.store.close();
         BrowserStore::destroy(STORE_NAME).await.map_err(store_error)
     }
 }

@@ -73,6 +73,8 @@ struct Inner {
     queued: RefCell<BTreeMap<String, Option<Vec<u8>>>>,
     /// One flush at a time, in order.
     flushing: tokio::sync::Mutex<()>,
+    /// Closes the database when another connection deletes it.
+    _on_versionchange: wasm_bindgen::closure::Closure<dyn FnMut(JsValue)>,
 }
 
 #[derive(Debug, Default)]
@@ -136,8 +138,16 @@ impl BrowserStore {
             .dyn_into()
             .map_err(|_| browser("IndexedDB did not open a database"))?;
 
+        // A new device signing in here deletes this database: let it (a
+        // connection left open would block the deletion).
+        let on_versionchange = wasm_bindgen::closure::Closure::<dyn FnMut(JsValue)>::new({
+            let db = db.clone();
+            move |_| db.close()
+        });
+        db.set_onversionchange(Some(on_versionchange.as_ref().unchecked_ref()));
         let key = Self::record_key(&db, &subtle).await?;
         let inner = Inner {
+            _on_versionchange: on_versionchange,
             name: name.to_owned(),
             db,
             key,
@@ -167,8 +177,26 @@ impl BrowserStore {
         let req = factory
             .delete_database(name)
             .map_err(jserr("deleting the store"))?;
-        js::request(&req).await.map_err(browser)?;
-        Ok(())
+        // Another tab holding the database open blocks the deletion: say
+        // so rather than wait for it.
+        let promise = js_sys::Promise::new(&mut |resolve, reject| {
+            req.set_onsuccess(Some(&resolve));
+            req.set_onerror(Some(&reject));
+            req.set_onblocked(Some(&reject));
+        });
+        let outcome = js::promise(promise).await;
+        req.set_onsuccess(None);
+        req.set_onerror(None);
+        req.set_onblocked(None);
+        outcome
+            .map(|_| ())
+            .map_err(|_| browser("the store is open in another tab: close the other tabs first"))
+    }
+
+    /// Closes the database (before [`BrowserStore::destroy`], which waits
+    /// for every connection to close).
+    pub fn close(&self) {
+        self.inner.db.close();
     }
 
     /// The record key: loaded, or made (non-extractable) and kept.
