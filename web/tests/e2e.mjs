@@ -136,8 +136,11 @@ class Person {
   async startChat(phones, group) {
     await this.page.fill("#new-chat-phone", phones.join(", "));
     if (group) await this.page.fill("#new-chat-name", group);
+    const before = this.page.url();
     await this.page.click("#new-chat button[type=submit]");
-    await this.page.waitForSelector("#composer:not([hidden])", { timeout: WAIT_MS });
+    // The new chat opens (its id in the address).
+    await this.page.waitForFunction((b) => location.href !== b && location.hash.startsWith("#chat="), before, { timeout: WAIT_MS });
+    if (group) await this.page.waitForSelector(`#chat-title:has-text("${group}")`, { timeout: WAIT_MS });
   }
   async openChat(title) {
     const item = this.page.locator("#chat-list li", { hasText: title });

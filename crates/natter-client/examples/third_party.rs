@@ -70,7 +70,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
                 event = messenger.next_event() => {
-                    if let MessengerEvent::Message(m) = event? {
+                    let event = event?;
+                    if !matches!(event, MessengerEvent::Message(_)) {
+                        // For the test's log: what else happened.
+                        eprintln!("third_party: {event:?}");
+                    }
+                    if let MessengerEvent::Message(m) = event {
                         if m.sender == user {
                             continue;
                         }
