@@ -29,7 +29,7 @@ use crate::config::WebConfig;
 
 /// The policy of every page answer (see the module docs).
 pub(crate) const PAGE_CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; \
-     style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; worker-src 'self'; \
+     style-src 'self'; img-src 'self' blob:; connect-src 'self'; worker-src 'self'; \
      manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// One embedded file.
