@@ -19,6 +19,7 @@ const state = {
   receipts: new Map(), // chat id -> {delivered, read}
   drafts: new Map(), // chat id -> text not yet sent
   pending: new Map(), // client message id -> {chat, li}
+  sentIds: new Set(), // acknowledged before their send call returned
   typingSentAt: 0,
   typingTimer: null,
   presenceTimer: null,
@@ -287,6 +288,8 @@ $("composer").addEventListener("submit", (ev) => {
     if ($("draft").value === text) $("draft").value = "";
     state.drafts.delete(chatId);
     state.typingSentAt = 0; // the next keystroke says "typing" again
+    // The server may have answered already (the history then shows it).
+    if (state.sentIds.delete(id)) return;
     const li = await messageItem({ chatId, seq: 0, senderId: state.client.userId, sentAt: new Date().toISOString(), text });
     li.querySelector(".status").textContent = " · sending";
     state.pending.set(id, { chatId, li });
@@ -486,6 +489,7 @@ async function onEvent(ev) {
     case "sent": {
       const p = state.pending.get(ev.clientMessageId);
       state.pending.delete(ev.clientMessageId);
+      if (!p) state.sentIds.add(ev.clientMessageId);
       if (p && p.chatId === state.current) await renderHistory();
       else if (!p && state.current) await renderHistory();
       break;

@@ -164,6 +164,7 @@ class Person {
   }
   async shot(name) {
     mkdirSync(SHOTS, { recursive: true });
+    await this.page.evaluate(() => { document.getElementById("notice").hidden = true; });
     await this.page.screenshot({ path: join(SHOTS, `${name}.png`) });
   }
   // Waits for a notice matching `re` (an earlier one may still show).
@@ -229,6 +230,7 @@ async function main() {
   await bob.sees("Hello Bob, this is end-to-end encrypted");
   await bob.send("Hi Alice! Lunch at noon?");
   await alice.sees("Hi Alice! Lunch at noon?");
+  check((await bob.page.locator("#messages li", { hasText: "Lunch at noon" }).count()) === 1, "Bob's own message shows once");
 
   step("typing, then an image shown as a preview on the other side");
   // Keystrokes until Alice sees it (the client sends one notice every few
