@@ -13,12 +13,18 @@
 //! - [`session`]: [`Client`] (before login), [`Session`] (one device),
 //!   [`Connection`] (the sync engine and outbox) and its [`Event`]s;
 //!   [`SyncState`] is what the engine persists.
-//! - `store` (native): [`Store`], SQLite: session file, positions,
-//!   outbox, the encryption engine's `state`, history with FTS5 search.
+//! - [`local`]: [`ClientStore`], what a device keeps (sync state, the
+//!   encryption engine's `state` in transactions, searchable history),
+//!   whatever engine holds it.
+//! - `store` (native): [`Store`], the [`ClientStore`] in SQLite: session
+//!   file, positions, outbox, `state`, history with FTS5 search.
 //! - `socket` (native): [`Socket`], a raw WebSocket for the load tool.
 //! - [`e2ee`]: the MLS engine of one device (keys, groups, trust, safety
 //!   numbers, encrypted media, handovers), network-free.
-//! - `messenger` (native): [`Messenger`], the end-to-end encrypted client
+//! - `browser` (wasm32): `BrowserTransport` (fetch, WebSocket, timers)
+//!   and `BrowserStore` (the [`ClientStore`] in IndexedDB, encrypted with
+//!   a non-extractable WebCrypto key).
+//! - [`messenger`]: [`Messenger`], the end-to-end encrypted client
 //!   of one device: session, sync engine, MLS engine and store in step.
 //!
 //! Usage, natively:
@@ -47,9 +53,11 @@
 //! ```
 
 pub mod api;
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 pub mod e2ee;
 pub mod files;
-#[cfg(not(target_arch = "wasm32"))]
+pub mod local;
 pub mod messenger;
 pub mod session;
 #[cfg(not(target_arch = "wasm32"))]
@@ -59,7 +67,7 @@ pub mod store;
 pub mod transport;
 
 pub use api::{Api, ApiError};
-#[cfg(not(target_arch = "wasm32"))]
+pub use local::{ClientStore, HistoryEntry, SavedSession, SharedStore, StateTx};
 pub use messenger::{ChatMessage, Messenger, MessengerEvent, ReceivedFile};
 pub use natter_proto::chats::SendMessage;
 pub use session::{Client, Connection, ConnectionConfig, Event, MemoryState, Session, SyncState};
@@ -68,7 +76,7 @@ pub use socket::{
     BUFFER_BYTES, SMALL_BUFFER_BYTES, Socket, SocketReader, SocketWriter, frame_message,
 };
 #[cfg(not(target_arch = "wasm32"))]
-pub use store::{HistoryEntry, SavedSession, Store};
+pub use store::Store;
 #[cfg(not(target_arch = "wasm32"))]
 pub use transport::NativeTransport;
 pub use transport::{Transport, TransportError};
@@ -86,6 +94,10 @@ impl std::fmt::Debug for Redacted {
 /// What went wrong in a local store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The browser's storage (IndexedDB, WebCrypto) failed.
+    #[cfg(target_arch = "wasm32")]
+    #[error("the browser's storage failed: {0}")]
+    Browser(String),
     /// SQLite failed.
     #[cfg(not(target_arch = "wasm32"))]
     #[error("the local database failed: {0}")]

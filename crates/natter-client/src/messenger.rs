@@ -1,12 +1,12 @@
 //! The end-to-end encrypted client of one device: its [`Session`], sync
 //! engine ([`Connection`]), MLS engine ([`Engine`]), trust store
-//! ([`PinnedKeys`]) and local [`Store`], kept in step (docs/e2ee.md).
+//! ([`PinnedKeys`]) and local [`ClientStore`], kept in step (docs/e2ee.md).
 //!
 //! Every chat a [`Messenger`] creates is encrypted. It processes each
 //! encrypted chat's log in order, exactly once: its own position per chat
 //! is saved with the MLS state in one transaction, so a crash between the
 //! two cannot skip a commit. Decrypted messages go to the local history
-//! (searchable with [`Store::search_local`]); the server keeps only
+//! (searchable with [`ClientStore::search_local`]); the server keeps only
 //! ciphertext.
 //!
 //! Keeping groups in line: the device that causes a change (creates a
@@ -38,8 +38,8 @@ use crate::e2ee::safety::SafetyNumber;
 use crate::e2ee::trust::{PinnedKeys, TrustEvent};
 use crate::e2ee::{E2eeError, Engine, Suite};
 use crate::files;
+use crate::local::{ClientStore, HistoryEntry, SharedStore};
 use crate::session::{Connection, Event, Session};
-use crate::store::{HistoryEntry, Store};
 use crate::{ClientError, ClientResult, StoreError};
 
 /// One-time KeyPackages published at a time (and again when the server
@@ -192,7 +192,7 @@ pub struct Messenger {
     /// The sync engine and outbox.
     connection: Connection,
     /// The local store.
-    store: Store,
+    store: SharedStore,
     /// The MLS engine.
     engine: Engine,
     /// Pinned identity keys and checked certificates.
@@ -239,7 +239,8 @@ impl Messenger {
     ///
     /// # Errors
     /// The server or the store failed.
-    pub async fn start(session: Session, store: Store) -> ClientResult<Self> {
+    pub async fn start(session: Session, store: impl ClientStore + 'static) -> ClientResult<Self> {
+        let store: SharedStore = std::sync::Arc::new(store);
         let saved = store.transaction(|tx| {
             Ok((
                 tx.get(ENGINE_KEY)?,
@@ -247,7 +248,7 @@ impl Messenger {
                 tx.get(POSITIONS_KEY)?,
             ))
         })?;
-        let connection = session.connect(std::sync::Arc::new(store.clone()));
+        let connection = session.connect(store.clone());
         let (engine, trust, positions, fresh) = match saved {
             (Some(engine), trust, positions) => {
                 let engine = Engine::restore(&engine).map_err(e2ee)?;
@@ -299,8 +300,8 @@ impl Messenger {
 
     /// The local store (history, search).
     #[must_use]
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn ClientStore {
+        &*self.store
     }
 
     /// This device's MLS signature key: shown on a new device, so the user

@@ -304,11 +304,10 @@ impl Session {
         self.api.base()
     }
 
-    /// What to save to resume later ([`crate::Store::save_session`]).
-    #[cfg(not(target_arch = "wasm32"))]
+    /// What to save to resume later (natively `Store::save_session`).
     #[must_use]
-    pub fn saved(&self) -> crate::store::SavedSession {
-        crate::store::SavedSession {
+    pub fn saved(&self) -> crate::local::SavedSession {
+        crate::local::SavedSession {
             base: self.base().to_owned(),
             user_id: self.user_id,
             device_id: self.device_id,

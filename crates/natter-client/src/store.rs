@@ -21,10 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use natter_proto::chats::SendMessage;
-use natter_proto::{ChatId, DeviceId, MessageId, UserId};
+use natter_proto::{ChatId, MessageId};
 use rusqlite::{OptionalExtension as _, params};
 
 use crate::StoreError;
+use crate::local::{ClientStore, StateTx};
+pub use crate::local::{HistoryEntry, SavedSession};
 use crate::session::{OutboxEntry, SyncState};
 
 /// The schema, one step per entry; never edit a step that shipped.
@@ -68,61 +70,6 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO history_fts(rowid, text) VALUES (new.id, new.text);
     END;",
 ];
-
-/// The saved login of this device (`session.json`, mode 0600).
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SavedSession {
-    /// The server.
-    pub base: String,
-    /// The account.
-    pub user_id: UserId,
-    /// This device.
-    pub device_id: DeviceId,
-    /// The bearer token.
-    pub token: String,
-}
-
-impl std::fmt::Debug for SavedSession {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SavedSession")
-            .field("base", &self.base)
-            .field("user_id", &self.user_id)
-            .field("device_id", &self.device_id)
-            .field("token", &"<redacted>")
-            .finish()
-    }
-}
-
-/// A message of the local history (decrypted, or plaintext). Its `Debug`
-/// shows the text's size only.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HistoryEntry {
-    /// The chat.
-    pub chat_id: ChatId,
-    /// Its seq in the chat log.
-    pub seq: i64,
-    /// The server's id.
-    pub message_id: MessageId,
-    /// Who sent it.
-    pub sender_id: UserId,
-    /// The server's timestamp (RFC 3339).
-    pub sent_at: String,
-    /// The text.
-    pub text: String,
-}
-
-impl std::fmt::Debug for HistoryEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HistoryEntry")
-            .field("chat_id", &self.chat_id)
-            .field("seq", &self.seq)
-            .field("message_id", &self.message_id)
-            .field("sender_id", &self.sender_id)
-            .field("sent_at", &self.sent_at)
-            .field("text", &crate::Redacted(self.text.len()))
-            .finish()
-    }
-}
 
 /// The local store of one device. Cheap to clone (one connection behind a lock).
 #[derive(Debug, Clone)]
@@ -509,6 +456,49 @@ impl SyncState for Store {
     }
 }
 
+impl StateTx for StateTxn<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        StateTxn::get(self, key)
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        StateTxn::put(self, key, value)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        StateTxn::delete(self, key)
+    }
+
+    fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        StateTxn::keys(self, prefix)
+    }
+}
+
+impl ClientStore for Store {
+    fn transaction_dyn(
+        &self,
+        work: &mut dyn FnMut(&dyn StateTx) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        Store::transaction(self, |tx| work(tx))
+    }
+
+    fn put_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        Store::put_history(self, entry)
+    }
+
+    fn update_history(&self, message: MessageId, text: Option<&str>) -> Result<(), StoreError> {
+        Store::update_history(self, message, text)
+    }
+
+    fn history(&self, chat: ChatId) -> Result<Vec<HistoryEntry>, StoreError> {
+        Store::history(self, chat)
+    }
+
+    fn search_local(&self, text: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        Store::search_local(self, text)
+    }
+}
+
 fn time_format() -> time::format_description::well_known::Rfc3339 {
     time::format_description::well_known::Rfc3339
 }
@@ -517,6 +507,7 @@ fn time_format() -> time::format_description::well_known::Rfc3339 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use natter_proto::{DeviceId, UserId};
 
     #[test]
     fn user_text_becomes_quoted_terms() {
@@ -550,6 +541,43 @@ mod tests {
             store.transaction(|tx| tx.keys("")).unwrap(),
             vec!["a".to_owned()]
         );
+    }
+
+    #[test]
+    fn the_store_behind_the_trait_commits_or_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: crate::local::SharedStore =
+            std::sync::Arc::new(Store::open(&dir.path().join("s")).unwrap());
+        let n = store
+            .transaction(|tx| {
+                tx.put("e2ee/a", b"1")?;
+                Ok(tx.keys("e2ee/")?.len())
+            })
+            .unwrap();
+        assert_eq!(n, 1);
+        let failed: Result<(), StoreError> = store.transaction(|tx| {
+            tx.delete("e2ee/a")?;
+            Err(StoreError::Corrupt("abort".to_owned()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(
+            store.transaction(|tx| tx.get("e2ee/a")).unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        let chat = ChatId::new();
+        let entry = HistoryEntry {
+            chat_id: chat,
+            seq: 1,
+            message_id: MessageId::new(),
+            sender_id: UserId::new(),
+            sent_at: "2026-12-02T04:00:00Z".to_owned(),
+            text: "Lunch at noon?".to_owned(),
+        };
+        store.put_history(&entry).unwrap();
+        assert_eq!(store.history(chat).unwrap(), vec![entry.clone()]);
+        assert_eq!(store.search_local("noon").unwrap(), vec![entry.clone()]);
+        store.update_history(entry.message_id, None).unwrap();
+        assert!(store.history(chat).unwrap().is_empty());
     }
 
     #[test]

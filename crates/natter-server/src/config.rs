@@ -68,6 +68,64 @@ pub struct Config {
     pub push: PushConfig,
     /// End-to-end encryption: the MLS delivery service's bounds.
     pub e2ee: E2eeConfig,
+    /// The browser client served at `/`, and cross-origin access to the API.
+    pub web: WebConfig,
+}
+
+/// `[web]`: the browser client, embedded in the binary and served at `/`,
+/// and which other origins may call the API from a browser (CORS).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Serve the browser client at `/` (off: the API alone).
+    pub enabled: bool,
+    /// Origins (`https://chat.example.org`) allowed to call the API from a
+    /// browser, for operators who host the app elsewhere. Empty (the
+    /// default): CORS is closed, only pages of this server's own origin can.
+    pub cors_origins: Vec<String>,
+    /// How long a browser may cache a CORS preflight answer.
+    pub cors_max_age_secs: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cors_origins: Vec::new(),
+            cors_max_age_secs: 600,
+        }
+    }
+}
+
+impl WebConfig {
+    /// Checks each origin: `http` or `https`, a host, an optional port,
+    /// nothing else (no path, no `*`).
+    ///
+    /// # Errors
+    /// A [`ConfigError::Invalid`] naming `web.cors_origins`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.cors_origins {
+            let ok = reqwest::Url::parse(origin).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.has_host()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.username().is_empty()
+                    && u.origin().ascii_serialization() == *origin
+            });
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "web.cors_origins",
+                    problem: format!(
+                        "{origin:?} is not an origin: write scheme://host[:port], \
+                         as a browser sends it (https://chat.example.org)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -94,6 +152,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             push: PushConfig::default(),
             e2ee: E2eeConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -1239,7 +1298,7 @@ impl Config {
         }
         self.validate_cluster()?;
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 62] = [
+        let positive: [(&'static str, u64); 63] = [
             ("nats.presence_ttl_secs", self.nats.presence_ttl_secs),
             ("nats.presence_replicas", self.nats.presence_replicas),
             ("nats.connect_timeout_secs", self.nats.connect_timeout_secs),
@@ -1404,6 +1463,7 @@ impl Config {
             ("push.preview_chars", self.push.preview_chars as u64),
             ("push.fcm.timeout_secs", self.push.fcm.timeout_secs),
             ("push.apns.timeout_secs", self.push.apns.timeout_secs),
+            ("web.cors_max_age_secs", self.web.cors_max_age_secs),
         ];
         // The listener's connection bounds (kept apart so the list above
         // does not change length with every new key).
@@ -1600,6 +1660,7 @@ impl Config {
         ];
         self.media.validate()?;
         self.e2ee.validate()?;
+        self.web.validate()?;
         for (key, rate) in rates {
             if rate.burst == 0 || rate.per_secs == 0 {
                 return Err(invalid(key, "needs burst and per_secs greater than zero"));
@@ -1880,6 +1941,32 @@ mod tests {
         ] {
             assert!(error_of(&[(var, "0")]).contains(key), "{var}");
         }
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let ok = |origins: &[&str]| {
+            let mut c = Config::default();
+            c.web.cors_origins = origins.iter().map(|o| (*o).to_owned()).collect();
+            c.web.validate()
+        };
+        assert!(ok(&[]).is_ok());
+        assert!(ok(&["https://chat.example.org", "http://127.0.0.1:5173"]).is_ok());
+        for bad in [
+            "*",
+            "chat.example.org",
+            "https://chat.example.org/",
+            "https://chat.example.org/app",
+            "ftp://chat.example.org",
+            "https://user@chat.example.org",
+            "https://CHAT.example.org",
+        ] {
+            let e = ok(&[bad]).unwrap_err().to_string();
+            assert!(e.contains("web.cors_origins"), "{bad}: {e}");
+        }
+        assert!(
+            error_of(&[("NATTER_WEB__CORS_MAX_AGE_SECS", "0")]).contains("`web.cors_max_age_secs`")
+        );
     }
 
     #[test]

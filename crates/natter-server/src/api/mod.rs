@@ -17,6 +17,7 @@ mod ops;
 mod push;
 mod search;
 mod users;
+mod web;
 mod ws;
 mod ws_budget;
 
@@ -194,6 +195,8 @@ pub fn app(services: Services) -> Router {
     let mls_body_bytes = services.config().e2ee.max_body_bytes();
     let max_header_bytes = limits.max_header_bytes;
     let timeout = services.config().request_timeout();
+    let web_enabled = services.config().web.enabled;
+    let cors = web::Cors::from_config(&services.config().web);
     let state = AppState {
         services,
         metrics: metrics_handle(),
@@ -203,7 +206,14 @@ pub fn app(services: Services) -> Router {
     // their time by idleness, not by a deadline a slow phone network would hit.
     let transfers = transfers.layer(DefaultBodyLimit::disable());
     let mls = mls.layer(DefaultBodyLimit::max(mls_body_bytes));
-    api.layer(DefaultBodyLimit::max(limits.max_body_bytes))
+    // The browser client at `/` (web/dist, embedded).
+    let transfers = if web_enabled {
+        transfers.merge(web::router())
+    } else {
+        transfers
+    };
+    let app = api
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .merge(mls)
         .layer(middleware::from_fn(move |req, next| {
             deadline(timeout, req, next)
@@ -230,8 +240,15 @@ pub fn app(services: Services) -> Router {
                 metrics::counter!("natter_panics_total").increment(1);
                 ApiError::internal(&"a request handler panicked").into_response()
             },
-        ))
-        .with_state(state)
+        ));
+    // CORS outermost, so preflights are answered before anything else.
+    let app = match cors {
+        Some(cors) => app.layer(middleware::from_fn(move |req, next| {
+            web::cors(cors.clone(), req, next)
+        })),
+        None => app,
+    };
+    app.with_state(state)
 }
 
 async fn not_found() -> ApiError {

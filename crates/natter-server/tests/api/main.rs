@@ -30,6 +30,7 @@
 //! - `mobile_push_service`: the local OAuth, FCM and APNs services those tests talk to (a helper).
 //! - `ops`: health, readiness, metrics, the OpenAPI document.
 //! - `tls`: HTTPS (HTTP/2 and HTTP/1.1 by ALPN) and WebSocket over TLS.
+//! - `web`: the browser client at `/` and the API's CORS policy.
 
 #![allow(
     clippy::unwrap_used,
@@ -66,3 +67,4 @@ mod search;
 mod signup;
 mod support;
 mod tls;
+mod web;
