@@ -799,7 +799,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return wasm_bindgen__convert__closures_____invoke__h187806219436da14(a, state0.b, arg0, arg1);
+                        return wasm_bindgen__convert__closures_____invoke__hcb6d61cee58eea1e(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -833,7 +833,7 @@ function __wbg_get_imports() {
                     const a = state0.a;
                     state0.a = 0;
                     try {
-                        return wasm_bindgen__convert__closures_____invoke__h187806219436da14(a, state0.b, arg0, arg1);
+                        return wasm_bindgen__convert__closures_____invoke__hcb6d61cee58eea1e(a, state0.b, arg0, arg1);
                     } finally {
                         state0.a = a;
                     }
@@ -1078,13 +1078,13 @@ function __wbg_get_imports() {
             return ret;
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 1028, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h24d3c058930cab8d);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 1034, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hb5cbe2f8b1da96ed);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 358, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h37991d40df0878b0);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 351, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h8a78581ee6777c8d);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
@@ -1112,19 +1112,19 @@ function __wbg_get_imports() {
     };
 }
 
-function wasm_bindgen__convert__closures_____invoke__h37991d40df0878b0(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h37991d40df0878b0(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__h8a78581ee6777c8d(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h8a78581ee6777c8d(arg0, arg1, arg2);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h24d3c058930cab8d(arg0, arg1, arg2) {
-    const ret = wasm.wasm_bindgen__convert__closures_____invoke__h24d3c058930cab8d(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__hb5cbe2f8b1da96ed(arg0, arg1, arg2) {
+    const ret = wasm.wasm_bindgen__convert__closures_____invoke__hb5cbe2f8b1da96ed(arg0, arg1, arg2);
     if (ret[1]) {
         throw takeFromExternrefTable0(ret[0]);
     }
 }
 
-function wasm_bindgen__convert__closures_____invoke__h187806219436da14(arg0, arg1, arg2, arg3) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h187806219436da14(arg0, arg1, arg2, arg3);
+function wasm_bindgen__convert__closures_____invoke__hcb6d61cee58eea1e(arg0, arg1, arg2, arg3) {
+    wasm.wasm_bindgen__convert__closures_____invoke__hcb6d61cee58eea1e(arg0, arg1, arg2, arg3);
 }
 
 
