@@ -69,6 +69,19 @@ impl ChatServer {
         self.dir.path().join(name)
     }
 
+    /// The command line of an interactive `natter chat` for this server,
+    /// with the data directory `name`.
+    pub(super) fn interactive(&self, name: &str) -> Vec<String> {
+        vec![
+            env!("CARGO_BIN_EXE_natter").to_owned(),
+            "chat".to_owned(),
+            "--server".to_owned(),
+            self.base.clone(),
+            "--data-dir".to_owned(),
+            self.client_dir(name).to_str().unwrap().to_owned(),
+        ]
+    }
+
     /// `natter chat login` for `phone`, typing the code from the log.
     pub(super) fn log_in(&mut self, dir: &Path, phone: &str, name: &str) -> Output {
         let mut child = chat(dir, &self.base)

@@ -153,18 +153,8 @@ fn safety_digits(screen: &str) -> Vec<String> {
 #[test]
 fn two_people_chat_encrypted_in_two_terminals() {
     let mut server = ChatServer::start();
-    let client = |name: &str| {
-        vec![
-            env!("CARGO_BIN_EXE_natter").to_owned(),
-            "chat".to_owned(),
-            "--server".to_owned(),
-            server.base.clone(),
-            "--data-dir".to_owned(),
-            server.client_dir(name).to_str().unwrap().to_owned(),
-        ]
-    };
-    let alice = Terminal::start(client("alice"), 120, 36);
-    let bob = Terminal::start(client("bob"), 120, 36);
+    let alice = Terminal::start(server.interactive("alice"), 120, 36);
+    let bob = Terminal::start(server.interactive("bob"), 120, 36);
     sign_up(&mut server, &alice, "+14155550501", "Alice");
     sign_up(&mut server, &bob, "+14155550502", "Bob");
 
@@ -222,19 +212,9 @@ fn two_people_chat_encrypted_in_two_terminals() {
 #[test]
 fn a_second_device_is_approved_and_offline_messages_go_out_in_order() {
     let mut server = ChatServer::start();
-    let client = |name: &str| {
-        vec![
-            env!("CARGO_BIN_EXE_natter").to_owned(),
-            "chat".to_owned(),
-            "--server".to_owned(),
-            server.base.clone(),
-            "--data-dir".to_owned(),
-            server.client_dir(name).to_str().unwrap().to_owned(),
-        ]
-    };
-    let alice = Terminal::start(client("alice"), 120, 36);
-    let bob = Terminal::start(client("bob"), 120, 36);
-    let laptop = Terminal::start(client("alice-laptop"), 120, 36);
+    let alice = Terminal::start(server.interactive("alice"), 120, 36);
+    let bob = Terminal::start(server.interactive("bob"), 120, 36);
+    let laptop = Terminal::start(server.interactive("alice-laptop"), 120, 36);
     sign_up(&mut server, &alice, "+14155550511", "Alice");
     sign_up(&mut server, &bob, "+14155550512", "Bob");
     bob.line("/new +14155550511");
