@@ -7,6 +7,9 @@
 //! and create this user"), so an engine can run each in one transaction.
 
 pub mod admin;
+pub mod columns;
+#[cfg(test)]
+mod conformance;
 pub mod e2ee;
 pub mod postgres;
 pub mod rules;
@@ -885,6 +888,7 @@ pub trait Store:
     + SearchIndex
     + MediaStore
     + PushOutbox
+    + AccountsAcrossChats
     + admin::Invites
     + admin::Administration
     + e2ee::KeyDirectory
@@ -983,6 +987,16 @@ pub trait Accounts: Send + Sync {
     /// Which of these numbers have accounts. The numbers are not stored.
     async fn users_by_phones(&self, phones: &[Phone]) -> StoreResult<Vec<(Phone, UserId)>>;
 
+    /// Records when the user was last online.
+    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;
+}
+
+/// The account operations that read or change chat membership as well as
+/// the account: an engine whose chat logs live in other databases than its
+/// accounts (PostgreSQL, partitioned by chat) spans them for these, so they
+/// are a trait of their own rather than part of [`Accounts`].
+#[async_trait]
+pub trait AccountsAcrossChats: Send + Sync {
     /// Users allowed to see `user`'s presence: those who share a chat with
     /// them or have them as a contact, narrowed by `user`'s privacy setting.
     /// (Co-members are counted only in direct chats and in groups of at most
@@ -993,9 +1007,6 @@ pub trait Accounts: Send + Sync {
         user: UserId,
         max_group_members: usize,
     ) -> StoreResult<Vec<UserId>>;
-
-    /// Records when the user was last online.
-    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()>;
 
     /// Deletes an account, atomically: the user leaves every chat through
     /// the chat log's removal path (direct chats too), and their devices

@@ -13,7 +13,10 @@ const MIGRATION_LOCK: i64 = 0x6E61_7474_6572;
 
 /// The steps, in order; a step's version is its place in the list
 /// (starting at 1). Never edit a released step: add one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_rate_limits.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_rate_limits.sql"),
+    include_str!("migrations/0002_accounts.sql"),
+];
 
 /// The newest schema version this binary knows.
 #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]

@@ -12,12 +12,15 @@
 //! - `migrations`: the embedded SQL steps and the advisory-locked runner.
 //! - `ratelimit`: [`PgRateLimiter`], GCRA in one SQL function.
 //!
-//! The store traits of `store/mod.rs` are not implemented on it yet; the
-//! server uses the embedded engine until they are (`docs/scale.md`).
+//! - `accounts`: [`Accounts`](super::Accounts) on the accounts database.
+//!
+//! The other store traits of `store/mod.rs` are not implemented on it yet;
+//! the server uses the embedded engine until they are (`docs/scale.md`).
 //!
 //! May depend on `store` (its error type) and `ratelimit` (the trait); nothing
 //! above `store` uses it directly.
 
+mod accounts;
 mod migrations;
 mod ratelimit;
 #[cfg(test)]

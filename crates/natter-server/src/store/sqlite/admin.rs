@@ -8,13 +8,13 @@ use uuid::Uuid;
 use super::engine::db_err;
 use super::{
     SqliteStore, USER_COLUMNS, device_from_row, insert_device, user_by_id, user_from_row, uuid_of,
-    visibility_to_sql,
 };
 use crate::clock::Timestamp;
 use crate::store::admin::{
     Administration, Deactivated, InviteRecord, InviteRegistration, Invites, NewInvite,
     ReferencedBlob, RegisteredByInvite, StoreStats, UserSummary,
 };
+use crate::store::columns::visibility_to_sql;
 use crate::store::{Device, StoreError, StoreResult, User};
 
 fn invite_from_row(row: &Row<'_>) -> rusqlite::Result<InviteRecord> {

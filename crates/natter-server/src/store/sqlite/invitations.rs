@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::cache::ChatCache;
 use super::{chats, uuid_of};
 use crate::clock::Timestamp;
+use crate::store::columns::permission_from_sql;
 use crate::store::rules;
 use crate::store::{
     AddOutcome, ChatChange, ChatChanged, ChatCreated, GroupAdded, GroupCreated, InvitationAccepted,
@@ -21,22 +22,6 @@ use crate::store::{
 };
 
 type Result<T> = rusqlite::Result<T>;
-
-pub(super) const fn permission_to_sql(p: GroupAddPermission) -> &'static str {
-    match p {
-        GroupAddPermission::Everyone => "everyone",
-        GroupAddPermission::Contacts => "contacts",
-        GroupAddPermission::Nobody => "nobody",
-    }
-}
-
-pub(super) fn permission_from_sql(s: &str) -> GroupAddPermission {
-    match s {
-        "contacts" => GroupAddPermission::Contacts,
-        "nobody" => GroupAddPermission::Nobody,
-        _ => GroupAddPermission::Everyone,
-    }
-}
 
 /// Whether `adder` may add `user` to a group directly: `user`'s setting,
 /// and whether `user` has `adder` in their contacts.

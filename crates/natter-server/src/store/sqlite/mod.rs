@@ -17,20 +17,23 @@ mod search;
 use std::path::Path;
 
 use async_trait::async_trait;
-use natter_proto::users::LastSeenVisibility;
 use natter_proto::{ChatId, DeviceId, InvitationId, MediaId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use self::engine::{ReadPool, Writer, db_err};
+use super::columns::{
+    permission_from_sql, permission_to_sql, visibility_from_sql, visibility_to_sql,
+};
 use super::{
-    AccountDeleted, Accounts, Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead,
-    ChatLog, ChatOverview, CollectedMedia, ContactAdded, ContactEntry, Device, FinishedMedia,
-    HistoryQuery, IndexProgress, LogEntry, LogEvent, LoggedIn, Login, MediaCreated, MediaRecord,
-    MediaStore, Member, MessageChange, MessageChanged, NewChat, NewDevice, NewMedia, NewMessage,
-    NewPush, NewVerificationCode, PendingPush, Posted, ProfilePatch, PushChannelRecord,
-    PushFinished, PushOutbox, ReceiptChange, ReceiptState, Registered, Registration, Relation,
-    SearchIndex, SearchPage, SearchQuery, Store, StoreError, StoreResult, User,
+    AccountDeleted, Accounts, AccountsAcrossChats, Appended, ChatAccess, ChatChange, ChatChanged,
+    ChatCreated, ChatHead, ChatLog, ChatOverview, CollectedMedia, ContactAdded, ContactEntry,
+    Device, FinishedMedia, HistoryQuery, IndexProgress, LogEntry, LogEvent, LoggedIn, Login,
+    MediaCreated, MediaRecord, MediaStore, Member, MessageChange, MessageChanged, NewChat,
+    NewDevice, NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted,
+    ProfilePatch, PushChannelRecord, PushFinished, PushOutbox, ReceiptChange, ReceiptState,
+    Registered, Registration, Relation, SearchIndex, SearchPage, SearchQuery, Store, StoreError,
+    StoreResult, User,
 };
 use super::{
     GroupAdded, GroupCreated, GroupInvitations, InvitationAccepted, InvitationRecord,
@@ -202,22 +205,6 @@ fn uuid_of(row: &Row<'_>, idx: &str) -> rusqlite::Result<Uuid> {
     })
 }
 
-fn visibility_to_sql(v: LastSeenVisibility) -> &'static str {
-    match v {
-        LastSeenVisibility::Everyone => "everyone",
-        LastSeenVisibility::Contacts => "contacts",
-        LastSeenVisibility::Nobody => "nobody",
-    }
-}
-
-fn visibility_from_sql(s: &str) -> LastSeenVisibility {
-    match s {
-        "contacts" => LastSeenVisibility::Contacts,
-        "nobody" => LastSeenVisibility::Nobody,
-        _ => LastSeenVisibility::Everyone,
-    }
-}
-
 const USER_COLUMNS: &str = "id, phone, name, about, last_seen_visibility, group_add_permission, \
      last_seen_at, profile_pic, created_at";
 
@@ -228,9 +215,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         name: row.get("name")?,
         about: row.get("about")?,
         last_seen_visibility: visibility_from_sql(&row.get::<_, String>("last_seen_visibility")?),
-        group_add_permission: invitations::permission_from_sql(
-            &row.get::<_, String>("group_add_permission")?,
-        ),
+        group_add_permission: permission_from_sql(&row.get::<_, String>("group_add_permission")?),
         last_seen_at: row.get::<_, Option<i64>>("last_seen_at")?.map(Timestamp),
         profile_pic: row
             .get::<_, Option<Vec<u8>>>("profile_pic")?
@@ -697,9 +682,7 @@ impl Accounts for SqliteStore {
                         now.0,
                         patch.profile_pic.is_some(),
                         patch.profile_pic.flatten().map(|m| *m.as_uuid().as_bytes()),
-                        patch
-                            .group_add_permission
-                            .map(invitations::permission_to_sql),
+                        patch.group_add_permission.map(permission_to_sql),
                     ])
                 })
                 .map_err(db_err)?;
@@ -781,11 +764,10 @@ impl Accounts for SqliteStore {
                                         WHERE r.owner_id = u.id AND r.contact_id = c.owner_id)
                                   AS they_have_me
                          FROM contacts c JOIN users u ON u.id = c.contact_id
-                         WHERE c.owner_id = ?1
-                         ORDER BY u.name COLLATE NOCASE, u.id",
+                         WHERE c.owner_id = ?1",
                     )
                     .map_err(db_err)?;
-                let rows = s
+                let mut rows = s
                     .query_map([owner.as_uuid().as_bytes()], |row| {
                         Ok(ContactEntry {
                             user: user_from_row(row)?,
@@ -799,6 +781,7 @@ impl Accounts for SqliteStore {
                     .map_err(db_err)?
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(db_err)?;
+                super::columns::sort_contacts(&mut rows);
                 Ok(rows)
             })
             .await
@@ -832,6 +815,23 @@ impl Accounts for SqliteStore {
             .await
     }
 
+    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2)
+                     WHERE id = ?1 AND deleted_at IS NULL",
+                )
+                .and_then(|mut s| s.execute(params![user.as_uuid().as_bytes(), at.0]))
+                .map(drop)
+                .map_err(db_err)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl AccountsAcrossChats for SqliteStore {
     async fn presence_audience(
         &self,
         user: UserId,
@@ -858,20 +858,6 @@ impl Accounts for SqliteStore {
             );
         }
         Ok(deleted)
-    }
-
-    async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
-        self.writer
-            .write(move |c| {
-                c.prepare_cached(
-                    "UPDATE users SET last_seen_at = max(coalesce(last_seen_at, 0), ?2)
-                     WHERE id = ?1 AND deleted_at IS NULL",
-                )
-                .and_then(|mut s| s.execute(params![user.as_uuid().as_bytes(), at.0]))
-                .map(drop)
-                .map_err(db_err)
-            })
-            .await
     }
 }
 
@@ -1366,6 +1352,7 @@ impl crate::store::e2ee::DeviceInbox for SqliteStore {
 #[cfg(test)]
 mod tests {
     use natter_proto::chats::{ChatKind, MessageType};
+    use natter_proto::users::LastSeenVisibility;
 
     use super::*;
 

@@ -1,0 +1,481 @@
+//! The same scenarios run against every engine: the embedded SQLite store
+//! and PostgreSQL (the test command's cluster, or the test's own). Each
+//! scenario checks what it expects and returns a transcript of what the
+//! engine answered; the engines must answer alike, so the test compares
+//! their transcripts too. Limits are tested at N and N+1, and on
+//! PostgreSQL the races many nodes make are run for real.
+
+use std::time::Duration;
+
+use natter_proto::users::{GroupAddPermission, LastSeenVisibility};
+use natter_proto::{DeviceId, UserId};
+use natter_testkit::pg::PgCluster;
+
+use super::Store as _;
+use super::postgres::{PgOptions, Postgres, migrations_fingerprint};
+use super::sqlite::SqliteStore;
+use super::{
+    Accounts, ContactAdded, LoggedIn, Login, NewDevice, NewVerificationCode, ProfilePatch,
+    Registered, Registration, User,
+};
+use crate::clock::Timestamp;
+use crate::config::StoreConfig;
+use crate::phone::Phone;
+use crate::secret::{CodeHash, PlainToken};
+
+/// What an engine answered, step by step, in a form both engines share.
+type Transcript = Vec<String>;
+
+/// A fixed clock, so both engines see the same times.
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn phone(n: u32) -> Phone {
+    Phone::from_stored(format!("+1415555{n:04}"))
+}
+
+fn code(n: u8) -> CodeHash {
+    CodeHash([n; 32])
+}
+
+fn new_code(phone: &Phone, hash: CodeHash, expires_at: Timestamp) -> NewVerificationCode {
+    NewVerificationCode {
+        phone: phone.clone(),
+        hash,
+        created_at: T0,
+        expires_at,
+        shown: None,
+    }
+}
+
+fn new_device(name: &str, at: Timestamp) -> NewDevice {
+    NewDevice {
+        id: DeviceId::new(),
+        name: name.into(),
+        token_hash: PlainToken::generate().hash(),
+        created_at: at,
+    }
+}
+
+/// Registers user `n` named `name` with a fresh code.
+async fn register(store: &dyn Accounts, n: u32, name: &str) -> User {
+    let phone = phone(n);
+    store
+        .put_verification_code(new_code(&phone, code(1), T0.plus(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    let user = User {
+        id: UserId::new(),
+        phone,
+        name: name.into(),
+        about: String::new(),
+        last_seen_visibility: LastSeenVisibility::Everyone,
+        group_add_permission: GroupAddPermission::Everyone,
+        last_seen_at: None,
+        profile_pic: None,
+        created_at: T0,
+    };
+    match store
+        .register(Registration {
+            code: code(1),
+            user,
+            device: new_device("first", T0),
+        })
+        .await
+        .unwrap()
+    {
+        Registered::Created(user) => user,
+        other => panic!("registration refused: {other:?}"),
+    }
+}
+
+/// Verification codes: attempts counted up to the limit (N allowed, N+1
+/// refused), expiry, replacement, and a code consumed once.
+async fn verification_codes(store: &dyn Accounts) -> Transcript {
+    let mut t = Transcript::new();
+    let p = phone(1);
+    let expires = T0.plus(Duration::from_secs(60));
+    store
+        .put_verification_code(new_code(&p, code(7), expires))
+        .await
+        .unwrap();
+    for attempt in 1..=4 {
+        let hash = store.attempt_verification_code(&p, T0, 3).await.unwrap();
+        assert_eq!(hash.is_some(), attempt <= 3, "attempt {attempt} of 3");
+        t.push(format!("attempt {attempt}: {}", hash.is_some()));
+    }
+    // A new code starts the count again; an expired one answers nothing.
+    store
+        .put_verification_code(new_code(&p, code(8), expires))
+        .await
+        .unwrap();
+    let hash = store.attempt_verification_code(&p, T0, 3).await.unwrap();
+    assert_eq!(hash.map(|h| h.0), Some(code(8).0));
+    assert!(
+        store
+            .attempt_verification_code(&p, expires, 3)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let other = phone(2);
+    store
+        .put_verification_code(new_code(&other, code(9), T0.plus(Duration::from_secs(1))))
+        .await
+        .unwrap();
+    let deleted = store
+        .delete_expired_verification_codes(T0.plus(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "only the number-2 code had expired");
+    t.push(format!("expired deleted: {deleted}"));
+    assert!(
+        store
+            .attempt_verification_code(&p, T0, 3)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    t
+}
+
+/// Sign-up and login: a taken number, a consumed code, the device limit at
+/// N and N+1 (the refused try does not count against the code), devices
+/// and tokens.
+async fn registration_and_login(store: &dyn Accounts) -> Transcript {
+    let mut t = Transcript::new();
+    let alice = register(store, 1, "Alice").await;
+    assert_eq!(alice.last_seen_at, Some(T0), "signing up is activity");
+    t.push(format!("alice: {} {:?}", alice.name, alice.last_seen_at));
+    // The number is taken: the code stays and the try is given back.
+    let p = phone(1);
+    store
+        .put_verification_code(new_code(&p, code(2), T0.plus(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    store.attempt_verification_code(&p, T0, 1).await.unwrap();
+    let again = store
+        .register(Registration {
+            code: code(2),
+            user: User {
+                id: UserId::new(),
+                ..alice.clone()
+            },
+            device: new_device("second", T0),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(again, Registered::PhoneTaken), "{again:?}");
+    t.push(format!("taken: {again:?}"));
+    assert!(
+        store
+            .attempt_verification_code(&p, T0, 1)
+            .await
+            .unwrap()
+            .is_some(),
+        "the refused registration's try was given back"
+    );
+    // Logins up to the limit of 3 devices: two more, then the fourth is refused.
+    let login = |name: &str, at: Timestamp| Login {
+        phone: p.clone(),
+        code: code(2),
+        device: new_device(name, at),
+        max_devices: 3,
+    };
+    for (i, at) in [
+        (2, T0.plus(Duration::from_secs(1))),
+        (3, T0.plus(Duration::from_secs(2))),
+    ] {
+        store
+            .put_verification_code(new_code(&p, code(2), T0.plus(Duration::from_secs(60))))
+            .await
+            .unwrap();
+        let outcome = store.login(login(&format!("d{i}"), at)).await.unwrap();
+        assert!(
+            matches!(outcome, LoggedIn::Created(_)),
+            "device {i}: {outcome:?}"
+        );
+        // The same code a second time: consumed (checked while there is
+        // room; a full account answers DeviceLimit first).
+        if i == 2 {
+            let replay = store.login(login("replay", at)).await.unwrap();
+            assert!(matches!(replay, LoggedIn::CodeGone), "{replay:?}");
+        }
+        t.push(format!("device {i}: created"));
+    }
+    store
+        .put_verification_code(new_code(&p, code(2), T0.plus(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    store.attempt_verification_code(&p, T0, 1).await.unwrap();
+    let full = store.login(login("d4", T0)).await.unwrap();
+    assert!(matches!(full, LoggedIn::DeviceLimit), "{full:?}");
+    assert!(
+        store
+            .attempt_verification_code(&p, T0, 1)
+            .await
+            .unwrap()
+            .is_some(),
+        "the refused login's try was given back"
+    );
+    let unknown = store
+        .login(Login {
+            phone: phone(99),
+            ..login("x", T0)
+        })
+        .await
+        .unwrap();
+    assert!(matches!(unknown, LoggedIn::UnknownPhone), "{unknown:?}");
+    t.push(format!("fourth: {full:?}; unknown: {unknown:?}"));
+
+    let devices = store.devices(alice.id).await.unwrap();
+    let names: Vec<_> = devices.iter().map(|d| d.name.clone()).collect();
+    assert_eq!(names, ["first", "d2", "d3"], "oldest first");
+    t.push(format!("devices: {names:?}"));
+    // A device is found by its token, deleted only by its owner.
+    let bob = register(store, 2, "Bob").await;
+    let second = devices[1].id;
+    assert!(!store.delete_device(bob.id, second).await.unwrap());
+    assert!(store.delete_device(alice.id, second).await.unwrap());
+    assert!(!store.delete_device(alice.id, second).await.unwrap());
+    assert_eq!(store.devices(alice.id).await.unwrap().len(), 2);
+    // Activity only moves last-seen forward.
+    let first = devices[0].id;
+    let later = T0.plus(Duration::from_secs(600));
+    store.touch_device(alice.id, first, later).await.unwrap();
+    store.touch_device(alice.id, first, T0).await.unwrap();
+    store.set_last_seen(alice.id, T0).await.unwrap();
+    let seen = store.user(alice.id).await.unwrap().unwrap().last_seen_at;
+    assert_eq!(seen, Some(later));
+    let touched = store
+        .devices(alice.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.id == first)
+        .unwrap();
+    assert_eq!(
+        touched.last_active_at, T0,
+        "the device's own time is its last request's"
+    );
+    t.push(format!("last seen {seen:?}"));
+    assert!(
+        store
+            .device_by_token(&PlainToken::generate().hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    t
+}
+
+/// Looking people up, profiles and contacts: the contact limit at N and
+/// N+1, re-adding by number, relations both ways, the one order of a
+/// contact list, and which numbers have accounts (in the order asked).
+async fn people_and_contacts(store: &dyn Accounts) -> Transcript {
+    let mut t = Transcript::new();
+    let owner = register(store, 1, "Owner").await;
+    let names = ["bob", "Álvaro", "Carol", "alice", "BOBBY", "中文", "zed"];
+    let mut others = Vec::new();
+    for (n, name) in (2..).zip(names) {
+        others.push(register(store, n, name).await);
+    }
+    // Up to 6 contacts: the sixth fits, the seventh does not.
+    for (i, other) in others.iter().enumerate() {
+        let added = store
+            .add_contact(owner.id, other.id, i % 2 == 0, 6, T0)
+            .await
+            .unwrap();
+        let expected = if i < 6 {
+            ContactAdded::Added
+        } else {
+            ContactAdded::LimitReached
+        };
+        assert_eq!(format!("{added:?}"), format!("{expected:?}"), "contact {i}");
+    }
+    // Adding again keeps the entry, and adding by number upgrades it.
+    let again = store
+        .add_contact(owner.id, others[1].id, true, 6, T0)
+        .await
+        .unwrap();
+    assert!(matches!(again, ContactAdded::AlreadyThere), "{again:?}");
+    let relation = store.relation(owner.id, others[1].id).await.unwrap();
+    assert!(relation.viewer_has_target && relation.viewer_knows_phone);
+    assert!(!relation.target_has_viewer);
+    store
+        .add_contact(others[1].id, owner.id, false, 6, T0)
+        .await
+        .unwrap();
+    let back = store.relation(others[1].id, owner.id).await.unwrap();
+    assert!(back.viewer_has_target && !back.viewer_knows_phone && back.target_has_viewer);
+    let list = store.contacts(owner.id).await.unwrap();
+    let order: Vec<String> = list
+        .iter()
+        .map(|c| {
+            format!(
+                "{} phone:{} mutual:{}",
+                c.user.name, c.relation.viewer_knows_phone, c.relation.target_has_viewer
+            )
+        })
+        .collect();
+    let listed: Vec<&str> = list.iter().map(|c| c.user.name.as_str()).collect();
+    // ASCII letters without case, then bytes: accented and CJK names after.
+    assert_eq!(listed, ["alice", "bob", "BOBBY", "Carol", "Álvaro", "中文"]);
+    t.extend(order);
+    assert!(store.remove_contact(owner.id, others[0].id).await.unwrap());
+    assert!(!store.remove_contact(owner.id, others[0].id).await.unwrap());
+    let none = store.relation(owner.id, others[0].id).await.unwrap();
+    assert_eq!(none, super::Relation::default());
+
+    // Which numbers have accounts, in the order asked, unknown ones left out.
+    let asked = [phone(5), phone(77), phone(2), phone(5)];
+    let found = store.users_by_phones(&asked).await.unwrap();
+    let found: Vec<_> = found.iter().map(|(p, _)| p.as_str().to_owned()).collect();
+    assert_eq!(found, ["+14155550005", "+14155550002", "+14155550005"]);
+    t.push(format!("found: {found:?}"));
+    let by_phone = store.user_by_phone(&phone(3)).await.unwrap().unwrap();
+    assert_eq!(by_phone.id, others[1].id);
+    assert!(store.user_by_phone(&phone(77)).await.unwrap().is_none());
+
+    // Profile changes: only the fields given; a picture that is no
+    // finished image of the user's is cleared, not set.
+    let changed = store
+        .update_profile(
+            owner.id,
+            ProfilePatch {
+                about: Some("don't panic, e-mail me".into()),
+                last_seen_visibility: Some(LastSeenVisibility::Contacts),
+                group_add_permission: Some(GroupAddPermission::Nobody),
+                profile_pic: Some(Some(natter_proto::MediaId::new())),
+                ..ProfilePatch::default()
+            },
+            T0,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.name, "Owner");
+    assert_eq!(changed.about, "don't panic, e-mail me");
+    assert_eq!(changed.last_seen_visibility, LastSeenVisibility::Contacts);
+    assert_eq!(changed.group_add_permission, GroupAddPermission::Nobody);
+    assert_eq!(changed.profile_pic, None);
+    t.push(format!(
+        "profile: {} / {} / {:?} / {:?}",
+        changed.name, changed.about, changed.last_seen_visibility, changed.group_add_permission
+    ));
+    assert!(
+        store
+            .update_profile(UserId::new(), ProfilePatch::default(), T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    t
+}
+
+/// A named secret is made once and read back the same ever after.
+async fn server_secrets(store: &dyn Accounts) -> Transcript {
+    let first = store
+        .server_secret("test", Box::new(|| vec![1, 2, 3]))
+        .await
+        .unwrap();
+    let second = store
+        .server_secret("test", Box::new(|| vec![9, 9, 9]))
+        .await
+        .unwrap();
+    assert_eq!(first, [1, 2, 3]);
+    assert_eq!(second, first);
+    vec![format!("{first:?}")]
+}
+
+fn sqlite() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+    (dir, store)
+}
+
+fn pg_options(url: String) -> PgOptions {
+    PgOptions {
+        url,
+        pool_size: 4,
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+/// Runs `scenario` on a fresh SQLite store and a fresh PostgreSQL database
+/// and requires the same transcript from both.
+macro_rules! on_both_engines {
+    ($($name:ident => $scenario:ident;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let (_dir, embedded) = sqlite();
+            let expected = $scenario(&embedded).await;
+            embedded.close().await;
+            let cluster = PgCluster::from_env_or_start().unwrap();
+            let db = cluster
+                .database(&migrations_fingerprint(), |url| async move {
+                    Postgres::connect(&pg_options(url)).await.map(|pg| pg.close()).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap();
+            let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
+            let answered = tokio::time::timeout(Duration::from_secs(60), $scenario(&pg))
+                .await
+                .expect("the PostgreSQL engine answered within a minute");
+            pg.close();
+            assert_eq!(answered, expected, "PostgreSQL and SQLite answered differently");
+        }
+    )*};
+}
+
+on_both_engines! {
+    verification_codes_on_both_engines => verification_codes;
+    registration_and_login_on_both_engines => registration_and_login;
+    people_and_contacts_on_both_engines => people_and_contacts;
+    server_secrets_on_both_engines => server_secrets;
+}
+
+/// Many nodes adding contacts for one user at once never pass the limit:
+/// the owner's row lock serializes the count.
+#[tokio::test]
+async fn concurrent_contact_adds_on_postgres_stop_at_the_limit() {
+    let cluster = PgCluster::from_env_or_start().unwrap();
+    let db = cluster
+        .database(&migrations_fingerprint(), |url| async move {
+            Postgres::connect(&pg_options(url))
+                .await
+                .map(|pg| pg.close())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let owner = register(&pg, 1, "Owner").await;
+    let mut others = Vec::new();
+    for n in 2..12 {
+        others.push(register(&pg, n, &format!("u{n}")).await);
+    }
+    // Two "nodes" (pools of their own), ten adds at once, room for four.
+    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let adds = others.iter().enumerate().map(|(i, other)| {
+        let node = if i % 2 == 0 { &pg } else { &node_b };
+        node.add_contact(owner.id, other.id, false, 4, T0)
+    });
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(adds),
+    )
+    .await
+    .expect("the adds finished within a minute");
+    let added = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(ContactAdded::Added)))
+        .count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(ContactAdded::LimitReached)))
+        .count();
+    assert_eq!((added, refused), (4, 6), "{outcomes:?}");
+    assert_eq!(pg.contacts(owner.id).await.unwrap().len(), 4);
+    pg.close();
+    node_b.close();
+}
