@@ -2,6 +2,7 @@
 //! engines must return the same, so the embedded and the PostgreSQL engine
 //! read each other's meaning (and a test can compare their answers).
 
+use natter_proto::push::{ApnsEnvironment, PushKind};
 use natter_proto::users::{GroupAddPermission, LastSeenVisibility};
 
 use super::ContactEntry;
@@ -43,6 +44,47 @@ pub fn permission_from_sql(s: &str) -> GroupAddPermission {
         "contacts" => GroupAddPermission::Contacts,
         "nobody" => GroupAddPermission::Nobody,
         _ => GroupAddPermission::Everyone,
+    }
+}
+
+/// The stored spelling of a push protocol.
+#[must_use]
+pub const fn push_kind_to_sql(kind: PushKind) -> &'static str {
+    match kind {
+        PushKind::Webpush => "webpush",
+        PushKind::Unifiedpush => "unifiedpush",
+        PushKind::Fcm => "fcm",
+        PushKind::Apns => "apns",
+    }
+}
+
+/// A stored push protocol (the schema's CHECK allows only the four).
+#[must_use]
+pub fn push_kind_from_sql(s: &str) -> PushKind {
+    match s {
+        "unifiedpush" => PushKind::Unifiedpush,
+        "fcm" => PushKind::Fcm,
+        "apns" => PushKind::Apns,
+        _ => PushKind::Webpush,
+    }
+}
+
+/// The stored spelling of an APNs environment.
+#[must_use]
+pub fn apns_environment_to_sql(environment: Option<ApnsEnvironment>) -> Option<&'static str> {
+    environment.map(|e| match e {
+        ApnsEnvironment::Sandbox => "sandbox",
+        ApnsEnvironment::Production => "production",
+    })
+}
+
+/// A stored APNs environment.
+#[must_use]
+pub fn apns_environment_from_sql(s: Option<&str>) -> Option<ApnsEnvironment> {
+    match s {
+        Some("sandbox") => Some(ApnsEnvironment::Sandbox),
+        Some(_) => Some(ApnsEnvironment::Production),
+        None => None,
     }
 }
 

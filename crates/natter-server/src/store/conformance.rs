@@ -7,20 +7,22 @@
 
 use std::time::Duration;
 
+use natter_proto::push::{ApnsEnvironment, PushKind};
 use natter_proto::users::{GroupAddPermission, LastSeenVisibility};
-use natter_proto::{DeviceId, UserId};
+use natter_proto::{ChatId, DeviceId, UserId};
 use natter_testkit::pg::PgCluster;
 
 use super::Store as _;
 use super::postgres::{PgOptions, Postgres, migrations_fingerprint};
 use super::sqlite::SqliteStore;
 use super::{
-    Accounts, ContactAdded, LoggedIn, Login, NewDevice, NewVerificationCode, ProfilePatch,
-    Registered, Registration, User,
+    Accounts, ContactAdded, LoggedIn, Login, NewDevice, NewPush, NewVerificationCode, PendingPush,
+    ProfilePatch, PushChannelRecord, PushFinished, PushOutbox, Registered, Registration, User,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
 use crate::phone::Phone;
+use crate::push::PushTarget;
 use crate::secret::{CodeHash, PlainToken};
 
 /// What an engine answered, step by step, in a form both engines share.
@@ -372,6 +374,245 @@ async fn people_and_contacts(store: &dyn Accounts) -> Transcript {
     t
 }
 
+fn channel(device: DeviceId, endpoint: &str, kind: PushKind) -> PushChannelRecord {
+    PushChannelRecord {
+        device_id: device,
+        target: PushTarget {
+            kind,
+            endpoint: endpoint.into(),
+            p256dh: (kind == PushKind::Webpush).then(|| vec![4; 65]),
+            auth: (kind == PushKind::Webpush).then(|| vec![5; 16]),
+            environment: (kind == PushKind::Apns).then_some(ApnsEnvironment::Sandbox),
+        },
+        created_at: T0,
+    }
+}
+
+fn new_push(user: &User, device: DeviceId, chat: ChatId, seq: i64, at: Timestamp) -> NewPush {
+    NewPush {
+        device_id: device,
+        user_id: user.id,
+        chat_id: chat,
+        seq,
+        preview: Some(("Bob".into(), format!("message {seq}"))),
+        now: at,
+    }
+}
+
+fn describe_push(p: &PendingPush) -> String {
+    format!(
+        "count {} since {} last {} chat {} preview {:?} attempts {} kind {:?} env {:?}",
+        p.count,
+        p.since_seq,
+        p.last_seq,
+        p.chat_id.is_some(),
+        p.preview,
+        p.attempts,
+        p.channel.target.kind,
+        p.channel.target.environment
+    )
+}
+
+/// Push channels and the outbox: registering (new, replaced, not one's
+/// own device), coalescing a burst (count, chat kept only if the same,
+/// latest preview), the due time, leases (claimed once, claimable again
+/// after the lease), a send that raced new messages, retries, an endpoint
+/// that is gone unless replaced, and cancelling.
+async fn push_outbox<S: Accounts + PushOutbox>(store: &S) -> Transcript {
+    let mut t = Transcript::new();
+    let alice = register(store, 1, "Alice").await;
+    let bob = register(store, 2, "Bob").await;
+    let a = store.devices(alice.id).await.unwrap()[0].id;
+    let b = store.devices(bob.id).await.unwrap()[0].id;
+    assert_eq!(
+        store
+            .put_push_channel(
+                alice.id,
+                channel(a, "https://push.example/a", PushKind::Webpush)
+            )
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        store
+            .put_push_channel(
+                alice.id,
+                channel(a, "https://push.example/a2", PushKind::Webpush)
+            )
+            .await
+            .unwrap(),
+        Some(false),
+        "a second registration replaces the first"
+    );
+    assert_eq!(
+        store
+            .put_push_channel(
+                alice.id,
+                channel(b, "https://push.example/x", PushKind::Webpush)
+            )
+            .await
+            .unwrap(),
+        None,
+        "not her device"
+    );
+    store
+        .put_push_channel(bob.id, channel(b, "apns-token", PushKind::Apns))
+        .await
+        .unwrap();
+    let devices = store
+        .push_devices(vec![bob.id, alice.id, UserId::new()])
+        .await
+        .unwrap();
+    assert_eq!(devices, [(bob.id, b), (alice.id, a)]);
+
+    // A burst for Alice: two messages in one chat, then one in another.
+    let (chat, other) = (ChatId::new(), ChatId::new());
+    let window = 3_000;
+    store
+        .queue_pushes(vec![
+            new_push(&alice, a, chat, 5, T0),
+            new_push(&alice, a, chat, 6, T0.plus(Duration::from_secs(1))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_push_due(window).await.unwrap(),
+        Some(Timestamp(T0.0 + window))
+    );
+    let none = store
+        .claim_pushes(Timestamp(T0.0 + window - 1), window, T0, 10)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "not due yet");
+    store
+        .queue_pushes(vec![new_push(
+            &bob,
+            b,
+            other,
+            9,
+            T0.plus(Duration::from_secs(2)),
+        )])
+        .await
+        .unwrap();
+    let lease = Timestamp(T0.0 + 60_000);
+    let now = Timestamp(T0.0 + 10_000);
+    let claimed = store.claim_pushes(now, window, lease, 10).await.unwrap();
+    let described: Vec<String> = claimed.iter().map(describe_push).collect();
+    assert_eq!(claimed.len(), 2, "{described:?}");
+    assert_eq!(claimed[0].device_id, a, "the earliest due first");
+    assert_eq!(
+        (claimed[0].count, claimed[0].since_seq, claimed[0].last_seq),
+        (2, 4, 6)
+    );
+    assert_eq!(
+        claimed[0].channel.target.endpoint,
+        "https://push.example/a2"
+    );
+    t.extend(described);
+    assert!(
+        store
+            .claim_pushes(now, window, lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased pushes are not claimed twice"
+    );
+    // While Alice's was being sent, a message in another chat came.
+    store
+        .queue_pushes(vec![new_push(&alice, a, other, 3, now)])
+        .await
+        .unwrap();
+    let first = &claimed[0];
+    store
+        .finish_push(
+            a,
+            PushFinished::Settled {
+                version: first.version,
+                count: first.count,
+                last_seq: first.last_seq,
+                now,
+            },
+        )
+        .await
+        .unwrap();
+    // Bob's send failed: retried later, one attempt counted.
+    store
+        .finish_push(
+            b,
+            PushFinished::Retry {
+                at: Timestamp(now.0 + 5_000),
+            },
+        )
+        .await
+        .unwrap();
+    let later = Timestamp(now.0 + 5_000);
+    let again = store.claim_pushes(later, window, lease, 10).await.unwrap();
+    let described: Vec<String> = again.iter().map(describe_push).collect();
+    assert_eq!(again.len(), 2, "{described:?}");
+    let alices = again.iter().find(|p| p.device_id == a).unwrap();
+    assert_eq!(
+        alices.count, 1,
+        "the new burst is the one message that raced the send"
+    );
+    assert_eq!(alices.chat_id, None, "two chats: the device syncs all");
+    let bobs = again.iter().find(|p| p.device_id == b).unwrap();
+    assert_eq!(bobs.attempts, 1);
+    t.extend(described);
+    // After the lease a crashed send is claimable again.
+    assert_eq!(
+        store
+            .claim_pushes(lease, window, Timestamp(lease.0 + 60_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Gone: only the endpoint that failed is removed.
+    store
+        .finish_push(
+            a,
+            PushFinished::Gone {
+                endpoint: "https://push.example/old".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.push_devices(vec![alice.id]).await.unwrap().len(), 1);
+    store
+        .finish_push(
+            a,
+            PushFinished::Gone {
+                endpoint: "https://push.example/a2".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.push_devices(vec![alice.id]).await.unwrap().is_empty());
+    // A device without a channel gets nothing queued.
+    store
+        .queue_pushes(vec![new_push(&alice, a, chat, 7, later)])
+        .await
+        .unwrap();
+    assert!(!store.cancel_push(a).await.unwrap());
+    assert!(store.cancel_push(b).await.unwrap());
+    assert!(!store.cancel_push(b).await.unwrap());
+    assert_eq!(store.next_push_due(window).await.unwrap(), None);
+    store
+        .queue_pushes(vec![new_push(&bob, b, chat, 1, later)])
+        .await
+        .unwrap();
+    assert!(store.delete_push_channel(bob.id, b).await.unwrap());
+    assert!(!store.delete_push_channel(bob.id, b).await.unwrap());
+    assert_eq!(
+        store.next_push_due(window).await.unwrap(),
+        None,
+        "its waiting push went with it"
+    );
+    t
+}
+
 /// A named secret is made once and read back the same ever after.
 async fn server_secrets(store: &dyn Accounts) -> Transcript {
     let first = store
@@ -432,6 +673,7 @@ on_both_engines! {
     registration_and_login_on_both_engines => registration_and_login;
     people_and_contacts_on_both_engines => people_and_contacts;
     server_secrets_on_both_engines => server_secrets;
+    push_outbox_on_both_engines => push_outbox;
 }
 
 /// Many nodes adding contacts for one user at once never pass the limit:
@@ -476,6 +718,66 @@ async fn concurrent_contact_adds_on_postgres_stop_at_the_limit() {
         .count();
     assert_eq!((added, refused), (4, 6), "{outcomes:?}");
     assert_eq!(pg.contacts(owner.id).await.unwrap().len(), 4);
+    pg.close();
+    node_b.close();
+}
+
+/// Push workers on two nodes claiming at once share the due pushes: each
+/// is claimed by exactly one of them.
+#[tokio::test]
+async fn concurrent_push_claims_on_postgres_never_send_twice() {
+    let cluster = PgCluster::from_env_or_start().unwrap();
+    let db = cluster
+        .database(&migrations_fingerprint(), |url| async move {
+            Postgres::connect(&pg_options(url))
+                .await
+                .map(|pg| pg.close())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let mut pushes = Vec::new();
+    for n in 0..24 {
+        let user = register(&pg, n, &format!("u{n}")).await;
+        let device = pg.devices(user.id).await.unwrap()[0].id;
+        pg.put_push_channel(
+            user.id,
+            channel(device, "https://push.example/", PushKind::Webpush),
+        )
+        .await
+        .unwrap();
+        pushes.push(new_push(&user, device, ChatId::new(), 1, T0));
+    }
+    pg.queue_pushes(pushes).await.unwrap();
+    let now = Timestamp(T0.0 + 10_000);
+    let lease = Timestamp(T0.0 + 60_000);
+    // Each worker claims four at a time until nothing is left.
+    let worker = |node: &'static Postgres| async move {
+        let mut mine = Vec::new();
+        loop {
+            let batch = node.claim_pushes(now, 1_000, lease, 4).await.unwrap();
+            if batch.is_empty() {
+                return mine;
+            }
+            mine.extend(batch.into_iter().map(|p| p.device_id));
+        }
+    };
+    let (pg, node_b): (&'static Postgres, &'static Postgres) =
+        (Box::leak(Box::new(pg)), Box::leak(Box::new(node_b)));
+    let (a, b) = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join(worker(pg), worker(node_b)),
+    )
+    .await
+    .expect("the workers finished within a minute");
+    let mut all: Vec<DeviceId> = a.iter().chain(&b).copied().collect();
+    all.sort_by_key(|d| *d.as_uuid());
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a push was claimed twice");
+    assert_eq!(all.len(), 24, "every due push was claimed");
     pg.close();
     node_b.close();
 }

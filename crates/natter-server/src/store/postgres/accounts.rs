@@ -9,11 +9,9 @@
 
 use async_trait::async_trait;
 use natter_proto::{DeviceId, MediaId, UserId};
-use tokio_postgres::IsolationLevel;
-use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{Postgres, store_error};
+use super::{Postgres, execute, rows};
 use crate::clock::Timestamp;
 use crate::phone::Phone;
 use crate::secret::{CodeHash, TokenHash};
@@ -56,26 +54,6 @@ fn device_from_row(row: &tokio_postgres::Row) -> Device {
         created_at: Timestamp(row.get("created_at")),
         last_active_at: Timestamp(row.get("last_active_at")),
     }
-}
-
-/// Runs a cached statement on `tx` and returns its rows.
-async fn rows(
-    tx: &deadpool_postgres::Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> StoreResult<Vec<tokio_postgres::Row>> {
-    let statement = tx.prepare_cached(sql).await.map_err(store_error)?;
-    tx.query(&statement, params).await.map_err(store_error)
-}
-
-/// Runs a cached statement on `tx` and returns the rows it changed.
-async fn execute(
-    tx: &deadpool_postgres::Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> StoreResult<u64> {
-    let statement = tx.prepare_cached(sql).await.map_err(store_error)?;
-    tx.execute(&statement, params).await.map_err(store_error)
 }
 
 /// An account by id; a deleted account's tombstone is no account.
@@ -153,32 +131,6 @@ async fn refund_attempt(
 
 fn count(row: &tokio_postgres::Row) -> usize {
     usize::try_from(row.get::<_, i64>(0)).unwrap_or(usize::MAX)
-}
-
-impl Postgres {
-    /// Runs one READ COMMITTED transaction (see [`Postgres::transaction`]).
-    async fn write<T, F>(&self, operation: F) -> StoreResult<T>
-    where
-        T: Send,
-        F: for<'t> FnMut(
-                &'t deadpool_postgres::Transaction<'t>,
-            ) -> futures_util::future::BoxFuture<'t, StoreResult<T>>
-            + Send,
-    {
-        self.transaction(IsolationLevel::ReadCommitted, operation)
-            .await
-    }
-
-    /// Runs a cached read-only statement on a pooled connection.
-    pub(super) async fn read(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> StoreResult<Vec<tokio_postgres::Row>> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await.map_err(store_error)?;
-        client.query(&statement, params).await.map_err(store_error)
-    }
 }
 
 #[async_trait]

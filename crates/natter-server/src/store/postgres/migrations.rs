@@ -16,6 +16,7 @@ const MIGRATION_LOCK: i64 = 0x6E61_7474_6572;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_rate_limits.sql"),
     include_str!("migrations/0002_accounts.sql"),
+    include_str!("migrations/0003_push.sql"),
 ];
 
 /// The newest schema version this binary knows.

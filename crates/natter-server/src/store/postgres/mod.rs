@@ -13,6 +13,8 @@
 //! - `ratelimit`: [`PgRateLimiter`], GCRA in one SQL function.
 //!
 //! - `accounts`: [`Accounts`](super::Accounts) on the accounts database.
+//! - `push`: [`PushOutbox`](super::PushOutbox), claimed by every node's
+//!   worker without double sends.
 //!
 //! The other store traits of `store/mod.rs` are not implemented on it yet;
 //! the server uses the embedded engine until they are (`docs/scale.md`).
@@ -22,6 +24,7 @@
 
 mod accounts;
 mod migrations;
+mod push;
 mod ratelimit;
 #[cfg(test)]
 mod tests;
@@ -32,6 +35,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use futures_util::future::BoxFuture;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, NoTls};
 
 pub use migrations::{LATEST_VERSION, fingerprint as migrations_fingerprint};
@@ -217,6 +221,52 @@ impl Postgres {
     /// One connection of the pool, for work that is not one transaction.
     pub(crate) async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// Runs a cached statement on `tx` and returns its rows.
+pub(super) async fn rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> StoreResult<Vec<tokio_postgres::Row>> {
+    let statement = tx.prepare_cached(sql).await.map_err(store_error)?;
+    tx.query(&statement, params).await.map_err(store_error)
+}
+
+/// Runs a cached statement on `tx` and returns the rows it changed.
+pub(super) async fn execute(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> StoreResult<u64> {
+    let statement = tx.prepare_cached(sql).await.map_err(store_error)?;
+    tx.execute(&statement, params).await.map_err(store_error)
+}
+
+impl Postgres {
+    /// Runs one READ COMMITTED transaction (see [`Postgres::transaction`]).
+    pub(super) async fn write<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send,
+        F: for<'t> FnMut(
+                &'t deadpool_postgres::Transaction<'t>,
+            ) -> futures_util::future::BoxFuture<'t, StoreResult<T>>
+            + Send,
+    {
+        self.transaction(IsolationLevel::ReadCommitted, operation)
+            .await
+    }
+
+    /// Runs a cached read-only statement on a pooled connection.
+    pub(super) async fn read(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> StoreResult<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(store_error)?;
+        client.query(&statement, params).await.map_err(store_error)
     }
 }
 

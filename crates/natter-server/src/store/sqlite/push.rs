@@ -6,43 +6,21 @@
 //! retry time. Claiming a row leases it (sets its retry time ahead), so a
 //! crash mid-send retries it after the lease instead of losing it.
 
-use natter_proto::push::{ApnsEnvironment, PushKind};
 use natter_proto::{ChatId, DeviceId, UserId};
 use rusqlite::{Connection, Row, params};
 
 use super::uuid_of;
 use crate::clock::Timestamp;
 use crate::push::PushTarget;
+use crate::store::columns::{
+    apns_environment_from_sql, apns_environment_to_sql, push_kind_from_sql, push_kind_to_sql,
+};
 use crate::store::{NewPush, PendingPush, PushChannelRecord, PushFinished};
 
-fn kind_to_sql(kind: PushKind) -> &'static str {
-    match kind {
-        PushKind::Webpush => "webpush",
-        PushKind::Unifiedpush => "unifiedpush",
-        PushKind::Fcm => "fcm",
-        PushKind::Apns => "apns",
-    }
-}
-
-fn environment_to_sql(environment: Option<ApnsEnvironment>) -> Option<&'static str> {
-    environment.map(|e| match e {
-        ApnsEnvironment::Sandbox => "sandbox",
-        ApnsEnvironment::Production => "production",
-    })
-}
-
 fn channel_from_row(row: &Row<'_>) -> rusqlite::Result<PushChannelRecord> {
-    let kind = match row.get::<_, String>("kind")?.as_str() {
-        "unifiedpush" => PushKind::Unifiedpush,
-        "fcm" => PushKind::Fcm,
-        "apns" => PushKind::Apns,
-        _ => PushKind::Webpush,
-    };
-    let environment = match row.get::<_, Option<String>>("environment")?.as_deref() {
-        Some("sandbox") => Some(ApnsEnvironment::Sandbox),
-        Some(_) => Some(ApnsEnvironment::Production),
-        None => None,
-    };
+    let kind = push_kind_from_sql(&row.get::<_, String>("kind")?);
+    let environment =
+        apns_environment_from_sql(row.get::<_, Option<String>>("environment")?.as_deref());
     Ok(PushChannelRecord {
         device_id: DeviceId::from_uuid(uuid_of(row, "device_id")?),
         target: PushTarget {
@@ -83,12 +61,12 @@ pub(super) fn put_channel(
     .execute(params![
         device,
         user.as_uuid().as_bytes(),
-        kind_to_sql(ch.target.kind),
+        push_kind_to_sql(ch.target.kind),
         ch.target.endpoint,
         ch.target.p256dh,
         ch.target.auth,
         ch.created_at.0,
-        environment_to_sql(ch.target.environment)
+        apns_environment_to_sql(ch.target.environment)
     ])?;
     Ok(Some(!existed))
 }
