@@ -13,6 +13,7 @@ use natter_proto::{ChatId, DeviceId, UserId};
 use natter_testkit::pg::PgCluster;
 
 use super::Store as _;
+use super::admin::{InviteRegistration, Invites, NewInvite, RegisteredByInvite};
 use super::postgres::{PgOptions, Postgres, migrations_fingerprint};
 use super::sqlite::SqliteStore;
 use super::{
@@ -613,6 +614,134 @@ async fn push_outbox<S: Accounts + PushOutbox>(store: &S) -> Transcript {
     t
 }
 
+fn invite(
+    token: &PlainToken,
+    max_uses: u32,
+    expires_at: Option<Timestamp>,
+    at: Timestamp,
+) -> NewInvite {
+    NewInvite {
+        id: uuid::Uuid::now_v7(),
+        token_hash: token.hash(),
+        max_uses,
+        expires_at,
+        created_at: at,
+    }
+}
+
+fn invited_user(n: u32, name: &str) -> User {
+    User {
+        id: UserId::new(),
+        phone: phone(n),
+        name: name.into(),
+        about: String::new(),
+        last_seen_visibility: LastSeenVisibility::Everyone,
+        group_add_permission: GroupAddPermission::Everyone,
+        last_seen_at: None,
+        profile_pic: None,
+        created_at: T0,
+    }
+}
+
+fn by_invite(token: &PlainToken, user: User, now: Timestamp) -> InviteRegistration {
+    InviteRegistration {
+        invite: token.hash(),
+        now,
+        user,
+        device: new_device("first", T0),
+    }
+}
+
+/// Invites: uses up to the limit (N created, N+1 refused), a taken number
+/// spends no use, expiry and revocation, the operator's list newest first.
+async fn invites<S: Accounts + Invites>(store: &S) -> Transcript {
+    let mut t = Transcript::new();
+    let two_uses = PlainToken::generate();
+    let expiring = PlainToken::generate();
+    store
+        .create_invite(invite(&two_uses, 2, None, T0))
+        .await
+        .unwrap();
+    let expires = T0.plus(Duration::from_secs(60));
+    store
+        .create_invite(invite(
+            &expiring,
+            5,
+            Some(expires),
+            T0.plus(Duration::from_secs(1)),
+        ))
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        let outcome = store
+            .register_by_invite(by_invite(&two_uses, invited_user(n, "x"), T0))
+            .await
+            .unwrap();
+        let expected = if n <= 2 { "Created" } else { "InviteInvalid" };
+        assert!(
+            format!("{outcome:?}").starts_with(expected),
+            "use {n}: {outcome:?}"
+        );
+        t.push(format!("use {n}: {expected}"));
+    }
+    let taken = store
+        .register_by_invite(by_invite(&expiring, invited_user(1, "again"), T0))
+        .await
+        .unwrap();
+    assert!(matches!(taken, RegisteredByInvite::PhoneTaken), "{taken:?}");
+    let late = store
+        .register_by_invite(by_invite(&expiring, invited_user(9, "late"), expires))
+        .await
+        .unwrap();
+    assert!(
+        matches!(late, RegisteredByInvite::InviteInvalid),
+        "{late:?}"
+    );
+    let unknown = store
+        .register_by_invite(by_invite(&PlainToken::generate(), invited_user(9, "x"), T0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(unknown, RegisteredByInvite::InviteInvalid),
+        "{unknown:?}"
+    );
+    let list = store.invites().await.unwrap();
+    let summary: Vec<String> = list
+        .iter()
+        .map(|i| {
+            format!(
+                "uses {}/{} expires {:?} revoked {}",
+                i.uses,
+                i.max_uses,
+                i.expires_at.is_some(),
+                i.revoked_at.is_some()
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "uses 0/5 expires true revoked false",
+            "uses 2/2 expires false revoked false"
+        ],
+        "newest first; a taken number spent no use"
+    );
+    t.extend(summary);
+    assert!(store.revoke_invite(list[0].id, T0).await.unwrap());
+    assert!(!store.revoke_invite(list[0].id, T0).await.unwrap());
+    let revoked = store
+        .register_by_invite(by_invite(&expiring, invited_user(9, "x"), T0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(revoked, RegisteredByInvite::InviteInvalid),
+        "{revoked:?}"
+    );
+    let created = store.user_by_phone(&phone(2)).await.unwrap().unwrap();
+    assert_eq!(store.devices(created.id).await.unwrap().len(), 1);
+    t
+}
+
 /// A named secret is made once and read back the same ever after.
 async fn server_secrets(store: &dyn Accounts) -> Transcript {
     let first = store
@@ -674,6 +803,7 @@ on_both_engines! {
     people_and_contacts_on_both_engines => people_and_contacts;
     server_secrets_on_both_engines => server_secrets;
     push_outbox_on_both_engines => push_outbox;
+    invites_on_both_engines => invites;
 }
 
 /// Many nodes adding contacts for one user at once never pass the limit:
@@ -778,6 +908,48 @@ async fn concurrent_push_claims_on_postgres_never_send_twice() {
     all.dedup();
     assert_eq!(before, all.len(), "a push was claimed twice");
     assert_eq!(all.len(), 24, "every due push was claimed");
+    pg.close();
+    node_b.close();
+}
+
+/// Registrations on two nodes racing for an invite's last uses: exactly as
+/// many accounts as it allows.
+#[tokio::test]
+async fn concurrent_invite_registrations_on_postgres_spend_each_use_once() {
+    let cluster = PgCluster::from_env_or_start().unwrap();
+    let db = cluster
+        .database(&migrations_fingerprint(), |url| async move {
+            Postgres::connect(&pg_options(url))
+                .await
+                .map(|pg| pg.close())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let token = PlainToken::generate();
+    pg.create_invite(invite(&token, 3, None, T0)).await.unwrap();
+    let attempts = (0..8).map(|n| {
+        let node = if n % 2 == 0 { &pg } else { &node_b };
+        node.register_by_invite(by_invite(&token, invited_user(n, "racer"), T0))
+    });
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(attempts),
+    )
+    .await
+    .expect("the registrations finished within a minute");
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(RegisteredByInvite::Created(_))))
+        .count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(RegisteredByInvite::InviteInvalid)))
+        .count();
+    assert_eq!((created, refused), (3, 5), "{outcomes:?}");
+    assert_eq!(pg.invites().await.unwrap()[0].uses, 3);
     pg.close();
     node_b.close();
 }

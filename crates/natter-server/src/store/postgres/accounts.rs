@@ -57,7 +57,7 @@ fn device_from_row(row: &tokio_postgres::Row) -> Device {
 }
 
 /// An account by id; a deleted account's tombstone is no account.
-async fn user_by_id(
+pub(super) async fn user_by_id(
     tx: &deadpool_postgres::Transaction<'_>,
     id: UserId,
 ) -> StoreResult<Option<User>> {
@@ -68,6 +68,33 @@ async fn user_by_id(
     )
     .await?;
     Ok(found.first().map(user_from_row))
+}
+
+/// Creates an account as given (the operator's and the invite's way; a
+/// code-verified sign-up is [`Accounts::register`]); false if the number
+/// is taken, when nothing is written.
+pub(super) async fn insert_user(
+    tx: &deadpool_postgres::Transaction<'_>,
+    u: &User,
+) -> StoreResult<bool> {
+    let inserted = execute(
+        tx,
+        "INSERT INTO users (id, phone, name, about, last_seen_visibility,
+                            last_seen_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+         ON CONFLICT (phone) DO NOTHING",
+        &[
+            u.id.as_uuid(),
+            &u.phone.as_str(),
+            &u.name,
+            &u.about,
+            &visibility_to_sql(u.last_seen_visibility),
+            &u.last_seen_at.map(|t| t.0),
+            &u.created_at.0,
+        ],
+    )
+    .await?;
+    Ok(inserted == 1)
 }
 
 /// Creates a device and counts the login as the user's activity.

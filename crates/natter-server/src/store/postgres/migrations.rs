@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_rate_limits.sql"),
     include_str!("migrations/0002_accounts.sql"),
     include_str!("migrations/0003_push.sql"),
+    include_str!("migrations/0004_invites.sql"),
 ];
 
 /// The newest schema version this binary knows.

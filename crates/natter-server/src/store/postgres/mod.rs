@@ -13,6 +13,7 @@
 //! - `ratelimit`: [`PgRateLimiter`], GCRA in one SQL function.
 //!
 //! - `accounts`: [`Accounts`](super::Accounts) on the accounts database.
+//! - `invites`: [`Invites`](super::admin::Invites), one use spent once.
 //! - `push`: [`PushOutbox`](super::PushOutbox), claimed by every node's
 //!   worker without double sends.
 //!
@@ -23,6 +24,7 @@
 //! above `store` uses it directly.
 
 mod accounts;
+mod invites;
 mod migrations;
 mod push;
 mod ratelimit;

@@ -129,14 +129,14 @@ impl Invites for SqliteStore {
     async fn register_by_invite(&self, r: InviteRegistration) -> StoreResult<RegisteredByInvite> {
         self.writer
             .write(move |c| {
-                let usable = c
+                let invite = c
                     .prepare_cached(
-                        "SELECT 1 FROM invites WHERE token_hash = ?1 AND revoked_at IS NULL
-                           AND uses < max_uses AND (expires_at IS NULL OR expires_at > ?2)",
+                        "SELECT id, max_uses, uses, expires_at, created_at, revoked_at
+                         FROM invites WHERE token_hash = ?1",
                     )
-                    .and_then(|mut s| s.exists(params![r.invite.0, r.now.0]))
+                    .and_then(|mut s| s.query_row([r.invite.0], invite_from_row).optional())
                     .map_err(db_err)?;
-                if !usable {
+                if !invite.is_some_and(|i| i.usable(r.now)) {
                     return Ok(RegisteredByInvite::InviteInvalid);
                 }
                 if phone_taken(c, r.user.phone.as_str()).map_err(db_err)? {
