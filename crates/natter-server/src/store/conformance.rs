@@ -16,9 +16,16 @@ use super::Store as _;
 use super::admin::{InviteRegistration, Invites, NewInvite, RegisteredByInvite};
 use super::postgres::{PgOptions, Postgres, migrations_fingerprint};
 use super::sqlite::SqliteStore;
+use natter_proto::MessageId;
+use natter_proto::chats::{ChatKind, MessageType, Role};
+
 use super::{
     Accounts, ContactAdded, LoggedIn, Login, NewDevice, NewPush, NewVerificationCode, PendingPush,
     ProfilePatch, PushChannelRecord, PushFinished, PushOutbox, Registered, Registration, User,
+};
+use super::{
+    ChatChange, ChatChanged, ChatCreated, ChatLog, EntryKind, EventBody, HistoryQuery, LogEntry,
+    MessageChange, MessageChanged, NewChat, NewContent, NewMessage, Posted, ReceiptState,
 };
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -742,6 +749,455 @@ async fn invites<S: Accounts + Invites>(store: &S) -> Transcript {
     t
 }
 
+fn text(chat: ChatId, sender: &User, device: DeviceId, body: &str, at: Timestamp) -> NewMessage {
+    NewMessage {
+        id: MessageId::new(),
+        chat_id: chat,
+        sender_id: sender.id,
+        sender_device_id: device,
+        message_type: MessageType::Text,
+        content: Some(body.to_owned()),
+        ciphertext: None,
+        media_id: None,
+        reply_to: None,
+        client_message_id: None,
+        client_timestamp: None,
+        now: at,
+    }
+}
+
+fn new_chat(kind: ChatKind, creator: &User, others: &[&User], at: Timestamp) -> NewChat {
+    NewChat {
+        id: ChatId::new(),
+        kind,
+        name: (kind == ChatKind::Group).then(|| "Climbing".to_owned()),
+        encrypted: false,
+        creator: creator.id,
+        others: others.iter().map(|u| u.id).collect(),
+        now: at,
+    }
+}
+
+fn names(users: &[&User], ids: &[UserId]) -> Vec<String> {
+    ids.iter()
+        .map(|id| {
+            users
+                .iter()
+                .find(|u| u.id == *id)
+                .map_or_else(|| "?".to_owned(), |u| u.name.clone())
+        })
+        .collect()
+}
+
+fn describe_entry(users: &[&User], e: &LogEntry) -> String {
+    let kind = match &e.kind {
+        EntryKind::System(event) => format!("{event:?}")
+            .split([' ', '{'])
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        EntryKind::Message(t) => format!("{t:?}"),
+        EntryKind::Edit(_) => "edit".into(),
+        EntryKind::Delete(_) => "delete".into(),
+    };
+    format!(
+        "{} {} {kind} {:?} edited:{} deleted:{}",
+        e.seq,
+        names(users, &[e.sender_id])[0],
+        e.content,
+        e.edited_at.is_some(),
+        e.deleted_at.is_some()
+    )
+}
+
+/// Chats and their logs: direct chats (one per pair), groups, posting
+/// (idempotent retries, replies only to visible messages, bodies that suit
+/// the chat), history paging, receipts, the chat list, membership changes
+/// (group size at N and N+1, the last admin, succession), edits and
+/// deletions, sync positions and events.
+async fn chat_log<S: Accounts + ChatLog>(store: &S) -> Transcript {
+    let mut t = Transcript::new();
+    let ann = register(store, 1, "Ann").await;
+    let bob = register(store, 2, "Bob").await;
+    let cid = register(store, 3, "Cid").await;
+    let dee = register(store, 4, "Dee").await;
+    let all = [&ann, &bob, &cid, &dee];
+    let da = store.devices(ann.id).await.unwrap()[0].id;
+    let db = store.devices(bob.id).await.unwrap()[0].id;
+    let at = |s: u64| T0.plus(Duration::from_secs(s));
+
+    // One direct chat per pair, whoever asks.
+    let ChatCreated::Created(direct, created) = store
+        .create_chat(new_chat(ChatKind::Direct, &ann, &[&bob], at(1)))
+        .await
+        .unwrap()
+    else {
+        panic!("the direct chat was not created");
+    };
+    assert_eq!(created.entry.seq, 1);
+    assert_eq!(names(&all, &created.recipients).len(), 2);
+    let again = store
+        .create_chat(new_chat(ChatKind::Direct, &bob, &[&ann], at(2)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, ChatCreated::Existing(c) if c.id == direct.id),
+        "{again:?}"
+    );
+    let ghost = UserId::new();
+    let unknown = store
+        .create_chat(NewChat {
+            others: vec![bob.id, ghost],
+            ..new_chat(ChatKind::Group, &ann, &[], at(2))
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(unknown, ChatCreated::UnknownUser(u) if u == ghost),
+        "{unknown:?}"
+    );
+
+    // Posting: a retry with the same key is the first message again.
+    let keyed = NewMessage {
+        client_message_id: Some("k1".into()),
+        ..text(direct.id, &ann, da, "how are you?", at(3))
+    };
+    let Posted::Created(first) = store.post(keyed.clone()).await.unwrap() else {
+        panic!("not posted");
+    };
+    assert_eq!(first.entry.seq, 2);
+    let retry = store
+        .post(NewMessage {
+            id: MessageId::new(),
+            ..keyed
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&retry, Posted::Duplicate(e) if e.id == first.entry.id),
+        "{retry:?}"
+    );
+    let reply = store
+        .post(NewMessage {
+            reply_to: Some(first.entry.id),
+            ..text(direct.id, &bob, db, "don't ask", at(4))
+        })
+        .await
+        .unwrap();
+    let Posted::Created(reply) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        reply.receipts.read_seq, 2,
+        "Bob read up to his reply; Ann up to hers"
+    );
+    let stranger = store
+        .post(text(direct.id, &cid, da, "hi", at(4)))
+        .await
+        .unwrap();
+    assert!(matches!(stranger, Posted::NotMember), "{stranger:?}");
+    let bad_reply = store
+        .post(NewMessage {
+            reply_to: Some(MessageId::new()),
+            ..text(direct.id, &ann, da, "x", at(4))
+        })
+        .await
+        .unwrap();
+    assert!(matches!(bad_reply, Posted::BadReply), "{bad_reply:?}");
+    let no_body = store
+        .post(NewMessage {
+            content: None,
+            ..text(direct.id, &ann, da, "", at(4))
+        })
+        .await
+        .unwrap();
+    assert!(matches!(no_body, Posted::WrongBody(_)), "{no_body:?}");
+
+    // A group of 4 at most: Ann makes it with Bob, adds Cid (3) and Dee (4).
+    let ChatCreated::Created(group, _) = store
+        .create_chat(new_chat(ChatKind::Group, &ann, &[&bob], at(5)))
+        .await
+        .unwrap()
+    else {
+        panic!("the group was not created");
+    };
+    let changed = |actor: &User, change: ChatChange, max: usize| {
+        store.change_chat(group.id, actor.id, change, max, at(6))
+    };
+    let full = changed(&ann, ChatChange::Add(vec![cid.id, dee.id]), 3)
+        .await
+        .unwrap();
+    assert!(matches!(full, ChatChanged::GroupFull), "{full:?}");
+    let added = changed(&ann, ChatChange::Add(vec![cid.id, dee.id]), 4)
+        .await
+        .unwrap();
+    let ChatChanged::Done(added) = added else {
+        panic!("{added:?}")
+    };
+    assert_eq!(added.len(), 2);
+    let forbidden = changed(&bob, ChatChange::Rename("x".into()), 4)
+        .await
+        .unwrap();
+    assert!(matches!(forbidden, ChatChanged::Forbidden), "{forbidden:?}");
+    let last_admin = changed(&ann, ChatChange::SetRole(ann.id, Role::Member), 4)
+        .await
+        .unwrap();
+    assert!(
+        matches!(last_admin, ChatChanged::LastAdmin),
+        "{last_admin:?}"
+    );
+    changed(&ann, ChatChange::Rename("Bouldering".into()), 4)
+        .await
+        .unwrap();
+    store
+        .post(text(group.id, &bob, db, "e-mail me the beta", at(7)))
+        .await
+        .unwrap();
+    // Ann leaves: Bob, the longest-standing, becomes admin.
+    let ChatChanged::Done(left) = changed(&ann, ChatChange::Remove(ann.id), 4).await.unwrap()
+    else {
+        panic!("Ann could not leave");
+    };
+    let left: Vec<String> = left
+        .iter()
+        .map(|a| describe_entry(&all, &a.entry))
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    t.extend(left);
+    let members: Vec<String> = store
+        .members(group.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| format!("{} {:?}", names(&all, &[m.user_id])[0], m.role))
+        .collect();
+    assert_eq!(members, ["Bob Admin", "Cid Member", "Dee Member"]);
+    t.extend(members);
+    let access = store.chat_access(group.id, ann.id).await.unwrap().unwrap();
+    assert_eq!(
+        (access.role, access.chat.name.as_deref()),
+        (None, Some("Bouldering"))
+    );
+    assert!(
+        store
+            .chat_access(group.id, UserId::new())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Ann sees the group's history up to her leaving, not after.
+    store
+        .post(text(group.id, &bob, db, "after Ann", at(8)))
+        .await
+        .unwrap();
+    let (mine, more) = store
+        .history(
+            group.id,
+            ann.id,
+            HistoryQuery {
+                before_seq: None,
+                after_seq: None,
+                offset: 0,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!more);
+    let mine: Vec<String> = mine.iter().map(|e| describe_entry(&all, e)).collect();
+    assert!(!mine.iter().any(|e| e.contains("after Ann")), "{mine:?}");
+    t.extend(mine);
+    let (page, more) = store
+        .history(
+            group.id,
+            bob.id,
+            HistoryQuery {
+                before_seq: None,
+                after_seq: Some(1),
+                offset: 0,
+                limit: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(more);
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
+    let (older, _) = store
+        .history(
+            group.id,
+            bob.id,
+            HistoryQuery {
+                before_seq: Some(4),
+                after_seq: None,
+                offset: 1,
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(older.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 1]);
+
+    // Receipts: Ann reads the direct chat; Bob's device receives.
+    let (read, change) = store.mark_read(direct.id, ann.id, 99, at(9)).await.unwrap();
+    assert_eq!(read, 3, "never past the head");
+    assert_eq!(change.map(|c| c.receipts.read_seq), Some(3));
+    let (again, none) = store.mark_read(direct.id, ann.id, 1, at(9)).await.unwrap();
+    assert_eq!((again, none.is_none()), (3, true), "never back");
+    let acked = store
+        .ack(bob.id, vec![(direct.id, 3), (ChatId::new(), 5)], at(9))
+        .await
+        .unwrap();
+    t.push(format!(
+        "acked: {:?}",
+        acked.iter().map(|c| c.receipts).collect::<Vec<_>>()
+    ));
+    assert_eq!(
+        store.receipt_state(direct.id).await.unwrap(),
+        ReceiptState {
+            delivered_seq: 3,
+            read_seq: 3
+        }
+    );
+
+    // Edits and deletions: the sender only, within the window.
+    let edit = |actor: &User, message: MessageId, body: &str, window_ms: i64, now: Timestamp| {
+        store.change_message(MessageChange {
+            message,
+            actor: actor.id,
+            device: da,
+            edit: Some(NewContent {
+                content: Some(body.into()),
+                ciphertext: None,
+                window_ms,
+            }),
+            now,
+        })
+    };
+    let not_sender = edit(&bob, first.entry.id, "x", 60_000, at(10))
+        .await
+        .unwrap();
+    assert!(
+        matches!(not_sender, MessageChanged::NotSender),
+        "{not_sender:?}"
+    );
+    let late = edit(&ann, first.entry.id, "x", 1_000, at(10))
+        .await
+        .unwrap();
+    assert!(matches!(late, MessageChanged::TooLate), "{late:?}");
+    let MessageChanged::Done(edited, now) =
+        edit(&ann, first.entry.id, "how are you, Bob?", 60_000, at(10))
+            .await
+            .unwrap()
+    else {
+        panic!("not edited");
+    };
+    assert_eq!(now.content.as_deref(), Some("how are you, Bob?"));
+    assert_eq!(edited.entry.seq, 4);
+    let deleted = store
+        .change_message(MessageChange {
+            message: reply.entry.id,
+            actor: bob.id,
+            device: db,
+            edit: None,
+            now: at(11),
+        })
+        .await
+        .unwrap();
+    let MessageChanged::Done(_, tombstone) = deleted else {
+        panic!("{deleted:?}")
+    };
+    assert!(tombstone.content.is_none() && tombstone.deleted_at.is_some());
+    let twice = store
+        .change_message(MessageChange {
+            message: reply.entry.id,
+            actor: bob.id,
+            device: db,
+            edit: None,
+            now: at(12),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(twice, MessageChanged::TooLate), "{twice:?}");
+    assert_eq!(
+        store.chat_of_message(first.entry.id).await.unwrap(),
+        Some(direct.id)
+    );
+    assert_eq!(store.chat_of_message(MessageId::new()).await.unwrap(), None);
+
+    // What a device syncs: events with edits and deletions as the message now is.
+    let events: Vec<String> = store
+        .events_after(direct.id, bob.id, 1, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| match &e.body {
+            EventBody::Entry(x) => format!("{} entry {}", e.seq, describe_entry(&all, x)),
+            EventBody::Edited(x) => format!("{} edited {}", e.seq, describe_entry(&all, x)),
+            EventBody::Deleted(x) => format!("{} deleted {}", e.seq, describe_entry(&all, x)),
+        })
+        .collect();
+    assert_eq!(events.len(), 4, "{events:?}");
+    t.extend(events);
+    let mut heads: Vec<(i64, i64)> = store
+        .chat_heads(bob.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| (h.from_seq, h.last_seq))
+        .collect();
+    heads.sort_unstable();
+    assert_eq!(heads, [(1, 5), (1, 8)]);
+    assert_eq!(
+        store.chat_head(group.id, ann.id).await.unwrap(),
+        None,
+        "she left"
+    );
+    let sent: Vec<String> = store
+        .messages_sent_by(bob.id, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| describe_entry(&all, e))
+        .collect();
+    assert_eq!(sent.len(), 2, "the deleted reply is gone: {sent:?}");
+
+    // The chat list: most recent activity first, unread, last message, people.
+    let list: Vec<String> = store
+        .chats_of(cid.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{:?} {:?} unread {} last {:?} people {:?} of {} other {:?}",
+                o.chat.name,
+                o.role,
+                o.unread,
+                o.last_message.as_ref().and_then(|m| m.content.clone()),
+                o.participants
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect::<Vec<_>>(),
+                o.participant_count,
+                o.other.as_ref().map(|p| p.name.clone())
+            )
+        })
+        .collect();
+    assert_eq!(list.len(), 1, "{list:?}");
+    t.extend(list);
+    let ann_list = store.chats_of(ann.id).await.unwrap();
+    assert_eq!(ann_list.len(), 1, "Ann left the group");
+    assert_eq!(
+        ann_list[0].other.as_ref().map(|p| p.name.as_str()),
+        Some("Bob")
+    );
+    assert_eq!(ann_list[0].unread, 0);
+    let bob_list = store.chats_of(bob.id).await.unwrap();
+    assert_eq!(bob_list[0].chat.id, direct.id, "its deletion is the latest activity");
+    t
+}
+
 /// A named secret is made once and read back the same ever after.
 async fn server_secrets(store: &dyn Accounts) -> Transcript {
     let first = store
@@ -804,6 +1260,7 @@ on_both_engines! {
     server_secrets_on_both_engines => server_secrets;
     push_outbox_on_both_engines => push_outbox;
     invites_on_both_engines => invites;
+    chat_log_on_both_engines => chat_log;
 }
 
 /// Many nodes adding contacts for one user at once never pass the limit:
@@ -950,6 +1407,57 @@ async fn concurrent_invite_registrations_on_postgres_spend_each_use_once() {
         .count();
     assert_eq!((created, refused), (3, 5), "{outcomes:?}");
     assert_eq!(pg.invites().await.unwrap()[0].uses, 3);
+    pg.close();
+    node_b.close();
+}
+
+/// Two nodes posting into one chat at once: every message is appended, at
+/// its own seq, with no gap (the chat row's lock serializes the appends).
+#[tokio::test]
+async fn concurrent_posts_on_postgres_take_every_seq_once() {
+    let cluster = PgCluster::from_env_or_start().unwrap();
+    let db = cluster
+        .database(&migrations_fingerprint(), |url| async move {
+            Postgres::connect(&pg_options(url))
+                .await
+                .map(|pg| pg.close())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let ann = register(&pg, 1, "Ann").await;
+    let bob = register(&pg, 2, "Bob").await;
+    let device = pg.devices(ann.id).await.unwrap()[0].id;
+    let ChatCreated::Created(chat, _) = pg
+        .create_chat(new_chat(ChatKind::Group, &ann, &[&bob], T0))
+        .await
+        .unwrap()
+    else {
+        panic!("no chat");
+    };
+    let posts = (0..40).map(|n| {
+        let node = if n % 2 == 0 { &pg } else { &node_b };
+        node.post(text(chat.id, &ann, device, &format!("m{n}"), T0))
+    });
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(posts),
+    )
+    .await
+    .expect("the posts finished within a minute");
+    let mut seqs: Vec<i64> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(Posted::Created(a)) => a.entry.seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..42).collect::<Vec<_>>());
+    let head = pg.chat_head(chat.id, bob.id).await.unwrap().unwrap();
+    assert_eq!(head.last_seq, 41);
     pg.close();
     node_b.close();
 }

@@ -7,6 +7,7 @@
 //! and create this user"), so an engine can run each in one transaction.
 
 pub mod admin;
+pub(crate) mod chat_state;
 pub mod columns;
 #[cfg(test)]
 mod conformance;

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_accounts.sql"),
     include_str!("migrations/0003_push.sql"),
     include_str!("migrations/0004_invites.sql"),
+    include_str!("migrations/0005_chats.sql"),
 ];
 
 /// The newest schema version this binary knows.

@@ -24,6 +24,7 @@
 //! above `store` uses it directly.
 
 mod accounts;
+mod chats;
 mod invites;
 mod migrations;
 mod push;

@@ -17,7 +17,7 @@
 //! ([`PublishedReceipts`]), and readers take a chat's positions from there
 //! before the store, so they never see the store's older copy.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,208 +27,9 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::uuid_of;
 use crate::clock::Timestamp;
+use crate::store::ReceiptState;
+pub(super) use crate::store::chat_state::ChatState;
 use crate::store::rules::MemberFacts;
-use crate::store::{ReceiptState, Recipients};
-
-/// A multiset of positions, for the lowest one in O(log n).
-#[derive(Debug, Default)]
-struct Positions(BTreeMap<i64, u32>);
-
-impl Positions {
-    fn add(&mut self, seq: i64) {
-        *self.0.entry(seq).or_default() += 1;
-    }
-
-    fn remove(&mut self, seq: i64) {
-        if let Some(n) = self.0.get_mut(&seq) {
-            *n -= 1;
-            if *n == 0 {
-                self.0.remove(&seq);
-            }
-        }
-    }
-
-    fn lowest(&self) -> i64 {
-        self.0.keys().next().copied().unwrap_or(0)
-    }
-}
-
-/// A current member.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct MemberState {
-    /// Role, join position and time.
-    pub(super) facts: MemberFacts,
-    /// Highest seq a device of theirs received.
-    pub(super) delivered: i64,
-    /// Highest seq they read.
-    pub(super) read: i64,
-}
-
-/// One chat, as the writer knows it.
-#[derive(Debug)]
-pub(super) struct ChatState {
-    /// Direct or group.
-    pub(super) kind: ChatKind,
-    /// Whether the chat takes only ciphertext (fixed at creation).
-    pub(super) encrypted: bool,
-    /// The log's last seq.
-    pub(super) last_seq: i64,
-    /// The MLS epoch (encrypted chats): the next commit must be for it,
-    /// application messages for it or the `PAST_EPOCHS` before it.
-    pub(super) epoch: u64,
-    /// The latest entry's sender and seq, and the latest of anyone else
-    /// before them: enough to tell whether a member's send read entries
-    /// of others (their read position must then be written at once, for
-    /// unread counts).
-    latest: [Option<(UserId, i64)>; 2],
-    /// Current members.
-    members: HashMap<UserId, MemberState>,
-    /// The current members, shared by every entry appended until they change.
-    recipients: Recipients,
-    /// Every member's delivered position.
-    delivered: Positions,
-    /// Every member's read position.
-    read: Positions,
-}
-
-impl ChatState {
-    /// A chat with no members and an empty log.
-    pub(super) fn new(kind: ChatKind, encrypted: bool) -> Self {
-        Self {
-            kind,
-            encrypted,
-            last_seq: 0,
-            epoch: 0,
-            latest: [None, None],
-            members: HashMap::new(),
-            recipients: Recipients::from(Vec::new()),
-            delivered: Positions::default(),
-            read: Positions::default(),
-        }
-    }
-
-    /// A current member's role.
-    pub(super) fn role(&self, user: UserId) -> Option<Role> {
-        self.members.get(&user).map(|m| m.facts.role)
-    }
-
-    /// Records that `sender` appended the entry at `seq` (the log's head).
-    pub(super) fn appended(&mut self, sender: UserId, seq: i64) {
-        self.last_seq = seq;
-        match self.latest[0] {
-            Some((last, _)) if last == sender => self.latest[0] = Some((sender, seq)),
-            previous => self.latest = [Some((sender, seq)), previous],
-        }
-    }
-
-    /// The seq of the latest entry someone other than `user` appended, as
-    /// far as this memory knows (`None`: none since the chat was loaded).
-    pub(super) fn latest_not_by(&self, user: UserId) -> Option<i64> {
-        self.latest
-            .iter()
-            .flatten()
-            .find(|(sender, _)| *sender != user)
-            .map(|(_, seq)| *seq)
-    }
-
-    /// A current member's delivered and read positions.
-    pub(super) fn positions(&self, user: UserId) -> Option<(i64, i64)> {
-        self.members.get(&user).map(|m| (m.delivered, m.read))
-    }
-
-    /// How many members the chat has.
-    pub(super) fn member_count(&self) -> usize {
-        self.members.len()
-    }
-
-    /// The current members, for the rules.
-    pub(super) fn member_facts(&self) -> Vec<MemberFacts> {
-        self.members.values().map(|m| m.facts).collect()
-    }
-
-    /// The current members, shared.
-    pub(super) fn recipients(&self) -> Recipients {
-        std::sync::Arc::clone(&self.recipients)
-    }
-
-    /// The chat's receipt positions: the lowest of its members' (nothing is
-    /// delivered or read in a chat of one).
-    pub(super) fn receipts(&self) -> ReceiptState {
-        if self.members.len() < 2 {
-            return ReceiptState::default();
-        }
-        ReceiptState {
-            delivered_seq: self.delivered.lowest(),
-            read_seq: self.read.lowest(),
-        }
-    }
-
-    /// Adds a member whose positions are `delivered` and `read`.
-    pub(super) fn join(&mut self, facts: MemberFacts, delivered: i64, read: i64) {
-        if let Some(old) = self.members.remove(&facts.user_id) {
-            self.delivered.remove(old.delivered);
-            self.read.remove(old.read);
-        }
-        self.delivered.add(delivered);
-        self.read.add(read);
-        self.members.insert(
-            facts.user_id,
-            MemberState {
-                facts,
-                delivered,
-                read,
-            },
-        );
-        self.rebuild_recipients();
-    }
-
-    /// Removes a member.
-    pub(super) fn leave(&mut self, user: UserId) {
-        if let Some(old) = self.members.remove(&user) {
-            self.delivered.remove(old.delivered);
-            self.read.remove(old.read);
-            self.rebuild_recipients();
-        }
-    }
-
-    /// Changes a member's role.
-    pub(super) fn set_role(&mut self, user: UserId, role: Role) {
-        if let Some(m) = self.members.get_mut(&user) {
-            m.facts.role = role;
-        }
-    }
-
-    /// Moves a member's positions forward (never back, never past the log's
-    /// head; reading implies receiving). Returns the member's positions if
-    /// they moved.
-    pub(super) fn advance(
-        &mut self,
-        user: UserId,
-        delivered: i64,
-        read: i64,
-    ) -> Option<(i64, i64)> {
-        let head = self.last_seq;
-        let m = self.members.get_mut(&user)?;
-        let read_now = m.read.max(read.min(head));
-        let delivered_now = m.delivered.max(delivered.min(head)).max(read_now);
-        if (delivered_now, read_now) == (m.delivered, m.read) {
-            return None;
-        }
-        self.delivered.remove(m.delivered);
-        self.delivered.add(delivered_now);
-        self.read.remove(m.read);
-        self.read.add(read_now);
-        m.delivered = delivered_now;
-        m.read = read_now;
-        Some((delivered_now, read_now))
-    }
-
-    fn rebuild_recipients(&mut self) {
-        let mut users: Vec<UserId> = self.members.keys().copied().collect();
-        users.sort_unstable();
-        self.recipients = users.into();
-    }
-}
 
 /// The receipt positions the writer last committed, by chat: newer than the
 /// store's copy while delivered positions wait to be flushed.
@@ -325,10 +126,11 @@ impl ChatCache {
     /// Writes the positions that changed in memory.
     pub(super) fn flush(&mut self, c: &Connection) -> rusqlite::Result<()> {
         for (chat, user) in self.unflushed.drain() {
-            let Some(m) = self.chats.get(&chat).and_then(|s| s.members.get(&user)) else {
+            let Some((delivered, read)) = self.chats.get(&chat).and_then(|s| s.positions(user))
+            else {
                 continue;
             };
-            super::chats::write_positions(c, chat, user, m.delivered, m.read)?;
+            super::chats::write_positions(c, chat, user, delivered, read)?;
         }
         Ok(())
     }
@@ -417,64 +219,4 @@ fn load(c: &Connection, chat: ChatId) -> rusqlite::Result<Option<ChatState>> {
         state.join(facts, delivered, read);
     }
     Ok(Some(state))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn facts(user: UserId, from_seq: i64) -> MemberFacts {
-        MemberFacts {
-            user_id: user,
-            role: Role::Member,
-            from_seq,
-            joined_at: Timestamp(0),
-        }
-    }
-
-    #[test]
-    fn receipt_positions_are_the_lowest_members_and_only_move_forward() {
-        let (a, b, c) = (UserId::new(), UserId::new(), UserId::new());
-        let mut chat = ChatState::new(ChatKind::Group, false);
-        chat.last_seq = 10;
-        chat.join(facts(a, 1), 0, 0);
-        assert_eq!(chat.receipts(), ReceiptState::default(), "a chat of one");
-        chat.join(facts(b, 1), 0, 0);
-        chat.join(facts(c, 1), 0, 0);
-        assert_eq!(
-            chat.advance(a, 0, 8),
-            Some((8, 8)),
-            "reading implies receiving"
-        );
-        assert_eq!(chat.advance(b, 5, 0), Some((5, 0)));
-        assert_eq!(chat.receipts().delivered_seq, 0, "c has nothing yet");
-        chat.advance(c, 7, 6);
-        assert_eq!(
-            chat.receipts(),
-            ReceiptState {
-                delivered_seq: 5,
-                read_seq: 0
-            }
-        );
-        assert_eq!(chat.advance(b, 4, 0), None, "never back");
-        assert_eq!(
-            chat.advance(b, 99, 99),
-            Some((10, 10)),
-            "never past the head"
-        );
-        chat.leave(c);
-        assert_eq!(
-            chat.receipts(),
-            ReceiptState {
-                delivered_seq: 8,
-                read_seq: 8
-            },
-            "a member who left no longer holds the chat back"
-        );
-        assert_eq!(&*chat.recipients(), {
-            let mut v = vec![a, b];
-            v.sort_unstable();
-            v
-        });
-    }
 }

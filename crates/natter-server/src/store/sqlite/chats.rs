@@ -8,7 +8,7 @@
 //! from the chat's member list, not from rows per recipient (devices follow
 //! each chat by its seq), and search indexing follows the log separately.
 
-use natter_proto::chats::{ChatEvent, ChatKind, MessageType, Role};
+use natter_proto::chats::{ChatEvent, ChatKind, Role};
 use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
@@ -16,6 +16,9 @@ use uuid::Uuid;
 use super::cache::{ChatCache, ChatState};
 use super::uuid_of;
 use crate::clock::Timestamp;
+use crate::store::columns::{
+    EntryColumns, chat_kind_from_sql, chat_kind_to_sql, role_from_sql, role_to_sql,
+};
 use crate::store::rules::{self, MemberFacts};
 use crate::store::{
     Appended, ChatAccess, ChatChange, ChatChanged, ChatCreated, ChatHead, ChatOverview, ChatPerson,
@@ -36,50 +39,6 @@ fn opt_uuid(row: &Row<'_>, idx: &str) -> Result<Option<Uuid>> {
         .transpose()
 }
 
-fn kind_to_sql(kind: ChatKind) -> &'static str {
-    match kind {
-        ChatKind::Direct => "direct",
-        ChatKind::Group => "group",
-    }
-}
-
-fn role_to_sql(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Member => "member",
-    }
-}
-
-fn role_from_sql(s: &str) -> Role {
-    if s == "admin" {
-        Role::Admin
-    } else {
-        Role::Member
-    }
-}
-
-pub(super) fn type_to_sql(t: MessageType) -> &'static str {
-    match t {
-        MessageType::Text => "text",
-        MessageType::Image => "image",
-        MessageType::Video => "video",
-        MessageType::File => "file",
-        MessageType::System => "system",
-        MessageType::Commit => "commit",
-    }
-}
-
-fn type_from_sql(s: &str) -> MessageType {
-    match s {
-        "image" => MessageType::Image,
-        "video" => MessageType::Video,
-        "file" => MessageType::File,
-        "system" => MessageType::System,
-        "commit" => MessageType::Commit,
-        _ => MessageType::Text,
-    }
-}
-
 /// A chat's columns; its head and last activity come from its log.
 const CHAT_COLUMNS: &str = "c.id, c.kind, c.name, c.encrypted, c.epoch, c.created_by, c.created_at,
      coalesce((SELECT max(h.seq) FROM chat_log h WHERE h.chat_id = c.id), 0) AS last_seq,
@@ -87,14 +46,9 @@ const CHAT_COLUMNS: &str = "c.id, c.kind, c.name, c.encrypted, c.epoch, c.create
                ORDER BY h.seq DESC LIMIT 1), c.created_at) AS last_activity_at";
 
 fn chat_from_row(row: &Row<'_>) -> Result<ChatRecord> {
-    let kind: String = row.get("kind")?;
     Ok(ChatRecord {
         id: ChatId::from_uuid(uuid_of(row, "id")?),
-        kind: if kind == "group" {
-            ChatKind::Group
-        } else {
-            ChatKind::Direct
-        },
+        kind: chat_kind_from_sql(&row.get::<_, String>("kind")?),
         name: row.get("name")?,
         encrypted: row.get("encrypted")?,
         epoch: row.get("epoch")?,
@@ -110,27 +64,13 @@ const ENTRY_COLUMNS: &str = "l.chat_id, l.seq, l.id, l.kind, l.sender_id, l.send
      l.client_timestamp, l.event, l.target_id, l.created_at, l.edited_at, l.deleted_at";
 
 fn entry_from_row(row: &Row<'_>) -> Result<LogEntry> {
-    let kind: String = row.get("kind")?;
-    let kind = match kind.as_str() {
-        "system" => {
-            let event: String = row.get("event")?;
-            EntryKind::System(serde_json::from_str::<ChatEvent>(&event).map_err(conversion)?)
-        }
-        "edit" | "delete" => {
-            let target = opt_uuid(row, "target_id")?
-                .map(MessageId::from_uuid)
-                .unwrap_or_default();
-            if kind == "edit" {
-                EntryKind::Edit(target)
-            } else {
-                EntryKind::Delete(target)
-            }
-        }
-        _ => EntryKind::Message(type_from_sql(
-            &row.get::<_, Option<String>>("msg_type")?
-                .unwrap_or_default(),
-        )),
-    };
+    let kind = EntryColumns::kind_of(
+        &row.get::<_, String>("kind")?,
+        row.get::<_, Option<String>>("msg_type")?.as_deref(),
+        row.get::<_, Option<String>>("event")?.as_deref(),
+        opt_uuid(row, "target_id")?.map(MessageId::from_uuid),
+    )
+    .map_err(conversion)?;
     Ok(LogEntry {
         id: MessageId::from_uuid(uuid_of(row, "id")?),
         chat_id: ChatId::from_uuid(uuid_of(row, "chat_id")?),
@@ -156,38 +96,7 @@ fn entry_from_row(row: &Row<'_>) -> Result<LogEntry> {
     })
 }
 
-/// A log entry before it has its seq.
-pub(super) struct Draft {
-    pub(super) id: MessageId,
-    pub(super) sender_id: UserId,
-    pub(super) sender_device_id: Option<DeviceId>,
-    pub(super) kind: EntryKind,
-    pub(super) content: Option<String>,
-    pub(super) ciphertext: Option<Vec<u8>>,
-    pub(super) media_id: Option<MediaId>,
-    pub(super) reply_to: Option<MessageId>,
-    pub(super) client_message_id: Option<String>,
-    pub(super) client_timestamp: Option<Timestamp>,
-    pub(super) now: Timestamp,
-}
-
-impl Draft {
-    pub(super) fn system(actor: UserId, event: ChatEvent, now: Timestamp) -> Self {
-        Self {
-            id: MessageId::new(),
-            sender_id: actor,
-            sender_device_id: None,
-            kind: EntryKind::System(event),
-            content: None,
-            ciphertext: None,
-            media_id: None,
-            reply_to: None,
-            client_message_id: None,
-            client_timestamp: None,
-            now,
-        }
-    }
-}
+pub(super) use crate::store::chat_state::Draft;
 
 /// Stores an entry at the chat's next seq; gives the entry and who hears of
 /// it (the members, and `removed` if the entry removed them). `None` if an
@@ -200,17 +109,7 @@ pub(super) fn append(
     removed: Option<UserId>,
 ) -> Result<Option<Appended>> {
     let seq = state.last_seq + 1;
-    let (kind, msg_type, event, target) = match &draft.kind {
-        EntryKind::Message(t) => ("message", Some(type_to_sql(*t)), None, None),
-        EntryKind::System(e) => (
-            "system",
-            Some("system"),
-            Some(serde_json::to_string(e).map_err(conversion)?),
-            None,
-        ),
-        EntryKind::Edit(m) => ("edit", None, None, Some(*m.as_uuid().as_bytes())),
-        EntryKind::Delete(m) => ("delete", None, None, Some(*m.as_uuid().as_bytes())),
-    };
+    let columns = EntryColumns::of(&draft.kind).map_err(conversion)?;
     // Only the idempotency key can conflict; a conflict on (chat_id, seq)
     // would mean the memory is wrong, and fails the job (see `post`).
     let inserted = c
@@ -225,18 +124,18 @@ pub(super) fn append(
             chat.as_uuid().as_bytes(),
             seq,
             draft.id.as_uuid().as_bytes(),
-            kind,
+            columns.kind,
             draft.sender_id.as_uuid().as_bytes(),
             draft.sender_device_id.map(|d| *d.as_uuid().as_bytes()),
-            msg_type,
+            columns.msg_type,
             draft.content,
             draft.ciphertext,
             draft.media_id.map(|m| m.to_string()),
             draft.reply_to.map(|m| *m.as_uuid().as_bytes()),
             draft.client_message_id,
             draft.client_timestamp.map(|t| t.0),
-            event,
-            target,
+            columns.event,
+            columns.target.map(|m| *m.as_uuid().as_bytes()),
             draft.now.0,
         ])?;
     if inserted == 0 {
@@ -401,7 +300,7 @@ pub(super) fn create_chat(
     )?
     .execute(params![
         new.id.as_uuid().as_bytes(),
-        kind_to_sql(new.kind),
+        chat_kind_to_sql(new.kind),
         new.name,
         new.encrypted,
         key,

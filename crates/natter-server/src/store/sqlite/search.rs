@@ -25,7 +25,8 @@ use natter_proto::ChatId;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::chats::{entry_at, type_to_sql};
+use super::chats::entry_at;
+use crate::store::columns::message_type_to_sql;
 use crate::store::{IndexProgress, SearchHit, SearchPage, SearchQuery, Snippet, Term, TextQuery};
 
 type Result<T> = rusqlite::Result<T>;
@@ -349,8 +350,9 @@ pub(super) fn search(c: &Connection, q: &SearchQuery) -> Result<SearchPage> {
         q.sender.map_or(Value::Null, |u| {
             Value::Blob(u.as_uuid().as_bytes().to_vec())
         }),
-        q.message_type
-            .map_or(Value::Null, |t| Value::Text(type_to_sql(t).to_owned())),
+        q.message_type.map_or(Value::Null, |t| {
+            Value::Text(message_type_to_sql(t).to_owned())
+        }),
         q.before.map_or(Value::Null, |t| Value::Integer(t.0)),
         q.after.map_or(Value::Null, |t| Value::Integer(t.0)),
     ];
