@@ -4,6 +4,7 @@
 
 use natter_proto::MessageId;
 use natter_proto::chats::{ChatEvent, ChatKind, MessageType, Role};
+use natter_proto::e2ee::InboxKind;
 use natter_proto::push::{ApnsEnvironment, PushKind};
 use natter_proto::users::{GroupAddPermission, LastSeenVisibility};
 
@@ -220,6 +221,25 @@ impl EntryColumns {
             "delete" => EntryKind::Delete(target.unwrap_or_default()),
             _ => EntryKind::Message(message_type_from_sql(msg_type.unwrap_or_default())),
         })
+    }
+}
+
+/// The stored spelling of an inbox item's kind.
+#[must_use]
+pub const fn inbox_kind_to_sql(kind: InboxKind) -> &'static str {
+    match kind {
+        InboxKind::Welcome => "welcome",
+        InboxKind::Handover => "handover",
+    }
+}
+
+/// A stored inbox item's kind.
+#[must_use]
+pub fn inbox_kind_from_sql(s: &str) -> InboxKind {
+    if s == "welcome" {
+        InboxKind::Welcome
+    } else {
+        InboxKind::Handover
     }
 }
 

@@ -19,6 +19,10 @@ use super::sqlite::SqliteStore;
 use natter_proto::MessageId;
 use natter_proto::chats::{ChatKind, MessageType, Role};
 
+use super::e2ee::{
+    Committed, CredentialSet, DeviceCredential, DeviceInbox, HandedOver, KeyDirectory, NewCommit,
+    NewHandover, Published,
+};
 use super::{
     Accounts, ContactAdded, LoggedIn, Login, NewDevice, NewPush, NewVerificationCode, PendingPush,
     ProfilePatch, PushChannelRecord, PushFinished, PushOutbox, Registered, Registration, User,
@@ -1194,7 +1198,328 @@ async fn chat_log<S: Accounts + ChatLog>(store: &S) -> Transcript {
     );
     assert_eq!(ann_list[0].unread, 0);
     let bob_list = store.chats_of(bob.id).await.unwrap();
-    assert_eq!(bob_list[0].chat.id, direct.id, "its deletion is the latest activity");
+    assert_eq!(
+        bob_list[0].chat.id, direct.id,
+        "its deletion is the latest activity"
+    );
+    t
+}
+
+fn credential(device: DeviceId, key: u8, certificate: Option<u8>) -> DeviceCredential {
+    DeviceCredential {
+        device_id: device,
+        signature_key: vec![key; 32],
+        link_key: vec![key.wrapping_add(1); 32],
+        certificate: certificate.map(|c| vec![c; 64]),
+    }
+}
+
+fn commit_of(
+    chat: ChatId,
+    sender: &User,
+    device: DeviceId,
+    epoch: u64,
+    key: &str,
+    welcome: &[DeviceId],
+    inbox_max: u64,
+) -> NewCommit {
+    NewCommit {
+        message: NewMessage {
+            message_type: MessageType::Commit,
+            content: None,
+            ciphertext: Some(vec![epoch as u8; 40]),
+            client_message_id: Some(key.to_owned()),
+            ..text(chat, sender, device, "", T0)
+        },
+        epoch,
+        welcome: (!welcome.is_empty()).then(|| vec![7; 100]),
+        welcome_devices: welcome.to_vec(),
+        inbox_max,
+    }
+}
+
+fn describe_commit(c: &Committed) -> String {
+    match c {
+        Committed::Created(a, epoch, welcomes) => {
+            format!(
+                "created seq {} epoch {epoch} welcomes {}",
+                a.entry.seq,
+                welcomes.len()
+            )
+        }
+        Committed::Duplicate(e, epoch) => format!("duplicate seq {} epoch {epoch}", e.seq),
+        // Ids differ from run to run; the variant is what both engines share.
+        Committed::NotParticipantDevice(_) => "NotParticipantDevice".into(),
+        Committed::InboxFull(_) => "InboxFull".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The MLS delivery service's records: identity keys, device credentials
+/// (set once, certified later), KeyPackages (the stock limit at N and N+1,
+/// one-time ones handed out once, the last resort kept), commits (the
+/// epoch moves once, retries, Welcomes only for participants' devices, the
+/// inbox limit), handovers, and a new identity key voiding the old
+/// certificates and packages.
+async fn key_directory<S: Accounts + ChatLog + KeyDirectory + DeviceInbox>(
+    store: &S,
+) -> Transcript {
+    let mut t = Transcript::new();
+    let ann = register(store, 1, "Ann").await;
+    let bob = register(store, 2, "Bob").await;
+    let cid = register(store, 3, "Cid").await;
+    let a1 = store.devices(ann.id).await.unwrap()[0].id;
+    let b1 = store.devices(bob.id).await.unwrap()[0].id;
+    let c1 = store.devices(cid.id).await.unwrap()[0].id;
+    let p = phone(2);
+    store
+        .put_verification_code(new_code(&p, code(3), T0.plus(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    let login = store
+        .login(Login {
+            phone: p,
+            code: code(3),
+            device: new_device("second", T0.plus(Duration::from_secs(1))),
+            max_devices: 5,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(login, LoggedIn::Created(_)), "{login:?}");
+    let b2 = store.devices(bob.id).await.unwrap()[1].id;
+
+    for (user, key) in [(&ann, 1), (&bob, 2), (&cid, 3)] {
+        assert!(
+            store
+                .set_identity_key(user.id, vec![key; 32], T0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(store.identity_key(bob.id).await.unwrap(), Some(vec![2; 32]));
+    let not_hers = store
+        .set_device_credential(ann.id, credential(b1, 9, None), T0)
+        .await
+        .unwrap();
+    assert!(matches!(not_hers, CredentialSet::NoDevice), "{not_hers:?}");
+    for (user, device, key) in [
+        (&ann, a1, 10),
+        (&bob, b1, 20),
+        (&bob, b2, 21),
+        (&cid, c1, 30),
+    ] {
+        let set = store
+            .set_device_credential(user.id, credential(device, key, Some(key)), T0)
+            .await
+            .unwrap();
+        assert!(matches!(set, CredentialSet::Stored(_)), "{set:?}");
+    }
+    let other_keys = store
+        .set_device_credential(bob.id, credential(b1, 99, None), T0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(other_keys, CredentialSet::Exists),
+        "{other_keys:?}"
+    );
+    let same = store
+        .set_device_credential(bob.id, credential(b1, 20, Some(20)), T0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&same, CredentialSet::Stored(v) if v.is_empty()),
+        "{same:?}"
+    );
+    let creds: Vec<u8> = store
+        .device_credentials(bob.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.signature_key[0])
+        .collect();
+    assert_eq!(creds, [20, 21], "oldest device first");
+
+    // KeyPackages: three fit a stock of three, a fourth does not.
+    let none = store
+        .publish_key_packages(DeviceId::new(), vec![vec![1]], None, 3, T0)
+        .await
+        .unwrap();
+    assert_eq!(none, Published::NoKeys);
+    let stocked = store
+        .publish_key_packages(b1, vec![vec![1], vec![2], vec![3]], Some(vec![9]), 3, T0)
+        .await
+        .unwrap();
+    assert_eq!(stocked, Published::Stock(3, true));
+    let too_many = store
+        .publish_key_packages(b1, vec![vec![4]], None, 3, T0)
+        .await
+        .unwrap();
+    assert_eq!(too_many, Published::TooMany);
+    store
+        .publish_key_packages(b2, vec![vec![5]], None, 3, T0)
+        .await
+        .unwrap();
+    let mut handed = Vec::new();
+    for _ in 0..4 {
+        let claimed = store.claim_key_packages(vec![bob.id], a1).await.unwrap();
+        assert_eq!(claimed[0].identity_key, Some(vec![2; 32]));
+        for d in &claimed[0].devices {
+            handed.push(format!(
+                "{}:{:?}:{}:{}",
+                d.signature_key[0], d.key_package, d.last_resort, d.left
+            ));
+        }
+    }
+    t.push(format!("claims: {handed:?}"));
+    assert_eq!(
+        handed,
+        [
+            "20:[1]:false:2",
+            "21:[5]:false:0",
+            "20:[2]:false:1",
+            "20:[3]:false:0",
+            "20:[9]:true:0"
+        ],
+        "oldest first; the last resort once the one-time ones are gone; b2 had one"
+    );
+    assert_eq!(store.key_package_stock(b1).await.unwrap(), (0, true));
+    let except = store.claim_key_packages(vec![bob.id], b1).await.unwrap();
+    assert!(except[0].devices.iter().all(|d| d.device_id != b1));
+
+    // An encrypted chat; commits move its epoch once each.
+    let ChatCreated::Created(chat, _) = store
+        .create_chat(NewChat {
+            encrypted: true,
+            ..new_chat(ChatKind::Group, &ann, &[&bob], T0)
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no chat");
+    };
+    let outcomes = [
+        store
+            .commit(commit_of(chat.id, &ann, a1, 0, "c1", &[b1, b2], 1))
+            .await
+            .unwrap(),
+        store
+            .commit(commit_of(chat.id, &bob, b1, 0, "c2", &[], 1))
+            .await
+            .unwrap(),
+        store
+            .commit(commit_of(chat.id, &ann, a1, 0, "c1", &[b1, b2], 1))
+            .await
+            .unwrap(),
+        store
+            .commit(commit_of(chat.id, &ann, a1, 1, "c3", &[c1], 1))
+            .await
+            .unwrap(),
+        store
+            .commit(commit_of(chat.id, &ann, a1, 1, "c4", &[b1], 1))
+            .await
+            .unwrap(),
+        store
+            .commit(commit_of(chat.id, &cid, c1, 1, "c5", &[], 1))
+            .await
+            .unwrap(),
+        store
+            .commit(commit_of(chat.id, &ann, a1, 1, "c6", &[b1], 2))
+            .await
+            .unwrap(),
+    ];
+    let described: Vec<String> = outcomes.iter().map(describe_commit).collect();
+    assert!(
+        described[0].starts_with("created seq 2 epoch 1 welcomes 2"),
+        "{described:?}"
+    );
+    assert_eq!(described[1], "StaleEpoch(1)");
+    assert!(
+        described[2].starts_with("duplicate seq 2 epoch 1"),
+        "{described:?}"
+    );
+    assert!(
+        described[3].starts_with("NotParticipantDevice"),
+        "{described:?}"
+    );
+    assert!(described[4].starts_with("InboxFull"), "{described:?}");
+    assert_eq!(described[5], "NotMember");
+    assert!(
+        described[6].starts_with("created seq 3 epoch 2 welcomes 1"),
+        "{described:?}"
+    );
+    t.extend(described);
+    let inbox = store.inbox(b1, 10).await.unwrap();
+    assert_eq!(
+        inbox.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        [Some(2), Some(3)]
+    );
+    assert!(store.ack_inbox(b1, inbox[0].id).await.unwrap());
+    assert!(!store.ack_inbox(b1, inbox[0].id).await.unwrap());
+    assert!(
+        !store.ack_inbox(b2, inbox[1].id).await.unwrap(),
+        "not its item"
+    );
+
+    // Handovers go to another device of one's own.
+    let handover = |to: DeviceId, max_items: u64| NewHandover {
+        from_user: bob.id,
+        from_device: b1,
+        to_device: to,
+        payload: vec![3; 10],
+        max_items,
+        now: T0,
+    };
+    assert!(matches!(
+        store.hand_over(handover(b1, 5)).await.unwrap(),
+        HandedOver::NoDevice
+    ));
+    assert!(matches!(
+        store.hand_over(handover(a1, 5)).await.unwrap(),
+        HandedOver::NoDevice
+    ));
+    assert!(
+        matches!(
+            store.hand_over(handover(b2, 1)).await.unwrap(),
+            HandedOver::InboxFull
+        ),
+        "b2 holds a Welcome"
+    );
+    assert!(matches!(
+        store.hand_over(handover(b2, 2)).await.unwrap(),
+        HandedOver::Stored(_)
+    ));
+    let kinds: Vec<String> = store
+        .inbox(b2, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| format!("{:?}", i.kind))
+        .collect();
+    assert_eq!(kinds, ["Welcome", "Handover"]);
+    t.extend(kinds);
+
+    // A new identity key: certificates and packages void, chats told.
+    let changed = store
+        .set_identity_key(bob.id, vec![42; 32], T0)
+        .await
+        .unwrap();
+    assert_eq!(changed.len(), 1, "one encrypted chat");
+    assert!(
+        store
+            .device_credentials(bob.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.certificate.is_none())
+    );
+    assert_eq!(store.key_package_stock(b1).await.unwrap(), (0, false));
+    let told = store.devices_changed(ann.id, T0).await.unwrap();
+    t.push(format!(
+        "devices_changed at {:?}",
+        told.iter().map(|a| a.entry.seq).collect::<Vec<_>>()
+    ));
+    assert_eq!(told.len(), 1);
     t
 }
 
@@ -1261,6 +1586,7 @@ on_both_engines! {
     push_outbox_on_both_engines => push_outbox;
     invites_on_both_engines => invites;
     chat_log_on_both_engines => chat_log;
+    key_directory_on_both_engines => key_directory;
 }
 
 /// Many nodes adding contacts for one user at once never pass the limit:
@@ -1458,6 +1784,111 @@ async fn concurrent_posts_on_postgres_take_every_seq_once() {
     assert_eq!(seqs, (2..42).collect::<Vec<_>>());
     let head = pg.chat_head(chat.id, bob.id).await.unwrap().unwrap();
     assert_eq!(head.last_seq, 41);
+    pg.close();
+    node_b.close();
+}
+
+/// Two nodes claiming one device's KeyPackages at once hand each one-time
+/// package out once (then the last resort); two admins committing for one
+/// epoch at once: one commit moves it, the other is told the epoch moved.
+#[tokio::test]
+async fn concurrent_claims_and_commits_on_postgres_are_decided_once() {
+    let cluster = PgCluster::from_env_or_start().unwrap();
+    let db = cluster
+        .database(&migrations_fingerprint(), |url| async move {
+            Postgres::connect(&pg_options(url))
+                .await
+                .map(|pg| pg.close())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let ann = register(&pg, 1, "Ann").await;
+    let bob = register(&pg, 2, "Bob").await;
+    let a1 = pg.devices(ann.id).await.unwrap()[0].id;
+    let b1 = pg.devices(bob.id).await.unwrap()[0].id;
+    for (user, device, key) in [(&ann, a1, 1), (&bob, b1, 2)] {
+        pg.set_identity_key(user.id, vec![key; 32], T0)
+            .await
+            .unwrap();
+        pg.set_device_credential(user.id, credential(device, key, Some(key)), T0)
+            .await
+            .unwrap();
+    }
+    let packages: Vec<Vec<u8>> = (0..10u8).map(|n| vec![n]).collect();
+    pg.publish_key_packages(b1, packages, Some(vec![99]), 10, T0)
+        .await
+        .unwrap();
+    let claims = (0..14).map(|n| {
+        let node = if n % 2 == 0 { &pg } else { &node_b };
+        node.claim_key_packages(vec![bob.id], a1)
+    });
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(claims),
+    )
+    .await
+    .expect("the claims finished within a minute");
+    let mut one_time: Vec<Vec<u8>> = Vec::new();
+    let mut last_resort = 0;
+    for c in claimed {
+        let package = &c.unwrap()[0].devices[0];
+        if package.last_resort {
+            last_resort += 1;
+        } else {
+            one_time.push(package.key_package.clone());
+        }
+    }
+    one_time.sort();
+    let before = one_time.len();
+    one_time.dedup();
+    assert_eq!(
+        before,
+        one_time.len(),
+        "a one-time package was handed out twice"
+    );
+    assert_eq!((one_time.len(), last_resort), (10, 4));
+
+    // Both are admins of an encrypted group; both commit for epoch 0.
+    let ChatCreated::Created(chat, _) = pg
+        .create_chat(NewChat {
+            encrypted: true,
+            ..new_chat(ChatKind::Group, &ann, &[&bob], T0)
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no chat");
+    };
+    pg.change_chat(
+        chat.id,
+        ann.id,
+        ChatChange::SetRole(bob.id, Role::Admin),
+        10,
+        T0,
+    )
+    .await
+    .unwrap();
+    let (first, second) = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join(
+            pg.commit(commit_of(chat.id, &ann, a1, 0, "a", &[], 5)),
+            node_b.commit(commit_of(chat.id, &bob, b1, 0, "b", &[], 5)),
+        ),
+    )
+    .await
+    .expect("the commits finished within a minute");
+    let mut outcomes = [
+        describe_commit(&first.unwrap()),
+        describe_commit(&second.unwrap()),
+    ];
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        ["StaleEpoch(1)", "created seq 3 epoch 1 welcomes 0"]
+    );
     pg.close();
     node_b.close();
 }

@@ -32,12 +32,12 @@ use crate::store::{
     StoreError, StoreResult,
 };
 
-type Tx<'t> = deadpool_postgres::Transaction<'t>;
+pub(super) type Tx<'t> = deadpool_postgres::Transaction<'t>;
 
 const CHAT_COLUMNS: &str = "c.id, c.kind, c.name, c.encrypted, c.epoch, c.created_by, \
      c.created_at, c.last_seq, c.last_activity_at";
 
-const ENTRY_COLUMNS: &str = "l.chat_id, l.seq, l.id, l.kind, l.sender_id, l.sender_device_id, \
+pub(super) const ENTRY_COLUMNS: &str = "l.chat_id, l.seq, l.id, l.kind, l.sender_id, l.sender_device_id, \
      l.msg_type, l.content, l.ciphertext, l.media_id, l.reply_to, l.client_message_id, \
      l.client_timestamp, l.event, l.target_id, l.created_at, l.edited_at, l.deleted_at";
 
@@ -69,7 +69,7 @@ fn chat_from_row(row: &tokio_postgres::Row) -> ChatRecord {
     }
 }
 
-fn entry_from_row(row: &tokio_postgres::Row) -> StoreResult<LogEntry> {
+pub(super) fn entry_from_row(row: &tokio_postgres::Row) -> StoreResult<LogEntry> {
     let bad = |e: &dyn std::fmt::Display| StoreError::internal(format!("a stored entry: {e}"));
     let kind = EntryColumns::kind_of(
         row.get("kind"),
@@ -111,7 +111,7 @@ fn entries(found: &[tokio_postgres::Row]) -> StoreResult<Vec<LogEntry>> {
 
 /// Locks the chat's row and loads its state under the lock; `None` if
 /// there is no such chat.
-async fn lock_chat(tx: &Tx<'_>, chat: ChatId) -> StoreResult<Option<ChatState>> {
+pub(super) async fn lock_chat(tx: &Tx<'_>, chat: ChatId) -> StoreResult<Option<ChatState>> {
     let head = rows(
         tx,
         "SELECT kind, encrypted, epoch, last_seq FROM chats WHERE id = $1 FOR UPDATE",
@@ -152,7 +152,7 @@ async fn lock_chat(tx: &Tx<'_>, chat: ChatId) -> StoreResult<Option<ChatState>> 
 /// Stores an entry at the chat's next seq and moves the head; gives the
 /// entry and who hears of it. `None` if an entry with the same idempotency
 /// key exists (nothing is written then).
-async fn append(
+pub(super) async fn append(
     tx: &Tx<'_>,
     state: &mut ChatState,
     chat: ChatId,
@@ -224,7 +224,7 @@ async fn append(
 }
 
 /// [`append`] for entries that carry no idempotency key (they cannot conflict).
-async fn append_entry(
+pub(super) async fn append_entry(
     tx: &Tx<'_>,
     state: &mut ChatState,
     chat: ChatId,

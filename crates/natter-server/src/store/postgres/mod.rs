@@ -25,6 +25,7 @@
 
 mod accounts;
 mod chats;
+mod e2ee;
 mod invites;
 mod migrations;
 mod push;

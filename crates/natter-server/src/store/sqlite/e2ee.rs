@@ -12,6 +12,7 @@ use super::cache::ChatCache;
 use super::chats::{Draft, append, append_entry, by_idempotency_key, conversion};
 use super::uuid_of;
 use crate::clock::Timestamp;
+use crate::store::columns::{inbox_kind_from_sql, inbox_kind_to_sql};
 use crate::store::e2ee::{
     ClaimedPackage, ClaimedUser, Committed, CredentialSet, DeviceCredential, HandedOver,
     InboxRecord, NewCommit, NewHandover, Published,
@@ -19,13 +20,6 @@ use crate::store::e2ee::{
 use crate::store::{Appended, EntryKind};
 
 type Result<T> = rusqlite::Result<T>;
-
-fn kind_to_sql(kind: InboxKind) -> &'static str {
-    match kind {
-        InboxKind::Welcome => "welcome",
-        InboxKind::Handover => "handover",
-    }
-}
 
 fn inbox_from_row(r: &Row<'_>) -> Result<InboxRecord> {
     let kind: String = r.get("kind")?;
@@ -39,11 +33,7 @@ fn inbox_from_row(r: &Row<'_>) -> Result<InboxRecord> {
     Ok(InboxRecord {
         id: r.get("id")?,
         device_id: DeviceId::from_uuid(uuid_of(r, "device_id")?),
-        kind: if kind == "welcome" {
-            InboxKind::Welcome
-        } else {
-            InboxKind::Handover
-        },
+        kind: inbox_kind_from_sql(&kind),
         chat_id,
         seq: r.get("seq")?,
         from_user: UserId::from_uuid(uuid_of(r, "from_user")?),
@@ -71,7 +61,7 @@ fn put_inbox(c: &Connection, item: &InboxRecord) -> Result<InboxRecord> {
         .query_row(
             params![
                 item.device_id.as_uuid().as_bytes(),
-                kind_to_sql(item.kind),
+                inbox_kind_to_sql(item.kind),
                 item.chat_id.map(|c| *c.as_uuid().as_bytes()),
                 item.seq,
                 item.from_user.as_uuid().as_bytes(),

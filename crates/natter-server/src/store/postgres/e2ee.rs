@@ -1,0 +1,624 @@
+//! [`KeyDirectory`] and [`DeviceInbox`] on PostgreSQL: identity keys,
+//! device credentials, KeyPackages, inboxes, and the commits that move an
+//! encrypted chat's epoch.
+//!
+//! A commit locks its chat's row like every append, so two admins'
+//! commits for one epoch on two nodes are decided by the database: the
+//! first moves the epoch, the second is `StaleEpoch`. A claim deletes each
+//! one-time KeyPackage as it hands it out, skipping rows another claim has
+//! locked, so no two claimers get the same package; a publish locks the
+//! device's key row, so two publishes cannot pass the stock limit together.
+
+use async_trait::async_trait;
+use natter_proto::chats::{ChatEvent, MessageType};
+use natter_proto::e2ee::InboxKind;
+use natter_proto::{ChatId, DeviceId, UserId};
+use uuid::Uuid;
+
+use super::chats::{ENTRY_COLUMNS, Tx, append, append_entry, entry_from_row, lock_chat};
+use super::{Postgres, execute, rows};
+use crate::clock::Timestamp;
+use crate::store::chat_state::Draft;
+use crate::store::columns::{inbox_kind_from_sql, inbox_kind_to_sql};
+use crate::store::e2ee::{
+    ClaimedPackage, ClaimedUser, Committed, CredentialSet, DeviceCredential, DeviceInbox,
+    HandedOver, InboxRecord, KeyDirectory, NewCommit, NewHandover, Published,
+};
+use crate::store::{Appended, EntryKind, StoreError, StoreResult};
+
+const INBOX_COLUMNS: &str =
+    "id, device_id, kind, chat_id, seq, from_user, from_device, payload, created_at";
+
+fn inbox_from_row(r: &tokio_postgres::Row) -> InboxRecord {
+    InboxRecord {
+        id: r.get("id"),
+        device_id: DeviceId::from_uuid(r.get("device_id")),
+        kind: inbox_kind_from_sql(r.get("kind")),
+        chat_id: r.get::<_, Option<Uuid>>("chat_id").map(ChatId::from_uuid),
+        seq: r.get("seq"),
+        from_user: UserId::from_uuid(r.get("from_user")),
+        from_device: DeviceId::from_uuid(r.get("from_device")),
+        payload: r.get("payload"),
+        created_at: Timestamp(r.get("created_at")),
+    }
+}
+
+fn credential_from_row(r: &tokio_postgres::Row) -> DeviceCredential {
+    DeviceCredential {
+        device_id: DeviceId::from_uuid(r.get("device_id")),
+        signature_key: r.get("signature_key"),
+        link_key: r.get("link_key"),
+        certificate: r.get("certificate"),
+    }
+}
+
+async fn inbox_count(tx: &Tx<'_>, device: DeviceId) -> StoreResult<u64> {
+    let n = rows(
+        tx,
+        "SELECT count(*) FROM device_inbox WHERE device_id = $1",
+        &[device.as_uuid()],
+    )
+    .await?;
+    Ok(n.first()
+        .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(u64::MAX)))
+}
+
+async fn put_inbox(tx: &Tx<'_>, item: &InboxRecord) -> StoreResult<InboxRecord> {
+    let id = rows(
+        tx,
+        "INSERT INTO device_inbox
+           (device_id, kind, chat_id, seq, from_user, from_device, payload, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        &[
+            item.device_id.as_uuid(),
+            &inbox_kind_to_sql(item.kind),
+            &item.chat_id.map(|c| *c.as_uuid()),
+            &item.seq,
+            item.from_user.as_uuid(),
+            item.from_device.as_uuid(),
+            &item.payload,
+            &item.created_at.0,
+        ],
+    )
+    .await?;
+    let id = id
+        .first()
+        .map(|r| r.get(0))
+        .ok_or_else(|| StoreError::internal("an inbox insert returned no id"))?;
+    Ok(InboxRecord { id, ..item.clone() })
+}
+
+async fn device_owner(tx: &Tx<'_>, device: DeviceId) -> StoreResult<Option<UserId>> {
+    let found = rows(
+        tx,
+        "SELECT user_id FROM devices WHERE id = $1",
+        &[device.as_uuid()],
+    )
+    .await?;
+    Ok(found.first().map(|r| UserId::from_uuid(r.get(0))))
+}
+
+async fn identity_key_of(tx: &Tx<'_>, user: UserId) -> StoreResult<Option<Vec<u8>>> {
+    let found = rows(
+        tx,
+        "SELECT identity_key FROM identity_keys WHERE user_id = $1",
+        &[user.as_uuid()],
+    )
+    .await?;
+    Ok(found.first().map(|r| r.get(0)))
+}
+
+async fn credential(
+    tx: &Tx<'_>,
+    device: DeviceId,
+    lock: bool,
+) -> StoreResult<Option<DeviceCredential>> {
+    let found = rows(
+        tx,
+        if lock {
+            "SELECT device_id, signature_key, link_key, certificate FROM device_keys
+             WHERE device_id = $1 FOR UPDATE"
+        } else {
+            "SELECT device_id, signature_key, link_key, certificate FROM device_keys
+             WHERE device_id = $1"
+        },
+        &[device.as_uuid()],
+    )
+    .await?;
+    Ok(found.first().map(credential_from_row))
+}
+
+async fn credentials_of(tx: &Tx<'_>, user: UserId) -> StoreResult<Vec<DeviceCredential>> {
+    let found = rows(
+        tx,
+        "SELECT k.device_id, k.signature_key, k.link_key, k.certificate
+         FROM device_keys k JOIN devices d ON d.id = k.device_id
+         WHERE d.user_id = $1 ORDER BY d.created_at, d.id",
+        &[user.as_uuid()],
+    )
+    .await?;
+    Ok(found.iter().map(credential_from_row).collect())
+}
+
+async fn stock(tx: &Tx<'_>, device: DeviceId) -> StoreResult<(u32, bool)> {
+    let found = rows(
+        tx,
+        "SELECT count(*) FILTER (WHERE NOT last_resort), coalesce(bool_or(last_resort), false)
+         FROM key_packages WHERE device_id = $1",
+        &[device.as_uuid()],
+    )
+    .await?;
+    Ok(found.first().map_or((0, false), |r| {
+        (
+            u32::try_from(r.get::<_, i64>(0)).unwrap_or(u32::MAX),
+            r.get(1),
+        )
+    }))
+}
+
+/// Appends `devices_changed` for `user` to each encrypted chat they are in.
+async fn devices_changed_in(
+    tx: &Tx<'_>,
+    user: UserId,
+    now: Timestamp,
+) -> StoreResult<Vec<Appended>> {
+    let mut chats: Vec<Uuid> = rows(
+        tx,
+        "SELECT m.chat_id FROM memberships m JOIN chats c ON c.id = m.chat_id
+         WHERE m.user_id = $1 AND m.to_seq IS NULL AND c.encrypted",
+        &[user.as_uuid()],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    // Locked in one order, so two such jobs never wait on each other.
+    chats.sort_unstable();
+    let mut appended = Vec::with_capacity(chats.len());
+    for chat in chats.into_iter().map(ChatId::from_uuid) {
+        let Some(mut state) = lock_chat(tx, chat).await? else {
+            continue;
+        };
+        if state.role(user).is_none() {
+            continue;
+        }
+        let event = ChatEvent::DevicesChanged { user_id: user };
+        appended
+            .push(append_entry(tx, &mut state, chat, Draft::system(user, event, now), None).await?);
+    }
+    Ok(appended)
+}
+
+#[async_trait]
+impl KeyDirectory for Postgres {
+    async fn set_identity_key(
+        &self,
+        user: UserId,
+        key: Vec<u8>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Appended>> {
+        self.write(|tx| {
+            let key = key.clone();
+            Box::pin(async move {
+                if identity_key_of(tx, user).await?.as_deref() == Some(key.as_slice()) {
+                    return Ok(Vec::new());
+                }
+                execute(
+                    tx,
+                    "INSERT INTO identity_keys (user_id, identity_key, updated_at)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id) DO UPDATE SET identity_key = $2, updated_at = $3",
+                    &[user.as_uuid(), &key, &now.0],
+                )
+                .await?;
+                // The old key's certificates say nothing any more, nor do
+                // the packages made under them.
+                execute(
+                    tx,
+                    "UPDATE device_keys SET certificate = NULL WHERE user_id = $1",
+                    &[user.as_uuid()],
+                )
+                .await?;
+                execute(
+                    tx,
+                    "DELETE FROM key_packages
+                     WHERE device_id IN (SELECT id FROM devices WHERE user_id = $1)",
+                    &[user.as_uuid()],
+                )
+                .await?;
+                devices_changed_in(tx, user, now).await
+            })
+        })
+        .await
+    }
+
+    async fn identity_key(&self, user: UserId) -> StoreResult<Option<Vec<u8>>> {
+        let found = self
+            .read(
+                "SELECT identity_key FROM identity_keys WHERE user_id = $1",
+                &[user.as_uuid()],
+            )
+            .await?;
+        Ok(found.first().map(|r| r.get(0)))
+    }
+
+    async fn set_device_credential(
+        &self,
+        user: UserId,
+        credential_new: DeviceCredential,
+        now: Timestamp,
+    ) -> StoreResult<CredentialSet> {
+        self.write(|tx| {
+            let new = credential_new.clone();
+            Box::pin(async move {
+                if device_owner(tx, new.device_id).await? != Some(user) {
+                    return Ok(CredentialSet::NoDevice);
+                }
+                match credential(tx, new.device_id, true).await? {
+                    Some(old)
+                        if old.signature_key != new.signature_key
+                            || old.link_key != new.link_key =>
+                    {
+                        Ok(CredentialSet::Exists)
+                    }
+                    Some(old) => match new.certificate {
+                        Some(cert) if old.certificate.as_ref() != Some(&cert) => {
+                            execute(
+                                tx,
+                                "UPDATE device_keys SET certificate = $2 WHERE device_id = $1",
+                                &[new.device_id.as_uuid(), &cert],
+                            )
+                            .await?;
+                            Ok(CredentialSet::Stored(devices_changed_in(tx, user, now).await?))
+                        }
+                        _ => Ok(CredentialSet::Stored(Vec::new())),
+                    },
+                    None => {
+                        let inserted = execute(
+                            tx,
+                            "INSERT INTO device_keys
+                               (device_id, user_id, signature_key, link_key, certificate, created_at)
+                             VALUES ($1, $2, $3, $4, $5, $6)
+                             ON CONFLICT (device_id) DO NOTHING",
+                            &[
+                                new.device_id.as_uuid(),
+                                user.as_uuid(),
+                                &new.signature_key,
+                                &new.link_key,
+                                &new.certificate,
+                                &now.0,
+                            ],
+                        )
+                        .await?;
+                        if inserted == 0 {
+                            // Another node registered keys for it meanwhile:
+                            // run again, and the branches above decide.
+                            return Err(StoreError::new(
+                                crate::store::StoreErrorKind::Conflict,
+                                "the device's keys were set meanwhile",
+                            ));
+                        }
+                        if new.certificate.is_some() {
+                            Ok(CredentialSet::Stored(devices_changed_in(tx, user, now).await?))
+                        } else {
+                            Ok(CredentialSet::Stored(Vec::new()))
+                        }
+                    }
+                }
+            })
+        })
+        .await
+    }
+
+    async fn device_credentials(&self, user: UserId) -> StoreResult<Vec<DeviceCredential>> {
+        let found = self
+            .read(
+                "SELECT k.device_id, k.signature_key, k.link_key, k.certificate
+                 FROM device_keys k JOIN devices d ON d.id = k.device_id
+                 WHERE d.user_id = $1 ORDER BY d.created_at, d.id",
+                &[user.as_uuid()],
+            )
+            .await?;
+        Ok(found.iter().map(credential_from_row).collect())
+    }
+
+    async fn publish_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        max_per_device: u64,
+        now: Timestamp,
+    ) -> StoreResult<Published> {
+        self.write(|tx| {
+            let (packages, last_resort) = (packages.clone(), last_resort.clone());
+            Box::pin(async move {
+                // The key row's lock holds the stock still until commit.
+                if credential(tx, device, true).await?.is_none() {
+                    return Ok(Published::NoKeys);
+                }
+                let (available, _) = stock(tx, device).await?;
+                let total = u64::from(available).saturating_add(packages.len() as u64);
+                if total > max_per_device {
+                    return Ok(Published::TooMany);
+                }
+                for bytes in &packages {
+                    execute(
+                        tx,
+                        "INSERT INTO key_packages (device_id, last_resort, bytes, created_at)
+                         VALUES ($1, false, $2, $3)",
+                        &[device.as_uuid(), bytes, &now.0],
+                    )
+                    .await?;
+                }
+                if let Some(bytes) = &last_resort {
+                    execute(
+                        tx,
+                        "DELETE FROM key_packages WHERE device_id = $1 AND last_resort",
+                        &[device.as_uuid()],
+                    )
+                    .await?;
+                    execute(
+                        tx,
+                        "INSERT INTO key_packages (device_id, last_resort, bytes, created_at)
+                         VALUES ($1, true, $2, $3)",
+                        &[device.as_uuid(), bytes, &now.0],
+                    )
+                    .await?;
+                }
+                let (available, last_resort) = stock(tx, device).await?;
+                Ok(Published::Stock(available, last_resort))
+            })
+        })
+        .await
+    }
+
+    async fn key_package_stock(&self, device: DeviceId) -> StoreResult<(u32, bool)> {
+        self.write(|tx| Box::pin(async move { stock(tx, device).await }))
+            .await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        users: Vec<UserId>,
+        except: DeviceId,
+    ) -> StoreResult<Vec<ClaimedUser>> {
+        self.write(|tx| {
+            let users = users.clone();
+            Box::pin(async move {
+                let mut out = Vec::with_capacity(users.len());
+                for user in users {
+                    let identity = identity_key_of(tx, user).await?;
+                    let devices: Vec<DeviceCredential> = credentials_of(tx, user)
+                        .await?
+                        .into_iter()
+                        .filter(|d| d.certificate.is_some() && d.device_id != except)
+                        .collect();
+                    let mut claimed = Vec::with_capacity(devices.len());
+                    for d in devices {
+                        let id = d.device_id.as_uuid();
+                        let one_time = rows(
+                            tx,
+                            "DELETE FROM key_packages WHERE id = (
+                               SELECT id FROM key_packages
+                               WHERE device_id = $1 AND NOT last_resort
+                               ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                             RETURNING bytes",
+                            &[id],
+                        )
+                        .await?;
+                        let (bytes, last_resort) = match one_time.first() {
+                            Some(row) => (row.get::<_, Vec<u8>>(0), false),
+                            None => {
+                                let kept = rows(
+                                    tx,
+                                    "SELECT bytes FROM key_packages
+                                     WHERE device_id = $1 AND last_resort",
+                                    &[id],
+                                )
+                                .await?;
+                                match kept.first() {
+                                    Some(row) => (row.get(0), true),
+                                    None => continue,
+                                }
+                            }
+                        };
+                        let (left, _) = stock(tx, d.device_id).await?;
+                        claimed.push(ClaimedPackage {
+                            device_id: d.device_id,
+                            signature_key: d.signature_key,
+                            certificate: d.certificate.unwrap_or_default(),
+                            key_package: bytes,
+                            last_resort,
+                            left,
+                        });
+                    }
+                    out.push(ClaimedUser {
+                        user_id: user,
+                        identity_key: identity,
+                        devices: claimed,
+                    });
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn devices_changed(&self, user: UserId, now: Timestamp) -> StoreResult<Vec<Appended>> {
+        self.write(|tx| Box::pin(async move { devices_changed_in(tx, user, now).await }))
+            .await
+    }
+}
+
+#[async_trait]
+impl DeviceInbox for Postgres {
+    async fn commit(&self, commit: NewCommit) -> StoreResult<Committed> {
+        self.write(|tx| {
+            let n = commit.clone();
+            Box::pin(async move {
+                let m = n.message;
+                let Some(mut state) = lock_chat(tx, m.chat_id).await? else {
+                    return Ok(Committed::NotMember);
+                };
+                if state.role(m.sender_id).is_none() {
+                    return Ok(Committed::NotMember);
+                }
+                if !state.encrypted {
+                    return Ok(Committed::NotEncrypted);
+                }
+                // A retry of an accepted commit finds it before its epoch is
+                // checked (the epoch has moved on since, because of it).
+                if let Some(key) = &m.client_message_id {
+                    let first = rows(
+                        tx,
+                        &format!(
+                            "SELECT {ENTRY_COLUMNS} FROM chat_log l
+                             WHERE l.chat_id = $1 AND l.sender_id = $2
+                               AND l.client_message_id = $3"
+                        ),
+                        &[m.chat_id.as_uuid(), m.sender_id.as_uuid(), key],
+                    )
+                    .await?;
+                    if let Some(row) = first.first() {
+                        return Ok(Committed::Duplicate(
+                            Box::new(entry_from_row(row)?),
+                            state.epoch,
+                        ));
+                    }
+                }
+                if n.epoch != state.epoch {
+                    return Ok(Committed::StaleEpoch(state.epoch));
+                }
+                let mut owners = Vec::with_capacity(n.welcome_devices.len());
+                for device in &n.welcome_devices {
+                    match device_owner(tx, *device).await? {
+                        Some(owner) if state.role(owner).is_some() => owners.push((owner, *device)),
+                        _ => return Ok(Committed::NotParticipantDevice(*device)),
+                    }
+                    if inbox_count(tx, *device).await? >= n.inbox_max {
+                        return Ok(Committed::InboxFull(*device));
+                    }
+                }
+                let draft = Draft {
+                    id: m.id,
+                    sender_id: m.sender_id,
+                    sender_device_id: Some(m.sender_device_id),
+                    kind: EntryKind::Message(MessageType::Commit),
+                    content: None,
+                    ciphertext: m.ciphertext,
+                    media_id: None,
+                    reply_to: None,
+                    client_message_id: m.client_message_id,
+                    client_timestamp: m.client_timestamp,
+                    now: m.now,
+                };
+                let Some(appended) = append(tx, &mut state, m.chat_id, draft, None).await? else {
+                    return Err(StoreError::internal("a chat-log position was taken twice"));
+                };
+                state.epoch += 1;
+                let epoch = state.epoch;
+                execute(
+                    tx,
+                    "UPDATE chats SET epoch = $2 WHERE id = $1",
+                    &[
+                        m.chat_id.as_uuid(),
+                        &i64::try_from(epoch).unwrap_or(i64::MAX),
+                    ],
+                )
+                .await?;
+                let mut welcomes = Vec::with_capacity(owners.len());
+                if let Some(welcome) = n.welcome {
+                    for (owner, device) in owners {
+                        let item = put_inbox(
+                            tx,
+                            &InboxRecord {
+                                id: 0,
+                                device_id: device,
+                                kind: InboxKind::Welcome,
+                                chat_id: Some(m.chat_id),
+                                seq: Some(appended.entry.seq),
+                                from_user: m.sender_id,
+                                from_device: m.sender_device_id,
+                                payload: welcome.clone(),
+                                created_at: m.now,
+                            },
+                        )
+                        .await?;
+                        welcomes.push((owner, item));
+                    }
+                }
+                Ok(Committed::Created(Box::new(appended), epoch, welcomes))
+            })
+        })
+        .await
+    }
+
+    async fn hand_over(&self, handover: NewHandover) -> StoreResult<HandedOver> {
+        self.write(|tx| {
+            let h = handover.clone();
+            Box::pin(async move {
+                if h.to_device == h.from_device
+                    || device_owner(tx, h.to_device).await? != Some(h.from_user)
+                {
+                    return Ok(HandedOver::NoDevice);
+                }
+                // The device's row is locked so the count holds until commit.
+                rows(
+                    tx,
+                    "SELECT 1 FROM devices WHERE id = $1 FOR UPDATE",
+                    &[h.to_device.as_uuid()],
+                )
+                .await?;
+                if inbox_count(tx, h.to_device).await? >= h.max_items {
+                    return Ok(HandedOver::InboxFull);
+                }
+                let item = put_inbox(
+                    tx,
+                    &InboxRecord {
+                        id: 0,
+                        device_id: h.to_device,
+                        kind: InboxKind::Handover,
+                        chat_id: None,
+                        seq: None,
+                        from_user: h.from_user,
+                        from_device: h.from_device,
+                        payload: h.payload,
+                        created_at: h.now,
+                    },
+                )
+                .await?;
+                Ok(HandedOver::Stored(item))
+            })
+        })
+        .await
+    }
+
+    async fn inbox(&self, device: DeviceId, limit: u64) -> StoreResult<Vec<InboxRecord>> {
+        let found = self
+            .read(
+                &format!(
+                    "SELECT {INBOX_COLUMNS} FROM device_inbox WHERE device_id = $1
+                     ORDER BY id LIMIT $2"
+                ),
+                &[device.as_uuid(), &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .await?;
+        Ok(found.iter().map(inbox_from_row).collect())
+    }
+
+    async fn ack_inbox(&self, device: DeviceId, id: i64) -> StoreResult<bool> {
+        self.write(|tx| {
+            Box::pin(async move {
+                execute(
+                    tx,
+                    "DELETE FROM device_inbox WHERE id = $1 AND device_id = $2",
+                    &[&id, device.as_uuid()],
+                )
+                .await
+                .map(|n| n == 1)
+            })
+        })
+        .await
+    }
+}
