@@ -23,6 +23,8 @@ use super::e2ee::{
     Committed, CredentialSet, DeviceCredential, DeviceInbox, HandedOver, KeyDirectory, NewCommit,
     NewHandover, Published,
 };
+use natter_proto::media::MediaKind;
+
 use super::{
     Accounts, ContactAdded, LoggedIn, Login, NewDevice, NewPush, NewVerificationCode, PendingPush,
     ProfilePatch, PushChannelRecord, PushFinished, PushOutbox, Registered, Registration, User,
@@ -31,6 +33,7 @@ use super::{
     ChatChange, ChatChanged, ChatCreated, ChatLog, EntryKind, EventBody, HistoryQuery, LogEntry,
     MessageChange, MessageChanged, NewChat, NewContent, NewMessage, Posted, ReceiptState,
 };
+use super::{FinishedMedia, MediaCreated, MediaStore, NewMedia};
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
 use crate::phone::Phone;
@@ -1523,6 +1526,176 @@ async fn key_directory<S: Accounts + ChatLog + KeyDirectory + DeviceInbox>(
     t
 }
 
+fn upload(owner: &User, kind: MediaKind, length: u64, finished: bool, at: Timestamp) -> NewMedia {
+    NewMedia {
+        id: natter_proto::MediaId::new(),
+        owner: owner.id,
+        kind,
+        chat_id: None,
+        filename: Some("beta.png".into()),
+        length,
+        created_at: at,
+        expires_at: (!finished).then(|| at.plus(Duration::from_secs(3600))),
+        finished: finished.then(|| FinishedMedia {
+            content_type: "image/png".into(),
+            sha256: [7; 32],
+            dimensions: Some((640, 480)),
+            thumbnail: true,
+            completed_at: at,
+        }),
+    }
+}
+
+/// Uploads: the quota and the pending limit at N and N+1, progress and
+/// finishing, who may fetch (owner, profile picture, a message one can
+/// see), and collection of expired and unreferenced uploads.
+async fn media_store<S: Accounts + ChatLog + MediaStore>(store: &S) -> Transcript {
+    let mut t = Transcript::new();
+    let ann = register(store, 1, "Ann").await;
+    let bob = register(store, 2, "Bob").await;
+    let cid = register(store, 3, "Cid").await;
+    let da = store.devices(ann.id).await.unwrap()[0].id;
+    let at = |s: u64| T0.plus(Duration::from_secs(s));
+    // A quota of 100 bytes: 60 + 40 fit, one byte more does not.
+    let first = upload(&ann, MediaKind::Image, 60, true, at(1));
+    assert_eq!(
+        store.create_media(first.clone(), 100, 2).await.unwrap(),
+        MediaCreated::Created
+    );
+    let pending = upload(&ann, MediaKind::File, 40, false, at(2));
+    assert_eq!(
+        store.create_media(pending.clone(), 100, 2).await.unwrap(),
+        MediaCreated::Created
+    );
+    assert_eq!(
+        store
+            .create_media(upload(&ann, MediaKind::File, 1, false, at(3)), 100, 2)
+            .await
+            .unwrap(),
+        MediaCreated::QuotaExceeded
+    );
+    // Two uploads in progress at most (the third is refused).
+    store
+        .create_media(upload(&bob, MediaKind::File, 1, false, at(3)), 100, 2)
+        .await
+        .unwrap();
+    store
+        .create_media(upload(&bob, MediaKind::File, 1, false, at(3)), 100, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .create_media(upload(&bob, MediaKind::File, 1, false, at(3)), 100, 2)
+            .await
+            .unwrap(),
+        MediaCreated::TooManyPending
+    );
+    // Progress, then finishing.
+    assert!(store.set_media_received(pending.id, 25).await.unwrap());
+    let record = store.media(pending.id).await.unwrap().unwrap();
+    assert_eq!((record.received, record.finished.is_none()), (25, true));
+    assert!(store.set_media_received(pending.id, 40).await.unwrap());
+    let done = FinishedMedia {
+        content_type: "application/pdf".into(),
+        sha256: [9; 32],
+        dimensions: None,
+        thumbnail: false,
+        completed_at: at(4),
+    };
+    assert!(store.finish_media(pending.id, done.clone()).await.unwrap());
+    assert!(
+        !store.finish_media(pending.id, done).await.unwrap(),
+        "finished once"
+    );
+    assert!(
+        !store.set_media_received(pending.id, 1).await.unwrap(),
+        "no longer in progress"
+    );
+    let mine: Vec<String> = store
+        .media_of(ann.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{:?} {} {:?}",
+                m.kind,
+                m.length,
+                m.finished
+                    .as_ref()
+                    .map(|f| (f.content_type.clone(), f.dimensions))
+            )
+        })
+        .collect();
+    assert_eq!(mine.len(), 2);
+    t.extend(mine);
+
+    // Who may fetch: Bob after Ann sends it to him; Cid, never.
+    assert!(store.media_visible(first.id, ann.id).await.unwrap());
+    assert!(!store.media_visible(first.id, bob.id).await.unwrap());
+    let ChatCreated::Created(chat, _) = store
+        .create_chat(new_chat(ChatKind::Direct, &ann, &[&bob], at(5)))
+        .await
+        .unwrap()
+    else {
+        panic!("no chat");
+    };
+    let sent = store
+        .post(NewMessage {
+            message_type: MessageType::Image,
+            media_id: Some(first.id),
+            ..text(chat.id, &ann, da, "the beta", at(6))
+        })
+        .await
+        .unwrap();
+    assert!(matches!(sent, Posted::Created(_)), "{sent:?}");
+    assert!(store.media_visible(first.id, bob.id).await.unwrap());
+    assert!(!store.media_visible(first.id, cid.id).await.unwrap());
+    let gone = store
+        .post(NewMessage {
+            media_id: Some(natter_proto::MediaId::new()),
+            ..text(chat.id, &ann, da, "x", at(6))
+        })
+        .await
+        .unwrap();
+    assert!(matches!(gone, Posted::MediaGone), "{gone:?}");
+    // A profile picture is anyone's to fetch.
+    let avatar = upload(&cid, MediaKind::Image, 10, true, at(7));
+    store.create_media(avatar.clone(), 100, 2).await.unwrap();
+    let profile = store
+        .update_profile(
+            cid.id,
+            ProfilePatch {
+                profile_pic: Some(Some(avatar.id)),
+                ..ProfilePatch::default()
+            },
+            at(7),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(profile.profile_pic, Some(avatar.id));
+    assert!(store.media_visible(avatar.id, ann.id).await.unwrap());
+
+    // Collection: Bob's expired uploads, and Ann's unreferenced PDF; the
+    // sent image and the avatar stay.
+    let collected = store.collect_media(at(7200), at(7200), 10).await.unwrap();
+    t.push(format!(
+        "collected {} expired, {} unreferenced",
+        collected.expired.len(),
+        collected.unreferenced.len()
+    ));
+    assert_eq!(
+        (collected.expired.len(), collected.unreferenced.len()),
+        (2, 1)
+    );
+    assert_eq!(collected.unreferenced, [pending.id]);
+    assert!(store.media(first.id).await.unwrap().is_some());
+    assert!(store.delete_media(first.id).await.unwrap());
+    assert!(!store.delete_media(first.id).await.unwrap());
+    t
+}
+
 /// A named secret is made once and read back the same ever after.
 async fn server_secrets(store: &dyn Accounts) -> Transcript {
     let first = store
@@ -1587,6 +1760,7 @@ on_both_engines! {
     invites_on_both_engines => invites;
     chat_log_on_both_engines => chat_log;
     key_directory_on_both_engines => key_directory;
+    media_store_on_both_engines => media_store;
 }
 
 /// Many nodes adding contacts for one user at once never pass the limit:

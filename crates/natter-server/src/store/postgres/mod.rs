@@ -27,6 +27,7 @@ mod accounts;
 mod chats;
 mod e2ee;
 mod invites;
+mod media;
 mod migrations;
 mod push;
 mod ratelimit;
