@@ -118,6 +118,8 @@ pub enum MessengerEvent {
         client_message_id: String,
         /// Its seq in the chat.
         seq: i64,
+        /// The server's id for it (to answer, edit or delete it).
+        message_id: MessageId,
     },
     /// A send was refused for good.
     SendFailed {
@@ -201,6 +203,10 @@ pub struct Messenger {
     positions: BTreeMap<ChatId, i64>,
     /// Chats whose group may be out of line with the server's membership.
     dirty: HashSet<ChatId>,
+    /// Chats to bring in line as soon as the event at hand is processed:
+    /// someone joined on this user's behalf (an accepted invitation of
+    /// theirs), and no device of the group commits that add by itself.
+    eager: HashSet<ChatId>,
     /// Whether each chat the device met is encrypted.
     encrypted: HashMap<ChatId, bool>,
     /// Events waiting to be handed out.
@@ -282,6 +288,7 @@ impl Messenger {
             trust,
             positions,
             dirty: HashSet::new(),
+            eager: HashSet::new(),
             encrypted: HashMap::new(),
             pending: VecDeque::new(),
             sending: HashMap::new(),
@@ -853,15 +860,28 @@ impl Messenger {
     /// # Errors
     /// Not a member of the chat's group; the store failed.
     pub async fn send_text(&mut self, chat: ChatId, text: &str) -> ClientResult<String> {
-        self.send_payload(
-            chat,
-            Payload::new(Body::Text {
-                text: text.to_owned(),
-            }),
-            MessageType::Text,
-            None,
-        )
-        .await
+        self.send_reply(chat, text, None).await
+    }
+
+    /// Sends a text message answering `reply_to` (one of the chat's
+    /// messages; `None`: answering none), encrypted for the chat's group.
+    /// The answered message's id travels inside the encrypted payload: the
+    /// server does not learn what answers what.
+    ///
+    /// # Errors
+    /// Not a member of the chat's group; the store failed.
+    pub async fn send_reply(
+        &mut self,
+        chat: ChatId,
+        text: &str,
+        reply_to: Option<MessageId>,
+    ) -> ClientResult<String> {
+        let mut payload = Payload::new(Body::Text {
+            text: text.to_owned(),
+        });
+        payload.reply_to = reply_to;
+        self.send_payload(chat, payload, MessageType::Text, None)
+            .await
     }
 
     /// Encrypts a file with a fresh key, uploads it as an `encrypted` blob
@@ -1010,7 +1030,32 @@ impl Messenger {
     /// # Errors
     /// The local store failed.
     pub async fn send_plain_text(&mut self, chat: ChatId, text: &str) -> ClientResult<String> {
-        self.connection.send_text(chat, text).await
+        self.send_plain_reply(chat, text, None).await
+    }
+
+    /// Sends a text to a plaintext chat answering `reply_to` (the server's
+    /// `reply_to`), through the outbox.
+    ///
+    /// # Errors
+    /// The local store failed.
+    pub async fn send_plain_reply(
+        &mut self,
+        chat: ChatId,
+        text: &str,
+        reply_to: Option<MessageId>,
+    ) -> ClientResult<String> {
+        self.connection
+            .send(SendMessage {
+                chat_id: chat,
+                content: Some(text.to_owned()),
+                ciphertext: None,
+                message_type: MessageType::Text,
+                timestamp: None,
+                client_message_id: None,
+                reply_to,
+                media_id: None,
+            })
+            .await
     }
 
     /// Whether the chat is end-to-end encrypted (asked of the server once).
@@ -1082,7 +1127,19 @@ impl Messenger {
     /// # Errors
     /// The server or the local store failed.
     pub async fn process(&mut self, event: Event) -> ClientResult<()> {
-        self.on_event(event).await
+        self.on_event(event).await?;
+        self.settle().await
+    }
+
+    /// Commits the adds waiting in `eager` (see there).
+    async fn settle(&mut self) -> ClientResult<()> {
+        while let Some(chat) = self.eager.iter().next().copied() {
+            self.eager.remove(&chat);
+            if self.dirty.contains(&chat) {
+                self.reconcile(chat).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The next processed event waiting, if any.
@@ -1101,6 +1158,7 @@ impl Messenger {
             }
             let event = self.connection.next_event().await?;
             self.on_event(event).await?;
+            self.settle().await?;
         }
     }
 
@@ -1149,6 +1207,7 @@ impl Messenger {
                 self.pending.push_back(MessengerEvent::Sent {
                     client_message_id,
                     seq: message.seq,
+                    message_id: message.id,
                 });
             }
             Event::SendFailed {
@@ -1178,25 +1237,24 @@ impl Messenger {
         Ok(())
     }
 
-    /// Keeps a message in the local history (searchable).
+    /// Keeps a message in the local history (searchable); a file with its
+    /// body, so it can be fetched again after a restart.
     fn keep(&self, chat: ChatId, message: &Message, payload: &Payload) -> ClientResult<()> {
+        let entry = |text: &str, file: Option<Body>| HistoryEntry {
+            chat_id: chat,
+            seq: message.seq,
+            message_id: message.id,
+            sender_id: message.sender_id,
+            sent_at: natter_proto::timefmt::format(message.timestamp).unwrap_or_default(),
+            text: text.to_owned(),
+            reply_to: payload.reply_to,
+            file,
+        };
         match &payload.body {
-            Body::Text { text } => self.store.put_history(&HistoryEntry {
-                chat_id: chat,
-                seq: message.seq,
-                message_id: message.id,
-                sender_id: message.sender_id,
-                sent_at: natter_proto::timefmt::format(message.timestamp).unwrap_or_default(),
-                text: text.clone(),
-            })?,
-            Body::File { name, .. } => self.store.put_history(&HistoryEntry {
-                chat_id: chat,
-                seq: message.seq,
-                message_id: message.id,
-                sender_id: message.sender_id,
-                sent_at: natter_proto::timefmt::format(message.timestamp).unwrap_or_default(),
-                text: name.clone(),
-            })?,
+            Body::Text { text } => self.store.put_history(&entry(text, None))?,
+            file @ Body::File { name, .. } => {
+                self.store.put_history(&entry(name, Some(file.clone())))?;
+            }
             Body::Edit { target, text } => self.store.update_history(*target, Some(text))?,
             Body::Delete { target } => self.store.update_history(*target, None)?,
         }
@@ -1265,6 +1323,15 @@ impl Messenger {
             }
             // The commit that adds someone's devices comes after this entry:
             // their certificates must be known by then.
+            // An invitation of this user's, accepted: the server made the
+            // add in the inviter's name, and the inviter's devices commit it
+            // (the invited user's devices cannot, not being in the group).
+            if let ChatEvent::MemberAdded { .. } = &event
+                && message.sender_id == self.session.user_id()
+                && message.sender_device_id != Some(self.session.device_id())
+            {
+                self.eager.insert(chat);
+            }
             if let ChatEvent::MemberAdded { user_id } | ChatEvent::DevicesChanged { user_id } =
                 &event
             {
