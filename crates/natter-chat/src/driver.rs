@@ -18,8 +18,8 @@ use natter_client::api::{HistoryQuery, MessageSearch};
 use natter_client::e2ee::payload::Body;
 use natter_client::{ClientError, Event, Messenger, MessengerEvent};
 use natter_proto::chats::{ChatEvent, ChatKind, MessageStatus, UpdateChat};
-use natter_proto::users::PresenceStatus;
-use natter_proto::{ChatId, DeviceId, ErrorCode, MessageId, UserId};
+use natter_proto::users::{DiscoverContacts, GroupAddPermission, PresenceStatus, UpdateMe};
+use natter_proto::{ChatId, DeviceId, ErrorCode, InvitationId, MessageId, UserId};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
@@ -57,6 +57,8 @@ pub enum Command {
         text: String,
         /// The line's id.
         local_id: String,
+        /// The message it answers.
+        reply_to: Option<MessageId>,
     },
     /// Edit one of my messages.
     Edit {
@@ -151,6 +153,50 @@ pub enum Command {
     Approve(DeviceId),
     /// A one-time code to log a new device in without an SMS.
     LoginCode,
+    /// Load the pending invitations to groups.
+    Invitations,
+    /// Accept an invitation: join the group.
+    Accept(InvitationId),
+    /// Decline an invitation.
+    Decline(InvitationId),
+    /// Who may add me to groups (others must invite me).
+    GroupAdds(GroupAddPermission),
+    /// Load the contact list.
+    Contacts,
+    /// Add the user of a phone number to my contacts.
+    AddContact(String),
+    /// Remove a contact.
+    RemoveContact(UserId),
+    /// The encrypted direct chat with a user (made if needed), opened.
+    DirectWith(UserId),
+    /// Which of these numbers are on Natter.
+    Discover(Vec<String>),
+}
+
+/// A pending invitation to a group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvitationRow {
+    /// The invitation.
+    pub id: InvitationId,
+    /// The group's name.
+    pub group: String,
+    /// Who invited me.
+    pub inviter: String,
+}
+
+/// One of my contacts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactRow {
+    /// Their account.
+    pub user: UserId,
+    /// Their name.
+    pub name: String,
+    /// Their number, if I may see it.
+    pub phone: Option<String>,
+    /// Online now.
+    pub online: bool,
+    /// Last seen, if they let me know.
+    pub last_seen: Option<OffsetDateTime>,
 }
 
 /// One chat in the list.
@@ -226,6 +272,8 @@ pub struct Line {
     pub deleted: bool,
     /// Before the server has it.
     pub mark: Mark,
+    /// The message it answers.
+    pub reply_to: Option<MessageId>,
 }
 
 /// A search hit.
@@ -291,6 +339,8 @@ pub enum Update {
         local_id: String,
         /// Its seq.
         seq: i64,
+        /// The server's id.
+        message_id: MessageId,
     },
     /// My line `local_id`, queued offline, is on its way now.
     Sending {
@@ -360,6 +410,17 @@ pub enum Update {
     Search(Vec<Hit>),
     /// The account's devices.
     Devices(Vec<DeviceRow>),
+    /// The pending invitations to groups.
+    Invitations(Vec<InvitationRow>),
+    /// My contacts.
+    Contacts(Vec<ContactRow>),
+    /// Lines to show on a screen of their own (discovery's answer).
+    Info {
+        /// The screen's title.
+        title: String,
+        /// Its lines.
+        lines: Vec<String>,
+    },
     /// A long step: its label, or `None` when done.
     Progress(Option<String>),
     /// A transfer moved: `done` of `total` bytes.
@@ -387,6 +448,8 @@ struct Waiting {
     chat: ChatId,
     text: String,
     local_id: String,
+    #[serde(default)]
+    reply_to: Option<MessageId>,
 }
 
 /// Whether a failure may pass by itself (the server is unreachable or busy).
@@ -447,6 +510,9 @@ pub async fn run(
             },
             event = m.receive() => match event {
                 Ok(event) => {
+                    if let Event::Invitation(_) = &event {
+                        d.invitations(&m).await;
+                    }
                     if let Event::Presence { user_id, status, last_seen } = &event {
                         d.tell(Update::Presence {
                             user: *user_id,
@@ -541,6 +607,7 @@ impl Driver {
                 edited: false,
                 deleted: false,
                 mark: Mark::Queued,
+                reply_to: w.reply_to,
             })))
             .await;
         }
@@ -602,6 +669,7 @@ impl Driver {
                 self.tell(Update::Connection(true)).await;
                 self.flush(m).await;
                 self.refresh(m).await;
+                self.invitations(m).await;
             }
             MessengerEvent::Disconnected { .. } => self.tell(Update::Connection(false)).await,
             MessengerEvent::Message(msg) => {
@@ -643,6 +711,7 @@ impl Driver {
                             edited: false,
                             deleted: false,
                             mark: Mark::None,
+                            reply_to: msg.reply_to,
                         })))
                         .await;
                     }
@@ -664,6 +733,7 @@ impl Driver {
                     edited: false,
                     deleted: false,
                     mark: Mark::None,
+                    reply_to: None,
                 })))
                 .await;
                 self.refresh(m).await;
@@ -695,9 +765,15 @@ impl Driver {
             MessengerEvent::Sent {
                 client_message_id,
                 seq,
+                message_id,
             } => {
                 if let Some(local_id) = self.in_flight.remove(&client_message_id) {
-                    self.tell(Update::Sent { local_id, seq }).await;
+                    self.tell(Update::Sent {
+                        local_id,
+                        seq,
+                        message_id,
+                    })
+                    .await;
                 }
             }
             MessengerEvent::SendFailed {
@@ -772,7 +848,7 @@ impl Driver {
     /// Sends what waited for the connection, in order, until one fails.
     async fn flush(&mut self, m: &mut Messenger) {
         while let Some(w) = self.queue.front().cloned() {
-            match self.send_now(m, w.chat, &w.text).await {
+            match self.send_now(m, w.chat, &w.text, w.reply_to).await {
                 Ok(cmid) => {
                     self.in_flight.insert(cmid, w.local_id.clone());
                     self.queue.pop_front();
@@ -802,11 +878,12 @@ impl Driver {
         m: &mut Messenger,
         chat: ChatId,
         text: &str,
+        reply_to: Option<MessageId>,
     ) -> Result<String, ClientError> {
         if m.chat_is_encrypted(chat).await? {
-            m.send_text(chat, text).await
+            m.send_reply(chat, text, reply_to).await
         } else {
-            m.send_plain_text(chat, text).await
+            m.send_plain_reply(chat, text, reply_to).await
         }
     }
 
@@ -841,6 +918,7 @@ impl Driver {
                 chat,
                 text,
                 local_id,
+                reply_to,
             } => {
                 self.tell(Update::Line(Box::new(Line {
                     chat,
@@ -853,17 +931,22 @@ impl Driver {
                     edited: false,
                     deleted: false,
                     mark: Mark::Sending,
+                    reply_to,
                 })))
                 .await;
                 let waiting = Waiting {
                     chat,
                     text,
                     local_id,
+                    reply_to,
                 };
                 if !self.queue.is_empty() {
                     return self.enqueue(m, waiting).await;
                 }
-                match self.send_now(m, chat, &waiting.text).await {
+                match self
+                    .send_now(m, chat, &waiting.text, waiting.reply_to)
+                    .await
+                {
                     Ok(cmid) => {
                         self.in_flight.insert(cmid, waiting.local_id);
                     }
@@ -957,6 +1040,7 @@ impl Driver {
                     edited: false,
                     deleted: false,
                     mark: Mark::Sending,
+                    reply_to: None,
                 })))
                 .await;
             }
@@ -1106,7 +1190,164 @@ impl Driver {
                 )))
                 .await;
             }
+            Command::Invitations => self.invitations(m).await,
+            Command::Accept(invitation) => {
+                let chat = m
+                    .session()
+                    .api()
+                    .accept_invitation(invitation)
+                    .await
+                    .map_err(explain)?;
+                let name = chat.name.clone().unwrap_or_default();
+                self.invitations(m).await;
+                self.refresh(m).await;
+                self.tell(Update::OpenChat(chat.id)).await;
+                self.tell(Update::Notice(if chat.encrypted {
+                    format!(
+                        "you joined {name}; its messages can be read once a member's device \
+                         adds yours to the encryption (the inviter's, when it is online)"
+                    )
+                } else {
+                    format!("you joined {name}")
+                }))
+                .await;
+            }
+            Command::Decline(invitation) => {
+                m.session()
+                    .api()
+                    .decline_invitation(invitation)
+                    .await
+                    .map_err(explain)?;
+                self.tell(Update::Notice("invitation declined".to_owned()))
+                    .await;
+                self.invitations(m).await;
+            }
+            Command::GroupAdds(permission) => {
+                m.session()
+                    .api()
+                    .update_me(&UpdateMe {
+                        group_add_permission: Some(permission),
+                        ..UpdateMe::default()
+                    })
+                    .await
+                    .map_err(explain)?;
+                self.tell(Update::Notice(
+                    match permission {
+                        GroupAddPermission::Everyone => "anyone may add you to groups",
+                        GroupAddPermission::Contacts => {
+                            "your contacts may add you to groups; others invite you"
+                        }
+                        GroupAddPermission::Nobody => {
+                            "no one adds you to groups: everyone invites you"
+                        }
+                    }
+                    .to_owned(),
+                ))
+                .await;
+            }
+            Command::Contacts => self.contacts(m).await?,
+            Command::AddContact(phone) => {
+                let added = m
+                    .session()
+                    .api()
+                    .add_contact(&natter_proto::users::AddContact {
+                        phone: Some(phone),
+                        user_id: None,
+                    })
+                    .await
+                    .map_err(explain)?;
+                self.tell(Update::Notice(format!(
+                    "{} is in your contacts",
+                    added.name
+                )))
+                .await;
+                self.contacts(m).await?;
+            }
+            Command::RemoveContact(user) => {
+                m.session()
+                    .api()
+                    .remove_contact(user)
+                    .await
+                    .map_err(explain)?;
+                self.tell(Update::Notice("removed from your contacts".to_owned()))
+                    .await;
+                self.contacts(m).await?;
+            }
+            Command::DirectWith(user) => {
+                let chat = m
+                    .create_chat(ChatKind::Direct, &[user], None)
+                    .await
+                    .map_err(explain)?;
+                self.refresh(m).await;
+                self.tell(Update::OpenChat(chat)).await;
+            }
+            Command::Discover(phones) => {
+                let found = m
+                    .session()
+                    .api()
+                    .discover(&DiscoverContacts {
+                        phones: phones.clone(),
+                    })
+                    .await
+                    .map_err(explain)?;
+                let mut lines = Vec::new();
+                for p in &phones {
+                    if let Some(r) = found.registered.iter().find(|r| r.query == *p) {
+                        lines.push(format!("✓ {} is on Natter", r.phone));
+                    } else if found.invalid.contains(p) {
+                        lines.push(format!("✗ {p} is not a phone number (+ and digits)"));
+                    } else {
+                        lines.push(format!("· {p} is not on Natter"));
+                    }
+                }
+                self.tell(Update::Info {
+                    title: " Discovery ".to_owned(),
+                    lines,
+                })
+                .await;
+            }
         }
+        Ok(())
+    }
+
+    /// Tells the pending invitations (a failure to load them only shows).
+    async fn invitations(&self, m: &Messenger) {
+        match m.session().api().invitations().await {
+            Ok(list) => {
+                let rows = list
+                    .invitations
+                    .into_iter()
+                    .map(|i| InvitationRow {
+                        id: i.id,
+                        group: i.chat_name.unwrap_or_else(|| "(no name)".to_owned()),
+                        inviter: i.inviter_name,
+                    })
+                    .collect();
+                self.tell(Update::Invitations(rows)).await;
+            }
+            Err(e) => self.error(&e).await,
+        }
+    }
+
+    async fn contacts(&self, m: &Messenger) -> Result<(), ChatError> {
+        let list = m
+            .session()
+            .api()
+            .contacts()
+            .await
+            .map_err(|e| ChatError::client(&e, &self.base))?;
+        let rows = list
+            .contacts
+            .into_iter()
+            .map(|c| ContactRow {
+                user: c.user_id,
+                name: c.name,
+                phone: c.phone,
+                online: c.status == PresenceStatus::Online,
+                last_seen: c.last_seen,
+            })
+            .collect();
+        self.tell(Update::Contacts(rows)).await;
         Ok(())
     }
 
@@ -1153,10 +1394,14 @@ impl Driver {
                         &time::format_description::well_known::Rfc3339,
                     )
                     .unwrap_or_else(|_| OffsetDateTime::now_utc()),
-                    body: LineBody::Text(h.text.clone()),
+                    body: match &h.file {
+                        Some(file) => file_line(file.clone()),
+                        None => LineBody::Text(h.text.clone()),
+                    },
                     edited: false,
                     deleted: false,
                     mark: Mark::None,
+                    reply_to: h.reply_to,
                 })
                 .collect();
             (lines, has_more)
@@ -1191,6 +1436,7 @@ impl Driver {
                     edited: msg.edited_at.is_some(),
                     deleted: msg.deleted,
                     mark: Mark::None,
+                    reply_to: msg.reply_to,
                 })
                 .collect();
             lines.reverse();

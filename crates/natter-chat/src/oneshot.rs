@@ -189,6 +189,7 @@ pub async fn send(
                 Ok(MessengerEvent::Sent {
                     client_message_id,
                     seq,
+                    ..
                 }) if client_message_id == id => return Ok(seq),
                 Ok(MessengerEvent::SendFailed {
                     client_message_id,

@@ -204,9 +204,88 @@ fn two_people_chat_encrypted_in_two_terminals() {
     bob.key("Tab");
     let screen = bob.wait_for("Alice: Hi Bob, مرحبا");
     assert!(screen.contains("you: Hello Alice, 你好 👋"), "{screen}");
+    // The file received before the restart saves again: its key was kept.
+    bob.wait_for("payload.bin (146.5 KiB)");
+    let again = server.dir.path().join("after-restart");
+    std::fs::create_dir(&again).unwrap();
+    bob.line(&format!("/save 1 {}", again.display()));
+    bob.wait_for("saved payload.bin");
+    assert_eq!(std::fs::read(again.join("payload.bin")).unwrap(), bytes);
     // And the chat goes on.
     bob.line("back again");
     alice.wait_for("Bob: back again");
+}
+
+#[test]
+fn replies_edits_of_any_message_contacts_and_invitations() {
+    let mut server = ChatServer::start();
+    let alice = Terminal::start(server.interactive("alice"), 120, 40);
+    let bob = Terminal::start(server.interactive("bob"), 120, 40);
+    sign_up(&mut server, &alice, "+14155550521", "Alice");
+    sign_up(&mut server, &bob, "+14155550522", "Bob");
+
+    // Bob lets nobody add him to groups: adds become invitations.
+    bob.line("/groups nobody");
+    bob.wait_for("everyone invites you");
+    // Discovery: which numbers are on Natter.
+    bob.line("/discover +14155550521 +14155550599 12ab");
+    bob.wait_for("✓ +14155550521 is on Natter");
+    let screen = bob.wait_for("· +14155550599 is not on Natter");
+    assert!(screen.contains("✗ 12ab is not a phone number"), "{screen}");
+    bob.key("Escape");
+    // Contacts: add Alice, see her with her number and presence, open the chat.
+    bob.line("/contact +14155550521");
+    bob.wait_for("Alice is in your contacts");
+    let screen = bob.wait_for("Alice  +14155550521  ● online");
+    assert!(screen.contains(" Contacts "), "{screen}");
+    bob.key("Enter");
+    bob.wait_for("🔒 end-to-end encrypted");
+    bob.line("first from bob");
+    bob.line("second from bob");
+
+    // Alice selects Bob's first message (not the last) and answers it.
+    alice.wait_for("second from bob");
+    alice.key("Tab");
+    alice.wait_for("Bob: second from bob");
+    alice.key("M-Up");
+    alice.wait_for("r reply · e edit");
+    alice.key("Up");
+    alice.key("r");
+    alice.wait_for("Reply to Bob: first from bob");
+    alice.line("answering your first");
+    let screen = bob.wait_for("Alice: answering your first");
+    assert!(screen.contains("↱ you: first from bob"), "{screen}");
+
+    // Bob edits his first message (two up from the newest) and deletes the second.
+    bob.key("M-Up");
+    bob.key("Up");
+    bob.key("Up");
+    bob.key("e");
+    bob.wait_for("Edit your message");
+    bob.tmux(&["send-keys", "-t", "main", "-l", " (fixed)"]);
+    bob.key("Enter");
+    alice.wait_for("Bob: first from bob (fixed) (edited)");
+    bob.key("M-Up");
+    bob.key("Up");
+    bob.key("d");
+    alice.wait_for("Bob: (deleted)");
+    // The quote follows the edit.
+    alice.wait_for("↱ Bob: first from bob (fixed)");
+
+    // Alice's group invites Bob; he accepts and reads the group.
+    alice.line("/group Book club +14155550522");
+    alice.wait_for("Book club");
+    bob.wait_for("Chats · ✉ 1: /invites");
+    bob.line("/invites");
+    bob.wait_for("✉ Book club — invited by Alice");
+    bob.key("a");
+    bob.wait_for("you joined Book club");
+    // Alice's device adds Bob's to the encryption by itself.
+    alice.wait_for(" joined");
+    alice.line("welcome to the club");
+    bob.wait_for("Alice: welcome to the club");
+    bob.line("glad to be here");
+    alice.wait_for("Bob: glad to be here");
 }
 
 #[test]
