@@ -163,6 +163,9 @@ pub struct ChatMessage {
     pub body: Body,
     /// The message it answers.
     pub reply_to: Option<MessageId>,
+    /// A plaintext chat's attachment (its `body` is then the file's name
+    /// as a text): fetch it with [`Messenger::fetch_plain_file_to`].
+    pub media_id: Option<MediaId>,
 }
 
 /// What [`Messenger::fetch_file`] gives back. Its `Debug` shows the sizes
@@ -1058,6 +1061,68 @@ impl Messenger {
             .await
     }
 
+    /// Sends a file to a plaintext chat (one not end-to-end encrypted): the
+    /// `size` bytes of `reader` are uploaded as they are (tus, in pieces),
+    /// declared an image or video by `mime` and otherwise a file, then sent
+    /// as a message whose text is the file's name.
+    ///
+    /// # Errors
+    /// The upload was refused (too large, not what `mime` says) or failed,
+    /// or the store failed.
+    pub async fn send_plain_file_from(
+        &mut self,
+        chat: ChatId,
+        name: &str,
+        mime: &str,
+        size: u64,
+        reader: impl AsyncRead + Unpin,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> ClientResult<String> {
+        let (kind, message_type) = if mime.starts_with("image/") {
+            (natter_proto::media::MediaKind::Image, MessageType::Image)
+        } else if mime.starts_with("video/") {
+            (natter_proto::media::MediaKind::Video, MessageType::Video)
+        } else {
+            (natter_proto::media::MediaKind::File, MessageType::File)
+        };
+        let media_id = files::upload_plain(
+            self.session.api(),
+            size,
+            reader,
+            kind,
+            Some(chat),
+            name,
+            progress,
+        )
+        .await?;
+        self.connection
+            .send(SendMessage {
+                chat_id: chat,
+                content: Some(name.to_owned()),
+                ciphertext: None,
+                message_type,
+                timestamp: None,
+                client_message_id: None,
+                reply_to: None,
+                media_id: Some(media_id.to_string()),
+            })
+            .await
+    }
+
+    /// Downloads a plaintext chat's attachment into `writer`, in ranges;
+    /// returns its size. On an error, what was written must be discarded.
+    ///
+    /// # Errors
+    /// Not visible, the download failed, or the writer failed.
+    pub async fn fetch_plain_file_to(
+        &self,
+        media: MediaId,
+        writer: impl AsyncWrite + Unpin,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> ClientResult<u64> {
+        files::download_plain(self.session.api(), media, writer, progress).await
+    }
+
     /// Whether the chat is end-to-end encrypted (asked of the server once).
     ///
     /// # Errors
@@ -1294,6 +1359,7 @@ impl Messenger {
                         sender_device: message.sender_device_id,
                         body: Body::Text { text },
                         reply_to: message.reply_to,
+                        media_id: message.media_id.as_deref().and_then(|m| m.parse().ok()),
                     })));
             }
             return Ok(());
@@ -1384,6 +1450,7 @@ impl Messenger {
                                 sender_device: Some(sender.device),
                                 reply_to: payload.reply_to,
                                 body: payload.body,
+                                media_id: None,
                             })));
                     }
                     Err(e) => self.pending.push_back(MessengerEvent::Undecryptable {
