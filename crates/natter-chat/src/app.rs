@@ -528,7 +528,9 @@ impl App {
         let mine = Some(line.sender) == self.me;
         let preview = match &line.body {
             LineBody::Text(t) => Some(t.clone()),
-            LineBody::File { name, .. } => Some(format!("📎 {name}")),
+            LineBody::File { name, .. } | LineBody::PlainFile { name, .. } => {
+                Some(format!("📎 {name}"))
+            }
             LineBody::System(_) => None,
         };
         let is_open = Some(chat) == self.open;
@@ -949,7 +951,9 @@ impl App {
                 let text = match &l.body {
                     _ if l.deleted => "(deleted)".to_owned(),
                     LineBody::Text(t) => t.replace(['\n', '\r'], " "),
-                    LineBody::File { name, .. } => format!("📎 {name}"),
+                    LineBody::File { name, .. } | LineBody::PlainFile { name, .. } => {
+                        format!("📎 {name}")
+                    }
                     LineBody::System(t) => t.clone(),
                 };
                 let words: Vec<&str> = text.split_whitespace().collect();
@@ -1036,27 +1040,39 @@ impl App {
                     Vec::new()
                 }
             },
-            KeyCode::Char('s') => match &line.body {
-                LineBody::File {
-                    body: Some(body), ..
-                } => {
-                    let body = body.clone();
+            KeyCode::Char('s') => {
+                let out = self.save(&line.body, PathBuf::from("."));
+                if !out.is_empty() {
                     self.leave_selection();
-                    vec![Command::SaveFile {
-                        body,
-                        path: PathBuf::from("."),
-                    }]
                 }
-                LineBody::File { .. } => {
-                    self.error(NO_FILE_KEY);
-                    Vec::new()
-                }
-                _ => {
-                    self.error("that message is not a file");
-                    Vec::new()
-                }
-            },
+                out
+            }
             _ => Vec::new(),
+        }
+    }
+
+    /// The command that saves the file of a line to `path`.
+    fn save(&mut self, body: &LineBody, path: PathBuf) -> Vec<Command> {
+        match body {
+            LineBody::File {
+                body: Some(body), ..
+            } => vec![Command::SaveFile {
+                body: body.clone(),
+                path,
+            }],
+            LineBody::PlainFile { name, media } => vec![Command::SavePlain {
+                media: *media,
+                name: name.clone(),
+                path,
+            }],
+            LineBody::File { .. } => {
+                self.error(NO_FILE_KEY);
+                Vec::new()
+            }
+            _ => {
+                self.error("that message is not a file");
+                Vec::new()
+            }
         }
     }
 
@@ -1085,7 +1101,7 @@ impl App {
             .get(&chat)?
             .lines
             .iter()
-            .filter(|l| matches!(l.body, LineBody::File { .. }))
+            .filter(|l| l.body.is_file())
             .collect();
         match n {
             Some(n) => files.get(n.checked_sub(1)?).copied(),
@@ -1195,16 +1211,7 @@ impl App {
                 };
                 let path = if path.is_empty() { "." } else { path };
                 match self.file(n).map(|l| l.body.clone()) {
-                    Some(LineBody::File {
-                        body: Some(body), ..
-                    }) => vec![Command::SaveFile {
-                        body,
-                        path: expand(path),
-                    }],
-                    Some(_) => {
-                        self.error(NO_FILE_KEY);
-                        Vec::new()
-                    }
+                    Some(body) => self.save(&body, expand(path)),
                     None => {
                         self.error("no such file in this chat: /save [N] [PATH]");
                         Vec::new()
@@ -1564,7 +1571,9 @@ mod tests {
         assert_eq!(app.selecting, None);
         assert_eq!(app.quote(their_id), "someone: one two three four five six…");
         match typed(&mut app, "yes", now).as_slice() {
-            [Command::Typing(_), Command::Send { reply_to, .. }] => assert_eq!(*reply_to, Some(their_id)),
+            [Command::Typing(_), Command::Send { reply_to, .. }] => {
+                assert_eq!(*reply_to, Some(their_id))
+            }
             other => panic!("{other:?}"),
         }
         // Mine: edit fills the input with its text; Enter sends the edit.

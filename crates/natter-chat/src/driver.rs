@@ -19,7 +19,7 @@ use natter_client::e2ee::payload::Body;
 use natter_client::{ClientError, Event, Messenger, MessengerEvent};
 use natter_proto::chats::{ChatEvent, ChatKind, MessageStatus, UpdateChat};
 use natter_proto::users::{DiscoverContacts, GroupAddPermission, PresenceStatus, UpdateMe};
-use natter_proto::{ChatId, DeviceId, ErrorCode, InvitationId, MessageId, UserId};
+use natter_proto::{ChatId, DeviceId, ErrorCode, InvitationId, MediaId, MessageId, UserId};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
@@ -87,6 +87,15 @@ pub enum Command {
     SaveFile {
         /// What the message carried.
         body: Box<Body>,
+        /// Where.
+        path: PathBuf,
+    },
+    /// Save a plaintext chat's file to `path` (a directory: under its name).
+    SavePlain {
+        /// The upload.
+        media: MediaId,
+        /// Its name.
+        name: String,
         /// Where.
         path: PathBuf,
     },
@@ -234,8 +243,23 @@ pub enum LineBody {
         /// The message body (key and media id).
         body: Option<Box<Body>>,
     },
+    /// A plaintext chat's file: its name (the message's text) and upload.
+    PlainFile {
+        /// Its name.
+        name: String,
+        /// The upload.
+        media: MediaId,
+    },
     /// A chat change.
     System(String),
+}
+
+impl LineBody {
+    /// Whether it is a file (one `/save N` counts).
+    #[must_use]
+    pub fn is_file(&self) -> bool {
+        matches!(self, Self::File { .. } | Self::PlainFile { .. })
+    }
 }
 
 /// Where one of my messages is.
@@ -440,6 +464,19 @@ pub enum Update {
     Error(String),
     /// The session ended; the client stops.
     Fatal(String),
+}
+
+/// A received file to save.
+enum Received {
+    /// An encrypted chat's: the message body (media id and key).
+    Encrypted(Box<Body>),
+    /// A plaintext chat's upload.
+    Plain {
+        /// The upload.
+        media: MediaId,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// A message waiting for the connection.
@@ -692,10 +729,15 @@ impl Driver {
                         .await;
                     }
                     body => {
-                        let body = match body {
-                            Body::Text { text } => LineBody::Text(text),
-                            b @ Body::File { .. } => file_line(b),
-                            _ => return true,
+                        let body = match (body, msg.media_id) {
+                            (Body::Text { text }, Some(media)) => {
+                                LineBody::PlainFile { name: text, media }
+                            }
+                            (body, _) => match body {
+                                Body::Text { text } => LineBody::Text(text),
+                                b @ Body::File { .. } => file_line(b),
+                                _ => return true,
+                            },
                         };
                         if !self.chats.contains_key(&msg.chat_id) {
                             self.refresh(m).await;
@@ -1001,28 +1043,37 @@ impl Driver {
                 .await;
             }
             Command::SendFile { chat, path } => {
-                if !m.chat_is_encrypted(chat).await.map_err(explain)? {
-                    return Err(ChatError::new(
-                        "this client sends files only to end-to-end encrypted chats",
-                    ));
-                }
+                let encrypted = m.chat_is_encrypted(chat).await.map_err(explain)?;
                 let f = open_file(&path)?;
                 let (name, size) = (f.name.clone(), f.size);
-                let label = format!("encrypting and uploading {name} ({})", human_size(size));
+                let label = format!(
+                    "{} {name} ({})",
+                    if encrypted {
+                        "encrypting and uploading"
+                    } else {
+                        "uploading"
+                    },
+                    human_size(size)
+                );
                 self.tell(Update::Progress(Some(label.clone()))).await;
                 let local_id = uuid::Uuid::now_v7().to_string();
                 let updates = self.updates.clone();
-                let cmid = m
-                    .send_file_from(chat, &name, &f.mime, size, f.file, &mut |done, total| {
-                        // Lossy: a full queue skips a step of the bar.
-                        let _ = updates.try_send(Update::Transfer {
-                            label: label.clone(),
-                            done,
-                            total,
-                        });
-                    })
-                    .await
-                    .map_err(explain)?;
+                let mut progress = |done, total| {
+                    // Lossy: a full queue skips a step of the bar.
+                    let _ = updates.try_send(Update::Transfer {
+                        label: label.clone(),
+                        done,
+                        total,
+                    });
+                };
+                let cmid = if encrypted {
+                    m.send_file_from(chat, &name, &f.mime, size, f.file, &mut progress)
+                        .await
+                } else {
+                    m.send_plain_file_from(chat, &name, &f.mime, size, f.file, &mut progress)
+                        .await
+                }
+                .map_err(explain)?;
                 self.in_flight.insert(cmid, local_id.clone());
                 self.tell(Update::Progress(None)).await;
                 self.tell(Update::Line(Box::new(Line {
@@ -1045,40 +1096,10 @@ impl Driver {
                 .await;
             }
             Command::SaveFile { body, path } => {
-                let Body::File { name, key, .. } = body.as_ref() else {
-                    return Err(ChatError::new("that message is not a file"));
-                };
-                let label = format!(
-                    "downloading and decrypting {name} ({})",
-                    human_size(key.size)
-                );
-                self.tell(Update::Progress(Some(label.clone()))).await;
-                let target = if path.is_dir() {
-                    free_name(&path, &safe_name(name))
-                } else {
-                    path
-                };
-                let updates = self.updates.clone();
-                let saved = save_new(&target, async |file| {
-                    m.fetch_file_to(&body, file, &mut |done, total| {
-                        let _ = updates.try_send(Update::Transfer {
-                            label: label.clone(),
-                            done,
-                            total,
-                        });
-                    })
-                    .await
-                    .map_err(explain)
-                })
-                .await;
-                self.tell(Update::Progress(None)).await;
-                let size = saved?;
-                self.tell(Update::Notice(format!(
-                    "saved {name} ({}) to {}",
-                    human_size(size),
-                    target.display()
-                )))
-                .await;
+                self.save(m, Received::Encrypted(body), path).await?;
+            }
+            Command::SavePlain { media, name, path } => {
+                self.save(m, Received::Plain { media, name }, path).await?;
             }
             Command::Read { chat, seq } => m.read(chat, seq).await,
             Command::Typing(chat) => m.typing(chat).await,
@@ -1310,6 +1331,57 @@ impl Driver {
         Ok(())
     }
 
+    /// Saves a received file to `path` (a directory: under its own name,
+    /// never replacing a file), with a bar.
+    async fn save(&self, m: &Messenger, file: Received, path: PathBuf) -> Result<(), ChatError> {
+        let (name, label) = match &file {
+            Received::Encrypted(body) => match body.as_ref() {
+                Body::File { name, key, .. } => (
+                    name.clone(),
+                    format!(
+                        "downloading and decrypting {name} ({})",
+                        human_size(key.size)
+                    ),
+                ),
+                _ => return Err(ChatError::new("that message is not a file")),
+            },
+            Received::Plain { name, .. } => (name.clone(), format!("downloading {name}")),
+        };
+        self.tell(Update::Progress(Some(label.clone()))).await;
+        let target = if path.is_dir() {
+            free_name(&path, &safe_name(&name))
+        } else {
+            path
+        };
+        let updates = self.updates.clone();
+        let mut progress = |done, total| {
+            let _ = updates.try_send(Update::Transfer {
+                label: label.clone(),
+                done,
+                total,
+            });
+        };
+        let saved = save_new(&target, async |out| {
+            match &file {
+                Received::Encrypted(body) => m.fetch_file_to(body, out, &mut progress).await,
+                Received::Plain { media, .. } => {
+                    m.fetch_plain_file_to(*media, out, &mut progress).await
+                }
+            }
+            .map_err(|e| ChatError::client(&e, &self.base))
+        })
+        .await;
+        self.tell(Update::Progress(None)).await;
+        let size = saved?;
+        self.tell(Update::Notice(format!(
+            "saved {name} ({}) to {}",
+            human_size(size),
+            target.display()
+        )))
+        .await;
+        Ok(())
+    }
+
     /// Tells the pending invitations (a failure to load them only shows).
     async fn invitations(&self, m: &Messenger) {
         match m.session().api().invitations().await {
@@ -1429,9 +1501,13 @@ impl Driver {
                     local_id: None,
                     sender: msg.sender_id,
                     at: msg.timestamp,
-                    body: match &msg.event {
-                        Some(ev) => LineBody::System(self.describe(ev)),
-                        None => LineBody::Text(msg.content.clone().unwrap_or_default()),
+                    body: match (&msg.event, msg.media_id.as_deref().map(str::parse)) {
+                        (Some(ev), _) => LineBody::System(self.describe(ev)),
+                        (None, Some(Ok(media))) => LineBody::PlainFile {
+                            name: msg.content.clone().unwrap_or_default(),
+                            media,
+                        },
+                        (None, _) => LineBody::Text(msg.content.clone().unwrap_or_default()),
                     },
                     edited: msg.edited_at.is_some(),
                     deleted: msg.deleted,

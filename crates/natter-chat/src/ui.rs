@@ -274,7 +274,7 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: Rect, now: Instant)
                 last_day = Some(at.date());
                 rows.push(separator(&day(at.date()), width));
             }
-            if matches!(l.body, LineBody::File { .. }) {
+            if l.body.is_file() {
                 file_no += 1;
             }
             let start = rows.len();
@@ -357,6 +357,9 @@ fn message_rows(
     let text = match &l.body {
         _ if l.deleted => "(deleted)".to_owned(),
         LineBody::Text(t) => t.clone(),
+        LineBody::PlainFile { name, .. } => {
+            format!("📎 {name} [file {file_no}: /save {file_no}]")
+        }
         LineBody::File { name, size, .. } => {
             format!(
                 "📎 {name} ({}) [file {file_no}: /save {file_no}]",
@@ -489,7 +492,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("/group NAME +PHONE…", "new encrypted group"),
     ("/add +PHONE, /remove +PHONE", "change a group's members"),
     ("/leave, /rename NAME", "leave or rename a group"),
-    ("/file PATH", "send a file (encrypted)"),
+    ("/file PATH", "send a file (encrypted in encrypted chats)"),
     ("/save [N] [PATH]", "save file N (default: the latest)"),
     ("/edit TEXT, /delete", "change or delete your last message"),
     (

@@ -338,3 +338,27 @@ fn a_second_device_is_approved_and_offline_messages_go_out_in_order() {
     }
     bob.wait_until("no queued message", |s| !s.contains("[queued]"));
 }
+
+#[test]
+fn files_go_to_plaintext_chats_as_plain_media_and_save_byte_exact() {
+    let mut server = ChatServer::start();
+    let alice = Terminal::start(server.interactive("alice"), 120, 36);
+    let bob = Terminal::start(server.interactive("bob"), 120, 36);
+    sign_up(&mut server, &alice, "+14155550531", "Alice");
+    sign_up(&mut server, &bob, "+14155550532", "Bob");
+    bob.line("/plain +14155550531");
+    bob.wait_for("not end-to-end encrypted");
+    // More than one piece of the ranged download (about 4 MiB each).
+    let file = server.dir.path().join("notes.bin");
+    let bytes: Vec<u8> = (0..5_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    bob.line(&format!("/file {}", file.display()));
+    alice.wait_for("📎 notes.bin");
+    alice.key("Tab");
+    alice.wait_for("Bob: 📎 notes.bin [file 1: /save 1]");
+    let downloads = server.dir.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    alice.line(&format!("/save 1 {}", downloads.display()));
+    alice.wait_for("saved notes.bin (4.8 MiB)");
+    assert_eq!(std::fs::read(downloads.join("notes.bin")).unwrap(), bytes);
+}
