@@ -174,6 +174,8 @@ pub struct App {
     pub selecting: Option<usize>,
     /// What the input line writes, if not a new message.
     pub compose: Option<Compose>,
+    /// Image thumbnails by message.
+    pub thumbs: HashMap<MessageId, crate::thumb::Thumb>,
 }
 
 impl App {
@@ -207,6 +209,7 @@ impl App {
             invitations: Vec::new(),
             selecting: None,
             compose: None,
+            thumbs: HashMap::new(),
         }
     }
 
@@ -482,6 +485,9 @@ impl App {
                     *selected = (*selected).min(found.len().saturating_sub(1));
                     *rows = Some(found);
                 }
+            }
+            Update::Thumbnail { message, thumb } => {
+                self.thumbs.insert(message, thumb);
             }
             Update::Info { title, lines } => {
                 self.overlay = Some(Overlay::Info { title, lines });

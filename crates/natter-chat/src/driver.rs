@@ -32,6 +32,8 @@ pub const PAGE: usize = 50;
 pub const UPDATE_QUEUE: usize = 1024;
 /// Commands waiting for the driver (typing a line is one).
 pub const COMMAND_QUEUE: usize = 256;
+/// Thumbnails made per page of history (the newest images).
+pub const THUMBS_PER_PAGE: usize = 8;
 /// State key of the offline queue in the store.
 const QUEUE_KEY: &str = "chat/offline-queue";
 
@@ -447,6 +449,13 @@ pub enum Update {
     },
     /// A long step: its label, or `None` when done.
     Progress(Option<String>),
+    /// An image's thumbnail.
+    Thumbnail {
+        /// The image's message.
+        message: MessageId,
+        /// The picture.
+        thumb: crate::thumb::Thumb,
+    },
     /// A transfer moved: `done` of `total` bytes.
     Transfer {
         /// What it is.
@@ -512,6 +521,8 @@ struct Driver {
     queue: VecDeque<Waiting>,
     /// The other user of each direct chat (presence goes to its header).
     chats: HashMap<ChatId, ChatRow>,
+    /// Images get thumbnails (the terminal has 24-bit colour).
+    thumbs: bool,
 }
 
 /// Runs the driver until the UI closes the command channel or the session
@@ -519,6 +530,7 @@ struct Driver {
 pub async fn run(
     mut m: Messenger,
     base: String,
+    thumbs: bool,
     mut commands: mpsc::Receiver<Command>,
     updates: mpsc::Sender<Update>,
 ) {
@@ -531,6 +543,7 @@ pub async fn run(
         in_flight: HashMap::new(),
         queue,
         chats: HashMap::new(),
+        thumbs,
     };
     d.start(&mut m).await;
     loop {
@@ -742,6 +755,12 @@ impl Driver {
                         if !self.chats.contains_key(&msg.chat_id) {
                             self.refresh(m).await;
                         }
+                        let image = match &body {
+                            LineBody::File { body: Some(b), .. } => {
+                                Some((msg.message_id, b.as_ref().clone()))
+                            }
+                            _ => None,
+                        };
                         self.tell(Update::Line(Box::new(Line {
                             chat: msg.chat_id,
                             seq: Some(msg.seq),
@@ -756,6 +775,9 @@ impl Driver {
                             reply_to: msg.reply_to,
                         })))
                         .await;
+                        if let Some((message, body)) = image {
+                            self.thumbnail(m, message, &body).await;
+                        }
                     }
                 }
             }
@@ -1382,6 +1404,29 @@ impl Driver {
         Ok(())
     }
 
+    /// Fetches, decrypts and scales an image for its thumbnail, when the
+    /// terminal shows them and the image is small enough
+    /// ([`crate::thumb::MAX_SOURCE_BYTES`]). One that does not decode gets
+    /// none: it shows as a name and a size, like any file.
+    async fn thumbnail(&self, m: &Messenger, message: MessageId, body: &Body) {
+        let Body::File { key, mime, .. } = body else {
+            return;
+        };
+        if !self.thumbs || !crate::thumb::wanted(mime, key.size) {
+            return;
+        }
+        let mut bytes = Vec::new();
+        if m.fetch_file_to(body, &mut bytes, &mut |_, _| {})
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(thumb) = crate::thumb::make(&bytes) {
+            self.tell(Update::Thumbnail { message, thumb }).await;
+        }
+    }
+
     /// Tells the pending invitations (a failure to load them only shows).
     async fn invitations(&self, m: &Messenger) {
         match m.session().api().invitations().await {
@@ -1534,6 +1579,15 @@ impl Driver {
             }
             (lines, page.has_more)
         };
+        let images: Vec<(MessageId, Body)> = lines
+            .iter()
+            .rev()
+            .filter_map(|l| match (&l.body, l.message_id) {
+                (LineBody::File { body: Some(b), .. }, Some(id)) => Some((id, b.as_ref().clone())),
+                _ => None,
+            })
+            .take(THUMBS_PER_PAGE)
+            .collect();
         self.tell(Update::History {
             chat,
             lines,
@@ -1541,6 +1595,9 @@ impl Driver {
             older: before.is_some(),
         })
         .await;
+        for (message, body) in images {
+            self.thumbnail(m, message, &body).await;
+        }
         Ok(())
     }
 

@@ -286,6 +286,11 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: Rect, now: Instant)
                 selected_rows = Some((start, start + mine.len()));
             }
             rows.extend(mine);
+            if let Some(thumb) = l.message_id.and_then(|m| app.thumbs.get(&m))
+                && !l.deleted
+            {
+                rows.extend(thumb_rows(thumb, width.saturating_sub(6)));
+            }
         }
     }
     let height = body.height as usize;
@@ -420,6 +425,27 @@ fn message_rows(
         }
     }
     out
+}
+
+/// A thumbnail as rows of `▀`: the upper pixel's colour in front, the
+/// lower one's behind, cut to `width` cells.
+fn thumb_rows(thumb: &crate::thumb::Thumb, width: usize) -> Vec<TextLine<'static>> {
+    thumb
+        .cells
+        .iter()
+        .map(|row| {
+            let mut spans = vec![Span::raw("      ")];
+            spans.extend(row.iter().take(width).map(|(top, bottom)| {
+                Span::styled(
+                    "▀",
+                    Style::default()
+                        .fg(Color::Rgb(top[0], top[1], top[2]))
+                        .bg(Color::Rgb(bottom[0], bottom[1], bottom[2])),
+                )
+            }));
+            TextLine::from(spans)
+        })
+        .collect()
 }
 
 fn draw_input(frame: &mut Frame<'_>, app: &App, area: Rect) {

@@ -31,6 +31,12 @@ impl Drop for Terminal {
 
 impl Terminal {
     fn start(command: Vec<String>, width: u16, height: u16) -> Self {
+        // No 24-bit colour unless a test asks (the test's own terminal may have it).
+        Self::start_with(command, width, height, "COLORTERM=")
+    }
+
+    /// [`Terminal::start`] with one environment variable (`KEY=VALUE`) set.
+    fn start_with(command: Vec<String>, width: u16, height: u16, env: &str) -> Self {
         let socket = format!(
             "natter-test-{}-{}",
             std::process::id(),
@@ -38,7 +44,18 @@ impl Terminal {
         );
         let term = Self { socket, command };
         let (w, h) = (width.to_string(), height.to_string());
-        let mut args = vec!["new-session", "-d", "-s", "main", "-x", &w, "-y", &h];
+        let mut args = vec![
+            "new-session",
+            "-d",
+            "-s",
+            "main",
+            "-x",
+            &w,
+            "-y",
+            &h,
+            "-e",
+            env,
+        ];
         let cmd: Vec<&str> = term.command.iter().map(String::as_str).collect();
         args.extend(cmd);
         term.tmux(&args);
@@ -69,6 +86,11 @@ impl Terminal {
 
     fn screen(&self) -> String {
         self.tmux(&["capture-pane", "-p", "-t", "main"])
+    }
+
+    /// The screen with its colours (SGR escapes).
+    fn colours(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-e", "-t", "main"])
     }
 
     /// Polls the screen until it shows `needle`; returns the screen.
@@ -361,4 +383,53 @@ fn files_go_to_plaintext_chats_as_plain_media_and_save_byte_exact() {
     alice.line(&format!("/save 1 {}", downloads.display()));
     alice.wait_for("saved notes.bin (4.8 MiB)");
     assert_eq!(std::fs::read(downloads.join("notes.bin")).unwrap(), bytes);
+}
+
+#[test]
+fn images_show_as_half_block_thumbnails_on_a_truecolor_terminal() {
+    let mut server = ChatServer::start();
+    let alice = Terminal::start_with(server.interactive("alice"), 120, 40, "COLORTERM=truecolor");
+    let bob = Terminal::start(server.interactive("bob"), 120, 40);
+    sign_up(&mut server, &alice, "+14155550541", "Alice");
+    sign_up(&mut server, &bob, "+14155550542", "Bob");
+    bob.line("/new +14155550541");
+    bob.wait_for("🔒 end-to-end encrypted");
+    // Red above, blue below: the cells show them as ▀ in front and behind.
+    let picture = image::RgbImage::from_fn(64, 32, |_, y| {
+        if y < 16 {
+            image::Rgb([255, 0, 0])
+        } else {
+            image::Rgb([0, 0, 255])
+        }
+    });
+    let file = server.dir.path().join("sunset.png");
+    picture.save(&file).unwrap();
+    bob.line(&format!("/file {}", file.display()));
+    alice.wait_for("sunset.png");
+    alice.key("Tab");
+    alice.wait_for("Bob: 📎 sunset.png");
+    let has_thumbnail =
+        |s: &str| s.contains('▀') && s.contains("38;2;255;0;0") && s.contains("48;2;0;0;255");
+    let deadline = Instant::now() + WAIT;
+    while !has_thumbnail(&alice.colours()) {
+        assert!(
+            Instant::now() < deadline,
+            "no thumbnail within {WAIT:?}:\n{}",
+            alice.colours()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // After a restart it comes from the local history.
+    alice.restart();
+    alice.wait_for("Bob");
+    alice.key("Tab");
+    alice.wait_for("Bob: 📎 sunset.png");
+    let deadline = Instant::now() + WAIT;
+    while !has_thumbnail(&alice.colours()) {
+        assert!(Instant::now() < deadline, "no thumbnail after the restart");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Without 24-bit colour: the name and size only.
+    assert!(!bob.screen().contains('▀'));
+    bob.wait_for("you: 📎 sunset.png");
 }
