@@ -176,6 +176,8 @@ pub struct App {
     pub compose: Option<Compose>,
     /// Image thumbnails by message.
     pub thumbs: HashMap<MessageId, crate::thumb::Thumb>,
+    /// Rows the help screen is scrolled (a short terminal).
+    pub help_scroll: u16,
 }
 
 impl App {
@@ -210,6 +212,7 @@ impl App {
             selecting: None,
             compose: None,
             thumbs: HashMap::new(),
+            help_scroll: 0,
         }
     }
 
@@ -745,7 +748,21 @@ impl App {
             return Vec::new();
         }
         match overlay {
-            Overlay::Help | Overlay::Info { .. } => {
+            Overlay::Help => {
+                let most = u16::try_from(crate::ui::HELP.len()).unwrap_or(u16::MAX);
+                match key.code {
+                    KeyCode::Down => self.help_scroll = (self.help_scroll + 1).min(most),
+                    KeyCode::PageDown => self.help_scroll = (self.help_scroll + 10).min(most),
+                    KeyCode::Up => self.help_scroll = self.help_scroll.saturating_sub(1),
+                    KeyCode::PageUp => self.help_scroll = self.help_scroll.saturating_sub(10),
+                    _ => {
+                        self.help_scroll = 0;
+                        self.overlay = None;
+                    }
+                }
+                Vec::new()
+            }
+            Overlay::Info { .. } => {
                 self.overlay = None;
                 Vec::new()
             }

@@ -499,7 +499,7 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "  r, e, d, s",
-        "reply to it, edit / delete it (yours), save it (a file)",
+        "reply; edit / delete (yours); save (a file)",
     ),
     ("Enter", "send the message (or run a /command)"),
     (
@@ -554,7 +554,9 @@ fn draw_overlay(frame: &mut Frame<'_>, app: &App, overlay: &Overlay, area: Rect)
                 .collect();
             lines.push(TextLine::from(""));
             lines.push(TextLine::from("Marks: … sending, ✓ sent, ✓✓ delivered, ✓✓ read; [queued]: offline, sent on reconnect."));
-            lines.push(TextLine::from("Any key closes this screen."));
+            lines.push(TextLine::from(
+                "Up/Down, PageUp/PageDown scroll (a short terminal); any other key closes this screen.",
+            ));
             (" Help ".to_owned(), lines)
         }
         Overlay::Safety {
@@ -739,11 +741,21 @@ fn draw_overlay(frame: &mut Frame<'_>, app: &App, overlay: &Overlay, area: Rect)
             (title.clone(), out)
         }
     };
-    let height = (lines.len() as u16).saturating_add(2);
-    let rect = centered(area, area.width.saturating_sub(4).min(90), height);
+    let width = area.width.saturating_sub(4).min(90);
+    // Rows as wrapped inside the borders.
+    let inner = usize::from(width.saturating_sub(2)).max(1);
+    let rows: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
+    let height = u16::try_from(rows).unwrap_or(u16::MAX).saturating_add(2);
+    let rect = centered(area, width, height);
+    // Only the help is long enough to scroll.
+    let scroll = match overlay {
+        Overlay::Help => app.help_scroll.min(height.saturating_sub(rect.height)),
+        _ => 0,
+    };
     frame.render_widget(Clear, rect);
     frame.render_widget(
         Paragraph::new(lines)
+            .scroll((scroll, 0))
             .wrap(Wrap { trim: false })
             .alignment(Alignment::Left)
             .block(Block::default().borders(Borders::ALL).title(title)),
@@ -1029,8 +1041,22 @@ mod tests {
             crossterm::event::KeyEvent::from(crossterm::event::KeyCode::F(1)),
             now,
         );
-        let screen = render(&app, 100, 30);
+        let screen = render(&app, 100, 40);
         assert!(screen.contains("Ctrl-F"), "{screen}");
         assert!(screen.contains("/safety"), "{screen}");
+        assert!(screen.contains("Alt-Up"), "{screen}");
+        assert!(screen.contains("/invites"), "{screen}");
+        // A short terminal scrolls the help to its end.
+        let screen = render(&app, 100, 20);
+        assert!(!screen.contains("/groups everyone"), "{screen}");
+        for _ in 0..3 {
+            app.key(
+                crossterm::event::KeyEvent::from(crossterm::event::KeyCode::PageDown),
+                now,
+            );
+        }
+        assert!(app.overlay.is_some());
+        let screen = render(&app, 100, 20);
+        assert!(screen.contains("/groups everyone"), "{screen}");
     }
 }
