@@ -770,15 +770,9 @@ impl App {
                 let len = self.invitations.len();
                 let current = self.invitations.get(selected).map(|i| i.id);
                 match key.code {
-                    KeyCode::Down if len > 0 => {
+                    KeyCode::Down | KeyCode::Up if len > 0 => {
                         self.overlay = Some(Overlay::Invitations {
-                            selected: (selected + 1) % len,
-                        });
-                        Vec::new()
-                    }
-                    KeyCode::Up if len > 0 => {
-                        self.overlay = Some(Overlay::Invitations {
-                            selected: (selected + len - 1) % len,
+                            selected: moved(key.code, selected, len),
                         });
                         Vec::new()
                     }
@@ -798,17 +792,10 @@ impl App {
                 let len = rows.as_ref().map_or(0, Vec::len);
                 let current = rows.as_ref().and_then(|r| r.get(selected)).map(|c| c.user);
                 match key.code {
-                    KeyCode::Down if len > 0 => {
+                    KeyCode::Down | KeyCode::Up if len > 0 => {
                         self.overlay = Some(Overlay::Contacts {
                             rows,
-                            selected: (selected + 1) % len,
-                        });
-                        Vec::new()
-                    }
-                    KeyCode::Up if len > 0 => {
-                        self.overlay = Some(Overlay::Contacts {
-                            rows,
-                            selected: (selected + len - 1) % len,
+                            selected: moved(key.code, selected, len),
                         });
                         Vec::new()
                     }
@@ -843,19 +830,11 @@ impl App {
             } => {
                 let len = hits.as_ref().map_or(0, Vec::len);
                 match key.code {
-                    KeyCode::Down if len > 0 => {
+                    KeyCode::Down | KeyCode::Up if len > 0 => {
                         self.overlay = Some(Overlay::Search {
                             query,
                             hits,
-                            selected: (selected + 1) % len,
-                        });
-                        Vec::new()
-                    }
-                    KeyCode::Up if len > 0 => {
-                        self.overlay = Some(Overlay::Search {
-                            query,
-                            hits,
-                            selected: (selected + len - 1) % len,
+                            selected: moved(key.code, selected, len),
                         });
                         Vec::new()
                     }
@@ -870,17 +849,10 @@ impl App {
             Overlay::Devices { rows, selected } => {
                 let len = rows.as_ref().map_or(0, Vec::len);
                 match key.code {
-                    KeyCode::Down if len > 0 => {
+                    KeyCode::Down | KeyCode::Up if len > 0 => {
                         self.overlay = Some(Overlay::Devices {
                             rows,
-                            selected: (selected + 1) % len,
-                        });
-                        Vec::new()
-                    }
-                    KeyCode::Up if len > 0 => {
-                        self.overlay = Some(Overlay::Devices {
-                            rows,
-                            selected: (selected + len - 1) % len,
+                            selected: moved(key.code, selected, len),
                         });
                         Vec::new()
                     }
@@ -1350,6 +1322,15 @@ impl App {
                 Vec::new()
             }
         }
+    }
+}
+
+/// A list screen's selection after Up or Down (around the ends).
+fn moved(key: KeyCode, selected: usize, len: usize) -> usize {
+    if key == KeyCode::Up {
+        (selected + len - 1) % len
+    } else {
+        (selected + 1) % len
     }
 }
 

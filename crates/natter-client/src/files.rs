@@ -185,7 +185,7 @@ pub async fn download_plain(
     let mut written = 0u64;
     loop {
         let end = written + PIECE_BYTES as u64;
-        let piece = match fetch_some(api, media, written, end).await {
+        let piece = match fetch_range(api, media, written, end, false).await {
             Ok(piece) => piece,
             // The file ended exactly at a piece's end.
             Err(ClientError::Api(e)) if e.status == 416 && written > 0 => break,
@@ -201,35 +201,6 @@ pub async fn download_plain(
     progress(written, written);
     writer.flush().await.map_err(write_error)?;
     Ok(written)
-}
-
-/// Up to bytes `start..end` of `media` (fewer at its end), retried while
-/// the failure may pass.
-async fn fetch_some(api: &Api, media: MediaId, start: u64, end: u64) -> ClientResult<Vec<u8>> {
-    let mut failures = 0;
-    loop {
-        match api.download_range(media, start, end - 1).await {
-            Ok(d) if d.status == 206 && d.bytes.len() as u64 <= end - start => return Ok(d.bytes),
-            // A whole answer to a range from 0: the file is small.
-            Ok(d) if d.status == 200 && start == 0 && d.bytes.len() as u64 <= end => {
-                return Ok(d.bytes);
-            }
-            Ok(d) => {
-                return Err(ClientError::Protocol(format!(
-                    "the server sent {} bytes (status {}) for bytes {start}..{end}",
-                    d.bytes.len(),
-                    d.status
-                )));
-            }
-            Err(e) if may_pass(&e) && failures + 1 < ATTEMPTS => {
-                failures += 1;
-                api.transport()
-                    .sleep(RETRY_WAIT * 2u32.pow(failures - 1))
-                    .await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 fn read_error(e: std::io::Error) -> ClientError {
@@ -319,7 +290,7 @@ pub async fn download_decrypted(
     let mut chunk = Vec::with_capacity(sealed);
     while start < total {
         let end = (start + PIECE_BYTES as u64).min(total);
-        let piece = fetch_range(api, media, start, end).await?;
+        let piece = fetch_range(api, media, start, end, true).await?;
         for part in piece.chunks(sealed) {
             chunk.clear();
             chunk.extend_from_slice(part);
@@ -349,12 +320,26 @@ fn write_error(e: std::io::Error) -> ClientError {
     ClientError::Protocol(format!("writing the file: {e}"))
 }
 
-/// Bytes `start..end` of `media`, retried while the failure may pass.
-async fn fetch_range(api: &Api, media: MediaId, start: u64, end: u64) -> ClientResult<Vec<u8>> {
+/// Bytes `start..end` of `media` (`exact`: all of them; otherwise fewer at
+/// the file's end, or the whole of a small file from 0), retried while the
+/// failure may pass.
+async fn fetch_range(
+    api: &Api,
+    media: MediaId,
+    start: u64,
+    end: u64,
+    exact: bool,
+) -> ClientResult<Vec<u8>> {
     let mut failures = 0;
     loop {
         match api.download_range(media, start, end - 1).await {
             Ok(d) if d.bytes.len() as u64 == end - start && d.status == 206 => return Ok(d.bytes),
+            Ok(d) if !exact && d.status == 206 && d.bytes.len() as u64 <= end - start => {
+                return Ok(d.bytes);
+            }
+            Ok(d) if !exact && d.status == 200 && start == 0 && d.bytes.len() as u64 <= end => {
+                return Ok(d.bytes);
+            }
             Ok(d) => {
                 return Err(ClientError::Protocol(format!(
                     "the server sent {} bytes (status {}) for bytes {start}..{end}",

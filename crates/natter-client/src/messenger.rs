@@ -1048,16 +1048,13 @@ impl Messenger {
         reply_to: Option<MessageId>,
     ) -> ClientResult<String> {
         self.connection
-            .send(SendMessage {
-                chat_id: chat,
-                content: Some(text.to_owned()),
-                ciphertext: None,
-                message_type: MessageType::Text,
-                timestamp: None,
-                client_message_id: None,
+            .send(crate::session::plain_message(
+                chat,
+                text,
+                MessageType::Text,
                 reply_to,
-                media_id: None,
-            })
+                None,
+            ))
             .await
     }
 
@@ -1096,16 +1093,13 @@ impl Messenger {
         )
         .await?;
         self.connection
-            .send(SendMessage {
-                chat_id: chat,
-                content: Some(name.to_owned()),
-                ciphertext: None,
+            .send(crate::session::plain_message(
+                chat,
+                name,
                 message_type,
-                timestamp: None,
-                client_message_id: None,
-                reply_to: None,
-                media_id: Some(media_id.to_string()),
-            })
+                None,
+                Some(media_id),
+            ))
             .await
     }
 
