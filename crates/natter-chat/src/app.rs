@@ -26,10 +26,11 @@ pub const NARROW: u16 = 70;
 pub const MAX_INPUT: usize = 4000;
 /// Words of the answered message a reply's quote shows.
 pub const QUOTE_WORDS: usize = 6;
-/// Why a file line cannot be saved: my own file, just sent (its key comes
-/// back with the chat's history, on the next start).
-const NO_FILE_KEY: &str = "that file's key is not on this device yet (a file you just sent can \
-                           be saved after the next start)";
+/// Why a file line cannot be saved: my own file, still on its way (or,
+/// in a plaintext chat, just sent: its upload id comes with the history on
+/// the next start).
+const NO_FILE_KEY: &str = "that file is still on its way (a file you just sent to a plaintext \
+                           chat can be saved after the next start)";
 
 /// One conversation's loaded lines and receipts.
 #[derive(Debug, Default, Clone)]
@@ -487,6 +488,17 @@ impl App {
                 if let Some(Overlay::Contacts { rows, selected }) = &mut self.overlay {
                     *selected = (*selected).min(found.len().saturating_sub(1));
                     *rows = Some(found);
+                }
+            }
+            Update::FileKept { local_id, body } => {
+                for conv in self.conversations.values_mut() {
+                    for l in &mut conv.lines {
+                        if l.local_id.as_deref() == Some(&local_id)
+                            && let LineBody::File { body: b, .. } = &mut l.body
+                        {
+                            *b = Some(body.clone());
+                        }
+                    }
                 }
             }
             Update::Thumbnail { message, thumb } => {

@@ -449,6 +449,13 @@ pub enum Update {
     },
     /// A long step: its label, or `None` when done.
     Progress(Option<String>),
+    /// My file `local_id` is stored: what saving it needs.
+    FileKept {
+        /// The line.
+        local_id: String,
+        /// The message body (key and media id).
+        body: Box<Body>,
+    },
     /// An image's thumbnail.
     Thumbnail {
         /// The image's message.
@@ -517,6 +524,9 @@ struct Driver {
     me: UserId,
     /// Sends in flight: client_message_id -> local id.
     in_flight: HashMap<String, String>,
+    /// Encrypted files in flight: client_message_id -> chat (their key is
+    /// in the local history once the server has them).
+    files_in_flight: HashMap<String, ChatId>,
     /// Messages waiting for the connection, oldest first.
     queue: VecDeque<Waiting>,
     /// The other user of each direct chat (presence goes to its header).
@@ -541,6 +551,7 @@ pub async fn run(
         updates,
         me,
         in_flight: HashMap::new(),
+        files_in_flight: HashMap::new(),
         queue,
         chats: HashMap::new(),
         thumbs,
@@ -689,7 +700,12 @@ impl Driver {
                 m.store()
                     .history(c.id)
                     .ok()
-                    .and_then(|h| h.last().map(|e| e.text.clone()))
+                    .and_then(|h| {
+                        h.last().map(|e| match e.file {
+                            Some(_) => format!("📎 {}", e.text),
+                            None => e.text.clone(),
+                        })
+                    })
                     .unwrap_or_default()
             } else {
                 c.last_message
@@ -833,11 +849,25 @@ impl Driver {
             } => {
                 if let Some(local_id) = self.in_flight.remove(&client_message_id) {
                     self.tell(Update::Sent {
-                        local_id,
+                        local_id: local_id.clone(),
                         seq,
                         message_id,
                     })
                     .await;
+                    // My own file: its body (key) is in the history now.
+                    if let Some(chat) = self.files_in_flight.remove(&client_message_id)
+                        && let Some(body) =
+                            m.store().history(chat).ok().and_then(|h| {
+                                h.into_iter().find(|e| e.seq == seq).and_then(|e| e.file)
+                            })
+                    {
+                        self.tell(Update::FileKept {
+                            local_id,
+                            body: Box::new(body.clone()),
+                        })
+                        .await;
+                        self.thumbnail(m, message_id, &body).await;
+                    }
                 }
             }
             MessengerEvent::SendFailed {
@@ -1096,6 +1126,9 @@ impl Driver {
                         .await
                 }
                 .map_err(explain)?;
+                if encrypted {
+                    self.files_in_flight.insert(cmid.clone(), chat);
+                }
                 self.in_flight.insert(cmid, local_id.clone());
                 self.tell(Update::Progress(None)).await;
                 self.tell(Update::Line(Box::new(Line {

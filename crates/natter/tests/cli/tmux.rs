@@ -205,6 +205,12 @@ fn two_people_chat_encrypted_in_two_terminals() {
     bob.line(&format!("/save 1 {}", downloads.display()));
     bob.wait_for("saved payload.bin");
     assert_eq!(std::fs::read(downloads.join("payload.bin")).unwrap(), bytes);
+    // The sender saves her own file too, in the same run.
+    let own = server.dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    alice.line(&format!("/save 1 {}", own.display()));
+    alice.wait_for("saved payload.bin");
+    assert_eq!(std::fs::read(own.join("payload.bin")).unwrap(), bytes);
 
     // Safety numbers: the same on both screens; Alice marks Bob verified.
     alice.line("/safety");
