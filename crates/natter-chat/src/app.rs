@@ -1600,6 +1600,17 @@ mod tests {
             [.., Command::Edit { text, .. }] => assert_eq!(text, "mine!"),
             other => panic!("{other:?}"),
         }
+        // A narrow terminal: Up on an empty input selects too (the list is
+        // not on the screen); Esc leaves, and the next Esc shows the list.
+        app.width = NARROW - 1;
+        app.key(KeyEvent::from(KeyCode::Up), now);
+        assert_eq!(app.selecting, Some(1));
+        app.key(KeyEvent::from(KeyCode::Esc), now);
+        assert_eq!(app.selecting, None);
+        app.key(KeyEvent::from(KeyCode::Esc), now);
+        assert!(app.show_list);
+        app.key(KeyEvent::from(KeyCode::Up), now);
+        assert_eq!(app.selecting, None);
     }
 
     #[test]
