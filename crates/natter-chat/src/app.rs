@@ -1381,6 +1381,22 @@ mod tests {
         }
     }
 
+    /// A client signed in as `me` with these chats.
+    fn signed_in(me: UserId, chats: Vec<ChatRow>) -> App {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        app.apply(
+            Update::Me {
+                user: me,
+                name: "A".into(),
+                phone: "+1".into(),
+            },
+            now,
+        );
+        app.apply(Update::Chats(chats), now);
+        app
+    }
+
     fn typed(app: &mut App, text: &str, now: Instant) -> Vec<Command> {
         let mut out = Vec::new();
         for c in text.chars() {
@@ -1467,24 +1483,15 @@ mod tests {
     #[test]
     fn unread_typing_and_sent_lines_follow_the_updates() {
         let now = Instant::now();
-        let mut app = App::new(time::UtcOffset::UTC);
         let me: UserId = id();
         let bob: UserId = id();
         let (a, b): (ChatId, ChatId) = (id(), id());
-        app.apply(
-            Update::Me {
-                user: me,
-                name: "A".into(),
-                phone: "+1".into(),
-            },
-            now,
-        );
-        app.apply(
-            Update::Chats(vec![
+        let mut app = signed_in(
+            me,
+            vec![
                 row(a, ChatKind::Direct, Some(bob)),
                 row(b, ChatKind::Group, None),
-            ]),
-            now,
+            ],
         );
         let out = app.key(KeyEvent::from(KeyCode::Tab), now);
         assert!(matches!(out.as_slice(), [Command::Open(c)] if *c == a));
@@ -1546,20 +1553,8 @@ mod tests {
     #[test]
     fn the_selection_answers_any_message_and_edits_only_mine() {
         let now = Instant::now();
-        let mut app = App::new(time::UtcOffset::UTC);
         let (me, bob, chat): (UserId, UserId, ChatId) = (id(), id(), id());
-        app.apply(
-            Update::Me {
-                user: me,
-                name: "A".into(),
-                phone: "+1".into(),
-            },
-            now,
-        );
-        app.apply(
-            Update::Chats(vec![row(chat, ChatKind::Direct, Some(bob))]),
-            now,
-        );
+        let mut app = signed_in(me, vec![row(chat, ChatKind::Direct, Some(bob))]);
         app.key(KeyEvent::from(KeyCode::Tab), now);
         let Update::Line(mut theirs) = incoming(chat, bob, 1) else {
             unreachable!()
