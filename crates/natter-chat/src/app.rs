@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use natter_proto::chats::ChatKind;
-use natter_proto::{ChatId, UserId};
+use natter_proto::users::GroupAddPermission;
+use natter_proto::{ChatId, MessageId, UserId};
 use time::OffsetDateTime;
 
-use crate::driver::{ChatRow, Command, DeviceRow, Hit, Line, LineBody, Mark, Update};
+use crate::driver::{
+    ChatRow, Command, ContactRow, DeviceRow, Hit, InvitationRow, Line, LineBody, Mark, Update,
+};
 
 /// How long "typing…" shows after the last signal.
 pub const TYPING_SHOWN: Duration = Duration::from_secs(6);
@@ -21,6 +24,13 @@ pub const TYPING_EVERY: Duration = Duration::from_secs(3);
 pub const NARROW: u16 = 70;
 /// The longest input line (characters).
 pub const MAX_INPUT: usize = 4000;
+/// Words of the answered message a reply's quote shows.
+pub const QUOTE_WORDS: usize = 6;
+/// Why a file line cannot be saved: my own file, still on its way (or,
+/// in a plaintext chat, just sent: its upload id comes with the history on
+/// the next start).
+const NO_FILE_KEY: &str = "that file is still on its way (a file you just sent to a plaintext \
+                           chat can be saved after the next start)";
 
 /// One conversation's loaded lines and receipts.
 #[derive(Debug, Default, Clone)]
@@ -71,6 +81,34 @@ pub enum Overlay {
         /// The selected one.
         selected: usize,
     },
+    /// Pending invitations to groups (the list is [`App::invitations`]).
+    Invitations {
+        /// The selected one.
+        selected: usize,
+    },
+    /// My contacts.
+    Contacts {
+        /// Them (`None`: loading).
+        rows: Option<Vec<ContactRow>>,
+        /// The selected one.
+        selected: usize,
+    },
+    /// Lines to read (discovery's answer).
+    Info {
+        /// The title.
+        title: String,
+        /// The lines.
+        lines: Vec<String>,
+    },
+}
+
+/// What the input line writes, besides a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compose {
+    /// An answer to this message.
+    Reply(MessageId),
+    /// A new text for this message of mine.
+    Edit(MessageId),
 }
 
 /// What is known of someone's presence.
@@ -131,6 +169,16 @@ pub struct App {
     last_typing: Option<(ChatId, Instant)>,
     /// The terminal's width (for the narrow layout).
     pub width: u16,
+    /// Pending invitations to groups.
+    pub invitations: Vec<InvitationRow>,
+    /// Selection mode: the highlighted line of the open conversation.
+    pub selecting: Option<usize>,
+    /// What the input line writes, if not a new message.
+    pub compose: Option<Compose>,
+    /// Image thumbnails by message.
+    pub thumbs: HashMap<MessageId, crate::thumb::Thumb>,
+    /// Rows the help screen is scrolled (a short terminal).
+    pub help_scroll: u16,
 }
 
 impl App {
@@ -161,6 +209,11 @@ impl App {
             offset,
             last_typing: None,
             width: 80,
+            invitations: Vec::new(),
+            selecting: None,
+            compose: None,
+            thumbs: HashMap::new(),
+            help_scroll: 0,
         }
     }
 
@@ -223,6 +276,10 @@ impl App {
         };
         self.selected = index;
         let chat = row.id;
+        if self.open != Some(chat) {
+            self.selecting = None;
+            self.compose = None;
+        }
         self.open = Some(chat);
         self.show_list = false;
         if let Some(row) = self.chats.get_mut(index) {
@@ -308,7 +365,11 @@ impl App {
                 }
             }
             Update::Line(line) => return self.add_line(*line),
-            Update::Sent { local_id, seq } => {
+            Update::Sent {
+                local_id,
+                seq,
+                message_id,
+            } => {
                 for conv in self.conversations.values_mut() {
                     let duplicate = conv.lines.iter().any(|l| l.seq == Some(seq));
                     if let Some(i) = conv
@@ -320,6 +381,7 @@ impl App {
                             conv.lines.remove(i);
                         } else {
                             conv.lines[i].seq = Some(seq);
+                            conv.lines[i].message_id = Some(message_id);
                             conv.lines[i].mark = Mark::None;
                         }
                     }
@@ -410,6 +472,41 @@ impl App {
                     *rows = Some(found);
                 }
             }
+            Update::Invitations(rows) => {
+                if let Some(Overlay::Invitations { selected }) = &mut self.overlay {
+                    *selected = (*selected).min(rows.len().saturating_sub(1));
+                }
+                if rows.len() > self.invitations.len() {
+                    self.notice(format!(
+                        "✉ {} invited you to {}: /invites",
+                        rows[0].inviter, rows[0].group
+                    ));
+                }
+                self.invitations = rows;
+            }
+            Update::Contacts(found) => {
+                if let Some(Overlay::Contacts { rows, selected }) = &mut self.overlay {
+                    *selected = (*selected).min(found.len().saturating_sub(1));
+                    *rows = Some(found);
+                }
+            }
+            Update::FileKept { local_id, body } => {
+                for conv in self.conversations.values_mut() {
+                    for l in &mut conv.lines {
+                        if l.local_id.as_deref() == Some(&local_id)
+                            && let LineBody::File { body: b, .. } = &mut l.body
+                        {
+                            *b = Some(body.clone());
+                        }
+                    }
+                }
+            }
+            Update::Thumbnail { message, thumb } => {
+                self.thumbs.insert(message, thumb);
+            }
+            Update::Info { title, lines } => {
+                self.overlay = Some(Overlay::Info { title, lines });
+            }
             Update::Progress(p) => {
                 self.progress = p.map(|label| (label, now));
                 self.progress_ratio = None;
@@ -452,7 +549,9 @@ impl App {
         let mine = Some(line.sender) == self.me;
         let preview = match &line.body {
             LineBody::Text(t) => Some(t.clone()),
-            LineBody::File { name, .. } => Some(format!("📎 {name}")),
+            LineBody::File { name, .. } | LineBody::PlainFile { name, .. } => {
+                Some(format!("📎 {name}"))
+            }
             LineBody::System(_) => None,
         };
         let is_open = Some(chat) == self.open;
@@ -513,6 +612,18 @@ impl App {
         if let Some(overlay) = self.overlay.clone() {
             return self.overlay_key(overlay, key);
         }
+        if self.selecting.is_some() {
+            return self.select_key(key);
+        }
+        let alt = key.modifiers.contains(KeyModifiers::ALT);
+        let in_conversation = self.open.is_some() && (!self.narrow() || !self.show_list);
+        if key.code == KeyCode::Up
+            && in_conversation
+            && (alt || (self.narrow() && self.input.is_empty()))
+        {
+            self.start_selecting();
+            return Vec::new();
+        }
         match key.code {
             KeyCode::F(1) => {
                 self.overlay = Some(Overlay::Help);
@@ -534,7 +645,11 @@ impl App {
             KeyCode::Tab => self.step(1),
             KeyCode::BackTab => self.step(-1),
             KeyCode::Esc => {
-                if !self.input.is_empty() {
+                if self.compose.is_some() {
+                    self.compose = None;
+                    self.input.clear();
+                    self.cursor = 0;
+                } else if !self.input.is_empty() {
                     self.input.clear();
                     self.cursor = 0;
                 } else if self.narrow() {
@@ -646,8 +761,68 @@ impl App {
         }
         match overlay {
             Overlay::Help => {
+                let most = u16::try_from(crate::ui::HELP.len()).unwrap_or(u16::MAX);
+                match key.code {
+                    KeyCode::Down => self.help_scroll = (self.help_scroll + 1).min(most),
+                    KeyCode::PageDown => self.help_scroll = (self.help_scroll + 10).min(most),
+                    KeyCode::Up => self.help_scroll = self.help_scroll.saturating_sub(1),
+                    KeyCode::PageUp => self.help_scroll = self.help_scroll.saturating_sub(10),
+                    _ => {
+                        self.help_scroll = 0;
+                        self.overlay = None;
+                    }
+                }
+                Vec::new()
+            }
+            Overlay::Info { .. } => {
                 self.overlay = None;
                 Vec::new()
+            }
+            Overlay::Invitations { selected } => {
+                let len = self.invitations.len();
+                let current = self.invitations.get(selected).map(|i| i.id);
+                match key.code {
+                    KeyCode::Down | KeyCode::Up if len > 0 => {
+                        self.overlay = Some(Overlay::Invitations {
+                            selected: moved(key.code, selected, len),
+                        });
+                        Vec::new()
+                    }
+                    KeyCode::Char('a') | KeyCode::Enter => match current {
+                        Some(id) => {
+                            self.overlay = None;
+                            self.notice("joining…");
+                            vec![Command::Accept(id)]
+                        }
+                        None => Vec::new(),
+                    },
+                    KeyCode::Char('d') => current.map(Command::Decline).into_iter().collect(),
+                    _ => Vec::new(),
+                }
+            }
+            Overlay::Contacts { rows, selected } => {
+                let len = rows.as_ref().map_or(0, Vec::len);
+                let current = rows.as_ref().and_then(|r| r.get(selected)).map(|c| c.user);
+                match key.code {
+                    KeyCode::Down | KeyCode::Up if len > 0 => {
+                        self.overlay = Some(Overlay::Contacts {
+                            rows,
+                            selected: moved(key.code, selected, len),
+                        });
+                        Vec::new()
+                    }
+                    KeyCode::Enter => match current {
+                        Some(user) => {
+                            self.overlay = None;
+                            vec![Command::DirectWith(user)]
+                        }
+                        None => Vec::new(),
+                    },
+                    KeyCode::Char('x') | KeyCode::Delete => {
+                        current.map(Command::RemoveContact).into_iter().collect()
+                    }
+                    _ => Vec::new(),
+                }
             }
             Overlay::Safety { user, .. } => match key.code {
                 KeyCode::Char('v') => vec![Command::Verify {
@@ -667,19 +842,11 @@ impl App {
             } => {
                 let len = hits.as_ref().map_or(0, Vec::len);
                 match key.code {
-                    KeyCode::Down if len > 0 => {
+                    KeyCode::Down | KeyCode::Up if len > 0 => {
                         self.overlay = Some(Overlay::Search {
                             query,
                             hits,
-                            selected: (selected + 1) % len,
-                        });
-                        Vec::new()
-                    }
-                    KeyCode::Up if len > 0 => {
-                        self.overlay = Some(Overlay::Search {
-                            query,
-                            hits,
-                            selected: (selected + len - 1) % len,
+                            selected: moved(key.code, selected, len),
                         });
                         Vec::new()
                     }
@@ -694,17 +861,10 @@ impl App {
             Overlay::Devices { rows, selected } => {
                 let len = rows.as_ref().map_or(0, Vec::len);
                 match key.code {
-                    KeyCode::Down if len > 0 => {
+                    KeyCode::Down | KeyCode::Up if len > 0 => {
                         self.overlay = Some(Overlay::Devices {
                             rows,
-                            selected: (selected + 1) % len,
-                        });
-                        Vec::new()
-                    }
-                    KeyCode::Up if len > 0 => {
-                        self.overlay = Some(Overlay::Devices {
-                            rows,
-                            selected: (selected + len - 1) % len,
+                            selected: moved(key.code, selected, len),
                         });
                         Vec::new()
                     }
@@ -745,11 +905,187 @@ impl App {
         if let Some(conv) = self.conversations.get_mut(&chat) {
             conv.scroll = 0;
         }
+        let reply_to = match self.compose.take() {
+            Some(Compose::Edit(target)) => {
+                return vec![Command::Edit { chat, target, text }];
+            }
+            Some(Compose::Reply(to)) => Some(to),
+            None => None,
+        };
         vec![Command::Send {
             chat,
             text,
             local_id: uuid::Uuid::now_v7().to_string(),
+            reply_to,
         }]
+    }
+
+    /// Whether line `l` can be selected (a message the server has).
+    fn selectable(l: &Line) -> bool {
+        l.message_id.is_some() && !matches!(l.body, LineBody::System(_)) && !l.deleted
+    }
+
+    /// Enters selection mode at the newest message of the open chat.
+    fn start_selecting(&mut self) {
+        let Some(conv) = self.open.and_then(|c| self.conversations.get(&c)) else {
+            return;
+        };
+        match conv.lines.iter().rposition(Self::selectable) {
+            Some(i) => {
+                self.selecting = Some(i);
+                self.notice("r reply · e edit · d delete · s save file · Esc back");
+            }
+            None => self.error("no message to select here yet"),
+        }
+    }
+
+    /// The selected line.
+    #[must_use]
+    pub fn selected_line(&self) -> Option<&Line> {
+        let conv = self.conversations.get(&self.open?)?;
+        conv.lines.get(self.selecting?)
+    }
+
+    /// A line's first words, for a quote: `Bob: Hello there…`.
+    #[must_use]
+    pub fn quote(&self, target: MessageId) -> String {
+        let found = self
+            .open
+            .and_then(|c| self.conversations.get(&c))
+            .and_then(|c| c.lines.iter().find(|l| l.message_id == Some(target)));
+        match found {
+            Some(l) => {
+                let text = match &l.body {
+                    _ if l.deleted => "(deleted)".to_owned(),
+                    LineBody::Text(t) => t.replace(['\n', '\r'], " "),
+                    LineBody::File { name, .. } | LineBody::PlainFile { name, .. } => {
+                        format!("📎 {name}")
+                    }
+                    LineBody::System(t) => t.clone(),
+                };
+                let words: Vec<&str> = text.split_whitespace().collect();
+                let mut short = words
+                    .iter()
+                    .take(QUOTE_WORDS)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if words.len() > QUOTE_WORDS {
+                    short.push('…');
+                }
+                format!("{}: {short}", self.name(l.sender))
+            }
+            None => "an earlier message".to_owned(),
+        }
+    }
+
+    fn select_key(&mut self, key: KeyEvent) -> Vec<Command> {
+        let (Some(chat), Some(at)) = (self.open, self.selecting) else {
+            self.selecting = None;
+            return Vec::new();
+        };
+        let lines = self
+            .conversations
+            .get(&chat)
+            .map(|c| c.lines.clone())
+            .unwrap_or_default();
+        let Some(line) = lines.get(at).cloned() else {
+            self.selecting = None;
+            return Vec::new();
+        };
+        let mine = Some(line.sender) == self.me;
+        match key.code {
+            KeyCode::Up | KeyCode::Char('k') => {
+                if let Some(i) = lines[..at].iter().rposition(Self::selectable) {
+                    self.selecting = Some(i);
+                } else if let Some(conv) = self.conversations.get(&chat)
+                    && conv.has_more
+                {
+                    // At the top of what is loaded: the page before.
+                    return self.scroll_up();
+                }
+                Vec::new()
+            }
+            KeyCode::Down | KeyCode::Char('j') => {
+                match lines[at + 1..].iter().position(Self::selectable) {
+                    Some(i) => self.selecting = Some(at + 1 + i),
+                    None => self.leave_selection(),
+                }
+                Vec::new()
+            }
+            KeyCode::Esc | KeyCode::Char('q') => {
+                self.leave_selection();
+                Vec::new()
+            }
+            KeyCode::Char('r') | KeyCode::Enter => {
+                if let Some(id) = line.message_id {
+                    self.compose = Some(Compose::Reply(id));
+                    self.leave_selection();
+                }
+                Vec::new()
+            }
+            KeyCode::Char('e') => {
+                match (&line.body, line.message_id) {
+                    (LineBody::Text(t), Some(id)) if mine => {
+                        self.compose = Some(Compose::Edit(id));
+                        self.input = t.clone();
+                        self.cursor = self.input.chars().count();
+                        self.leave_selection();
+                    }
+                    _ if !mine => self.error("only your own messages can be edited"),
+                    _ => self.error("only text messages can be edited"),
+                }
+                Vec::new()
+            }
+            KeyCode::Char('d') => match line.message_id {
+                Some(target) if mine => {
+                    self.leave_selection();
+                    vec![Command::Delete { chat, target }]
+                }
+                _ => {
+                    self.error("only your own messages can be deleted");
+                    Vec::new()
+                }
+            },
+            KeyCode::Char('s') => {
+                let out = self.save(&line.body, PathBuf::from("."));
+                if !out.is_empty() {
+                    self.leave_selection();
+                }
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The command that saves the file of a line to `path`.
+    fn save(&mut self, body: &LineBody, path: PathBuf) -> Vec<Command> {
+        match body {
+            LineBody::File {
+                body: Some(body), ..
+            } => vec![Command::SaveFile {
+                body: body.clone(),
+                path,
+            }],
+            LineBody::PlainFile { name, media } => vec![Command::SavePlain {
+                media: *media,
+                name: name.clone(),
+                path,
+            }],
+            LineBody::File { .. } => {
+                self.error(NO_FILE_KEY);
+                Vec::new()
+            }
+            _ => {
+                self.error("that message is not a file");
+                Vec::new()
+            }
+        }
+    }
+
+    fn leave_selection(&mut self) {
+        self.selecting = None;
+        self.status = None;
     }
 
     /// My latest message in the open chat that the server has.
@@ -772,7 +1108,7 @@ impl App {
             .get(&chat)?
             .lines
             .iter()
-            .filter(|l| matches!(l.body, LineBody::File { .. }))
+            .filter(|l| l.body.is_file())
             .collect();
         match n {
             Some(n) => files.get(n.checked_sub(1)?).copied(),
@@ -882,19 +1218,7 @@ impl App {
                 };
                 let path = if path.is_empty() { "." } else { path };
                 match self.file(n).map(|l| l.body.clone()) {
-                    Some(LineBody::File {
-                        body: Some(body), ..
-                    }) => vec![Command::SaveFile {
-                        body,
-                        path: expand(path),
-                    }],
-                    Some(_) => {
-                        self.error(
-                            "that file's key is not on this device any more (only files \
-                             received since the client started can be saved)",
-                        );
-                        Vec::new()
-                    }
+                    Some(body) => self.save(&body, expand(path)),
                     None => {
                         self.error("no such file in this chat: /save [N] [PATH]");
                         Vec::new()
@@ -959,11 +1283,66 @@ impl App {
                 vec![Command::Devices]
             }
             "older" => self.scroll_up(),
+            "invites" | "invitations" => {
+                if self.invitations.is_empty() {
+                    self.notice("no pending invitations");
+                    return vec![Command::Invitations];
+                }
+                self.overlay = Some(Overlay::Invitations { selected: 0 });
+                vec![Command::Invitations]
+            }
+            "groups" => {
+                let permission = match args {
+                    "everyone" => GroupAddPermission::Everyone,
+                    "contacts" => GroupAddPermission::Contacts,
+                    "nobody" => GroupAddPermission::Nobody,
+                    _ => {
+                        self.error("usage: /groups everyone|contacts|nobody (who may add you)");
+                        return Vec::new();
+                    }
+                };
+                vec![Command::GroupAdds(permission)]
+            }
+            "contacts" => {
+                self.overlay = Some(Overlay::Contacts {
+                    rows: None,
+                    selected: 0,
+                });
+                vec![Command::Contacts]
+            }
+            "contact" => {
+                if !args.starts_with('+') || args.contains(' ') {
+                    self.error("usage: /contact +PHONE (adds them to your contacts)");
+                    return Vec::new();
+                }
+                self.overlay = Some(Overlay::Contacts {
+                    rows: None,
+                    selected: 0,
+                });
+                vec![Command::AddContact(args.to_owned())]
+            }
+            "discover" => {
+                let phones: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+                if phones.is_empty() {
+                    self.error("usage: /discover +PHONE [+PHONE…]");
+                    return Vec::new();
+                }
+                vec![Command::Discover(phones)]
+            }
             _ => {
                 self.error(format!("unknown command /{name}: F1 lists them"));
                 Vec::new()
             }
         }
+    }
+}
+
+/// A list screen's selection after Up or Down (around the ends).
+fn moved(key: KeyCode, selected: usize, len: usize) -> usize {
+    if key == KeyCode::Up {
+        (selected + len - 1) % len
+    } else {
+        (selected + 1) % len
     }
 }
 
@@ -1002,6 +1381,22 @@ mod tests {
         }
     }
 
+    /// A client signed in as `me` with these chats.
+    fn signed_in(me: UserId, chats: Vec<ChatRow>) -> App {
+        let now = Instant::now();
+        let mut app = App::new(time::UtcOffset::UTC);
+        app.apply(
+            Update::Me {
+                user: me,
+                name: "A".into(),
+                phone: "+1".into(),
+            },
+            now,
+        );
+        app.apply(Update::Chats(chats), now);
+        app
+    }
+
     fn typed(app: &mut App, text: &str, now: Instant) -> Vec<Command> {
         let mut out = Vec::new();
         for c in text.chars() {
@@ -1023,6 +1418,7 @@ mod tests {
             edited: false,
             deleted: false,
             mark: Mark::None,
+            reply_to: None,
         }))
     }
 
@@ -1087,24 +1483,15 @@ mod tests {
     #[test]
     fn unread_typing_and_sent_lines_follow_the_updates() {
         let now = Instant::now();
-        let mut app = App::new(time::UtcOffset::UTC);
         let me: UserId = id();
         let bob: UserId = id();
         let (a, b): (ChatId, ChatId) = (id(), id());
-        app.apply(
-            Update::Me {
-                user: me,
-                name: "A".into(),
-                phone: "+1".into(),
-            },
-            now,
-        );
-        app.apply(
-            Update::Chats(vec![
+        let mut app = signed_in(
+            me,
+            vec![
                 row(a, ChatKind::Direct, Some(bob)),
                 row(b, ChatKind::Group, None),
-            ]),
-            now,
+            ],
         );
         let out = app.key(KeyEvent::from(KeyCode::Tab), now);
         assert!(matches!(out.as_slice(), [Command::Open(c)] if *c == a));
@@ -1138,6 +1525,7 @@ mod tests {
                 edited: false,
                 deleted: false,
                 mark: Mark::Sending,
+                reply_to: None,
             })),
             now,
         );
@@ -1148,9 +1536,76 @@ mod tests {
             now,
         );
         assert_eq!(app.conversations[&a].lines[1].mark, Mark::Queued);
-        app.apply(Update::Sent { local_id, seq: 2 }, now);
+        let sent: MessageId = id();
+        app.apply(
+            Update::Sent {
+                local_id,
+                seq: 2,
+                message_id: sent,
+            },
+            now,
+        );
+        assert_eq!(app.conversations[&a].lines[1].message_id, Some(sent));
         assert_eq!(app.conversations[&a].lines[1].seq, Some(2));
         assert_eq!(app.conversations[&a].lines[1].mark, Mark::None);
+    }
+
+    #[test]
+    fn the_selection_answers_any_message_and_edits_only_mine() {
+        let now = Instant::now();
+        let (me, bob, chat): (UserId, UserId, ChatId) = (id(), id(), id());
+        let mut app = signed_in(me, vec![row(chat, ChatKind::Direct, Some(bob))]);
+        app.key(KeyEvent::from(KeyCode::Tab), now);
+        let Update::Line(mut theirs) = incoming(chat, bob, 1) else {
+            unreachable!()
+        };
+        theirs.body = LineBody::Text("one two three four five six seven".into());
+        let their_id = theirs.message_id.unwrap();
+        app.apply(Update::Line(theirs), now);
+        let mut mine = incoming(chat, me, 2);
+        if let Update::Line(l) = &mut mine {
+            l.body = LineBody::Text("mine".into());
+        }
+        app.apply(mine, now);
+        let alt_up = KeyEvent::new(KeyCode::Up, KeyModifiers::ALT);
+        assert!(app.key(alt_up, now).is_empty());
+        assert_eq!(app.selecting, Some(1));
+        app.key(KeyEvent::from(KeyCode::Up), now);
+        assert_eq!(app.selecting, Some(0));
+        // Not mine: no edit, no delete.
+        assert!(app.key(KeyEvent::from(KeyCode::Char('e')), now).is_empty());
+        assert!(app.status.as_ref().is_some_and(|s| s.1));
+        assert!(app.key(KeyEvent::from(KeyCode::Char('d')), now).is_empty());
+        assert!(app.compose.is_none());
+        // A reply: quoted by its first words, sent with what it answers.
+        app.key(KeyEvent::from(KeyCode::Char('r')), now);
+        assert_eq!(app.selecting, None);
+        assert_eq!(app.quote(their_id), "someone: one two three four five six…");
+        match typed(&mut app, "yes", now).as_slice() {
+            [Command::Typing(_), Command::Send { reply_to, .. }] => {
+                assert_eq!(*reply_to, Some(their_id))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Mine: edit fills the input with its text; Enter sends the edit.
+        app.key(alt_up, now);
+        app.key(KeyEvent::from(KeyCode::Char('e')), now);
+        assert_eq!(app.input, "mine");
+        match typed(&mut app, "!", now).as_slice() {
+            [.., Command::Edit { text, .. }] => assert_eq!(text, "mine!"),
+            other => panic!("{other:?}"),
+        }
+        // A narrow terminal: Up on an empty input selects too (the list is
+        // not on the screen); Esc leaves, and the next Esc shows the list.
+        app.width = NARROW - 1;
+        app.key(KeyEvent::from(KeyCode::Up), now);
+        assert_eq!(app.selecting, Some(1));
+        app.key(KeyEvent::from(KeyCode::Esc), now);
+        assert_eq!(app.selecting, None);
+        app.key(KeyEvent::from(KeyCode::Esc), now);
+        assert!(app.show_list);
+        app.key(KeyEvent::from(KeyCode::Up), now);
+        assert_eq!(app.selecting, None);
     }
 
     #[test]

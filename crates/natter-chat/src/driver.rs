@@ -18,8 +18,8 @@ use natter_client::api::{HistoryQuery, MessageSearch};
 use natter_client::e2ee::payload::Body;
 use natter_client::{ClientError, Event, Messenger, MessengerEvent};
 use natter_proto::chats::{ChatEvent, ChatKind, MessageStatus, UpdateChat};
-use natter_proto::users::PresenceStatus;
-use natter_proto::{ChatId, DeviceId, ErrorCode, MessageId, UserId};
+use natter_proto::users::{DiscoverContacts, GroupAddPermission, PresenceStatus, UpdateMe};
+use natter_proto::{ChatId, DeviceId, ErrorCode, InvitationId, MediaId, MessageId, UserId};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
@@ -32,6 +32,8 @@ pub const PAGE: usize = 50;
 pub const UPDATE_QUEUE: usize = 1024;
 /// Commands waiting for the driver (typing a line is one).
 pub const COMMAND_QUEUE: usize = 256;
+/// Thumbnails made per page of history (the newest images).
+pub const THUMBS_PER_PAGE: usize = 8;
 /// State key of the offline queue in the store.
 const QUEUE_KEY: &str = "chat/offline-queue";
 
@@ -57,6 +59,8 @@ pub enum Command {
         text: String,
         /// The line's id.
         local_id: String,
+        /// The message it answers.
+        reply_to: Option<MessageId>,
     },
     /// Edit one of my messages.
     Edit {
@@ -85,6 +89,15 @@ pub enum Command {
     SaveFile {
         /// What the message carried.
         body: Box<Body>,
+        /// Where.
+        path: PathBuf,
+    },
+    /// Save a plaintext chat's file to `path` (a directory: under its name).
+    SavePlain {
+        /// The upload.
+        media: MediaId,
+        /// Its name.
+        name: String,
         /// Where.
         path: PathBuf,
     },
@@ -151,6 +164,50 @@ pub enum Command {
     Approve(DeviceId),
     /// A one-time code to log a new device in without an SMS.
     LoginCode,
+    /// Load the pending invitations to groups.
+    Invitations,
+    /// Accept an invitation: join the group.
+    Accept(InvitationId),
+    /// Decline an invitation.
+    Decline(InvitationId),
+    /// Who may add me to groups (others must invite me).
+    GroupAdds(GroupAddPermission),
+    /// Load the contact list.
+    Contacts,
+    /// Add the user of a phone number to my contacts.
+    AddContact(String),
+    /// Remove a contact.
+    RemoveContact(UserId),
+    /// The encrypted direct chat with a user (made if needed), opened.
+    DirectWith(UserId),
+    /// Which of these numbers are on Natter.
+    Discover(Vec<String>),
+}
+
+/// A pending invitation to a group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvitationRow {
+    /// The invitation.
+    pub id: InvitationId,
+    /// The group's name.
+    pub group: String,
+    /// Who invited me.
+    pub inviter: String,
+}
+
+/// One of my contacts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactRow {
+    /// Their account.
+    pub user: UserId,
+    /// Their name.
+    pub name: String,
+    /// Their number, if I may see it.
+    pub phone: Option<String>,
+    /// Online now.
+    pub online: bool,
+    /// Last seen, if they let me know.
+    pub last_seen: Option<OffsetDateTime>,
 }
 
 /// One chat in the list.
@@ -188,8 +245,23 @@ pub enum LineBody {
         /// The message body (key and media id).
         body: Option<Box<Body>>,
     },
+    /// A plaintext chat's file: its name (the message's text) and upload.
+    PlainFile {
+        /// Its name.
+        name: String,
+        /// The upload.
+        media: MediaId,
+    },
     /// A chat change.
     System(String),
+}
+
+impl LineBody {
+    /// Whether it is a file (one `/save N` counts).
+    #[must_use]
+    pub fn is_file(&self) -> bool {
+        matches!(self, Self::File { .. } | Self::PlainFile { .. })
+    }
 }
 
 /// Where one of my messages is.
@@ -226,6 +298,8 @@ pub struct Line {
     pub deleted: bool,
     /// Before the server has it.
     pub mark: Mark,
+    /// The message it answers.
+    pub reply_to: Option<MessageId>,
 }
 
 /// A search hit.
@@ -291,6 +365,8 @@ pub enum Update {
         local_id: String,
         /// Its seq.
         seq: i64,
+        /// The server's id.
+        message_id: MessageId,
     },
     /// My line `local_id`, queued offline, is on its way now.
     Sending {
@@ -360,8 +436,33 @@ pub enum Update {
     Search(Vec<Hit>),
     /// The account's devices.
     Devices(Vec<DeviceRow>),
+    /// The pending invitations to groups.
+    Invitations(Vec<InvitationRow>),
+    /// My contacts.
+    Contacts(Vec<ContactRow>),
+    /// Lines to show on a screen of their own (discovery's answer).
+    Info {
+        /// The screen's title.
+        title: String,
+        /// Its lines.
+        lines: Vec<String>,
+    },
     /// A long step: its label, or `None` when done.
     Progress(Option<String>),
+    /// My file `local_id` is stored: what saving it needs.
+    FileKept {
+        /// The line.
+        local_id: String,
+        /// The message body (key and media id).
+        body: Box<Body>,
+    },
+    /// An image's thumbnail.
+    Thumbnail {
+        /// The image's message.
+        message: MessageId,
+        /// The picture.
+        thumb: crate::thumb::Thumb,
+    },
     /// A transfer moved: `done` of `total` bytes.
     Transfer {
         /// What it is.
@@ -381,12 +482,27 @@ pub enum Update {
     Fatal(String),
 }
 
+/// A received file to save.
+enum Received {
+    /// An encrypted chat's: the message body (media id and key).
+    Encrypted(Box<Body>),
+    /// A plaintext chat's upload.
+    Plain {
+        /// The upload.
+        media: MediaId,
+        /// Its name.
+        name: String,
+    },
+}
+
 /// A message waiting for the connection.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Waiting {
     chat: ChatId,
     text: String,
     local_id: String,
+    #[serde(default)]
+    reply_to: Option<MessageId>,
 }
 
 /// Whether a failure may pass by itself (the server is unreachable or busy).
@@ -408,10 +524,15 @@ struct Driver {
     me: UserId,
     /// Sends in flight: client_message_id -> local id.
     in_flight: HashMap<String, String>,
+    /// Encrypted files in flight: client_message_id -> chat (their key is
+    /// in the local history once the server has them).
+    files_in_flight: HashMap<String, ChatId>,
     /// Messages waiting for the connection, oldest first.
     queue: VecDeque<Waiting>,
     /// The other user of each direct chat (presence goes to its header).
     chats: HashMap<ChatId, ChatRow>,
+    /// Images get thumbnails (the terminal has 24-bit colour).
+    thumbs: bool,
 }
 
 /// Runs the driver until the UI closes the command channel or the session
@@ -419,6 +540,7 @@ struct Driver {
 pub async fn run(
     mut m: Messenger,
     base: String,
+    thumbs: bool,
     mut commands: mpsc::Receiver<Command>,
     updates: mpsc::Sender<Update>,
 ) {
@@ -429,8 +551,10 @@ pub async fn run(
         updates,
         me,
         in_flight: HashMap::new(),
+        files_in_flight: HashMap::new(),
         queue,
         chats: HashMap::new(),
+        thumbs,
     };
     d.start(&mut m).await;
     loop {
@@ -447,6 +571,9 @@ pub async fn run(
             },
             event = m.receive() => match event {
                 Ok(event) => {
+                    if let Event::Invitation(_) = &event {
+                        d.invitations(&m).await;
+                    }
                     if let Event::Presence { user_id, status, last_seen } = &event {
                         d.tell(Update::Presence {
                             user: *user_id,
@@ -541,6 +668,7 @@ impl Driver {
                 edited: false,
                 deleted: false,
                 mark: Mark::Queued,
+                reply_to: w.reply_to,
             })))
             .await;
         }
@@ -572,7 +700,12 @@ impl Driver {
                 m.store()
                     .history(c.id)
                     .ok()
-                    .and_then(|h| h.last().map(|e| e.text.clone()))
+                    .and_then(|h| {
+                        h.last().map(|e| match e.file {
+                            Some(_) => format!("📎 {}", e.text),
+                            None => e.text.clone(),
+                        })
+                    })
                     .unwrap_or_default()
             } else {
                 c.last_message
@@ -602,6 +735,7 @@ impl Driver {
                 self.tell(Update::Connection(true)).await;
                 self.flush(m).await;
                 self.refresh(m).await;
+                self.invitations(m).await;
             }
             MessengerEvent::Disconnected { .. } => self.tell(Update::Connection(false)).await,
             MessengerEvent::Message(msg) => {
@@ -624,14 +758,25 @@ impl Driver {
                         .await;
                     }
                     body => {
-                        let body = match body {
-                            Body::Text { text } => LineBody::Text(text),
-                            b @ Body::File { .. } => file_line(b),
-                            _ => return true,
+                        let body = match (body, msg.media_id) {
+                            (Body::Text { text }, Some(media)) => {
+                                LineBody::PlainFile { name: text, media }
+                            }
+                            (body, _) => match body {
+                                Body::Text { text } => LineBody::Text(text),
+                                b @ Body::File { .. } => file_line(b),
+                                _ => return true,
+                            },
                         };
                         if !self.chats.contains_key(&msg.chat_id) {
                             self.refresh(m).await;
                         }
+                        let image = match &body {
+                            LineBody::File { body: Some(b), .. } => {
+                                Some((msg.message_id, b.as_ref().clone()))
+                            }
+                            _ => None,
+                        };
                         self.tell(Update::Line(Box::new(Line {
                             chat: msg.chat_id,
                             seq: Some(msg.seq),
@@ -643,8 +788,12 @@ impl Driver {
                             edited: false,
                             deleted: false,
                             mark: Mark::None,
+                            reply_to: msg.reply_to,
                         })))
                         .await;
+                        if let Some((message, body)) = image {
+                            self.thumbnail(m, message, &body).await;
+                        }
                     }
                 }
             }
@@ -664,6 +813,7 @@ impl Driver {
                     edited: false,
                     deleted: false,
                     mark: Mark::None,
+                    reply_to: None,
                 })))
                 .await;
                 self.refresh(m).await;
@@ -695,9 +845,29 @@ impl Driver {
             MessengerEvent::Sent {
                 client_message_id,
                 seq,
+                message_id,
             } => {
                 if let Some(local_id) = self.in_flight.remove(&client_message_id) {
-                    self.tell(Update::Sent { local_id, seq }).await;
+                    self.tell(Update::Sent {
+                        local_id: local_id.clone(),
+                        seq,
+                        message_id,
+                    })
+                    .await;
+                    // My own file: its body (key) is in the history now.
+                    if let Some(chat) = self.files_in_flight.remove(&client_message_id)
+                        && let Some(body) =
+                            m.store().history(chat).ok().and_then(|h| {
+                                h.into_iter().find(|e| e.seq == seq).and_then(|e| e.file)
+                            })
+                    {
+                        self.tell(Update::FileKept {
+                            local_id,
+                            body: Box::new(body.clone()),
+                        })
+                        .await;
+                        self.thumbnail(m, message_id, &body).await;
+                    }
                 }
             }
             MessengerEvent::SendFailed {
@@ -772,7 +942,7 @@ impl Driver {
     /// Sends what waited for the connection, in order, until one fails.
     async fn flush(&mut self, m: &mut Messenger) {
         while let Some(w) = self.queue.front().cloned() {
-            match self.send_now(m, w.chat, &w.text).await {
+            match self.send_now(m, w.chat, &w.text, w.reply_to).await {
                 Ok(cmid) => {
                     self.in_flight.insert(cmid, w.local_id.clone());
                     self.queue.pop_front();
@@ -802,11 +972,12 @@ impl Driver {
         m: &mut Messenger,
         chat: ChatId,
         text: &str,
+        reply_to: Option<MessageId>,
     ) -> Result<String, ClientError> {
         if m.chat_is_encrypted(chat).await? {
-            m.send_text(chat, text).await
+            m.send_reply(chat, text, reply_to).await
         } else {
-            m.send_plain_text(chat, text).await
+            m.send_plain_reply(chat, text, reply_to).await
         }
     }
 
@@ -841,6 +1012,7 @@ impl Driver {
                 chat,
                 text,
                 local_id,
+                reply_to,
             } => {
                 self.tell(Update::Line(Box::new(Line {
                     chat,
@@ -853,17 +1025,22 @@ impl Driver {
                     edited: false,
                     deleted: false,
                     mark: Mark::Sending,
+                    reply_to,
                 })))
                 .await;
                 let waiting = Waiting {
                     chat,
                     text,
                     local_id,
+                    reply_to,
                 };
                 if !self.queue.is_empty() {
                     return self.enqueue(m, waiting).await;
                 }
-                match self.send_now(m, chat, &waiting.text).await {
+                match self
+                    .send_now(m, chat, &waiting.text, waiting.reply_to)
+                    .await
+                {
                     Ok(cmid) => {
                         self.in_flight.insert(cmid, waiting.local_id);
                     }
@@ -918,28 +1095,40 @@ impl Driver {
                 .await;
             }
             Command::SendFile { chat, path } => {
-                if !m.chat_is_encrypted(chat).await.map_err(explain)? {
-                    return Err(ChatError::new(
-                        "this client sends files only to end-to-end encrypted chats",
-                    ));
-                }
+                let encrypted = m.chat_is_encrypted(chat).await.map_err(explain)?;
                 let f = open_file(&path)?;
                 let (name, size) = (f.name.clone(), f.size);
-                let label = format!("encrypting and uploading {name} ({})", human_size(size));
+                let label = format!(
+                    "{} {name} ({})",
+                    if encrypted {
+                        "encrypting and uploading"
+                    } else {
+                        "uploading"
+                    },
+                    human_size(size)
+                );
                 self.tell(Update::Progress(Some(label.clone()))).await;
                 let local_id = uuid::Uuid::now_v7().to_string();
                 let updates = self.updates.clone();
-                let cmid = m
-                    .send_file_from(chat, &name, &f.mime, size, f.file, &mut |done, total| {
-                        // Lossy: a full queue skips a step of the bar.
-                        let _ = updates.try_send(Update::Transfer {
-                            label: label.clone(),
-                            done,
-                            total,
-                        });
-                    })
-                    .await
-                    .map_err(explain)?;
+                let mut progress = |done, total| {
+                    // Lossy: a full queue skips a step of the bar.
+                    let _ = updates.try_send(Update::Transfer {
+                        label: label.clone(),
+                        done,
+                        total,
+                    });
+                };
+                let cmid = if encrypted {
+                    m.send_file_from(chat, &name, &f.mime, size, f.file, &mut progress)
+                        .await
+                } else {
+                    m.send_plain_file_from(chat, &name, &f.mime, size, f.file, &mut progress)
+                        .await
+                }
+                .map_err(explain)?;
+                if encrypted {
+                    self.files_in_flight.insert(cmid.clone(), chat);
+                }
                 self.in_flight.insert(cmid, local_id.clone());
                 self.tell(Update::Progress(None)).await;
                 self.tell(Update::Line(Box::new(Line {
@@ -957,44 +1146,15 @@ impl Driver {
                     edited: false,
                     deleted: false,
                     mark: Mark::Sending,
+                    reply_to: None,
                 })))
                 .await;
             }
             Command::SaveFile { body, path } => {
-                let Body::File { name, key, .. } = body.as_ref() else {
-                    return Err(ChatError::new("that message is not a file"));
-                };
-                let label = format!(
-                    "downloading and decrypting {name} ({})",
-                    human_size(key.size)
-                );
-                self.tell(Update::Progress(Some(label.clone()))).await;
-                let target = if path.is_dir() {
-                    free_name(&path, &safe_name(name))
-                } else {
-                    path
-                };
-                let updates = self.updates.clone();
-                let saved = save_new(&target, async |file| {
-                    m.fetch_file_to(&body, file, &mut |done, total| {
-                        let _ = updates.try_send(Update::Transfer {
-                            label: label.clone(),
-                            done,
-                            total,
-                        });
-                    })
-                    .await
-                    .map_err(explain)
-                })
-                .await;
-                self.tell(Update::Progress(None)).await;
-                let size = saved?;
-                self.tell(Update::Notice(format!(
-                    "saved {name} ({}) to {}",
-                    human_size(size),
-                    target.display()
-                )))
-                .await;
+                self.save(m, Received::Encrypted(body), path).await?;
+            }
+            Command::SavePlain { media, name, path } => {
+                self.save(m, Received::Plain { media, name }, path).await?;
             }
             Command::Read { chat, seq } => m.read(chat, seq).await,
             Command::Typing(chat) => m.typing(chat).await,
@@ -1106,7 +1266,238 @@ impl Driver {
                 )))
                 .await;
             }
+            Command::Invitations => self.invitations(m).await,
+            Command::Accept(invitation) => {
+                let chat = m
+                    .session()
+                    .api()
+                    .accept_invitation(invitation)
+                    .await
+                    .map_err(explain)?;
+                let name = chat.name.clone().unwrap_or_default();
+                self.invitations(m).await;
+                self.refresh(m).await;
+                self.tell(Update::OpenChat(chat.id)).await;
+                self.tell(Update::Notice(if chat.encrypted {
+                    format!(
+                        "you joined {name}; its messages can be read once a member's device \
+                         adds yours to the encryption (the inviter's, when it is online)"
+                    )
+                } else {
+                    format!("you joined {name}")
+                }))
+                .await;
+            }
+            Command::Decline(invitation) => {
+                m.session()
+                    .api()
+                    .decline_invitation(invitation)
+                    .await
+                    .map_err(explain)?;
+                self.tell(Update::Notice("invitation declined".to_owned()))
+                    .await;
+                self.invitations(m).await;
+            }
+            Command::GroupAdds(permission) => {
+                m.session()
+                    .api()
+                    .update_me(&UpdateMe {
+                        group_add_permission: Some(permission),
+                        ..UpdateMe::default()
+                    })
+                    .await
+                    .map_err(explain)?;
+                self.tell(Update::Notice(
+                    match permission {
+                        GroupAddPermission::Everyone => "anyone may add you to groups",
+                        GroupAddPermission::Contacts => {
+                            "your contacts may add you to groups; others invite you"
+                        }
+                        GroupAddPermission::Nobody => {
+                            "no one adds you to groups: everyone invites you"
+                        }
+                    }
+                    .to_owned(),
+                ))
+                .await;
+            }
+            Command::Contacts => self.contacts(m).await?,
+            Command::AddContact(phone) => {
+                let added = m
+                    .session()
+                    .api()
+                    .add_contact(&natter_proto::users::AddContact {
+                        phone: Some(phone),
+                        user_id: None,
+                    })
+                    .await
+                    .map_err(explain)?;
+                self.tell(Update::Notice(format!(
+                    "{} is in your contacts",
+                    added.name
+                )))
+                .await;
+                self.contacts(m).await?;
+            }
+            Command::RemoveContact(user) => {
+                m.session()
+                    .api()
+                    .remove_contact(user)
+                    .await
+                    .map_err(explain)?;
+                self.tell(Update::Notice("removed from your contacts".to_owned()))
+                    .await;
+                self.contacts(m).await?;
+            }
+            Command::DirectWith(user) => {
+                let chat = m
+                    .create_chat(ChatKind::Direct, &[user], None)
+                    .await
+                    .map_err(explain)?;
+                self.refresh(m).await;
+                self.tell(Update::OpenChat(chat)).await;
+            }
+            Command::Discover(phones) => {
+                let found = m
+                    .session()
+                    .api()
+                    .discover(&DiscoverContacts {
+                        phones: phones.clone(),
+                    })
+                    .await
+                    .map_err(explain)?;
+                let mut lines = Vec::new();
+                for p in &phones {
+                    if let Some(r) = found.registered.iter().find(|r| r.query == *p) {
+                        lines.push(format!("✓ {} is on Natter", r.phone));
+                    } else if found.invalid.contains(p) {
+                        lines.push(format!("✗ {p} is not a phone number (+ and digits)"));
+                    } else {
+                        lines.push(format!("· {p} is not on Natter"));
+                    }
+                }
+                self.tell(Update::Info {
+                    title: " Discovery ".to_owned(),
+                    lines,
+                })
+                .await;
+            }
         }
+        Ok(())
+    }
+
+    /// Saves a received file to `path` (a directory: under its own name,
+    /// never replacing a file), with a bar.
+    async fn save(&self, m: &Messenger, file: Received, path: PathBuf) -> Result<(), ChatError> {
+        let (name, label) = match &file {
+            Received::Encrypted(body) => match body.as_ref() {
+                Body::File { name, key, .. } => (
+                    name.clone(),
+                    format!(
+                        "downloading and decrypting {name} ({})",
+                        human_size(key.size)
+                    ),
+                ),
+                _ => return Err(ChatError::new("that message is not a file")),
+            },
+            Received::Plain { name, .. } => (name.clone(), format!("downloading {name}")),
+        };
+        self.tell(Update::Progress(Some(label.clone()))).await;
+        let target = if path.is_dir() {
+            free_name(&path, &safe_name(&name))
+        } else {
+            path
+        };
+        let updates = self.updates.clone();
+        let mut progress = |done, total| {
+            let _ = updates.try_send(Update::Transfer {
+                label: label.clone(),
+                done,
+                total,
+            });
+        };
+        let saved = save_new(&target, async |out| {
+            match &file {
+                Received::Encrypted(body) => m.fetch_file_to(body, out, &mut progress).await,
+                Received::Plain { media, .. } => {
+                    m.fetch_plain_file_to(*media, out, &mut progress).await
+                }
+            }
+            .map_err(|e| ChatError::client(&e, &self.base))
+        })
+        .await;
+        self.tell(Update::Progress(None)).await;
+        let size = saved?;
+        self.tell(Update::Notice(format!(
+            "saved {name} ({}) to {}",
+            human_size(size),
+            target.display()
+        )))
+        .await;
+        Ok(())
+    }
+
+    /// Fetches, decrypts and scales an image for its thumbnail, when the
+    /// terminal shows them and the image is small enough
+    /// ([`crate::thumb::MAX_SOURCE_BYTES`]). One that does not decode gets
+    /// none: it shows as a name and a size, like any file.
+    async fn thumbnail(&self, m: &Messenger, message: MessageId, body: &Body) {
+        let Body::File { key, mime, .. } = body else {
+            return;
+        };
+        if !self.thumbs || !crate::thumb::wanted(mime, key.size) {
+            return;
+        }
+        let mut bytes = Vec::new();
+        if m.fetch_file_to(body, &mut bytes, &mut |_, _| {})
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(thumb) = crate::thumb::make(&bytes) {
+            self.tell(Update::Thumbnail { message, thumb }).await;
+        }
+    }
+
+    /// Tells the pending invitations (a failure to load them only shows).
+    async fn invitations(&self, m: &Messenger) {
+        match m.session().api().invitations().await {
+            Ok(list) => {
+                let rows = list
+                    .invitations
+                    .into_iter()
+                    .map(|i| InvitationRow {
+                        id: i.id,
+                        group: i.chat_name.unwrap_or_else(|| "(no name)".to_owned()),
+                        inviter: i.inviter_name,
+                    })
+                    .collect();
+                self.tell(Update::Invitations(rows)).await;
+            }
+            Err(e) => self.error(&e).await,
+        }
+    }
+
+    async fn contacts(&self, m: &Messenger) -> Result<(), ChatError> {
+        let list = m
+            .session()
+            .api()
+            .contacts()
+            .await
+            .map_err(|e| ChatError::client(&e, &self.base))?;
+        let rows = list
+            .contacts
+            .into_iter()
+            .map(|c| ContactRow {
+                user: c.user_id,
+                name: c.name,
+                phone: c.phone,
+                online: c.status == PresenceStatus::Online,
+                last_seen: c.last_seen,
+            })
+            .collect();
+        self.tell(Update::Contacts(rows)).await;
         Ok(())
     }
 
@@ -1153,10 +1544,14 @@ impl Driver {
                         &time::format_description::well_known::Rfc3339,
                     )
                     .unwrap_or_else(|_| OffsetDateTime::now_utc()),
-                    body: LineBody::Text(h.text.clone()),
+                    body: match &h.file {
+                        Some(file) => file_line(file.clone()),
+                        None => LineBody::Text(h.text.clone()),
+                    },
                     edited: false,
                     deleted: false,
                     mark: Mark::None,
+                    reply_to: h.reply_to,
                 })
                 .collect();
             (lines, has_more)
@@ -1184,13 +1579,18 @@ impl Driver {
                     local_id: None,
                     sender: msg.sender_id,
                     at: msg.timestamp,
-                    body: match &msg.event {
-                        Some(ev) => LineBody::System(self.describe(ev)),
-                        None => LineBody::Text(msg.content.clone().unwrap_or_default()),
+                    body: match (&msg.event, msg.media_id.as_deref().map(str::parse)) {
+                        (Some(ev), _) => LineBody::System(self.describe(ev)),
+                        (None, Some(Ok(media))) => LineBody::PlainFile {
+                            name: msg.content.clone().unwrap_or_default(),
+                            media,
+                        },
+                        (None, _) => LineBody::Text(msg.content.clone().unwrap_or_default()),
                     },
                     edited: msg.edited_at.is_some(),
                     deleted: msg.deleted,
                     mark: Mark::None,
+                    reply_to: msg.reply_to,
                 })
                 .collect();
             lines.reverse();
@@ -1212,6 +1612,15 @@ impl Driver {
             }
             (lines, page.has_more)
         };
+        let images: Vec<(MessageId, Body)> = lines
+            .iter()
+            .rev()
+            .filter_map(|l| match (&l.body, l.message_id) {
+                (LineBody::File { body: Some(b), .. }, Some(id)) => Some((id, b.as_ref().clone())),
+                _ => None,
+            })
+            .take(THUMBS_PER_PAGE)
+            .collect();
         self.tell(Update::History {
             chat,
             lines,
@@ -1219,6 +1628,9 @@ impl Driver {
             older: before.is_some(),
         })
         .await;
+        for (message, body) in images {
+            self.thumbnail(m, message, &body).await;
+        }
         Ok(())
     }
 

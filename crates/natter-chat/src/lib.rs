@@ -18,6 +18,7 @@ pub mod driver;
 pub mod error;
 pub mod oneshot;
 pub mod profile;
+pub mod thumb;
 pub mod tui;
 pub mod ui;
 

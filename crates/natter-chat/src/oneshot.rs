@@ -175,10 +175,10 @@ pub async fn send(
             m.send_file_from(chat, &f.name, &f.mime, f.size, f.file, &mut |_, _| {})
                 .await
         }
-        (None, Some(_)) => {
-            return Err(ChatError::new(
-                "this client sends files only to end-to-end encrypted chats",
-            ));
+        (None, Some(path)) => {
+            let f = open_file(path)?;
+            m.send_plain_file_from(chat, &f.name, &f.mime, f.size, f.file, &mut |_, _| {})
+                .await
         }
         _ => return Err(ChatError::new("give either a text or --file PATH")),
     }
@@ -189,6 +189,7 @@ pub async fn send(
                 Ok(MessengerEvent::Sent {
                     client_message_id,
                     seq,
+                    ..
                 }) if client_message_id == id => return Ok(seq),
                 Ok(MessengerEvent::SendFailed {
                     client_message_id,
@@ -231,6 +232,12 @@ pub fn event_json(event: &MessengerEvent) -> Option<serde_json::Value> {
                 "reply_to": m.reply_to,
             });
             match &m.body {
+                // A plaintext chat's file: its text is the name.
+                Body::Text { text } if m.media_id.is_some() => {
+                    line["kind"] = "file".into();
+                    line["name"] = text.clone().into();
+                    line["media_id"] = json!(m.media_id);
+                }
                 Body::Text { text } => {
                     line["kind"] = "text".into();
                     line["text"] = text.clone().into();

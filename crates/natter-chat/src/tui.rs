@@ -33,7 +33,8 @@ pub async fn run(m: Messenger, base: String, offset: time::UtcOffset) -> Result<
         .map_err(|e| ChatError::new(format!("cannot use this terminal: {e}")))?;
     let (command_tx, command_rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
     let (update_tx, mut update_rx) = mpsc::channel(UPDATE_QUEUE);
-    let driver = tokio::spawn(driver::run(m, base, command_rx, update_tx));
+    let thumbs = crate::thumb::truecolor(std::env::var("COLORTERM").ok().as_deref());
+    let driver = tokio::spawn(driver::run(m, base, thumbs, command_rx, update_tx));
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
     let mut app = App::new(offset);
     let mut keys = EventStream::new();

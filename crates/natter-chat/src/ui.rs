@@ -13,7 +13,7 @@ use ratatui::text::{Line as TextLine, Span};
 use ratatui::widgets::{Block, Borders, Clear, Gauge, List, ListItem, ListState, Paragraph, Wrap};
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
-use crate::app::{App, Overlay};
+use crate::app::{App, Compose, Overlay};
 use crate::driver::{Line, LineBody, Mark, human_size};
 
 /// The list's width on a wide terminal.
@@ -82,7 +82,12 @@ fn draw_status(frame: &mut Frame<'_>, app: &App, area: Rect) {
 }
 
 fn draw_list(frame: &mut Frame<'_>, app: &App, area: Rect, now: Instant) {
-    let block = Block::default().borders(Borders::ALL).title(" Chats ");
+    // Pending invitations, short enough for the list's width.
+    let title = match app.invitations.len() {
+        0 => " Chats ".to_owned(),
+        n => format!(" Chats · ✉ {n}: /invites "),
+    };
+    let block = Block::default().borders(Borders::ALL).title(title);
     let inner_width = area.width.saturating_sub(2) as usize;
     if app.chats.is_empty() {
         frame.render_widget(
@@ -247,6 +252,7 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: Rect, now: Instant)
     let conv = app.conversations.get(&chat);
     let width = body.width.saturating_sub(1) as usize;
     let mut rows: Vec<TextLine<'static>> = Vec::new();
+    let mut selected_rows = None;
     if let Some(conv) = conv {
         if conv.has_more {
             rows.push(TextLine::from(Span::styled(
@@ -262,22 +268,43 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: Rect, now: Instant)
         }
         let mut last_day = None;
         let mut file_no = 0;
-        for l in &conv.lines {
+        for (i, l) in conv.lines.iter().enumerate() {
             let at = l.at.to_offset(app.offset);
             if last_day != Some(at.date()) {
                 last_day = Some(at.date());
                 rows.push(separator(&day(at.date()), width));
             }
-            if matches!(l.body, LineBody::File { .. }) {
+            if l.body.is_file() {
                 file_no += 1;
             }
-            rows.extend(message_rows(app, l, conv, width, file_no));
+            let start = rows.len();
+            let mut mine = message_rows(app, l, conv, width, file_no);
+            if app.selecting == Some(i) {
+                for r in &mut mine {
+                    *r = r.clone().patch_style(Style::default().bg(Color::DarkGray));
+                }
+                selected_rows = Some((start, start + mine.len()));
+            }
+            rows.extend(mine);
+            if let Some(thumb) = l.message_id.and_then(|m| app.thumbs.get(&m))
+                && !l.deleted
+            {
+                rows.extend(thumb_rows(thumb, width.saturating_sub(6)));
+            }
         }
     }
     let height = body.height as usize;
-    let scroll = conv
-        .map_or(0, |c| c.scroll)
-        .min(rows.len().saturating_sub(height));
+    let mut scroll = conv.map_or(0, |c| c.scroll);
+    // The selected message stays in view.
+    if let Some((first, end)) = selected_rows {
+        let bottom = rows.len().saturating_sub(scroll);
+        if end > bottom {
+            scroll = rows.len() - end;
+        } else if first < bottom.saturating_sub(height) {
+            scroll = rows.len().saturating_sub(first + height);
+        }
+    }
+    let scroll = scroll.min(rows.len().saturating_sub(height));
     let end = rows.len().saturating_sub(scroll);
     let start = end.saturating_sub(height);
     let visible: Vec<TextLine<'static>> = rows[start..end].to_vec();
@@ -335,6 +362,9 @@ fn message_rows(
     let text = match &l.body {
         _ if l.deleted => "(deleted)".to_owned(),
         LineBody::Text(t) => t.clone(),
+        LineBody::PlainFile { name, .. } => {
+            format!("📎 {name} [file {file_no}: /save {file_no}]")
+        }
         LineBody::File { name, size, .. } => {
             format!(
                 "📎 {name} ({}) [file {file_no}: /save {file_no}]",
@@ -362,6 +392,12 @@ fn message_rows(
     let indent = 6;
     let first_width = width.saturating_sub(prefix.width()).max(8);
     let mut out = Vec::new();
+    if let Some(to) = l.reply_to {
+        out.push(TextLine::from(Span::styled(
+            format!("      ↱ {}", fit(&app.quote(to), width.saturating_sub(8))),
+            Style::default().fg(Color::Gray),
+        )));
+    }
     let body = format!("{text}{mark}");
     let mut pieces = wrap(&body, first_width);
     if pieces.is_empty() {
@@ -391,6 +427,27 @@ fn message_rows(
     out
 }
 
+/// A thumbnail as rows of `▀`: the upper pixel's colour in front, the
+/// lower one's behind, cut to `width` cells.
+fn thumb_rows(thumb: &crate::thumb::Thumb, width: usize) -> Vec<TextLine<'static>> {
+    thumb
+        .cells
+        .iter()
+        .map(|row| {
+            let mut spans = vec![Span::raw("      ")];
+            spans.extend(row.iter().take(width).map(|(top, bottom)| {
+                Span::styled(
+                    "▀",
+                    Style::default()
+                        .fg(Color::Rgb(top[0], top[1], top[2]))
+                        .bg(Color::Rgb(bottom[0], bottom[1], bottom[2])),
+                )
+            }));
+            TextLine::from(spans)
+        })
+        .collect()
+}
+
 fn draw_input(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let inner = area.width.saturating_sub(2) as usize;
     let before: String = app.input.chars().take(app.cursor).collect();
@@ -402,11 +459,18 @@ fn draw_input(frame: &mut Frame<'_>, app: &App, area: Rect) {
         cursor_col -= c.width().unwrap_or(0);
     }
     frame.render_widget(
-        Paragraph::new(shown).block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(" Message (Enter sends, /help) "),
-        ),
+        Paragraph::new(shown).block(Block::default().borders(Borders::ALL).title(
+            match app.compose {
+                Some(Compose::Reply(to)) => format!(
+                    " Reply to {} (Esc cancels) ",
+                    fit(&app.quote(to), inner.saturating_sub(22))
+                ),
+                Some(Compose::Edit(_)) => {
+                    " Edit your message (Enter saves, Esc cancels) ".to_owned()
+                }
+                None => " Message (Enter sends, /help) ".to_owned(),
+            },
+        )),
         area,
     );
     if app.overlay.is_none() {
@@ -429,6 +493,14 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 pub const HELP: &[(&str, &str)] = &[
     ("Tab / Ctrl-N, Shift-Tab / Ctrl-P", "next / previous chat"),
     ("Up / Down", "previous / next chat"),
+    (
+        "Alt-Up (narrow: Up)",
+        "select a message: Up/Down move, Esc leaves",
+    ),
+    (
+        "  r, e, d, s",
+        "reply; edit / delete (yours); save (a file)",
+    ),
     ("Enter", "send the message (or run a /command)"),
     (
         "PageUp / PageDown",
@@ -446,16 +518,26 @@ pub const HELP: &[(&str, &str)] = &[
     ("/group NAME +PHONE…", "new encrypted group"),
     ("/add +PHONE, /remove +PHONE", "change a group's members"),
     ("/leave, /rename NAME", "leave or rename a group"),
-    ("/file PATH", "send a file (encrypted)"),
+    ("/file PATH", "send a file (encrypted in encrypted chats)"),
     ("/save [N] [PATH]", "save file N (default: the latest)"),
     ("/edit TEXT, /delete", "change or delete your last message"),
+    (
+        "/contacts, /contact +PHONE",
+        "your contacts (Enter chats, x removes); add one",
+    ),
+    ("/discover +PHONE…", "which numbers are on Natter"),
+    ("/invites", "invitations to groups: a accepts, d declines"),
+    (
+        "/groups everyone|contacts|nobody",
+        "who may add you to groups (others invite)",
+    ),
     ("/safety", "safety number: compare, then v verifies"),
     ("/search WORDS", "search every chat"),
     ("/devices", "your devices; a approves a new one"),
 ];
 
 fn draw_overlay(frame: &mut Frame<'_>, app: &App, overlay: &Overlay, area: Rect) {
-    let (title, lines): (&str, Vec<TextLine<'static>>) = match overlay {
+    let (title, lines): (String, Vec<TextLine<'static>>) = match overlay {
         Overlay::Help => {
             let key_width = HELP.iter().map(|(k, _)| k.width()).max().unwrap_or(0);
             let mut lines: Vec<TextLine<'static>> = HELP
@@ -472,8 +554,10 @@ fn draw_overlay(frame: &mut Frame<'_>, app: &App, overlay: &Overlay, area: Rect)
                 .collect();
             lines.push(TextLine::from(""));
             lines.push(TextLine::from("Marks: … sending, ✓ sent, ✓✓ delivered, ✓✓ read; [queued]: offline, sent on reconnect."));
-            lines.push(TextLine::from("Any key closes this screen."));
-            (" Help ", lines)
+            lines.push(TextLine::from(
+                "Up/Down, PageUp/PageDown scroll (a short terminal); any other key closes this screen.",
+            ));
+            (" Help ".to_owned(), lines)
         }
         Overlay::Safety {
             user,
@@ -516,7 +600,7 @@ fn draw_overlay(frame: &mut Frame<'_>, app: &App, overlay: &Overlay, area: Rect)
             lines.push(TextLine::from(
                 "Same numbers: press v (verified). u removes the mark. Esc closes.",
             ));
-            (" Safety number ", lines)
+            (" Safety number ".to_owned(), lines)
         }
         Overlay::Search {
             query,
@@ -558,7 +642,7 @@ fn draw_overlay(frame: &mut Frame<'_>, app: &App, overlay: &Overlay, area: Rect)
             lines.push(TextLine::from(
                 "Up/Down choose, Enter opens the chat, Esc closes.",
             ));
-            (" Search ", lines)
+            (" Search ".to_owned(), lines)
         }
         Overlay::Devices { rows, selected } => {
             let mut lines = Vec::new();
@@ -594,19 +678,98 @@ fn draw_overlay(frame: &mut Frame<'_>, app: &App, overlay: &Overlay, area: Rect)
             lines.push(TextLine::from(
                 "c: a one-time login code for a new device; Esc closes.",
             ));
-            (" Devices ", lines)
+            (" Devices ".to_owned(), lines)
+        }
+        Overlay::Invitations { selected } => {
+            let mut lines = Vec::new();
+            if app.invitations.is_empty() {
+                lines.push(TextLine::from("no pending invitations"));
+            }
+            for (i, inv) in app.invitations.iter().enumerate() {
+                lines.push(TextLine::from(Span::styled(
+                    format!("✉ {} — invited by {}", inv.group, inv.inviter),
+                    highlight(i == *selected),
+                )));
+            }
+            lines.push(TextLine::from(""));
+            lines.push(TextLine::from(
+                "a / Enter: accept (join the group), d: decline, Esc closes.",
+            ));
+            (" Invitations ".to_owned(), lines)
+        }
+        Overlay::Contacts { rows, selected } => {
+            let mut lines = Vec::new();
+            match rows {
+                None => lines.push(TextLine::from("loading…")),
+                Some(r) if r.is_empty() => {
+                    lines.push(TextLine::from("no contacts yet: /contact +PHONE adds one"));
+                }
+                Some(rows) => {
+                    for (i, c) in rows.iter().enumerate() {
+                        let presence = if c.online {
+                            "● online".to_owned()
+                        } else {
+                            match c.last_seen {
+                                Some(t) => {
+                                    format!("last seen {}", when(t.to_offset(app.offset), app))
+                                }
+                                None => "○".to_owned(),
+                            }
+                        };
+                        lines.push(TextLine::from(Span::styled(
+                            format!(
+                                "{}  {}  {presence}",
+                                c.name,
+                                c.phone.as_deref().unwrap_or("(number hidden)")
+                            ),
+                            highlight(i == *selected),
+                        )));
+                    }
+                }
+            }
+            lines.push(TextLine::from(""));
+            lines.push(TextLine::from(
+                "Enter: encrypted chat, x: remove; /contact +PHONE adds, /discover +PHONE… finds; Esc closes.",
+            ));
+            (" Contacts ".to_owned(), lines)
+        }
+        Overlay::Info { title, lines } => {
+            let mut out: Vec<TextLine<'static>> =
+                lines.iter().map(|l| TextLine::from(l.clone())).collect();
+            out.push(TextLine::from(""));
+            out.push(TextLine::from("Any key closes this screen."));
+            (title.clone(), out)
         }
     };
-    let height = (lines.len() as u16).saturating_add(2);
-    let rect = centered(area, area.width.saturating_sub(4).min(90), height);
+    let width = area.width.saturating_sub(4).min(90);
+    // Rows as wrapped inside the borders.
+    let inner = usize::from(width.saturating_sub(2)).max(1);
+    let rows: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
+    let height = u16::try_from(rows).unwrap_or(u16::MAX).saturating_add(2);
+    let rect = centered(area, width, height);
+    // Only the help is long enough to scroll.
+    let scroll = match overlay {
+        Overlay::Help => app.help_scroll.min(height.saturating_sub(rect.height)),
+        _ => 0,
+    };
     frame.render_widget(Clear, rect);
     frame.render_widget(
         Paragraph::new(lines)
+            .scroll((scroll, 0))
             .wrap(Wrap { trim: false })
             .alignment(Alignment::Left)
             .block(Block::default().borders(Borders::ALL).title(title)),
         rect,
     );
+}
+
+/// The style of a row of a list screen.
+fn highlight(selected: bool) -> Style {
+    if selected {
+        Style::default().bg(Color::DarkGray)
+    } else {
+        Style::default()
+    }
 }
 
 /// Text on one line (newlines as spaces).
@@ -739,6 +902,7 @@ mod tests {
             edited: false,
             deleted: false,
             mark: Mark::None,
+            reply_to: None,
         }
     }
 
@@ -877,8 +1041,22 @@ mod tests {
             crossterm::event::KeyEvent::from(crossterm::event::KeyCode::F(1)),
             now,
         );
-        let screen = render(&app, 100, 30);
+        let screen = render(&app, 100, 40);
         assert!(screen.contains("Ctrl-F"), "{screen}");
         assert!(screen.contains("/safety"), "{screen}");
+        assert!(screen.contains("Alt-Up"), "{screen}");
+        assert!(screen.contains("/invites"), "{screen}");
+        // A short terminal scrolls the help to its end.
+        let screen = render(&app, 100, 20);
+        assert!(!screen.contains("/groups everyone"), "{screen}");
+        for _ in 0..3 {
+            app.key(
+                crossterm::event::KeyEvent::from(crossterm::event::KeyCode::PageDown),
+                now,
+            );
+        }
+        assert!(app.overlay.is_some());
+        let screen = render(&app, 100, 20);
+        assert!(screen.contains("/groups everyone"), "{screen}");
     }
 }

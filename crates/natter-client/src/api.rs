@@ -18,6 +18,7 @@ use natter_proto::e2ee::{
     ClaimKeyPackages, ClaimedKeyPackages, CommitAccepted, Inbox, KeyPackageStock,
     PublishKeyPackages, SendHandover, SetDeviceCredential, SetIdentity, SubmitCommit, UserDevices,
 };
+use natter_proto::invitations::InvitationList;
 use natter_proto::media::{Media, MediaKind};
 use natter_proto::push::{PushChannel, PushChannelRequest, VapidKey};
 use natter_proto::search::{ChatSearchResults, ContactSearchResults, MessageSearchResults};
@@ -25,7 +26,9 @@ use natter_proto::users::{
     AccountExport, AddContact, Contact, ContactList, DeleteAccount, DiscoverContacts,
     DiscoveredContacts, Me, PublicProfile, UpdateMe,
 };
-use natter_proto::{ChatId, DeviceId, ErrorBody, ErrorCode, MediaId, MessageId, UserId};
+use natter_proto::{
+    ChatId, DeviceId, ErrorBody, ErrorCode, InvitationId, MediaId, MessageId, UserId,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -440,6 +443,44 @@ impl Api {
     pub async fn discover(&self, body: &DiscoverContacts) -> ClientResult<DiscoveredContacts> {
         self.call(Method::Post, "/api/v1/users/contacts/discover", json(body)?)
             .await
+    }
+
+    // Invitations to groups.
+
+    /// `GET /api/v1/invitations`: the caller's pending invitations, newest first.
+    ///
+    /// # Errors
+    /// A transport failure.
+    pub async fn invitations(&self) -> ClientResult<InvitationList> {
+        self.call(Method::Get, "/api/v1/invitations", Body::Empty)
+            .await
+    }
+
+    /// `POST /api/v1/invitations/{id}/accept`: joins the group.
+    ///
+    /// # Errors
+    /// No such pending invitation, the group is gone or full, the inviter
+    /// may no longer add people, or a transport failure.
+    pub async fn accept_invitation(&self, invitation: InvitationId) -> ClientResult<Chat> {
+        self.call(
+            Method::Post,
+            &format!("/api/v1/invitations/{invitation}/accept"),
+            Body::Empty,
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/invitations/{id}`: declines (the inviter is not told).
+    ///
+    /// # Errors
+    /// No such pending invitation, or a transport failure.
+    pub async fn decline_invitation(&self, invitation: InvitationId) -> ClientResult<()> {
+        self.call_empty(
+            Method::Delete,
+            &format!("/api/v1/invitations/{invitation}"),
+            Body::Empty,
+        )
+        .await
     }
 
     // Chats and participants.

@@ -5,6 +5,9 @@
 //! megabytes of memory either way. A piece that fails for a reason that may
 //! pass (a dropped connection, a 5xx, a 408 or 429) is retried from where
 //! the server says it stopped (tus `HEAD`), [`ATTEMPTS`] times.
+//!
+//! Files for plaintext chats ([`upload_plain`], [`download_plain`]) take the
+//! same way without the encryption: the server sniffs and checks them.
 
 use std::time::Duration;
 
@@ -119,6 +122,87 @@ async fn upload_pieces(
     Ok(key)
 }
 
+/// Uploads the `size` bytes `reader` yields as they are (plaintext chats),
+/// declared as `kind` and named `name`, in pieces of [`PIECE_BYTES`];
+/// `progress` hears the bytes the server holds and the total. An upload
+/// that fails is deleted on the server.
+///
+/// # Errors
+/// The reader gave more or fewer than `size` bytes, the server refused the
+/// upload (too large, not the kind declared), or a piece failed
+/// [`ATTEMPTS`] times.
+pub async fn upload_plain(
+    api: &Api,
+    size: u64,
+    mut reader: impl AsyncRead + Unpin,
+    kind: MediaKind,
+    chat: Option<ChatId>,
+    name: &str,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> ClientResult<MediaId> {
+    let id = api.tus_create(size, kind, chat, name).await?;
+    let sent: ClientResult<()> = async {
+        let mut offset = 0u64;
+        let mut piece = Vec::with_capacity(PIECE_BYTES);
+        while offset < size {
+            let len = usize::try_from((size - offset).min(PIECE_BYTES as u64)).unwrap_or(PIECE_BYTES);
+            read_chunk(&mut reader, &mut piece, len).await?;
+            offset = send_piece(api, id, offset, &piece).await?;
+            progress(offset, size);
+        }
+        let mut extra = [0u8; 1];
+        if reader.read(&mut extra).await.map_err(read_error)? != 0 {
+            return Err(ClientError::Protocol(format!(
+                "the file is longer than the {size} bytes announced (did it change while it was sent?)"
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    match sent {
+        Ok(()) => Ok(id),
+        Err(e) => {
+            let _ = api.tus_delete(id).await;
+            Err(e)
+        }
+    }
+}
+
+/// Downloads the plain upload `media` into `writer` in ranges of
+/// [`PIECE_BYTES`] (plaintext chats); `progress` hears the bytes written
+/// (the total is not known before the end: it is given as written so far,
+/// plus one piece while more may come). Returns the size.
+///
+/// # Errors
+/// Not visible to the caller, a writer failure, or a range that failed
+/// [`ATTEMPTS`] times.
+pub async fn download_plain(
+    api: &Api,
+    media: MediaId,
+    mut writer: impl AsyncWrite + Unpin,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> ClientResult<u64> {
+    let mut written = 0u64;
+    loop {
+        let end = written + PIECE_BYTES as u64;
+        let piece = match fetch_range(api, media, written, end, false).await {
+            Ok(piece) => piece,
+            // The file ended exactly at a piece's end.
+            Err(ClientError::Api(e)) if e.status == 416 && written > 0 => break,
+            Err(e) => return Err(e),
+        };
+        writer.write_all(&piece).await.map_err(write_error)?;
+        written += piece.len() as u64;
+        if (piece.len() as u64) < PIECE_BYTES as u64 {
+            break;
+        }
+        progress(written, written + PIECE_BYTES as u64);
+    }
+    progress(written, written);
+    writer.flush().await.map_err(write_error)?;
+    Ok(written)
+}
+
 fn read_error(e: std::io::Error) -> ClientError {
     ClientError::Protocol(format!("reading the file: {e}"))
 }
@@ -206,7 +290,7 @@ pub async fn download_decrypted(
     let mut chunk = Vec::with_capacity(sealed);
     while start < total {
         let end = (start + PIECE_BYTES as u64).min(total);
-        let piece = fetch_range(api, media, start, end).await?;
+        let piece = fetch_range(api, media, start, end, true).await?;
         for part in piece.chunks(sealed) {
             chunk.clear();
             chunk.extend_from_slice(part);
@@ -236,12 +320,26 @@ fn write_error(e: std::io::Error) -> ClientError {
     ClientError::Protocol(format!("writing the file: {e}"))
 }
 
-/// Bytes `start..end` of `media`, retried while the failure may pass.
-async fn fetch_range(api: &Api, media: MediaId, start: u64, end: u64) -> ClientResult<Vec<u8>> {
+/// Bytes `start..end` of `media` (`exact`: all of them; otherwise fewer at
+/// the file's end, or the whole of a small file from 0), retried while the
+/// failure may pass.
+async fn fetch_range(
+    api: &Api,
+    media: MediaId,
+    start: u64,
+    end: u64,
+    exact: bool,
+) -> ClientResult<Vec<u8>> {
     let mut failures = 0;
     loop {
         match api.download_range(media, start, end - 1).await {
             Ok(d) if d.bytes.len() as u64 == end - start && d.status == 206 => return Ok(d.bytes),
+            Ok(d) if !exact && d.status == 206 && d.bytes.len() as u64 <= end - start => {
+                return Ok(d.bytes);
+            }
+            Ok(d) if !exact && d.status == 200 && start == 0 && d.bytes.len() as u64 <= end => {
+                return Ok(d.bytes);
+            }
             Ok(d) => {
                 return Err(ClientError::Protocol(format!(
                     "the server sent {} bytes (status {}) for bytes {start}..{end}",

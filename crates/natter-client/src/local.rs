@@ -10,7 +10,8 @@
 //! - the decrypted history, searched locally ([`ClientStore::search_local`]),
 //!   because the server cannot search encrypted chats.
 //!
-//! May depend on: `natter-proto`, [`crate::session`]. No I/O here.
+//! May depend on: `natter-proto`, [`crate::session`], the payload types of
+//! [`crate::e2ee::payload`]. No I/O here.
 
 use std::sync::Arc;
 
@@ -36,8 +37,16 @@ pub struct HistoryEntry {
     pub sender_id: UserId,
     /// The server's timestamp (RFC 3339).
     pub sent_at: String,
-    /// The text.
+    /// The text (a file's name for a file message).
     pub text: String,
+    /// The message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    /// A file message's body (media id and key): what fetching and
+    /// decrypting the file again needs, after a restart too. It is as
+    /// private as the text, and kept where the text is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<crate::e2ee::payload::Body>,
 }
 
 impl std::fmt::Debug for HistoryEntry {
@@ -49,6 +58,8 @@ impl std::fmt::Debug for HistoryEntry {
             .field("sender_id", &self.sender_id)
             .field("sent_at", &self.sent_at)
             .field("text", &crate::Redacted(self.text.len()))
+            .field("reply_to", &self.reply_to)
+            .field("file", &self.file)
             .finish()
     }
 }

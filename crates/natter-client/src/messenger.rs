@@ -118,6 +118,8 @@ pub enum MessengerEvent {
         client_message_id: String,
         /// Its seq in the chat.
         seq: i64,
+        /// The server's id for it (to answer, edit or delete it).
+        message_id: MessageId,
     },
     /// A send was refused for good.
     SendFailed {
@@ -161,6 +163,9 @@ pub struct ChatMessage {
     pub body: Body,
     /// The message it answers.
     pub reply_to: Option<MessageId>,
+    /// A plaintext chat's attachment (its `body` is then the file's name
+    /// as a text): fetch it with [`Messenger::fetch_plain_file_to`].
+    pub media_id: Option<MediaId>,
 }
 
 /// What [`Messenger::fetch_file`] gives back. Its `Debug` shows the sizes
@@ -201,6 +206,10 @@ pub struct Messenger {
     positions: BTreeMap<ChatId, i64>,
     /// Chats whose group may be out of line with the server's membership.
     dirty: HashSet<ChatId>,
+    /// Chats to bring in line as soon as the event at hand is processed:
+    /// someone joined on this user's behalf (an accepted invitation of
+    /// theirs), and no device of the group commits that add by itself.
+    eager: HashSet<ChatId>,
     /// Whether each chat the device met is encrypted.
     encrypted: HashMap<ChatId, bool>,
     /// Events waiting to be handed out.
@@ -282,6 +291,7 @@ impl Messenger {
             trust,
             positions,
             dirty: HashSet::new(),
+            eager: HashSet::new(),
             encrypted: HashMap::new(),
             pending: VecDeque::new(),
             sending: HashMap::new(),
@@ -853,15 +863,28 @@ impl Messenger {
     /// # Errors
     /// Not a member of the chat's group; the store failed.
     pub async fn send_text(&mut self, chat: ChatId, text: &str) -> ClientResult<String> {
-        self.send_payload(
-            chat,
-            Payload::new(Body::Text {
-                text: text.to_owned(),
-            }),
-            MessageType::Text,
-            None,
-        )
-        .await
+        self.send_reply(chat, text, None).await
+    }
+
+    /// Sends a text message answering `reply_to` (one of the chat's
+    /// messages; `None`: answering none), encrypted for the chat's group.
+    /// The answered message's id travels inside the encrypted payload: the
+    /// server does not learn what answers what.
+    ///
+    /// # Errors
+    /// Not a member of the chat's group; the store failed.
+    pub async fn send_reply(
+        &mut self,
+        chat: ChatId,
+        text: &str,
+        reply_to: Option<MessageId>,
+    ) -> ClientResult<String> {
+        let mut payload = Payload::new(Body::Text {
+            text: text.to_owned(),
+        });
+        payload.reply_to = reply_to;
+        self.send_payload(chat, payload, MessageType::Text, None)
+            .await
     }
 
     /// Encrypts a file with a fresh key, uploads it as an `encrypted` blob
@@ -1010,7 +1033,88 @@ impl Messenger {
     /// # Errors
     /// The local store failed.
     pub async fn send_plain_text(&mut self, chat: ChatId, text: &str) -> ClientResult<String> {
-        self.connection.send_text(chat, text).await
+        self.send_plain_reply(chat, text, None).await
+    }
+
+    /// Sends a text to a plaintext chat answering `reply_to` (the server's
+    /// `reply_to`), through the outbox.
+    ///
+    /// # Errors
+    /// The local store failed.
+    pub async fn send_plain_reply(
+        &mut self,
+        chat: ChatId,
+        text: &str,
+        reply_to: Option<MessageId>,
+    ) -> ClientResult<String> {
+        self.connection
+            .send(crate::session::plain_message(
+                chat,
+                text,
+                MessageType::Text,
+                reply_to,
+                None,
+            ))
+            .await
+    }
+
+    /// Sends a file to a plaintext chat (one not end-to-end encrypted): the
+    /// `size` bytes of `reader` are uploaded as they are (tus, in pieces),
+    /// declared an image or video by `mime` and otherwise a file, then sent
+    /// as a message whose text is the file's name.
+    ///
+    /// # Errors
+    /// The upload was refused (too large, not what `mime` says) or failed,
+    /// or the store failed.
+    pub async fn send_plain_file_from(
+        &mut self,
+        chat: ChatId,
+        name: &str,
+        mime: &str,
+        size: u64,
+        reader: impl AsyncRead + Unpin,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> ClientResult<String> {
+        let (kind, message_type) = if mime.starts_with("image/") {
+            (natter_proto::media::MediaKind::Image, MessageType::Image)
+        } else if mime.starts_with("video/") {
+            (natter_proto::media::MediaKind::Video, MessageType::Video)
+        } else {
+            (natter_proto::media::MediaKind::File, MessageType::File)
+        };
+        let media_id = files::upload_plain(
+            self.session.api(),
+            size,
+            reader,
+            kind,
+            Some(chat),
+            name,
+            progress,
+        )
+        .await?;
+        self.connection
+            .send(crate::session::plain_message(
+                chat,
+                name,
+                message_type,
+                None,
+                Some(media_id),
+            ))
+            .await
+    }
+
+    /// Downloads a plaintext chat's attachment into `writer`, in ranges;
+    /// returns its size. On an error, what was written must be discarded.
+    ///
+    /// # Errors
+    /// Not visible, the download failed, or the writer failed.
+    pub async fn fetch_plain_file_to(
+        &self,
+        media: MediaId,
+        writer: impl AsyncWrite + Unpin,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> ClientResult<u64> {
+        files::download_plain(self.session.api(), media, writer, progress).await
     }
 
     /// Whether the chat is end-to-end encrypted (asked of the server once).
@@ -1082,7 +1186,19 @@ impl Messenger {
     /// # Errors
     /// The server or the local store failed.
     pub async fn process(&mut self, event: Event) -> ClientResult<()> {
-        self.on_event(event).await
+        self.on_event(event).await?;
+        self.settle().await
+    }
+
+    /// Commits the adds waiting in `eager` (see there).
+    async fn settle(&mut self) -> ClientResult<()> {
+        while let Some(chat) = self.eager.iter().next().copied() {
+            self.eager.remove(&chat);
+            if self.dirty.contains(&chat) {
+                self.reconcile(chat).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The next processed event waiting, if any.
@@ -1101,6 +1217,7 @@ impl Messenger {
             }
             let event = self.connection.next_event().await?;
             self.on_event(event).await?;
+            self.settle().await?;
         }
     }
 
@@ -1149,6 +1266,7 @@ impl Messenger {
                 self.pending.push_back(MessengerEvent::Sent {
                     client_message_id,
                     seq: message.seq,
+                    message_id: message.id,
                 });
             }
             Event::SendFailed {
@@ -1178,25 +1296,24 @@ impl Messenger {
         Ok(())
     }
 
-    /// Keeps a message in the local history (searchable).
+    /// Keeps a message in the local history (searchable); a file with its
+    /// body, so it can be fetched again after a restart.
     fn keep(&self, chat: ChatId, message: &Message, payload: &Payload) -> ClientResult<()> {
+        let entry = |text: &str, file: Option<Body>| HistoryEntry {
+            chat_id: chat,
+            seq: message.seq,
+            message_id: message.id,
+            sender_id: message.sender_id,
+            sent_at: natter_proto::timefmt::format(message.timestamp).unwrap_or_default(),
+            text: text.to_owned(),
+            reply_to: payload.reply_to,
+            file,
+        };
         match &payload.body {
-            Body::Text { text } => self.store.put_history(&HistoryEntry {
-                chat_id: chat,
-                seq: message.seq,
-                message_id: message.id,
-                sender_id: message.sender_id,
-                sent_at: natter_proto::timefmt::format(message.timestamp).unwrap_or_default(),
-                text: text.clone(),
-            })?,
-            Body::File { name, .. } => self.store.put_history(&HistoryEntry {
-                chat_id: chat,
-                seq: message.seq,
-                message_id: message.id,
-                sender_id: message.sender_id,
-                sent_at: natter_proto::timefmt::format(message.timestamp).unwrap_or_default(),
-                text: name.clone(),
-            })?,
+            Body::Text { text } => self.store.put_history(&entry(text, None))?,
+            file @ Body::File { name, .. } => {
+                self.store.put_history(&entry(name, Some(file.clone())))?;
+            }
             Body::Edit { target, text } => self.store.update_history(*target, Some(text))?,
             Body::Delete { target } => self.store.update_history(*target, None)?,
         }
@@ -1236,6 +1353,7 @@ impl Messenger {
                         sender_device: message.sender_device_id,
                         body: Body::Text { text },
                         reply_to: message.reply_to,
+                        media_id: message.media_id.as_deref().and_then(|m| m.parse().ok()),
                     })));
             }
             return Ok(());
@@ -1265,6 +1383,15 @@ impl Messenger {
             }
             // The commit that adds someone's devices comes after this entry:
             // their certificates must be known by then.
+            // An invitation of this user's, accepted: the server made the
+            // add in the inviter's name, and the inviter's devices commit it
+            // (the invited user's devices cannot, not being in the group).
+            if let ChatEvent::MemberAdded { .. } = &event
+                && message.sender_id == self.session.user_id()
+                && message.sender_device_id != Some(self.session.device_id())
+            {
+                self.eager.insert(chat);
+            }
             if let ChatEvent::MemberAdded { user_id } | ChatEvent::DevicesChanged { user_id } =
                 &event
             {
@@ -1317,6 +1444,7 @@ impl Messenger {
                                 sender_device: Some(sender.device),
                                 reply_to: payload.reply_to,
                                 body: payload.body,
+                                media_id: None,
                             })));
                     }
                     Err(e) => self.pending.push_back(MessengerEvent::Undecryptable {

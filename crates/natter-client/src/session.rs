@@ -531,6 +531,29 @@ pub struct Connection {
     synced: bool,
 }
 
+/// A plaintext chat's message (`content`, no ciphertext), optionally
+/// answering `reply_to` or carrying the upload `media_id` (for a file, its
+/// name is the text).
+#[must_use]
+pub fn plain_message(
+    chat: ChatId,
+    text: &str,
+    message_type: MessageType,
+    reply_to: Option<natter_proto::MessageId>,
+    media_id: Option<natter_proto::MediaId>,
+) -> SendMessage {
+    SendMessage {
+        chat_id: chat,
+        content: Some(text.to_owned()),
+        ciphertext: None,
+        message_type,
+        timestamp: None,
+        client_message_id: None,
+        reply_to,
+        media_id: media_id.map(|m| m.to_string()),
+    }
+}
+
 impl Connection {
     /// The session.
     #[must_use]
@@ -686,17 +709,8 @@ impl Connection {
     /// # Errors
     /// The local store failed.
     pub async fn send_text(&mut self, chat: ChatId, text: &str) -> ClientResult<String> {
-        self.send(SendMessage {
-            chat_id: chat,
-            content: Some(text.to_owned()),
-            ciphertext: None,
-            message_type: MessageType::Text,
-            timestamp: None,
-            client_message_id: None,
-            reply_to: None,
-            media_id: None,
-        })
-        .await
+        self.send(plain_message(chat, text, MessageType::Text, None, None))
+            .await
     }
 
     /// Marks the chat read up to `seq` (over the socket when it is open).

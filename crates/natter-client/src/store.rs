@@ -69,6 +69,10 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO history_fts(history_fts, rowid, text) VALUES ('delete', old.id, old.text);
         INSERT INTO history_fts(rowid, text) VALUES (new.id, new.text);
     END;",
+    // 2: what a message answers, and a file message's body (media id and
+    // key, JSON) so the file can be fetched again after a restart.
+    "ALTER TABLE history ADD COLUMN reply_to TEXT;
+    ALTER TABLE history ADD COLUMN file TEXT;",
 ];
 
 /// The local store of one device. Cheap to clone (one connection behind a lock).
@@ -280,17 +284,26 @@ impl Store {
     /// # Errors
     /// SQLite failed.
     pub fn put_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        let file = match &entry.file {
+            Some(body) => {
+                Some(serde_json::to_string(body).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
         lock(&self.db).execute(
-            "INSERT INTO history (chat_id, seq, message_id, sender_id, sent_at, text)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (chat_id, seq) DO UPDATE SET text = excluded.text",
+            "INSERT INTO history (chat_id, seq, message_id, sender_id, sent_at, text, reply_to, file)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (chat_id, seq) DO UPDATE SET text = excluded.text,
+                 reply_to = excluded.reply_to, file = excluded.file",
             params![
                 entry.chat_id.to_string(),
                 entry.seq,
                 entry.message_id.to_string(),
                 entry.sender_id.to_string(),
                 entry.sent_at,
-                entry.text
+                entry.text,
+                entry.reply_to.map(|r| r.to_string()),
+                file
             ],
         )?;
         Ok(())
@@ -322,7 +335,7 @@ impl Store {
     /// SQLite failed, or a row did not decode.
     pub fn history(&self, chat: ChatId) -> Result<Vec<HistoryEntry>, StoreError> {
         self.query_history(
-            "SELECT chat_id, seq, message_id, sender_id, sent_at, text FROM history
+            "SELECT chat_id, seq, message_id, sender_id, sent_at, text, reply_to, file FROM history
              WHERE chat_id = ?1 ORDER BY seq",
             &chat.to_string(),
         )
@@ -339,7 +352,7 @@ impl Store {
             return Ok(Vec::new());
         };
         self.query_history(
-            "SELECT h.chat_id, h.seq, h.message_id, h.sender_id, h.sent_at, h.text
+            "SELECT h.chat_id, h.seq, h.message_id, h.sender_id, h.sent_at, h.text, h.reply_to, h.file
              FROM history_fts JOIN history h ON h.id = history_fts.rowid
              WHERE history_fts MATCH ?1 ORDER BY rank, h.id DESC LIMIT 100",
             &query,
@@ -358,20 +371,30 @@ impl Store {
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(chat, seq, message, sender, sent_at, text)| {
-                Ok(HistoryEntry {
-                    chat_id: parse(&chat)?,
-                    seq,
-                    message_id: parse(&message)?,
-                    sender_id: parse(&sender)?,
-                    sent_at,
-                    text,
-                })
-            })
+            .map(
+                |(chat, seq, message, sender, sent_at, text, reply_to, file)| {
+                    Ok(HistoryEntry {
+                        chat_id: parse(&chat)?,
+                        seq,
+                        message_id: parse(&message)?,
+                        sender_id: parse(&sender)?,
+                        sent_at,
+                        text,
+                        reply_to: reply_to.as_deref().map(parse).transpose()?,
+                        file: file
+                            .as_deref()
+                            .map(serde_json::from_str)
+                            .transpose()
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    })
+                },
+            )
             .collect()
     }
 }
@@ -448,6 +471,8 @@ impl SyncState for Store {
             sender_id: message.sender_id,
             sent_at,
             text: text.to_owned(),
+            reply_to: message.reply_to,
+            file: None,
         })
     }
 
@@ -572,9 +597,37 @@ mod tests {
             sender_id: UserId::new(),
             sent_at: "2026-12-02T04:00:00Z".to_owned(),
             text: "Lunch at noon?".to_owned(),
+            reply_to: Some(MessageId::new()),
+            file: None,
         };
         store.put_history(&entry).unwrap();
         assert_eq!(store.history(chat).unwrap(), vec![entry.clone()]);
+        // A file's body comes back as it went in, after a reopen too.
+        let file = HistoryEntry {
+            seq: 2,
+            message_id: MessageId::new(),
+            text: "a.bin".to_owned(),
+            reply_to: None,
+            file: Some(crate::e2ee::payload::Body::File {
+                media_id: natter_proto::MediaId::new(),
+                key: crate::e2ee::media::MediaKey {
+                    key: [7; 32],
+                    nonce_prefix: [8; crate::e2ee::media::NONCE_PREFIX_BYTES],
+                    sha256: [9; 32],
+                    size: 3,
+                },
+                name: "a.bin".to_owned(),
+                mime: "application/octet-stream".to_owned(),
+            }),
+            ..entry.clone()
+        };
+        store.put_history(&file).unwrap();
+        let reopened = Store::open(&dir.path().join("s")).unwrap();
+        assert_eq!(
+            reopened.history(chat).unwrap(),
+            vec![entry.clone(), file.clone()]
+        );
+        store.update_history(file.message_id, None).unwrap();
         assert_eq!(store.search_local("noon").unwrap(), vec![entry.clone()]);
         store.update_history(entry.message_id, None).unwrap();
         assert!(store.history(chat).unwrap().is_empty());

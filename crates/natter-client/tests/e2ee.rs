@@ -921,3 +921,94 @@ async fn edits_deletes_typing_and_leaving_go_through_the_messenger() {
     .await;
     assert!(b.send_text(chat, "still here?").await.is_err());
 }
+
+#[tokio::test]
+async fn an_accepted_invitation_is_committed_by_the_inviter_and_replies_and_files_keep_what_they_need()
+ {
+    let server = TestServer::start().await;
+    let alice = server.user("+14155550901", "Alice").await;
+    let bob = server.user("+14155550902", "Bob").await;
+    let mut a = server.messenger(&alice).await;
+    let mut b = server.messenger(&bob).await;
+    // Bob lets nobody add him: Alice's group makes an invitation.
+    b.session()
+        .api()
+        .update_me(&natter_proto::users::UpdateMe {
+            group_add_permission: Some(natter_proto::users::GroupAddPermission::Nobody),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let chat = a
+        .create_chat(ChatKind::Group, &[bob.user_id()], Some("Club"))
+        .await
+        .unwrap();
+    let pending = b.session().api().invitations().await.unwrap().invitations;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].chat_id, chat);
+    assert_eq!(pending[0].chat_name.as_deref(), Some("Club"));
+    // Declining one that is not there is a clear 404.
+    let unknown = natter_proto::InvitationId::new();
+    match b.session().api().decline_invitation(unknown).await {
+        Err(ClientError::Api(e)) => assert_eq!(e.status, 404),
+        other => panic!("{other:?}"),
+    }
+    b.session()
+        .api()
+        .accept_invitation(pending[0].id)
+        .await
+        .unwrap();
+    assert!(
+        b.session()
+            .api()
+            .invitations()
+            .await
+            .unwrap()
+            .invitations
+            .is_empty()
+    );
+    // Alice's device hears the add made in her name and commits it by
+    // itself (before she sends anything): Bob's device joins.
+    let bob_id = bob.user_id();
+    until(&mut a, |e| match e {
+        MessengerEvent::ChatChanged {
+            event: natter_proto::chats::ChatEvent::MemberAdded { user_id },
+            ..
+        } if user_id == bob_id => Some(()),
+        _ => None,
+    })
+    .await;
+    joined(&mut b, chat).await;
+
+    // A reply carries what it answers, inside the encryption.
+    a.send_text(chat, "welcome to the club").await.unwrap();
+    let welcome = until(&mut b, |e| match e {
+        MessengerEvent::Message(m) if m.chat_id == chat => Some(m.message_id),
+        _ => None,
+    })
+    .await;
+    b.send_reply(chat, "thanks!", Some(welcome)).await.unwrap();
+    let answered = until(&mut a, |e| match e {
+        MessengerEvent::Message(m) if m.chat_id == chat => Some(m.reply_to),
+        _ => None,
+    })
+    .await;
+    assert_eq!(answered, Some(welcome));
+    let kept = a.store().history(chat).unwrap();
+    assert_eq!(kept.last().unwrap().reply_to, Some(welcome));
+
+    // A received file's key stays in the local history: it can be fetched
+    // again from there (after a restart: the store is on disk).
+    a.send_file(chat, "note.txt", "text/plain", b"kept for later")
+        .await
+        .unwrap();
+    until(&mut b, |e| match e {
+        MessengerEvent::Message(m) if matches!(m.body, Body::File { .. }) => Some(()),
+        _ => None,
+    })
+    .await;
+    let reopened = Store::open(&server.dir.path().join(bob.device_id().to_string())).unwrap();
+    let history = natter_client::ClientStore::history(&reopened, chat).unwrap();
+    let file = history.iter().find_map(|h| h.file.clone()).unwrap();
+    assert_eq!(b.fetch_file(&file).await.unwrap().bytes, b"kept for later");
+}

@@ -69,25 +69,46 @@ pub struct Me {
 }
 
 /// `PATCH /api/v1/users/me`: every field optional; absent fields stay as
-/// they are. `null` is refused rather than read as "absent".
+/// they are. `null` is refused rather than read as "absent" (and `None`
+/// is left out when serialized).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMe {
     /// New display name.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub name: Option<String>,
     /// New about text; `""` clears it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub about: Option<String>,
     /// New last-seen visibility.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_seen_visibility: Option<LastSeenVisibility>,
     /// Who may add the caller to groups.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub group_add_permission: Option<GroupAddPermission>,
     /// A finished `image` upload of the caller's to show as their profile
     /// picture; `""` removes the picture.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub profile_pic_media_id: Option<String>,
 }
 

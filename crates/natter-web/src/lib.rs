@@ -802,6 +802,7 @@ fn remember(store: &BrowserStore, event: &MessengerEvent) -> Result<(), natter_c
         MessengerEvent::Sent {
             client_message_id,
             seq,
+            ..
         } => {
             let pending = pending_key(client_message_id);
             dyn_store.transaction(|tx| {
@@ -844,6 +845,8 @@ fn web_event(store: &BrowserStore, event: MessengerEvent) -> Option<WebEvent> {
                 sender_id: m.sender,
                 sent_at: String::new(),
                 text,
+                reply_to: m.reply_to,
+                file: None,
             };
             let mut entry = entry_of(store, entry);
             // The stored entry has the server's time.
@@ -866,6 +869,7 @@ fn web_event(store: &BrowserStore, event: MessengerEvent) -> Option<WebEvent> {
         MessengerEvent::Sent {
             client_message_id,
             seq,
+            ..
         } => WebEvent::Sent {
             client_message_id,
             seq,

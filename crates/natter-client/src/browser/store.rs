@@ -603,6 +603,8 @@ impl SyncState for BrowserStore {
             sender_id: message.sender_id,
             sent_at: natter_proto::timefmt::format(message.timestamp).unwrap_or_default(),
             text: text.to_owned(),
+            reply_to: message.reply_to,
+            file: None,
         })
     }
 

@@ -242,6 +242,34 @@ fn send_and_tail_carry_an_encrypted_message_and_a_file() {
     // The server holds no plaintext of it.
     let db = std::fs::read(server.dir.path().join("server/natter.db")).unwrap_or_default();
     assert!(!db.windows(10).any(|w| w == b"hello, Bob"));
+
+    // A file to a plaintext chat goes as plain media, and tail names it.
+    let carol = server.client_dir("carol");
+    assert!(
+        server
+            .log_in(&carol, "+14155550313", "Carol")
+            .status
+            .success()
+    );
+    let out = run(chat(&alice, &server.base).args([
+        "send",
+        "--plain",
+        "--to",
+        "+14155550313",
+        "--file",
+        file.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(chat(&carol, &server.base).args(["tail", "--count", "1"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: Value = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .find(|v: &Value| v["type"] == "message")
+        .unwrap();
+    assert_eq!(line["kind"], "file", "{line}");
+    assert_eq!(line["name"], "notes.bin");
+    assert!(line["media_id"].is_string(), "{line}");
 }
 
 #[test]

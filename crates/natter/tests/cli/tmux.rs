@@ -31,6 +31,12 @@ impl Drop for Terminal {
 
 impl Terminal {
     fn start(command: Vec<String>, width: u16, height: u16) -> Self {
+        // No 24-bit colour unless a test asks (the test's own terminal may have it).
+        Self::start_with(command, width, height, "COLORTERM=")
+    }
+
+    /// [`Terminal::start`] with one environment variable (`KEY=VALUE`) set.
+    fn start_with(command: Vec<String>, width: u16, height: u16, env: &str) -> Self {
         let socket = format!(
             "natter-test-{}-{}",
             std::process::id(),
@@ -38,7 +44,18 @@ impl Terminal {
         );
         let term = Self { socket, command };
         let (w, h) = (width.to_string(), height.to_string());
-        let mut args = vec!["new-session", "-d", "-s", "main", "-x", &w, "-y", &h];
+        let mut args = vec![
+            "new-session",
+            "-d",
+            "-s",
+            "main",
+            "-x",
+            &w,
+            "-y",
+            &h,
+            "-e",
+            env,
+        ];
         let cmd: Vec<&str> = term.command.iter().map(String::as_str).collect();
         args.extend(cmd);
         term.tmux(&args);
@@ -69,6 +86,11 @@ impl Terminal {
 
     fn screen(&self) -> String {
         self.tmux(&["capture-pane", "-p", "-t", "main"])
+    }
+
+    /// The screen with its colours (SGR escapes).
+    fn colours(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-e", "-t", "main"])
     }
 
     /// Polls the screen until it shows `needle`; returns the screen.
@@ -183,6 +205,12 @@ fn two_people_chat_encrypted_in_two_terminals() {
     bob.line(&format!("/save 1 {}", downloads.display()));
     bob.wait_for("saved payload.bin");
     assert_eq!(std::fs::read(downloads.join("payload.bin")).unwrap(), bytes);
+    // The sender saves her own file too, in the same run.
+    let own = server.dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    alice.line(&format!("/save 1 {}", own.display()));
+    alice.wait_for("saved payload.bin");
+    assert_eq!(std::fs::read(own.join("payload.bin")).unwrap(), bytes);
 
     // Safety numbers: the same on both screens; Alice marks Bob verified.
     alice.line("/safety");
@@ -204,9 +232,88 @@ fn two_people_chat_encrypted_in_two_terminals() {
     bob.key("Tab");
     let screen = bob.wait_for("Alice: Hi Bob, مرحبا");
     assert!(screen.contains("you: Hello Alice, 你好 👋"), "{screen}");
+    // The file received before the restart saves again: its key was kept.
+    bob.wait_for("payload.bin (146.5 KiB)");
+    let again = server.dir.path().join("after-restart");
+    std::fs::create_dir(&again).unwrap();
+    bob.line(&format!("/save 1 {}", again.display()));
+    bob.wait_for("saved payload.bin");
+    assert_eq!(std::fs::read(again.join("payload.bin")).unwrap(), bytes);
     // And the chat goes on.
     bob.line("back again");
     alice.wait_for("Bob: back again");
+}
+
+#[test]
+fn replies_edits_of_any_message_contacts_and_invitations() {
+    let mut server = ChatServer::start();
+    let alice = Terminal::start(server.interactive("alice"), 120, 40);
+    let bob = Terminal::start(server.interactive("bob"), 120, 40);
+    sign_up(&mut server, &alice, "+14155550521", "Alice");
+    sign_up(&mut server, &bob, "+14155550522", "Bob");
+
+    // Bob lets nobody add him to groups: adds become invitations.
+    bob.line("/groups nobody");
+    bob.wait_for("everyone invites you");
+    // Discovery: which numbers are on Natter.
+    bob.line("/discover +14155550521 +14155550599 12ab");
+    bob.wait_for("✓ +14155550521 is on Natter");
+    let screen = bob.wait_for("· +14155550599 is not on Natter");
+    assert!(screen.contains("✗ 12ab is not a phone number"), "{screen}");
+    bob.key("Escape");
+    // Contacts: add Alice, see her with her number and presence, open the chat.
+    bob.line("/contact +14155550521");
+    bob.wait_for("Alice is in your contacts");
+    let screen = bob.wait_for("Alice  +14155550521  ● online");
+    assert!(screen.contains(" Contacts "), "{screen}");
+    bob.key("Enter");
+    bob.wait_for("🔒 end-to-end encrypted");
+    bob.line("first from bob");
+    bob.line("second from bob");
+
+    // Alice selects Bob's first message (not the last) and answers it.
+    alice.wait_for("second from bob");
+    alice.key("Tab");
+    alice.wait_for("Bob: second from bob");
+    alice.key("M-Up");
+    alice.wait_for("r reply · e edit");
+    alice.key("Up");
+    alice.key("r");
+    alice.wait_for("Reply to Bob: first from bob");
+    alice.line("answering your first");
+    let screen = bob.wait_for("Alice: answering your first");
+    assert!(screen.contains("↱ you: first from bob"), "{screen}");
+
+    // Bob edits his first message (two up from the newest) and deletes the second.
+    bob.key("M-Up");
+    bob.key("Up");
+    bob.key("Up");
+    bob.key("e");
+    bob.wait_for("Edit your message");
+    bob.tmux(&["send-keys", "-t", "main", "-l", " (fixed)"]);
+    bob.key("Enter");
+    alice.wait_for("Bob: first from bob (fixed) (edited)");
+    bob.key("M-Up");
+    bob.key("Up");
+    bob.key("d");
+    alice.wait_for("Bob: (deleted)");
+    // The quote follows the edit.
+    alice.wait_for("↱ Bob: first from bob (fixed)");
+
+    // Alice's group invites Bob; he accepts and reads the group.
+    alice.line("/group Book club +14155550522");
+    alice.wait_for("Book club");
+    bob.wait_for("Chats · ✉ 1: /invites");
+    bob.line("/invites");
+    bob.wait_for("✉ Book club — invited by Alice");
+    bob.key("a");
+    bob.wait_for("you joined Book club");
+    // Alice's device adds Bob's to the encryption by itself.
+    alice.wait_for(" joined");
+    alice.line("welcome to the club");
+    bob.wait_for("Alice: welcome to the club");
+    bob.line("glad to be here");
+    alice.wait_for("Bob: glad to be here");
 }
 
 #[test]
@@ -258,4 +365,77 @@ fn a_second_device_is_approved_and_offline_messages_go_out_in_order() {
         );
     }
     bob.wait_until("no queued message", |s| !s.contains("[queued]"));
+}
+
+#[test]
+fn files_go_to_plaintext_chats_as_plain_media_and_save_byte_exact() {
+    let mut server = ChatServer::start();
+    let alice = Terminal::start(server.interactive("alice"), 120, 36);
+    let bob = Terminal::start(server.interactive("bob"), 120, 36);
+    sign_up(&mut server, &alice, "+14155550531", "Alice");
+    sign_up(&mut server, &bob, "+14155550532", "Bob");
+    bob.line("/plain +14155550531");
+    bob.wait_for("not end-to-end encrypted");
+    // More than one piece of the ranged download (about 4 MiB each).
+    let file = server.dir.path().join("notes.bin");
+    let bytes: Vec<u8> = (0..5_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    bob.line(&format!("/file {}", file.display()));
+    alice.wait_for("📎 notes.bin");
+    alice.key("Tab");
+    alice.wait_for("Bob: 📎 notes.bin [file 1: /save 1]");
+    let downloads = server.dir.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    alice.line(&format!("/save 1 {}", downloads.display()));
+    alice.wait_for("saved notes.bin (4.8 MiB)");
+    assert_eq!(std::fs::read(downloads.join("notes.bin")).unwrap(), bytes);
+}
+
+#[test]
+fn images_show_as_half_block_thumbnails_on_a_truecolor_terminal() {
+    let mut server = ChatServer::start();
+    let alice = Terminal::start_with(server.interactive("alice"), 120, 40, "COLORTERM=truecolor");
+    let bob = Terminal::start(server.interactive("bob"), 120, 40);
+    sign_up(&mut server, &alice, "+14155550541", "Alice");
+    sign_up(&mut server, &bob, "+14155550542", "Bob");
+    bob.line("/new +14155550541");
+    bob.wait_for("🔒 end-to-end encrypted");
+    // Red above, blue below: the cells show them as ▀ in front and behind.
+    let picture = image::RgbImage::from_fn(64, 32, |_, y| {
+        if y < 16 {
+            image::Rgb([255, 0, 0])
+        } else {
+            image::Rgb([0, 0, 255])
+        }
+    });
+    let file = server.dir.path().join("sunset.png");
+    picture.save(&file).unwrap();
+    bob.line(&format!("/file {}", file.display()));
+    alice.wait_for("sunset.png");
+    alice.key("Tab");
+    alice.wait_for("Bob: 📎 sunset.png");
+    let has_thumbnail =
+        |s: &str| s.contains('▀') && s.contains("38;2;255;0;0") && s.contains("48;2;0;0;255");
+    let deadline = Instant::now() + WAIT;
+    while !has_thumbnail(&alice.colours()) {
+        assert!(
+            Instant::now() < deadline,
+            "no thumbnail within {WAIT:?}:\n{}",
+            alice.colours()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // After a restart it comes from the local history.
+    alice.restart();
+    alice.wait_for("Bob");
+    alice.key("Tab");
+    alice.wait_for("Bob: 📎 sunset.png");
+    let deadline = Instant::now() + WAIT;
+    while !has_thumbnail(&alice.colours()) {
+        assert!(Instant::now() < deadline, "no thumbnail after the restart");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Without 24-bit colour: the name and size only.
+    assert!(!bob.screen().contains('▀'));
+    bob.wait_for("you: 📎 sunset.png");
 }
