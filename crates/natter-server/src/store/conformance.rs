@@ -33,7 +33,10 @@ use super::{
     ChatChange, ChatChanged, ChatCreated, ChatLog, EntryKind, EventBody, HistoryQuery, LogEntry,
     MessageChange, MessageChanged, NewChat, NewContent, NewMessage, Posted, ReceiptState,
 };
+use natter_proto::InvitationId;
+
 use super::{FinishedMedia, MediaCreated, MediaStore, NewMedia};
+use super::{GroupAdded, GroupCreated, GroupInvitations, InvitationAccepted, InvitationRules};
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
 use crate::phone::Phone;
@@ -1696,6 +1699,225 @@ async fn media_store<S: Accounts + ChatLog + MediaStore>(store: &S) -> Transcrip
     t
 }
 
+fn invitation_limits(max_per_user: usize, max_per_chat: usize) -> InvitationRules {
+    InvitationRules {
+        ttl_ms: 3_600_000,
+        max_per_user,
+        max_per_chat,
+    }
+}
+
+/// Adds that respect the added users' settings, and invitations: who is
+/// added and who invited, the per-user and per-group limits at N and N+1,
+/// a pending invitation not made twice, accepting (also into a full group,
+/// and after the inviter left), declining, expiry.
+async fn group_invitations<S: Accounts + ChatLog + GroupInvitations>(store: &S) -> Transcript {
+    let mut t = Transcript::new();
+    let ann = register(store, 1, "Ann").await;
+    let bob = register(store, 2, "Bob").await;
+    let cid = register(store, 3, "Cid").await;
+    let dee = register(store, 4, "Dee").await;
+    let eve = register(store, 5, "Eve").await;
+    let all = [&ann, &bob, &cid, &dee, &eve];
+    let setting = |user: &User, p: GroupAddPermission| {
+        store.update_profile(
+            user.id,
+            ProfilePatch {
+                group_add_permission: Some(p),
+                ..ProfilePatch::default()
+            },
+            T0,
+        )
+    };
+    setting(&bob, GroupAddPermission::Contacts).await.unwrap();
+    setting(&cid, GroupAddPermission::Nobody).await.unwrap();
+    setting(&dee, GroupAddPermission::Contacts).await.unwrap();
+    setting(&eve, GroupAddPermission::Nobody).await.unwrap();
+    store
+        .add_contact(bob.id, ann.id, false, 10, T0)
+        .await
+        .unwrap();
+
+    let created = store
+        .create_group(
+            new_chat(ChatKind::Group, &ann, &[&bob, &cid, &dee], T0),
+            invitation_limits(1, 5),
+        )
+        .await
+        .unwrap();
+    let GroupCreated::Created(group, _, outcome) = created else {
+        panic!("{created:?}")
+    };
+    assert_eq!(names(&all, &outcome.added), ["Bob"]);
+    assert_eq!(names(&all, &outcome.invited), ["Cid", "Dee"]);
+    assert_eq!(outcome.fresh.len(), 2);
+    t.push(format!(
+        "added {:?} invited {:?}",
+        names(&all, &outcome.added),
+        names(&all, &outcome.invited)
+    ));
+    let pending = store.invitations(cid.id, T0).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (
+            pending[0].chat_name.as_deref(),
+            pending[0].inviter_name.as_str()
+        ),
+        (Some("Climbing"), "Ann")
+    );
+    // Cid holds one invitation, the most allowed: another group cannot invite him.
+    let limited = store
+        .create_group(
+            new_chat(ChatKind::Group, &ann, &[&cid], T0),
+            invitation_limits(1, 5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(limited, GroupCreated::InvitationLimit),
+        "{limited:?}"
+    );
+    // Two pending in the group (Cid, Dee): a third fits a limit of 3, not of 2.
+    let add =
+        |users: Vec<UserId>, limits| store.add_to_group(group.id, ann.id, users, 10, limits, T0);
+    let full = add(vec![eve.id], invitation_limits(5, 2)).await.unwrap();
+    assert!(matches!(full, GroupAdded::InvitationLimit), "{full:?}");
+    let GroupAdded::Done(appended, outcome) = add(vec![eve.id, cid.id], invitation_limits(5, 3))
+        .await
+        .unwrap()
+    else {
+        panic!("not added");
+    };
+    assert!(appended.is_empty());
+    assert_eq!(names(&all, &outcome.invited), ["Eve", "Cid"]);
+    assert_eq!(
+        outcome.fresh.len(),
+        1,
+        "Cid's invitation was pending already"
+    );
+    let by_member = store
+        .add_to_group(
+            group.id,
+            bob.id,
+            vec![eve.id],
+            10,
+            invitation_limits(5, 5),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(by_member, GroupAdded::Refused(ChatChanged::Forbidden)),
+        "{by_member:?}"
+    );
+    let ghost = store
+        .add_to_group(
+            group.id,
+            ann.id,
+            vec![UserId::new()],
+            10,
+            invitation_limits(5, 5),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(ghost, GroupAdded::Refused(ChatChanged::UnknownUser(_))),
+        "{ghost:?}"
+    );
+
+    // Cid accepts; the group of 3 is then full for Dee (her invitation stays).
+    let accepted = store
+        .accept_invitation(pending[0].id, cid.id, 3, T0)
+        .await
+        .unwrap();
+    let InvitationAccepted::Joined(_, entries) = accepted else {
+        panic!("{accepted:?}")
+    };
+    assert_eq!(entries.len(), 1);
+    let dees = store.invitations(dee.id, T0).await.unwrap();
+    let refused = store
+        .accept_invitation(dees[0].id, dee.id, 3, T0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, InvitationAccepted::GroupFull),
+        "{refused:?}"
+    );
+    assert_eq!(store.invitations(dee.id, T0).await.unwrap().len(), 1);
+    assert!(
+        store
+            .decline_invitation(dees[0].id, dee.id, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .decline_invitation(dees[0].id, dee.id, T0)
+            .await
+            .unwrap()
+    );
+    let unknown = store
+        .accept_invitation(InvitationId::new(), cid.id, 10, T0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(unknown, InvitationAccepted::NotFound),
+        "{unknown:?}"
+    );
+    // Ann leaves: her invitation of Eve is no longer valid.
+    store
+        .change_chat(group.id, ann.id, ChatChange::Remove(ann.id), 10, T0)
+        .await
+        .unwrap();
+    let eves = store.invitations(eve.id, T0).await.unwrap();
+    let stale = store
+        .accept_invitation(eves[0].id, eve.id, 10, T0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(stale, InvitationAccepted::NoLongerValid),
+        "{stale:?}"
+    );
+    assert!(
+        store.invitations(eve.id, T0).await.unwrap().is_empty(),
+        "it is removed"
+    );
+    let members: Vec<String> = store
+        .members(group.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| format!("{} {:?}", names(&all, &[m.user_id])[0], m.role))
+        .collect();
+    assert_eq!(members, ["Bob Admin", "Cid Member"]);
+    t.extend(members);
+    // Expiry.
+    store
+        .create_group(
+            new_chat(ChatKind::Group, &bob, &[&eve], T0),
+            invitation_limits(5, 5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .invitations(eve.id, T0.plus(Duration::from_secs(3600)))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        store
+            .delete_expired_invitations(T0.plus(Duration::from_secs(3600)))
+            .await
+            .unwrap(),
+        1
+    );
+    t
+}
+
 /// A named secret is made once and read back the same ever after.
 async fn server_secrets(store: &dyn Accounts) -> Transcript {
     let first = store
@@ -1761,6 +1983,7 @@ on_both_engines! {
     chat_log_on_both_engines => chat_log;
     key_directory_on_both_engines => key_directory;
     media_store_on_both_engines => media_store;
+    group_invitations_on_both_engines => group_invitations;
 }
 
 /// Many nodes adding contacts for one user at once never pass the limit:

@@ -407,7 +407,10 @@ async fn visible_message(
 }
 
 /// Which of `users` have no (undeleted) account, in the accounts database.
-async fn missing_users(accounts: &Postgres, users: &[UserId]) -> StoreResult<Vec<UserId>> {
+pub(super) async fn missing_users(
+    accounts: &Postgres,
+    users: &[UserId],
+) -> StoreResult<Vec<UserId>> {
     let ids: Vec<Uuid> = users.iter().map(|u| *u.as_uuid()).collect();
     let found = accounts
         .read(
@@ -453,78 +456,89 @@ pub(super) async fn create_chat(
     db: &Postgres,
     new: NewChat,
 ) -> StoreResult<ChatCreated> {
-    if let Some(unknown) = missing_users(accounts, &new.others).await?.first() {
-        // In the order given, as the embedded engine answers.
-        let first = new.others.iter().find(|u| *u == unknown).copied();
-        return Ok(ChatCreated::UnknownUser(first.unwrap_or(*unknown)));
+    if let Some(unknown) = first_missing(accounts, &new.others).await? {
+        return Ok(ChatCreated::UnknownUser(unknown));
     }
     db.write(|tx| {
         let new = new.clone();
-        Box::pin(async move {
-            let key = match (new.kind, new.others.as_slice()) {
-                (ChatKind::Direct, [other]) => Some(direct_key(new.creator, *other)),
-                _ => None,
-            };
-            // A concurrent creation of the same pair on another node: the
-            // unique key lets one insert through, the other finds it.
-            let inserted = execute(
-                tx,
-                "INSERT INTO chats (id, kind, name, encrypted, direct_key, created_by, created_at,
-                                    last_activity_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-                 ON CONFLICT (direct_key) DO NOTHING",
-                &[
-                    new.id.as_uuid(),
-                    &chat_kind_to_sql(new.kind),
-                    &new.name,
-                    &new.encrypted,
-                    &key,
-                    new.creator.as_uuid(),
-                    &new.now.0,
-                ],
-            )
-            .await?;
-            if inserted == 0 {
-                let existing = chat_by(tx, "c.direct_key = $1", &key).await?;
-                return existing
-                    .map(ChatCreated::Existing)
-                    .ok_or_else(|| StoreError::internal("a direct chat vanished"));
-            }
-            let mut state = ChatState::new(new.kind, new.encrypted);
-            let creator_role = if new.kind == ChatKind::Group {
-                Role::Admin
-            } else {
-                Role::Member
-            };
-            // Members first, so the `created` entry reaches all of them; it has seq 1.
-            join(
-                tx,
-                &mut state,
-                new.id,
-                new.creator,
-                creator_role,
-                1,
-                new.now,
-            )
-            .await?;
-            for user in &new.others {
-                join(tx, &mut state, new.id, *user, Role::Member, 1, new.now).await?;
-            }
-            let created = append_entry(
-                tx,
-                &mut state,
-                new.id,
-                Draft::system(new.creator, ChatEvent::Created, new.now),
-                None,
-            )
-            .await?;
-            let chat = chat_by(tx, "c.id = $1", new.id.as_uuid())
-                .await?
-                .ok_or_else(|| StoreError::internal("the new chat vanished"))?;
-            Ok(ChatCreated::Created(chat, Box::new(created)))
-        })
+        Box::pin(async move { create_chat_in(tx, new).await })
     })
     .await
+}
+
+/// The first of `users` (in their order) without an account.
+pub(super) async fn first_missing(
+    accounts: &Postgres,
+    users: &[UserId],
+) -> StoreResult<Option<UserId>> {
+    let missing = missing_users(accounts, users).await?;
+    Ok(users.iter().find(|u| missing.contains(u)).copied())
+}
+
+/// Creates a chat (or finds the pair's direct chat) in `tx`; the
+/// participants are known to exist.
+pub(super) async fn create_chat_in(tx: &Tx<'_>, new: NewChat) -> StoreResult<ChatCreated> {
+    let key = match (new.kind, new.others.as_slice()) {
+        (ChatKind::Direct, [other]) => Some(direct_key(new.creator, *other)),
+        _ => None,
+    };
+    // A concurrent creation of the same pair on another node: the unique
+    // key lets one insert through, the other finds it.
+    let inserted = execute(
+        tx,
+        "INSERT INTO chats (id, kind, name, encrypted, direct_key, created_by, created_at,
+                            last_activity_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+         ON CONFLICT (direct_key) DO NOTHING",
+        &[
+            new.id.as_uuid(),
+            &chat_kind_to_sql(new.kind),
+            &new.name,
+            &new.encrypted,
+            &key,
+            new.creator.as_uuid(),
+            &new.now.0,
+        ],
+    )
+    .await?;
+    if inserted == 0 {
+        let existing = chat_by(tx, "c.direct_key = $1", &key).await?;
+        return existing
+            .map(ChatCreated::Existing)
+            .ok_or_else(|| StoreError::internal("a direct chat vanished"));
+    }
+    let mut state = ChatState::new(new.kind, new.encrypted);
+    let creator_role = if new.kind == ChatKind::Group {
+        Role::Admin
+    } else {
+        Role::Member
+    };
+    // Members first, so the `created` entry reaches all of them; it has seq 1.
+    join(
+        tx,
+        &mut state,
+        new.id,
+        new.creator,
+        creator_role,
+        1,
+        new.now,
+    )
+    .await?;
+    for user in &new.others {
+        join(tx, &mut state, new.id, *user, Role::Member, 1, new.now).await?;
+    }
+    let created = append_entry(
+        tx,
+        &mut state,
+        new.id,
+        Draft::system(new.creator, ChatEvent::Created, new.now),
+        None,
+    )
+    .await?;
+    let chat = chat_by(tx, "c.id = $1", new.id.as_uuid())
+        .await?
+        .ok_or_else(|| StoreError::internal("the new chat vanished"))?;
+    Ok(ChatCreated::Created(chat, Box::new(created)))
 }
 
 pub(super) async fn chat_access(
@@ -805,96 +819,96 @@ pub(super) async fn change_chat(
     db.write(|tx| {
         let (change, missing) = (change.clone(), missing.clone());
         Box::pin(async move {
-            let Some(mut state) = lock_chat(tx, chat).await? else {
-                return Ok(ChatChanged::NotMember);
-            };
-            let Some(actor_role) = state.role(actor) else {
-                return Ok(ChatChanged::NotMember);
-            };
-            if let Some(refusal) = rules::refuse_change(state.kind, actor, actor_role, &change) {
-                return Ok(refusal);
-            }
-            let mut appended = Vec::new();
-            match change {
-                ChatChange::Add(users) => {
-                    let mut new_users = Vec::new();
-                    for user in users {
-                        if missing.contains(&user) {
-                            return Ok(ChatChanged::UnknownUser(user));
-                        }
-                        if state.role(user).is_none() && !new_users.contains(&user) {
-                            new_users.push(user);
-                        }
-                    }
-                    if !rules::has_room(state.member_count(), new_users.len(), max_members) {
-                        return Ok(ChatChanged::GroupFull);
-                    }
-                    for user in new_users {
-                        // The join entry is the first the new member sees.
-                        let seq = state.last_seq + 1;
-                        join(tx, &mut state, chat, user, Role::Member, seq, now).await?;
-                        let event = ChatEvent::MemberAdded { user_id: user };
-                        appended.push(
-                            append_entry(
-                                tx,
-                                &mut state,
-                                chat,
-                                Draft::system(actor, event, now),
-                                None,
-                            )
-                            .await?,
-                        );
-                    }
-                }
-                ChatChange::Remove(user) => {
-                    if state.role(user).is_none() {
-                        return Ok(ChatChanged::UnknownUser(user));
-                    }
-                    appended.extend(remove_member(tx, &mut state, chat, actor, user, now).await?);
-                }
-                ChatChange::Rename(name) => {
-                    execute(
-                        tx,
-                        "UPDATE chats SET name = $2 WHERE id = $1",
-                        &[chat.as_uuid(), &name],
-                    )
-                    .await?;
-                    let event = ChatEvent::Renamed { name };
-                    appended.push(
-                        append_entry(tx, &mut state, chat, Draft::system(actor, event, now), None)
-                            .await?,
-                    );
-                }
-                ChatChange::SetRole(user, role) => match state.role(user) {
-                    None => return Ok(ChatChanged::UnknownUser(user)),
-                    Some(current) if current == role => {}
-                    Some(_) => {
-                        if role == Role::Member && rules::is_last_admin(&state.member_facts(), user)
-                        {
-                            return Ok(ChatChanged::LastAdmin);
-                        }
-                        set_role(tx, &mut state, chat, user, role).await?;
-                        let event = ChatEvent::RoleChanged {
-                            user_id: user,
-                            role,
-                        };
-                        appended.push(
-                            append_entry(
-                                tx,
-                                &mut state,
-                                chat,
-                                Draft::system(actor, event, now),
-                                None,
-                            )
-                            .await?,
-                        );
-                    }
-                },
-            }
-            Ok(ChatChanged::Done(appended))
+            change_chat_in(tx, chat, actor, change, &missing, max_members, now).await
         })
     })
     .await
+}
+
+/// A chat change in `tx`; `missing` are the users of an add that have no
+/// account.
+pub(super) async fn change_chat_in(
+    tx: &Tx<'_>,
+    chat: ChatId,
+    actor: UserId,
+    change: ChatChange,
+    missing: &[UserId],
+    max_members: usize,
+    now: Timestamp,
+) -> StoreResult<ChatChanged> {
+    let Some(mut state) = lock_chat(tx, chat).await? else {
+        return Ok(ChatChanged::NotMember);
+    };
+    let Some(actor_role) = state.role(actor) else {
+        return Ok(ChatChanged::NotMember);
+    };
+    if let Some(refusal) = rules::refuse_change(state.kind, actor, actor_role, &change) {
+        return Ok(refusal);
+    }
+    let mut appended = Vec::new();
+    match change {
+        ChatChange::Add(users) => {
+            let mut new_users = Vec::new();
+            for user in users {
+                if missing.contains(&user) {
+                    return Ok(ChatChanged::UnknownUser(user));
+                }
+                if state.role(user).is_none() && !new_users.contains(&user) {
+                    new_users.push(user);
+                }
+            }
+            if !rules::has_room(state.member_count(), new_users.len(), max_members) {
+                return Ok(ChatChanged::GroupFull);
+            }
+            for user in new_users {
+                // The join entry is the first the new member sees.
+                let seq = state.last_seq + 1;
+                join(tx, &mut state, chat, user, Role::Member, seq, now).await?;
+                let event = ChatEvent::MemberAdded { user_id: user };
+                appended.push(
+                    append_entry(tx, &mut state, chat, Draft::system(actor, event, now), None)
+                        .await?,
+                );
+            }
+        }
+        ChatChange::Remove(user) => {
+            if state.role(user).is_none() {
+                return Ok(ChatChanged::UnknownUser(user));
+            }
+            appended.extend(remove_member(tx, &mut state, chat, actor, user, now).await?);
+        }
+        ChatChange::Rename(name) => {
+            execute(
+                tx,
+                "UPDATE chats SET name = $2 WHERE id = $1",
+                &[chat.as_uuid(), &name],
+            )
+            .await?;
+            let event = ChatEvent::Renamed { name };
+            appended.push(
+                append_entry(tx, &mut state, chat, Draft::system(actor, event, now), None).await?,
+            );
+        }
+        ChatChange::SetRole(user, role) => match state.role(user) {
+            None => return Ok(ChatChanged::UnknownUser(user)),
+            Some(current) if current == role => {}
+            Some(_) => {
+                if role == Role::Member && rules::is_last_admin(&state.member_facts(), user) {
+                    return Ok(ChatChanged::LastAdmin);
+                }
+                set_role(tx, &mut state, chat, user, role).await?;
+                let event = ChatEvent::RoleChanged {
+                    user_id: user,
+                    role,
+                };
+                appended.push(
+                    append_entry(tx, &mut state, chat, Draft::system(actor, event, now), None)
+                        .await?,
+                );
+            }
+        },
+    }
+    Ok(ChatChanged::Done(appended))
 }
 
 pub(super) async fn history(

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_invites.sql"),
     include_str!("migrations/0005_chats.sql"),
     include_str!("migrations/0006_e2ee.sql"),
+    include_str!("migrations/0007_group_invitations.sql"),
 ];
 
 /// The newest schema version this binary knows.

@@ -26,6 +26,7 @@
 mod accounts;
 mod chats;
 mod e2ee;
+mod group_invitations;
 mod invites;
 mod media;
 mod migrations;
