@@ -20,9 +20,11 @@ const state = {
   drafts: new Map(), // chat id -> text not yet sent
   pending: new Map(), // client message id -> {chat, li}
   sentIds: new Set(), // acknowledged before their send call returned
+  changes: new Set(), // edits and deletions not yet acknowledged
   typingSentAt: 0,
   typingTimer: null,
-  presenceTimer: null,
+  presence: new Map(), // user id -> {status, lastSeen}, live from the server
+  editing: null, // {chatId, seq} while the composer edits a message
   objectUrls: [],
 };
 
@@ -161,11 +163,12 @@ async function refreshChats() {
 }
 
 function keepDraft() {
-  if (state.current) state.drafts.set(state.current, $("draft").value);
+  if (state.current && !state.editing) state.drafts.set(state.current, $("draft").value);
 }
 
 async function openChat(chatId) {
   keepDraft();
+  if (state.editing && state.editing.chatId !== chatId) stopEditing();
   state.current = chatId;
   location.hash = `chat=${chatId}`;
   const chat = state.chats.find((c) => c.id === chatId);
@@ -180,7 +183,7 @@ async function openChat(chatId) {
   $("draft").value = state.drafts.get(chatId) || "";
   for (const li of $("chat-list").children) li.classList.toggle("active", li.dataset.chat === chatId);
   await renderHistory();
-  watchPresence(chat);
+  await fetchPresence(chat);
   $("draft").focus();
 }
 
@@ -219,17 +222,78 @@ async function messageItem(e) {
   const who = mine ? "You" : await nameOf(e.senderId);
   const when = e.sentAt ? new Date(e.sentAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
   meta.textContent = `${who} · ${when}`;
-  if (mine) {
+  if (e.edited && !e.deleted) {
+    const edited = document.createElement("span");
+    edited.className = "edited";
+    edited.textContent = " · edited";
+    meta.append(edited);
+  }
+  if (mine && !e.deleted) {
     const status = document.createElement("span");
     status.className = "status";
     status.textContent = ` · ${statusOf(e.chatId, e.seq)}`;
     meta.append(status);
   }
   li.append(meta);
+  if (e.deleted) {
+    li.classList.add("deleted");
+    li.append(document.createTextNode("This message was deleted."));
+    return li;
+  }
   if (e.file) li.append(await fileView(e));
   else li.append(document.createTextNode(e.text));
+  if (mine && e.seq > 0) li.append(messageActions(e));
   return li;
 }
+
+// Edit (text messages) and delete, on the user's own messages.
+function messageActions(e) {
+  const box = document.createElement("span");
+  box.className = "actions";
+  if (!e.file) {
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.className = "link edit";
+    edit.textContent = "Edit";
+    edit.addEventListener("click", () => startEditing(e));
+    box.append(edit);
+  }
+  const del = document.createElement("button");
+  del.type = "button";
+  del.className = "link delete";
+  del.textContent = "Delete";
+  del.addEventListener("click", () => {
+    if (!confirm("Delete this message for everyone?")) return;
+    busy(del, async () => {
+      expectAck(await state.client.sendDelete(e.chatId, e.seq));
+      if (state.editing && state.editing.seq === e.seq) stopEditing();
+    });
+  });
+  box.append(del);
+  return box;
+}
+
+// An edit or deletion waits for the server (the history then changes).
+function expectAck(id) {
+  if (!state.sentIds.delete(id)) state.changes.add(id);
+}
+
+// The composer edits a message: its text in the box, Send saves it.
+function startEditing(e) {
+  if (!state.editing) keepDraft();
+  state.editing = { chatId: e.chatId, seq: e.seq };
+  $("editing").hidden = false;
+  $("draft").value = e.text;
+  $("draft").focus();
+}
+
+function stopEditing() {
+  if (!state.editing) return;
+  state.editing = null;
+  $("editing").hidden = true;
+  $("draft").value = state.drafts.get(state.current) || "";
+}
+$("cancel-edit").addEventListener("click", stopEditing);
 
 async function fileView(e) {
   const box = document.createElement("div");
@@ -262,19 +326,26 @@ function updateStatuses(chatId) {
   }
 }
 
-function watchPresence(chat) {
-  clearInterval(state.presenceTimer);
+// Presence in a direct chat's header: fetched once when the chat opens,
+// then kept current by the server's live presence events.
+async function fetchPresence(chat) {
   $("chat-presence").textContent = "";
   if (!chat || !chat.other_user) return;
-  const show = async () => {
-    try {
-      const p = await state.client.user(chat.other_user.user_id);
-      const seen = p.last_seen ? ` · last seen ${new Date(p.last_seen).toLocaleString()}` : "";
-      $("chat-presence").textContent = p.status === "online" ? "online" : `${p.status}${seen}`;
-    } catch { /* offline: the connection dot says so */ }
-  };
-  show();
-  state.presenceTimer = setInterval(show, 15000);
+  const user = chat.other_user.user_id;
+  try {
+    const p = await state.client.user(user);
+    // A live event that came in meanwhile is newer.
+    if (!state.presence.has(user)) state.presence.set(user, { status: p.status, lastSeen: p.last_seen });
+  } catch { /* offline: the connection dot says so */ }
+  showPresence();
+}
+
+function showPresence() {
+  const chat = state.chats.find((c) => c.id === state.current);
+  const p = chat && chat.other_user && state.presence.get(chat.other_user.user_id);
+  if (!p) { $("chat-presence").textContent = ""; return; }
+  const seen = p.lastSeen ? ` · last seen ${new Date(p.lastSeen).toLocaleString()}` : "";
+  $("chat-presence").textContent = p.status === "offline" ? `offline${seen}` : p.status;
 }
 
 // Sending: the text stays in the box until the client has it.
@@ -283,6 +354,14 @@ $("composer").addEventListener("submit", (ev) => {
   const chatId = state.current;
   const text = $("draft").value;
   if (!chatId || !text.trim()) return;
+  if (state.editing) {
+    const { seq } = state.editing;
+    busy($("send"), async () => {
+      expectAck(await state.client.sendEdit(chatId, seq, text));
+      if ($("draft").value === text) stopEditing();
+    });
+    return;
+  }
   busy($("send"), async () => {
     const id = await state.client.sendText(chatId, text);
     if ($("draft").value === text) $("draft").value = "";
@@ -469,7 +548,9 @@ async function onEvent(ev) {
     case "connected":
       $("conn").classList.add("online");
       $("conn").title = "connected";
-      refreshChats();
+      // Presence changed unseen while disconnected: fetch it again.
+      state.presence.clear();
+      refreshChats().then(() => fetchPresence(state.chats.find((c) => c.id === state.current)));
       break;
     case "disconnected":
       $("conn").classList.remove("online");
@@ -489,7 +570,7 @@ async function onEvent(ev) {
     case "sent": {
       const p = state.pending.get(ev.clientMessageId);
       state.pending.delete(ev.clientMessageId);
-      if (!p) state.sentIds.add(ev.clientMessageId);
+      if (!p && !state.changes.delete(ev.clientMessageId)) state.sentIds.add(ev.clientMessageId);
       if (p && p.chatId === state.current) await renderHistory();
       else if (!p && state.current) await renderHistory();
       break;
@@ -500,6 +581,10 @@ async function onEvent(ev) {
     case "receipt":
       state.receipts.set(ev.chatId, { delivered: ev.deliveredSeq, read: ev.readSeq });
       updateStatuses(ev.chatId);
+      break;
+    case "presence":
+      state.presence.set(ev.userId, { status: ev.status, lastSeen: ev.lastSeen });
+      showPresence();
       break;
     case "typing":
       if (ev.chatId === state.current && ev.userId !== state.client.userId) {

@@ -5,11 +5,16 @@
 // reload and find everything; a third party (Carol, an SDK client: the
 // natter-client example `third_party`) joins a group with them. Bad input:
 // a wrong code, a file over the limit, a server restart mid-session.
-// Screenshots of the main screens go to docs/web/.
+// Edits and deletions show on the other side; presence changes live when
+// Bob goes away and comes back; Web Push goes end to end through a push
+// service run by this test (see PushService). Screenshots of the main
+// screens go to docs/web/.
 //
 // Environment: NATTER_BIN (the server binary), THIRD_PARTY_BIN (the SDK
 // client), CHROMIUM (default /usr/bin/chromium).
 import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import crypto from "node:crypto";
 import { mkdtempSync, rmSync, mkdirSync, closeSync, openSync, truncateSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
@@ -25,6 +30,10 @@ const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SHOTS = join(root, "docs", "web");
 // Every wait is bounded.
 const WAIT_MS = 30000;
+// The page weight budget (1.5 MB, the one scripts/web-check holds the
+// built files to): here, everything the first load actually transfers,
+// compressed, headers and the wasm bundle included.
+const PAGE_WEIGHT_BUDGET = 1536 * 1024;
 
 const children = new Set();
 const people = [];
@@ -48,7 +57,11 @@ class Server {
   constructor(dataDir) { this.dataDir = dataDir; this.log = ""; this.base = null; this.listen = "127.0.0.1:0"; }
   async start() {
     this.log = "";
-    const env = { PATH: process.env.PATH, HOME: process.env.HOME || "/", NO_COLOR: "1", NATTER_LOG: "info", NATTER_SIGNUP__MODE: "open" };
+    const env = {
+      PATH: process.env.PATH, HOME: process.env.HOME || "/", NO_COLOR: "1", NATTER_LOG: "info", NATTER_SIGNUP__MODE: "open",
+      // The push service below runs on 127.0.0.1 over plain HTTP.
+      NATTER_PUSH__ALLOW_PRIVATE_ENDPOINTS: "true", NATTER_PUSH__COALESCE_MS: "200",
+    };
     const child = spawn(BIN, ["serve", "--listen", this.listen, "--data-dir", this.dataDir], { env, stdio: ["ignore", "ignore", "pipe"] });
     children.add(child);
     this.child = child;
@@ -77,6 +90,11 @@ class Server {
 }
 
 function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+async function within(promise, what, ms = WAIT_MS) {
+  let timer;
+  const late = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms); });
+  try { return await Promise.race([promise, late]); } finally { clearTimeout(timer); }
+}
 async function until(probe, what, ms = WAIT_MS) {
   const end = Date.now() + ms;
   for (;;) {
@@ -102,6 +120,86 @@ function png() {
   const raw = Buffer.alloc((w * 3 + 1) * h);
   for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) { const o = y * (w * 3 + 1) + 1 + x * 3; raw[o] = x * 5; raw[o + 1] = y * 8; raw[o + 2] = 200; }
   return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk("IHDR", ihdr), chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
+}
+
+// === A Web Push service ===
+
+// Headless chromium has no push service, so this test runs one: a real
+// HTTP server that receives the server's Web Push requests (RFC 8030),
+// checks their VAPID signature (RFC 8292) and decrypts them (RFC 8291,
+// aes128gcm) with the subscription's private key, made here. The page's
+// PushManager.subscribe is replaced (an init script) by one that returns
+// this endpoint and these keys; the test then hands the decrypted push to
+// the service worker with CDP's ServiceWorker.deliverPushMessage.
+class PushService {
+  constructor() { this.requests = []; }
+  async start() {
+    this.ecdh = crypto.createECDH("prime256v1");
+    this.ecdh.generateKeys();
+    this.auth = crypto.randomBytes(16);
+    this.server = createServer((req, res) => {
+      const chunks = [];
+      let size = 0;
+      req.on("data", (c) => { size += c.length; if (size <= 65536) chunks.push(c); });
+      req.on("end", () => {
+        this.requests.push({ method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(chunks) });
+        res.writeHead(201);
+        res.end();
+      });
+    });
+    await new Promise((r) => this.server.listen(0, "127.0.0.1", r));
+    this.origin = `http://127.0.0.1:${this.server.address().port}`;
+    this.endpoint = `${this.origin}/push/bob`;
+  }
+  stop() { this.server.close(); this.server.closeAllConnections(); }
+  subscription() {
+    return { endpoint: this.endpoint, p256dh: this.ecdh.getPublicKey().toString("base64url"), auth: this.auth.toString("base64url") };
+  }
+  // The VAPID header: `vapid t=<ES256 JWT>, k=<the server's public key>`.
+  checkVapid(header, vapidKey) {
+    const m = /^vapid t=([\w-]+\.[\w-]+\.[\w-]+), ?k=([\w-]+)$/.exec(header || "");
+    check(m, `a VAPID Authorization header: ${header}`);
+    check(m[2] === vapidKey, "the push is signed with the key the server publishes");
+    const pub = Buffer.from(m[2], "base64url");
+    const key = crypto.createPublicKey({ format: "jwk", key: { kty: "EC", crv: "P-256", x: pub.subarray(1, 33).toString("base64url"), y: pub.subarray(33, 65).toString("base64url") } });
+    const [h, p, sig] = m[1].split(".");
+    check(crypto.verify("sha256", Buffer.from(`${h}.${p}`), { key, dsaEncoding: "ieee-p1363" }, Buffer.from(sig, "base64url")), "the VAPID signature verifies");
+    const claims = JSON.parse(Buffer.from(p, "base64url"));
+    check(claims.aud === this.origin, `the JWT's audience is the push service (${claims.aud})`);
+  }
+  // RFC 8291 with RFC 8188's aes128gcm, one record.
+  decrypt(body) {
+    const salt = body.subarray(0, 16);
+    const rs = body.readUInt32BE(16);
+    const idlen = body[20];
+    const senderKey = body.subarray(21, 21 + idlen);
+    const sealed = body.subarray(21 + idlen);
+    check(idlen === 65 && sealed.length <= rs, "one aes128gcm record keyed by the sender's P-256 key");
+    const shared = this.ecdh.computeSecret(senderKey);
+    const info = Buffer.concat([Buffer.from("WebPush: info\0"), this.ecdh.getPublicKey(), senderKey]);
+    const ikm = Buffer.from(crypto.hkdfSync("sha256", shared, this.auth, info, 32));
+    const cek = Buffer.from(crypto.hkdfSync("sha256", ikm, salt, Buffer.from("Content-Encoding: aes128gcm\0"), 16));
+    const nonce = Buffer.from(crypto.hkdfSync("sha256", ikm, salt, Buffer.from("Content-Encoding: nonce\0"), 12));
+    const d = crypto.createDecipheriv("aes-128-gcm", cek, nonce);
+    d.setAuthTag(sealed.subarray(sealed.length - 16));
+    const padded = Buffer.concat([d.update(sealed.subarray(0, sealed.length - 16)), d.final()]);
+    let end = padded.length - 1;
+    while (end >= 0 && padded[end] === 0) end--;
+    check(padded[end] === 2, "the last record's delimiter");
+    return padded.subarray(0, end);
+  }
+}
+
+// Replaces PushManager.prototype.subscribe in the page (Playwright init
+// script): it checks the application server key is a P-256 point and
+// returns the test's push service as the subscription.
+function fakeSubscribe({ endpoint, p256dh, auth }) {
+  PushManager.prototype.subscribe = async function subscribe(options) {
+    const key = new Uint8Array(options.applicationServerKey);
+    if (key.length !== 65 || key[0] !== 4) throw new DOMException("not a P-256 public key", "InvalidAccessError");
+    const json = { endpoint, expirationTime: null, keys: { p256dh, auth } };
+    return { endpoint, expirationTime: null, options, toJSON: () => json };
+  };
 }
 
 // === A person in a browser ===
@@ -198,14 +296,26 @@ async function main() {
   const server = new Server(join(work, "data"));
   await server.start();
   step(`server on ${server.base}`);
+  const push = new PushService();
+  await push.start();
+  process.on("exit", () => push.stop());
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
   const alice = new Person("Alice", "+14155550101", await browser.newContext({ viewport: { width: 1100, height: 700 } }), server);
-  const bob = new Person("Bob", "+14155550102", await browser.newContext({ viewport: { width: 1100, height: 700 } }), server);
+  // Bob's browser may notify, and its push service is the test's.
+  const bobContext = await browser.newContext({ viewport: { width: 1100, height: 700 }, permissions: ["notifications"] });
+  await bobContext.addInitScript(fakeSubscribe, push.subscription());
+  const bob = new Person("Bob", "+14155550102", bobContext, server);
 
   step("first usable screen");
   const t0 = Date.now();
   await alice.open();
   console.log(`e2e: measured: sign-in screen usable after ${Date.now() - t0} ms (cold, first load)`);
+  const weight = await alice.page.evaluate(() => [...performance.getEntriesByType("navigation"), ...performance.getEntriesByType("resource")]
+    .map((e) => ({ name: e.name, bytes: e.transferSize })));
+  const total = weight.reduce((sum, e) => sum + e.bytes, 0);
+  console.log(`e2e: measured: first load transferred ${total} bytes (${weight.map((e) => `${new URL(e.name).pathname} ${e.bytes}`).join(", ")})`);
+  check(weight.some((e) => e.name.endsWith(".wasm") && e.bytes > 0), "the wasm bundle is part of the first load");
+  check(total < PAGE_WEIGHT_BUDGET, `the first load transfers under ${PAGE_WEIGHT_BUDGET} bytes (${total})`);
   await alice.shot("sign-in");
 
   step("a wrong code: a clear message, nothing typed is lost");
@@ -249,6 +359,29 @@ async function main() {
   step("receipts: Alice sees that Bob read her message");
   await alice.page.locator("#messages li.mine .status", { hasText: "read" }).first().waitFor({ timeout: WAIT_MS });
 
+  step("Alice edits and deletes her messages; Bob sees the edit marked, and a placeholder");
+  const mine = (text) => alice.page.locator("#messages li.mine", { hasText: text }).first();
+  await alice.send("See you at the cafe");
+  await bob.sees("See you at the cafe");
+  await mine("See you at the cafe").locator("button.edit").click();
+  await alice.page.waitForSelector("#editing:not([hidden])", { timeout: WAIT_MS });
+  check((await alice.page.inputValue("#draft")) === "See you at the cafe", "the composer holds the text to edit");
+  await alice.page.fill("#draft", "See you at the park");
+  await alice.page.click("#send");
+  await bob.page.locator("#messages li", { hasText: "See you at the park" }).locator(".edited").waitFor({ timeout: WAIT_MS });
+  check((await bob.page.locator("#messages li", { hasText: "cafe" }).count()) === 0, "the old text is gone on Bob's side");
+  await mine("See you at the park").locator(".edited").waitFor({ timeout: WAIT_MS });
+  await alice.page.waitForSelector("#editing", { state: "hidden", timeout: WAIT_MS });
+  check((await alice.page.inputValue("#draft")) === "", "the composer is empty after the edit");
+  await alice.send("oops, not for you");
+  await bob.sees("oops, not for you");
+  alice.page.once("dialog", (d) => d.accept());
+  await mine("oops, not for you").locator("button.delete").click();
+  await bob.page.locator("#messages li.deleted", { hasText: "This message was deleted" }).waitFor({ timeout: WAIT_MS });
+  await until(async () => (await bob.page.locator("#messages li", { hasText: "oops" }).count()) === 0, "the deleted text is gone on Bob's side");
+  await alice.page.locator("#messages li.deleted").waitFor({ timeout: WAIT_MS });
+  await bob.shot("edited-deleted");
+
   step("a file over the limit: a clear message, the draft stays");
   await alice.page.fill("#draft", "a draft that must survive");
   const limit = await alice.page.evaluate(async () => (await import("/app.js")).MAX_FILE_BYTES);
@@ -283,6 +416,9 @@ async function main() {
     await p.sees("Hello Bob, this is end-to-end encrypted");
     await p.sees("Hi Alice! Lunch at noon?");
     await p.seesImage();
+    await p.page.locator("#messages li", { hasText: "See you at the park" }).locator(".edited").waitFor({ timeout: WAIT_MS });
+    await p.page.locator("#messages li.deleted").waitFor({ timeout: WAIT_MS });
+    check((await p.page.locator("#messages li", { hasText: "oops" }).count()) === 0, `${p.name}'s history has no deleted text`);
   }
   await bob.page.fill("#search", "encrypted");
   await bob.page.locator("#search-results div", { hasText: "Hello Bob" }).waitFor({ timeout: WAIT_MS });
@@ -303,6 +439,70 @@ async function main() {
     return false;
   });
   check(stored.length > 0 && !hasPlain, "IndexedDB holds records, none of them in plaintext");
+
+  step("Web Push: Bob turns notifications on; his device registers with the server's push API");
+  const vapidKey = (await (await fetch(`${server.base}/api/v1/push/vapid`)).json()).public_key;
+  await bob.page.click("#enable-push");
+  const on = await bob.notice(/Notifications are on/);
+  check(/Notifications are on/.test(on), `notifications are on: ${on}`);
+  const bobChat = new URLSearchParams(new URL(alice.page.url()).hash.slice(1)).get("chat");
+  check(bobChat, "Alice's chat with Bob is open");
+
+  step("presence, live: Bob goes away and Alice's header says so");
+  await alice.page.locator("#chat-presence", { hasText: /^online/ }).waitFor({ timeout: WAIT_MS });
+  await bob.page.goto("about:blank");
+  await alice.page.locator("#chat-presence", { hasText: /^offline · last seen/ }).waitFor({ timeout: WAIT_MS });
+
+  step("Web Push: a message for Bob while he is away reaches the push service, content-free");
+  const pushedBefore = push.requests.length;
+  await alice.send("Are you there, Bob?");
+  await until(() => push.requests.length > pushedBefore, "the server's push reaches the push service");
+  const pushed = push.requests[push.requests.length - 1];
+  check(pushed.method === "POST" && pushed.url === "/push/bob", `a POST to the subscription's endpoint (${pushed.method} ${pushed.url})`);
+  check(pushed.headers["content-encoding"] === "aes128gcm", "an encrypted payload");
+  push.checkVapid(pushed.headers.authorization, vapidKey);
+  const payload = push.decrypt(pushed.body);
+  const sync = JSON.parse(payload.toString());
+  check(sync.kind === "sync" && sync.chat_id === bobChat, `the push names the chat, nothing else: ${payload}`);
+  check(!payload.toString().includes("there"), "the push carries no message text");
+
+  step("Web Push: the service worker shows \"New message\"");
+  const cdp = await bobContext.newCDPSession(bob.page);
+  const registered = new Promise((resolve) => cdp.on("ServiceWorker.workerRegistrationUpdated", ({ registrations }) => {
+    const r = registrations.find((x) => x.scopeURL === `${server.base}/` && !x.isDeleted);
+    if (r) resolve(r);
+  }));
+  await cdp.send("ServiceWorker.enable");
+  const registration = await within(registered, "the service worker's registration");
+  await cdp.send("ServiceWorker.deliverPushMessage", { origin: server.base, registrationId: registration.registrationId, data: payload.toString() });
+
+  step("presence, live: Bob comes back and Alice's header says so");
+  await bob.page.goto(server.base + "/");
+  await bob.page.waitForSelector("#app:not([hidden])", { timeout: WAIT_MS });
+  await bob.connected();
+  await alice.page.locator("#chat-presence", { hasText: /^online/ }).waitFor({ timeout: WAIT_MS });
+  const shown = await until(async () => {
+    const n = await bob.page.evaluate(async () => (await (await navigator.serviceWorker.ready).getNotifications())
+      .map((x) => ({ title: x.title, body: x.body, chat: x.data && x.data.chat })));
+    return n.length > 0 && n;
+  }, "Bob's notification");
+  check(shown.length === 1 && shown[0].title === "New message" && shown[0].body === "", `one notification, "New message" and nothing else: ${JSON.stringify(shown)}`);
+  check(shown[0].chat === bobChat, "the notification opens Alice's chat");
+
+  step("Web Push: what a click on the notification does opens the right chat");
+  // Headless chromium cannot click a notification: the test runs the
+  // worker's click handler's own function (openChat) on the notification
+  // shown, and checks the address a new window would open.
+  const worker = bobContext.serviceWorkers()[0] || await bobContext.waitForEvent("serviceworker", { timeout: WAIT_MS });
+  const [url, how] = await worker.evaluate(async () => {
+    const [n] = await self.registration.getNotifications();
+    return [chatUrl(n.data.chat), await openChat(n.data.chat)];
+  });
+  check(url === `/#chat=${bobChat}`, `a new window would open the chat (${url})`);
+  check(how === "focused", `Bob's open window is used (${how})`);
+  await bob.page.waitForFunction((c) => location.hash === `#chat=${c}`, bobChat, { timeout: WAIT_MS });
+  await bob.page.locator("#chat-title", { hasText: "Alice" }).waitFor({ timeout: WAIT_MS });
+  await bob.sees("Are you there, Bob?");
 
   step("a server restart mid-session: a clear message, the draft is kept, then it sends");
   await server.stop();

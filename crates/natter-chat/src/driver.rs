@@ -903,6 +903,8 @@ impl Driver {
                     .await;
                 }
             }
+            // The terminal client shows presence from its own fetches.
+            MessengerEvent::Presence { .. } => {}
         }
         true
     }

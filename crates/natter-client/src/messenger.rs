@@ -144,6 +144,16 @@ pub enum MessengerEvent {
         /// Who.
         user_id: UserId,
     },
+    /// Someone's presence changed (the server tells the people who may
+    /// see it, live; a client fetches it once when it shows someone).
+    Presence {
+        /// Who.
+        user_id: UserId,
+        /// Now.
+        status: natter_proto::users::PresenceStatus,
+        /// When last online, if they let this user see it.
+        last_seen: Option<time::OffsetDateTime>,
+    },
 }
 
 /// A message as the user sees it.
@@ -1291,6 +1301,15 @@ impl Messenger {
             Event::Typing { chat_id, user_id } => self
                 .pending
                 .push_back(MessengerEvent::Typing { chat_id, user_id }),
+            Event::Presence {
+                user_id,
+                status,
+                last_seen,
+            } => self.pending.push_back(MessengerEvent::Presence {
+                user_id,
+                status,
+                last_seen,
+            }),
             _ => {}
         }
         Ok(())
@@ -1314,10 +1333,22 @@ impl Messenger {
             file @ Body::File { name, .. } => {
                 self.store.put_history(&entry(name, Some(file.clone())))?;
             }
+            // Only a message's sender may change it, and only in its chat.
+            Body::Edit { target, .. } | Body::Delete { target }
+                if !self.sent_by(chat, *target, message.sender_id)? => {}
             Body::Edit { target, text } => self.store.update_history(*target, Some(text))?,
             Body::Delete { target } => self.store.update_history(*target, None)?,
         }
         Ok(())
+    }
+
+    /// Whether `target` is a message of `chat`'s local history sent by `sender`.
+    fn sent_by(&self, chat: ChatId, target: MessageId, sender: UserId) -> ClientResult<bool> {
+        Ok(self
+            .store
+            .history(chat)?
+            .iter()
+            .any(|e| e.message_id == target && e.sender_id == sender))
     }
 
     async fn is_encrypted(&mut self, chat: ChatId) -> ClientResult<bool> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use natter_client::e2ee::payload::Body;
 use natter_client::{Client, ClientError, Messenger, MessengerEvent, Store};
 use natter_proto::chats::ChatKind;
+use natter_proto::users::PresenceStatus;
 use natter_proto::{ChatId, UserId};
 use natter_server::config::Rate;
 use natter_server::{Config, RunningServer};
@@ -845,7 +846,7 @@ async fn next_change(m: &mut Messenger, chat: ChatId) -> (&'static str, String, 
 }
 
 #[tokio::test]
-async fn edits_deletes_typing_and_leaving_go_through_the_messenger() {
+async fn edits_deletes_typing_presence_and_leaving_go_through_the_messenger() {
     let server = TestServer::start().await;
     let alice = server.user("+14155550801", "Alice").await;
     let bob = server.user("+14155550802", "Bob").await;
@@ -878,6 +879,19 @@ async fn edits_deletes_typing_and_leaving_go_through_the_messenger() {
     );
     // The receiver's local history (and so its search) has the new text.
     assert_eq!(b.store().history(chat).unwrap()[0].text, "first");
+    // Only a message's sender may change it: Bob's edit of Alice's message
+    // reaches Alice and changes nothing, on either side.
+    b.send_edit(chat, target, "forged").await.unwrap();
+    until(&mut b, |e| {
+        matches!(e, MessengerEvent::Sent { .. }).then_some(())
+    })
+    .await;
+    assert_eq!(b.store().history(chat).unwrap()[0].text, "first");
+    assert_eq!(
+        next_change(&mut a, chat).await,
+        ("edit", id.clone(), "forged".into())
+    );
+    assert_eq!(a.store().history(chat).unwrap()[0].text, "first");
     a.send_delete(chat, target).await.unwrap();
     assert_eq!(next_change(&mut b, chat).await.0, "delete");
     // Typing reaches the other member.
@@ -908,9 +922,39 @@ async fn edits_deletes_typing_and_leaving_go_through_the_messenger() {
     .await
     .unwrap();
     assert_eq!(text, "two halves");
+    // Presence, live: Bob's device goes away and comes back; Alice's
+    // messenger hears both from the server.
+    let bob_id = bob.user_id();
+    drop(b);
+    let last_seen = until(&mut a, |e| match e {
+        MessengerEvent::Presence {
+            user_id,
+            status: PresenceStatus::Offline,
+            last_seen,
+        } if user_id == bob_id => Some(last_seen),
+        _ => None,
+    })
+    .await;
+    assert!(
+        last_seen.is_some(),
+        "a member may see when Bob was last online"
+    );
+    let mut b = server.messenger(&bob).await;
+    until(&mut b, |e| {
+        matches!(e, MessengerEvent::Connected).then_some(())
+    })
+    .await;
+    until(&mut a, |e| match e {
+        MessengerEvent::Presence {
+            user_id,
+            status: PresenceStatus::Online,
+            ..
+        } if user_id == bob_id => Some(()),
+        _ => None,
+    })
+    .await;
     // Bob leaves: Alice hears it, and Bob can no longer send there.
     b.leave(chat).await.unwrap();
-    let bob_id = bob.user_id();
     until(&mut a, |e| match e {
         MessengerEvent::ChatChanged {
             event: natter_proto::chats::ChatEvent::MemberLeft { user_id },

@@ -110,6 +110,10 @@ struct Entry {
     text: String,
     /// Set for a file message: its name and type.
     file: Option<FileInfo>,
+    /// Its text was edited (by its sender).
+    edited: bool,
+    /// Deleted for everyone: `text` is empty, show a placeholder.
+    deleted: bool,
 }
 
 #[derive(Serialize, serde::Deserialize, Clone)]
@@ -120,7 +124,12 @@ struct FileInfo {
 
 /// What the app's `onEvent` receives.
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
+// Variants and fields in camelCase, as JavaScript spells them.
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 enum WebEvent {
     Connected,
     Disconnected {
@@ -151,26 +160,30 @@ enum WebEvent {
     Linked {
         imported: usize,
     },
-    #[serde(rename_all = "camelCase")]
     Sent {
         client_message_id: String,
         seq: i64,
     },
-    #[serde(rename_all = "camelCase")]
     SendFailed {
         client_message_id: String,
         code: String,
     },
-    #[serde(rename_all = "camelCase")]
     Receipt {
         chat_id: ChatId,
         delivered_seq: i64,
         read_seq: i64,
     },
-    #[serde(rename_all = "camelCase")]
     Typing {
         chat_id: ChatId,
         user_id: UserId,
+    },
+    /// Someone's presence, live from the server: `status` is `online`,
+    /// `away` or `offline`; `lastSeen` RFC 3339, when they let this user
+    /// see it.
+    Presence {
+        user_id: UserId,
+        status: natter_proto::users::PresenceStatus,
+        last_seen: Option<String>,
     },
     StorageFailed {
         reason: String,
@@ -399,11 +412,23 @@ impl Natter {
         Ok(found.registered.first().map(|u| u.user_id.to_string()))
     }
 
-    /// A chat's local (decrypted) history, oldest first.
+    /// A chat's local (decrypted) history, oldest first, with a
+    /// placeholder (`deleted`, no text) for each message deleted for
+    /// everyone.
     pub fn history(&self, chat_id: String) -> JsResult<JsValue> {
         let chat = parse_id::<ChatId>("chat", &chat_id)?;
-        let entries = ClientStore::history(&self.store, chat).map_err(store_error)?;
-        let entries: Vec<Entry> = entries.into_iter().map(|e| self.entry(e)).collect();
+        let mut entries: Vec<Entry> = ClientStore::history(&self.store, chat)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|e| self.entry(e))
+            .collect();
+        let deleted = self.store.deleted(chat).map_err(store_error)?;
+        entries.extend(deleted.into_iter().map(|e| Entry {
+            deleted: true,
+            file: None,
+            ..self.entry(e)
+        }));
+        entries.sort_by_key(|e| e.seq);
         to_js(&entries)
     }
 
@@ -434,6 +459,65 @@ impl Natter {
             }))
             .await?;
         Ok(id.as_string().unwrap_or_default())
+    }
+
+    /// Sends a new text for this user's message at `seq` (encrypted; the
+    /// history has it once the server acknowledges it).
+    #[wasm_bindgen(js_name = sendEdit)]
+    pub async fn send_edit(&self, chat_id: String, seq: f64, text: String) -> JsResult<String> {
+        let chat = parse_id::<ChatId>("chat", &chat_id)?;
+        let seq = seq_of(seq)?;
+        let target = self.own_message(chat, seq)?;
+        if entry_of_seq(&self.store, chat, seq).is_some_and(|e| e.file.is_some()) {
+            return Err(plain_error("A file cannot be edited: delete it instead."));
+        }
+        if text.trim().is_empty() {
+            return Err(plain_error(
+                "An edit cannot be empty: delete the message instead.",
+            ));
+        }
+        let id = self
+            .call(Box::new(move |m, _| {
+                Box::pin(async move {
+                    m.send_edit(chat, target, &text)
+                        .await
+                        .map(|id| JsValue::from_str(&id))
+                        .map_err(|e| js_error(&e))
+                })
+            }))
+            .await?;
+        Ok(id.as_string().unwrap_or_default())
+    }
+
+    /// Deletes this user's message at `seq` for everyone (encrypted).
+    #[wasm_bindgen(js_name = sendDelete)]
+    pub async fn send_delete(&self, chat_id: String, seq: f64) -> JsResult<String> {
+        let chat = parse_id::<ChatId>("chat", &chat_id)?;
+        let target = self.own_message(chat, seq_of(seq)?)?;
+        let id = self
+            .call(Box::new(move |m, _| {
+                Box::pin(async move {
+                    m.send_delete(chat, target)
+                        .await
+                        .map(|id| JsValue::from_str(&id))
+                        .map_err(|e| js_error(&e))
+                })
+            }))
+            .await?;
+        Ok(id.as_string().unwrap_or_default())
+    }
+
+    /// The id of this user's message at `seq` of `chat`, from the history.
+    fn own_message(&self, chat: ChatId, seq: i64) -> JsResult<natter_proto::MessageId> {
+        let entries = ClientStore::history(&self.store, chat).map_err(store_error)?;
+        let entry = entries
+            .into_iter()
+            .find(|e| e.seq == seq)
+            .ok_or_else(|| plain_error("That message is not in this chat (any more)."))?;
+        if entry.sender_id != self.session.user_id() {
+            return Err(plain_error("Only your own messages can be changed."));
+        }
+        Ok(entry.message_id)
     }
 
     /// Encrypts and sends a file.
@@ -733,6 +817,15 @@ async fn fresh_store() -> JsResult<BrowserStore> {
     BrowserStore::open(STORE_NAME).await.map_err(store_error)
 }
 
+/// The app's view of the history entry at `seq` of `chat`, if any.
+fn entry_of_seq(store: &BrowserStore, chat: ChatId, seq: i64) -> Option<Entry> {
+    ClientStore::history(store, chat)
+        .ok()?
+        .into_iter()
+        .find(|e| e.seq == seq)
+        .map(|e| entry_of(store, e))
+}
+
 fn entry_of(store: &BrowserStore, e: HistoryEntry) -> Entry {
     let dyn_store: &dyn ClientStore = store;
     let file = dyn_store
@@ -753,6 +846,8 @@ fn entry_of(store: &BrowserStore, e: HistoryEntry) -> Entry {
             }
         });
     Entry {
+        edited: store.is_edited(e.chat_id, e.seq),
+        deleted: false,
         chat_id: e.chat_id,
         seq: e.seq,
         message_id: e.message_id.to_string(),
@@ -891,6 +986,15 @@ fn web_event(store: &BrowserStore, event: MessengerEvent) -> Option<WebEvent> {
             read_seq,
         },
         MessengerEvent::Typing { chat_id, user_id } => WebEvent::Typing { chat_id, user_id },
+        MessengerEvent::Presence {
+            user_id,
+            status,
+            last_seen,
+        } => WebEvent::Presence {
+            user_id,
+            status,
+            last_seen: last_seen.and_then(|t| natter_proto::timefmt::format(t).ok()),
+        },
     })
 }
 

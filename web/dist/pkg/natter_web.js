@@ -173,7 +173,9 @@ export class Natter {
         return ret;
     }
     /**
-     * A chat's local (decrypted) history, oldest first.
+     * A chat's local (decrypted) history, oldest first, with a
+     * placeholder (`deleted`, no text) for each message deleted for
+     * everyone.
      * @param {string} chat_id
      * @returns {any}
      */
@@ -302,6 +304,43 @@ export class Natter {
             throw takeFromExternrefTable0(ret[1]);
         }
         return takeFromExternrefTable0(ret[0]);
+    }
+    /**
+     * Deletes this user's message at `seq` for everyone (encrypted).
+     * @param {string} chat_id
+     * @param {number} seq
+     * @returns {Promise<string>}
+     */
+    sendDelete(chat_id, seq) {
+        const val2 = +seq;
+        const ptr0 = passStringToWasm0(chat_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.natter_sendDelete(this.__wbg_ptr, ptr0, len0, val2);
+        return ret;
+    }
+    /**
+     * Sends a new text for this user's message at `seq` (encrypted; the
+     * history has it once the server acknowledges it).
+     * @param {string} chat_id
+     * @param {number} seq
+     * @param {string} text
+     * @returns {Promise<string>}
+     */
+    sendEdit(chat_id, seq, text) {
+        const val3 = +seq;
+        let ptr0, len0, ptr1, len1;
+        try {
+            ptr0 = passStringToWasm0(chat_id, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len0 = WASM_VECTOR_LEN;
+            ptr1 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+            len1 = WASM_VECTOR_LEN;
+        } catch (e) {
+            if (ptr1) { wasm.__wbindgen_free(ptr1, len1 * 1, 1); }
+            if (ptr0) { wasm.__wbindgen_free(ptr0, len0 * 1, 1); }
+            throw e;
+        }
+        const ret = wasm.natter_sendEdit(this.__wbg_ptr, ptr0, len0, val3, ptr1, len1);
+        return ret;
     }
     /**
      * Encrypts and sends a file.
@@ -1078,12 +1117,12 @@ function __wbg_get_imports() {
             return ret;
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 1040, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 1056, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hb5cbe2f8b1da96ed);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 351, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 364, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h8a78581ee6777c8d);
             return ret;
         },

@@ -16,8 +16,11 @@
 //!
 //! Records (`records` object store; name → `iv ‖ AES-GCM(value)`):
 //! `session`; `state/<key>`; `pos/<chat>`; `outbox/<n>` (n orders the
-//! outbox); `hist/<chat>/<seq>` (a [`HistoryEntry`] as JSON). The key is
-//! in the `keys` object store under `records`.
+//! outbox); `hist/<chat>/<seq>` (a [`HistoryEntry`] as JSON). An edited
+//! entry is marked by `state/history/edited/<chat>/<seq>`; a deleted one
+//! leaves a tombstone, `state/history/deleted/<chat>/<seq>` (the entry with
+//! its text emptied), so the app shows a placeholder. The key is in the
+//! `keys` object store under `records`.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -97,6 +100,16 @@ fn unjson<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T,
 
 fn hist_name(chat: ChatId, seq: i64) -> String {
     format!("hist/{chat}/{seq:020}")
+}
+
+/// The `state` key marking a history entry as edited.
+fn edited_key(chat: ChatId, seq: i64) -> String {
+    format!("history/edited/{chat}/{seq:020}")
+}
+
+/// The `state` key of a deleted entry's tombstone (its text emptied).
+fn deleted_key(chat: ChatId, seq: i64) -> String {
+    format!("history/deleted/{chat}/{seq:020}")
 }
 
 impl BrowserStore {
@@ -191,6 +204,32 @@ impl BrowserStore {
         outcome
             .map(|_| ())
             .map_err(|_| browser("the store is open in another tab: close the other tabs first"))
+    }
+
+    /// Whether the history entry at `seq` of `chat` was edited (it has
+    /// the new text).
+    #[must_use]
+    pub fn is_edited(&self, chat: ChatId, seq: i64) -> bool {
+        self.inner
+            .mem
+            .borrow()
+            .state
+            .contains_key(&edited_key(chat, seq))
+    }
+
+    /// The entries of `chat` deleted for everyone, oldest first: who sent
+    /// them and when, their text empty (shown as a placeholder).
+    ///
+    /// # Errors
+    /// A tombstone does not decode.
+    pub fn deleted(&self, chat: ChatId) -> Result<Vec<HistoryEntry>, StoreError> {
+        let prefix = format!("history/deleted/{chat}/");
+        let mem = self.inner.mem.borrow();
+        mem.state
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| unjson(k, v))
+            .collect()
     }
 
     /// Closes the database (before [`BrowserStore::destroy`], which waits
@@ -504,9 +543,19 @@ impl ClientStore for BrowserStore {
                     let bytes = json(entry)?;
                     self.queue(hist_name(slot.0, slot.1), Some(bytes));
                 }
+                let mark = edited_key(slot.0, slot.1);
+                mem.state.insert(mark.clone(), Vec::new());
+                self.queue(format!("state/{mark}"), Some(Vec::new()));
             }
             None => {
-                mem.history.remove(&slot);
+                if let Some(mut entry) = mem.history.remove(&slot) {
+                    // The tombstone: who and when, not what.
+                    entry.text.clear();
+                    let tomb = deleted_key(slot.0, slot.1);
+                    let bytes = json(&entry)?;
+                    mem.state.insert(tomb.clone(), bytes.clone());
+                    self.queue(format!("state/{tomb}"), Some(bytes));
+                }
                 self.queue(hist_name(slot.0, slot.1), None);
             }
         }

@@ -87,6 +87,13 @@ impl Services {
             }
             self.announce_presence(who.user, PresenceStatus::Offline, Some(now))
                 .await;
+            // A connection that came meanwhile may have announced `online`
+            // before this `offline` went out (it waited on the store): say
+            // where the user is now, after it, so the last word is right.
+            let now_status = self.inner.bus.presence(who.user).await;
+            if now_status != PresenceStatus::Offline {
+                self.announce_presence(who.user, now_status, None).await;
+            }
         }
     }
 

@@ -616,6 +616,30 @@ async fn presence_follows_connections_and_the_privacy_setting() {
     a.close().await;
 }
 
+/// A user whose socket closes as a new one opens: whatever order the
+/// server's `offline` and `online` announcements race in, the last one a
+/// viewer hears says `online`.
+#[tokio::test]
+async fn a_reconnect_at_once_leaves_the_user_online_for_viewers() {
+    const RECONNECTS: usize = 8;
+    let app = TestApp::start().await;
+    let alice = app.signup("+14155551025", "Alice").await;
+    let bob = app.signup("+14155551026", "Bob").await;
+    alice.adds_contact(&app, &bob).await;
+    bob.adds_contact(&app, &alice).await;
+    let mut b = bob.connect(&app).await;
+    let mut a = alice.connect(&app).await;
+    assert_eq!(b.next_of("presence").await["status"], "online");
+    for _ in 0..RECONNECTS {
+        let ((), new) = tokio::join!(a.close(), alice.connect(&app));
+        a = new;
+    }
+    let last = b.last_of("presence", QUIET).await.expect("presence frames");
+    assert_eq!(last["user_id"], alice.user_id.as_str());
+    assert_eq!(last["status"], "online", "{last}");
+    a.close().await;
+}
+
 #[tokio::test]
 async fn revoking_a_device_closes_its_sockets() {
     let app = TestApp::start().await;

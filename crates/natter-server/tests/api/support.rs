@@ -627,6 +627,28 @@ impl Socket {
         }
     }
 
+    /// The last frame of type `kind` before the socket stays silent for
+    /// `quiet` (at most WAIT in all).
+    pub async fn last_of(&mut self, kind: &str, quiet: Duration) -> Option<Value> {
+        use futures_util::StreamExt as _;
+        use tokio_tungstenite::tungstenite::Message;
+        let end = tokio::time::Instant::now() + WAIT;
+        let mut last = None;
+        while tokio::time::Instant::now() < end {
+            match tokio::time::timeout(quiet, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let frame: Value = serde_json::from_str(&t).unwrap();
+                    if frame["type"] == kind {
+                        last = Some(frame);
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) | Err(_) => break,
+            }
+        }
+        last
+    }
+
     /// Asserts that no frame of type `kind` arrives within `quiet`.
     pub async fn nothing_of(&mut self, kind: &str, quiet: Duration) {
         use futures_util::StreamExt as _;
