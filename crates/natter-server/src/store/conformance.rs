@@ -35,7 +35,8 @@ use super::{
 };
 use natter_proto::InvitationId;
 
-use super::{FinishedMedia, MediaCreated, MediaStore, NewMedia};
+use super::admin::{Administration, Deactivated};
+use super::{AccountsAcrossChats, FinishedMedia, MediaCreated, MediaStore, NewMedia};
 use super::{GroupAdded, GroupCreated, GroupInvitations, InvitationAccepted, InvitationRules};
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
@@ -1918,6 +1919,228 @@ async fn group_invitations<S: Accounts + ChatLog + GroupInvitations>(store: &S) 
     t
 }
 
+/// The operator's administration: accounts without devices, the list,
+/// deactivation (devices logged out, logins refused), counts, the
+/// engine's own check, the blobs that must exist.
+async fn administration<S: Accounts + Administration + MediaStore>(store: &S) -> Transcript {
+    let mut t = Transcript::new();
+    let ann = register(store, 1, "Ann").await;
+    assert!(store.create_user(invited_user(2, "Bob")).await.unwrap());
+    assert!(
+        !store
+            .create_user(invited_user(2, "Bob again"))
+            .await
+            .unwrap(),
+        "the number is taken"
+    );
+    let summary: Vec<String> = store
+        .users_summary()
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| {
+            format!(
+                "{} devices {} deactivated {}",
+                u.user.name,
+                u.devices,
+                u.deactivated_at.is_some()
+            )
+        })
+        .collect();
+    assert_eq!(summary.len(), 2);
+    t.extend(summary);
+    assert_eq!(store.deactivated_at(ann.id).await.unwrap(), Some(None));
+    assert_eq!(store.deactivated_at(UserId::new()).await.unwrap(), None);
+    let device = store.devices(ann.id).await.unwrap()[0].id;
+    assert_eq!(
+        store.device_by_id(device).await.unwrap().map(|d| d.user_id),
+        Some(ann.id)
+    );
+    let avatar = upload(&ann, MediaKind::Image, 10, true, T0);
+    store.create_media(avatar.clone(), 100, 2).await.unwrap();
+    store
+        .create_media(upload(&ann, MediaKind::File, 10, false, T0), 100, 2)
+        .await
+        .unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.users, stats.devices, stats.media, stats.media_bytes),
+        (2, 1, 1, 10)
+    );
+    let blobs: Vec<bool> = store
+        .referenced_blobs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.thumbnail)
+        .collect();
+    assert_eq!(blobs, [true], "the finished upload only");
+    let done = store.deactivate_user(ann.id, T0).await.unwrap();
+    assert!(
+        matches!(&done, Deactivated::Done(d) if d == &[device]),
+        "{done:?}"
+    );
+    assert!(matches!(
+        store.deactivate_user(ann.id, T0).await.unwrap(),
+        Deactivated::Already
+    ));
+    assert!(matches!(
+        store.deactivate_user(UserId::new(), T0).await.unwrap(),
+        Deactivated::NoSuchUser
+    ));
+    assert!(store.device_by_id(device).await.unwrap().is_none());
+    store
+        .put_verification_code(new_code(
+            &phone(1),
+            code(1),
+            T0.plus(Duration::from_secs(60)),
+        ))
+        .await
+        .unwrap();
+    let login = store
+        .login(Login {
+            phone: phone(1),
+            code: code(1),
+            device: new_device("x", T0),
+            max_devices: 5,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(login, LoggedIn::UnknownPhone), "{login:?}");
+    let stats = store.stats().await.unwrap();
+    t.push(format!(
+        "users {} deactivated {} devices {}",
+        stats.users, stats.deactivated_users, stats.devices
+    ));
+    assert_eq!(
+        store.integrity_problems().await.unwrap(),
+        Vec::<String>::new()
+    );
+    t
+}
+
+/// Presence audiences by setting, and deleting an account: the user
+/// leaves every chat through the removal path (a group's next admin takes
+/// over), their devices, contacts and uploads go, the row stays as a
+/// tombstone and the number is free again.
+async fn accounts_across_chats<S: Accounts + ChatLog + MediaStore + AccountsAcrossChats>(
+    store: &S,
+) -> Transcript {
+    let mut t = Transcript::new();
+    let ann = register(store, 1, "Ann").await;
+    let bob = register(store, 2, "Bob").await;
+    let cid = register(store, 3, "Cid").await;
+    let dee = register(store, 4, "Dee").await;
+    let all = [&ann, &bob, &cid, &dee];
+    store
+        .create_chat(new_chat(ChatKind::Direct, &ann, &[&bob], T0))
+        .await
+        .unwrap();
+    let ChatCreated::Created(group, _) = store
+        .create_chat(new_chat(ChatKind::Group, &ann, &[&bob, &cid], T0))
+        .await
+        .unwrap()
+    else {
+        panic!("no group");
+    };
+    store
+        .add_contact(dee.id, ann.id, true, 10, T0)
+        .await
+        .unwrap();
+    store
+        .add_contact(ann.id, cid.id, true, 10, T0)
+        .await
+        .unwrap();
+    let audience = |max: usize| async move {
+        let mut who = names(&all, &store.presence_audience(ann.id, max).await.unwrap());
+        who.sort();
+        who
+    };
+    assert_eq!(
+        audience(3).await,
+        ["Bob", "Cid", "Dee"],
+        "co-members and who has her"
+    );
+    assert_eq!(
+        audience(2).await,
+        ["Bob", "Dee"],
+        "a group of 3 is past a limit of 2"
+    );
+    let set = |v| {
+        store.update_profile(
+            ann.id,
+            ProfilePatch {
+                last_seen_visibility: Some(v),
+                ..ProfilePatch::default()
+            },
+            T0,
+        )
+    };
+    set(LastSeenVisibility::Contacts).await.unwrap();
+    assert_eq!(audience(3).await, ["Cid"], "only her own contacts");
+    set(LastSeenVisibility::Nobody).await.unwrap();
+    assert!(audience(3).await.is_empty());
+    t.push("audiences as expected".into());
+
+    store
+        .create_media(upload(&ann, MediaKind::Image, 10, true, T0), 100, 2)
+        .await
+        .unwrap();
+    store
+        .create_media(upload(&ann, MediaKind::File, 10, false, T0), 100, 2)
+        .await
+        .unwrap();
+    let deleted = store.delete_account(ann.id, T0).await.unwrap().unwrap();
+    let left: Vec<String> = deleted
+        .left
+        .iter()
+        .map(|a| describe_entry(&all, &a.entry))
+        .collect();
+    assert_eq!(
+        left.len(),
+        3,
+        "left the direct chat and the group, Bob took over: {left:?}"
+    );
+    t.extend(left);
+    assert_eq!(
+        (
+            deleted.devices.len(),
+            deleted.media.len(),
+            deleted.uploads.len()
+        ),
+        (1, 1, 1)
+    );
+    assert!(
+        store.delete_account(ann.id, T0).await.unwrap().is_none(),
+        "once"
+    );
+    assert!(store.user(ann.id).await.unwrap().is_none());
+    assert!(
+        store.user_by_phone(&phone(1)).await.unwrap().is_none(),
+        "the number is free"
+    );
+    assert!(store.contacts(dee.id).await.unwrap().is_empty());
+    let members: Vec<String> = store
+        .members(group.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| format!("{} {:?}", names(&all, &[m.user_id])[0], m.role))
+        .collect();
+    assert_eq!(members, ["Bob Admin", "Cid Member"]);
+    let direct = store.chats_of(bob.id).await.unwrap();
+    let other: Vec<Option<String>> = direct
+        .iter()
+        .map(|o| o.other.as_ref().map(|p| p.name.clone()))
+        .collect();
+    assert!(other.contains(&Some("Deleted account".into())), "{other:?}");
+    t.extend(members);
+    // The number can sign up again, as a new account.
+    let again = register(store, 1, "Ann again").await;
+    assert_ne!(again.id, ann.id);
+    t
+}
+
 /// A named secret is made once and read back the same ever after.
 async fn server_secrets(store: &dyn Accounts) -> Transcript {
     let first = store
@@ -1984,6 +2207,8 @@ on_both_engines! {
     key_directory_on_both_engines => key_directory;
     media_store_on_both_engines => media_store;
     group_invitations_on_both_engines => group_invitations;
+    administration_on_both_engines => administration;
+    accounts_across_chats_on_both_engines => accounts_across_chats;
 }
 
 /// Many nodes adding contacts for one user at once never pass the limit:

@@ -28,7 +28,7 @@ use crate::store::{
 pub(super) const USER_COLUMNS: &str = "id, phone, name, about, last_seen_visibility, \
      group_add_permission, last_seen_at, profile_pic, created_at";
 
-const DEVICE_COLUMNS: &str = "id, user_id, name, created_at, last_active_at";
+pub(super) const DEVICE_COLUMNS: &str = "id, user_id, name, created_at, last_active_at";
 
 pub(super) fn user_from_row(row: &tokio_postgres::Row) -> User {
     User {
@@ -46,7 +46,7 @@ pub(super) fn user_from_row(row: &tokio_postgres::Row) -> User {
     }
 }
 
-fn device_from_row(row: &tokio_postgres::Row) -> Device {
+pub(super) fn device_from_row(row: &tokio_postgres::Row) -> Device {
     Device {
         id: DeviceId::from_uuid(row.get("id")),
         user_id: UserId::from_uuid(row.get("user_id")),

@@ -307,7 +307,7 @@ async fn set_role(
 /// Ends `user`'s membership (by `actor`: themself when leaving) and hands
 /// the group to a successor if they were its only admin: the one removal
 /// path (leaving, being removed, deleting one's account).
-async fn remove_member(
+pub(super) async fn remove_member(
     tx: &Tx<'_>,
     state: &mut ChatState,
     chat: ChatId,

@@ -24,6 +24,8 @@
 //! above `store` uses it directly.
 
 mod accounts;
+mod across;
+mod admin;
 mod chats;
 mod e2ee;
 mod group_invitations;
