@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use natter_proto::chats::{ChatEvent, ChatKind, Role};
-use natter_proto::{DeviceId, MediaId, MessageId, UserId};
+use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
 
 use super::rules::MemberFacts;
-use super::{EntryKind, ReceiptState, Recipients};
+use super::{EntryKind, LogEntry, ReceiptState, Recipients};
 use crate::clock::Timestamp;
 
 /// A multiset of positions, for the lowest one in O(log n).
@@ -231,6 +231,27 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
+    /// The entry this draft is once stored at `seq` of `chat`.
+    pub(crate) fn into_entry(self, chat: ChatId, seq: i64) -> LogEntry {
+        LogEntry {
+            id: self.id,
+            chat_id: chat,
+            seq,
+            sender_id: self.sender_id,
+            sender_device_id: self.sender_device_id,
+            kind: self.kind,
+            content: self.content,
+            ciphertext: self.ciphertext,
+            media_id: self.media_id,
+            reply_to: self.reply_to,
+            client_message_id: self.client_message_id,
+            client_timestamp: self.client_timestamp,
+            created_at: self.now,
+            edited_at: None,
+            deleted_at: None,
+        }
+    }
+
     pub(crate) fn system(actor: UserId, event: ChatEvent, now: Timestamp) -> Self {
         Self {
             id: MessageId::new(),

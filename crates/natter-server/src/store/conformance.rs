@@ -10,7 +10,7 @@ use std::time::Duration;
 use natter_proto::push::{ApnsEnvironment, PushKind};
 use natter_proto::users::{GroupAddPermission, LastSeenVisibility};
 use natter_proto::{ChatId, DeviceId, UserId};
-use natter_testkit::pg::PgCluster;
+use natter_testkit::pg::{PgCluster, TestDatabase};
 
 use super::Store as _;
 use super::admin::{InviteRegistration, Invites, NewInvite, RegisteredByInvite};
@@ -2170,6 +2170,25 @@ fn pg_options(url: String) -> PgOptions {
     }
 }
 
+/// A database of the test's own in the cluster, migrated (a copy of the
+/// cluster's migrated template).
+async fn migrated(cluster: &PgCluster) -> TestDatabase<'_> {
+    cluster
+        .database(&migrations_fingerprint(), |url| async move {
+            Postgres::connect(&pg_options(url))
+                .await
+                .map(|pg| pg.close())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap()
+}
+
+/// A node's connection pool to the test's database.
+async fn node(db: &TestDatabase<'_>) -> Postgres {
+    Postgres::connect(&pg_options(db.url())).await.unwrap()
+}
+
 /// Runs `scenario` on a fresh SQLite store and a fresh PostgreSQL database
 /// and requires the same transcript from both.
 macro_rules! on_both_engines {
@@ -2180,13 +2199,8 @@ macro_rules! on_both_engines {
             let expected = $scenario(&embedded).await;
             embedded.close().await;
             let cluster = PgCluster::from_env_or_start().unwrap();
-            let db = cluster
-                .database(&migrations_fingerprint(), |url| async move {
-                    Postgres::connect(&pg_options(url)).await.map(|pg| pg.close()).map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap();
-            let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
+            let db = migrated(&cluster).await;
+            let pg = node(&db).await;
             let answered = tokio::time::timeout(Duration::from_secs(60), $scenario(&pg))
                 .await
                 .expect("the PostgreSQL engine answered within a minute");
@@ -2216,23 +2230,14 @@ on_both_engines! {
 #[tokio::test]
 async fn concurrent_contact_adds_on_postgres_stop_at_the_limit() {
     let cluster = PgCluster::from_env_or_start().unwrap();
-    let db = cluster
-        .database(&migrations_fingerprint(), |url| async move {
-            Postgres::connect(&pg_options(url))
-                .await
-                .map(|pg| pg.close())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap();
-    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let db = migrated(&cluster).await;
+    let (pg, node_b) = (node(&db).await, node(&db).await);
     let owner = register(&pg, 1, "Owner").await;
     let mut others = Vec::new();
     for n in 2..12 {
         others.push(register(&pg, n, &format!("u{n}")).await);
     }
     // Two "nodes" (pools of their own), ten adds at once, room for four.
-    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
     let adds = others.iter().enumerate().map(|(i, other)| {
         let node = if i % 2 == 0 { &pg } else { &node_b };
         node.add_contact(owner.id, other.id, false, 4, T0)
@@ -2257,22 +2262,25 @@ async fn concurrent_contact_adds_on_postgres_stop_at_the_limit() {
     node_b.close();
 }
 
+/// A push worker's loop: claims four at a time until nothing is due.
+async fn claim_until_empty(node: &Postgres, now: Timestamp, lease: Timestamp) -> Vec<DeviceId> {
+    let mut mine = Vec::new();
+    loop {
+        let batch = node.claim_pushes(now, 1_000, lease, 4).await.unwrap();
+        if batch.is_empty() {
+            return mine;
+        }
+        mine.extend(batch.into_iter().map(|p| p.device_id));
+    }
+}
+
 /// Push workers on two nodes claiming at once share the due pushes: each
 /// is claimed by exactly one of them.
 #[tokio::test]
 async fn concurrent_push_claims_on_postgres_never_send_twice() {
     let cluster = PgCluster::from_env_or_start().unwrap();
-    let db = cluster
-        .database(&migrations_fingerprint(), |url| async move {
-            Postgres::connect(&pg_options(url))
-                .await
-                .map(|pg| pg.close())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap();
-    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
-    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let db = migrated(&cluster).await;
+    let (pg, node_b) = (node(&db).await, node(&db).await);
     let mut pushes = Vec::new();
     for n in 0..24 {
         let user = register(&pg, n, &format!("u{n}")).await;
@@ -2288,22 +2296,12 @@ async fn concurrent_push_claims_on_postgres_never_send_twice() {
     pg.queue_pushes(pushes).await.unwrap();
     let now = Timestamp(T0.0 + 10_000);
     let lease = Timestamp(T0.0 + 60_000);
-    // Each worker claims four at a time until nothing is left.
-    let worker = |node: &'static Postgres| async move {
-        let mut mine = Vec::new();
-        loop {
-            let batch = node.claim_pushes(now, 1_000, lease, 4).await.unwrap();
-            if batch.is_empty() {
-                return mine;
-            }
-            mine.extend(batch.into_iter().map(|p| p.device_id));
-        }
-    };
-    let (pg, node_b): (&'static Postgres, &'static Postgres) =
-        (Box::leak(Box::new(pg)), Box::leak(Box::new(node_b)));
     let (a, b) = tokio::time::timeout(
         Duration::from_secs(60),
-        futures_util::future::join(worker(pg), worker(node_b)),
+        futures_util::future::join(
+            claim_until_empty(&pg, now, lease),
+            claim_until_empty(&node_b, now, lease),
+        ),
     )
     .await
     .expect("the workers finished within a minute");
@@ -2322,17 +2320,8 @@ async fn concurrent_push_claims_on_postgres_never_send_twice() {
 #[tokio::test]
 async fn concurrent_invite_registrations_on_postgres_spend_each_use_once() {
     let cluster = PgCluster::from_env_or_start().unwrap();
-    let db = cluster
-        .database(&migrations_fingerprint(), |url| async move {
-            Postgres::connect(&pg_options(url))
-                .await
-                .map(|pg| pg.close())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap();
-    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
-    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let db = migrated(&cluster).await;
+    let (pg, node_b) = (node(&db).await, node(&db).await);
     let token = PlainToken::generate();
     pg.create_invite(invite(&token, 3, None, T0)).await.unwrap();
     let attempts = (0..8).map(|n| {
@@ -2364,17 +2353,8 @@ async fn concurrent_invite_registrations_on_postgres_spend_each_use_once() {
 #[tokio::test]
 async fn concurrent_posts_on_postgres_take_every_seq_once() {
     let cluster = PgCluster::from_env_or_start().unwrap();
-    let db = cluster
-        .database(&migrations_fingerprint(), |url| async move {
-            Postgres::connect(&pg_options(url))
-                .await
-                .map(|pg| pg.close())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap();
-    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
-    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let db = migrated(&cluster).await;
+    let (pg, node_b) = (node(&db).await, node(&db).await);
     let ann = register(&pg, 1, "Ann").await;
     let bob = register(&pg, 2, "Bob").await;
     let device = pg.devices(ann.id).await.unwrap()[0].id;
@@ -2416,17 +2396,8 @@ async fn concurrent_posts_on_postgres_take_every_seq_once() {
 #[tokio::test]
 async fn concurrent_claims_and_commits_on_postgres_are_decided_once() {
     let cluster = PgCluster::from_env_or_start().unwrap();
-    let db = cluster
-        .database(&migrations_fingerprint(), |url| async move {
-            Postgres::connect(&pg_options(url))
-                .await
-                .map(|pg| pg.close())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap();
-    let pg = Postgres::connect(&pg_options(db.url())).await.unwrap();
-    let node_b = Postgres::connect(&pg_options(db.url())).await.unwrap();
+    let db = migrated(&cluster).await;
+    let (pg, node_b) = (node(&db).await, node(&db).await);
     let ann = register(&pg, 1, "Ann").await;
     let bob = register(&pg, 2, "Bob").await;
     let a1 = pg.devices(ann.id).await.unwrap()[0].id;

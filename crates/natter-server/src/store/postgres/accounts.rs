@@ -258,16 +258,10 @@ impl Accounts for Postgres {
     }
 
     async fn delete_expired_verification_codes(&self, now: Timestamp) -> StoreResult<u64> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "DELETE FROM verification_codes WHERE expires_at <= $1",
-                    &[&now.0],
-                )
-                .await
-            })
-        })
+        self.execute_one(
+            "DELETE FROM verification_codes WHERE expires_at <= $1",
+            &[&now.0],
+        )
         .await
     }
 
@@ -370,25 +364,18 @@ impl Accounts for Postgres {
         device: DeviceId,
         now: Timestamp,
     ) -> StoreResult<()> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "UPDATE devices SET last_active_at = $2 WHERE id = $1",
-                    &[device.as_uuid(), &now.0],
-                )
-                .await?;
-                execute(
-                    tx,
-                    "UPDATE users SET last_seen_at = greatest(coalesce(last_seen_at, 0), $2)
-                     WHERE id = $1 AND deleted_at IS NULL",
-                    &[user.as_uuid(), &now.0],
-                )
-                .await
-                .map(drop)
-            })
-        })
+        self.execute_one(
+            "UPDATE devices SET last_active_at = $2 WHERE id = $1",
+            &[device.as_uuid(), &now.0],
+        )
+        .await?;
+        self.execute_one(
+            "UPDATE users SET last_seen_at = greatest(coalesce(last_seen_at, 0), $2)
+             WHERE id = $1 AND deleted_at IS NULL",
+            &[user.as_uuid(), &now.0],
+        )
         .await
+        .map(drop)
     }
 
     async fn devices(&self, user: UserId) -> StoreResult<Vec<Device>> {
@@ -405,18 +392,12 @@ impl Accounts for Postgres {
     }
 
     async fn delete_device(&self, user: UserId, device: DeviceId) -> StoreResult<bool> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "DELETE FROM devices WHERE id = $1 AND user_id = $2",
-                    &[device.as_uuid(), user.as_uuid()],
-                )
-                .await
-                .map(|n| n == 1)
-            })
-        })
+        self.execute_one(
+            "DELETE FROM devices WHERE id = $1 AND user_id = $2",
+            &[device.as_uuid(), user.as_uuid()],
+        )
         .await
+        .map(|n| n == 1)
     }
 
     async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
@@ -524,18 +505,12 @@ impl Accounts for Postgres {
     }
 
     async fn remove_contact(&self, owner: UserId, contact: UserId) -> StoreResult<bool> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "DELETE FROM contacts WHERE owner_id = $1 AND contact_id = $2",
-                    &[owner.as_uuid(), contact.as_uuid()],
-                )
-                .await
-                .map(|n| n == 1)
-            })
-        })
+        self.execute_one(
+            "DELETE FROM contacts WHERE owner_id = $1 AND contact_id = $2",
+            &[owner.as_uuid(), contact.as_uuid()],
+        )
         .await
+        .map(|n| n == 1)
     }
 
     async fn contacts(&self, owner: UserId) -> StoreResult<Vec<ContactEntry>> {
@@ -610,18 +585,12 @@ impl Accounts for Postgres {
     }
 
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "UPDATE users SET last_seen_at = greatest(coalesce(last_seen_at, 0), $2)
+        self.execute_one(
+            "UPDATE users SET last_seen_at = greatest(coalesce(last_seen_at, 0), $2)
                      WHERE id = $1 AND deleted_at IS NULL",
-                    &[user.as_uuid(), &at.0],
-                )
-                .await
-                .map(drop)
-            })
-        })
+            &[user.as_uuid(), &at.0],
+        )
         .await
+        .map(drop)
     }
 }

@@ -199,23 +199,7 @@ pub(super) async fn append(
     )
     .await?;
     state.appended(draft.sender_id, seq);
-    let entry = LogEntry {
-        id: draft.id,
-        chat_id: chat,
-        seq,
-        sender_id: draft.sender_id,
-        sender_device_id: draft.sender_device_id,
-        kind: draft.kind,
-        content: draft.content,
-        ciphertext: draft.ciphertext,
-        media_id: draft.media_id,
-        reply_to: draft.reply_to,
-        client_message_id: draft.client_message_id,
-        client_timestamp: draft.client_timestamp,
-        created_at: draft.now,
-        edited_at: None,
-        deleted_at: None,
-    };
+    let entry = draft.into_entry(chat, seq);
     Ok(Some(Appended {
         entry,
         recipients: rules::recipients(&state.recipients(), removed),

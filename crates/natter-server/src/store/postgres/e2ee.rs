@@ -608,17 +608,11 @@ impl DeviceInbox for Postgres {
     }
 
     async fn ack_inbox(&self, device: DeviceId, id: i64) -> StoreResult<bool> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "DELETE FROM device_inbox WHERE id = $1 AND device_id = $2",
-                    &[&id, device.as_uuid()],
-                )
-                .await
-                .map(|n| n == 1)
-            })
-        })
+        self.execute_one(
+            "DELETE FROM device_inbox WHERE id = $1 AND device_id = $2",
+            &[&id, device.as_uuid()],
+        )
         .await
+        .map(|n| n == 1)
     }
 }

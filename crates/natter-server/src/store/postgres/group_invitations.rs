@@ -362,32 +362,20 @@ impl GroupInvitations for Postgres {
         user: UserId,
         now: Timestamp,
     ) -> StoreResult<bool> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "DELETE FROM group_invitations
+        self.execute_one(
+            "DELETE FROM group_invitations
                      WHERE id = $1 AND user_id = $2 AND expires_at > $3",
-                    &[id.as_uuid(), user.as_uuid(), &now.0],
-                )
-                .await
-                .map(|n| n > 0)
-            })
-        })
+            &[id.as_uuid(), user.as_uuid(), &now.0],
+        )
         .await
+        .map(|n| n > 0)
     }
 
     async fn delete_expired_invitations(&self, now: Timestamp) -> StoreResult<u64> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "DELETE FROM group_invitations WHERE expires_at <= $1",
-                    &[&now.0],
-                )
-                .await
-            })
-        })
+        self.execute_one(
+            "DELETE FROM group_invitations WHERE expires_at <= $1",
+            &[&now.0],
+        )
         .await
     }
 }

@@ -65,18 +65,12 @@ impl Invites for Postgres {
     }
 
     async fn revoke_invite(&self, id: Uuid, now: Timestamp) -> StoreResult<bool> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "UPDATE invites SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                    &[&id, &now.0],
-                )
-                .await
-                .map(|n| n == 1)
-            })
-        })
+        self.execute_one(
+            "UPDATE invites SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            &[&id, &now.0],
+        )
         .await
+        .map(|n| n == 1)
     }
 
     async fn register_by_invite(

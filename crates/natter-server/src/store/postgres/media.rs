@@ -156,18 +156,12 @@ impl MediaStore for Postgres {
     }
 
     async fn set_media_received(&self, id: MediaId, received: u64) -> StoreResult<bool> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "UPDATE media SET received = $2 WHERE id = $1 AND NOT ready",
-                    &[id.as_uuid(), &to_sql_len(received)],
-                )
-                .await
-                .map(|n| n == 1)
-            })
-        })
+        self.execute_one(
+            "UPDATE media SET received = $2 WHERE id = $1 AND NOT ready",
+            &[id.as_uuid(), &to_sql_len(received)],
+        )
         .await
+        .map(|n| n == 1)
     }
 
     async fn finish_media(&self, id: MediaId, finished: FinishedMedia) -> StoreResult<bool> {

@@ -266,6 +266,35 @@ impl Postgres {
             .await
     }
 
+    /// Runs one statement on its own (autocommit) and returns the rows it
+    /// changed; run again, like a transaction, if PostgreSQL aborts it for
+    /// a deadlock.
+    pub(super) async fn execute_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> StoreResult<u64> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = async {
+                let client = self.client().await?;
+                let statement = client.prepare_cached(sql).await.map_err(store_error)?;
+                client
+                    .execute(&statement, params)
+                    .await
+                    .map_err(store_error)
+            }
+            .await;
+            match outcome {
+                Err(error) if error.is_retryable() && attempt < MAX_ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
     /// Runs a cached read-only statement on a pooled connection.
     pub(super) async fn read(
         &self,

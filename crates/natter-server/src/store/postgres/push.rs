@@ -111,18 +111,12 @@ impl PushOutbox for Postgres {
     }
 
     async fn delete_push_channel(&self, user: UserId, device: DeviceId) -> StoreResult<bool> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "DELETE FROM push_channels WHERE device_id = $1 AND user_id = $2",
-                    &[device.as_uuid(), user.as_uuid()],
-                )
-                .await
-                .map(|n| n > 0)
-            })
-        })
+        self.execute_one(
+            "DELETE FROM push_channels WHERE device_id = $1 AND user_id = $2",
+            &[device.as_uuid(), user.as_uuid()],
+        )
         .await
+        .map(|n| n > 0)
     }
 
     async fn push_devices(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, DeviceId)>> {
@@ -314,17 +308,11 @@ impl PushOutbox for Postgres {
     }
 
     async fn cancel_push(&self, device: DeviceId) -> StoreResult<bool> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "DELETE FROM push_outbox WHERE device_id = $1",
-                    &[device.as_uuid()],
-                )
-                .await
-                .map(|n| n > 0)
-            })
-        })
+        self.execute_one(
+            "DELETE FROM push_outbox WHERE device_id = $1",
+            &[device.as_uuid()],
+        )
         .await
+        .map(|n| n > 0)
     }
 }
