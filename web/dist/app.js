@@ -25,6 +25,7 @@ const state = {
   typingTimer: null,
   presence: new Map(), // user id -> {status, lastSeen}, live from the server
   editing: null, // {chatId, seq} while the composer edits a message
+  replying: null, // {chatId, messageId, quote} while the composer answers one
   objectUrls: [],
 };
 
@@ -169,6 +170,7 @@ function keepDraft() {
 async function openChat(chatId) {
   keepDraft();
   if (state.editing && state.editing.chatId !== chatId) stopEditing();
+  if (state.replying && state.replying.chatId !== chatId) stopReplying();
   state.current = chatId;
   location.hash = `chat=${chatId}`;
   const chat = state.chats.find((c) => c.id === chatId);
@@ -240,23 +242,45 @@ async function messageItem(e) {
     li.append(document.createTextNode("This message was deleted."));
     return li;
   }
+  if (e.replyTo) {
+    const quote = document.createElement("span");
+    quote.className = "quote";
+    quote.textContent = `↱ ${await quoteLine(e.replyTo)}`;
+    li.append(quote);
+  }
   if (e.file) li.append(await fileView(e));
   else li.append(document.createTextNode(e.text));
-  if (mine && e.seq > 0) li.append(messageActions(e));
+  if (e.seq > 0) li.append(messageActions(e, mine));
   return li;
 }
 
-// Edit (text messages) and delete, on the user's own messages.
-function messageActions(e) {
+// A quote's line: who wrote the answered message and its first words
+// (chosen by the client: natter-web's `quote`, the SDK's rule).
+async function quoteLine(q) {
+  if (!q.senderId) return "an earlier message";
+  const who = q.senderId === state.client.userId ? "You" : await nameOf(q.senderId);
+  return `${who}: ${q.deleted ? "(deleted)" : q.text}`;
+}
+
+// Reply on every message; edit (text messages) and delete on the user's own.
+function messageActions(e, mine) {
   const box = document.createElement("span");
   box.className = "actions";
+  const reply = document.createElement("button");
+  reply.type = "button";
+  reply.className = "link reply";
+  reply.textContent = "Reply";
+  reply.addEventListener("click", () => startReplying(e));
+  box.append(reply);
+  if (!mine) return box;
+  box.append(" ");
   if (!e.file) {
     const edit = document.createElement("button");
     edit.type = "button";
     edit.className = "link edit";
     edit.textContent = "Edit";
     edit.addEventListener("click", () => startEditing(e));
-    box.append(edit);
+    box.append(edit, " ");
   }
   const del = document.createElement("button");
   del.type = "button";
@@ -280,6 +304,7 @@ function expectAck(id) {
 
 // The composer edits a message: its text in the box, Send saves it.
 function startEditing(e) {
+  stopReplying();
   if (!state.editing) keepDraft();
   state.editing = { chatId: e.chatId, seq: e.seq };
   $("editing").hidden = false;
@@ -294,6 +319,23 @@ function stopEditing() {
   $("draft").value = state.drafts.get(state.current) || "";
 }
 $("cancel-edit").addEventListener("click", stopEditing);
+
+// The composer answers a message: "Replying to NAME: first words", Cancel.
+async function startReplying(e) {
+  stopEditing();
+  let quote;
+  try { quote = state.client.quote(e.chatId, e.messageId); } catch (err) { notice(explain(err)); return; }
+  state.replying = { chatId: e.chatId, messageId: e.messageId, quote };
+  $("replying-to").textContent = `Replying to ${await quoteLine(quote)}`;
+  $("replying").hidden = false;
+  $("draft").focus();
+}
+
+function stopReplying() {
+  state.replying = null;
+  $("replying").hidden = true;
+}
+$("cancel-reply").addEventListener("click", stopReplying);
 
 async function fileView(e) {
   const box = document.createElement("div");
@@ -362,14 +404,18 @@ $("composer").addEventListener("submit", (ev) => {
     });
     return;
   }
+  const replying = state.replying && state.replying.chatId === chatId ? state.replying : null;
   busy($("send"), async () => {
-    const id = await state.client.sendText(chatId, text);
+    const id = replying
+      ? await state.client.sendReply(chatId, replying.messageId, text)
+      : await state.client.sendText(chatId, text);
+    if (replying && state.replying === replying) stopReplying();
     if ($("draft").value === text) $("draft").value = "";
     state.drafts.delete(chatId);
     state.typingSentAt = 0; // the next keystroke says "typing" again
     // The server may have answered already (the history then shows it).
     if (state.sentIds.delete(id)) return;
-    const li = await messageItem({ chatId, seq: 0, senderId: state.client.userId, sentAt: new Date().toISOString(), text });
+    const li = await messageItem({ chatId, seq: 0, senderId: state.client.userId, sentAt: new Date().toISOString(), text, replyTo: replying && replying.quote });
     li.querySelector(".status").textContent = " · sending";
     state.pending.set(id, { chatId, li });
     $("messages").append(li);

@@ -5,7 +5,8 @@
 // reload and find everything; a third party (Carol, an SDK client: the
 // natter-client example `third_party`) joins a group with them. Bad input:
 // a wrong code, a file over the limit, a server restart mid-session.
-// Edits and deletions show on the other side; presence changes live when
+// Edits, deletions and replies (with their quote) show on the other side,
+// also after a reload; presence changes live when
 // Bob goes away and comes back; Web Push goes end to end through a push
 // service run by this test (see PushService). Screenshots of the main
 // screens go to docs/web/.
@@ -260,6 +261,13 @@ class Person {
       return img && img.complete && img.naturalWidth === 48;
     }, null, { timeout: WAIT_MS });
   }
+  // The reply `text` shows the quote `quote` above it.
+  async seesQuote(text, quote) {
+    const q = this.page.locator("#messages li", { hasText: text }).first().locator(".quote");
+    await q.waitFor({ timeout: WAIT_MS });
+    const shown = await q.textContent();
+    check(shown === quote, `${this.name} sees the quote "${quote}" above "${text}": "${shown}"`);
+  }
   async shot(name) {
     mkdirSync(SHOTS, { recursive: true });
     await this.page.evaluate(() => { document.getElementById("notice").hidden = true; });
@@ -382,6 +390,27 @@ async function main() {
   await alice.page.locator("#messages li.deleted").waitFor({ timeout: WAIT_MS });
   await bob.shot("edited-deleted");
 
+  step("Alice replies to Bob's message; both see the quote");
+  const bobs = alice.page.locator("#messages li:not(.mine)", { hasText: "Lunch at noon" }).first();
+  await bobs.locator("button.reply").click();
+  await alice.page.waitForSelector("#replying:not([hidden])", { timeout: WAIT_MS });
+  const replying = await alice.page.textContent("#replying-to");
+  check(replying === "Replying to Bob: Hi Alice! Lunch at noon?", `the composer says what it answers: ${replying}`);
+  await alice.page.click("#cancel-reply");
+  await alice.page.waitForSelector("#replying", { state: "hidden", timeout: WAIT_MS });
+  await alice.send("a plain message after Cancel");
+  check((await alice.page.locator("#messages li", { hasText: "after Cancel" }).locator(".quote").count()) === 0, "after Cancel the message is no reply");
+  await bobs.locator("button.reply").click();
+  await alice.page.waitForSelector("#replying:not([hidden])", { timeout: WAIT_MS });
+  await alice.page.fill("#draft", "Noon works for me");
+  await alice.page.click("#send");
+  await alice.page.waitForSelector("#replying", { state: "hidden", timeout: WAIT_MS });
+  await alice.seesQuote("Noon works for me", "↱ Bob: Hi Alice! Lunch at noon?");
+  await bob.seesQuote("Noon works for me", "↱ You: Hi Alice! Lunch at noon?");
+  await bob.sees("a plain message after Cancel");
+  check((await bob.page.locator("#messages li", { hasText: "after Cancel" }).locator(".quote").count()) === 0, "Bob sees no quote on the message sent after Cancel");
+  await alice.shot("reply");
+
   step("a file over the limit: a clear message, the draft stays");
   await alice.page.fill("#draft", "a draft that must survive");
   const limit = await alice.page.evaluate(async () => (await import("/app.js")).MAX_FILE_BYTES);
@@ -419,6 +448,7 @@ async function main() {
     await p.page.locator("#messages li", { hasText: "See you at the park" }).locator(".edited").waitFor({ timeout: WAIT_MS });
     await p.page.locator("#messages li.deleted").waitFor({ timeout: WAIT_MS });
     check((await p.page.locator("#messages li", { hasText: "oops" }).count()) === 0, `${p.name}'s history has no deleted text`);
+    await p.seesQuote("Noon works for me", p === alice ? "↱ Bob: Hi Alice! Lunch at noon?" : "↱ You: Hi Alice! Lunch at noon?");
   }
   await bob.page.fill("#search", "encrypted");
   await bob.page.locator("#search-results div", { hasText: "Hello Bob" }).waitFor({ timeout: WAIT_MS });

@@ -24,8 +24,6 @@ pub const TYPING_EVERY: Duration = Duration::from_secs(3);
 pub const NARROW: u16 = 70;
 /// The longest input line (characters).
 pub const MAX_INPUT: usize = 4000;
-/// Words of the answered message a reply's quote shows.
-pub const QUOTE_WORDS: usize = 6;
 /// Why a file line cannot be saved: my own file, still on its way (or,
 /// in a plaintext chat, just sent: its upload id comes with the history on
 /// the next start).
@@ -957,23 +955,17 @@ impl App {
             Some(l) => {
                 let text = match &l.body {
                     _ if l.deleted => "(deleted)".to_owned(),
-                    LineBody::Text(t) => t.replace(['\n', '\r'], " "),
+                    LineBody::Text(t) => t.clone(),
                     LineBody::File { name, .. } | LineBody::PlainFile { name, .. } => {
                         format!("📎 {name}")
                     }
                     LineBody::System(t) => t.clone(),
                 };
-                let words: Vec<&str> = text.split_whitespace().collect();
-                let mut short = words
-                    .iter()
-                    .take(QUOTE_WORDS)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                if words.len() > QUOTE_WORDS {
-                    short.push('…');
-                }
-                format!("{}: {short}", self.name(l.sender))
+                format!(
+                    "{}: {}",
+                    self.name(l.sender),
+                    natter_client::quote_words(&text)
+                )
             }
             None => "an earlier message".to_owned(),
         }

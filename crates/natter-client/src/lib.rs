@@ -67,7 +67,9 @@ pub mod store;
 pub mod transport;
 
 pub use api::{Api, ApiError};
-pub use local::{ClientStore, HistoryEntry, SavedSession, SharedStore, StateTx};
+pub use local::{
+    ClientStore, HistoryEntry, QUOTE_WORDS, SavedSession, SharedStore, StateTx, quote_words,
+};
 pub use messenger::{ChatMessage, Messenger, MessengerEvent, ReceivedFile};
 pub use natter_proto::chats::SendMessage;
 pub use session::{Client, Connection, ConnectionConfig, Event, MemoryState, Session, SyncState};

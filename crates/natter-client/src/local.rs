@@ -210,9 +210,40 @@ pub fn matches_terms(text: &str, terms: &[String]) -> bool {
     })
 }
 
+/// Words of the answered message a reply's quote shows.
+pub const QUOTE_WORDS: usize = 6;
+
+/// The first words of a message, for the quote above a reply to it: at
+/// most [`QUOTE_WORDS`], on one line, with `…` when some were left out.
+/// Every client quotes this way.
+#[must_use]
+pub fn quote_words(text: &str) -> String {
+    let mut words = text.split_whitespace();
+    let mut short = words
+        .by_ref()
+        .take(QUOTE_WORDS)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if words.next().is_some() {
+        short.push('…');
+    }
+    short
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quote_keeps_the_first_words_on_one_line() {
+        let six = "one two\nthree  four\r\nfive six";
+        assert_eq!(quote_words(six), "one two three four five six");
+        assert_eq!(
+            quote_words(&format!("{six} seven")),
+            "one two three four five six…"
+        );
+        assert_eq!(quote_words("  "), "");
+    }
 
     #[test]
     fn search_terms_fold_what_a_person_types() {

@@ -29,12 +29,12 @@ use js_sys::{Function, Uint8Array};
 use natter_client::browser::{BrowserStore, BrowserTransport};
 use natter_client::e2ee::payload::Body;
 use natter_client::{
-    Client, ClientError, ClientStore, HistoryEntry, Messenger, MessengerEvent, Session,
+    Client, ClientError, ClientStore, HistoryEntry, Messenger, MessengerEvent, Session, quote_words,
 };
 use natter_proto::accounts::{LoginRequest, RegisterRequest};
 use natter_proto::chats::ChatKind;
 use natter_proto::users::DiscoverContacts;
-use natter_proto::{ChatId, DeviceId, UserId};
+use natter_proto::{ChatId, DeviceId, MessageId, UserId};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use wasm_bindgen::prelude::*;
@@ -114,6 +114,61 @@ struct Entry {
     edited: bool,
     /// Deleted for everyone: `text` is empty, show a placeholder.
     deleted: bool,
+    /// The message this one answers, quoted.
+    reply_to: Option<Quote>,
+}
+
+/// The quote above a reply: who wrote the answered message and its first
+/// words (the SDK's [`quote_words`]).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Quote {
+    message_id: String,
+    /// `null` when this device does not have the answered message.
+    sender_id: Option<UserId>,
+    /// Its first words (`📎 name` for a file); empty when deleted or not
+    /// on this device.
+    text: String,
+    /// The answered message was deleted for everyone.
+    deleted: bool,
+}
+
+/// What a chat's replies can quote: its history, deleted messages too.
+struct Quotable {
+    live: Vec<HistoryEntry>,
+    deleted: Vec<HistoryEntry>,
+}
+
+impl Quotable {
+    fn of(store: &BrowserStore, chat: ChatId) -> Self {
+        Self {
+            live: ClientStore::history(store, chat).unwrap_or_default(),
+            deleted: store.deleted(chat).unwrap_or_default(),
+        }
+    }
+
+    fn quote(&self, store: &BrowserStore, id: MessageId) -> Quote {
+        let message_id = id.to_string();
+        if let Some(e) = self.live.iter().find(|e| e.message_id == id) {
+            let text = match file_info(store, e) {
+                Some(f) => format!("📎 {}", f.name),
+                None => e.text.clone(),
+            };
+            return Quote {
+                message_id,
+                sender_id: Some(e.sender_id),
+                text: quote_words(&text),
+                deleted: false,
+            };
+        }
+        let deleted = self.deleted.iter().find(|e| e.message_id == id);
+        Quote {
+            message_id,
+            sender_id: deleted.map(|e| e.sender_id),
+            text: String::new(),
+            deleted: deleted.is_some(),
+        }
+    }
 }
 
 #[derive(Serialize, serde::Deserialize, Clone)]
@@ -417,30 +472,47 @@ impl Natter {
     /// everyone.
     pub fn history(&self, chat_id: String) -> JsResult<JsValue> {
         let chat = parse_id::<ChatId>("chat", &chat_id)?;
-        let mut entries: Vec<Entry> = ClientStore::history(&self.store, chat)
-            .map_err(store_error)?
-            .into_iter()
-            .map(|e| self.entry(e))
+        let quotable = Quotable {
+            live: ClientStore::history(&self.store, chat).map_err(store_error)?,
+            deleted: self.store.deleted(chat).map_err(store_error)?,
+        };
+        let mut entries: Vec<Entry> = quotable
+            .live
+            .iter()
+            .map(|e| entry_of(&self.store, e.clone(), &quotable))
             .collect();
-        let deleted = self.store.deleted(chat).map_err(store_error)?;
-        entries.extend(deleted.into_iter().map(|e| Entry {
+        entries.extend(quotable.deleted.iter().map(|e| Entry {
             deleted: true,
             file: None,
-            ..self.entry(e)
+            reply_to: None,
+            ..entry_of(&self.store, e.clone(), &quotable)
         }));
         entries.sort_by_key(|e| e.seq);
         to_js(&entries)
     }
 
+    /// The quote a reply to the chat's message `message_id` shows:
+    /// `{messageId, senderId, text, deleted}` (as `replyTo` in entries).
+    pub fn quote(&self, chat_id: String, message_id: String) -> JsResult<JsValue> {
+        let chat = parse_id::<ChatId>("chat", &chat_id)?;
+        let target = parse_id::<MessageId>("message", &message_id)?;
+        to_js(&Quotable::of(&self.store, chat).quote(&self.store, target))
+    }
+
     /// The local history's messages with every word of `query`, newest first.
     pub fn search(&self, query: String) -> JsResult<JsValue> {
         let hits = self.store.search_local(&query).map_err(store_error)?;
-        let hits: Vec<Entry> = hits.into_iter().map(|e| self.entry(e)).collect();
+        let mut quotable = std::collections::HashMap::new();
+        let hits: Vec<Entry> = hits
+            .into_iter()
+            .map(|e| {
+                let q = quotable
+                    .entry(e.chat_id)
+                    .or_insert_with(|| Quotable::of(&self.store, e.chat_id));
+                entry_of(&self.store, e, q)
+            })
+            .collect();
         to_js(&hits)
-    }
-
-    fn entry(&self, e: HistoryEntry) -> Entry {
-        entry_of(&self.store, e)
     }
 
     /// Sends a text; resolves with its client message id once encrypted
@@ -461,6 +533,37 @@ impl Natter {
         Ok(id.as_string().unwrap_or_default())
     }
 
+    /// Sends a text answering the chat's message `message_id` (encrypted,
+    /// what it answers too); resolves like [`Natter::send_text`].
+    #[wasm_bindgen(js_name = sendReply)]
+    pub async fn send_reply(
+        &self,
+        chat_id: String,
+        message_id: String,
+        text: String,
+    ) -> JsResult<String> {
+        let chat = parse_id::<ChatId>("chat", &chat_id)?;
+        let target = parse_id::<MessageId>("message", &message_id)?;
+        let entries = ClientStore::history(&self.store, chat).map_err(store_error)?;
+        if !entries.iter().any(|e| e.message_id == target) {
+            return Err(plain_error("That message is not in this chat (any more)."));
+        }
+        if text.trim().is_empty() {
+            return Err(plain_error("A reply cannot be empty."));
+        }
+        let id = self
+            .call(Box::new(move |m, _| {
+                Box::pin(async move {
+                    m.send_reply(chat, &text, Some(target))
+                        .await
+                        .map(|id| JsValue::from_str(&id))
+                        .map_err(|e| js_error(&e))
+                })
+            }))
+            .await?;
+        Ok(id.as_string().unwrap_or_default())
+    }
+
     /// Sends a new text for this user's message at `seq` (encrypted; the
     /// history has it once the server acknowledges it).
     #[wasm_bindgen(js_name = sendEdit)]
@@ -468,7 +571,12 @@ impl Natter {
         let chat = parse_id::<ChatId>("chat", &chat_id)?;
         let seq = seq_of(seq)?;
         let target = self.own_message(chat, seq)?;
-        if entry_of_seq(&self.store, chat, seq).is_some_and(|e| e.file.is_some()) {
+        let entries = ClientStore::history(&self.store, chat).map_err(store_error)?;
+        if entries
+            .iter()
+            .find(|e| e.seq == seq)
+            .is_some_and(|e| file_info(&self.store, e).is_some())
+        {
             return Err(plain_error("A file cannot be edited: delete it instead."));
         }
         if text.trim().is_empty() {
@@ -817,18 +925,10 @@ async fn fresh_store() -> JsResult<BrowserStore> {
     BrowserStore::open(STORE_NAME).await.map_err(store_error)
 }
 
-/// The app's view of the history entry at `seq` of `chat`, if any.
-fn entry_of_seq(store: &BrowserStore, chat: ChatId, seq: i64) -> Option<Entry> {
-    ClientStore::history(store, chat)
-        .ok()?
-        .into_iter()
-        .find(|e| e.seq == seq)
-        .map(|e| entry_of(store, e))
-}
-
-fn entry_of(store: &BrowserStore, e: HistoryEntry) -> Entry {
+/// A file message's name and type, if `e` is one.
+fn file_info(store: &BrowserStore, e: &HistoryEntry) -> Option<FileInfo> {
     let dyn_store: &dyn ClientStore = store;
-    let file = dyn_store
+    dyn_store
         .transaction(|tx| {
             Ok((
                 tx.get(&file_key(e.chat_id, e.seq))?,
@@ -844,8 +944,15 @@ fn entry_of(store: &BrowserStore, e: HistoryEntry) -> Entry {
                 Body::File { name, mime, .. } => Some(FileInfo { name, mime }),
                 _ => None,
             }
-        });
+        })
+}
+
+/// The app's view of a history entry; its quote from `quotable` (the
+/// entry's chat).
+fn entry_of(store: &BrowserStore, e: HistoryEntry, quotable: &Quotable) -> Entry {
     Entry {
+        file: file_info(store, &e),
+        reply_to: e.reply_to.map(|id| quotable.quote(store, id)),
         edited: store.is_edited(e.chat_id, e.seq),
         deleted: false,
         chat_id: e.chat_id,
@@ -854,7 +961,6 @@ fn entry_of(store: &BrowserStore, e: HistoryEntry) -> Entry {
         sender_id: e.sender_id,
         sent_at: e.sent_at,
         text: e.text,
-        file,
     }
 }
 
@@ -943,7 +1049,7 @@ fn web_event(store: &BrowserStore, event: MessengerEvent) -> Option<WebEvent> {
                 reply_to: m.reply_to,
                 file: None,
             };
-            let mut entry = entry_of(store, entry);
+            let mut entry = entry_of(store, entry, &Quotable::of(store, m.chat_id));
             // The stored entry has the server's time.
             if let Ok(stored) = ClientStore::history(store, m.chat_id)
                 && let Some(s) = stored.iter().find(|s| s.seq == m.seq)
