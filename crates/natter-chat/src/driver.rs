@@ -596,13 +596,6 @@ pub async fn run(
                     if let Event::Invitation(_) = &event {
                         d.invitations(&m).await;
                     }
-                    if let Event::Presence { user_id, status, last_seen } = &event {
-                        d.tell(Update::Presence {
-                            user: *user_id,
-                            online: *status == PresenceStatus::Online,
-                            last_seen: *last_seen,
-                        }).await;
-                    }
                     if let Err(e) = m.process(event).await
                         && !d.failed(&e).await
                     {
@@ -926,8 +919,19 @@ impl Driver {
                     .await;
                 }
             }
-            // The terminal client shows presence from its own fetches.
-            MessengerEvent::Presence { .. } => {}
+            // Live: the header of a direct chat follows it.
+            MessengerEvent::Presence {
+                user_id,
+                status,
+                last_seen,
+            } => {
+                self.tell(Update::Presence {
+                    user: user_id,
+                    online: status == PresenceStatus::Online,
+                    last_seen,
+                })
+                .await;
+            }
         }
         true
     }

@@ -248,6 +248,7 @@ fn two_people_chat_encrypted_in_two_terminals() {
     alice.wait_for("✓ Bob is verified");
     alice.key("Escape");
     bob.key("Escape");
+    bob.wait_until("the safety number closed", |s| safety_digits(s).is_empty());
 
     // Bob restarts his client: his history is there.
     bob.restart();
@@ -265,6 +266,13 @@ fn two_people_chat_encrypted_in_two_terminals() {
     // And the chat goes on.
     bob.line("back again");
     alice.wait_for("Bob: back again");
+
+    // Presence in the header, live: Bob leaves, then comes back.
+    alice.wait_for("🔒 end-to-end encrypted  online");
+    bob.quit();
+    alice.wait_for("🔒 end-to-end encrypted  last seen");
+    bob.respawn();
+    alice.wait_for("🔒 end-to-end encrypted  online");
 }
 
 #[test]
@@ -283,7 +291,10 @@ fn replies_edits_of_any_message_contacts_and_invitations() {
     bob.wait_for("✓ +14155550521 is on Natter");
     let screen = bob.wait_for("· +14155550599 is not on Natter");
     assert!(screen.contains("✗ 12ab is not a phone number"), "{screen}");
+    // Typing only once the screen is closed: an Escape that the next key
+    // follows at once reads as Alt and that key.
     bob.key("Escape");
+    bob.wait_until("the discovery closed", |s| !s.contains("is on Natter"));
     // Contacts: add Alice, see her with her number and presence, open the chat.
     bob.line("/contact +14155550521");
     bob.wait_for("Alice is in your contacts");
