@@ -24,11 +24,9 @@ pub const TYPING_EVERY: Duration = Duration::from_secs(3);
 pub const NARROW: u16 = 70;
 /// The longest input line (characters).
 pub const MAX_INPUT: usize = 4000;
-/// Why a file line cannot be saved: my own file, still on its way (or,
-/// in a plaintext chat, just sent: its upload id comes with the history on
-/// the next start).
-const NO_FILE_KEY: &str = "that file is still on its way (a file you just sent to a plaintext \
-                           chat can be saved after the next start)";
+/// Why a file line cannot be saved: my own file, still on its way (the
+/// server has not stored its message yet).
+const NO_FILE_KEY: &str = "that file is still on its way: it can be saved once the server has it";
 
 /// One conversation's loaded lines and receipts.
 #[derive(Debug, Default, Clone)]
@@ -492,9 +490,9 @@ impl App {
                 for conv in self.conversations.values_mut() {
                     for l in &mut conv.lines {
                         if l.local_id.as_deref() == Some(&local_id)
-                            && let LineBody::File { body: b, .. } = &mut l.body
+                            && matches!(l.body, LineBody::File { .. })
                         {
-                            *b = Some(body.clone());
+                            l.body = body.clone();
                         }
                     }
                 }

@@ -449,12 +449,13 @@ pub enum Update {
     },
     /// A long step: its label, or `None` when done.
     Progress(Option<String>),
-    /// My file `local_id` is stored: what saving it needs.
+    /// My file `local_id` is stored: its line's body with what saving it
+    /// needs (an encrypted chat's key, a plaintext chat's upload).
     FileKept {
         /// The line.
         local_id: String,
-        /// The message body (key and media id).
-        body: Box<Body>,
+        /// The line's new body.
+        body: LineBody,
     },
     /// An image's thumbnail.
     Thumbnail {
@@ -495,6 +496,28 @@ enum Received {
     },
 }
 
+/// My file on its way, until the server has its message.
+enum Sending {
+    /// To an encrypted chat: its key is in the local history once stored.
+    Encrypted(ChatId),
+    /// To a plaintext chat: the upload is known already.
+    Plain {
+        /// Its name.
+        name: String,
+        /// The upload.
+        media: MediaId,
+    },
+}
+
+/// Where a thumbnail's bytes come from (they are drawn the same way).
+enum ThumbSource {
+    /// An encrypted chat's file (the message body: media id and key): the
+    /// image itself, fetched and decrypted.
+    Encrypted(Body),
+    /// A plaintext chat's upload: the thumbnail the server made.
+    Plain(MediaId),
+}
+
 /// A message waiting for the connection.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Waiting {
@@ -524,9 +547,8 @@ struct Driver {
     me: UserId,
     /// Sends in flight: client_message_id -> local id.
     in_flight: HashMap<String, String>,
-    /// Encrypted files in flight: client_message_id -> chat (their key is
-    /// in the local history once the server has them).
-    files_in_flight: HashMap<String, ChatId>,
+    /// My files in flight: client_message_id -> what saving them needs.
+    files_in_flight: HashMap<String, Sending>,
     /// Messages waiting for the connection, oldest first.
     queue: VecDeque<Waiting>,
     /// The other user of each direct chat (presence goes to its header).
@@ -573,13 +595,6 @@ pub async fn run(
                 Ok(event) => {
                     if let Event::Invitation(_) = &event {
                         d.invitations(&m).await;
-                    }
-                    if let Event::Presence { user_id, status, last_seen } = &event {
-                        d.tell(Update::Presence {
-                            user: *user_id,
-                            online: *status == PresenceStatus::Online,
-                            last_seen: *last_seen,
-                        }).await;
                     }
                     if let Err(e) = m.process(event).await
                         && !d.failed(&e).await
@@ -771,12 +786,7 @@ impl Driver {
                         if !self.chats.contains_key(&msg.chat_id) {
                             self.refresh(m).await;
                         }
-                        let image = match &body {
-                            LineBody::File { body: Some(b), .. } => {
-                                Some((msg.message_id, b.as_ref().clone()))
-                            }
-                            _ => None,
-                        };
+                        let image = thumb_source(&body);
                         self.tell(Update::Line(Box::new(Line {
                             chat: msg.chat_id,
                             seq: Some(msg.seq),
@@ -791,8 +801,8 @@ impl Driver {
                             reply_to: msg.reply_to,
                         })))
                         .await;
-                        if let Some((message, body)) = image {
-                            self.thumbnail(m, message, &body).await;
+                        if let Some(source) = image {
+                            self.thumbnail(m, msg.message_id, &source).await;
                         }
                     }
                 }
@@ -854,19 +864,25 @@ impl Driver {
                         message_id,
                     })
                     .await;
-                    // My own file: its body (key) is in the history now.
-                    if let Some(chat) = self.files_in_flight.remove(&client_message_id)
-                        && let Some(body) =
-                            m.store().history(chat).ok().and_then(|h| {
-                                h.into_iter().find(|e| e.seq == seq).and_then(|e| e.file)
-                            })
-                    {
-                        self.tell(Update::FileKept {
-                            local_id,
-                            body: Box::new(body.clone()),
-                        })
-                        .await;
-                        self.thumbnail(m, message_id, &body).await;
+                    // My own file: what saving it needs is known now.
+                    let kept = match self.files_in_flight.remove(&client_message_id) {
+                        Some(Sending::Encrypted(chat)) => m
+                            .store()
+                            .history(chat)
+                            .ok()
+                            .and_then(|h| h.into_iter().find(|e| e.seq == seq).and_then(|e| e.file))
+                            .map(file_line),
+                        Some(Sending::Plain { name, media }) => {
+                            Some(LineBody::PlainFile { name, media })
+                        }
+                        None => None,
+                    };
+                    if let Some(body) = kept {
+                        let image = thumb_source(&body);
+                        self.tell(Update::FileKept { local_id, body }).await;
+                        if let Some(source) = image {
+                            self.thumbnail(m, message_id, &source).await;
+                        }
                     }
                 }
             }
@@ -903,8 +919,19 @@ impl Driver {
                     .await;
                 }
             }
-            // The terminal client shows presence from its own fetches.
-            MessengerEvent::Presence { .. } => {}
+            // Live: the header of a direct chat follows it.
+            MessengerEvent::Presence {
+                user_id,
+                status,
+                last_seen,
+            } => {
+                self.tell(Update::Presence {
+                    user: user_id,
+                    online: status == PresenceStatus::Online,
+                    last_seen,
+                })
+                .await;
+            }
         }
         true
     }
@@ -1120,17 +1147,21 @@ impl Driver {
                         total,
                     });
                 };
-                let cmid = if encrypted {
-                    m.send_file_from(chat, &name, &f.mime, size, f.file, &mut progress)
+                let (cmid, sending) = if encrypted {
+                    let cmid = m
+                        .send_file_from(chat, &name, &f.mime, size, f.file, &mut progress)
                         .await
+                        .map_err(explain)?;
+                    (cmid, Sending::Encrypted(chat))
                 } else {
-                    m.send_plain_file_from(chat, &name, &f.mime, size, f.file, &mut progress)
+                    let (cmid, media) = m
+                        .send_plain_file_from(chat, &name, &f.mime, size, f.file, &mut progress)
                         .await
-                }
-                .map_err(explain)?;
-                if encrypted {
-                    self.files_in_flight.insert(cmid.clone(), chat);
-                }
+                        .map_err(explain)?;
+                    let name = name.clone();
+                    (cmid, Sending::Plain { name, media })
+                };
+                self.files_in_flight.insert(cmid.clone(), sending);
                 self.in_flight.insert(cmid, local_id.clone());
                 self.tell(Update::Progress(None)).await;
                 self.tell(Update::Line(Box::new(Line {
@@ -1439,24 +1470,37 @@ impl Driver {
         Ok(())
     }
 
-    /// Fetches, decrypts and scales an image for its thumbnail, when the
-    /// terminal shows them and the image is small enough
-    /// ([`crate::thumb::MAX_SOURCE_BYTES`]). One that does not decode gets
-    /// none: it shows as a name and a size, like any file.
-    async fn thumbnail(&self, m: &Messenger, message: MessageId, body: &Body) {
-        let Body::File { key, mime, .. } = body else {
+    /// Fetches and scales an image for its thumbnail, when the terminal
+    /// shows them: an encrypted chat's image decrypted, when it is small
+    /// enough ([`crate::thumb::MAX_SOURCE_BYTES`]), a plaintext chat's as
+    /// the server's thumbnail (which only images have). One that does not
+    /// decode gets none: it shows as a name, like any file.
+    async fn thumbnail(&self, m: &Messenger, message: MessageId, source: &ThumbSource) {
+        if !self.thumbs {
             return;
+        }
+        let bytes = match source {
+            ThumbSource::Encrypted(body) => {
+                let Body::File { key, mime, .. } = body else {
+                    return;
+                };
+                if !crate::thumb::wanted(mime, key.size) {
+                    return;
+                }
+                let mut bytes = Vec::new();
+                if m.fetch_file_to(body, &mut bytes, &mut |_, _| {})
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                bytes
+            }
+            ThumbSource::Plain(media) => match m.session().api().thumbnail(*media).await {
+                Ok(download) => download.bytes,
+                Err(_) => return,
+            },
         };
-        if !self.thumbs || !crate::thumb::wanted(mime, key.size) {
-            return;
-        }
-        let mut bytes = Vec::new();
-        if m.fetch_file_to(body, &mut bytes, &mut |_, _| {})
-            .await
-            .is_err()
-        {
-            return;
-        }
         if let Ok(thumb) = crate::thumb::make(&bytes) {
             self.tell(Update::Thumbnail { message, thumb }).await;
         }
@@ -1614,13 +1658,11 @@ impl Driver {
             }
             (lines, page.has_more)
         };
-        let images: Vec<(MessageId, Body)> = lines
+        let images: Vec<(MessageId, ThumbSource)> = lines
             .iter()
             .rev()
-            .filter_map(|l| match (&l.body, l.message_id) {
-                (LineBody::File { body: Some(b), .. }, Some(id)) => Some((id, b.as_ref().clone())),
-                _ => None,
-            })
+            .filter(|l| !l.deleted)
+            .filter_map(|l| Some((l.message_id?, thumb_source(&l.body)?)))
             .take(THUMBS_PER_PAGE)
             .collect();
         self.tell(Update::History {
@@ -1630,8 +1672,8 @@ impl Driver {
             older: before.is_some(),
         })
         .await;
-        for (message, body) in images {
-            self.thumbnail(m, message, &body).await;
+        for (message, source) in images {
+            self.thumbnail(m, message, &source).await;
         }
         Ok(())
     }
@@ -1715,6 +1757,15 @@ impl Driver {
             .collect();
         self.tell(Update::Devices(rows)).await;
         Ok(())
+    }
+}
+
+/// Where a line's thumbnail would come from, if it is a file.
+fn thumb_source(body: &LineBody) -> Option<ThumbSource> {
+    match body {
+        LineBody::File { body: Some(b), .. } => Some(ThumbSource::Encrypted(b.as_ref().clone())),
+        LineBody::PlainFile { media, .. } => Some(ThumbSource::Plain(*media)),
+        _ => None,
     }
 }
 

@@ -179,6 +179,7 @@ pub async fn send(
             let f = open_file(path)?;
             m.send_plain_file_from(chat, &f.name, &f.mime, f.size, f.file, &mut |_, _| {})
                 .await
+                .map(|(cmid, _media)| cmid)
         }
         _ => return Err(ChatError::new("give either a text or --file PATH")),
     }

@@ -1071,7 +1071,9 @@ impl Messenger {
     /// Sends a file to a plaintext chat (one not end-to-end encrypted): the
     /// `size` bytes of `reader` are uploaded as they are (tus, in pieces),
     /// declared an image or video by `mime` and otherwise a file, then sent
-    /// as a message whose text is the file's name.
+    /// as a message whose text is the file's name. Returns the message's
+    /// `client_message_id` and the upload's id (the file can be fetched
+    /// with it at once, and its thumbnail once the server has made it).
     ///
     /// # Errors
     /// The upload was refused (too large, not what `mime` says) or failed,
@@ -1084,7 +1086,7 @@ impl Messenger {
         size: u64,
         reader: impl AsyncRead + Unpin,
         progress: &mut (dyn FnMut(u64, u64) + Send),
-    ) -> ClientResult<String> {
+    ) -> ClientResult<(String, MediaId)> {
         let (kind, message_type) = if mime.starts_with("image/") {
             (natter_proto::media::MediaKind::Image, MessageType::Image)
         } else if mime.starts_with("video/") {
@@ -1102,7 +1104,8 @@ impl Messenger {
             progress,
         )
         .await?;
-        self.connection
+        let cmid = self
+            .connection
             .send(crate::session::plain_message(
                 chat,
                 name,
@@ -1110,7 +1113,8 @@ impl Messenger {
                 None,
                 Some(media_id),
             ))
-            .await
+            .await?;
+        Ok((cmid, media_id))
     }
 
     /// Downloads a plaintext chat's attachment into `writer`, in ranges;

@@ -125,6 +125,19 @@ impl Terminal {
         }
     }
 
+    /// Polls the screen with its colours until `done` holds for it.
+    fn wait_until_colours(&self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done(&self.colours()) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {WAIT:?}:\n{}",
+                self.colours()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether the client in the pane has exited.
     fn exited(&self) -> bool {
         self.tmux(&["display-message", "-p", "-t", "main", "#{pane_dead}"])
@@ -132,14 +145,24 @@ impl Terminal {
             == "1"
     }
 
-    /// Quits the client (Ctrl-Q) and starts it again in the same pane.
-    fn restart(&self) {
+    /// Quits the client (Ctrl-Q) and waits until it has exited.
+    fn quit(&self) {
         self.key("C-q");
         let deadline = Instant::now() + WAIT;
         while !self.exited() {
             assert!(Instant::now() < deadline, "the client did not quit");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Quits the client and starts it again in the same pane.
+    fn restart(&self) {
+        self.quit();
+        self.respawn();
+    }
+
+    /// Starts the client again in the pane it exited in.
+    fn respawn(&self) {
         let mut args = vec!["respawn-pane", "-k", "-t", "main"];
         args.extend(self.command.iter().map(String::as_str));
         self.tmux(&args);
@@ -225,6 +248,7 @@ fn two_people_chat_encrypted_in_two_terminals() {
     alice.wait_for("✓ Bob is verified");
     alice.key("Escape");
     bob.key("Escape");
+    bob.wait_until("the safety number closed", |s| safety_digits(s).is_empty());
 
     // Bob restarts his client: his history is there.
     bob.restart();
@@ -242,6 +266,13 @@ fn two_people_chat_encrypted_in_two_terminals() {
     // And the chat goes on.
     bob.line("back again");
     alice.wait_for("Bob: back again");
+
+    // Presence in the header, live: Bob leaves, then comes back.
+    alice.wait_for("🔒 end-to-end encrypted  online");
+    bob.quit();
+    alice.wait_for("🔒 end-to-end encrypted  last seen");
+    bob.respawn();
+    alice.wait_for("🔒 end-to-end encrypted  online");
 }
 
 #[test]
@@ -260,7 +291,10 @@ fn replies_edits_of_any_message_contacts_and_invitations() {
     bob.wait_for("✓ +14155550521 is on Natter");
     let screen = bob.wait_for("· +14155550599 is not on Natter");
     assert!(screen.contains("✗ 12ab is not a phone number"), "{screen}");
+    // Typing only once the screen is closed: an Escape that the next key
+    // follows at once reads as Alt and that key.
     bob.key("Escape");
+    bob.wait_until("the discovery closed", |s| !s.contains("is on Natter"));
     // Contacts: add Alice, see her with her number and presence, open the chat.
     bob.line("/contact +14155550521");
     bob.wait_for("Alice is in your contacts");
@@ -389,6 +423,88 @@ fn files_go_to_plaintext_chats_as_plain_media_and_save_byte_exact() {
     alice.line(&format!("/save 1 {}", downloads.display()));
     alice.wait_for("saved notes.bin (4.8 MiB)");
     assert_eq!(std::fs::read(downloads.join("notes.bin")).unwrap(), bytes);
+    // The sender saves it in the same run: the line names the upload as
+    // soon as the server has the message.
+    bob.wait_for("you: 📎 notes.bin [file 1: /save 1]");
+    let mine = server.dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    bob.line(&format!("/save 1 {}", mine.display()));
+    bob.wait_for("saved notes.bin (4.8 MiB)");
+    assert_eq!(std::fs::read(mine.join("notes.bin")).unwrap(), bytes);
+}
+
+/// Whether the screen (with colours) shows a thumbnail whose top is about
+/// `upper` and whose bottom is about `lower` (a JPEG thumbnail's colours are
+/// close, not exact): a run of rows of `▀` whose first row's foreground (the
+/// upper pixels) and last row's background (the lower ones) are these.
+/// The SGR escapes are followed the way a terminal does.
+fn has_thumbnail(colours: &str, upper: [u8; 3], lower: [u8; 3]) -> bool {
+    type Rgb = Option<[u8; 3]>;
+    let near = |c: Rgb, want: [u8; 3]| {
+        c.is_some_and(|c| c.iter().zip(want).all(|(&a, b)| a.abs_diff(b) <= 40))
+    };
+    let (mut fg, mut bg): (Rgb, Rgb) = (None, None);
+    // Each row's first `▀`: its colours.
+    let mut rows: Vec<Option<(Rgb, Rgb)>> = vec![None];
+    for (n, piece) in colours.split("\x1b[").enumerate() {
+        let text = if n == 0 {
+            piece
+        } else {
+            let Some((params, text)) = piece.split_once('m') else {
+                continue;
+            };
+            let p: Vec<&str> = params.split(';').collect();
+            let mut i = 0;
+            while i < p.len() {
+                let step = match (p[i], p.get(i + 1)) {
+                    ("38" | "48", Some(&"2")) if i + 4 < p.len() => {
+                        let rgb = [p[i + 2], p[i + 3], p[i + 4]].map(|n| n.parse().unwrap_or(0));
+                        if p[i] == "38" {
+                            fg = Some(rgb);
+                        } else {
+                            bg = Some(rgb);
+                        }
+                        5
+                    }
+                    ("38" | "48", Some(&"5")) => 3,
+                    ("" | "0", _) => {
+                        (fg, bg) = (None, None);
+                        1
+                    }
+                    ("39", _) => {
+                        fg = None;
+                        1
+                    }
+                    ("49", _) => {
+                        bg = None;
+                        1
+                    }
+                    _ => 1,
+                };
+                i += step;
+            }
+            text
+        };
+        for c in text.chars() {
+            match c {
+                '\n' => rows.push(None),
+                '▀' => {
+                    let row = rows.last_mut().expect("one row at least");
+                    row.get_or_insert((fg, bg));
+                }
+                _ => {}
+            }
+        }
+    }
+    rows.split(Option::is_none)
+        .filter(|run| !run.is_empty())
+        .any(|run| {
+            let (top, bottom) = (
+                run[0].expect("a ▀ row"),
+                run[run.len() - 1].expect("a ▀ row"),
+            );
+            near(top.0, upper) && near(bottom.1, lower)
+        })
 }
 
 #[test]
@@ -414,28 +530,52 @@ fn images_show_as_half_block_thumbnails_on_a_truecolor_terminal() {
     alice.wait_for("sunset.png");
     alice.key("Tab");
     alice.wait_for("Bob: 📎 sunset.png");
-    let has_thumbnail =
-        |s: &str| s.contains('▀') && s.contains("38;2;255;0;0") && s.contains("48;2;0;0;255");
-    let deadline = Instant::now() + WAIT;
-    while !has_thumbnail(&alice.colours()) {
-        assert!(
-            Instant::now() < deadline,
-            "no thumbnail within {WAIT:?}:\n{}",
-            alice.colours()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let sunset = |s: &str| has_thumbnail(s, [255, 0, 0], [0, 0, 255]);
+    alice.wait_until_colours("the thumbnail", sunset);
     // After a restart it comes from the local history.
     alice.restart();
     alice.wait_for("Bob");
     alice.key("Tab");
     alice.wait_for("Bob: 📎 sunset.png");
-    let deadline = Instant::now() + WAIT;
-    while !has_thumbnail(&alice.colours()) {
-        assert!(Instant::now() < deadline, "no thumbnail after the restart");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    alice.wait_until_colours("the thumbnail after the restart", sunset);
     // Without 24-bit colour: the name and size only.
     assert!(!bob.screen().contains('▀'));
     bob.wait_for("you: 📎 sunset.png");
+
+    // A plaintext chat (with Carol: Alice and Bob have their direct chat):
+    // the server's thumbnail, drawn the same way, for an image that
+    // arrives, for my own as soon as the server has it, and from the
+    // history after a restart.
+    let carol = Terminal::start(server.interactive("carol"), 120, 40);
+    sign_up(&mut server, &carol, "+14155550543", "Carol");
+    carol.line("/plain +14155550541");
+    carol.wait_for("not end-to-end encrypted");
+    let image_file = |name: &str, upper: [u8; 3], lower: [u8; 3]| {
+        let picture = image::RgbImage::from_fn(64, 32, |_, y| {
+            image::Rgb(if y < 16 { upper } else { lower })
+        });
+        let file = server.dir.path().join(name);
+        picture.save(&file).unwrap();
+        file
+    };
+    let (green, yellow, magenta, cyan) = ([0, 255, 0], [255, 255, 0], [255, 0, 255], [0, 255, 255]);
+    let garden = image_file("garden.png", green, yellow);
+    carol.line(&format!("/file {}", garden.display()));
+    carol.wait_for("you: 📎 garden.png [file 1: /save 1]");
+    alice.wait_for("Carol");
+    alice.key("Tab");
+    alice.wait_for("Carol: 📎 garden.png [file 1: /save 1]");
+    let gardens = |s: &str| has_thumbnail(s, green, yellow);
+    alice.wait_until_colours("the plaintext image's thumbnail", gardens);
+    let pond = image_file("pond.png", magenta, cyan);
+    alice.line(&format!("/file {}", pond.display()));
+    alice.wait_for("you: 📎 pond.png [file 2: /save 2]");
+    let both = |s: &str| gardens(s) && has_thumbnail(s, magenta, cyan);
+    alice.wait_until_colours("my own plaintext image's thumbnail", both);
+    assert!(!gardens(&carol.colours()));
+    alice.restart();
+    alice.wait_for("Carol");
+    alice.key("Tab");
+    alice.wait_for("you: 📎 pond.png [file 2: /save 2]");
+    alice.wait_until_colours("the plaintext thumbnails after the restart", both);
 }
