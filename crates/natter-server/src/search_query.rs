@@ -23,6 +23,9 @@
 
 use std::fmt;
 
+use unicode_normalization::UnicodeNormalization as _;
+use unicode_normalization::char::is_combining_mark;
+
 /// A parsed message search: every group of `required` must match (a group
 /// matches when any of its terms does), and no term of `excluded` may.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,9 +328,72 @@ impl fmt::Display for TextQuery {
     }
 }
 
+/// The words of a text as the search index keeps them, for engines that
+/// split text themselves (PostgreSQL): runs of letters and digits, lower
+/// case, accents removed, as SQLite's FTS5 `unicode61 remove_diacritics 2`
+/// tokenizer splits the messages of the embedded engine, so `e-mail` is
+/// `e` and `mail`, `don't` is `don` and `t`, `bob@example.com` is three
+/// words, and `Café` is `cafe`. Each word comes with where it is in `text`
+/// (a byte range), for marking snippets.
+#[must_use]
+pub fn index_words(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
+    let mut words = Vec::new();
+    let mut start = None;
+    let flush = |from: usize, to: usize, words: &mut Vec<(String, std::ops::Range<usize>)>| {
+        let folded: String = text[from..to]
+            .nfd()
+            .filter(|c| !is_combining_mark(*c))
+            .flat_map(char::to_lowercase)
+            .collect();
+        if !folded.is_empty() {
+            words.push((folded, from..to));
+        }
+    };
+    for (at, c) in text.char_indices() {
+        // Combining marks belong to the word they follow.
+        let in_word = c.is_alphanumeric() || (start.is_some() && is_combining_mark(c));
+        match (in_word, start) {
+            (true, None) => start = Some(at),
+            (false, Some(from)) => {
+                flush(from, at, &mut words);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = start {
+        flush(from, text.len(), &mut words);
+    }
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_words_split_and_fold_as_the_embedded_index_does() {
+        let words = |t: &str| {
+            index_words(t)
+                .into_iter()
+                .map(|(w, _)| w)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            words("don't e-mail bob@example.com"),
+            ["don", "t", "e", "mail", "bob", "example", "com"]
+        );
+        assert_eq!(words("Café CRÈME naïve"), ["cafe", "creme", "naive"]);
+        assert_eq!(words("how are you?"), ["how", "are", "you"]);
+        assert_eq!(words("我们明天去北京吧 ok"), ["我们明天去北京吧", "ok"]);
+        assert_eq!(words("  ,,, "), Vec::<String>::new());
+        let text = "Hé, là";
+        let ranges: Vec<&str> = index_words(text)
+            .into_iter()
+            .map(|(_, r)| &text[r])
+            .collect();
+        assert_eq!(ranges, ["Hé", "là"]);
+    }
 
     const LIMITS: QueryLimits = QueryLimits {
         max_chars: 256,

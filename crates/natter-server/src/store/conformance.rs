@@ -38,6 +38,7 @@ use natter_proto::InvitationId;
 use super::admin::{Administration, Deactivated};
 use super::{AccountsAcrossChats, FinishedMedia, MediaCreated, MediaStore, NewMedia};
 use super::{GroupAdded, GroupCreated, GroupInvitations, InvitationAccepted, InvitationRules};
+use super::{SearchIndex, SearchQuery};
 use crate::clock::Timestamp;
 use crate::config::StoreConfig;
 use crate::phone::Phone;
@@ -2141,6 +2142,177 @@ async fn accounts_across_chats<S: Accounts + ChatLog + MediaStore + AccountsAcro
     t
 }
 
+/// Searching plaintext history: words split and folded alike (`don't`,
+/// `e-mail`, `bob@example.com`, `café`), phrases, prefixes, OR and NOT,
+/// CJK substrings of one to three characters, deleted and edited messages,
+/// the user's membership periods, filters and paging. The hits (newest
+/// first) and totals must be the same on both engines; snippets are each
+/// engine's own.
+async fn search<S: Accounts + ChatLog + SearchIndex>(store: &S) -> Transcript {
+    let mut t = Transcript::new();
+    let ann = register(store, 1, "Ann").await;
+    let bob = register(store, 2, "Bob").await;
+    let cid = register(store, 3, "Cid").await;
+    let (da, db) = (
+        store.devices(ann.id).await.unwrap()[0].id,
+        store.devices(bob.id).await.unwrap()[0].id,
+    );
+    let dc = store.devices(cid.id).await.unwrap()[0].id;
+    let ChatCreated::Created(direct, _) = store
+        .create_chat(new_chat(ChatKind::Direct, &ann, &[&bob], T0))
+        .await
+        .unwrap()
+    else {
+        panic!("no chat");
+    };
+    let ChatCreated::Created(group, _) = store
+        .create_chat(new_chat(ChatKind::Group, &ann, &[&bob, &cid], T0))
+        .await
+        .unwrap()
+    else {
+        panic!("no group");
+    };
+    let mut ids = Vec::new();
+    for (n, (chat, who, device, body)) in [
+        (direct.id, &ann, da, "Hello, how are you?"),
+        (direct.id, &bob, db, "don't send e-mail to bob@example.com"),
+        (group.id, &ann, da, "Un café, s'il vous plaît"),
+        (group.id, &cid, dc, "我们明天去北京吧"),
+        (group.id, &bob, db, "green tea or coffee"),
+        (direct.id, &ann, da, "tea time"),
+        (direct.id, &ann, da, "secret plan"),
+        (group.id, &bob, db, "old text"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = T0.plus(Duration::from_secs(10 + n as u64));
+        let Posted::Created(a) = store.post(text(chat, who, device, body, at)).await.unwrap()
+        else {
+            panic!("not posted");
+        };
+        ids.push(a.entry.id);
+    }
+    let later = T0.plus(Duration::from_secs(100));
+    store
+        .change_message(MessageChange {
+            message: ids[6],
+            actor: ann.id,
+            device: da,
+            edit: None,
+            now: later,
+        })
+        .await
+        .unwrap();
+    store
+        .change_message(MessageChange {
+            message: ids[7],
+            actor: bob.id,
+            device: db,
+            edit: Some(NewContent {
+                content: Some("new words here".into()),
+                ciphertext: None,
+                window_ms: 600_000,
+            }),
+            now: later,
+        })
+        .await
+        .unwrap();
+    // The embedded engine's index follows the log; PostgreSQL's has nothing to follow.
+    while store.index_search(1_000).await.unwrap().remaining > 0 {}
+    assert_eq!(store.search_index_lag().await.unwrap(), 0);
+    let limits = crate::search_query::QueryLimits {
+        max_chars: 256,
+        max_terms: 16,
+    };
+    let ask = |user: &User,
+               q: &str,
+               chats: Vec<ChatId>,
+               sender: Option<UserId>,
+               offset: i64,
+               limit: i64| {
+        let query = SearchQuery {
+            user: user.id,
+            text: crate::search_query::parse(q, limits).unwrap(),
+            chats,
+            sender,
+            message_type: None,
+            before: None,
+            after: None,
+            by_relevance: false,
+            offset,
+            limit,
+        };
+        async move {
+            let page = store.search_messages(query).await.unwrap();
+            let texts: Vec<String> = page
+                .hits
+                .iter()
+                .map(|h| h.entry.content.clone().unwrap_or_default())
+                .collect();
+            for h in &page.hits {
+                assert!(
+                    h.snippet
+                        .marks
+                        .iter()
+                        .all(|m| h.snippet.text.get(m.clone()).is_some()),
+                    "marks on character boundaries: {:?}",
+                    h.snippet
+                );
+            }
+            (page.total, texts)
+        }
+    };
+    for (who, q, want) in [
+        (&bob, "hello", vec!["Hello, how are you?"]),
+        (&bob, "how are you?", vec!["Hello, how are you?"]),
+        (&bob, "don't", vec!["don't send e-mail to bob@example.com"]),
+        (&bob, "e-mail", vec!["don't send e-mail to bob@example.com"]),
+        (
+            &bob,
+            "bob@example.com",
+            vec!["don't send e-mail to bob@example.com"],
+        ),
+        (
+            &bob,
+            "example",
+            vec!["don't send e-mail to bob@example.com"],
+        ),
+        (&bob, "cafe", vec!["Un café, s'il vous plaît"]),
+        (&bob, "CAFÉ", vec!["Un café, s'il vous plaît"]),
+        (&bob, "tea", vec!["tea time", "green tea or coffee"]),
+        (&bob, "\"green tea\"", vec!["green tea or coffee"]),
+        (&bob, "\"tea green\"", vec![]),
+        (&bob, "tim*", vec!["tea time"]),
+        (
+            &bob,
+            "tea OR hello",
+            vec!["tea time", "green tea or coffee", "Hello, how are you?"],
+        ),
+        (&bob, "tea -green", vec!["tea time"]),
+        (&bob, "北京", vec!["我们明天去北京吧"]),
+        (&bob, "明天去", vec!["我们明天去北京吧"]),
+        (&bob, "北京 coffee", vec![]),
+        (&bob, "secret", vec![]),
+        (&bob, "old", vec![]),
+        (&bob, "words", vec!["new words here"]),
+        (&cid, "hello", vec![]),
+        (&cid, "tea", vec!["green tea or coffee"]),
+    ] {
+        let (total, texts) = ask(who, q, Vec::new(), None, 0, 10).await;
+        assert_eq!(texts, want, "{} searching {q}", who.name);
+        assert_eq!(total, i64::try_from(want.len()).unwrap(), "{q}");
+        t.push(format!("{} {q}: {texts:?}", who.name));
+    }
+    let (total, page) = ask(&bob, "tea", Vec::new(), None, 1, 1).await;
+    assert_eq!((total, page), (2, vec!["green tea or coffee".to_owned()]));
+    let (_, by_ann) = ask(&bob, "tea", Vec::new(), Some(ann.id), 0, 10).await;
+    assert_eq!(by_ann, ["tea time"]);
+    let (_, in_group) = ask(&bob, "tea OR hello", vec![group.id], None, 0, 10).await;
+    assert_eq!(in_group, ["green tea or coffee"]);
+    t
+}
+
 /// A named secret is made once and read back the same ever after.
 async fn server_secrets(store: &dyn Accounts) -> Transcript {
     let first = store
@@ -2223,6 +2395,7 @@ on_both_engines! {
     group_invitations_on_both_engines => group_invitations;
     administration_on_both_engines => administration;
     accounts_across_chats_on_both_engines => accounts_across_chats;
+    search_on_both_engines => search;
 }
 
 /// Many nodes adding contacts for one user at once never pass the limit:

@@ -14,6 +14,7 @@ mod conformance;
 pub mod e2ee;
 pub mod postgres;
 pub mod rules;
+pub(crate) mod snippets;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -166,8 +166,9 @@ pub(super) async fn append(
         tx,
         "INSERT INTO chat_log (chat_id, seq, id, kind, sender_id, sender_device_id, msg_type,
            content, ciphertext, media_id, reply_to, client_message_id, client_timestamp,
-           event, target_id, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+           event, target_id, created_at, words)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                 $17::text::tsvector)
          ON CONFLICT DO NOTHING",
         &[
             chat.as_uuid(),
@@ -186,6 +187,7 @@ pub(super) async fn append(
             &columns.event,
             &columns.target.map(|m| *m.as_uuid()),
             &draft.now.0,
+            &searchable_words(state.encrypted, &draft.kind, draft.content.as_deref()),
         ],
     )
     .await?;
@@ -205,6 +207,29 @@ pub(super) async fn append(
         recipients: rules::recipients(&state.recipients(), removed),
         receipts: state.receipts(),
     }))
+}
+
+/// A message's words as a `tsvector` literal (`'word':position …`), or
+/// `None` when it is not searchable: encrypted chats, entries other than
+/// messages (commits included), messages without text. The words are
+/// letters and digits only, so they need no quoting beyond the quotes.
+pub(super) fn searchable_words(
+    encrypted: bool,
+    kind: &EntryKind,
+    content: Option<&str>,
+) -> Option<String> {
+    let searchable = !encrypted
+        && matches!(kind, EntryKind::Message(t) if *t != natter_proto::chats::MessageType::Commit);
+    let words = crate::search_query::index_words(content.filter(|_| searchable)?);
+    (!words.is_empty()).then(|| {
+        words
+            .iter()
+            .zip(1..)
+            // tsvector positions stop at 16383; later words keep that one.
+            .map(|((word, _), at): (&(String, _), usize)| format!("'{word}':{}", at.min(16_383)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
 }
 
 /// [`append`] for entries that carry no idempotency key (they cannot conflict).
@@ -1002,9 +1027,16 @@ pub(super) async fn change_message(
                     }
                     execute(
                         tx,
-                        "UPDATE chat_log SET content = $2, ciphertext = $3, edited_at = $4
+                        "UPDATE chat_log SET content = $2, ciphertext = $3, edited_at = $4,
+                           words = $5::text::tsvector
                          WHERE id = $1",
-                        &[id, &content, &ciphertext, &ch.now.0],
+                        &[
+                            id,
+                            &content,
+                            &ciphertext,
+                            &ch.now.0,
+                            &searchable_words(state.encrypted, &message.kind, content.as_deref()),
+                        ],
                     )
                     .await?;
                     append_entry(
@@ -1021,7 +1053,7 @@ pub(super) async fn change_message(
                     execute(
                         tx,
                         "UPDATE chat_log SET content = NULL, ciphertext = NULL, media_id = NULL,
-                           deleted_at = $2 WHERE id = $1",
+                           words = NULL, deleted_at = $2 WHERE id = $1",
                         &[id, &ch.now.0],
                     )
                     .await?;

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_chats.sql"),
     include_str!("migrations/0006_e2ee.sql"),
     include_str!("migrations/0007_group_invitations.sql"),
+    include_str!("migrations/0008_search.sql"),
 ];
 
 /// The newest schema version this binary knows.

@@ -17,8 +17,9 @@
 //! - `push`: [`PushOutbox`](super::PushOutbox), claimed by every node's
 //!   worker without double sends.
 //!
-//! The other store traits of `store/mod.rs` are not implemented on it yet;
-//! the server uses the embedded engine until they are (`docs/scale.md`).
+//! - `chats`, `e2ee`, `media`, `group_invitations`, `admin`, `across`,
+//!   `search`: the other traits, so [`Postgres`] is a whole
+//!   [`Store`](super::Store).
 //!
 //! May depend on `store` (its error type) and `ratelimit` (the trait); nothing
 //! above `store` uses it directly.
@@ -34,6 +35,7 @@ mod media;
 mod migrations;
 mod push;
 mod ratelimit;
+mod search;
 #[cfg(test)]
 mod tests;
 
@@ -101,6 +103,9 @@ pub enum PgError {
 pub struct Postgres {
     /// Connections to the one database (accounts, devices, chat logs).
     pool: Pool,
+    /// What the search indexer waits on; never woken, since the words are
+    /// written with each message (`search`).
+    log_appended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -161,7 +166,10 @@ impl Postgres {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| PgError::BadUrl(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            log_appended: std::sync::Arc::default(),
+        })
     }
 
     /// Succeeds when the database answers a query.
@@ -374,5 +382,16 @@ fn describe_pool_error(error: &PoolError) -> String {
         PoolError::Backend(e) => describe_error(e),
         PoolError::Timeout(_) => "timed out waiting for a connection".into(),
         other => other.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Store for Postgres {
+    async fn ping(&self) -> StoreResult<()> {
+        Postgres::ping(self).await
+    }
+
+    async fn close(&self) {
+        Postgres::close(self);
     }
 }

@@ -19,7 +19,6 @@
 //! compiles it with every term quoted, so no user text is ever FTS5 syntax.
 
 use std::fmt::Write as _;
-use std::ops::Range;
 
 use natter_proto::ChatId;
 use rusqlite::types::Value;
@@ -27,6 +26,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::chats::entry_at;
 use crate::store::columns::message_type_to_sql;
+use crate::store::snippets::{has_cjk, mark_substring};
 use crate::store::{IndexProgress, SearchHit, SearchPage, SearchQuery, Snippet, Term, TextQuery};
 
 type Result<T> = rusqlite::Result<T>;
@@ -38,22 +38,6 @@ const MATCH_START: char = '\u{E000}';
 const MATCH_END: char = '\u{E001}';
 /// Tokens of context around a match in a snippet.
 const SNIPPET_TOKENS: i64 = 12;
-/// Characters of context around a match in a substring snippet.
-const SUBSTRING_CONTEXT: usize = 40;
-
-/// Whether the text has characters of scripts written without spaces.
-#[must_use]
-fn has_cjk(text: &str) -> bool {
-    text.chars().any(|c| {
-        matches!(c,
-            '\u{3040}'..='\u{30FF}'   // Hiragana, Katakana
-            | '\u{3400}'..='\u{4DBF}' // CJK Extension A
-            | '\u{4E00}'..='\u{9FFF}' // CJK Unified Ideographs
-            | '\u{AC00}'..='\u{D7AF}' // Hangul syllables
-            | '\u{F900}'..='\u{FAFF}' // CJK Compatibility Ideographs
-            | '\u{20000}'..='\u{2FA1F}')
-    })
-}
 
 /// The text as the index keeps it: the snippet markers replaced by U+FFFD,
 /// so a message cannot forge marks in anyone's snippets.
@@ -474,70 +458,10 @@ fn unmark(marked: &str) -> Snippet {
     Snippet { text, marks }
 }
 
-/// Where `needle` first occurs in `hay` (as characters), ignoring case.
-fn find_folded(hay: &[char], needle: &[char]) -> Option<Range<usize>> {
-    if needle.is_empty() || needle.len() > hay.len() {
-        return None;
-    }
-    let same = |a: char, b: char| a == b || a.to_lowercase().eq(b.to_lowercase());
-    (0..=hay.len() - needle.len())
-        .find(|&i| needle.iter().zip(&hay[i..]).all(|(&n, &h)| same(n, h)))
-        .map(|i| i..i + needle.len())
-}
-
-/// A substring snippet (substring search has no FTS snippet): a bounded
-/// window around the earliest occurrence of any needle, marked.
-fn mark_substring(content: &str, needles: &[&str]) -> Snippet {
-    let chars: Vec<char> = content.chars().collect();
-    let found = needles
-        .iter()
-        .filter_map(|n| find_folded(&chars, &n.chars().collect::<Vec<_>>()))
-        .min_by_key(|r| r.start);
-    let Some(found) = found else {
-        return Snippet {
-            text: chars.iter().take(SUBSTRING_CONTEXT * 2).collect(),
-            marks: Vec::new(),
-        };
-    };
-    let from = found.start.saturating_sub(SUBSTRING_CONTEXT);
-    let to = (found.end + SUBSTRING_CONTEXT).min(chars.len());
-    let mut text = String::new();
-    if from > 0 {
-        text.push('…');
-    }
-    text.extend(&chars[from..found.start]);
-    let start = text.len();
-    text.extend(&chars[found.clone()]);
-    let marks = std::iter::once(start..text.len()).collect();
-    text.extend(&chars[found.end..to]);
-    if to < chars.len() {
-        text.push('…');
-    }
-    Snippet { text, marks }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::search_query::{QueryLimits, parse};
-
-    #[test]
-    fn cjk_is_recognised() {
-        assert!(has_cjk("你好世界"));
-        assert!(has_cjk("こんにちは"));
-        assert!(has_cjk("안녕하세요"));
-        assert!(!has_cjk("café"));
-    }
-
-    #[test]
-    fn substrings_are_marked_with_context() {
-        let s = mark_substring("我们明天去北京吧", &["北京"]);
-        assert_eq!(s.text, "我们明天去北京吧");
-        assert_eq!(&s.text[s.marks[0].clone()], "北京");
-        // Case folds, and the earliest needle wins.
-        let s = mark_substring("Hello WORLD", &["world", "hello"]);
-        assert_eq!(&s.text[s.marks[0].clone()], "Hello");
-    }
 
     #[test]
     fn markers_in_indexed_text_cannot_survive() {
