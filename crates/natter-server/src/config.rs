@@ -271,6 +271,17 @@ pub struct StoreConfig {
     /// How often the search indexer looks at the log when nothing woke it
     /// (it is woken after every append; this is the safety net).
     pub search_index_poll_ms: u64,
+    /// A PostgreSQL database instead of the embedded store
+    /// (`postgres://user:password@host:port/dbname`, docs/scale.md); every
+    /// node of a cluster names the same one. Unset: the embedded store in
+    /// the data directory. It may hold a password, so it never shows in a
+    /// debug dump of the configuration.
+    pub url: Option<SecretString>,
+    /// Connections each node keeps to PostgreSQL.
+    pub pool_size: usize,
+    /// How long connecting to PostgreSQL (or waiting for a free connection)
+    /// may take.
+    pub connect_timeout_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -283,17 +294,20 @@ impl Default for StoreConfig {
             receipt_flush_ms: 1000,
             search_index_batch: 500,
             search_index_poll_ms: 1000,
+            url: None,
+            pool_size: 16,
+            connect_timeout_secs: 10,
         }
     }
 }
 
 impl StoreConfig {
-    /// Whether every node of a cluster sees this store. The embedded store
-    /// belongs to one node (its data directory is locked), so a bus between
-    /// nodes has nothing shared to stand on.
+    /// Whether every node of a cluster sees this store: PostgreSQL does;
+    /// the embedded store belongs to one node (its data directory is
+    /// locked), so a bus between nodes has nothing shared to stand on.
     #[must_use]
     pub fn is_shared(&self) -> bool {
-        false
+        self.url.is_some()
     }
 }
 
@@ -1104,6 +1118,18 @@ impl Config {
                 problem: problem.into(),
             }
         }
+        if let Some(url) = &self.store.url {
+            match reqwest::Url::parse(url.expose()) {
+                Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
+                // The URL may hold a password: never repeated.
+                _ => {
+                    return Err(invalid(
+                        "store.url",
+                        "must be postgres://user:password@host:port/dbname",
+                    ));
+                }
+            }
+        }
         if let Some(bus) = &self.bus {
             for url in bus.split(',').map(str::trim) {
                 match reqwest::Url::parse(url) {
@@ -1298,7 +1324,12 @@ impl Config {
         }
         self.validate_cluster()?;
         // `log` is checked by the binary, which owns the log subscriber.
-        let positive: [(&'static str, u64); 63] = [
+        let positive: [(&'static str, u64); 65] = [
+            ("store.pool_size", self.store.pool_size as u64),
+            (
+                "store.connect_timeout_secs",
+                self.store.connect_timeout_secs,
+            ),
             ("nats.presence_ttl_secs", self.nats.presence_ttl_secs),
             ("nats.presence_replicas", self.nats.presence_replicas),
             ("nats.connect_timeout_secs", self.nats.connect_timeout_secs),
@@ -1830,6 +1861,25 @@ mod tests {
         assert_eq!(c.s3_bucket(), Some("natter-media"));
         // The secret never shows in a debug dump of the configuration.
         assert!(!format!("{c:?}").contains("secret\""), "{c:?}");
+        // A PostgreSQL store: a URL of that scheme, its password kept out
+        // of debug dumps; the sizes positive.
+        let e = error_of(&[("NATTER_STORE__URL", "mysql://db/natter")]);
+        assert!(e.contains("`store.url`") && !e.contains("mysql"), "{e}");
+        let e = error_of(&[
+            ("NATTER_STORE__URL", "postgres://natter@db/natter"),
+            ("NATTER_STORE__POOL_SIZE", "0"),
+        ]);
+        assert!(e.contains("`store.pool_size`"), "{e}");
+        let c = Config::load(
+            None,
+            env(&[(
+                "NATTER_STORE__URL",
+                "postgres://natter:hunter2@db:5432/natter",
+            )]),
+        )
+        .unwrap();
+        assert!(c.store.is_shared());
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
         let e = error_of(&[("NATTER_NATS__PREFIX", "a.b")]);
         assert!(e.contains("`nats.prefix`"), "{e}");
         let e = error_of(&[("NATTER_NATS__PRESENCE_TTL_SECS", "0")]);

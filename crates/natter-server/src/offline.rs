@@ -13,6 +13,7 @@ use crate::server::{BLOB_DIR, StartError};
 use crate::service::Services;
 use crate::sms::NoSms;
 use crate::store::Store;
+use crate::store::postgres::{PgOptions, Postgres};
 use crate::store::sqlite::{DB_FILE, LOCK_FILE, SqliteStore};
 
 /// Why a data directory cannot be opened offline.
@@ -123,21 +124,42 @@ impl Offline {
     /// A server runs on it, it does not exist, or it cannot be opened.
     pub async fn open(config: Config, create: bool) -> Result<Self, OfflineError> {
         let dir = config.data_dir.clone();
-        let shown = dir.display().to_string();
-        if !create && !dir.join(DB_FILE).is_file() {
-            return Err(OfflineError::Missing(shown));
-        }
-        if server_running(&dir) {
-            return Err(OfflineError::Running(shown));
-        }
-        let store_config = config.store.clone();
-        let open_dir = dir.clone();
-        let store: Arc<dyn Store> = Arc::new(
-            tokio::task::spawn_blocking(move || SqliteStore::open(&open_dir, &store_config))
+        let store: Arc<dyn Store> = match &config.store.url {
+            // A shared store: nodes may be serving while the operator works
+            // (PostgreSQL serializes both); connecting migrates it.
+            Some(url) => Arc::new(
+                Postgres::connect(&PgOptions {
+                    url: url.expose().to_owned(),
+                    pool_size: 2,
+                    connect_timeout: std::time::Duration::from_secs(
+                        config.store.connect_timeout_secs,
+                    ),
+                })
                 .await
-                .map_err(|e| StartError::Store(crate::store::StoreError::internal(e.to_string())))?
-                .map_err(StartError::Store)?,
-        );
+                .map_err(|e| OfflineError::Read(e.to_string()))?,
+            ),
+            None => {
+                let shown = dir.display().to_string();
+                if !create && !dir.join(DB_FILE).is_file() {
+                    return Err(OfflineError::Missing(shown));
+                }
+                if server_running(&dir) {
+                    return Err(OfflineError::Running(shown));
+                }
+                let store_config = config.store.clone();
+                let open_dir = dir.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || {
+                        SqliteStore::open(&open_dir, &store_config)
+                    })
+                    .await
+                    .map_err(|e| {
+                        StartError::Store(crate::store::StoreError::internal(e.to_string()))
+                    })?
+                    .map_err(StartError::Store)?,
+                )
+            }
+        };
         let blobs = Blobs::for_config(&config, &dir.join(BLOB_DIR)).map_err(StartError::Blobs)?;
         let limiter = Arc::new(LocalRateLimiter::for_config(&config));
         let services = Services::new(

@@ -17,6 +17,7 @@ use crate::ratelimit::LocalRateLimiter;
 use crate::service::Services;
 use crate::sms::{LogSms, NoSms, SmsGateway, WebhookSms};
 use crate::store::Store;
+use crate::store::postgres::{PgOptions, PgRateLimiter, Postgres};
 use crate::store::sqlite::SqliteStore;
 
 /// Where media blobs live inside the data directory (local engine).
@@ -180,11 +181,30 @@ impl RunningServer {
 
         let store_config = config.store.clone();
         let data_dir = config.data_dir.clone();
-        let store: Arc<dyn Store> = Arc::new(
-            tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir, &store_config))
+        // PostgreSQL (shared by the nodes of a cluster) or the embedded store.
+        let (store, shared_limits): (Arc<dyn Store>, Option<Postgres>) = match &config.store.url {
+            Some(url) => {
+                let pg = Postgres::connect(&PgOptions {
+                    url: url.expose().to_owned(),
+                    pool_size: config.store.pool_size,
+                    connect_timeout: Duration::from_secs(config.store.connect_timeout_secs),
+                })
                 .await
-                .map_err(|e| crate::store::StoreError::internal(e.to_string()))??,
-        );
+                .map_err(|e| crate::store::StoreError::unavailable(e.to_string()))?;
+                tracing::info!("store: PostgreSQL (migrated)");
+                (Arc::new(pg.clone()), Some(pg))
+            }
+            None => (
+                Arc::new(
+                    tokio::task::spawn_blocking(move || {
+                        SqliteStore::open(&data_dir, &store_config)
+                    })
+                    .await
+                    .map_err(|e| crate::store::StoreError::internal(e.to_string()))??,
+                ),
+                None,
+            ),
+        };
         let sms: Arc<dyn SmsGateway> = match &config.sms_webhook_url {
             Some(url) => {
                 let gateway = WebhookSms::new(url, Duration::from_secs(config.sms.timeout_secs))?;
@@ -208,7 +228,12 @@ impl RunningServer {
                 Arc::new(LogSms::new(config.log_format == LogFormat::Json))
             }
         };
-        let limiter = Arc::new(LocalRateLimiter::for_config(&config));
+        // Shared by every node on PostgreSQL (failing closed); in-process
+        // on the embedded store.
+        let limiter: Arc<dyn crate::ratelimit::RateLimiter> = match shared_limits {
+            Some(pg) => Arc::new(PgRateLimiter::for_config(pg, &config)),
+            None => Arc::new(LocalRateLimiter::for_config(&config)),
+        };
         let bus: Arc<dyn crate::bus::Bus> = match &config.bus {
             Some(url) => {
                 let bus = crate::bus::NatsBus::connect(crate::bus::NatsOptions {

@@ -286,6 +286,20 @@ fn checkconfig(file: &Path) -> Outcome {
 }
 
 fn run_on_data(config: Config, command: AdminCommand) -> Outcome {
+    // These read or copy the embedded store's files; a PostgreSQL store is
+    // backed up with PostgreSQL's own tools.
+    if config.store.url.is_some()
+        && matches!(
+            command,
+            AdminCommand::Backup { .. } | AdminCommand::Restore { .. } | AdminCommand::Codes
+        )
+    {
+        return Err(Failure::usage(
+            "this command works on the embedded store; the configuration names a PostgreSQL \
+             store (`store.url`): back it up with pg_dump or PostgreSQL's own tools, and read \
+             codes with the server's log",
+        ));
+    }
     match command {
         AdminCommand::Backup { to } => return backup(&config.data_dir, &to),
         AdminCommand::Restore { from } => return restore(&from, &config.data_dir),

@@ -75,6 +75,8 @@ pub struct TestApp {
     _dir: Arc<TempDir>,
     /// The S3 server media go to, with `TESTKIT_BLOBS=s3`.
     _s3: Option<natter_testkit::engines::S3Server>,
+    /// The PostgreSQL database the store is, with `TESTKIT_STORE=postgres`.
+    _pg: Option<natter_testkit::pg::TestDatabase<'static>>,
 }
 
 /// A signed-up account and one of its devices (ids as strings, as the
@@ -107,6 +109,24 @@ async fn media_on_s3(config: &mut Config) -> Option<natter_testkit::engines::S3S
     Some(s3)
 }
 
+/// With `TESTKIT_STORE=postgres`, the store is a fresh database of the
+/// run's PostgreSQL (`TEST_NATTER_PG_URL`, or one started for this test
+/// process), so the same tests cover the PostgreSQL engine.
+async fn store_on_postgres(
+    config: &mut Config,
+) -> Option<natter_testkit::pg::TestDatabase<'static>> {
+    static CLUSTER: std::sync::OnceLock<natter_testkit::pg::PgCluster> = std::sync::OnceLock::new();
+    if std::env::var("TESTKIT_STORE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let cluster =
+        CLUSTER.get_or_init(|| natter_testkit::pg::PgCluster::from_env_or_start().unwrap());
+    let db = cluster.empty_database().await.unwrap();
+    config.store.url = Some(serde_json::from_value(serde_json::Value::String(db.url())).unwrap());
+    config.store.pool_size = 4;
+    Some(db)
+}
+
 impl TestApp {
     /// A server with the default configuration.
     pub async fn start() -> Self {
@@ -125,6 +145,7 @@ impl TestApp {
         };
         config.sms.timeout_secs = 5;
         let s3 = media_on_s3(&mut config).await;
+        let pg = store_on_postgres(&mut config).await;
         adjust(&mut config);
         config.validate().unwrap();
         let server = tokio::time::timeout(WAIT, RunningServer::start(config.clone()))
@@ -142,6 +163,7 @@ impl TestApp {
             server: Some(server),
             _dir: dir,
             _s3: s3,
+            _pg: pg,
         }
     }
 

@@ -715,3 +715,42 @@ async fn a_backup_taken_while_serving_restores_into_a_working_server() {
     assert_eq!(blob.status(), 200);
     assert_eq!(blob.bytes().await.unwrap().len(), 100_000);
 }
+
+/// With a PostgreSQL store (`store.url`), the commands that work through the
+/// store work on it (here `stats`, which migrates the database first), and
+/// those that read or copy the embedded store's files refuse, saying what
+/// to use instead.
+#[test]
+fn on_a_postgresql_store_stats_work_and_file_commands_refuse() {
+    let cluster = natter_testkit::pg::PgCluster::from_env_or_start().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = runtime.block_on(cluster.empty_database()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let url = db.url();
+    let env = [("NATTER_STORE__URL", url.as_str())];
+    let data_arg = data.to_str().unwrap();
+    let stats = admin_in(dir.path(), &["stats", "--data-dir", data_arg], &env);
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    assert!(
+        stats.stdout.contains("users:") && stats.stdout.contains("chats:"),
+        "{}",
+        stats.stdout
+    );
+    let to = dir.path().join("backup");
+    for args in [vec!["backup", "--to", to.to_str().unwrap()], vec!["codes"]] {
+        let mut all = args.clone();
+        all.extend(["--data-dir", data_arg]);
+        let ran = admin_in(dir.path(), &all, &env);
+        assert_ne!(ran.code, 0, "{args:?} ran on a PostgreSQL store");
+        assert!(
+            ran.stderr.contains("store.url") && ran.stderr.contains("pg_dump"),
+            "{}",
+            ran.stderr
+        );
+    }
+    assert!(!to.exists(), "nothing was written");
+}
