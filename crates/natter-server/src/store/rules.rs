@@ -175,6 +175,33 @@ pub const fn refuse_body(
     }
 }
 
+/// Whether a body, new or edited, suits its chat as the writer sees it at
+/// the append: [`refuse_body`], then, for an encrypted chat, that the
+/// ciphertext is an application message of the chat's epochs now
+/// ([`refuse_application`]). `None` when it does.
+#[must_use]
+pub fn refuse_message(
+    chat: ChatId,
+    encrypted: bool,
+    epoch: u64,
+    content: Option<&str>,
+    ciphertext: Option<&[u8]>,
+    has_media: bool,
+) -> Option<BodyRefusal> {
+    if let Some(refusal) = refuse_body(
+        encrypted,
+        content.is_some(),
+        ciphertext.is_some(),
+        has_media,
+    ) {
+        return Some(refusal);
+    }
+    match ciphertext {
+        Some(bytes) if encrypted => refuse_application(chat, epoch, bytes).map(BodyRefusal::Mls),
+        _ => None,
+    }
+}
+
 /// Who hears of an entry: the members when it is appended, and a user it
 /// removed (who sees their own removal and nothing after it).
 #[must_use]
@@ -281,6 +308,25 @@ mod tests {
         assert_eq!(
             refuse_body(true, true, false, false),
             Some(BodyRefusal::Encrypted)
+        );
+    }
+
+    #[test]
+    fn a_message_is_checked_for_its_chat_then_for_the_epoch() {
+        let chat = ChatId::new();
+        assert_eq!(refuse_message(chat, false, 0, Some("hi"), None, false), None);
+        assert_eq!(
+            refuse_message(chat, true, 3, Some("hi"), None, false),
+            Some(BodyRefusal::Encrypted)
+        );
+        assert_eq!(
+            refuse_message(chat, true, 3, None, Some(b"not mls"), false),
+            Some(BodyRefusal::Mls(MlsRefusal::Malformed))
+        );
+        assert_eq!(
+            refuse_message(chat, false, 0, None, None, true),
+            None,
+            "a caption is optional"
         );
     }
 

@@ -502,21 +502,17 @@ pub(super) fn post(c: &Connection, cache: &mut ChatCache, m: NewMessage) -> Resu
     if state.role(m.sender_id).is_none() {
         return Ok(Posted::NotMember);
     }
-    if let Some(refusal) = rules::refuse_body(
+    // The epoch is known here, in the append's transaction: an
+    // application message is checked against the chat's epoch now.
+    if let Some(refusal) = rules::refuse_message(
+        m.chat_id,
         state.encrypted,
-        m.content.is_some(),
-        m.ciphertext.is_some(),
+        state.epoch,
+        m.content.as_deref(),
+        m.ciphertext.as_deref(),
         m.media_id.is_some(),
     ) {
         return Ok(Posted::WrongBody(refusal));
-    }
-    // The epoch is known here, in the writer: an application message is
-    // checked against the chat's epoch as of its append.
-    if state.encrypted
-        && let Some(bytes) = &m.ciphertext
-        && let Some(refusal) = rules::refuse_application(m.chat_id, state.epoch, bytes)
-    {
-        return Ok(Posted::WrongBody(rules::BodyRefusal::Mls(refusal)));
     }
     if let Some(reply) = m.reply_to
         && visible_message(c, m.chat_id, m.sender_id, reply)?.is_none()
@@ -864,20 +860,15 @@ pub(super) fn change_message(
             if !rules::may_edit(message.created_at, ch.now, window_ms) {
                 return Ok(MessageChanged::TooLate);
             }
-            if let Some(refusal) = rules::refuse_body(
+            if let Some(refusal) = rules::refuse_message(
+                message.chat_id,
                 state.encrypted,
-                content.is_some(),
-                ciphertext.is_some(),
+                state.epoch,
+                content.as_deref(),
+                ciphertext.as_deref(),
                 false,
             ) {
                 return Ok(MessageChanged::WrongBody(refusal));
-            }
-            if state.encrypted
-                && let Some(bytes) = &ciphertext
-                && let Some(refusal) =
-                    rules::refuse_application(message.chat_id, state.epoch, bytes)
-            {
-                return Ok(MessageChanged::WrongBody(rules::BodyRefusal::Mls(refusal)));
             }
             c.prepare_cached(
                 "UPDATE chat_log SET content = ?2, ciphertext = ?3, edited_at = ?4 WHERE id = ?1",
