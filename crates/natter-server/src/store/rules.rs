@@ -314,7 +314,10 @@ mod tests {
     #[test]
     fn a_message_is_checked_for_its_chat_then_for_the_epoch() {
         let chat = ChatId::new();
-        assert_eq!(refuse_message(chat, false, 0, Some("hi"), None, false), None);
+        assert_eq!(
+            refuse_message(chat, false, 0, Some("hi"), None, false),
+            None
+        );
         assert_eq!(
             refuse_message(chat, true, 3, Some("hi"), None, false),
             Some(BodyRefusal::Encrypted)

@@ -110,8 +110,10 @@ async fn media_on_s3(config: &mut Config) -> Option<natter_testkit::engines::S3S
 }
 
 /// With `TESTKIT_STORE=postgres`, the store is a fresh database of the
-/// run's PostgreSQL (`TEST_NATTER_PG_URL`, or one started for this test
-/// process), so the same tests cover the PostgreSQL engine.
+/// run's PostgreSQL (`TEST_NATTER_PG_URL`, from `scripts/pg-cluster
+/// start`), so the same tests cover the PostgreSQL engine. The run's
+/// cluster, not one per test process: a cluster kept for the process's
+/// life would outlive it.
 async fn store_on_postgres(
     config: &mut Config,
 ) -> Option<natter_testkit::pg::TestDatabase<'static>> {
@@ -119,6 +121,11 @@ async fn store_on_postgres(
     if std::env::var("TESTKIT_STORE").as_deref() != Ok("postgres") {
         return None;
     }
+    assert!(
+        std::env::var_os("TEST_NATTER_PG_URL").is_some(),
+        "TESTKIT_STORE=postgres needs the run's PostgreSQL: \
+         TEST_NATTER_PG_URL=$(scripts/pg-cluster start DIR)"
+    );
     let cluster =
         CLUSTER.get_or_init(|| natter_testkit::pg::PgCluster::from_env_or_start().unwrap());
     let db = cluster.empty_database().await.unwrap();
