@@ -273,23 +273,16 @@ impl Accounts for Postgres {
                 // The insert decides a race for the number (with an invite
                 // registration on another node, say): the unique index
                 // lets one account have it.
-                let inserted = execute(
+                // Signing up is activity: last seen at creation.
+                let inserted = insert_user(
                     tx,
-                    "INSERT INTO users (id, phone, name, about, last_seen_visibility,
-                                        last_seen_at, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6, $6)
-                     ON CONFLICT (phone) DO NOTHING",
-                    &[
-                        u.id.as_uuid(),
-                        &u.phone.as_str(),
-                        &u.name,
-                        &u.about,
-                        &visibility_to_sql(u.last_seen_visibility),
-                        &u.created_at.0,
-                    ],
+                    &User {
+                        last_seen_at: Some(u.created_at),
+                        ..u.clone()
+                    },
                 )
                 .await?;
-                if inserted == 0 {
+                if !inserted {
                     // The right code proved the number; that try is not held against it.
                     refund_attempt(tx, &u.phone, &r.code).await?;
                     return Ok(Registered::PhoneTaken);
