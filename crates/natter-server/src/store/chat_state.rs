@@ -12,7 +12,7 @@ use natter_proto::chats::{ChatEvent, ChatKind, Role};
 use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
 
 use super::rules::MemberFacts;
-use super::{EntryKind, LogEntry, ReceiptState, Recipients};
+use super::{EntryKind, LogEntry, NewMessage, ReceiptState, Recipients};
 use crate::clock::Timestamp;
 
 /// A multiset of positions, for the lowest one in O(log n).
@@ -231,6 +231,23 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
+    /// A message to post, as a draft of its entry.
+    pub(crate) fn message(m: NewMessage) -> Self {
+        Self {
+            id: m.id,
+            sender_id: m.sender_id,
+            sender_device_id: Some(m.sender_device_id),
+            kind: EntryKind::Message(m.message_type),
+            content: m.content,
+            ciphertext: m.ciphertext,
+            media_id: m.media_id,
+            reply_to: m.reply_to,
+            client_message_id: m.client_message_id,
+            client_timestamp: m.client_timestamp,
+            now: m.now,
+        }
+    }
+
     /// The entry this draft is once stored at `seq` of `chat`.
     pub(crate) fn into_entry(self, chat: ChatId, seq: i64) -> LogEntry {
         LogEntry {

@@ -767,20 +767,9 @@ pub(super) async fn post(
                 return Ok(Posted::BadReply);
             }
             let key = m.client_message_id.clone();
-            let draft = Draft {
-                id: m.id,
-                sender_id: m.sender_id,
-                sender_device_id: Some(m.sender_device_id),
-                kind: EntryKind::Message(m.message_type),
-                content: m.content,
-                ciphertext: m.ciphertext,
-                media_id: m.media_id,
-                reply_to: m.reply_to,
-                client_message_id: m.client_message_id,
-                client_timestamp: m.client_timestamp,
-                now: m.now,
-            };
-            let Some(mut appended) = append(tx, &mut state, m.chat_id, draft, None).await? else {
+            let (chat_id, sender_id) = (m.chat_id, m.sender_id);
+            let draft = Draft::message(m);
+            let Some(mut appended) = append(tx, &mut state, chat_id, draft, None).await? else {
                 // The key's first message exists: this is a retry.
                 let first = rows(
                     tx,
@@ -788,7 +777,7 @@ pub(super) async fn post(
                         "SELECT {ENTRY_COLUMNS} FROM chat_log l
                          WHERE l.chat_id = $1 AND l.sender_id = $2 AND l.client_message_id = $3"
                     ),
-                    &[m.chat_id.as_uuid(), m.sender_id.as_uuid(), &key],
+                    &[chat_id.as_uuid(), sender_id.as_uuid(), &key],
                 )
                 .await?;
                 return first
@@ -800,9 +789,9 @@ pub(super) async fn post(
             };
             // The sender has read the chat up to their own message.
             let seq = appended.entry.seq;
-            if let Some((delivered, read)) = state.advance(m.sender_id, seq, seq) {
+            if let Some((delivered, read)) = state.advance(sender_id, seq, seq) {
                 appended.receipts = state.receipts();
-                write_positions(tx, m.chat_id, m.sender_id, delivered, read).await?;
+                write_positions(tx, chat_id, sender_id, delivered, read).await?;
             }
             Ok(Posted::Created(appended))
         })

@@ -527,23 +527,12 @@ pub(super) fn post(c: &Connection, cache: &mut ChatCache, m: NewMessage) -> Resu
         return Ok(Posted::MediaGone);
     }
     let key = m.client_message_id.clone();
-    let draft = Draft {
-        id: m.id,
-        sender_id: m.sender_id,
-        sender_device_id: Some(m.sender_device_id),
-        kind: EntryKind::Message(m.message_type),
-        content: m.content,
-        ciphertext: m.ciphertext,
-        media_id: m.media_id,
-        reply_to: m.reply_to,
-        client_message_id: m.client_message_id,
-        client_timestamp: m.client_timestamp,
-        now: m.now,
-    };
-    let Some(mut appended) = append(c, state, m.chat_id, draft, None)? else {
+    let (chat_id, sender_id) = (m.chat_id, m.sender_id);
+    let draft = Draft::message(m);
+    let Some(mut appended) = append(c, state, chat_id, draft, None)? else {
         // The key's first message exists: this is a retry.
         let first = match &key {
-            Some(key) => by_idempotency_key(c, m.chat_id, m.sender_id, key)?,
+            Some(key) => by_idempotency_key(c, chat_id, sender_id, key)?,
             None => None,
         };
         return first.map(Posted::Duplicate).ok_or_else(|| {
@@ -557,16 +546,16 @@ pub(super) fn post(c: &Connection, cache: &mut ChatCache, m: NewMessage) -> Resu
     // it now; otherwise it only moves their own position, written with the
     // next flush.
     let seq = appended.entry.seq;
-    let read_before = state.positions(m.sender_id).map_or(0, |(_, read)| read);
+    let read_before = state.positions(sender_id).map_or(0, |(_, read)| read);
     let read_others = state
-        .latest_not_by(m.sender_id)
+        .latest_not_by(sender_id)
         .is_none_or(|other| other > read_before);
-    if let Some((delivered, read)) = state.advance(m.sender_id, seq, seq) {
+    if let Some((delivered, read)) = state.advance(sender_id, seq, seq) {
         appended.receipts = state.receipts();
         if read_others {
-            write_positions(c, m.chat_id, m.sender_id, delivered, read)?;
+            write_positions(c, chat_id, sender_id, delivered, read)?;
         } else {
-            cache.unflushed(m.chat_id, m.sender_id);
+            cache.unflushed(chat_id, sender_id);
         }
     }
     Ok(Posted::Created(appended))
