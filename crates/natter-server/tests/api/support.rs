@@ -272,6 +272,73 @@ impl TestApp {
         out
     }
 
+    /// Where the store still holds any of `needles`, whatever the engine:
+    /// each file of the data directory (the embedded database, its
+    /// write-ahead log, blobs) and, on PostgreSQL, each row of each table
+    /// of the test's database (its text form, where binary columns read as
+    /// hex, so a needle is looked for as text and as hex). Empty when none.
+    pub async fn stored_copies(&self, needles: &[&[u8]]) -> Vec<String> {
+        fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+            haystack.windows(needle.len()).any(|w| w == needle)
+        }
+        let mut found = Vec::new();
+        for path in self.data_files() {
+            let bytes = std::fs::read(&path).unwrap();
+            for needle in needles.iter().filter(|n| holds(&bytes, n)) {
+                found.push(format!(
+                    "{} holds {:?}",
+                    path.display(),
+                    String::from_utf8_lossy(needle)
+                ));
+            }
+        }
+        let Some(db) = &self._pg else {
+            assert!(
+                self.data_dir().join("natter.db").exists(),
+                "the embedded store keeps its database in the data directory"
+            );
+            return found;
+        };
+        let (client, connection) = tokio::time::timeout(
+            WAIT,
+            tokio_postgres::connect(&db.url(), tokio_postgres::NoTls),
+        )
+        .await
+        .expect("the test database answers in time")
+        .unwrap();
+        let driver = tokio::spawn(connection);
+        let tables = client
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(!tables.is_empty(), "the test database has its schema");
+        for table in tables {
+            let table: String = table.get(0);
+            let rows = client
+                .query(&format!("SELECT t::text FROM \"{table}\" t"), &[])
+                .await
+                .unwrap();
+            for row in rows {
+                let text: String = row.get(0);
+                for needle in needles {
+                    let hex: String = needle.iter().map(|b| format!("{b:02x}")).collect();
+                    if holds(text.as_bytes(), needle) || text.contains(&hex) {
+                        found.push(format!(
+                            "table {table} holds {:?}",
+                            String::from_utf8_lossy(needle)
+                        ));
+                    }
+                }
+            }
+        }
+        driver.abort();
+        found
+    }
+
     /// Like [`TestApp::restart`], with the configuration adjusted first.
     pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Config)) {
         adjust(&mut self.config);
