@@ -1145,13 +1145,15 @@ impl Config {
             if !self.store.is_shared() {
                 return Err(invalid(
                     "store",
-                    "must be a shared store when `bus` is set: with the embedded store every                      node would keep its own accounts and chats. Unset `bus` to run one node",
+                    "must be a shared store when `bus` is set: with the embedded store every \
+                     node would keep its own accounts and chats. Unset `bus` to run one node",
                 ));
             }
             if self.blobs.is_none() {
                 return Err(invalid(
                     "blobs",
-                    "must be set (s3://bucket) when `bus` is set: media kept in one node's data                      directory cannot be read through the others",
+                    "must be set (s3://bucket) when `bus` is set: media kept in one node's data \
+                     directory cannot be read through the others",
                 ));
             }
         }
