@@ -54,9 +54,14 @@ fn millis(t: OffsetDateTime) -> Timestamp {
     Timestamp(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
 }
 
+/// HTML-escapes `text` onto `out`. The private-use characters the embedded
+/// index marks matches with (U+E000, U+E001) become U+FFFD whichever
+/// engine made the snippet, so snippets read alike on every engine and
+/// never carry a marker a client might take for a match.
 fn escape_into(out: &mut String, text: &str) {
     for c in text.chars() {
         match c {
+            '\u{E000}' | '\u{E001}' => out.push('\u{FFFD}'),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -271,6 +276,10 @@ mod tests {
         };
         let html = html_snippet(&snippet);
         assert!(!html.contains("<mark>"), "{html}");
+        assert_eq!(
+            html, "\u{FFFD}&lt;mark&gt;x&lt;/mark&gt;\u{FFFD} y",
+            "the index's marker characters never show"
+        );
         // Offsets off a character boundary or backwards are ignored.
         let snippet = Snippet {
             text: "é y".to_owned(),
