@@ -211,11 +211,10 @@ impl Services {
     }
 
     /// Sends several messages from a live connection, in order: each is
-    /// checked as by [`Services::send_from_connection`], then all are handed
-    /// to the store together, so they share group commits instead of
-    /// waiting for one commit each, and take their `seq` in the order given
-    /// (the posts enter the writer's queue in that order). One answer per
-    /// message, in order.
+    /// checked as by [`Services::send_from_connection`], then the valid ones
+    /// are handed to the store together
+    /// ([`crate::store::ChatLog::post_in_order`]), so they take their `seq`
+    /// in the order given and, where the engine can, share commits. One answer per message, in order.
     pub async fn send_many_from_connection(
         &self,
         who: &Principal,
@@ -224,25 +223,30 @@ impl Services {
     ) -> Vec<ServiceResult<ServerFrame>> {
         let mut keys = Vec::with_capacity(reqs.len());
         let mut prepared = Vec::with_capacity(reqs.len());
+        let mut valid = Vec::with_capacity(reqs.len());
         for req in reqs {
             keys.push(req.client_message_id.clone());
-            prepared.push(self.prepare_message(who, req).await);
-        }
-        // `join_all` polls the posts in order, so each enters the writer's
-        // (fair, FIFO) queue in order.
-        let posts = prepared.into_iter().map(|p| async move {
-            match p {
-                Ok(message) => self
-                    .inner
-                    .store
-                    .post(message)
-                    .await
-                    .map_err(ServiceError::from),
-                Err(e) => Err(e),
+            match self.prepare_message(who, req).await {
+                Ok(message) => {
+                    valid.push(message);
+                    prepared.push(None);
+                }
+                Err(e) => prepared.push(Some(e)),
             }
+        }
+        let mut stored = self.inner.store.post_in_order(valid).await.into_iter();
+        let posted = prepared.into_iter().map(|refused| match refused {
+            Some(e) => Err(e),
+            None => stored
+                .next()
+                .unwrap_or_else(|| {
+                    Err(crate::store::StoreError::internal(
+                        "post_in_order answered fewer messages than it was given",
+                    ))
+                })
+                .map_err(ServiceError::from),
         });
-        let posted = futures_util::future::join_all(posts).await;
-        let mut out = Vec::with_capacity(posted.len());
+        let mut out = Vec::with_capacity(keys.len());
         for (posted, client_message_id) in posted.into_iter().zip(keys) {
             let answer = match posted {
                 Ok(p) => self

@@ -1048,6 +1048,19 @@ pub trait ChatLog: Send + Sync {
     /// sender is a participant.
     async fn post(&self, message: NewMessage) -> StoreResult<Posted>;
 
+    /// Appends messages in the order given (a connection's pipelined
+    /// sends): in each chat, each takes a `seq` after those before it. One
+    /// answer per message, in order. By default one after another; an
+    /// engine whose writes keep their order hands them over together so
+    /// they share commits.
+    async fn post_in_order(&self, messages: Vec<NewMessage>) -> Vec<StoreResult<Posted>> {
+        let mut out = Vec::with_capacity(messages.len());
+        for message in messages {
+            out.push(self.post(message).await);
+        }
+        out
+    }
+
     /// Changes participants or name; each change is an entry of the chat log.
     async fn change_chat(
         &self,

@@ -976,6 +976,12 @@ impl ChatLog for SqliteStore {
             .await
     }
 
+    async fn post_in_order(&self, messages: Vec<NewMessage>) -> Vec<StoreResult<Posted>> {
+        // `join_all` polls the posts in order, so each enters the writer's
+        // (fair, FIFO) queue in order and they share group commits.
+        futures_util::future::join_all(messages.into_iter().map(|m| self.post(m))).await
+    }
+
     async fn change_chat(
         &self,
         chat: ChatId,
