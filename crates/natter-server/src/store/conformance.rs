@@ -2310,6 +2310,18 @@ async fn search<S: Accounts + ChatLog + SearchIndex>(store: &S) -> Transcript {
     assert_eq!(by_ann, ["tea time"]);
     let (_, in_group) = ask(&bob, "tea OR hello", vec![group.id], None, 0, 10).await;
     assert_eq!(in_group, ["green tea or coffee"]);
+    // A run of letters longer than PostgreSQL keeps as one word (a pasted
+    // key) is posted like any text, and found by its beginning.
+    let long = format!("key {} end", "k".repeat(3000));
+    let at = T0.plus(Duration::from_secs(200));
+    let posted = store.post(text(direct.id, &ann, da, &long, at)).await;
+    assert!(matches!(posted, Ok(Posted::Created(_))), "{posted:?}");
+    while store.index_search(1_000).await.unwrap().remaining > 0 {}
+    for q in ["kkkk*", "end"] {
+        let (total, texts) = ask(&bob, q, Vec::new(), None, 0, 10).await;
+        assert_eq!((total, texts), (1, vec![long.clone()]), "{q}");
+    }
+    t.push("a 3000-letter word: found by its beginning".to_owned());
     t
 }
 

@@ -226,7 +226,9 @@ pub(super) fn searchable_words(
             .iter()
             .zip(1..)
             // tsvector positions stop at 16383; later words keep that one.
-            .map(|((word, _), at): (&(String, _), usize)| format!("'{word}':{}", at.min(16_383)))
+            .map(|((word, _), at): (&(String, _), usize)| {
+                format!("'{}':{}", super::search::lexeme(word), at.min(16_383))
+            })
             .collect::<Vec<_>>()
             .join(" ")
     })

@@ -26,6 +26,25 @@ use crate::store::{
     IndexProgress, SearchHit, SearchIndex, SearchPage, SearchQuery, StoreResult, Term, TextQuery,
 };
 
+/// The longest word a `tsvector` or `tsquery` holds, in bytes (PostgreSQL
+/// refuses longer ones).
+const MAX_LEXEME_BYTES: usize = 2047;
+
+/// A word as PostgreSQL can keep it: its first [`MAX_LEXEME_BYTES`] at
+/// most (on a character boundary). A text may hold a longer run of
+/// letters (a pasted key, a long link); it stays searchable by its
+/// beginning, as a prefix, and no query of a sane length is that long.
+pub(super) fn lexeme(word: &str) -> &str {
+    if word.len() <= MAX_LEXEME_BYTES {
+        return word;
+    }
+    let mut end = MAX_LEXEME_BYTES;
+    while !word.is_char_boundary(end) {
+        end -= 1;
+    }
+    &word[..end]
+}
+
 /// A term as a `tsquery` literal of its words: `'a' <-> 'b':*`. The words
 /// hold letters and digits only, so quoting them is all the escaping
 /// needed. Every term has a letter or digit, so at least one word.
@@ -34,6 +53,7 @@ fn tsquery_term(t: &Term) -> String {
     let last = words.len().saturating_sub(1);
     words
         .iter()
+        .map(|w| lexeme(w))
         .enumerate()
         .map(|(i, w)| {
             if t.prefix && i == last {
@@ -225,5 +245,16 @@ mod tests {
             ]
         );
         assert!(sql.contains("$9") && sql.contains("$12"), "{sql}");
+    }
+
+    #[test]
+    fn a_word_is_cut_to_what_postgresql_keeps_at_a_character_boundary() {
+        let fits = "k".repeat(MAX_LEXEME_BYTES);
+        assert_eq!(lexeme(&fits), fits, "N bytes: kept whole");
+        let over = format!("{fits}k");
+        assert_eq!(lexeme(&over), fits, "N + 1 bytes: cut to N");
+        // 'é' is two bytes: 1024 of them are 2048, cut to 1023 (2046 bytes).
+        let wide = "é".repeat(1024);
+        assert_eq!(lexeme(&wide), "é".repeat(1023));
     }
 }
