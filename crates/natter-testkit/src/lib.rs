@@ -16,9 +16,12 @@
 //!
 //! - [`engines`]: throwaway `nats-server` and S3 servers for the scale-out
 //!   tests.
+//! - [`balancer`]: a round-robin TCP balancer in front of a cluster's
+//!   nodes.
 //!
 //! Nothing here panics: the load tool ships it; tests unwrap.
 
+pub mod balancer;
 pub mod engines;
 
 use std::collections::HashMap;

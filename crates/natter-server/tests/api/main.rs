@@ -7,6 +7,7 @@
 //! - `invites`: sign-up mode `invite`, invites, login codes made by a device.
 //! - `rate_limits`: the rate-limit table.
 //! - `devices`: tokens, logout, device lists and revocation.
+//! - `embedded`: the embedded store's own mechanics (the data directory's lock, the search indexer's catching up); not run on a cluster.
 //! - `e2ee`: end-to-end encryption: keys, KeyPackages, commits, Welcomes, inboxes, handovers.
 //! - `accounts`: deleting one's account, exporting one's data.
 //! - `profiles`: `/users/me`, public profiles and their privacy rules.
@@ -47,6 +48,7 @@ mod connections;
 mod contacts;
 mod devices;
 mod e2ee;
+mod embedded;
 mod errors;
 mod frame_budgets;
 mod group_privacy;

@@ -51,25 +51,3 @@ async fn a_restart_keeps_accounts_devices_and_contacts() {
     .await
     .expect(409, "phone_taken");
 }
-
-#[tokio::test]
-async fn a_second_server_cannot_open_the_same_data_directory() {
-    let app = TestApp::start().await;
-    let mut config = natter_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: app.data_dir().to_owned(),
-        ..natter_server::Config::default()
-    };
-    config.sms_webhook_url = Some("http://127.0.0.1:9/".to_owned());
-    let err = natter_server::RunningServer::start(config)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("another natter process"), "{err}");
-    // The first one is unaffected.
-    app.post(
-        "/api/v1/users/verification",
-        json!({"phone": "+14155550710"}),
-    )
-    .await
-    .ok(202);
-}

@@ -1,18 +1,11 @@
 //! Message, chat and contact search: the seed's example, permissions,
 //! maintenance on edit and delete, accents, CJK, ranking, filters, the query
-//! language, snippets, bad queries, and the indexer that follows the chat
-//! log (catching up after a crash, exactly once).
+//! language, snippets, bad queries, and edits and deletions through the
+//! API (the embedded indexer's catching up is in `embedded`).
 
-use natter_proto::chats::MessageType;
-use natter_proto::{ChatId, DeviceId, MessageId, UserId};
-use natter_server::clock::Timestamp;
-use natter_server::store::sqlite::SqliteStore;
-use natter_server::store::{
-    ChatLog as _, MessageChange, NewContent, NewMessage, Posted, SearchIndex as _, Store as _,
-};
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, TestUser, WAIT, mls_private};
+use crate::support::{TestApp, TestUser, mls_private};
 
 /// Searches once the index has caught up with everything sent so far, so
 /// the answer is exact.
@@ -291,7 +284,7 @@ async fn chats_and_contacts_are_found_by_name() {
 }
 
 /// The total for `q` (URL-encoded here), as `user` sees it once caught up.
-async fn total(user: &TestUser, app: &TestApp, q: &str) -> i64 {
+pub(crate) async fn total(user: &TestUser, app: &TestApp, q: &str) -> i64 {
     let q: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
     search(user, app, &format!("q={q}")).await["total"]
         .as_i64()
@@ -430,151 +423,6 @@ async fn message_text_cannot_forge_snippet_marks() {
     let snippet = found["messages"][0]["snippet"].as_str().unwrap();
     assert_eq!(snippet.matches("<mark>").count(), 1, "{snippet}");
     assert!(snippet.contains("<mark>北京</mark>"), "{snippet}");
-}
-
-#[tokio::test]
-async fn the_indexer_catches_up_and_reports_its_lag() {
-    let app = TestApp::start().await;
-    let alice = app.signup("+14155551121", "Alice").await;
-    let bob = app.signup("+14155551122", "Bob").await;
-    let chat = alice.direct_chat_with(&app, &bob).await;
-    for n in 0..30 {
-        alice.sends(&app, &chat, &format!("catch word{n} up")).await;
-    }
-    assert_eq!(total(&bob, &app, "catch").await, 30);
-    assert_eq!(total(&bob, &app, "word29").await, 1);
-    // The metrics agree once the indexer's last pass is recorded.
-    tokio::time::timeout(WAIT, async {
-        while app.metric("natter_search_indexed_total").await < 30.0
-            || app.metric("natter_search_index_lag_entries").await != 0.0
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the metrics show the index caught up");
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains("natter_search_index_lag_entries 0"),
-        "the lag gauge is exported"
-    );
-}
-
-/// Writes to the store of a stopped server directly: the appends commit,
-/// and no indexer runs, as when a server dies between an append and its
-/// indexing.
-struct Offline {
-    store: SqliteStore,
-    chat: ChatId,
-    sender: UserId,
-    device: DeviceId,
-}
-
-impl Offline {
-    fn open(app: &TestApp, chat: &str, sender: &TestUser) -> Self {
-        Self {
-            store: SqliteStore::open(app.data_dir(), &app.config().store).unwrap(),
-            chat: chat.parse().unwrap(),
-            sender: sender.user_id.parse().unwrap(),
-            device: sender.device_id.parse().unwrap(),
-        }
-    }
-
-    async fn sends(&self, text: &str) -> MessageId {
-        let id = MessageId::new();
-        let posted = self
-            .store
-            .post(NewMessage {
-                id,
-                chat_id: self.chat,
-                sender_id: self.sender,
-                sender_device_id: self.device,
-                message_type: MessageType::Text,
-                content: Some(text.to_owned()),
-                ciphertext: None,
-                media_id: None,
-                reply_to: None,
-                client_message_id: None,
-                client_timestamp: None,
-                now: Timestamp::now(),
-            })
-            .await
-            .unwrap();
-        assert!(matches!(posted, Posted::Created(_)), "{posted:?}");
-        id
-    }
-
-    async fn changes(&self, message: MessageId, edit: Option<&str>) {
-        self.store
-            .change_message(MessageChange {
-                message,
-                actor: self.sender,
-                device: self.device,
-                edit: edit.map(|text| NewContent {
-                    content: Some(text.to_owned()),
-                    ciphertext: None,
-                    window_ms: i64::MAX,
-                }),
-                now: Timestamp::now(),
-            })
-            .await
-            .unwrap();
-    }
-}
-
-#[tokio::test]
-async fn a_crash_between_append_and_index_is_caught_up_once() {
-    let mut app = TestApp::start().await;
-    let alice = app.signup("+14155551123", "Alice").await;
-    let bob = app.signup("+14155551124", "Bob").await;
-    let chat = alice.direct_chat_with(&app, &bob).await;
-    alice.sends(&app, &chat, "indexed before the crash").await;
-    assert_eq!(total(&bob, &app, "crash").await, 1);
-
-    app.stop().await;
-    let offline = Offline::open(&app, &chat, &alice);
-    offline.sends("committed, never indexed, crash").await;
-    let edited = offline.sends("old wording").await;
-    offline.changes(edited, Some("new wording")).await;
-    let doomed = offline.sends("doomed words").await;
-    offline.changes(doomed, None).await;
-    assert_eq!(
-        offline.store.search_index_lag().await.unwrap(),
-        5,
-        "three messages, an edit and a deletion wait for the indexer"
-    );
-    offline.store.close().await;
-    drop(offline);
-
-    app.start_again().await;
-    assert_eq!(total(&bob, &app, "crash").await, 2, "caught up, once");
-    assert_eq!(total(&bob, &app, "before").await, 1, "not again");
-    assert_eq!(
-        total(&bob, &app, "old").await,
-        0,
-        "an edit shows its new text"
-    );
-    assert_eq!(total(&bob, &app, "new").await, 1);
-    assert_eq!(
-        total(&bob, &app, "doomed").await,
-        0,
-        "deleted before indexing: never indexed"
-    );
-    app.restart().await;
-    assert_eq!(
-        total(&bob, &app, "crash").await,
-        2,
-        "a restart indexes nothing twice"
-    );
-    assert_eq!(total(&bob, &app, "wording").await, 1);
 }
 
 #[tokio::test]

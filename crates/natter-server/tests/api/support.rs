@@ -63,7 +63,9 @@ impl Answer {
     }
 }
 
-/// A running server with its own data directory and SMS inbox.
+/// A running server with its own data directory and SMS inbox: one node,
+/// or with `TESTKIT_NODES=N` a cluster of N nodes behind a round-robin
+/// balancer (see [`nodes`]).
 pub struct TestApp {
     pub sms: SmsInbox,
     pub base: String,
@@ -71,12 +73,48 @@ pub struct TestApp {
     /// The SDK's client for this server (same TLS trust as `http`).
     pub client: natter_client::Client,
     config: Config,
-    server: Option<RunningServer>,
+    /// The running nodes (empty while stopped); node 0 is the operator's.
+    servers: Vec<RunningServer>,
     _dir: Arc<TempDir>,
     /// The S3 server media go to, with `TESTKIT_BLOBS=s3`.
     _s3: Option<natter_testkit::engines::S3Server>,
     /// The PostgreSQL database the store is, with `TESTKIT_STORE=postgres`.
     _pg: Option<natter_testkit::pg::TestDatabase<'static>>,
+    /// On a cluster: the balancer in front of the nodes, and the NATS
+    /// server of this test when the run has none (`TESTKIT_NATS_URL`).
+    cluster: Option<ClusterParts>,
+}
+
+/// What a cluster under test adds to one node.
+struct ClusterParts {
+    balancer: natter_testkit::balancer::Balancer,
+    _nats: Option<natter_testkit::engines::NatsServer>,
+}
+
+/// How many nodes the test server has: `TESTKIT_NODES` (1 by default).
+/// More than one is a cluster on the shared engines: the store on
+/// PostgreSQL, media on S3, the bus on NATS (the run's, `TESTKIT_NATS_URL`,
+/// or one started for the test, with a subject prefix of the test's own),
+/// and a balancer that sends each connection to the next node, so a test's
+/// requests and sockets spread over every node.
+pub fn nodes() -> usize {
+    std::env::var("TESTKIT_NODES").ok().map_or(1, |n| {
+        n.parse().expect("TESTKIT_NODES is a number of nodes")
+    })
+}
+
+/// Points `config` at NATS for a cluster of [`nodes`].
+async fn bus_on_nats(config: &mut Config) -> Option<natter_testkit::engines::NatsServer> {
+    let (url, own) = match std::env::var("TESTKIT_NATS_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let nats = natter_testkit::engines::NatsServer::start().await.unwrap();
+            (nats.url(), Some(nats))
+        }
+    };
+    config.bus = Some(url);
+    config.nats.prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+    own
 }
 
 /// A signed-up account and one of its devices (ids as strings, as the
@@ -95,7 +133,7 @@ pub struct TestUser {
 /// (the run's, `TESTKIT_S3_URL`, or one started for this test), so the
 /// same tests cover the S3 engine.
 async fn media_on_s3(config: &mut Config) -> Option<natter_testkit::engines::S3Server> {
-    if std::env::var("TESTKIT_BLOBS").as_deref() != Ok("s3") {
+    if std::env::var("TESTKIT_BLOBS").as_deref() != Ok("s3") && nodes() == 1 {
         return None;
     }
     let s3 = natter_testkit::engines::S3Server::start().await.unwrap();
@@ -118,7 +156,7 @@ async fn store_on_postgres(
     config: &mut Config,
 ) -> Option<natter_testkit::pg::TestDatabase<'static>> {
     static CLUSTER: std::sync::OnceLock<natter_testkit::pg::PgCluster> = std::sync::OnceLock::new();
-    if std::env::var("TESTKIT_STORE").as_deref() != Ok("postgres") {
+    if std::env::var("TESTKIT_STORE").as_deref() != Ok("postgres") && nodes() == 1 {
         return None;
     }
     assert!(
@@ -153,50 +191,114 @@ impl TestApp {
         config.sms.timeout_secs = 5;
         let s3 = media_on_s3(&mut config).await;
         let pg = store_on_postgres(&mut config).await;
+        let nats = if nodes() > 1 {
+            bus_on_nats(&mut config).await
+        } else {
+            None
+        };
         adjust(&mut config);
         config.validate().unwrap();
-        let server = tokio::time::timeout(WAIT, RunningServer::start(config.clone()))
-            .await
-            .expect("the server starts in time")
-            .unwrap();
-        let (base, http) = Self::client_for(&config, &server);
-        let client = Self::sdk_for(&base, &http);
+        let servers = Self::start_nodes(&config).await;
+        let cluster = if nodes() > 1 {
+            let addrs = servers.iter().map(RunningServer::local_addr).collect();
+            Some(ClusterParts {
+                balancer: natter_testkit::balancer::Balancer::start(addrs)
+                    .await
+                    .unwrap(),
+                _nats: nats,
+            })
+        } else {
+            None
+        };
+        let entry = Self::entry(&servers, cluster.as_ref());
+        let (base, http, client) = Self::clients_for(&config, entry, cluster.is_some());
         Self {
             sms,
             base,
             http,
             client,
             config,
-            server: Some(server),
+            servers,
             _dir: dir,
             _s3: s3,
             _pg: pg,
+            cluster,
         }
     }
 
-    /// The base URL and an HTTP client for `server`: over TLS (trusting its
-    /// certificate only) when the configuration sets one.
-    fn client_for(config: &Config, server: &RunningServer) -> (String, reqwest::Client) {
-        let builder = reqwest::Client::builder().timeout(WAIT);
-        match &config.tls.cert_file {
-            None => (
-                format!("http://{}", server.local_addr()),
-                builder.build().unwrap(),
-            ),
+    /// Node `i`'s configuration: the test's, with a data directory of its
+    /// own (`data`, then `data-1`, `data-2`, …) on a new port.
+    fn node_config(config: &Config, i: usize) -> Config {
+        let mut node = config.clone();
+        node.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        if i > 0 {
+            node.data_dir = config.data_dir.with_file_name(format!("data-{i}"));
+        }
+        node
+    }
+
+    /// Starts every node (one after the other: their migrations and start
+    /// checks are tested for that elsewhere).
+    async fn start_nodes(config: &Config) -> Vec<RunningServer> {
+        let mut servers = Vec::new();
+        for i in 0..nodes() {
+            let server =
+                tokio::time::timeout(WAIT, RunningServer::start(Self::node_config(config, i)))
+                    .await
+                    .expect("the server starts in time")
+                    .unwrap();
+            servers.push(server);
+        }
+        servers
+    }
+
+    /// Where clients connect: the one node, or the cluster's balancer.
+    fn entry(servers: &[RunningServer], cluster: Option<&ClusterParts>) -> SocketAddr {
+        match cluster {
+            Some(c) => c.balancer.addr(),
+            None => servers.first().expect("the server runs").local_addr(),
+        }
+    }
+
+    /// Node `i` (panics when stopped).
+    fn node(&self, i: usize) -> &RunningServer {
+        self.servers.get(i).expect("the server runs")
+    }
+
+    /// Node `i`'s own address, past the balancer: for what a node does
+    /// alone (its listener's limits).
+    pub fn node_addr(&self, i: usize) -> SocketAddr {
+        self.node(i).local_addr()
+    }
+
+    /// The base URL, an HTTP client and the SDK for `entry`: over TLS
+    /// (trusting the server's certificate only) when the configuration
+    /// sets one. On a cluster the client keeps no idle connection, so each
+    /// request opens one and the balancer sends it to the next node.
+    fn clients_for(
+        config: &Config,
+        entry: SocketAddr,
+        cluster: bool,
+    ) -> (String, reqwest::Client, natter_client::Client) {
+        let mut builder = reqwest::Client::builder().timeout(WAIT);
+        if cluster {
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        let (base, http) = match &config.tls.cert_file {
+            None => (format!("http://{entry}"), builder.build().unwrap()),
             Some(cert) => {
                 let pem = std::fs::read(cert).unwrap();
                 let client = builder
                     .tls_built_in_root_certs(false)
                     .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-                    .resolve("localhost", server.local_addr())
+                    .resolve("localhost", entry)
                     .build()
                     .unwrap();
-                (
-                    format!("https://localhost:{}", server.local_addr().port()),
-                    client,
-                )
+                (format!("https://localhost:{}", entry.port()), client)
             }
-        }
+        };
+        let client = Self::sdk_for(&base, &http);
+        (base, http, client)
     }
 
     /// The SDK over the test's HTTP client.
@@ -235,27 +337,30 @@ impl TestApp {
 
     /// Starts the stopped server again on the same data, on a new port.
     pub async fn start_again(&mut self) {
-        assert!(self.server.is_none(), "the server is stopped");
-        let mut config = self.config.clone();
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let server = tokio::time::timeout(WAIT, RunningServer::start(config))
-            .await
-            .expect("the server restarts in time")
-            .unwrap();
-        (self.base, self.http) = Self::client_for(&self.config, &server);
-        self.client = Self::sdk_for(&self.base, &self.http);
-        self.server = Some(server);
+        assert!(self.servers.is_empty(), "the server is stopped");
+        self.servers = Self::start_nodes(&self.config).await;
+        if let Some(c) = &self.cluster {
+            c.balancer
+                .set_nodes(self.servers.iter().map(RunningServer::local_addr).collect());
+        }
+        let entry = Self::entry(&self.servers, self.cluster.as_ref());
+        (self.base, self.http, self.client) =
+            Self::clients_for(&self.config, entry, self.cluster.is_some());
     }
 
-    /// Runs the server's housekeeping now (garbage collection included).
+    /// Runs the server's housekeeping now (garbage collection included),
+    /// on every node in turn as each would on its own timer.
     pub async fn housekeeping(&self) {
-        let server = self.server.as_ref().expect("the server runs");
-        tokio::time::timeout(WAIT, server.housekeeping())
-            .await
-            .expect("housekeeping in time");
+        assert!(!self.servers.is_empty(), "the server runs");
+        for server in &self.servers {
+            tokio::time::timeout(WAIT, server.housekeeping())
+                .await
+                .expect("housekeeping in time");
+        }
     }
 
-    /// Every file under the server's data directory, subdirectories included.
+    /// Every file under the data directories of the nodes, subdirectories
+    /// included.
     pub fn data_files(&self) -> Vec<std::path::PathBuf> {
         fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
             for entry in std::fs::read_dir(dir).unwrap() {
@@ -268,7 +373,12 @@ impl TestApp {
             }
         }
         let mut out = Vec::new();
-        walk(self.data_dir(), &mut out);
+        for i in 0..nodes() {
+            let dir = Self::node_config(&self.config, i).data_dir;
+            if dir.exists() {
+                walk(&dir, &mut out);
+            }
+        }
         out
     }
 
@@ -363,16 +473,15 @@ impl TestApp {
             .sum()
     }
 
-    /// The running server's services (the operator's side, in-process).
+    /// The running server's services (the operator's side, in-process;
+    /// node 0's on a cluster).
     pub fn services(&self) -> &natter_server::service::Services {
-        self.server.as_ref().expect("the server runs").services()
+        self.node(0).services()
     }
 
     /// An invite for `uses` accounts (what `natter admin invite create` makes).
     pub async fn invite(&self, uses: u32, expires_in: Option<Duration>) -> String {
-        let server = self.server.as_ref().expect("the server runs");
-        server
-            .services()
+        self.services()
             .admin_create_invite(uses, expires_in)
             .await
             .unwrap()
@@ -381,7 +490,7 @@ impl TestApp {
             .to_owned()
     }
 
-    /// The server's data directory.
+    /// The server's data directory (node 0's on a cluster).
     pub fn data_dir(&self) -> &std::path::Path {
         &self.config.data_dir
     }
@@ -389,10 +498,12 @@ impl TestApp {
     /// Waits (bounded) until the search indexer has followed every
     /// committed chat log entry, so search answers exactly.
     pub async fn search_caught_up(&self) {
-        let server = self.server.as_ref().expect("the server runs");
+        assert!(!self.servers.is_empty(), "the server runs");
         tokio::time::timeout(WAIT, async {
-            while server.search_index_lag().await.unwrap() > 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            for server in &self.servers {
+                while server.search_index_lag().await.unwrap() > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
         })
         .await
@@ -404,9 +515,10 @@ impl TestApp {
         &self.config
     }
 
-    /// Stops the server (gracefully); [`TestApp::start_again`] brings it back.
+    /// Stops the server (every node, gracefully); [`TestApp::start_again`]
+    /// brings it back.
     pub async fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
+        for server in std::mem::take(&mut self.servers) {
             tokio::time::timeout(WAIT * 3, server.shutdown())
                 .await
                 .expect("shutdown in time");
