@@ -8,6 +8,10 @@ use natter_proto::{ErrorBody, ErrorCode};
 
 use crate::service::ServiceError;
 
+/// The `Retry-After` of a 503 (the store or another engine cannot serve
+/// now): a hint of seconds, the clients back off from there.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -15,7 +19,8 @@ pub struct ApiError {
     code: ErrorCode,
     /// A sentence for people.
     message: String,
-    /// For 429: seconds to wait.
+    /// For 429: seconds to wait (a 503 always says
+    /// [`UNAVAILABLE_RETRY_AFTER_SECS`]).
     retry_after: Option<u64>,
 }
 
@@ -123,12 +128,32 @@ impl IntoResponse for ApiError {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(ErrorBody::new(self.code, self.message))).into_response();
         let headers = response.headers_mut();
-        if let Some(secs) = self.retry_after {
+        let retry_after = self.retry_after.or_else(|| {
+            (status == StatusCode::SERVICE_UNAVAILABLE).then_some(UNAVAILABLE_RETRY_AFTER_SECS)
+        });
+        if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if status == StatusCode::UNAUTHORIZED && self.code == ErrorCode::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_503_says_when_to_retry() {
+        let response = ApiError::new(ErrorCode::Unavailable, "down").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers()[header::RETRY_AFTER],
+            UNAVAILABLE_RETRY_AFTER_SECS.to_string().as_str()
+        );
+        let response = ApiError::new(ErrorCode::ChatNotFound, "no").into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 }
