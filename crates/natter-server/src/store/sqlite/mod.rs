@@ -29,8 +29,8 @@ use super::{
     AccountDeleted, Accounts, AccountsAcrossChats, Appended, ChatAccess, ChatChange, ChatChanged,
     ChatCreated, ChatHead, ChatLog, ChatOverview, CollectedMedia, ContactAdded, ContactEntry,
     Device, FinishedMedia, HistoryQuery, IndexProgress, LogEntry, LogEvent, LoggedIn, Login,
-    MediaCreated, MediaRecord, MediaStore, Member, MessageChange, MessageChanged, NewChat,
-    NewDevice, NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted,
+    MediaCreated, MediaRecord, MediaSegment, MediaStore, Member, MessageChange, MessageChanged,
+    NewChat, NewDevice, NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted,
     ProfilePatch, PushChannelRecord, PushFinished, PushOutbox, ReceiptChange, ReceiptState,
     Registered, Registration, Relation, SearchIndex, SearchPage, SearchQuery, Store, StoreError,
     StoreResult, User,
@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0014_group_privacy.sql"),
     include_str!("migrations/0015_shown_codes.sql"),
     include_str!("migrations/0016_mobile_push.sql"),
+    include_str!("migrations/0017_media_segments.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -1124,9 +1125,15 @@ impl MediaStore for SqliteStore {
             .await
     }
 
-    async fn set_media_received(&self, id: MediaId, received: u64) -> StoreResult<bool> {
+    async fn advance_media_received(&self, segment: MediaSegment) -> StoreResult<bool> {
         self.writer
-            .write(move |c| media::set_received(c, id, received).map_err(db_err))
+            .write(move |c| media::advance(c, &segment).map_err(db_err))
+            .await
+    }
+
+    async fn media_segments(&self, id: MediaId) -> StoreResult<Vec<MediaSegment>> {
+        self.readers
+            .read(move |c| media::segments(c, id).map_err(db_err))
             .await
     }
 
