@@ -1749,6 +1749,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn uploads_in_progress_start_again_from_zero_with_the_segments_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let (user, pending, done) = (UserId::new(), MediaId::new(), MediaId::new());
+        let before = MIGRATIONS.len() - 1;
+        assert!(MIGRATIONS[before].starts_with("-- Resumable uploads: each request"));
+        {
+            // Everything before 0017, an upload half received (its bytes in
+            // a staging file no server reads any more) and a finished one.
+            let mut conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", i + 1).unwrap();
+                tx.commit().unwrap();
+            }
+            let u = user.as_uuid().as_bytes().to_vec();
+            conn.execute(
+                "INSERT INTO users (id, phone, name, created_at, updated_at)
+                 VALUES (?1, '+14155550009', 'u', 1, 1)",
+                [&u],
+            )
+            .unwrap();
+            for (id, received, ready) in [(pending, 50, 0), (done, 100, 1)] {
+                conn.execute(
+                    "INSERT INTO media (id, owner_id, kind, length, received, ready, created_at)
+                     VALUES (?1, ?2, 'file', 100, ?3, ?4, 1)",
+                    params![id.as_uuid().as_bytes().to_vec(), u, received, ready],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let pending = store.media(pending).await.unwrap().unwrap();
+        assert_eq!(pending.received, 0, "resumed from the start");
+        assert!(store.media_segments(pending.id).await.unwrap().is_empty());
+        assert_eq!(store.media(done).await.unwrap().unwrap().received, 100);
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn a_burst_coalesces_into_one_push_and_late_arrivals_survive_the_send() {
         use crate::push::PushTarget;
         use crate::store::{NewPush, PushChannelRecord, PushFinished};
@@ -2090,6 +2131,7 @@ mod tests {
              ALTER TABLE users DROP COLUMN deactivated_at;
              ALTER TABLE users DROP COLUMN deleted_at;
              ALTER TABLE verification_codes DROP COLUMN shown_code;
+             DROP TABLE media_segments;
              CREATE TABLE updates (user_id BLOB, pts INTEGER);
              ALTER TABLE users ADD COLUMN pts INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE devices ADD COLUMN acked_pts INTEGER NOT NULL DEFAULT 0;
