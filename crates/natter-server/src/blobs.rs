@@ -80,6 +80,15 @@ fn key(id: MediaId, kind: BlobKind) -> Key {
     Key::from(format!("{dir}/{id}"))
 }
 
+/// Where the segments of a resumable upload live: one prefix per upload, so
+/// they can be listed and deleted together on any backend.
+fn segments_prefix(id: MediaId) -> Key {
+    Key::from(format!("{SEGMENTS_DIR}/{id}"))
+}
+
+/// Top directory (key prefix) of resumable uploads' segments.
+const SEGMENTS_DIR: &str = "uploads";
+
 impl Blobs {
     /// Blobs as local files under `root` (created if needed).
     ///
@@ -87,7 +96,7 @@ impl Blobs {
     /// When the directory cannot be created.
     pub fn local(root: &Path) -> Result<Self, BlobError> {
         crate::perms::private_dir_all(root)?;
-        for dir in ["media", "thumbnails"] {
+        for dir in ["media", "thumbnails", SEGMENTS_DIR] {
             crate::perms::private_dir_all(&root.join(dir))?;
         }
         let store = LocalFileSystem::new_with_prefix(root)?;
@@ -149,8 +158,104 @@ impl Blobs {
         kind: BlobKind,
         file: &Path,
     ) -> Result<(), BlobError> {
-        let key = key(id, kind);
-        let upload = self.store.put_multipart(&key).await?;
+        self.put_file_at(&key(id, kind), file).await
+    }
+
+    /// A new key for the segment of upload `id` that starts at `from`: the
+    /// offset zero-padded (keys sort in offset order) and a random nonce, so
+    /// two requests racing at one offset never write the same object.
+    #[must_use]
+    pub fn segment_key(id: MediaId, from: u64) -> String {
+        let nonce: u128 = rand::random();
+        format!("{SEGMENTS_DIR}/{id}/{from:020}-{nonce:032x}")
+    }
+
+    /// The key of a segment of upload `id`, if `key` is one (a key read back
+    /// from the store is checked before it is used).
+    fn segment(id: MediaId, key: &str) -> Result<Key, BlobError> {
+        let prefix = format!("{SEGMENTS_DIR}/{id}/");
+        match key.strip_prefix(&prefix) {
+            Some(rest)
+                if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
+            {
+                Ok(Key::from(key))
+            }
+            _ => Err(BlobError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a segment key of this upload",
+            ))),
+        }
+    }
+
+    /// Streams a local file into a segment of upload `id` (`key` from
+    /// [`Blobs::segment_key`]), durably.
+    ///
+    /// # Errors
+    /// A key that is not one of the upload's; as [`Blobs::put_file`].
+    pub async fn put_segment(&self, id: MediaId, key: &str, file: &Path) -> Result<(), BlobError> {
+        self.put_file_at(&Self::segment(id, key)?, file).await
+    }
+
+    /// Streams a segment of upload `id`.
+    ///
+    /// # Errors
+    /// A key that is not one of the upload's; a missing or unreadable blob.
+    pub async fn get_segment(
+        &self,
+        id: MediaId,
+        key: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
+        let result = self.store.get(&Self::segment(id, key)?).await?;
+        Ok(result
+            .into_stream()
+            .map(|r| r.map_err(BlobError::from))
+            .boxed())
+    }
+
+    /// Deletes one segment of upload `id`; a missing one is not an error.
+    ///
+    /// # Errors
+    /// A key that is not one of the upload's; when the store fails.
+    pub async fn delete_segment(&self, id: MediaId, key: &str) -> Result<(), BlobError> {
+        match self.store.delete(&Self::segment(id, key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes every segment of upload `id`, recorded or not (a request
+    /// that stored one and then lost its race or its node leaves one
+    /// unrecorded): everything under the upload's prefix.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn delete_segments(&self, id: MediaId) -> Result<(), BlobError> {
+        let prefix = segments_prefix(id);
+        let keys: Vec<Key> = self
+            .store
+            .list(Some(&prefix))
+            .map(|meta| meta.map(|m| m.location))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        for key in keys {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(root) = &self.local_root {
+            // object_store leaves the emptied directory behind. Best effort:
+            // a segment stored meanwhile keeps it, and a later call takes it.
+            tokio::fs::remove_dir(root.join(prefix.as_ref())).await.ok();
+        }
+        Ok(())
+    }
+
+    /// Streams a local file into the blob at `key`, durably.
+    async fn put_file_at(&self, key: &Key, file: &Path) -> Result<(), BlobError> {
+        let upload = self.store.put_multipart(key).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut source = tokio::fs::File::open(file).await?;
         let mut buf = vec![0u8; READ_BYTES];
@@ -172,7 +277,7 @@ impl Blobs {
             writer.write(&buf[..n]);
         }
         writer.finish().await?;
-        self.sync(&key).await
+        self.sync(key).await
     }
 
     /// Stores a small blob held in memory (a thumbnail), durably.
@@ -296,5 +401,41 @@ mod tests {
         blobs.delete(id).await.unwrap();
         assert!(blobs.get(id, BlobKind::Original, None).await.is_err());
         blobs.delete(id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn segments_sort_by_offset_read_back_and_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blobs");
+        let blobs = Blobs::local(&root).unwrap();
+        let id = MediaId::new();
+        let (first, second) = (Blobs::segment_key(id, 0), Blobs::segment_key(id, 900));
+        assert!(first < second, "{first} sorts before {second}");
+        assert_ne!(Blobs::segment_key(id, 0), first, "a nonce each time");
+        let source = dir.path().join("source");
+        std::fs::write(&source, b"segment bytes").unwrap();
+        blobs.put_segment(id, &first, &source).await.unwrap();
+        blobs.put_segment(id, &second, &source).await.unwrap();
+        let mut out = Vec::new();
+        let mut s = blobs.get_segment(id, &second).await.unwrap();
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(out, b"segment bytes");
+        // Only the upload's own keys are used, whatever the store says.
+        let other = MediaId::new();
+        for key in [
+            Blobs::segment_key(other, 0),
+            format!("media/{id}"),
+            format!("uploads/{id}/../../media/{id}"),
+        ] {
+            assert!(blobs.get_segment(id, &key).await.is_err(), "{key}");
+        }
+        blobs.delete_segment(id, &first).await.unwrap();
+        assert!(blobs.get_segment(id, &first).await.is_err());
+        blobs.delete_segments(id).await.unwrap();
+        assert!(blobs.get_segment(id, &second).await.is_err());
+        assert!(!root.join("uploads").join(id.to_string()).exists());
+        blobs.delete_segments(id).await.unwrap();
     }
 }

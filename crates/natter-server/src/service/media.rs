@@ -5,9 +5,15 @@
 //! hashed as they come, bounded by the declared kind's size limit. A finished
 //! upload is checked against its declared kind (magic bytes; `encrypted` is
 //! never looked into), thumbnailed if it is a plaintext image the server
-//! decodes, copied into the blob store, and only then recorded as ready. A
-//! resumable (tus) upload records its durable offset after each request, so
-//! a dropped connection resumes where the disk says it stopped.
+//! decodes, copied into the blob store, and only then recorded as ready.
+//!
+//! A resumable (tus) upload keeps nothing on the node that received it: each
+//! request's bytes become one *segment* blob, and only then does the store
+//! move the upload's offset, with a compare-and-set from the offset the
+//! request started at. So any node can continue (or finish) an upload any
+//! other began, a dropped connection resumes where the store says it
+//! stopped, and of two requests at one offset, on one node or two, exactly
+//! one is recorded; the other's segment is deleted and it gets a 409.
 
 use std::collections::HashSet;
 use std::io;
@@ -21,22 +27,19 @@ use natter_proto::chats::MessageType;
 use natter_proto::media::MediaKind;
 use natter_proto::{ChatId, MediaId};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use super::{Principal, ServiceError, ServiceResult, Services, clean_text};
 use crate::blobs::{BlobError, BlobKind, Blobs};
 use crate::clock::Timestamp;
 use crate::ratelimit::Limit;
-use crate::store::{FinishedMedia, MediaCreated, MediaRecord, NewMedia};
+use crate::store::{FinishedMedia, MediaCreated, MediaRecord, MediaSegment, NewMedia};
 use crate::thumbnail::{self, ThumbnailError};
 
 /// Bytes of the start of a file kept for sniffing its type (`infer` needs
 /// at most a few KiB for every format it knows).
 const SNIFF_BYTES: usize = 8192;
-
-/// Buffer for hashing a staging file.
-const HASH_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// Uploads collected per housekeeping round; the rest wait for the next.
 const COLLECT_BATCH: usize = 1000;
@@ -44,7 +47,9 @@ const COLLECT_BATCH: usize = 1000;
 /// Subdirectory of `uploads/` for plain (multipart) uploads: none survives
 /// a restart, so it is emptied at start.
 const PLAIN_DIR: &str = "plain";
-/// Subdirectory of `uploads/` for resumable uploads, one file per upload id.
+/// Subdirectory of `uploads/` for the files of resumable uploads' requests
+/// (a body on its way to a segment, or segments joined to be checked): none
+/// outlives its request, so it is emptied at start too.
 const RESUMABLE_DIR: &str = "tus";
 
 /// The media machinery the services hold.
@@ -57,7 +62,10 @@ pub(super) struct MediaEngine {
     /// Thumbnails decoded at once; a permit lives as long as its decode, even
     /// past the deadline, so timed-out decodes still count.
     thumbnail_permits: Arc<Semaphore>,
-    /// Resumable uploads a request is writing right now (one at a time each).
+    /// Resumable uploads a request on this node is writing right now: a
+    /// second request here gets its 409 before it streams a body that could
+    /// not be recorded. Only a shortcut: the store's compare-and-set is what
+    /// keeps two requests (on any nodes) from both appending at one offset.
     writing: Mutex<HashSet<MediaId>>,
 }
 
@@ -84,15 +92,16 @@ impl MediaEngine {
         staging: PathBuf,
         thumbnail_workers: usize,
     ) -> io::Result<Self> {
-        let plain = staging.join(PLAIN_DIR);
-        match std::fs::remove_dir_all(&plain) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
         crate::perms::private_dir_all(&staging)?;
-        crate::perms::private_dir_all(&plain)?;
-        crate::perms::private_dir_all(&staging.join(RESUMABLE_DIR))?;
+        for dir in [PLAIN_DIR, RESUMABLE_DIR] {
+            let dir = staging.join(dir);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            crate::perms::private_dir_all(&dir)?;
+        }
         Ok(Self {
             blobs,
             staging,
@@ -101,8 +110,32 @@ impl MediaEngine {
         })
     }
 
-    fn resumable_path(&self, id: MediaId) -> PathBuf {
-        self.staging.join(RESUMABLE_DIR).join(id.to_string())
+    /// A new staging file for one request on resumable upload `id`.
+    async fn request_file(&self, id: MediaId) -> io::Result<(RequestFile, tokio::fs::File)> {
+        let nonce: u64 = rand::random();
+        let path = self
+            .staging
+            .join(RESUMABLE_DIR)
+            .join(format!("{id}-{nonce:016x}"));
+        let file = private_staging_file(&path).await?;
+        Ok((RequestFile { path }, file))
+    }
+}
+
+/// The staging file of one request on a resumable upload; removed when
+/// dropped, whatever became of the request.
+#[derive(Debug)]
+struct RequestFile {
+    path: PathBuf,
+}
+
+impl Drop for RequestFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "could not remove a staging file");
+        }
     }
 }
 
@@ -358,9 +391,17 @@ impl Services {
             expires_at: None,
             finished: None,
         };
-        let finished = self
+        let finished = match self
             .store_blob((media.id, media.kind), &staging.path, &staging.head, sha256)
-            .await?;
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                // A fresh id: whatever was stored under it is this request's.
+                self.forget_blobs(media.id).await;
+                return Err(e);
+            }
+        };
         let media = NewMedia {
             finished: Some(finished),
             ..media
@@ -405,7 +446,9 @@ impl Services {
     }
 
     /// Checks the bytes at `path` against the declared kind, makes the
-    /// thumbnail, and copies both into the blob store.
+    /// thumbnail, and copies both into the blob store. On failure the caller
+    /// decides what to delete (a resumable upload's blobs may be another
+    /// request's, which finished the same bytes first).
     async fn store_blob(
         &self,
         media: (MediaId, MediaKind),
@@ -459,13 +502,9 @@ impl Services {
         let blobs = &self.media_engine().blobs;
         blobs.put_file(media.0, BlobKind::Original, path).await?;
         if let Some(t) = &thumbnail {
-            let stored = blobs
+            blobs
                 .put_bytes(media.0, BlobKind::Thumbnail, Bytes::from(t.jpeg.clone()))
-                .await;
-            if let Err(e) = stored {
-                self.forget_blobs(media.0).await;
-                return Err(e.into());
-            }
+                .await?;
         }
         Ok(FinishedMedia {
             content_type,
@@ -550,9 +589,6 @@ impl Services {
             expires_at: Some(Timestamp(now.0.saturating_add(expiry))),
             finished: None,
         };
-        // The file first: a record always has its file.
-        let path = self.media_engine().resumable_path(media.id);
-        private_staging_file(&path).await?.sync_all().await?;
         let created = self
             .inner
             .store
@@ -571,7 +607,6 @@ impl Services {
             Err(e) => Some(e.into()),
         };
         if let Some(e) = refused {
-            remove_file(&path).await;
             return Err(e);
         }
         let finished_empty = length == 0;
@@ -603,9 +638,14 @@ impl Services {
     }
 
     /// Appends the bytes of `body` to a resumable upload at `offset` (which
-    /// must be where the upload is), recording what became durable even if
-    /// the body breaks off; finishes the upload when it is complete. Returns
-    /// the upload (finished once `received == length`).
+    /// must be where the upload is), recording what arrived even if the body
+    /// breaks off; finishes the upload when it is complete. Returns the
+    /// upload (finished once `received == length`).
+    ///
+    /// The body goes to a staging file, then into one segment blob, and
+    /// only then is the offset moved in the store, from `offset` and only
+    /// from there: a request that loses that race (another node appended
+    /// first) deletes its segment and gets a 409.
     ///
     /// # Errors
     /// Unknown (404), busy or wrong offset (409), more than declared (413),
@@ -636,23 +676,11 @@ impl Services {
         let _writing = Writing { engine, id };
         let record = self.resumable(who, id).await?;
         if record.finished.is_some() || offset != record.received {
-            return Err(ServiceError::OffsetMismatch(format!(
-                "The upload is at offset {}.",
-                record.received
-            )));
+            return Err(offset_mismatch(record.received));
         }
-        let path = engine.resumable_path(id);
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .await?;
-        // Bytes past the durable offset are from a request that broke off
-        // before recording them: overwrite them.
-        file.set_len(offset).await?;
-        file.seek(io::SeekFrom::Start(offset)).await?;
+        let (staged, mut file) = engine.request_file(id).await?;
         let idle = self.transfer_idle_timeout();
         let mut received = offset;
-        let mut too_much = false;
         let mut body = std::pin::pin!(body);
         loop {
             let chunk = match tokio::time::timeout(idle, body.next()).await {
@@ -666,62 +694,97 @@ impl Services {
             file.write_all(&chunk[..take]).await?;
             received += take as u64;
             if take < chunk.len() {
-                too_much = true;
-                break;
+                // A refused request keeps none of its bytes (the staging
+                // file goes with `staged`): the upload stays where it was,
+                // and the client can retry from there.
+                return Err(ServiceError::TooLarge(format!(
+                    "The body goes past the declared length of {} bytes.",
+                    record.length
+                )));
             }
         }
-        if too_much {
-            // A refused request keeps none of its bytes: the upload stays
-            // where it was, and the client can retry from there.
-            received = offset;
-            file.set_len(offset).await?;
-        }
         file.flush().await?;
-        file.sync_data().await?;
         drop(file);
-        if !self.inner.store.set_media_received(id, received).await? {
-            return Err(ServiceError::UploadNotFound);
-        }
-        if too_much {
-            return Err(ServiceError::TooLarge(format!(
-                "The body goes past the declared length of {} bytes.",
-                record.length
-            )));
+        if received > offset {
+            let segment = MediaSegment {
+                media: id,
+                from: offset,
+                to: received,
+                key: Blobs::segment_key(id, offset),
+            };
+            engine
+                .blobs
+                .put_segment(id, &segment.key, &staged.path)
+                .await?;
+            drop(staged);
+            // A store failure leaves the segment: the offset may have moved
+            // all the same, and an unrecorded segment goes with the upload's.
+            if !self
+                .inner
+                .store
+                .advance_media_received(segment.clone())
+                .await?
+            {
+                if let Err(e) = engine.blobs.delete_segment(id, &segment.key).await {
+                    tracing::warn!(error = %e, "could not delete the segment of a lost append");
+                }
+                metrics::counter!("natter_media_resumable_conflicts_total").increment(1);
+                return Err(match self.inner.store.media(id).await? {
+                    Some(now) => offset_mismatch(now.received),
+                    None => ServiceError::UploadNotFound,
+                });
+            }
         }
         let record = MediaRecord { received, ..record };
         if received < record.length {
             return Ok(record);
         }
+        // Complete: by this request, or by one whose finishing failed and
+        // that this (empty) one retries.
         self.finish_resumable(record).await
     }
 
     /// Checks and stores a complete resumable upload; on refusal the upload
-    /// is deleted (its quota returns).
+    /// is deleted (its quota returns). Two requests may finish one upload at
+    /// once (a retry on another node): both write the same bytes to the same
+    /// blob, the store records one, and the other answers with that one and
+    /// deletes nothing.
     async fn finish_resumable(&self, record: MediaRecord) -> ServiceResult<MediaRecord> {
-        let path = self.media_engine().resumable_path(record.id);
-        let (head, sha256) = hash_file(&path).await?;
-        let finished = match self
-            .store_blob((record.id, record.kind), &path, &head, sha256)
-            .await
-        {
+        let id = record.id;
+        let (staged, head, sha256) = match self.join_segments(&record).await {
+            Ok(joined) => joined,
+            // The segments may be gone because another request finished it.
+            Err(e) => return self.finished_meanwhile(id).await?.ok_or(e),
+        };
+        let stored = self
+            .store_blob((id, record.kind), &staged.path, &head, sha256)
+            .await;
+        drop(staged);
+        let finished = match stored {
             Ok(f) => f,
             Err(e) => {
-                self.inner.store.delete_media(record.id).await?;
-                remove_file(&path).await;
+                if !self.inner.store.delete_media(id).await?
+                    && let Some(done) = self.finished_meanwhile(id).await?
+                {
+                    return Ok(done);
+                }
+                // The record is gone: no request can finish it any more, so
+                // whatever is stored under its id is nobody's.
+                self.forget_blobs(id).await;
+                self.forget_segments(id).await;
                 return Err(e);
             }
         };
-        if !self
-            .inner
-            .store
-            .finish_media(record.id, finished.clone())
-            .await?
-        {
+        if !self.inner.store.finish_media(id, finished.clone()).await? {
+            if let Some(done) = self.finished_meanwhile(id).await? {
+                return Ok(done);
+            }
             // Terminated or expired meanwhile.
-            self.forget_blobs(record.id).await;
+            self.forget_blobs(id).await;
+            self.forget_segments(id).await;
             return Err(ServiceError::UploadNotFound);
         }
-        remove_file(&path).await;
+        self.forget_segments(id).await;
         metrics::counter!("natter_media_uploads_total", "kind" => record.kind.as_str())
             .increment(1);
         metrics::counter!("natter_media_upload_bytes_total").increment(record.length);
@@ -732,17 +795,80 @@ impl Services {
         })
     }
 
+    /// The upload, if another request finished it.
+    async fn finished_meanwhile(&self, id: MediaId) -> ServiceResult<Option<MediaRecord>> {
+        Ok(self
+            .inner
+            .store
+            .media(id)
+            .await?
+            .filter(|m| m.finished.is_some()))
+    }
+
+    /// Reads a complete upload's segments in order into one staging file:
+    /// its first bytes (for sniffing) and its SHA-256, as a plain upload's.
+    async fn join_segments(
+        &self,
+        record: &MediaRecord,
+    ) -> ServiceResult<(RequestFile, Vec<u8>, [u8; 32])> {
+        let engine = self.media_engine();
+        let segments = self.inner.store.media_segments(record.id).await?;
+        let mut at = 0;
+        for s in &segments {
+            if s.from != at || s.to <= s.from {
+                return Err(broken_segments(record.id));
+            }
+            at = s.to;
+        }
+        if at != record.length {
+            return Err(broken_segments(record.id));
+        }
+        let (staged, mut file) = engine.request_file(record.id).await?;
+        let mut hasher = Sha256::new();
+        let mut head = Vec::with_capacity(SNIFF_BYTES);
+        for s in &segments {
+            let mut bytes = engine.blobs.get_segment(record.id, &s.key).await?;
+            let mut left = s.to - s.from;
+            while let Some(chunk) = bytes.next().await {
+                let chunk = chunk?;
+                let len = chunk.len() as u64;
+                if len > left {
+                    return Err(broken_segments(record.id));
+                }
+                left -= len;
+                if head.len() < SNIFF_BYTES {
+                    let take = (SNIFF_BYTES - head.len()).min(chunk.len());
+                    head.extend_from_slice(&chunk[..take]);
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+            }
+            if left != 0 {
+                return Err(broken_segments(record.id));
+            }
+        }
+        file.flush().await?;
+        drop(file);
+        Ok((staged, head, hasher.finalize().into()))
+    }
+
+    /// Deletes every segment of a resumable upload (recorded or not).
+    async fn forget_segments(&self, id: MediaId) {
+        if let Err(e) = self.media_engine().blobs.delete_segments(id).await {
+            tracing::warn!(error = %e, "could not delete the segments of an upload");
+        }
+    }
+
     /// Terminates a resumable upload in progress.
     ///
     /// # Errors
     /// [`ServiceError::UploadNotFound`] if it is not one of the caller's in progress.
     pub async fn terminate_resumable(&self, who: &Principal, id: MediaId) -> ServiceResult<()> {
         let record = self.resumable(who, id).await?;
-        if record.finished.is_some() {
+        if record.finished.is_some() || !self.inner.store.delete_media(id).await? {
             return Err(ServiceError::UploadNotFound);
         }
-        self.inner.store.delete_media(id).await?;
-        remove_file(&self.media_engine().resumable_path(id)).await;
+        self.forget_segments(id).await;
         Ok(())
     }
 
@@ -842,11 +968,11 @@ impl Services {
     }
 
     /// Deletes the bytes of uploads whose records are gone (a deleted
-    /// account's): finished blobs with their thumbnails, staging files of
+    /// account's): finished blobs with their thumbnails, segments of
     /// uploads in progress.
     pub(super) async fn delete_media_files(&self, finished: &[MediaId], in_progress: &[MediaId]) {
         for id in in_progress {
-            remove_file(&self.media_engine().resumable_path(*id)).await;
+            self.forget_segments(*id).await;
         }
         for id in finished {
             self.forget_blobs(*id).await;
@@ -872,7 +998,7 @@ impl Services {
             }
         };
         for id in &collected.expired {
-            remove_file(&self.media_engine().resumable_path(*id)).await;
+            self.forget_segments(*id).await;
         }
         for id in &collected.unreferenced {
             self.forget_blobs(*id).await;
@@ -895,36 +1021,12 @@ fn too_large(kind: MediaKind, limit: u64) -> ServiceError {
     ))
 }
 
-async fn remove_file(path: &std::path::Path) {
-    if let Err(e) = tokio::fs::remove_file(path).await
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        tracing::warn!(error = %e, path = %path.display(), "could not remove a staging file");
-    }
+fn offset_mismatch(received: u64) -> ServiceError {
+    ServiceError::OffsetMismatch(format!("The upload is at offset {received}."))
 }
 
-/// Reads a staging file once: its first bytes (for sniffing) and its SHA-256.
-async fn hash_file(path: &std::path::Path) -> io::Result<(Vec<u8>, [u8; 32])> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file = std::fs::File::open(path)?;
-        let mut hasher = Sha256::new();
-        let mut head = Vec::with_capacity(SNIFF_BYTES);
-        let mut buf = vec![0u8; HASH_BUFFER_BYTES];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            if head.len() < SNIFF_BYTES {
-                let take = (SNIFF_BYTES - head.len()).min(n);
-                head.extend_from_slice(&buf[..take]);
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok((head, hasher.finalize().into()))
-    })
-    .await
-    .map_err(|e| io::Error::other(e.to_string()))?
+/// Segments that do not join into the upload's declared bytes: never made
+/// by this server, so an internal failure (logged, not shown).
+fn broken_segments(id: MediaId) -> ServiceError {
+    ServiceError::Internal(format!("the segments of upload {id} do not join up"))
 }

@@ -36,7 +36,7 @@ use super::{
 use natter_proto::InvitationId;
 
 use super::admin::{Administration, Deactivated};
-use super::{AccountsAcrossChats, FinishedMedia, MediaCreated, MediaStore, NewMedia};
+use super::{AccountsAcrossChats, FinishedMedia, MediaCreated, MediaSegment, MediaStore, NewMedia};
 use super::{GroupAdded, GroupCreated, GroupInvitations, InvitationAccepted, InvitationRules};
 use super::{SearchIndex, SearchQuery};
 use crate::clock::Timestamp;
@@ -1595,11 +1595,50 @@ async fn media_store<S: Accounts + ChatLog + MediaStore>(store: &S) -> Transcrip
             .unwrap(),
         MediaCreated::TooManyPending
     );
-    // Progress, then finishing.
-    assert!(store.set_media_received(pending.id, 25).await.unwrap());
+    // Progress: a compare-and-set from the recorded offset N, with the
+    // segment that holds the bytes. From a stale offset (0 once at 25), from
+    // N + 1 and from N - 1, nothing moves; from N it does.
+    let segment = |media: natter_proto::MediaId, from: u64, to: u64| MediaSegment {
+        media,
+        from,
+        to,
+        key: format!("uploads/{media}/{from:020}-{to:x}"),
+    };
+    assert!(
+        store
+            .advance_media_received(segment(pending.id, 0, 25))
+            .await
+            .unwrap()
+    );
     let record = store.media(pending.id).await.unwrap().unwrap();
     assert_eq!((record.received, record.finished.is_none()), (25, true));
-    assert!(store.set_media_received(pending.id, 40).await.unwrap());
+    for (from, to) in [(0, 30), (26, 40), (24, 40)] {
+        assert!(
+            !store
+                .advance_media_received(segment(pending.id, from, to))
+                .await
+                .unwrap(),
+            "advancing from {from} while at 25"
+        );
+    }
+    let record = store.media(pending.id).await.unwrap().unwrap();
+    assert_eq!(record.received, 25, "a lost compare-and-set moves nothing");
+    assert!(
+        store
+            .advance_media_received(segment(pending.id, 25, 40))
+            .await
+            .unwrap()
+    );
+    let segments = store.media_segments(pending.id).await.unwrap();
+    assert_eq!(
+        segments,
+        [segment(pending.id, 0, 25), segment(pending.id, 25, 40)],
+        "the recorded segments, in offset order"
+    );
+    t.push(format!(
+        "segments {:?}",
+        segments.iter().map(|s| (s.from, s.to)).collect::<Vec<_>>()
+    ));
     let done = FinishedMedia {
         content_type: "application/pdf".into(),
         sha256: [9; 32],
@@ -1613,8 +1652,15 @@ async fn media_store<S: Accounts + ChatLog + MediaStore>(store: &S) -> Transcrip
         "finished once"
     );
     assert!(
-        !store.set_media_received(pending.id, 1).await.unwrap(),
+        !store
+            .advance_media_received(segment(pending.id, 40, 41))
+            .await
+            .unwrap(),
         "no longer in progress"
+    );
+    assert!(
+        store.media_segments(pending.id).await.unwrap().is_empty(),
+        "a finished upload's segments are forgotten"
     );
     let mine: Vec<String> = store
         .media_of(ann.id)
@@ -1696,8 +1742,38 @@ async fn media_store<S: Accounts + ChatLog + MediaStore>(store: &S) -> Transcrip
     );
     assert_eq!(collected.unreferenced, [pending.id]);
     assert!(store.media(first.id).await.unwrap().is_some());
-    assert!(store.delete_media(first.id).await.unwrap());
+    // Deleting takes only uploads in progress (with their segments): a
+    // finished one stays, whoever lost the race to finish it.
     assert!(!store.delete_media(first.id).await.unwrap());
+    assert!(store.media(first.id).await.unwrap().is_some());
+    let terminated = upload(&cid, MediaKind::File, 20, false, at(7200));
+    store
+        .create_media(terminated.clone(), 100, 2)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .advance_media_received(segment(terminated.id, 0, 5))
+            .await
+            .unwrap()
+    );
+    assert!(store.delete_media(terminated.id).await.unwrap());
+    assert!(!store.delete_media(terminated.id).await.unwrap());
+    assert!(store.media(terminated.id).await.unwrap().is_none());
+    assert!(
+        store
+            .media_segments(terminated.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !store
+            .advance_media_received(segment(terminated.id, 5, 10))
+            .await
+            .unwrap(),
+        "a deleted upload does not advance"
+    );
     t
 }
 

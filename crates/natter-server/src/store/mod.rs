@@ -593,6 +593,20 @@ pub enum MediaCreated {
     TooManyPending,
 }
 
+/// The bytes `from..to` of a resumable upload, stored as one blob (`key`,
+/// made by `blobs` from server ids only) by the request that received them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaSegment {
+    /// The upload.
+    pub media: MediaId,
+    /// Offset of the segment's first byte.
+    pub from: u64,
+    /// Offset just past its last byte (`from < to`).
+    pub to: u64,
+    /// Its blob key.
+    pub key: String,
+}
+
 /// Uploads removed by garbage collection, whose bytes must go too.
 #[derive(Debug, Clone, Default)]
 pub struct CollectedMedia {
@@ -1168,14 +1182,23 @@ pub trait MediaStore: Send + Sync {
     /// A user's finished uploads, oldest first.
     async fn media_of(&self, owner: UserId) -> StoreResult<Vec<MediaRecord>>;
 
-    /// Records how many bytes of an upload in progress are durable; false if
-    /// it is no longer in progress.
-    async fn set_media_received(&self, id: MediaId, received: u64) -> StoreResult<bool>;
+    /// Moves an upload in progress from `from` to `to` received bytes,
+    /// recording `segment.key` as the blob holding the bytes in between,
+    /// only if it is still in progress and still at `from` (a
+    /// compare-and-set: of two requests appending at one offset, on one
+    /// node or two, exactly one wins); false otherwise, and nothing changed.
+    async fn advance_media_received(&self, segment: MediaSegment) -> StoreResult<bool>;
 
-    /// Marks an upload in progress finished; false if it no longer exists.
+    /// The segments recorded for an upload in progress, in offset order.
+    async fn media_segments(&self, id: MediaId) -> StoreResult<Vec<MediaSegment>>;
+
+    /// Marks an upload in progress finished, forgetting its segments; false
+    /// if it is no longer in progress (finished by another request, or gone).
     async fn finish_media(&self, id: MediaId, finished: FinishedMedia) -> StoreResult<bool>;
 
-    /// Deletes an upload's record; false if there was none.
+    /// Deletes the record of an upload in progress (and its segments); false
+    /// if there was none. A finished upload is never deleted here, so a
+    /// request that lost the race to finish cannot remove the winner's.
     async fn delete_media(&self, id: MediaId) -> StoreResult<bool>;
 
     /// Whether `user` may fetch a finished upload: theirs, someone's profile

@@ -781,19 +781,284 @@ async fn unfinished_tus_uploads_expire_and_are_collected() {
     tus_patch(&app, &alice, &loc, 0, vec![1u8; 50])
         .await
         .ok(204);
+    assert_eq!(segment_blobs(&app).await, 1, "one request, one segment");
     let staging = app.data_dir().join("uploads").join("tus");
-    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "no request's file outlives it"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(tus_offset(&app, &alice, &loc).await, None, "expired");
     tus_patch(&app, &alice, &loc, 50, vec![1u8; 50])
         .await
         .expect(404, "upload_not_found");
     app.housekeeping().await;
-    assert_eq!(
-        std::fs::read_dir(&staging).unwrap().count(),
-        0,
-        "its bytes are gone"
+    assert_eq!(segment_blobs(&app).await, 0, "its bytes are gone");
+}
+
+/// How many segments of resumable uploads the blob store holds: files under
+/// the data directory's blobs, or objects in the S3 bucket.
+async fn segment_blobs(app: &TestApp) -> usize {
+    fn files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        files(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+    }
+    let config = app.config();
+    let (Some(bucket), Some(endpoint)) = (config.s3_bucket(), &config.s3.endpoint) else {
+        return files(&app.data_dir().join("blobs").join("uploads"));
+    };
+    let listing = app
+        .http
+        .get(format!("{endpoint}/{bucket}?list-type=2&prefix=uploads/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    listing.matches("<Key>").count()
+}
+
+// ---- tus across nodes ----------------------------------------------------
+
+/// One node of a cluster, as a load balancer sees it: its own data
+/// directory and port, the cluster's database, bus and bucket.
+struct Node {
+    server: natter_server::RunningServer,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// What the nodes of the test cluster share.
+struct Cluster<'a> {
+    database: &'a natter_testkit::pg::TestDatabase<'a>,
+    nats: &'a natter_testkit::engines::NatsServer,
+    prefix: String,
+    s3: &'a natter_testkit::engines::S3Server,
+    bucket: String,
+    sms: &'a natter_testkit::SmsInbox,
+}
+
+impl Cluster<'_> {
+    /// Starts a node (in time, or the test fails).
+    async fn node(&self) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = natter_server::Config {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().join("data"),
+            sms_webhook_url: Some(self.sms.url().to_owned()),
+            bus: Some(self.nats.url()),
+            blobs: Some(format!("s3://{}", self.bucket)),
+            ..natter_server::Config::default()
+        };
+        config.sms.timeout_secs = 5;
+        config.nats.prefix.clone_from(&self.prefix);
+        config.store.url =
+            Some(serde_json::from_value(Value::String(self.database.url())).unwrap());
+        config.store.pool_size = 4;
+        config.s3.endpoint = Some(self.s3.url().to_owned());
+        config.s3.allow_http = true;
+        config.s3.access_key_id = Some("test".to_owned());
+        config.s3.secret_access_key = Some(serde_json::from_str("\"test\"").unwrap());
+        config.validate().unwrap();
+        let server = tokio::time::timeout(WAIT, natter_server::RunningServer::start(config))
+            .await
+            .expect("the node starts in time")
+            .unwrap();
+        Node {
+            base: format!("http://{}", server.local_addr()),
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+            server,
+            _dir: dir,
+        }
+    }
+}
+
+impl Node {
+    fn tus(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("tus-resumable", "1.0.0")
+    }
+
+    async fn patch(&self, location: &str, token: &str, offset: usize, body: &[u8]) -> Answer {
+        TestApp::answer(
+            self.tus(Method::PATCH, location, token)
+                .header("upload-offset", offset.to_string())
+                .header("content-type", "application/offset+octet-stream")
+                .body(body.to_vec()),
+        )
+        .await
+    }
+
+    async fn offset(&self, location: &str, token: &str) -> String {
+        let res = self
+            .tus(Method::HEAD, location, token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.headers()["upload-offset"].to_str().unwrap().to_owned()
+    }
+
+    async fn stop(self) {
+        tokio::time::timeout(WAIT * 3, self.server.shutdown())
+            .await
+            .expect("the node stops in time");
+    }
+}
+
+#[tokio::test]
+async fn a_tus_upload_started_on_one_node_finishes_on_another() {
+    let pg = natter_testkit::pg::PgCluster::from_env_or_start().unwrap();
+    let database = pg.empty_database().await.unwrap();
+    let nats = natter_testkit::engines::NatsServer::start().await.unwrap();
+    let s3 = natter_testkit::engines::S3Server::start().await.unwrap();
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let bucket = format!("natter-{unique}");
+    s3.create_bucket(&bucket).await.unwrap();
+    let sms = natter_testkit::SmsInbox::start().await.unwrap();
+    let cluster = Cluster {
+        database: &database,
+        nats: &nats,
+        prefix: format!("natter-{unique}"),
+        s3: &s3,
+        bucket,
+        sms: &sms,
+    };
+    let a = cluster.node().await;
+    let b = cluster.node().await;
+    let client = natter_client::Client::with_transport(
+        std::sync::Arc::new(
+            natter_client::NativeTransport::with_client(a.http.clone(), WAIT).unwrap(),
+        ),
+        &a.base,
     );
+    let alice = natter_testkit::TestUser::sign_up(&client, &sms, "+14155550101", "Alice")
+        .await
+        .unwrap();
+    let token = alice.token();
+
+    // Created and half sent on node A.
+    let data = noise(3 * 1024 * 1024 + 17, 41);
+    let half = data.len() / 2 + 3;
+    let created = TestApp::answer(
+        a.tus(Method::POST, "/api/v1/media/tus", token)
+            .header("upload-length", data.len().to_string())
+            .header("upload-metadata", format!("type {}", b64("file"))),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let loc = location(&created);
+    let first = a.patch(&loc, token, 0, &data[..half]).await;
+    assert_eq!(first.status, 204, "{first:?}");
+    assert_eq!(first.headers["upload-offset"], half.to_string().as_str());
+
+    // Node B sees the offset; a PATCH there from a stale offset is refused.
+    assert_eq!(b.offset(&loc, token).await, half.to_string());
+    b.patch(&loc, token, 0, &data[..10])
+        .await
+        .expect(409, "upload_offset_mismatch");
+    assert_eq!(a.offset(&loc, token).await, half.to_string());
+
+    // The rest, on node B, finishes it.
+    let rest = b.patch(&loc, token, half, &data[half..]).await;
+    assert_eq!(rest.status, 204, "{rest:?}");
+    assert_eq!(
+        rest.headers["upload-offset"],
+        data.len().to_string().as_str()
+    );
+    // And A, at the offset it last knew, is refused.
+    a.patch(&loc, token, half, &data[half..])
+        .await
+        .expect(409, "upload_offset_mismatch");
+
+    // Downloaded from A: the same bytes, the same SHA-256.
+    let id = loc.rsplit('/').next().unwrap();
+    let got = tokio::time::timeout(
+        WAIT,
+        a.http
+            .get(format!("{}/api/v1/media/{id}", a.base))
+            .bearer_auth(token)
+            .send(),
+    )
+    .await
+    .expect("the download answers in time")
+    .unwrap();
+    assert_eq!(got.status(), 200);
+    let etag = got.headers()["etag"].to_str().unwrap().to_owned();
+    let bytes = got.bytes().await.unwrap();
+    assert!(bytes[..] == data[..], "byte-exact");
+    assert_eq!(sha_hex(&bytes), sha_hex(&data));
+    assert_eq!(etag, format!("\"{}\"", sha_hex(&data)));
+    let listing = |prefix: &'static str| {
+        let url = format!(
+            "{}/{}?list-type=2&prefix={prefix}",
+            s3.url(),
+            cluster.bucket
+        );
+        let http = a.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(
+        listing("uploads/").await.matches("<Key>").count(),
+        0,
+        "the segments are gone once the blob is written"
+    );
+
+    // Two nodes appending at one offset at once: exactly one is recorded.
+    let other = noise(4000, 42);
+    let created = TestApp::answer(
+        a.tus(Method::POST, "/api/v1/media/tus", token)
+            .header("upload-length", other.len().to_string())
+            .header("upload-metadata", format!("type {}", b64("file"))),
+    )
+    .await;
+    let loc = location(&created);
+    let (on_a, on_b) = tokio::join!(
+        a.patch(&loc, token, 0, &other[..1000]),
+        b.patch(&loc, token, 0, &other[..2000])
+    );
+    let won: Vec<usize> = [(&on_a, 1000), (&on_b, 2000)]
+        .into_iter()
+        .filter(|(answer, _)| answer.status == 204)
+        .map(|(_, len)| len)
+        .collect();
+    assert_eq!(won.len(), 1, "one wins: {on_a:?} {on_b:?}");
+    for answer in [&on_a, &on_b].into_iter().filter(|a| a.status != 204) {
+        answer.expect(409, "upload_offset_mismatch");
+    }
+    assert_eq!(b.offset(&loc, token).await, won[0].to_string());
+    let done = a.patch(&loc, token, won[0], &other[won[0]..]).await;
+    assert_eq!(done.status, 204, "{done:?}");
+    let id = loc.rsplit('/').next().unwrap();
+    let got = b
+        .http
+        .get(format!("{}/api/v1/media/{id}", b.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got[..] == other[..], "the winner's bytes, then the rest");
+    assert_eq!(listing("uploads/").await.matches("<Key>").count(), 0);
+
+    a.stop().await;
+    b.stop().await;
 }
 
 // ---- media in messages and profiles --------------------------------------

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::{Postgres, execute, rows};
 use crate::clock::Timestamp;
 use crate::store::{
-    CollectedMedia, FinishedMedia, MediaCreated, MediaRecord, MediaStore, NewMedia, StoreResult,
+    CollectedMedia, FinishedMedia, MediaCreated, MediaRecord, MediaSegment, MediaStore, NewMedia,
+    StoreResult,
 };
 
 const MEDIA_COLUMNS: &str = "id, owner_id, kind, chat_id, filename, length, received, ready, \
@@ -155,20 +156,60 @@ impl MediaStore for Postgres {
         Ok(found.iter().map(media_from_row).collect())
     }
 
-    async fn set_media_received(&self, id: MediaId, received: u64) -> StoreResult<bool> {
-        self.execute_one(
-            "UPDATE media SET received = $2 WHERE id = $1 AND NOT ready",
-            &[id.as_uuid(), &to_sql_len(received)],
-        )
+    async fn advance_media_received(&self, segment: MediaSegment) -> StoreResult<bool> {
+        self.write(|tx| {
+            let segment = segment.clone();
+            Box::pin(async move {
+                let (from, to) = (to_sql_len(segment.from), to_sql_len(segment.to));
+                // The row lock taken by the UPDATE holds a second node's
+                // UPDATE until this commits; it then finds `received` moved.
+                let moved = execute(
+                    tx,
+                    "UPDATE media SET received = $3
+                     WHERE id = $1 AND NOT ready AND received = $2",
+                    &[segment.media.as_uuid(), &from, &to],
+                )
+                .await?;
+                if moved != 1 {
+                    return Ok(false);
+                }
+                execute(
+                    tx,
+                    "INSERT INTO media_segments (media_id, start_offset, end_offset, blob_key)
+                     VALUES ($1, $2, $3, $4)",
+                    &[segment.media.as_uuid(), &from, &to, &segment.key],
+                )
+                .await?;
+                Ok(true)
+            })
+        })
         .await
-        .map(|n| n == 1)
+    }
+
+    async fn media_segments(&self, id: MediaId) -> StoreResult<Vec<MediaSegment>> {
+        let found = self
+            .read(
+                "SELECT start_offset, end_offset, blob_key FROM media_segments
+                 WHERE media_id = $1 ORDER BY start_offset",
+                &[id.as_uuid()],
+            )
+            .await?;
+        Ok(found
+            .iter()
+            .map(|r| MediaSegment {
+                media: id,
+                from: from_sql_len(r.get(0)),
+                to: from_sql_len(r.get(1)),
+                key: r.get(2),
+            })
+            .collect())
     }
 
     async fn finish_media(&self, id: MediaId, finished: FinishedMedia) -> StoreResult<bool> {
         self.write(|tx| {
             let f = finished.clone();
             Box::pin(async move {
-                execute(
+                let n = execute(
                     tx,
                     "UPDATE media SET ready = true, length = received, content_type = $2,
                        sha256 = $3, width = $4, height = $5, thumbnail = $6, completed_at = $7,
@@ -184,8 +225,15 @@ impl MediaStore for Postgres {
                         &f.completed_at.0,
                     ],
                 )
-                .await
-                .map(|n| n == 1)
+                .await?;
+                let finished = n == 1;
+                execute(
+                    tx,
+                    "DELETE FROM media_segments WHERE media_id = $1",
+                    &[id.as_uuid()],
+                )
+                .await?;
+                Ok(finished)
             })
         })
         .await
@@ -194,9 +242,13 @@ impl MediaStore for Postgres {
     async fn delete_media(&self, id: MediaId) -> StoreResult<bool> {
         self.write(|tx| {
             Box::pin(async move {
-                execute(tx, "DELETE FROM media WHERE id = $1", &[id.as_uuid()])
-                    .await
-                    .map(|n| n == 1)
+                execute(
+                    tx,
+                    "DELETE FROM media WHERE id = $1 AND NOT ready",
+                    &[id.as_uuid()],
+                )
+                .await
+                .map(|n| n == 1)
             })
         })
         .await

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_e2ee.sql"),
     include_str!("migrations/0007_group_invitations.sql"),
     include_str!("migrations/0008_search.sql"),
+    include_str!("migrations/0009_media_segments.sql"),
 ];
 
 /// The newest schema version this binary knows.

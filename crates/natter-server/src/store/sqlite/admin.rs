@@ -363,6 +363,7 @@ mod tests {
              ALTER TABLE users DROP COLUMN deactivated_at;
              ALTER TABLE users DROP COLUMN deleted_at;
              ALTER TABLE verification_codes DROP COLUMN shown_code;
+             DROP TABLE media_segments;
              PRAGMA user_version = 9;",
         )
         .unwrap();

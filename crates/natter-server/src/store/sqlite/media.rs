@@ -8,7 +8,9 @@ use rusqlite::{Connection, OptionalExtension, Result, Row, params};
 
 use super::uuid_of;
 use crate::clock::Timestamp;
-use crate::store::{CollectedMedia, FinishedMedia, MediaCreated, MediaRecord, NewMedia};
+use crate::store::{
+    CollectedMedia, FinishedMedia, MediaCreated, MediaRecord, MediaSegment, NewMedia,
+};
 
 const MEDIA_COLUMNS: &str = "id, owner_id, kind, chat_id, filename, length, received, ready, \
      content_type, sha256, width, height, thumbnail, created_at, completed_at, expires_at";
@@ -124,11 +126,49 @@ pub(super) fn get(c: &Connection, id: MediaId) -> Result<Option<MediaRecord>> {
         .optional()
 }
 
-pub(super) fn set_received(c: &Connection, id: MediaId, received: u64) -> Result<bool> {
+/// The compare-and-set of a resumable upload's offset, with its segment
+/// (one writer job: both or neither).
+pub(super) fn advance(c: &Connection, segment: &MediaSegment) -> Result<bool> {
+    let id = segment.media.as_uuid().as_bytes();
     let n = c
-        .prepare_cached("UPDATE media SET received = ?2 WHERE id = ?1 AND ready = 0")?
-        .execute(params![id.as_uuid().as_bytes(), to_sql_len(received)])?;
-    Ok(n == 1)
+        .prepare_cached(
+            "UPDATE media SET received = ?3 WHERE id = ?1 AND ready = 0 AND received = ?2",
+        )?
+        .execute(params![
+            id,
+            to_sql_len(segment.from),
+            to_sql_len(segment.to)
+        ])?;
+    if n != 1 {
+        return Ok(false);
+    }
+    c.prepare_cached(
+        "INSERT INTO media_segments (media_id, start_offset, end_offset, blob_key)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        id,
+        to_sql_len(segment.from),
+        to_sql_len(segment.to),
+        segment.key
+    ])?;
+    Ok(true)
+}
+
+pub(super) fn segments(c: &Connection, id: MediaId) -> Result<Vec<MediaSegment>> {
+    let mut s = c.prepare_cached(
+        "SELECT start_offset, end_offset, blob_key FROM media_segments
+         WHERE media_id = ?1 ORDER BY start_offset",
+    )?;
+    let rows = s.query_map([id.as_uuid().as_bytes()], |r| {
+        Ok(MediaSegment {
+            media: id,
+            from: from_sql_len(r.get(0)?),
+            to: from_sql_len(r.get(1)?),
+            key: r.get(2)?,
+        })
+    })?;
+    rows.collect()
 }
 
 pub(super) fn finish(c: &Connection, id: MediaId, f: &FinishedMedia) -> Result<bool> {
@@ -147,12 +187,15 @@ pub(super) fn finish(c: &Connection, id: MediaId, f: &FinishedMedia) -> Result<b
             f.thumbnail,
             f.completed_at.0,
         ])?;
+    c.prepare_cached("DELETE FROM media_segments WHERE media_id = ?1")?
+        .execute([id.as_uuid().as_bytes()])?;
     Ok(n == 1)
 }
 
+/// Only an upload in progress: its segments go with it (cascade).
 pub(super) fn delete(c: &Connection, id: MediaId) -> Result<bool> {
     let n = c
-        .prepare_cached("DELETE FROM media WHERE id = ?1")?
+        .prepare_cached("DELETE FROM media WHERE id = ?1 AND ready = 0")?
         .execute([id.as_uuid().as_bytes()])?;
     Ok(n == 1)
 }

@@ -29,8 +29,8 @@ use super::{
     AccountDeleted, Accounts, AccountsAcrossChats, Appended, ChatAccess, ChatChange, ChatChanged,
     ChatCreated, ChatHead, ChatLog, ChatOverview, CollectedMedia, ContactAdded, ContactEntry,
     Device, FinishedMedia, HistoryQuery, IndexProgress, LogEntry, LogEvent, LoggedIn, Login,
-    MediaCreated, MediaRecord, MediaStore, Member, MessageChange, MessageChanged, NewChat,
-    NewDevice, NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted,
+    MediaCreated, MediaRecord, MediaSegment, MediaStore, Member, MessageChange, MessageChanged,
+    NewChat, NewDevice, NewMedia, NewMessage, NewPush, NewVerificationCode, PendingPush, Posted,
     ProfilePatch, PushChannelRecord, PushFinished, PushOutbox, ReceiptChange, ReceiptState,
     Registered, Registration, Relation, SearchIndex, SearchPage, SearchQuery, Store, StoreError,
     StoreResult, User,
@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0014_group_privacy.sql"),
     include_str!("migrations/0015_shown_codes.sql"),
     include_str!("migrations/0016_mobile_push.sql"),
+    include_str!("migrations/0017_media_segments.sql"),
 ];
 
 /// The database file inside the data directory.
@@ -1130,9 +1131,15 @@ impl MediaStore for SqliteStore {
             .await
     }
 
-    async fn set_media_received(&self, id: MediaId, received: u64) -> StoreResult<bool> {
+    async fn advance_media_received(&self, segment: MediaSegment) -> StoreResult<bool> {
         self.writer
-            .write(move |c| media::set_received(c, id, received).map_err(db_err))
+            .write(move |c| media::advance(c, &segment).map_err(db_err))
+            .await
+    }
+
+    async fn media_segments(&self, id: MediaId) -> StoreResult<Vec<MediaSegment>> {
+        self.readers
+            .read(move |c| media::segments(c, id).map_err(db_err))
             .await
     }
 
@@ -1748,6 +1755,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn uploads_in_progress_start_again_from_zero_with_the_segments_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let (user, pending, done) = (UserId::new(), MediaId::new(), MediaId::new());
+        let before = MIGRATIONS.len() - 1;
+        assert!(MIGRATIONS[before].starts_with("-- Resumable uploads: each request"));
+        {
+            // Everything before 0017, an upload half received (its bytes in
+            // a staging file no server reads any more) and a finished one.
+            let mut conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", i + 1).unwrap();
+                tx.commit().unwrap();
+            }
+            let u = user.as_uuid().as_bytes().to_vec();
+            conn.execute(
+                "INSERT INTO users (id, phone, name, created_at, updated_at)
+                 VALUES (?1, '+14155550009', 'u', 1, 1)",
+                [&u],
+            )
+            .unwrap();
+            for (id, received, ready) in [(pending, 50, 0), (done, 100, 1)] {
+                conn.execute(
+                    "INSERT INTO media (id, owner_id, kind, length, received, ready, created_at)
+                     VALUES (?1, ?2, 'file', 100, ?3, ?4, 1)",
+                    params![id.as_uuid().as_bytes().to_vec(), u, received, ready],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(dir.path(), &StoreConfig::default()).unwrap();
+        let pending = store.media(pending).await.unwrap().unwrap();
+        assert_eq!(pending.received, 0, "resumed from the start");
+        assert!(store.media_segments(pending.id).await.unwrap().is_empty());
+        assert_eq!(store.media(done).await.unwrap().unwrap().received, 100);
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn a_burst_coalesces_into_one_push_and_late_arrivals_survive_the_send() {
         use crate::push::PushTarget;
         use crate::store::{NewPush, PushChannelRecord, PushFinished};
@@ -2089,6 +2137,7 @@ mod tests {
              ALTER TABLE users DROP COLUMN deactivated_at;
              ALTER TABLE users DROP COLUMN deleted_at;
              ALTER TABLE verification_codes DROP COLUMN shown_code;
+             DROP TABLE media_segments;
              CREATE TABLE updates (user_id BLOB, pts INTEGER);
              ALTER TABLE users ADD COLUMN pts INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE devices ADD COLUMN acked_pts INTEGER NOT NULL DEFAULT 0;
