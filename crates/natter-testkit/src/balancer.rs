@@ -13,11 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 /// How long the balancer waits for a node to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one side may still send once the other is done.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// A round-robin TCP balancer on `127.0.0.1`; it stops when dropped.
 #[derive(Debug)]
@@ -107,15 +110,42 @@ async fn connect(
     None
 }
 
-/// Copies both ways until either side closes.
-async fn relay(mut client: TcpStream, mut node: TcpStream) {
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+/// Copies both ways until both sides are done. A node that answers early
+/// and closes (a 413 to a body still arriving) stops reading: the rest of
+/// the client's bytes are then read and dropped for at most [`LINGER`], as
+/// a lingering close does, so the answer already relayed is not lost to a
+/// reset. Once the node is done, the client has [`LINGER`] to finish too.
+async fn relay(client: TcpStream, node: TcpStream) {
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_node, mut to_node) = node.into_split();
+    let up = async move {
+        if tokio::io::copy(&mut from_client, &mut to_node)
+            .await
+            .is_err()
+        {
+            let mut sink = tokio::io::sink();
+            let drain = tokio::io::copy(&mut from_client, &mut sink);
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
+        let _ = to_node.shutdown().await;
+    };
+    let down = async move {
+        let _ = tokio::io::copy(&mut from_node, &mut to_client).await;
+        let _ = to_client.shutdown().await;
+    };
+    let (mut up, mut down) = (std::pin::pin!(up), std::pin::pin!(down));
+    tokio::select! {
+        () = &mut down => {
+            let _ = tokio::time::timeout(LINGER, up).await;
+        }
+        () = &mut up => down.await,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncReadExt as _;
 
     /// A node that answers each connection with its own name.
     async fn node(name: &'static [u8]) -> (SocketAddr, JoinHandle<()>) {
