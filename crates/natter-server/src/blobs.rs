@@ -193,7 +193,16 @@ impl Blobs {
     /// # Errors
     /// A key that is not one of the upload's; as [`Blobs::put_file`].
     pub async fn put_segment(&self, id: MediaId, key: &str, file: &Path) -> Result<(), BlobError> {
-        self.put_file_at(&Self::segment(id, key)?, file).await
+        let key = Self::segment(id, key)?;
+        if let Some(root) = &self.local_root {
+            // object_store would make the upload's directory with the
+            // umask's mode: 0700 first, like every directory of ours.
+            let dir = root.join(SEGMENTS_DIR).join(id.to_string());
+            tokio::task::spawn_blocking(move || crate::perms::private_dir_all(&dir))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
+        }
+        self.put_file_at(&key, file).await
     }
 
     /// Streams a segment of upload `id`.

@@ -98,12 +98,28 @@ async fn under_umask_000_every_file_is_0600_and_every_directory_0700() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let upload = location.rsplit('/').next().unwrap().to_owned();
+    // Its first half: one segment blob.
+    let res = http
+        .patch(format!("{base}/api/v1/media/tus/{upload}"))
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(vec![2u8; 2500])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
 
-    // While it runs: the database with its -wal and -shm, the lock, the blob.
+    // While it runs: the database with its -wal and -shm, the lock, the
+    // blob, the segment.
     assert!(data.join("natter.db-wal").is_file());
     assert!(data.join("natter.db-shm").is_file());
     assert!(data.join("blobs/media").join(media_id).is_file());
-    assert!(std::fs::read_dir(data.join("uploads/tus")).unwrap().count() >= 1);
+    let segments = data.join("blobs/uploads").join(&upload);
+    assert_eq!(std::fs::read_dir(&segments).unwrap().count(), 1);
     let checked = assert_private(&data);
     assert!(checked >= 10, "only {checked} paths");
 
