@@ -10,7 +10,7 @@ use crate::service::ServiceError;
 
 /// The `Retry-After` of a 503 (the store or another engine cannot serve
 /// now): a hint of seconds, the clients back off from there.
-pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+pub(crate) const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
 
 /// An error on its way to the client.
 #[derive(Debug)]
