@@ -71,6 +71,15 @@ pub struct Common {
     /// Pin the started server (or relay) to these CPUs (`taskset -c` list).
     #[arg(long, global = true, value_name = "CPUS")]
     pub server_cpus: Option<String>,
+    /// Nodes of the started server. More than one (or `--cluster`) makes
+    /// a cluster: its own PostgreSQL, NATS and S3, N stateless nodes on
+    /// them and a round-robin balancer in front (see docs/scale.md).
+    #[arg(long, global = true, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub nodes: u16,
+    /// Run the started server as a cluster even with one node.
+    #[arg(long, global = true)]
+    pub cluster: bool,
     /// Pin this load generator to these CPUs (`taskset -c` list).
     #[arg(long, global = true, value_name = "CPUS")]
     pub client_cpus: Option<String>,
@@ -88,6 +97,14 @@ pub struct Common {
     /// spread over (each has its own ephemeral ports).
     #[arg(long, global = true, value_name = "N", default_value_t = 32)]
     pub source_addrs: u8,
+}
+
+impl Common {
+    /// Whether the started server is a cluster on shared engines.
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        self.cluster || self.nodes > 1
+    }
 }
 
 /// The scenarios.

@@ -6,22 +6,31 @@
 //! `send_message` frames. Driven by one seed, each task picks actions at
 //! random: a REST send through the outbox, a WebSocket send, a retry of an
 //! earlier key straight over REST, dropping its WebSocket mid-stream, or
-//! dropping the SDK's socket (which reconnects and syncs). A killer task
-//! sends the server `SIGKILL` every `--kill-every` seconds and restarts it
-//! on the same data directory and port. At the end every device
-//! reconnects, waits for its outbox to empty and for `sync_done`, the
-//! chats' logs are read over REST, and the checker runs.
+//! dropping the SDK's socket (which reconnects and syncs). Meanwhile the
+//! fault (`--fault`) strikes every `--kill-every` seconds:
+//! - `node`: `kill -9` of a random node, started again on its data and port
+//!   (on a cluster its clients reconnect through the balancer to another);
+//! - `nats`: the cluster's NATS killed, started again after `--outage` s;
+//! - `postgres`: the cluster's PostgreSQL stopped cleanly for `--outage` s,
+//!   while a prober posts REST messages: each answer must be 201, or 503
+//!   with `Retry-After`, and at least one 503 must be seen;
+//! - `join` (once, a third into the run): a new node starts and joins the
+//!   balancer; it must have served requests by the end.
+//!
+//! At the end every device reconnects, waits for its outbox to empty and
+//! for `sync_done`, the chats' logs are read over REST, and the checker
+//! runs; the fault's own violations join its list.
 //!
 //! Randomness decides actions, not timing: two runs with one seed do the
 //! same things in roughly, not exactly, the same interleaving.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use natter_client::api::HistoryQuery;
 use natter_client::{
     Client, Connection, ConnectionConfig, Event, MemoryState, SendMessage, Session, Socket,
@@ -32,16 +41,19 @@ use natter_proto::chats::{ChatKind, CreateChat, MessageType};
 use natter_proto::ws::{ClientFrame, ServerFrame};
 use natter_testkit::{SmsInbox, TestUser};
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use crate::checker::{DeviceInfo, History, LogEntry, Via, check};
 use crate::report::Report;
-use crate::target::{bench_env, tail};
+use crate::target::{Kind, Target};
 use crate::{BenchError, BenchResult, Common, STEP_TIMEOUT};
 
-/// How long the server may take to listen after a (re)start.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the prober posts during a PostgreSQL outage.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// How long the prober goes on after PostgreSQL is back (recovery is part
+/// of what it watches).
+const PROBE_AFTER: Duration = Duration::from_secs(1);
 /// How long the end of the run may take per device: outbox empty, `sync_done`.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Quiet time after the final `sync_done` for live events still in flight.
@@ -63,12 +75,44 @@ pub struct SoakArgs {
     /// Users (each with one device; the first two have a second).
     #[arg(long, default_value_t = 6)]
     pub clients: usize,
-    /// Seconds between `kill -9`s of the server (0: never).
+    /// Seconds between faults (0: never): `kill -9`s of a node, NATS or
+    /// PostgreSQL outages (`join` happens once).
     #[arg(long, default_value_t = 20.0)]
     pub kill_every: f64,
+    /// The trouble besides the clients' own (`nats`, `postgres` and `join`
+    /// need a cluster: `--nodes N` or `--cluster`).
+    #[arg(long, value_enum, default_value_t = Fault::Node)]
+    pub fault: Fault,
+    /// Seconds NATS or PostgreSQL stay down per fault.
+    #[arg(long, default_value_t = 3.0)]
+    pub outage: f64,
     /// Mean pause between a device's actions, in milliseconds.
     #[arg(long, default_value_t = 60)]
     pub pause_ms: u64,
+}
+
+/// What `--fault` breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fault {
+    /// `kill -9` of a random node, started again on the same port.
+    Node,
+    /// The cluster's NATS killed, then started again.
+    Nats,
+    /// The cluster's PostgreSQL stopped cleanly, then started again.
+    Postgres,
+    /// A new node joins the running cluster.
+    Join,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Node => "node",
+            Self::Nats => "nats",
+            Self::Postgres => "postgres",
+            Self::Join => "join",
+        }
+    }
 }
 
 /// A small deterministic generator (splitmix64), one per task.
@@ -86,139 +130,6 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
-    }
-}
-
-/// `natter serve` on a data directory that outlives its processes.
-struct Server {
-    /// This executable.
-    exe: PathBuf,
-    /// Holds the data and the logs; removed at the end.
-    dir: tempfile::TempDir,
-    /// The SMS webhook.
-    sms_url: String,
-    /// `--server-env`.
-    extra_env: Vec<(String, String)>,
-    /// `--server-cpus`.
-    cpus: Option<String>,
-    /// The running child (killed on drop).
-    child: Option<Child>,
-    /// Where it listens; kept across restarts so clients find it again.
-    addr: Option<std::net::SocketAddr>,
-    /// Starts so far (names the logs).
-    starts: u32,
-}
-
-impl Server {
-    fn new(common: &Common, sms_url: &str) -> BenchResult<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("natter-soak-")
-            .tempdir()
-            .map_err(BenchError::io("creating a temporary directory"))?;
-        let mut extra_env = Vec::new();
-        for pair in &common.server_env {
-            match pair.split_once('=') {
-                Some((k, v)) if k.starts_with("NATTER_") => {
-                    extra_env.push((k.to_owned(), v.to_owned()));
-                }
-                _ => {
-                    return Err(BenchError::Other(format!(
-                        "--server-env takes NATTER_KEY=VALUE, not {pair}"
-                    )));
-                }
-            }
-        }
-        Ok(Self {
-            exe: std::env::current_exe().map_err(BenchError::io("finding this executable"))?,
-            dir,
-            sms_url: sms_url.to_owned(),
-            extra_env,
-            cpus: common.server_cpus.clone(),
-            child: None,
-            addr: None,
-            starts: 0,
-        })
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join(format!("natter-{}.log", self.starts))
-    }
-
-    /// Starts the server (on the same port after the first start) and
-    /// waits until it listens.
-    async fn start(&mut self) -> BenchResult<std::net::SocketAddr> {
-        self.starts += 1;
-        let log = self.log();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let file = std::fs::File::create(&log).map_err(BenchError::io("creating the log"))?;
-            let mut cmd = match &self.cpus {
-                Some(cpus) => {
-                    let mut c = Command::new("taskset");
-                    c.arg("-c").arg(cpus).arg(&self.exe);
-                    c
-                }
-                None => Command::new(&self.exe),
-            };
-            for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("NATTER_")) {
-                cmd.env_remove(k);
-            }
-            cmd.arg("serve")
-                .env("NATTER_DATA_DIR", self.dir.path().join("data"))
-                .envs(bench_env(&self.sms_url))
-                .envs(self.extra_env.iter().cloned());
-            if let Some(addr) = self.addr {
-                cmd.env("NATTER_LISTEN", addr.to_string());
-            }
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(file))
-                .kill_on_drop(true);
-            let mut child = cmd
-                .spawn()
-                .map_err(BenchError::io(format!("starting {}", self.exe.display())))?;
-            loop {
-                let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
-                let found = text.lines().find_map(|line| {
-                    line.split_once("listen=")
-                        .and_then(|(_, rest)| rest.split_whitespace().next())
-                        .and_then(|a| a.parse().ok())
-                });
-                if let Some(addr) = found {
-                    self.child = Some(child);
-                    self.addr = Some(addr);
-                    return Ok(addr);
-                }
-                let exited = child.try_wait().ok().flatten().is_some();
-                if Instant::now() > deadline {
-                    let _ = child.kill().await;
-                    return Err(BenchError::Other(format!(
-                        "the server did not start; its log:\n{}",
-                        tail(&text)
-                    )));
-                }
-                if exited {
-                    // The old port may still be held for a moment: try again.
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `kill -9` and wait for the process to be gone.
-    async fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // tokio's `kill` is SIGKILL.
-            let _ = child.kill().await;
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        std::fs::read_to_string(self.log())
-            .map(|t| tail(&t))
-            .unwrap_or_default()
     }
 }
 
@@ -244,15 +155,25 @@ pub(crate) async fn run(common: &Common, args: &SoakArgs) -> BenchResult<Report>
     let seed = args
         .seed
         .unwrap_or_else(|| uuid::Uuid::now_v7().as_u128() as u64);
+    if common.url.is_some() {
+        return Err(BenchError::Other(
+            "soak kills and restarts its own server: --url is not for it".to_owned(),
+        ));
+    }
+    if args.fault != Fault::Node && !common.is_cluster() {
+        return Err(BenchError::Other(format!(
+            "--fault {} needs a cluster: add --nodes N (or --cluster)",
+            args.fault.name()
+        )));
+    }
     eprintln!("natter bench soak: seed {seed}");
     let inbox = SmsInbox::start_on(common.sms_listen).await?;
-    let mut server = Server::new(common, inbox.url())?;
-    let addr = server.start().await?;
-    let outcome = drive(args, seed, &inbox, &mut server, addr).await;
+    let mut target = Target::start(common, Kind::Natter, inbox.url()).await?;
+    let outcome = drive(args, seed, &inbox, &mut target).await;
     if outcome.is_err() {
-        eprintln!("natter log (seed {seed}):\n{}", server.log_tail());
+        eprintln!("natter log (seed {seed}):\n{}", target.log_tail());
     }
-    server.kill9().await;
+    target.stop().await;
     outcome
 }
 
@@ -260,10 +181,10 @@ async fn drive(
     args: &SoakArgs,
     seed: u64,
     inbox: &SmsInbox,
-    server: &mut Server,
-    addr: std::net::SocketAddr,
+    target: &mut Target,
 ) -> BenchResult<Report> {
-    let base = format!("http://{addr}");
+    let addr = target.addr;
+    let base = target.http.clone();
     let client = Client::new(&base, STEP_TIMEOUT)?;
     let users = args.clients.max(2);
     let numbers = seed % 90_000_000;
@@ -349,23 +270,14 @@ async fn drive(
         })
         .collect();
 
-    // The killer: SIGKILL at random points, restart on the same data.
     let mut rng = Rng(seed);
-    let mut kills = 0u64;
-    if args.kill_every > 0.0 {
-        loop {
-            let jitter = 0.5 + rng.below(1000) as f64 / 1000.0;
-            let at = Instant::now() + Duration::from_secs_f64(args.kill_every * jitter);
-            if at + Duration::from_secs(2) > deadline {
-                break;
-            }
-            tokio::time::sleep_until(at).await;
-            server.kill9().await;
-            kills += 1;
-            tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
-            server.start().await?;
-        }
-    }
+    let prober = Prober {
+        addr,
+        token: accounts[0].session.token().to_owned(),
+        chat: group,
+        history: Arc::clone(&history),
+    };
+    let mut figures = faults(args, &mut rng, target, deadline, &prober).await?;
     let mut failures = Vec::new();
     for t in tasks {
         match t.await {
@@ -412,8 +324,17 @@ async fn drive(
         with(&history, |h| h.final_log(*chat, entries));
     }
 
+    if let Some(node) = figures.joined {
+        figures.joined_served = served(target, node).await;
+        if figures.joined_served == 0 {
+            figures
+                .violations
+                .push("the joined node served no request".to_owned());
+        }
+    }
     let history = with(&history, std::mem::take);
-    let violations = check(&history);
+    let mut violations: Vec<String> = check(&history).iter().map(ToString::to_string).collect();
+    violations.append(&mut figures.violations);
     for v in &violations {
         eprintln!("natter bench soak (seed {seed}): {v}");
     }
@@ -423,7 +344,9 @@ async fn drive(
         "params",
         json!({"minutes": args.minutes, "seed": seed, "clients": users,
                "devices": history.devices.len(), "chats": chats.len(),
-               "kill_every_s": args.kill_every, "pause_ms": args.pause_ms}),
+               "kill_every_s": args.kill_every, "pause_ms": args.pause_ms,
+               "nodes": target.nodes.len(), "fault": args.fault.name(),
+               "outage_s": args.outage}),
     );
     report.set("seed", json!(seed));
     report.set("seconds", json!(elapsed.as_secs_f64()));
@@ -433,17 +356,18 @@ async fn drive(
     report.set("acked", json!(history.acked()));
     report.set("refused", json!(history.refused));
     report.set("delivered", json!(history.delivered_total()));
-    report.set("kills", json!(kills));
-    report.set("drops", json!(history.drops));
+    report.set("kills", json!(figures.kills));
     report.set(
-        "violations",
-        json!(
-            violations
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-        ),
+        "fault",
+        json!({"kind": args.fault.name(), "faults": figures.faults,
+               "outage_s": figures.outage.as_secs_f64(),
+               "probes": {"created": figures.probes.created,
+                          "unavailable": figures.probes.unavailable,
+                          "other": figures.probes.other},
+               "joined_served": figures.joined_served}),
     );
+    report.set("drops", json!(history.drops));
+    report.set("violations", json!(violations));
     report.line("seed", &seed.to_string());
     report.line(
         "devices, chats",
@@ -463,11 +387,328 @@ async fn drive(
         &history.delivered_total().to_string(),
     );
     report.line(
-        "kill -9, socket drops",
-        &format!("{kills}, {}", history.drops),
+        "nodes, fault",
+        &format!("{}, {}", target.nodes.len(), args.fault.name()),
     );
+    report.line(
+        "kill -9, socket drops",
+        &format!("{}, {}", figures.kills, history.drops),
+    );
+    match args.fault {
+        Fault::Node => {}
+        Fault::Nats | Fault::Postgres => report.line(
+            "outages, seconds down",
+            &format!("{}, {:.1}", figures.faults, figures.outage.as_secs_f64()),
+        ),
+        Fault::Join => report.line(
+            "requests on the joined node",
+            &figures.joined_served.to_string(),
+        ),
+    }
+    if args.fault == Fault::Postgres {
+        report.line(
+            "probes 201 / 503 / other",
+            &format!(
+                "{} / {} / {}",
+                figures.probes.created, figures.probes.unavailable, figures.probes.other
+            ),
+        );
+    }
     report.line("violations", &violations.len().to_string());
     Ok(report)
+}
+
+/// What the fault did, and what it found wrong.
+#[derive(Debug, Default)]
+struct FaultFigures {
+    /// Faults applied (kills, outages, joins).
+    faults: u64,
+    /// `kill -9`s of nodes.
+    kills: u64,
+    /// Time NATS or PostgreSQL was down, in total.
+    outage: Duration,
+    /// The prober's answers.
+    probes: ProbeCounts,
+    /// The node that joined, by index.
+    joined: Option<usize>,
+    /// Requests and WebSockets the joined node served (its `/metrics`).
+    joined_served: u64,
+    /// What the fault's own checks found.
+    violations: Vec<String>,
+}
+
+/// The prober's answers during PostgreSQL outages.
+#[derive(Debug, Default, Clone, Copy)]
+struct ProbeCounts {
+    /// 201: stored.
+    created: u64,
+    /// 503 with `Retry-After`: come back later.
+    unavailable: u64,
+    /// Anything else (each one a violation).
+    other: u64,
+}
+
+/// Applies `args.fault` until `deadline`.
+///
+/// # Errors
+/// A node or engine that cannot start again.
+async fn faults(
+    args: &SoakArgs,
+    rng: &mut Rng,
+    target: &mut Target,
+    deadline: Instant,
+    prober: &Prober,
+) -> BenchResult<FaultFigures> {
+    let mut figures = FaultFigures::default();
+    if args.fault == Fault::Join {
+        let run_for = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(run_for / 3).await;
+        figures.joined = Some(target.start_node().await?);
+        figures.faults = 1;
+        tokio::time::sleep_until(deadline).await;
+        return Ok(figures);
+    }
+    if args.kill_every <= 0.0 {
+        return Ok(figures);
+    }
+    let outage = Duration::from_secs_f64(args.outage.max(0.0));
+    loop {
+        let jitter = 0.5 + rng.below(1000) as f64 / 1000.0;
+        let at = Instant::now() + Duration::from_secs_f64(args.kill_every * jitter);
+        if at + outage + Duration::from_secs(2) > deadline {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        figures.faults += 1;
+        match args.fault {
+            Fault::Node | Fault::Join => {
+                let ix = rng.below(target.nodes.len() as u64) as usize;
+                let node = &mut target.nodes[ix];
+                node.kill9().await;
+                figures.kills += 1;
+                tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
+                node.start().await?;
+            }
+            Fault::Nats => {
+                let nats = &mut engines(target)?.nats;
+                let down = Instant::now();
+                nats.kill();
+                tokio::time::sleep(outage).await;
+                nats.restart()
+                    .await
+                    .map_err(|e| BenchError::Other(format!("NATS did not start again: {e}")))?;
+                figures.outage += down.elapsed();
+            }
+            Fault::Postgres => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let probing = tokio::spawn(prober.clone().run(Arc::clone(&stop)));
+                let down = Instant::now();
+                let pg = &engines(target)?.pg;
+                tokio::task::block_in_place(|| pg.pause())?;
+                tokio::time::sleep(outage).await;
+                tokio::task::block_in_place(|| pg.resume())?;
+                figures.outage += down.elapsed();
+                tokio::time::sleep(PROBE_AFTER).await;
+                stop.store(true, Ordering::Relaxed);
+                let (counts, mut wrong) = probing
+                    .await
+                    .map_err(|e| BenchError::Other(format!("the prober failed: {e}")))?;
+                figures.probes.created += counts.created;
+                figures.probes.unavailable += counts.unavailable;
+                figures.probes.other += counts.other;
+                figures.violations.append(&mut wrong);
+            }
+        }
+    }
+    if args.fault == Fault::Postgres && figures.faults > 0 && figures.probes.unavailable == 0 {
+        figures.violations.push(format!(
+            "no 503 seen in {} PostgreSQL outage(s): the prober never met the fault",
+            figures.faults
+        ));
+    }
+    Ok(figures)
+}
+
+fn engines(target: &mut Target) -> BenchResult<&mut crate::target::Engines> {
+    target
+        .engines
+        .as_mut()
+        .ok_or_else(|| BenchError::Other("this fault needs a cluster".to_owned()))
+}
+
+/// Posts REST messages as one device during a PostgreSQL outage and
+/// judges each answer; a 201 is an acknowledgement the checker holds the
+/// cluster to.
+#[derive(Clone)]
+struct Prober {
+    /// The balancer.
+    addr: SocketAddr,
+    /// Device 0's token.
+    token: String,
+    /// Where it posts (the group).
+    chat: ChatId,
+    history: Shared,
+}
+
+impl Prober {
+    async fn run(self, stop: Arc<AtomicBool>) -> (ProbeCounts, Vec<String>) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut counts = ProbeCounts::default();
+        let mut wrong = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("probe-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            let body = serde_json::to_string(&text_message(self.chat, &key)).unwrap_or_default();
+            with(&self.history, |h| h.attempt(&key, self.chat, Via::Rest));
+            let answer = http(
+                self.addr,
+                "POST",
+                "/api/v1/messages",
+                Some(&self.token),
+                Some(&body),
+            )
+            .await;
+            match answer {
+                Ok(a) if a.status == 201 => {
+                    match serde_json::from_str::<natter_proto::chats::Message>(&a.body) {
+                        Ok(m) => {
+                            counts.created += 1;
+                            with(&self.history, |h| h.ack(0, &key, m.chat_id, m.seq, m.id));
+                        }
+                        Err(e) => {
+                            counts.other += 1;
+                            wrong.push(format!(
+                                "probe {key}: 201 with a body that is not a message ({e})"
+                            ));
+                        }
+                    }
+                }
+                Ok(a) if a.status == 503 && a.header("retry-after").is_some() => {
+                    counts.unavailable += 1;
+                }
+                Ok(a) => {
+                    counts.other += 1;
+                    wrong.push(format!(
+                        "probe {key} during a PostgreSQL outage: {} (Retry-After: {:?}) {}",
+                        a.status,
+                        a.header("retry-after"),
+                        a.body.chars().take(200).collect::<String>()
+                    ));
+                }
+                Err(e) => {
+                    counts.other += 1;
+                    wrong.push(format!("probe {key} during a PostgreSQL outage: {e}"));
+                }
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+        (counts, wrong)
+    }
+}
+
+/// Requests (other than `/metrics`) and WebSockets that node `ix` served,
+/// from its own `/metrics`.
+async fn served(target: &Target, ix: usize) -> u64 {
+    let Some(addr) = target.nodes.get(ix).and_then(crate::target::Node::addr) else {
+        return 0;
+    };
+    let Ok(answer) = http(addr, "GET", "/metrics", None, None).await else {
+        return 0;
+    };
+    answer
+        .body
+        .lines()
+        .filter(|l| l.starts_with("natter_http_requests_total{") && !l.contains("\"/metrics\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// An HTTP answer, read whole.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`), so
+/// the answer's status and headers are seen as sent (the SDK keeps only
+/// the error body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<Answer> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        if let Some(token) = token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() {
+            request.push_str("Content-Type: application/json\r\n");
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(STEP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))??;
+    let text = String::from_utf8_lossy(&raw);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer");
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut answer = Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    };
+    if answer
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        answer.body = dechunk(&answer.body);
+    }
+    Ok(answer)
+}
+
+/// The body of a chunked answer.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+    }
+    out
 }
 
 /// A device's raw WebSocket for `send_message` frames, and the keys sent on

@@ -1,21 +1,36 @@
 //! The process under load: `natter serve` or the bare baseline relay,
-//! started from the current executable as a child on an ephemeral loopback
-//! port with a temporary data directory, optionally pinned with `taskset`.
-//! The child is killed when the [`Target`] is dropped (end of run, error or
-//! Ctrl-C), so no run leaves a process behind.
+//! started from the current executable as children on ephemeral loopback
+//! ports with a temporary directory, optionally pinned with `taskset`.
+//!
+//! One node on the embedded store is the default. With `--nodes N` (N > 1)
+//! or `--cluster`, the target is a cluster: its own PostgreSQL
+//! (`scripts/pg-cluster`), NATS and S3 (`moto_server`), N stateless nodes
+//! on them, and a round-robin [`Balancer`] in front whose address the
+//! clients use. A [`Node`] is one child, the same code for one node and
+//! for N; it can be killed and started again on its port, and nodes can
+//! join a running cluster. Everything is stopped when the [`Target`] is
+//! dropped (end of run, error or Ctrl-C), so no run leaves a process
+//! behind.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use natter_testkit::balancer::Balancer;
+use natter_testkit::engines::{NatsServer, S3Server};
+use natter_testkit::pg::PgCluster;
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
 use crate::accounts::SmsInbox;
 use crate::{BenchError, BenchResult, Common};
 
 /// How long a started child may take to print its listening address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The cluster's database and bucket (the engines are the run's own).
+const CLUSTER_DB: &str = "natter_bench";
+const CLUSTER_BUCKET: &str = "natter-bench";
 
 /// Which program to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,28 +50,12 @@ impl Kind {
     }
 }
 
-/// A server to load: started here, or given by `--url`.
-#[derive(Debug)]
-pub(crate) struct Target {
-    /// `http://127.0.0.1:port`.
-    pub(crate) http: String,
-    /// The listening address, for WebSockets.
-    pub(crate) addr: SocketAddr,
-    /// The child, killed on drop; `None` with `--url`.
-    child: Option<Child>,
-    /// The child's log (stderr).
-    log: Option<PathBuf>,
-    /// The temporary directory holding the data and the log; removed on drop.
-    _dir: Option<tempfile::TempDir>,
-}
-
 /// The benchmark configuration: everything that would throttle one client
 /// address or one user sending thousands of messages a second is opened
 /// up, in the child's environment only (the defaults stay as they are).
 pub(crate) fn bench_env(sms_url: &str) -> Vec<(&'static str, String)> {
     const MANY: &str = "1000000000";
     let mut env = vec![
-        ("NATTER_LISTEN", "127.0.0.1:0".to_owned()),
         ("NATTER_SMS_WEBHOOK_URL", sms_url.to_owned()),
         ("NATTER_LOG", "warn,natter_server::server=info".to_owned()),
         ("NATTER_LOG_FORMAT", "text".to_owned()),
@@ -85,15 +84,241 @@ pub(crate) fn bench_env(sms_url: &str) -> Vec<(&'static str, String)> {
     env
 }
 
-impl Target {
-    /// Starts `kind` (or uses `--url` for Natter) and waits until it listens.
+/// `--server-env`, checked.
+fn server_env(common: &Common) -> BenchResult<Vec<(String, String)>> {
+    common
+        .server_env
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if k.starts_with("NATTER_") => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(BenchError::Other(format!(
+                "--server-env takes NATTER_KEY=VALUE, not {pair}"
+            ))),
+        })
+        .collect()
+}
+
+/// One child: `natter serve` on its own data directory, or the relay. It
+/// keeps its port across restarts, so the balancer and clients find it
+/// again.
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// What it runs.
+    kind: Kind,
+    /// This executable.
+    exe: PathBuf,
+    /// Its data directory and logs (inside the target's directory).
+    dir: PathBuf,
+    /// The configuration (`NATTER_*`), without the listening address.
+    env: Vec<(String, String)>,
+    /// `--server-cpus`.
+    cpus: Option<String>,
+    /// The running child (killed on drop).
+    child: Option<Child>,
+    /// Where it listens, once started.
+    addr: Option<SocketAddr>,
+    /// Starts so far (names the logs).
+    starts: u32,
+}
+
+impl Node {
+    fn log(&self) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}.log", self.kind.name(), self.starts))
+    }
+
+    /// Where it listens (its first start chose the port).
+    pub(crate) fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Starts the child (on the same port after the first start) and waits
+    /// until it listens.
     ///
     /// # Errors
-    /// The child cannot start, or does not listen within [`START_TIMEOUT`].
+    /// It cannot start, or does not listen within [`START_TIMEOUT`].
+    pub(crate) async fn start(&mut self) -> BenchResult<SocketAddr> {
+        self.starts += 1;
+        let log = self.log();
+        let deadline = Instant::now() + START_TIMEOUT;
+        let listen = self
+            .addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+            .to_string();
+        loop {
+            let file = std::fs::File::create(&log).map_err(BenchError::io("creating the log"))?;
+            let mut cmd = match &self.cpus {
+                Some(cpus) => {
+                    let mut c = Command::new("taskset");
+                    c.arg("-c").arg(cpus).arg(&self.exe);
+                    c
+                }
+                None => Command::new(&self.exe),
+            };
+            for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("NATTER_")) {
+                cmd.env_remove(k);
+            }
+            match self.kind {
+                Kind::Natter => {
+                    cmd.arg("serve")
+                        .envs(self.env.iter().cloned())
+                        .env("NATTER_LISTEN", &listen);
+                }
+                Kind::Baseline => {
+                    cmd.arg("baseline-relay").arg("--listen").arg(&listen);
+                }
+            }
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(file))
+                .kill_on_drop(true);
+            let mut child = cmd
+                .spawn()
+                .map_err(BenchError::io(format!("starting {}", self.exe.display())))?;
+            loop {
+                let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
+                if let Some(addr) = listening_at(&text) {
+                    self.child = Some(child);
+                    self.addr = Some(addr);
+                    return Ok(addr);
+                }
+                let exited = child.try_wait().ok().flatten().is_some();
+                if Instant::now() > deadline || (exited && self.addr.is_none()) {
+                    let _ = child.kill().await;
+                    return Err(BenchError::Other(format!(
+                        "the {} did not start; its log:\n{}",
+                        self.kind.name(),
+                        tail(&text)
+                    )));
+                }
+                if exited {
+                    // The old port may still be held for a moment: try again.
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9` and wait for the process to be gone.
+    pub(crate) async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // tokio's `kill` is SIGKILL.
+            let _ = child.kill().await;
+        }
+    }
+
+    /// The child's resident memory (`VmRSS`), in bytes.
+    fn rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id()?;
+        rss_of(&format!("/proc/{pid}/status"))
+    }
+
+    /// The end of its current log.
+    fn log_tail(&self) -> String {
+        std::fs::read_to_string(self.log())
+            .map(|t| tail(&t))
+            .unwrap_or_default()
+    }
+}
+
+/// The address a log names: `listen=` for Natter, `listening on` for the relay.
+fn listening_at(text: &str) -> Option<SocketAddr> {
+    text.lines().find_map(|line| {
+        line.split_once("listen=")
+            .or_else(|| line.split_once("listening on "))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+    })
+}
+
+/// The shared engines of a cluster, the run's own.
+#[derive(Debug)]
+pub(crate) struct Engines {
+    /// The store (one empty database, [`CLUSTER_DB`]).
+    pub(crate) pg: PgCluster,
+    /// The bus between nodes.
+    pub(crate) nats: NatsServer,
+    /// Media ([`CLUSTER_BUCKET`]).
+    s3: S3Server,
+}
+
+impl Engines {
+    async fn start() -> BenchResult<Self> {
+        let engine = |what: &str| {
+            let what = what.to_owned();
+            move |e: natter_testkit::engines::EngineError| {
+                BenchError::Other(format!("the cluster's {what}: {e}"))
+            }
+        };
+        let pg = PgCluster::start()?;
+        pg.connect("postgres")
+            .await?
+            .batch_execute(&format!("CREATE DATABASE {CLUSTER_DB}"))
+            .await
+            .map_err(|e| BenchError::Other(format!("creating the cluster's database: {e}")))?;
+        let nats = NatsServer::start().await.map_err(engine("NATS"))?;
+        let s3 = S3Server::start().await.map_err(engine("S3 server"))?;
+        s3.create_bucket(CLUSTER_BUCKET)
+            .await
+            .map_err(engine("S3 server"))?;
+        Ok(Self { pg, nats, s3 })
+    }
+
+    /// The nodes' configuration for these engines.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("NATTER_STORE__URL", self.pg.url_of(CLUSTER_DB)),
+            ("NATTER_BUS", self.nats.url()),
+            ("NATTER_NATS__PREFIX", "bench".to_owned()),
+            ("NATTER_BLOBS", format!("s3://{CLUSTER_BUCKET}")),
+            ("NATTER_S3__ENDPOINT", self.s3.url().to_owned()),
+            ("NATTER_S3__ALLOW_HTTP", "true".to_owned()),
+            ("NATTER_S3__ACCESS_KEY_ID", "bench".to_owned()),
+            ("NATTER_S3__SECRET_ACCESS_KEY", "bench".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+/// A server to load: one node, a cluster behind a balancer, or `--url`.
+#[derive(Debug)]
+pub(crate) struct Target {
+    /// `http://127.0.0.1:port` (the balancer's on a cluster).
+    pub(crate) http: String,
+    /// Where clients connect, for WebSockets.
+    pub(crate) addr: SocketAddr,
+    /// The children, stopped first; empty with `--url`.
+    pub(crate) nodes: Vec<Node>,
+    /// In front of a cluster's nodes.
+    balancer: Option<Balancer>,
+    /// A cluster's engines, stopped after the nodes.
+    pub(crate) engines: Option<Engines>,
+    /// What a node joining later is given (kind, configuration).
+    template: Option<Node>,
+    /// The temporary directory holding data and logs; removed on drop.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    /// Starts `kind` (or uses `--url` for Natter) and waits until it listens:
+    /// one node, or for Natter with `--nodes N > 1` or `--cluster` a cluster.
+    ///
+    /// # Errors
+    /// An engine or child cannot start, or does not listen within
+    /// [`START_TIMEOUT`].
     pub(crate) async fn start(common: &Common, kind: Kind, sms_url: &str) -> BenchResult<Self> {
         if kind == Kind::Natter
             && let Some(url) = &common.url
         {
+            if common.is_cluster() {
+                return Err(BenchError::Other(
+                    "--url targets a running server: --nodes and --cluster start one".to_owned(),
+                ));
+            }
             let http = url.trim_end_matches('/').to_owned();
             let hostport = http
                 .strip_prefix("http://")
@@ -106,8 +331,10 @@ impl Target {
             return Ok(Self {
                 http,
                 addr,
-                child: None,
-                log: None,
+                nodes: Vec::new(),
+                balancer: None,
+                engines: None,
+                template: None,
                 _dir: None,
             });
         }
@@ -115,112 +342,136 @@ impl Target {
             .prefix("natter-bench-")
             .tempdir()
             .map_err(BenchError::io("creating a temporary directory"))?;
-        let exe = std::env::current_exe().map_err(BenchError::io("finding this executable"))?;
-        let log = dir.path().join(format!("{}.log", kind.name()));
-        let log_file = std::fs::File::create(&log).map_err(BenchError::io("creating the log"))?;
-        let mut cmd = match &common.server_cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpus).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
+        let cluster = kind == Kind::Natter && common.is_cluster();
+        let (engines, mut env) = if cluster {
+            let engines = Engines::start().await?;
+            let env = engines.env();
+            (Some(engines), env)
+        } else {
+            (None, Vec::new())
         };
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("NATTER_")) {
-            cmd.env_remove(k);
+        if kind == Kind::Natter {
+            env.extend(
+                bench_env(sms_url)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v)),
+            );
+            env.extend(server_env(common)?);
         }
-        match kind {
-            Kind::Natter => {
-                cmd.arg("serve")
-                    .env("NATTER_DATA_DIR", dir.path().join("data"))
-                    .envs(bench_env(sms_url));
-                for pair in &common.server_env {
-                    match pair.split_once('=') {
-                        Some((k, v)) if k.starts_with("NATTER_") => {
-                            cmd.env(k, v);
-                        }
-                        _ => {
-                            return Err(BenchError::Other(format!(
-                                "--server-env takes NATTER_KEY=VALUE, not {pair}"
-                            )));
-                        }
-                    }
-                }
-            }
-            Kind::Baseline => {
-                cmd.arg("baseline-relay").arg("--listen").arg("127.0.0.1:0");
-            }
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .map_err(BenchError::io(format!("starting {}", exe.display())))?;
+        let template = Node {
+            kind,
+            exe: std::env::current_exe().map_err(BenchError::io("finding this executable"))?,
+            dir: dir.path().to_path_buf(),
+            env,
+            cpus: common.server_cpus.clone(),
+            child: None,
+            addr: None,
+            starts: 0,
+        };
         let mut target = Self {
             http: String::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            child: Some(child),
-            log: Some(log),
+            nodes: Vec::new(),
+            balancer: None,
+            engines,
+            template: Some(template),
             _dir: Some(dir),
         };
-        let addr = target.wait_listening().await?;
-        target.addr = addr;
-        target.http = format!("http://{addr}");
+        let count = if cluster {
+            usize::from(common.nodes)
+        } else {
+            1
+        };
+        for _ in 0..count {
+            target.start_node().await?;
+        }
+        let first = target.nodes[0].addr.unwrap_or(target.addr);
+        target.addr = if cluster {
+            let balancer = Balancer::start(target.node_addrs())
+                .await
+                .map_err(BenchError::io("starting the balancer"))?;
+            let addr = balancer.addr();
+            target.balancer = Some(balancer);
+            addr
+        } else {
+            first
+        };
+        target.http = format!("http://{}", target.addr);
         Ok(target)
     }
 
-    /// Reads the child's log until it names its address (`listen=` for
-    /// Natter, `listening on` for the relay).
-    async fn wait_listening(&mut self) -> BenchResult<SocketAddr> {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        let log = self.log.clone().unwrap_or_default();
-        loop {
-            let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
-            for line in text.lines() {
-                let found = line
-                    .split_once("listen=")
-                    .or_else(|| line.split_once("listening on "))
-                    .map(|(_, rest)| rest.split_whitespace().next().unwrap_or(""));
-                if let Some(Ok(addr)) = found.map(str::parse::<SocketAddr>) {
-                    return Ok(addr);
-                }
-            }
-            let exited = match self.child.as_mut() {
-                Some(child) => child.try_wait().ok().flatten(),
-                None => None,
-            };
-            if exited.is_some() || tokio::time::Instant::now() > deadline {
-                return Err(BenchError::Other(format!(
-                    "the target did not start; its log:\n{}",
-                    tail(&text)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    /// Starts one more node (its own data directory and port) and waits
+    /// until it listens; on a running cluster, the balancer sends it
+    /// connections from then on. Returns its index in [`Target::nodes`].
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub(crate) async fn start_node(&mut self) -> BenchResult<usize> {
+        let Some(template) = &self.template else {
+            return Err(BenchError::Other("--url: no node to start".to_owned()));
+        };
+        let ix = self.nodes.len();
+        let node_dir = template.dir.join(format!("node-{ix}"));
+        std::fs::create_dir_all(&node_dir).map_err(BenchError::io("creating a node directory"))?;
+        let mut env = template.env.clone();
+        if template.kind == Kind::Natter {
+            env.push((
+                "NATTER_DATA_DIR".to_owned(),
+                node_dir.join("data").display().to_string(),
+            ));
         }
+        let mut node = Node {
+            kind: template.kind,
+            exe: template.exe.clone(),
+            dir: node_dir,
+            env,
+            cpus: template.cpus.clone(),
+            child: None,
+            addr: None,
+            starts: 0,
+        };
+        node.start().await?;
+        self.nodes.push(node);
+        if let Some(balancer) = &self.balancer {
+            balancer.set_nodes(self.node_addrs());
+        }
+        Ok(ix)
     }
 
-    /// The child's resident memory (`VmRSS`), in bytes; `None` with `--url`.
+    fn node_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().filter_map(Node::addr).collect()
+    }
+
+    /// The nodes' resident memory (`VmRSS`) together, in bytes; `None`
+    /// with `--url`.
     pub(crate) fn rss_bytes(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id()?;
-        rss_of(&format!("/proc/{pid}/status"))
+        self.nodes.iter().map(Node::rss_bytes).sum()
     }
 
-    /// The end of the child's log, for error messages.
+    /// The end of each node's log, for error messages.
     pub(crate) fn log_tail(&self) -> String {
-        self.log
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|t| tail(&t))
-            .unwrap_or_default()
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if self.nodes.len() == 1 {
+                    n.log_tail()
+                } else {
+                    format!("node {i}:\n{}", n.log_tail())
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
-    /// Stops the child (SIGKILL: its data is thrown away anyway) and waits for it.
+    /// Stops everything: the nodes (SIGKILL: their data is thrown away
+    /// anyway), the balancer, then the engines.
     pub(crate) async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
+        for node in &mut self.nodes {
+            node.kill9().await;
         }
+        self.balancer = None;
+        self.engines = None;
     }
 }
 

@@ -253,6 +253,9 @@ pub mod close {
     pub const TIMEOUT: u16 = 4009;
     /// The server is shutting down; reconnect.
     pub const GOING_AWAY: u16 = 1001;
+    /// The store could not be reached to check the token (a PostgreSQL
+    /// restart): the token may be fine, reconnect after a backoff.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The connection kept sending over its frame budgets after being
     /// answered `rate_limited` (see docs/websocket.md).
     pub const POLICY_VIOLATION: u16 = 1008;

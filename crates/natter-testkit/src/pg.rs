@@ -102,6 +102,42 @@ impl PgCluster {
         })
     }
 
+    /// Stops this value's own cluster cleanly (`pg_ctl stop -m fast`:
+    /// every commit is written out first, so its durability settings lose
+    /// nothing), keeping its directory for [`PgCluster::resume`]. A
+    /// `kill -9` would not do: the cluster runs with `fsync=off`.
+    ///
+    /// # Errors
+    /// The cluster is the run's (not this value's), or the script fails.
+    pub fn pause(&self) -> Result<(), TestkitError> {
+        self.own_script("pause")
+    }
+
+    /// Starts a paused cluster again on the same directory and socket.
+    ///
+    /// # Errors
+    /// As [`PgCluster::pause`].
+    pub fn resume(&self) -> Result<(), TestkitError> {
+        self.own_script("resume")
+    }
+
+    fn own_script(&self, command: &str) -> Result<(), TestkitError> {
+        let dir = self
+            .own
+            .as_ref()
+            .ok_or_else(|| err("only a cluster started by this value can be paused"))?;
+        let out = Command::new(script())
+            .arg(command)
+            .arg(dir)
+            .output()
+            .map_err(|e| err(format!("cannot run scripts/pg-cluster: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(err(String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
     /// The URL of database `name` in this cluster.
     #[must_use]
     pub fn url_of(&self, name: &str) -> String {

@@ -27,7 +27,7 @@ use super::ws_budget::{ConnectionBudget, FrameKind};
 use crate::bus::{ConnId, Kick, LiveEvent, Outbound};
 use crate::listener::ConnectionSlot;
 use crate::ratelimit::{Denied, Limit};
-use crate::service::{DeliveryCursor, Live, LiveConnection, Principal, render};
+use crate::service::{DeliveryCursor, Live, LiveConnection, Principal, ServiceError, render};
 
 /// The connection is over (closed by either side or failed).
 struct Closed;
@@ -150,7 +150,15 @@ async fn authenticate(app: &AppState, socket: &mut WebSocket) -> Option<Principa
         Ok(Some(Ok(WsMessage::Text(text)))) => match serde_json::from_str::<ClientFrame>(&text) {
             Ok(ClientFrame::Auth { token }) => match app.services.authenticate(&token).await {
                 Ok(p) => return Some(p),
-                Err(_) => "invalid token",
+                Err(ServiceError::Unauthorized) => "invalid token",
+                // Not the token's fault: a client that took this for a
+                // refusal would log the device out over a store restart.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check a WebSocket token");
+                    let reason = "the server cannot check tokens now; reconnect later";
+                    let _ = close_with(socket, close::TRY_AGAIN_LATER, reason).await;
+                    return None;
+                }
             },
             _ => "the first frame must be auth",
         },
