@@ -797,36 +797,9 @@ async fn unfinished_tus_uploads_expire_and_are_collected() {
     assert_eq!(segment_blobs(&app).await, 0, "its bytes are gone");
 }
 
-/// How many segments of resumable uploads the blob store holds: files under
-/// the data directory's blobs, or objects in the S3 bucket.
+/// How many segments of resumable uploads the blob store holds.
 async fn segment_blobs(app: &TestApp) -> usize {
-    fn files(dir: &std::path::Path) -> usize {
-        std::fs::read_dir(dir).map_or(0, |d| {
-            d.flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        files(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-    }
-    let config = app.config();
-    let (Some(bucket), Some(endpoint)) = (config.s3_bucket(), &config.s3.endpoint) else {
-        return files(&app.data_dir().join("blobs").join("uploads"));
-    };
-    let listing = app
-        .http
-        .get(format!("{endpoint}/{bucket}?list-type=2&prefix=uploads/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    listing.matches("<Key>").count()
+    app.blobs_under("uploads").await
 }
 
 // ---- tus across nodes ----------------------------------------------------

@@ -310,15 +310,34 @@ impl TestApp {
     /// How many media blobs (originals) the blob store holds: files in the
     /// data directory, or objects in the S3 bucket.
     pub async fn media_blobs(&self) -> usize {
+        self.blobs_under("media").await
+    }
+
+    /// How many blobs the blob store holds under `prefix` (`media`,
+    /// `uploads`): files under the data directory's `blobs/<prefix>`,
+    /// subdirectories included, or objects in the S3 bucket.
+    pub async fn blobs_under(&self, prefix: &str) -> usize {
+        fn files(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |d| {
+                d.flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            files(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+        }
         let (Some(bucket), Some(endpoint)) = (self.config.s3_bucket(), &self.config.s3.endpoint)
         else {
-            let dir = self.data_dir().join("blobs").join("media");
-            return std::fs::read_dir(dir).map_or(0, |d| d.count());
+            return files(&self.data_dir().join("blobs").join(prefix));
         };
         // The test server takes unsigned listings (ListObjectsV2).
         let listing = self
             .http
-            .get(format!("{endpoint}/{bucket}?list-type=2&prefix=media/"))
+            .get(format!("{endpoint}/{bucket}?list-type=2&prefix={prefix}/"))
             .send()
             .await
             .unwrap()

@@ -228,17 +228,7 @@ fn soak_loses_nothing_acknowledged_and_repeats_nothing_across_kill_9() {
         ],
         SOAK_LIMIT,
     );
-    let violations = r["violations"].as_array().unwrap();
-    assert!(
-        violations.is_empty(),
-        "SOAK_SEED={seed}: {} violations:\n{}",
-        violations.len(),
-        violations
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_violations(&r, &format!("SOAK_SEED={seed}"));
     assert!(count(&r, "/kills") >= 1, "SOAK_SEED={seed}: {r}");
     assert!(count(&r, "/acked") > 100, "SOAK_SEED={seed}: {r}");
     assert!(count(&r, "/retries") > 0, "SOAK_SEED={seed}: {r}");
@@ -249,6 +239,22 @@ fn soak_loses_nothing_acknowledged_and_repeats_nothing_across_kill_9() {
     assert!(
         count(&r, "/delivered") >= count(&r, "/acked"),
         "SOAK_SEED={seed}: {r}"
+    );
+}
+
+/// Asserts a soak report found no violation, listing them if it did.
+#[track_caller]
+fn assert_no_violations(r: &Value, run: &str) {
+    let violations = r["violations"].as_array().unwrap();
+    assert!(
+        violations.is_empty(),
+        "{run}: {} violations:\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -282,17 +288,7 @@ fn fault_run(fault: &str) -> Value {
         ],
         FAULT_LIMIT,
     );
-    let violations = r["violations"].as_array().unwrap();
-    assert!(
-        violations.is_empty(),
-        "--fault {fault} SOAK_SEED={seed}: {} violations:\n{}",
-        violations.len(),
-        violations
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_violations(&r, &format!("--fault {fault} SOAK_SEED={seed}"));
     assert!(count(&r, "/acked") > 100, "--fault {fault}: {r}");
     assert!(count(&r, "/fault/faults") >= 1, "--fault {fault}: {r}");
     r
