@@ -124,6 +124,9 @@ fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>, data_dir: Option<Pat
         }
     };
     runtime.block_on(async move {
+        // Before the server says it is serving: a SIGHUP sent as soon as it
+        // does must find the handler, not the default action (exit).
+        let mut signals = Signals::install();
         let server = match RunningServer::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -131,7 +134,6 @@ fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>, data_dir: Option<Pat
                 return ExitCode::FAILURE;
             }
         };
-        let mut signals = Signals::install();
         while signals.next().await == Signal::Reload {
             match server.reload_tls() {
                 Ok(true) => tracing::info!("TLS certificate and key reloaded"),
