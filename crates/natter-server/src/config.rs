@@ -318,8 +318,9 @@ pub struct NatsConfig {
     /// Prefix of every subject and of the presence bucket, so several
     /// deployments can share one NATS.
     pub prefix: String,
-    /// How long a node's part of a user's presence lives without a refresh:
-    /// the users of a node that died go offline after at most this long.
+    /// How long a node's part of a user's presence stays valid after the
+    /// node's last heartbeat (sent every third of it): the users of a node
+    /// that died go offline within this long and a third.
     pub presence_ttl_secs: u64,
     /// Replicas of the presence bucket: 1 on one NATS server, 3 on a cluster.
     pub presence_replicas: u64,

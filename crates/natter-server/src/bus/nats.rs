@@ -9,11 +9,18 @@
 //!   `no_echo`, so a node never receives its own publications twice.
 //! - Presence lives in a JetStream KV bucket, one key per user, holding each
 //!   node's part (its devices of the user, whether all are away, when it was
-//!   last refreshed). Every node refreshes its users' parts every third of
-//!   the TTL; a part not refreshed within the TTL is ignored, and the bucket's
-//!   `max_age` removes a key nobody refreshes, so the users of a dead node go
-//!   offline after at most the TTL. The parts of one key are updated with
-//!   compare-and-set on the key's revision.
+//!   written). A node writes a user's key when that user's sockets on it
+//!   change (first socket, last socket, away), not periodically: what keeps
+//!   a part alive is its node's heartbeat, one core NATS message per node
+//!   every third of the TTL (`<prefix>.node.<id>`), which every node hears.
+//!   A part counts while its node was heard within the TTL (or, for a node
+//!   not heard yet, while the part itself is younger than the TTL), so the
+//!   users of a dead node go offline within the TTL and a third, and the
+//!   background cost is one message per node, not one write per user. Each
+//!   node rewrites its users' parts every [`PART_REWRITE`], so the bucket's
+//!   `max_age` ([`PART_MAX_AGE`]) only removes the keys of nodes that died.
+//!   The parts of one key are updated with compare-and-set on the key's
+//!   revision.
 //! - Nothing here is durable: a chat-log event lost on the way (NATS down,
 //!   a node reconnecting) is still in the store. A connection delivers in seq
 //!   order and fills gaps from the store, and when the node's NATS connection
@@ -54,6 +61,14 @@ const PRESENCE_CAS_ATTEMPTS: usize = 8;
 /// wait for each other's subscription round trips.
 const SUBSCRIPTION_SHARDS: usize = 64;
 
+/// How often a node rewrites every part it holds, so a live user's key
+/// never reaches the bucket's `max_age`.
+const PART_REWRITE: Duration = Duration::from_secs(8 * 3600);
+
+/// The presence bucket's `max_age`: a key no node rewrote for this long
+/// belonged to nodes that died, and goes.
+const PART_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// Messages the NATS client queues for sending before a publisher waits
 /// (async-nats's default); publishers never wait longer than `NATS_OP_TIMEOUT`.
 const CLIENT_CAPACITY: usize = 2048;
@@ -67,7 +82,8 @@ pub struct NatsOptions {
     /// Prefix of every subject and of the presence bucket's name, so several
     /// deployments can share one NATS.
     pub prefix: String,
-    /// How long a node's presence part lives without a refresh.
+    /// How long a node's presence parts stay valid after its last
+    /// heartbeat.
     pub presence_ttl: Duration,
     /// Replicas of the presence bucket (1 on a single NATS server, 3 on a
     /// cluster).
@@ -94,7 +110,7 @@ struct NodePart {
     devices: Vec<DeviceId>,
     /// Whether every such socket is away.
     away: bool,
-    /// When the node last wrote this part (ms since the epoch, node clock).
+    /// When the node wrote this part (ms since the epoch, node clock).
     at: i64,
 }
 
@@ -158,6 +174,8 @@ struct Shared {
     ttl: Duration,
     /// This node's id in presence keys.
     node_key: String,
+    /// When each other node's heartbeat was last heard, by node id.
+    heard: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// Per-user subscription tasks, sharded by user.
     subscriptions: Vec<tokio::sync::Mutex<HashMap<UserId, JoinHandle<()>>>>,
 }
@@ -166,8 +184,9 @@ struct Shared {
 pub struct NatsBus {
     /// Shared with the subscription and refresh tasks.
     shared: Arc<Shared>,
-    /// Refreshes this node's presence parts; stopped on drop.
-    refresher: JoinHandle<()>,
+    /// Sends this node's heartbeat, listens to the others' and rewrites
+    /// its parts now and then; stopped on drop.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl fmt::Debug for NatsBus {
@@ -182,7 +201,9 @@ impl fmt::Debug for NatsBus {
 
 impl Drop for NatsBus {
     fn drop(&mut self) {
-        self.refresher.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         for shard in &self.shared.subscriptions {
             if let Ok(mut subs) = shard.try_lock() {
                 for (_, task) in subs.drain() {
@@ -237,11 +258,14 @@ impl NatsBus {
             .await?;
         let presence = presence_bucket(
             &client,
-            &format!("{}_presence", options.prefix),
-            options.presence_ttl,
+            &format!("{}_online", options.prefix),
             options.presence_replicas,
         )
         .await?;
+        let heartbeats = client
+            .subscribe(format!("{}.node.*", options.prefix))
+            .await
+            .map_err(|e| NatsBusError::Presence(e.to_string()))?;
         let node_key = format!("{:016x}", local.node());
         let shared = Arc::new(Shared {
             local,
@@ -250,12 +274,17 @@ impl NatsBus {
             prefix: options.prefix,
             ttl: options.presence_ttl,
             node_key,
+            heard: std::sync::Mutex::default(),
             subscriptions: (0..SUBSCRIPTION_SHARDS)
                 .map(|_| tokio::sync::Mutex::default())
                 .collect(),
         });
-        let refresher = tokio::spawn(refresh(Arc::downgrade(&shared)));
-        Ok(Self { shared, refresher })
+        let tasks = vec![
+            tokio::spawn(heartbeat(Arc::downgrade(&shared))),
+            tokio::spawn(listen_to_heartbeats(Arc::downgrade(&shared), heartbeats)),
+            tokio::spawn(rewrite_parts(Arc::downgrade(&shared))),
+        ];
+        Ok(Self { shared, tasks })
     }
 }
 
@@ -266,7 +295,6 @@ impl NatsBus {
 async fn presence_bucket(
     client: &async_nats::Client,
     bucket: &str,
-    ttl: Duration,
     replicas: usize,
 ) -> Result<kv::Store, NatsBusError> {
     use async_nats::jetstream::stream;
@@ -277,7 +305,7 @@ async fn presence_bucket(
             description: Some("natter: each node's part of each user's presence".to_owned()),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
-            max_age: ttl,
+            max_age: PART_MAX_AGE,
             // On disk, so a restarted NATS still has the bucket.
             storage: stream::StorageType::File,
             num_replicas: replicas.max(1),
@@ -444,9 +472,21 @@ impl Shared {
             return Ok((PresenceValue::new(), revision));
         }
         let mut value: PresenceValue = serde_json::from_slice(&entry.value).unwrap_or_default();
-        let fresh_after = Timestamp::now().0 - ttl_ms(self.ttl);
-        value.retain(|node, part| *node != self.node_key && part.at > fresh_after);
+        value.retain(|node, part| *node != self.node_key && self.alive(node, part));
         Ok((value, revision))
+    }
+
+    /// Whether another node's part counts: its node was heard within the
+    /// TTL, or (a node this one has not heard yet, just started) the part
+    /// was written within the TTL.
+    fn alive(&self, node: &str, part: &NodePart) -> bool {
+        let heard = self
+            .heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(node)
+            .is_some_and(|at| at.elapsed() < self.ttl);
+        heard || part.at > Timestamp::now().0 - ttl_ms(self.ttl)
     }
 
     /// Writes this node's part of a user's presence (from its sockets now),
@@ -538,13 +578,16 @@ fn combine(others: &PresenceValue, here: PresenceStatus) -> PresenceStatus {
     status
 }
 
-/// Rewrites this node's presence parts every third of the TTL, so they
-/// outlive it only while the node does.
-async fn refresh(shared: std::sync::Weak<Shared>) {
-    let every = shared
-        .upgrade()
-        .map_or(Duration::from_secs(1), |s| s.ttl / 3)
-        .max(Duration::from_millis(100));
+/// Publishes this node's heartbeat every third of the TTL: while it is
+/// heard, its presence parts count.
+async fn heartbeat(shared: std::sync::Weak<Shared>) {
+    let (every, subject) = match shared.upgrade() {
+        Some(s) => (
+            (s.ttl / 3).max(Duration::from_millis(100)),
+            format!("{}.node.{}", s.prefix, s.node_key),
+        ),
+        None => return,
+    };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -555,8 +598,55 @@ async fn refresh(shared: std::sync::Weak<Shared>) {
         if !shared.connected() {
             continue;
         }
-        for user in shared.local.users_here() {
-            // Best effort: a miss is retried on the next tick.
+        // Best effort: a miss is made up on the next tick, well within the TTL.
+        let _ = tokio::time::timeout(
+            NATS_OP_TIMEOUT,
+            shared.client.publish(subject.clone(), Bytes::new()),
+        )
+        .await;
+    }
+}
+
+/// Notes when each other node's heartbeat arrives.
+async fn listen_to_heartbeats(
+    shared: std::sync::Weak<Shared>,
+    mut heartbeats: async_nats::Subscriber,
+) {
+    while let Some(message) = heartbeats.next().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Some(node) = message.subject.as_str().rsplit('.').next() else {
+            continue;
+        };
+        let mut heard = shared
+            .heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        heard.insert(node.to_owned(), std::time::Instant::now());
+        // Nodes not heard for a long time are gone for good.
+        heard.retain(|_, at| at.elapsed() < PART_MAX_AGE);
+    }
+}
+
+/// Rewrites this node's parts every [`PART_REWRITE`], so the key of a user
+/// who stays connected never reaches the bucket's `max_age`.
+async fn rewrite_parts(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(PART_REWRITE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once; every part was just written at connect.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(users) = shared.upgrade().map(|s| s.local.users_here()) else {
+            return;
+        };
+        for user in users {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            // Best effort: a miss is retried on the next pass, well before
+            // the key's max_age.
             let _ = shared.write_presence(user).await;
         }
     }

@@ -147,13 +147,41 @@ async fn a_dead_nodes_users_go_offline_after_the_ttl() {
     let phone = DeviceId::new();
     let _reg = b.register(bob, phone, 4).await;
     assert_eq!(a.presence(bob).await, PresenceStatus::Online);
-    // Still online after more than one TTL: B keeps refreshing.
+    // Still online after more than one TTL: B's heartbeat is heard.
     tokio::time::sleep(ttl * 2).await;
     assert_eq!(a.presence(bob).await, PresenceStatus::Online);
     // B dies without unregistering anyone.
     drop(b);
     assert!(eventually(|| async { a.presence(bob).await == PresenceStatus::Offline }).await);
     assert!(!a.device_online(bob, phone).await);
+}
+
+#[tokio::test]
+async fn a_connected_users_presence_key_is_not_rewritten_to_stay_online() {
+    let nats = NatsServer::start().await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let a = NatsBus::connect(options(&nats, ttl)).await.unwrap();
+    let b = NatsBus::connect(options(&nats, ttl)).await.unwrap();
+    let bob = UserId::new();
+    let _reg = b.register(bob, DeviceId::new(), 4).await;
+    let bucket = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap())
+        .get_key_value("natter_online")
+        .await
+        .unwrap();
+    let revision = || async {
+        bucket
+            .entry(bob.to_string())
+            .await
+            .unwrap()
+            .expect("bob has a presence key")
+            .revision
+    };
+    let written = revision().await;
+    // Three TTLs later Bob is still online for A, kept so by B's heartbeat:
+    // his key was written once, when his socket came.
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(a.presence(bob).await, PresenceStatus::Online);
+    assert_eq!(revision().await, written, "the key was rewritten");
 }
 
 #[tokio::test]
