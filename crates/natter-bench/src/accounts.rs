@@ -82,12 +82,43 @@ pub(crate) async fn sign_up(
     count: usize,
     quiet: bool,
 ) -> BenchResult<Vec<User>> {
+    sign_up_spread(
+        std::slice::from_ref(client),
+        inbox,
+        prefix,
+        count,
+        SIGNUP_CONCURRENCY,
+        quiet,
+    )
+    .await
+}
+
+/// Signs up `count` users named `{prefix}{i}` with fresh numbers, user `i`
+/// through `clients[i % clients.len()]` (one per node of a cluster, so
+/// every node shares the work), `concurrency` at a time; in order.
+///
+/// # Errors
+/// The first failed sign-up, or no client.
+pub(crate) async fn sign_up_spread(
+    clients: &[Client],
+    inbox: &SmsInbox,
+    prefix: &str,
+    count: usize,
+    concurrency: usize,
+    quiet: bool,
+) -> BenchResult<Vec<User>> {
+    if clients.is_empty() {
+        return Err(crate::BenchError::Other(
+            "signing up needs a server to sign up on".to_owned(),
+        ));
+    }
     // A random block of numbers, so runs against one `--url` server do not collide.
     let base = (uuid::Uuid::now_v7().as_u128() & 0xffff_ffff) as u64 % 90_000_000;
     let bar = progress(count as u64, &format!("signing up {prefix} users"), quiet);
     let users: Vec<BenchResult<User>> = futures_util::stream::iter(0..count)
         .map(|i| {
             let bar = bar.clone();
+            let client = &clients[i % clients.len()];
             async move {
                 let phone = format!("+4477{:08}", base + i as u64);
                 let user = natter_testkit::TestUser::sign_up(
@@ -105,7 +136,7 @@ pub(crate) async fn sign_up(
                 })
             }
         })
-        .buffered(SIGNUP_CONCURRENCY)
+        .buffered(concurrency.max(1))
         .collect()
         .await;
     bar.finish_and_clear();

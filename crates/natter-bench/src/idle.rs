@@ -2,6 +2,11 @@
 //! connect rate (TCP connect + upgrade + `auth` + `connected`) and the
 //! server's resident memory per connection (VmRSS after minus before,
 //! divided by N; the accounts exist before the "before" reading).
+//!
+//! One node: every socket in this process, through the node's port. On a
+//! cluster (`--nodes N`, `--cluster`) `idle_cluster` runs instead: clients
+//! straight to the nodes, spread over worker processes, with a cross-node
+//! prober during the hold.
 
 use std::time::Duration;
 
@@ -30,6 +35,20 @@ pub struct IdleArgs {
     /// Against the bare relay instead of Natter (no accounts).
     #[arg(long)]
     pub baseline: bool,
+    /// On a cluster: client sockets per worker process at most (a process
+    /// holds at most its open-file limit, `ulimit -Hn`, of descriptors).
+    #[arg(long, value_name = "N", default_value_t = 19_000)]
+    pub per_worker: usize,
+    /// On a cluster: how many of the connections this process holds itself
+    /// as probe users (spread over the nodes; 0: no probes).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub probe_users: usize,
+    /// On a cluster: cross-node probe messages per second during the hold.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 20.0)]
+    pub probe_rate: f64,
+    /// Sign-ups in flight at once (on a cluster spread over every node).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub signup_concurrency: usize,
 }
 
 /// Settle time before reading memory, so allocations in flight land.
@@ -40,6 +59,9 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// # Errors
 /// Setup failures, or a connection that fails to open.
 pub(crate) async fn run(common: &Common, args: &IdleArgs) -> BenchResult<Report> {
+    if common.is_cluster() && common.url.is_none() {
+        return crate::idle_cluster::run(common, args).await;
+    }
     let quiet = common.json;
     let kind = if args.baseline {
         Kind::Baseline

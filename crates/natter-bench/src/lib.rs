@@ -10,7 +10,9 @@
 //! - [`BenchArgs`]: the command line.
 //! - `target`: starting, pinning, watching and stopping the child process.
 //! - `accounts`: the SMS webhook receiver and account sign-up.
-//! - `relay`, `group`, `catchup`, `search`, `idle`: the scenarios.
+//! - `relay`, `group`, `catchup`, `search`, `idle`: the scenarios;
+//!   `idle_cluster` is `idle` on a cluster, its client sockets held by
+//!   `idle_worker` processes (`natter bench idle-worker`, hidden).
 //! - `keys`: the KeyPackage directory (publish, claim, exhaustion).
 //! - `e2ee`: the client's MLS engine in-process (no server started).
 //! - `soak`: randomized sends, reconnects, socket drops and `kill -9`s of
@@ -26,6 +28,8 @@ pub mod checker;
 mod e2ee;
 mod group;
 mod idle;
+mod idle_cluster;
+mod idle_worker;
 mod keys;
 mod load;
 mod relay;
@@ -136,6 +140,10 @@ pub enum Scenario {
     /// The relay scenario against the bare built-in relay only (no auth, no
     /// storage): the physical limit of this machine and client.
     Baseline(relay::RelayArgs),
+    /// A share of `idle`'s client sockets in a process of its own, started
+    /// by `idle` on a cluster (sockets on stdin, reports on stdout).
+    #[command(hide = true)]
+    IdleWorker(idle_worker::WorkerArgs),
 }
 
 /// A failure that ends the run.
@@ -197,6 +205,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Scenario::IdleWorker(worker) = &args.scenario {
+        let code = runtime.block_on(idle_worker::serve(&args.common, worker));
+        drop(runtime);
+        return code;
+    }
     let json = args.common.json;
     let outcome = runtime.block_on(async move {
         tokio::select! {
@@ -235,6 +248,9 @@ async fn scenario(args: BenchArgs) -> BenchResult<Report> {
         Scenario::Keys(a) => keys::run(&common, &a).await,
         Scenario::E2ee(a) => e2ee::run(&common, &a).await,
         Scenario::Soak(a) => soak::run(&common, &a).await,
+        Scenario::IdleWorker(_) => Err(BenchError::Other(
+            "idle-worker is started by idle on a cluster".to_owned(),
+        )),
     }
 }
 

@@ -146,15 +146,48 @@ pub(crate) async fn connect_all(
     buffer: usize,
     bar: &ProgressBar,
 ) -> BenchResult<Vec<Socket>> {
-    let local = server.ip().is_loopback() && server.is_ipv4();
-    let sockets: Vec<BenchResult<Socket>> = futures_util::stream::iter(tokens.iter().enumerate())
-        .map(|(i, token)| {
+    let targets: Vec<(SocketAddr, &str)> = tokens.iter().map(|t| (server, t.as_str())).collect();
+    connect_each(
+        &targets,
+        0,
+        concurrency,
+        source_addrs,
+        buffer,
+        bar,
+        |_, s| s,
+    )
+    .await
+}
+
+/// Connects and authenticates one socket per `(server, token)`,
+/// `concurrency` at a time, in order; the `i`th from source address
+/// [`source_ip`]`(first + i)`, so processes sharing the work given
+/// consecutive `first`s spread over the addresses evenly. The servers must
+/// be loopback addresses for the source addresses to work. Each socket is
+/// handed to `keep` (with its index) as soon as it is open, so a long run
+/// of connects can start reading the first sockets at once (a socket
+/// nobody reads answers no ping, and the server closes it).
+///
+/// # Errors
+/// The first connection that fails.
+pub(crate) async fn connect_each<T>(
+    targets: &[(SocketAddr, &str)],
+    first: usize,
+    concurrency: usize,
+    source_addrs: u8,
+    buffer: usize,
+    bar: &ProgressBar,
+    keep: impl Fn(usize, Socket) -> T + Copy,
+) -> BenchResult<Vec<T>> {
+    let sockets: Vec<BenchResult<T>> = futures_util::stream::iter(targets.iter().enumerate())
+        .map(|(i, &(server, token))| {
             let bar = bar.clone();
             async move {
-                let from = local.then(|| source_ip(i, source_addrs));
+                let local = server.ip().is_loopback() && server.is_ipv4();
+                let from = local.then(|| source_ip(first + i, source_addrs));
                 let s = Socket::connect_with(server, from, token, STEP_TIMEOUT, buffer).await?;
                 bar.inc(1);
-                Ok(s)
+                Ok(keep(i, s))
             }
         })
         .buffered(concurrency.max(1))

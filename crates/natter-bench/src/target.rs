@@ -31,6 +31,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The cluster's database and bucket (the engines are the run's own).
 const CLUSTER_DB: &str = "natter_bench";
 const CLUSTER_BUCKET: &str = "natter-bench";
+/// PostgreSQL connections the cluster's nodes may hold together: the
+/// test cluster's `max_connections` (400, `scripts/pg-cluster`) less room
+/// for the bench's own and PostgreSQL's reserved ones.
+const CLUSTER_PG_CONNECTIONS: usize = 360;
+/// A node's pool (`store.pool_size`) is at most the server's default.
+const NODE_POOL_MAX: usize = 16;
 
 /// Which program to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,6 +362,15 @@ impl Target {
                     .into_iter()
                     .map(|(k, v)| (k.to_owned(), v)),
             );
+            if cluster {
+                // Every node's pool together must fit PostgreSQL's
+                // max_connections; `--server-env` (later, so it wins) may
+                // say otherwise.
+                env.push((
+                    "NATTER_STORE__POOL_SIZE".to_owned(),
+                    node_pool_size(common.nodes).to_string(),
+                ));
+            }
             env.extend(server_env(common)?);
         }
         let template = Node {
@@ -438,7 +453,8 @@ impl Target {
         Ok(ix)
     }
 
-    fn node_addrs(&self) -> Vec<SocketAddr> {
+    /// Where each node listens, in start order.
+    pub(crate) fn node_addrs(&self) -> Vec<SocketAddr> {
         self.nodes.iter().filter_map(Node::addr).collect()
     }
 
@@ -446,6 +462,73 @@ impl Target {
     /// with `--url`.
     pub(crate) fn rss_bytes(&self) -> Option<u64> {
         self.nodes.iter().map(Node::rss_bytes).sum()
+    }
+
+    /// Each node's resident memory (`VmRSS`), in bytes, in start order.
+    pub(crate) fn node_rss(&self) -> Vec<Option<u64>> {
+        self.nodes.iter().map(Node::rss_bytes).collect()
+    }
+
+    /// The cluster's NATS server's resident memory (`VmRSS`), in bytes.
+    pub(crate) fn nats_rss(&self) -> Option<u64> {
+        let pid = self.engines.as_ref()?.nats.pid()?;
+        rss_of(&format!("/proc/{pid}/status"))
+    }
+
+    /// The cluster's PostgreSQL memory, in bytes: the proportional set size
+    /// (`Pss`) of the postmaster and every backend, so the shared buffers
+    /// every backend maps count once, not once per backend.
+    pub(crate) fn pg_pss(&self) -> Option<u64> {
+        let server = self.engines.as_ref()?.pg.server_pid()?;
+        let mut total = pss_of(server)?;
+        let entries = std::fs::read_dir("/proc").ok()?;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if parent_of(pid) == Some(server) {
+                total += pss_of(pid).unwrap_or(0);
+            }
+        }
+        Some(total)
+    }
+
+    /// CPU time used so far, in seconds: the nodes together, NATS, and
+    /// PostgreSQL (the postmaster and its live backends).
+    pub(crate) fn cpu_seconds(&self) -> CpuSeconds {
+        let nodes = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref()?.id())
+            .filter_map(cpu_of)
+            .sum();
+        let nats = self
+            .engines
+            .as_ref()
+            .and_then(|e| e.nats.pid())
+            .and_then(cpu_of);
+        let pg = self
+            .engines
+            .as_ref()
+            .and_then(|e| e.pg.server_pid())
+            .map(|server| {
+                let mut total = cpu_of(server).unwrap_or(0.0);
+                if let Ok(entries) = std::fs::read_dir("/proc") {
+                    for entry in entries.flatten() {
+                        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok())
+                            && parent_of(pid) == Some(server)
+                        {
+                            total += cpu_of(pid).unwrap_or(0.0);
+                        }
+                    }
+                }
+                total
+            });
+        CpuSeconds { nodes, nats, pg }
     }
 
     /// The end of each node's log, for error messages.
@@ -481,6 +564,53 @@ pub(crate) fn rss_of(path: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// `Pss` from `/proc/<pid>/smaps_rollup`, in bytes.
+pub(crate) fn pss_of(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// CPU seconds used, as [`Target::cpu_seconds`] reads them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuSeconds {
+    /// Every node together.
+    pub(crate) nodes: f64,
+    /// The NATS server.
+    pub(crate) nats: Option<f64>,
+    /// PostgreSQL's processes.
+    pub(crate) pg: Option<f64>,
+}
+
+/// Kernel clock ticks per second of `/proc/<pid>/stat`'s times
+/// (`CLK_TCK`, 100 on Linux for every architecture the bench runs on).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// User plus system CPU seconds of a process, from `/proc/<pid>/stat`.
+pub(crate) fn cpu_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / CLOCK_TICKS)
+}
+
+/// The parent process id, from `/proc/<pid>/stat` (the field after the
+/// parenthesised name, which may itself hold spaces).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `store.pool_size` for each of `nodes` cluster nodes: their pools
+/// together stay within [`CLUSTER_PG_CONNECTIONS`], at least 2 each.
+pub(crate) fn node_pool_size(nodes: u16) -> usize {
+    (CLUSTER_PG_CONNECTIONS / usize::from(nodes.max(1))).clamp(2, NODE_POOL_MAX)
 }
 
 pub(crate) fn tail(text: &str) -> String {

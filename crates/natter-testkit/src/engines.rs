@@ -158,6 +158,12 @@ impl NatsServer {
         format!("nats://{}", self.addr)
     }
 
+    /// Its process id while it runs (the load tool reads its memory).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.0.id())
+    }
+
     /// Kills it (as a crash would); [`NatsServer::restart`] brings it back.
     pub fn kill(&mut self) {
         self.process = None;

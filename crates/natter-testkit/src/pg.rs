@@ -138,6 +138,15 @@ impl PgCluster {
         }
     }
 
+    /// The process id of the server (the postmaster, parent of every
+    /// backend) of a cluster this value started; `None` for the run's.
+    #[must_use]
+    pub fn server_pid(&self) -> Option<u32> {
+        let pid_file = self.own.as_ref()?.join("data/postmaster.pid");
+        let text = std::fs::read_to_string(pid_file).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// The URL of database `name` in this cluster.
     #[must_use]
     pub fn url_of(&self, name: &str) -> String {

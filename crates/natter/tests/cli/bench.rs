@@ -344,3 +344,86 @@ fn a_fault_of_the_cluster_engines_needs_a_cluster() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("needs a cluster"), "{stderr}");
 }
+
+/// `idle` on a 2-node cluster, its client side in worker processes of at
+/// most 20 sockets: every connection held, straight to the nodes, and
+/// probes between users of different nodes all delivered.
+#[test]
+fn idle_on_a_cluster_holds_every_connection_in_workers_and_probes_across_nodes() {
+    let r = bench_within(
+        &[
+            "idle",
+            "--nodes",
+            "2",
+            "-n",
+            "50",
+            "--per-worker",
+            "20",
+            "--probe-users",
+            "10",
+            "--probe-rate",
+            "20",
+            "--hold",
+            "2",
+        ],
+        FAULT_LIMIT,
+    );
+    assert_no_violations(&r, "idle --nodes 2");
+    assert_eq!(count(&r, "/nodes"), 2, "{r}");
+    assert_eq!(count(&r, "/open_at_end"), 50, "{r}");
+    // 40 sockets beside the 10 probe users, at most 20 per worker.
+    assert_eq!(count(&r, "/workers"), 2, "{r}");
+    let shares: Vec<u64> = r["worker_sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(shares.iter().sum::<u64>(), 40, "{r}");
+    assert!(shares.iter().all(|&s| s <= 20), "{r}");
+    assert_eq!(r["worker_open"], r["worker_sockets"], "{r}");
+    let sent = count(&r, "/probes/sent");
+    assert!(sent >= 10, "{r}");
+    assert_eq!(count(&r, "/probes/delivered"), sent, "{r}");
+    assert_eq!(count(&r, "/probes/latency/count"), sent, "{r}");
+    assert_eq!(count(&r, "/probes/lost"), 0, "{r}");
+    assert_eq!(r["probes"]["cross_node"], true, "{r}");
+    assert!(count(&r, "/probes/pairs") >= 5, "{r}");
+    let nodes = r["memory"]["node_rss_after"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{r}");
+    assert!(nodes.iter().all(Value::is_u64), "{r}");
+    assert!(r["memory"]["nats_rss_after"].is_u64(), "{r}");
+    assert!(r["memory"]["postgres_pss_after"].is_u64(), "{r}");
+    assert!(r["signups_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn idle_on_a_cluster_refuses_limits_it_cannot_fit() {
+    for (args, says) in [
+        (&["--per-worker", "0"][..], "--per-worker must be 1 to"),
+        (
+            &["--per-worker", "1000000"][..],
+            "--per-worker must be 1 to",
+        ),
+        (&["--probe-users", "1"][..], "--probe-users must be 0"),
+        (&["-n", "100000"][..], "use --nodes"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args(["bench", "--nodes", "2", "idle"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_natter"))
+        .args(["bench", "--cluster", "idle", "--probe-users", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cross-node probes need --nodes 2"),
+        "{out:?}"
+    );
+}
