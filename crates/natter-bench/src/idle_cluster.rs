@@ -30,7 +30,7 @@ use crate::accounts::{BenchCalls as _, SmsInbox, User, sign_up_spread};
 use crate::idle::IdleArgs;
 use crate::idle_worker::{SPARE_FDS, Worker, WorkerArgs};
 use crate::load::{
-    connect_each, histogram, latency_json, latency_line, now_us, parse, progress, record,
+    Rng, connect_each, histogram, latency_json, latency_line, now_us, parse, progress, record,
 };
 use crate::report::{Report, thousands};
 use crate::target::{Kind, Target, cpu_of, rss_of};
@@ -109,20 +109,6 @@ fn probe_id(text: &str) -> Option<u64> {
     text.strip_prefix("probe ")?.parse().ok()
 }
 
-/// A small generator (splitmix64): which pairs, which direction.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % (n.max(1) as u64)) as usize
-    }
-}
-
 /// The node a user connects to.
 fn node_of(user: usize, nodes: usize) -> usize {
     user % nodes.max(1)
@@ -136,7 +122,7 @@ fn probe_pairs(users: usize, nodes: usize, rng: &mut Rng) -> Vec<(usize, usize)>
     for a in 0..users {
         // Bounded: with two nodes, half the users qualify.
         for _ in 0..64 {
-            let b = rng.below(users);
+            let b = rng.below(users as u64) as usize;
             let key = (a.min(b), a.max(b));
             if node_of(a, nodes) != node_of(b, nodes) && seen.insert(key) {
                 pairs.push((a, b));
@@ -637,7 +623,7 @@ async fn probe(
         if tokio::time::Instant::now() >= end {
             break;
         }
-        let ix = rng.below(pairs.len());
+        let ix = rng.below(pairs.len() as u64) as usize;
         let (a, b) = pairs[ix];
         let (from, to) = if rng.below(2) == 0 { (a, b) } else { (b, a) };
         let frame = format!(

@@ -216,3 +216,23 @@ pub(crate) fn progress(len: u64, message: &str, quiet: bool) -> ProgressBar {
 pub(crate) fn timed_progress(secs: f64, message: &str, quiet: bool) -> ProgressBar {
     progress(secs.ceil() as u64, message, quiet)
 }
+
+/// A small deterministic generator (splitmix64): the soak's choices, the
+/// idle prober's pairs. Not for anything secret.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in `0..n` (`0` when `n` is 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}

@@ -45,6 +45,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use crate::checker::{DeviceInfo, History, LogEntry, Via, check};
+use crate::load::Rng;
 use crate::report::Report;
 use crate::target::{Kind, Target};
 use crate::{BenchError, BenchResult, Common, STEP_TIMEOUT};
@@ -112,24 +113,6 @@ impl Fault {
             Self::Postgres => "postgres",
             Self::Join => "join",
         }
-    }
-}
-
-/// A small deterministic generator (splitmix64), one per task.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
     }
 }
 

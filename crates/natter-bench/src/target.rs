@@ -480,21 +480,8 @@ impl Target {
     /// every backend maps count once, not once per backend.
     pub(crate) fn pg_pss(&self) -> Option<u64> {
         let server = self.engines.as_ref()?.pg.server_pid()?;
-        let mut total = pss_of(server)?;
-        let entries = std::fs::read_dir("/proc").ok()?;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if parent_of(pid) == Some(server) {
-                total += pss_of(pid).unwrap_or(0);
-            }
-        }
-        Some(total)
+        let backends: u64 = children_of(server).into_iter().filter_map(pss_of).sum();
+        Some(pss_of(server)? + backends)
     }
 
     /// CPU time used so far, in seconds: the nodes together, NATS, and
@@ -516,17 +503,11 @@ impl Target {
             .as_ref()
             .and_then(|e| e.pg.server_pid())
             .map(|server| {
-                let mut total = cpu_of(server).unwrap_or(0.0);
-                if let Ok(entries) = std::fs::read_dir("/proc") {
-                    for entry in entries.flatten() {
-                        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok())
-                            && parent_of(pid) == Some(server)
-                        {
-                            total += cpu_of(pid).unwrap_or(0.0);
-                        }
-                    }
-                }
-                total
+                cpu_of(server).unwrap_or(0.0)
+                    + children_of(server)
+                        .into_iter()
+                        .filter_map(cpu_of)
+                        .sum::<f64>()
             });
         CpuSeconds { nodes, nats, pg }
     }
@@ -597,6 +578,18 @@ pub(crate) fn cpu_of(pid: u32) -> Option<f64> {
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
     Some((user + system) as f64 / CLOCK_TICKS)
+}
+
+/// The processes whose parent is `parent` (PostgreSQL's backends).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(parent))
+        .collect()
 }
 
 /// The parent process id, from `/proc/<pid>/stat` (the field after the
