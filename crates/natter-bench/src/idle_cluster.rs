@@ -481,7 +481,7 @@ async fn drive(
                "probe_users": p, "probe_rate": args.probe_rate,
                "signup_concurrency": args.signup_concurrency,
                "source_addrs": common.source_addrs, "target": "natter-cluster",
-               "node_pool_size": crate::target::node_pool_size(common.nodes)}),
+               "node_pool_size": crate::target::node_pool_size(common)}),
     );
     report.set("target", json!("natter-cluster"));
     report.set("nodes", json!(k));

@@ -84,6 +84,11 @@ pub struct Common {
     /// Run the started server as a cluster even with one node.
     #[arg(long, global = true)]
     pub cluster: bool,
+    /// PostgreSQL databases a started cluster's chats are partitioned
+    /// over (`store.chat_urls`): the accounts database and N - 1 more.
+    #[arg(long, global = true, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub chat_databases: u16,
     /// Pin this load generator to these CPUs (`taskset -c` list).
     #[arg(long, global = true, value_name = "CPUS")]
     pub client_cpus: Option<String>,

@@ -242,8 +242,11 @@ fn listening_at(text: &str) -> Option<SocketAddr> {
 /// The shared engines of a cluster, the run's own.
 #[derive(Debug)]
 pub(crate) struct Engines {
-    /// The store (one empty database, [`CLUSTER_DB`]).
+    /// The store: [`CLUSTER_DB`] for the accounts and the first chats,
+    /// `CLUSTER_DB_<i>` for the other chat databases.
     pub(crate) pg: PgCluster,
+    /// How many databases the chats are partitioned over.
+    chat_databases: u16,
     /// The bus between nodes.
     pub(crate) nats: NatsServer,
     /// Media ([`CLUSTER_BUCKET`]).
@@ -251,7 +254,7 @@ pub(crate) struct Engines {
 }
 
 impl Engines {
-    async fn start() -> BenchResult<Self> {
+    async fn start(chat_databases: u16) -> BenchResult<Self> {
         let engine = |what: &str| {
             let what = what.to_owned();
             move |e: natter_testkit::engines::EngineError| {
@@ -259,23 +262,39 @@ impl Engines {
             }
         };
         let pg = PgCluster::start()?;
-        pg.connect("postgres")
-            .await?
-            .batch_execute(&format!("CREATE DATABASE {CLUSTER_DB}"))
-            .await
-            .map_err(|e| BenchError::Other(format!("creating the cluster's database: {e}")))?;
+        let admin = pg.connect("postgres").await?;
+        for name in chat_database_names(chat_databases) {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .map_err(|e| BenchError::Other(format!("creating the cluster's database: {e}")))?;
+        }
+        drop(admin);
         let nats = NatsServer::start().await.map_err(engine("NATS"))?;
         let s3 = S3Server::start().await.map_err(engine("S3 server"))?;
         s3.create_bucket(CLUSTER_BUCKET)
             .await
             .map_err(engine("S3 server"))?;
-        Ok(Self { pg, nats, s3 })
+        Ok(Self {
+            pg,
+            chat_databases,
+            nats,
+            s3,
+        })
     }
 
     /// The nodes' configuration for these engines.
     fn env(&self) -> Vec<(String, String)> {
         [
             ("NATTER_STORE__URL", self.pg.url_of(CLUSTER_DB)),
+            (
+                "NATTER_STORE__CHAT_URLS",
+                chat_database_names(self.chat_databases)
+                    .iter()
+                    .map(|name| self.pg.url_of(name))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("NATTER_BUS", self.nats.url()),
             ("NATTER_NATS__PREFIX", "bench".to_owned()),
             ("NATTER_BLOBS", format!("s3://{CLUSTER_BUCKET}")),
@@ -350,7 +369,7 @@ impl Target {
             .map_err(BenchError::io("creating a temporary directory"))?;
         let cluster = kind == Kind::Natter && common.is_cluster();
         let (engines, mut env) = if cluster {
-            let engines = Engines::start().await?;
+            let engines = Engines::start(common.chat_databases).await?;
             let env = engines.env();
             (Some(engines), env)
         } else {
@@ -368,7 +387,7 @@ impl Target {
                 // say otherwise.
                 env.push((
                     "NATTER_STORE__POOL_SIZE".to_owned(),
-                    node_pool_size(common.nodes).to_string(),
+                    node_pool_size(common).to_string(),
                 ));
             }
             env.extend(server_env(common)?);
@@ -600,10 +619,19 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// `store.pool_size` for each of `nodes` cluster nodes: their pools
-/// together stay within [`CLUSTER_PG_CONNECTIONS`], at least 2 each.
-pub(crate) fn node_pool_size(nodes: u16) -> usize {
-    (CLUSTER_PG_CONNECTIONS / usize::from(nodes.max(1))).clamp(2, NODE_POOL_MAX)
+/// `store.pool_size` for each cluster node: a pool per database per node,
+/// together within [`CLUSTER_PG_CONNECTIONS`], at least 2 each.
+pub(crate) fn node_pool_size(common: &crate::Common) -> usize {
+    let pools = usize::from(common.nodes.max(1)) * usize::from(common.chat_databases.max(1));
+    (CLUSTER_PG_CONNECTIONS / pools).clamp(2, NODE_POOL_MAX)
+}
+
+/// The cluster's databases: the accounts one (also the first chat
+/// database), then the other chat databases.
+fn chat_database_names(count: u16) -> Vec<String> {
+    std::iter::once(CLUSTER_DB.to_owned())
+        .chain((1..count).map(|i| format!("{CLUSTER_DB}_{i}")))
+        .collect()
 }
 
 pub(crate) fn tail(text: &str) -> String {

@@ -272,11 +272,18 @@ pub struct StoreConfig {
     /// (it is woken after every append; this is the safety net).
     pub search_index_poll_ms: u64,
     /// A PostgreSQL database instead of the embedded store
-    /// (`postgres://user:password@host:port/dbname`, docs/scale.md); every
-    /// node of a cluster names the same one. Unset: the embedded store in
-    /// the data directory. It may hold a password, so it never shows in a
-    /// debug dump of the configuration.
+    /// (`postgres://user:password@host:port/dbname`, docs/scale.md): the
+    /// accounts database, and the chats' too unless `chat_urls` is set;
+    /// every node of a cluster names the same one. Unset: the embedded
+    /// store in the data directory. It may hold a password, so it never
+    /// shows in a debug dump of the configuration.
     pub url: Option<SecretString>,
+    /// The PostgreSQL databases the chats (logs, membership, receipts,
+    /// invitations) are partitioned over by chat id, separated by commas;
+    /// `url` may be one of them. Fixed at the store's first start: a node
+    /// started with another list refuses to (docs/scale.md). Unset: the
+    /// chats live in `url`.
+    pub chat_urls: Option<SecretString>,
     /// Connections each node keeps to PostgreSQL.
     pub pool_size: usize,
     /// How long connecting to PostgreSQL (or waiting for a free connection)
@@ -295,6 +302,7 @@ impl Default for StoreConfig {
             search_index_batch: 500,
             search_index_poll_ms: 1000,
             url: None,
+            chat_urls: None,
             pool_size: 16,
             connect_timeout_secs: 10,
         }
@@ -308,6 +316,23 @@ impl StoreConfig {
     #[must_use]
     pub fn is_shared(&self) -> bool {
         self.url.is_some()
+    }
+
+    /// The chat databases of `chat_urls`, in order (empty: the accounts
+    /// database holds the chats).
+    #[must_use]
+    pub fn chat_urls(&self) -> Vec<String> {
+        self.chat_urls
+            .as_ref()
+            .map(|list| {
+                list.expose()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -1119,16 +1144,41 @@ impl Config {
                 problem: problem.into(),
             }
         }
-        if let Some(url) = &self.store.url {
-            match reqwest::Url::parse(url.expose()) {
-                Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
-                // The URL may hold a password: never repeated.
-                _ => {
-                    return Err(invalid(
-                        "store.url",
-                        "must be postgres://user:password@host:port/dbname",
-                    ));
-                }
+        let is_postgres = |url: &str| {
+            reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "postgres" | "postgresql"))
+        };
+        // The URLs may hold a password: never repeated.
+        if let Some(url) = &self.store.url
+            && !is_postgres(url.expose())
+        {
+            return Err(invalid(
+                "store.url",
+                "must be postgres://user:password@host:port/dbname",
+            ));
+        }
+        if self.store.chat_urls.is_some() {
+            let chats = self.store.chat_urls();
+            if self.store.url.is_none() {
+                return Err(invalid(
+                    "store.chat_urls",
+                    "needs store.url, the accounts database",
+                ));
+            }
+            if chats.is_empty() || !chats.iter().all(|u| is_postgres(u)) {
+                return Err(invalid(
+                    "store.chat_urls",
+                    "must be postgres://user:password@host:port/dbname URLs separated by commas",
+                ));
+            }
+            if chats
+                .iter()
+                .enumerate()
+                .any(|(i, u)| chats[..i].contains(u))
+            {
+                return Err(invalid(
+                    "store.chat_urls",
+                    "names one database twice: each chat database is listed once",
+                ));
             }
         }
         if let Some(bus) = &self.bus {
@@ -1883,6 +1933,54 @@ mod tests {
         .unwrap();
         assert!(c.store.is_shared());
         assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+        assert!(
+            c.store.chat_urls().is_empty(),
+            "the chats live in store.url"
+        );
+        // Chat databases: PostgreSQL URLs, each once, beside store.url.
+        let accounts = ("NATTER_STORE__URL", "postgres://natter@db/accounts");
+        let e = error_of(&[("NATTER_STORE__CHAT_URLS", "postgres://natter@db/chats")]);
+        assert!(
+            e.contains("`store.chat_urls`") && e.contains("store.url"),
+            "{e}"
+        );
+        let e = error_of(&[
+            accounts,
+            ("NATTER_STORE__CHAT_URLS", "postgres://a:pw@db/c, mysql://b"),
+        ]);
+        assert!(e.contains("`store.chat_urls`") && !e.contains("pw"), "{e}");
+        let e = error_of(&[accounts, ("NATTER_STORE__CHAT_URLS", " , ")]);
+        assert!(e.contains("`store.chat_urls`"), "{e}");
+        let e = error_of(&[
+            accounts,
+            (
+                "NATTER_STORE__CHAT_URLS",
+                "postgres://db/c1, postgres://db/c1",
+            ),
+        ]);
+        assert!(
+            e.contains("`store.chat_urls`") && e.contains("twice"),
+            "{e}"
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                accounts,
+                (
+                    "NATTER_STORE__CHAT_URLS",
+                    "postgres://natter@db/accounts, postgres://natter:hunter3@db2/chats",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.chat_urls(),
+            [
+                "postgres://natter@db/accounts",
+                "postgres://natter:hunter3@db2/chats"
+            ]
+        );
+        assert!(!format!("{c:?}").contains("hunter3"), "{c:?}");
         let e = error_of(&[("NATTER_NATS__PREFIX", "a.b")]);
         assert!(e.contains("`nats.prefix`"), "{e}");
         let e = error_of(&[("NATTER_NATS__PRESENCE_TTL_SECS", "0")]);

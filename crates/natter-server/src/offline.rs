@@ -124,19 +124,13 @@ impl Offline {
     /// A server runs on it, it does not exist, or it cannot be opened.
     pub async fn open(config: Config, create: bool) -> Result<Self, OfflineError> {
         let dir = config.data_dir.clone();
-        let store: Arc<dyn Store> = match &config.store.url {
+        let store: Arc<dyn Store> = match PgOptions::for_config(&config.store, 2) {
             // A shared store: nodes may be serving while the operator works
             // (PostgreSQL serializes both); connecting migrates it.
-            Some(url) => Arc::new(
-                Postgres::connect(&PgOptions {
-                    url: url.expose().to_owned(),
-                    pool_size: 2,
-                    connect_timeout: std::time::Duration::from_secs(
-                        config.store.connect_timeout_secs,
-                    ),
-                })
-                .await
-                .map_err(|e| OfflineError::Read(e.to_string()))?,
+            Some(options) => Arc::new(
+                Postgres::connect(&options)
+                    .await
+                    .map_err(|e| OfflineError::Read(e.to_string()))?,
             ),
             None => {
                 let shown = dir.display().to_string();

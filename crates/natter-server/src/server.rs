@@ -182,16 +182,16 @@ impl RunningServer {
         let store_config = config.store.clone();
         let data_dir = config.data_dir.clone();
         // PostgreSQL (shared by the nodes of a cluster) or the embedded store.
-        let (store, shared_limits): (Arc<dyn Store>, Option<Postgres>) = match &config.store.url {
-            Some(url) => {
-                let pg = Postgres::connect(&PgOptions {
-                    url: url.expose().to_owned(),
-                    pool_size: config.store.pool_size,
-                    connect_timeout: Duration::from_secs(config.store.connect_timeout_secs),
-                })
-                .await
-                .map_err(|e| crate::store::StoreError::unavailable(e.to_string()))?;
-                tracing::info!("store: PostgreSQL (migrated)");
+        let postgres = PgOptions::for_config(&config.store, config.store.pool_size);
+        let (store, shared_limits): (Arc<dyn Store>, Option<Postgres>) = match &postgres {
+            Some(options) => {
+                let pg = Postgres::connect(options)
+                    .await
+                    .map_err(|e| crate::store::StoreError::unavailable(e.to_string()))?;
+                tracing::info!(
+                    chat_databases = options.chat_urls.len().max(1),
+                    "store: PostgreSQL (migrated)"
+                );
                 (Arc::new(pg.clone()), Some(pg))
             }
             None => (
@@ -231,7 +231,7 @@ impl RunningServer {
         // Shared by every node on PostgreSQL (failing closed); in-process
         // on the embedded store.
         let limiter: Arc<dyn crate::ratelimit::RateLimiter> = match shared_limits {
-            Some(pg) => Arc::new(PgRateLimiter::for_config(pg, &config)),
+            Some(pg) => Arc::new(PgRateLimiter::for_config(&pg, &config)),
             None => Arc::new(LocalRateLimiter::for_config(&config)),
         };
         let bus: Arc<dyn crate::bus::Bus> = match &config.bus {

@@ -2425,6 +2425,7 @@ fn sqlite() -> (tempfile::TempDir, SqliteStore) {
 fn pg_options(url: String) -> PgOptions {
     PgOptions {
         url,
+        chat_urls: Vec::new(),
         pool_size: 4,
         connect_timeout: Duration::from_secs(10),
     }
@@ -2435,9 +2436,8 @@ fn pg_options(url: String) -> PgOptions {
 async fn migrated(cluster: &PgCluster) -> TestDatabase<'_> {
     cluster
         .database(&migrations_fingerprint(), |url| async move {
-            Postgres::connect(&pg_options(url))
+            Postgres::migrate_only(&url, Duration::from_secs(10))
                 .await
-                .map(|pg| pg.close())
                 .map_err(|e| e.to_string())
         })
         .await
@@ -2449,8 +2449,17 @@ async fn node(db: &TestDatabase<'_>) -> Postgres {
     Postgres::connect(&pg_options(db.url())).await.unwrap()
 }
 
-/// Runs `scenario` on a fresh SQLite store and a fresh PostgreSQL database
-/// and requires the same transcript from both.
+/// A node's connection pools to a store of two databases: the accounts
+/// database `a`, and the chats partitioned over `a` and `b`.
+async fn node_on_two(a: &TestDatabase<'_>, b: &TestDatabase<'_>) -> Postgres {
+    let mut options = pg_options(a.url());
+    options.chat_urls = vec![a.url(), b.url()];
+    Postgres::connect(&options).await.unwrap()
+}
+
+/// Runs `scenario` on a fresh SQLite store, on a fresh PostgreSQL database
+/// and on a fresh PostgreSQL store of two databases (chats partitioned over
+/// both), and requires the same transcript from all three.
 macro_rules! on_both_engines {
     ($($name:ident => $scenario:ident;)*) => {$(
         #[tokio::test]
@@ -2466,6 +2475,16 @@ macro_rules! on_both_engines {
                 .expect("the PostgreSQL engine answered within a minute");
             pg.close();
             assert_eq!(answered, expected, "PostgreSQL and SQLite answered differently");
+            let (a, b) = (migrated(&cluster).await, migrated(&cluster).await);
+            let pg = node_on_two(&a, &b).await;
+            let answered = tokio::time::timeout(Duration::from_secs(60), $scenario(&pg))
+                .await
+                .expect("the PostgreSQL engine on two databases answered within a minute");
+            pg.close();
+            assert_eq!(
+                answered, expected,
+                "PostgreSQL on two databases and SQLite answered differently"
+            );
         }
     )*};
 }
@@ -2745,4 +2764,151 @@ async fn concurrent_claims_and_commits_on_postgres_are_decided_once() {
     );
     pg.close();
     node_b.close();
+}
+
+/// How many rows of `table` a database holds.
+async fn rows_in(db: &TestDatabase<'_>, table: &str) -> i64 {
+    let client = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .map(|(client, connection)| {
+            tokio::spawn(connection);
+            client
+        })
+        .unwrap();
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// With two chat databases, chats land in both, each whole in one (its
+/// members, log and receipts beside it); every user's chat list, heads and
+/// search see all of them, from any node.
+#[tokio::test]
+async fn chats_are_partitioned_over_two_databases_and_found_from_any_node() {
+    let cluster = PgCluster::from_env_or_start().unwrap();
+    let (a, b) = (migrated(&cluster).await, migrated(&cluster).await);
+    let (pg, node_b) = (node_on_two(&a, &b).await, node_on_two(&a, &b).await);
+    let ann = register(&pg, 1, "Ann").await;
+    let mut groups = Vec::new();
+    for n in 0..16 {
+        let created = pg
+            .create_chat(new_chat(
+                ChatKind::Group,
+                &ann,
+                &[],
+                T0.plus(Duration::from_secs(n)),
+            ))
+            .await
+            .unwrap();
+        let ChatCreated::Created(chat, _) = created else {
+            panic!("{created:?}");
+        };
+        groups.push(chat.id);
+    }
+    // 16 chats over two databases: each holds some (all in one would
+    // happen once in 32,768 runs).
+    let (in_a, in_b) = (rows_in(&a, "chats").await, rows_in(&b, "chats").await);
+    assert_eq!(in_a + in_b, 16);
+    assert!(in_a > 0 && in_b > 0, "{in_a} + {in_b}");
+    assert_eq!(
+        rows_in(&b, "users").await,
+        0,
+        "accounts live in the first database only"
+    );
+    assert_eq!(
+        rows_in(&a, "memberships").await + rows_in(&b, "memberships").await,
+        16
+    );
+    let listed: Vec<ChatId> = node_b
+        .chats_of(ann.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.chat.id)
+        .collect();
+    let newest_first: Vec<ChatId> = groups.iter().rev().copied().collect();
+    assert_eq!(listed, newest_first);
+    assert_eq!(node_b.chat_heads(ann.id).await.unwrap().len(), 16);
+    pg.close();
+    node_b.close();
+}
+
+/// Two nodes creating the same pair's direct chat at once, on two chat
+/// databases: one chat, found by both (the pair decides its database).
+#[tokio::test]
+async fn concurrent_direct_chats_of_one_pair_on_two_databases_are_one_chat() {
+    let cluster = PgCluster::from_env_or_start().unwrap();
+    let (a, b) = (migrated(&cluster).await, migrated(&cluster).await);
+    let (pg, node_b) = (node_on_two(&a, &b).await, node_on_two(&a, &b).await);
+    let mut pairs = Vec::new();
+    for n in 0..6 {
+        let x = register(&pg, 10 + 2 * n, "X").await;
+        let y = register(&pg, 11 + 2 * n, "Y").await;
+        pairs.push((x, y));
+    }
+    for (x, y) in &pairs {
+        let (one, two) = tokio::join!(
+            pg.create_chat(new_chat(ChatKind::Direct, x, &[y], T0)),
+            node_b.create_chat(new_chat(ChatKind::Direct, y, &[x], T0)),
+        );
+        let id = |c: ChatCreated| match c {
+            ChatCreated::Created(chat, _) | ChatCreated::Existing(chat) => chat.id,
+            other @ ChatCreated::UnknownUser(_) => panic!("{other:?}"),
+        };
+        assert_eq!(id(one.unwrap()), id(two.unwrap()));
+    }
+    assert_eq!(rows_in(&a, "chats").await + rows_in(&b, "chats").await, 6);
+    pg.close();
+    node_b.close();
+}
+
+/// The chat databases are fixed at the store's first start: a node named
+/// fewer, more, reordered or another store's refuses to start, and the
+/// refusal says why; the same list again starts.
+#[tokio::test]
+async fn a_store_refuses_chat_databases_other_than_those_it_was_made_with() {
+    let cluster = PgCluster::from_env_or_start().unwrap();
+    let (a, b, c) = (
+        migrated(&cluster).await,
+        migrated(&cluster).await,
+        migrated(&cluster).await,
+    );
+    let with = |urls: Vec<String>| {
+        let mut options = pg_options(a.url());
+        options.chat_urls = urls;
+        options
+    };
+    Postgres::connect(&with(vec![a.url(), b.url()]))
+        .await
+        .unwrap()
+        .close();
+    for (urls, says) in [
+        (
+            vec![a.url()],
+            "names 1 chat database(s), but this store's chats were placed over 2",
+        ),
+        (vec![a.url(), b.url(), c.url()], "names 3"),
+        (vec![b.url(), a.url()], "the list's order can never change"),
+        // An empty database in the place of one that holds chats.
+        (vec![a.url(), c.url()], "holds no chats of this store"),
+    ] {
+        let text = Postgres::connect(&with(urls.clone()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains(says), "{urls:?}: {text}");
+        assert!(!text.contains("postgres://"), "never the URL: {text}");
+    }
+    Postgres::connect(&with(vec![a.url(), b.url()]))
+        .await
+        .unwrap()
+        .close();
+    // Another store's chat database.
+    let other = migrated(&cluster).await;
+    let mut options = pg_options(other.url());
+    options.chat_urls = vec![other.url(), b.url()];
+    let refused = Postgres::connect(&options).await.unwrap_err().to_string();
+    assert!(refused.contains("belongs to another store"), "{refused}");
 }

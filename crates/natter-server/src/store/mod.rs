@@ -1024,7 +1024,10 @@ pub trait AccountsAcrossChats: Send + Sync {
         max_group_members: usize,
     ) -> StoreResult<Vec<UserId>>;
 
-    /// Deletes an account, atomically: the user leaves every chat through
+    /// Deletes an account (atomically where the engine has one database;
+    /// on PostgreSQL with chat databases of their own, one transaction per
+    /// database, chats first, so a failure part-way leaves an account that
+    /// can be deleted again): the user leaves every chat through
     /// the chat log's removal path (direct chats too), and their devices
     /// (with push channels and waiting pushes), contacts in both
     /// directions, verification codes, receipts, membership periods and

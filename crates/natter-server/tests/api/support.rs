@@ -79,7 +79,8 @@ pub struct TestApp {
     /// The S3 server media go to, with `TESTKIT_BLOBS=s3`.
     _s3: Option<natter_testkit::engines::S3Server>,
     /// The PostgreSQL database the store is, with `TESTKIT_STORE=postgres`.
-    _pg: Option<natter_testkit::pg::TestDatabase<'static>>,
+    /// The test's PostgreSQL databases (none on the embedded store).
+    _pg: Vec<natter_testkit::pg::TestDatabase<'static>>,
     /// On a cluster: the balancer in front of the nodes, and the NATS
     /// server of this test when the run has none (`TESTKIT_NATS_URL`).
     cluster: Option<ClusterParts>,
@@ -149,15 +150,14 @@ async fn media_on_s3(config: &mut Config) -> Option<natter_testkit::engines::S3S
 
 /// With `TESTKIT_STORE=postgres`, the store is a fresh database of the
 /// run's PostgreSQL (`TEST_NATTER_PG_URL`, from `scripts/pg-cluster
-/// start`), so the same tests cover the PostgreSQL engine. The run's
-/// cluster, not one per test process: a cluster kept for the process's
-/// life would outlive it.
-async fn store_on_postgres(
-    config: &mut Config,
-) -> Option<natter_testkit::pg::TestDatabase<'static>> {
+/// start`), so the same tests cover the PostgreSQL engine. On a cluster
+/// (`TESTKIT_NODES` > 1) the chats are partitioned over that database and
+/// a second one. The run's cluster, not one per test process: a cluster
+/// kept for the process's life would outlive it.
+async fn store_on_postgres(config: &mut Config) -> Vec<natter_testkit::pg::TestDatabase<'static>> {
     static CLUSTER: std::sync::OnceLock<natter_testkit::pg::PgCluster> = std::sync::OnceLock::new();
     if std::env::var("TESTKIT_STORE").as_deref() != Ok("postgres") && nodes() == 1 {
-        return None;
+        return Vec::new();
     }
     assert!(
         std::env::var_os("TEST_NATTER_PG_URL").is_some(),
@@ -166,10 +166,17 @@ async fn store_on_postgres(
     );
     let cluster =
         CLUSTER.get_or_init(|| natter_testkit::pg::PgCluster::from_env_or_start().unwrap());
-    let db = cluster.empty_database().await.unwrap();
-    config.store.url = Some(serde_json::from_value(serde_json::Value::String(db.url())).unwrap());
+    let secret = |text: String| serde_json::from_value(serde_json::Value::String(text)).unwrap();
+    let accounts = cluster.empty_database().await.unwrap();
+    config.store.url = Some(secret(accounts.url()));
     config.store.pool_size = 4;
-    Some(db)
+    let mut databases = vec![accounts];
+    if nodes() > 1 {
+        let chats = cluster.empty_database().await.unwrap();
+        config.store.chat_urls = Some(secret(format!("{}, {}", databases[0].url(), chats.url())));
+        databases.push(chats);
+    }
+    databases
 }
 
 impl TestApp {
@@ -421,13 +428,28 @@ impl TestApp {
                 ));
             }
         }
-        let Some(db) = &self._pg else {
+        if self._pg.is_empty() {
             assert!(
                 self.data_dir().join("natter.db").exists(),
                 "the embedded store keeps its database in the data directory"
             );
             return found;
-        };
+        }
+        for db in &self._pg {
+            found.extend(Self::rows_holding(db, needles).await);
+        }
+        found
+    }
+
+    /// Each row of each table of `db` that holds one of `needles`.
+    async fn rows_holding(
+        db: &natter_testkit::pg::TestDatabase<'static>,
+        needles: &[&[u8]],
+    ) -> Vec<String> {
+        fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+            haystack.windows(needle.len()).any(|w| w == needle)
+        }
+        let mut found = Vec::new();
         let (client, connection) = tokio::time::timeout(
             WAIT,
             tokio_postgres::connect(&db.url(), tokio_postgres::NoTls),
@@ -457,7 +479,8 @@ impl TestApp {
                     let hex: String = needle.iter().map(|b| format!("{b:02x}")).collect();
                     if holds(text.as_bytes(), needle) || text.contains(&hex) {
                         found.push(format!(
-                            "table {table} holds {:?}",
+                            "table {table} of {} holds {:?}",
+                            db.name(),
                             String::from_utf8_lossy(needle)
                         ));
                     }

@@ -168,6 +168,7 @@ impl Accounts for Postgres {
         make: Box<dyn FnOnce() -> Vec<u8> + Send>,
     ) -> StoreResult<Vec<u8>> {
         if let Some(row) = self
+            .accounts()
             .read("SELECT value FROM server_secrets WHERE name = $1", &[&name])
             .await?
             .first()
@@ -177,56 +178,58 @@ impl Accounts for Postgres {
         // Another node may make it at the same time: the first insert
         // wins and every node reads that one back.
         let value = make();
-        self.write(|tx| {
-            let value = value.clone();
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "INSERT INTO server_secrets (name, value) VALUES ($1, $2)
+        self.accounts()
+            .write(|tx| {
+                let value = value.clone();
+                Box::pin(async move {
+                    execute(
+                        tx,
+                        "INSERT INTO server_secrets (name, value) VALUES ($1, $2)
                      ON CONFLICT (name) DO NOTHING",
-                    &[&name, &value],
-                )
-                .await?;
-                let stored = rows(
-                    tx,
-                    "SELECT value FROM server_secrets WHERE name = $1",
-                    &[&name],
-                )
-                .await?;
-                stored
-                    .first()
-                    .map(|row| row.get(0))
-                    .ok_or_else(|| StoreError::internal("the server secret vanished"))
+                        &[&name, &value],
+                    )
+                    .await?;
+                    let stored = rows(
+                        tx,
+                        "SELECT value FROM server_secrets WHERE name = $1",
+                        &[&name],
+                    )
+                    .await?;
+                    stored
+                        .first()
+                        .map(|row| row.get(0))
+                        .ok_or_else(|| StoreError::internal("the server secret vanished"))
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn put_verification_code(&self, code: NewVerificationCode) -> StoreResult<()> {
-        self.write(|tx| {
-            let code = code.clone();
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "INSERT INTO verification_codes
+        self.accounts()
+            .write(|tx| {
+                let code = code.clone();
+                Box::pin(async move {
+                    execute(
+                        tx,
+                        "INSERT INTO verification_codes
                        (phone, code_hash, attempts, created_at, expires_at, shown_code)
                      VALUES ($1, $2, 0, $3, $4, $5)
                      ON CONFLICT (phone) DO UPDATE SET code_hash = excluded.code_hash,
                        attempts = 0, created_at = excluded.created_at,
                        expires_at = excluded.expires_at, shown_code = excluded.shown_code",
-                    &[
-                        &code.phone.as_str(),
-                        &code.hash.0.as_slice(),
-                        &code.created_at.0,
-                        &code.expires_at.0,
-                        &code.shown,
-                    ],
-                )
-                .await
-                .map(drop)
+                        &[
+                            &code.phone.as_str(),
+                            &code.hash.0.as_slice(),
+                            &code.created_at.0,
+                            &code.expires_at.0,
+                            &code.shown,
+                        ],
+                    )
+                    .await
+                    .map(drop)
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn attempt_verification_code(
@@ -236,113 +239,118 @@ impl Accounts for Postgres {
         max_attempts: u32,
     ) -> StoreResult<Option<CodeHash>> {
         let max = i32::try_from(max_attempts).unwrap_or(i32::MAX);
-        self.write(|tx| {
-            let phone = phone.clone();
-            Box::pin(async move {
-                // Count the attempt first, so it counts even if the caller goes away.
-                let hash = rows(
-                    tx,
-                    "UPDATE verification_codes SET attempts = attempts + 1
+        self.accounts()
+            .write(|tx| {
+                let phone = phone.clone();
+                Box::pin(async move {
+                    // Count the attempt first, so it counts even if the caller goes away.
+                    let hash = rows(
+                        tx,
+                        "UPDATE verification_codes SET attempts = attempts + 1
                      WHERE phone = $1 AND expires_at > $2 AND attempts < $3
                      RETURNING code_hash",
-                    &[&phone.as_str(), &now.0, &max],
-                )
-                .await?;
-                Ok(hash
-                    .first()
-                    .and_then(|row| <[u8; 32]>::try_from(row.get::<_, &[u8]>(0)).ok())
-                    .map(CodeHash))
+                        &[&phone.as_str(), &now.0, &max],
+                    )
+                    .await?;
+                    Ok(hash
+                        .first()
+                        .and_then(|row| <[u8; 32]>::try_from(row.get::<_, &[u8]>(0)).ok())
+                        .map(CodeHash))
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn delete_expired_verification_codes(&self, now: Timestamp) -> StoreResult<u64> {
-        self.execute_one(
-            "DELETE FROM verification_codes WHERE expires_at <= $1",
-            &[&now.0],
-        )
-        .await
+        self.accounts()
+            .execute_one(
+                "DELETE FROM verification_codes WHERE expires_at <= $1",
+                &[&now.0],
+            )
+            .await
     }
 
     async fn register(&self, registration: Registration) -> StoreResult<Registered> {
-        self.write(|tx| {
-            let r = registration.clone();
-            Box::pin(async move {
-                let u = &r.user;
-                // The insert decides a race for the number (with an invite
-                // registration on another node, say): the unique index
-                // lets one account have it.
-                // Signing up is activity: last seen at creation.
-                let inserted = insert_user(
-                    tx,
-                    &User {
-                        last_seen_at: Some(u.created_at),
-                        ..u.clone()
-                    },
-                )
-                .await?;
-                if !inserted {
-                    // The right code proved the number; that try is not held against it.
-                    refund_attempt(tx, &u.phone, &r.code).await?;
-                    return Ok(Registered::PhoneTaken);
-                }
-                if !consume_code(tx, &u.phone, &r.code).await? {
-                    // Undo the account this transaction made (no one else saw it).
-                    execute(tx, "DELETE FROM users WHERE id = $1", &[u.id.as_uuid()]).await?;
-                    return Ok(Registered::CodeGone);
-                }
-                insert_device(tx, u.id, &r.device).await?;
-                user_by_id(tx, u.id)
-                    .await?
-                    .map(Registered::Created)
-                    .ok_or_else(|| StoreError::internal("the new user vanished"))
+        self.accounts()
+            .write(|tx| {
+                let r = registration.clone();
+                Box::pin(async move {
+                    let u = &r.user;
+                    // The insert decides a race for the number (with an invite
+                    // registration on another node, say): the unique index
+                    // lets one account have it.
+                    // Signing up is activity: last seen at creation.
+                    let inserted = insert_user(
+                        tx,
+                        &User {
+                            last_seen_at: Some(u.created_at),
+                            ..u.clone()
+                        },
+                    )
+                    .await?;
+                    if !inserted {
+                        // The right code proved the number; that try is not held against it.
+                        refund_attempt(tx, &u.phone, &r.code).await?;
+                        return Ok(Registered::PhoneTaken);
+                    }
+                    if !consume_code(tx, &u.phone, &r.code).await? {
+                        // Undo the account this transaction made (no one else saw it).
+                        execute(tx, "DELETE FROM users WHERE id = $1", &[u.id.as_uuid()]).await?;
+                        return Ok(Registered::CodeGone);
+                    }
+                    insert_device(tx, u.id, &r.device).await?;
+                    user_by_id(tx, u.id)
+                        .await?
+                        .map(Registered::Created)
+                        .ok_or_else(|| StoreError::internal("the new user vanished"))
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn login(&self, login: Login) -> StoreResult<LoggedIn> {
-        self.write(|tx| {
-            let l = login.clone();
-            Box::pin(async move {
-                // The user's row is locked: logins on other nodes wait, so
-                // the device count below stays true until this commits.
-                let user = rows(
-                    tx,
-                    &format!(
-                        "SELECT {USER_COLUMNS} FROM users
+        self.accounts()
+            .write(|tx| {
+                let l = login.clone();
+                Box::pin(async move {
+                    // The user's row is locked: logins on other nodes wait, so
+                    // the device count below stays true until this commits.
+                    let user = rows(
+                        tx,
+                        &format!(
+                            "SELECT {USER_COLUMNS} FROM users
                          WHERE phone = $1 AND deactivated_at IS NULL FOR UPDATE"
-                    ),
-                    &[&l.phone.as_str()],
-                )
-                .await?;
-                let Some(user) = user.first().map(user_from_row) else {
-                    return Ok(LoggedIn::UnknownPhone);
-                };
-                let devices = rows(
-                    tx,
-                    "SELECT count(*) FROM devices WHERE user_id = $1",
-                    &[user.id.as_uuid()],
-                )
-                .await?;
-                if !has_room(devices.first().map_or(0, count), 1, l.max_devices) {
-                    refund_attempt(tx, &l.phone, &l.code).await?;
-                    return Ok(LoggedIn::DeviceLimit);
-                }
-                if !consume_code(tx, &l.phone, &l.code).await? {
-                    return Ok(LoggedIn::CodeGone);
-                }
-                insert_device(tx, user.id, &l.device).await?;
-                let fresh = user_by_id(tx, user.id).await?.unwrap_or(user);
-                Ok(LoggedIn::Created(fresh))
+                        ),
+                        &[&l.phone.as_str()],
+                    )
+                    .await?;
+                    let Some(user) = user.first().map(user_from_row) else {
+                        return Ok(LoggedIn::UnknownPhone);
+                    };
+                    let devices = rows(
+                        tx,
+                        "SELECT count(*) FROM devices WHERE user_id = $1",
+                        &[user.id.as_uuid()],
+                    )
+                    .await?;
+                    if !has_room(devices.first().map_or(0, count), 1, l.max_devices) {
+                        refund_attempt(tx, &l.phone, &l.code).await?;
+                        return Ok(LoggedIn::DeviceLimit);
+                    }
+                    if !consume_code(tx, &l.phone, &l.code).await? {
+                        return Ok(LoggedIn::CodeGone);
+                    }
+                    insert_device(tx, user.id, &l.device).await?;
+                    let fresh = user_by_id(tx, user.id).await?.unwrap_or(user);
+                    Ok(LoggedIn::Created(fresh))
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn device_by_token(&self, token: &TokenHash) -> StoreResult<Option<Device>> {
         let found = self
+            .accounts()
             .read(
                 &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = $1"),
                 &[&token.0.as_slice()],
@@ -357,22 +365,25 @@ impl Accounts for Postgres {
         device: DeviceId,
         now: Timestamp,
     ) -> StoreResult<()> {
-        self.execute_one(
-            "UPDATE devices SET last_active_at = $2 WHERE id = $1",
-            &[device.as_uuid(), &now.0],
-        )
-        .await?;
-        self.execute_one(
-            "UPDATE users SET last_seen_at = greatest(coalesce(last_seen_at, 0), $2)
+        self.accounts()
+            .execute_one(
+                "UPDATE devices SET last_active_at = $2 WHERE id = $1",
+                &[device.as_uuid(), &now.0],
+            )
+            .await?;
+        self.accounts()
+            .execute_one(
+                "UPDATE users SET last_seen_at = greatest(coalesce(last_seen_at, 0), $2)
              WHERE id = $1 AND deleted_at IS NULL",
-            &[user.as_uuid(), &now.0],
-        )
-        .await
-        .map(drop)
+                &[user.as_uuid(), &now.0],
+            )
+            .await
+            .map(drop)
     }
 
     async fn devices(&self, user: UserId) -> StoreResult<Vec<Device>> {
         let found = self
+            .accounts()
             .read(
                 &format!(
                     "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1
@@ -385,16 +396,18 @@ impl Accounts for Postgres {
     }
 
     async fn delete_device(&self, user: UserId, device: DeviceId) -> StoreResult<bool> {
-        self.execute_one(
-            "DELETE FROM devices WHERE id = $1 AND user_id = $2",
-            &[device.as_uuid(), user.as_uuid()],
-        )
-        .await
-        .map(|n| n == 1)
+        self.accounts()
+            .execute_one(
+                "DELETE FROM devices WHERE id = $1 AND user_id = $2",
+                &[device.as_uuid(), user.as_uuid()],
+            )
+            .await
+            .map(|n| n == 1)
     }
 
     async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
         let found = self
+            .accounts()
             .read(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND deleted_at IS NULL"),
                 &[id.as_uuid()],
@@ -405,6 +418,7 @@ impl Accounts for Postgres {
 
     async fn user_by_phone(&self, phone: &Phone) -> StoreResult<Option<User>> {
         let found = self
+            .accounts()
             .read(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE phone = $1"),
                 &[&phone.as_str()],
@@ -419,13 +433,14 @@ impl Accounts for Postgres {
         patch: ProfilePatch,
         now: Timestamp,
     ) -> StoreResult<Option<User>> {
-        self.write(|tx| {
-            let patch = patch.clone();
-            Box::pin(async move {
-                let picture: Option<Uuid> = patch.profile_pic.flatten().map(|m| *m.as_uuid());
-                execute(
-                    tx,
-                    "UPDATE users SET name = coalesce($2, name), about = coalesce($3, about),
+        self.accounts()
+            .write(|tx| {
+                let patch = patch.clone();
+                Box::pin(async move {
+                    let picture: Option<Uuid> = patch.profile_pic.flatten().map(|m| *m.as_uuid());
+                    execute(
+                        tx,
+                        "UPDATE users SET name = coalesce($2, name), about = coalesce($3, about),
                        last_seen_visibility = coalesce($4, last_seen_visibility),
                        updated_at = $5,
                        group_add_permission = coalesce($8, group_add_permission),
@@ -434,22 +449,22 @@ impl Accounts for Postgres {
                            AND m.ready AND m.kind = 'image')
                          ELSE profile_pic END
                      WHERE id = $1",
-                    &[
-                        id.as_uuid(),
-                        &patch.name,
-                        &patch.about,
-                        &patch.last_seen_visibility.map(visibility_to_sql),
-                        &now.0,
-                        &patch.profile_pic.is_some(),
-                        &picture,
-                        &patch.group_add_permission.map(permission_to_sql),
-                    ],
-                )
-                .await?;
-                user_by_id(tx, id).await
+                        &[
+                            id.as_uuid(),
+                            &patch.name,
+                            &patch.about,
+                            &patch.last_seen_visibility.map(visibility_to_sql),
+                            &now.0,
+                            &patch.profile_pic.is_some(),
+                            &picture,
+                            &patch.group_add_permission.map(permission_to_sql),
+                        ],
+                    )
+                    .await?;
+                    user_by_id(tx, id).await
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn add_contact(
@@ -460,54 +475,57 @@ impl Accounts for Postgres {
         max_contacts: usize,
         now: Timestamp,
     ) -> StoreResult<ContactAdded> {
-        self.write(|tx| {
-            Box::pin(async move {
-                let (o, t) = (owner.as_uuid(), contact.as_uuid());
-                // The owner's row is locked so the count below holds until commit.
-                rows(tx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[o]).await?;
-                let existing = execute(
-                    tx,
-                    "UPDATE contacts SET added_by_phone = added_by_phone OR $3
+        self.accounts()
+            .write(|tx| {
+                Box::pin(async move {
+                    let (o, t) = (owner.as_uuid(), contact.as_uuid());
+                    // The owner's row is locked so the count below holds until commit.
+                    rows(tx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[o]).await?;
+                    let existing = execute(
+                        tx,
+                        "UPDATE contacts SET added_by_phone = added_by_phone OR $3
                      WHERE owner_id = $1 AND contact_id = $2",
-                    &[o, t, &by_phone],
-                )
-                .await?;
-                if existing == 1 {
-                    return Ok(ContactAdded::AlreadyThere);
-                }
-                let listed = rows(
-                    tx,
-                    "SELECT count(*) FROM contacts WHERE owner_id = $1",
-                    &[o],
-                )
-                .await?;
-                if !has_room(listed.first().map_or(0, count), 1, max_contacts) {
-                    return Ok(ContactAdded::LimitReached);
-                }
-                execute(
-                    tx,
-                    "INSERT INTO contacts (owner_id, contact_id, added_by_phone, created_at)
+                        &[o, t, &by_phone],
+                    )
+                    .await?;
+                    if existing == 1 {
+                        return Ok(ContactAdded::AlreadyThere);
+                    }
+                    let listed = rows(
+                        tx,
+                        "SELECT count(*) FROM contacts WHERE owner_id = $1",
+                        &[o],
+                    )
+                    .await?;
+                    if !has_room(listed.first().map_or(0, count), 1, max_contacts) {
+                        return Ok(ContactAdded::LimitReached);
+                    }
+                    execute(
+                        tx,
+                        "INSERT INTO contacts (owner_id, contact_id, added_by_phone, created_at)
                      VALUES ($1, $2, $3, $4)",
-                    &[o, t, &by_phone, &now.0],
-                )
-                .await?;
-                Ok(ContactAdded::Added)
+                        &[o, t, &by_phone, &now.0],
+                    )
+                    .await?;
+                    Ok(ContactAdded::Added)
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn remove_contact(&self, owner: UserId, contact: UserId) -> StoreResult<bool> {
-        self.execute_one(
-            "DELETE FROM contacts WHERE owner_id = $1 AND contact_id = $2",
-            &[owner.as_uuid(), contact.as_uuid()],
-        )
-        .await
-        .map(|n| n == 1)
+        self.accounts()
+            .execute_one(
+                "DELETE FROM contacts WHERE owner_id = $1 AND contact_id = $2",
+                &[owner.as_uuid(), contact.as_uuid()],
+            )
+            .await
+            .map(|n| n == 1)
     }
 
     async fn contacts(&self, owner: UserId) -> StoreResult<Vec<ContactEntry>> {
         let found = self
+            .accounts()
             .read(
                 "SELECT u.id, u.phone, u.name, u.about, u.last_seen_visibility,
                         u.group_add_permission, u.last_seen_at, u.profile_pic, u.created_at,
@@ -537,6 +555,7 @@ impl Accounts for Postgres {
 
     async fn relation(&self, viewer: UserId, target: UserId) -> StoreResult<Relation> {
         let found = self
+            .accounts()
             .read(
                 "SELECT
                    (SELECT added_by_phone FROM contacts WHERE owner_id = $1 AND contact_id = $2),
@@ -558,6 +577,7 @@ impl Accounts for Postgres {
     async fn users_by_phones(&self, phones: &[Phone]) -> StoreResult<Vec<(Phone, UserId)>> {
         let numbers: Vec<&str> = phones.iter().map(Phone::as_str).collect();
         let found = self
+            .accounts()
             .read(
                 "SELECT phone, id FROM users WHERE phone = ANY($1)",
                 &[&numbers],
@@ -578,12 +598,13 @@ impl Accounts for Postgres {
     }
 
     async fn set_last_seen(&self, user: UserId, at: Timestamp) -> StoreResult<()> {
-        self.execute_one(
-            "UPDATE users SET last_seen_at = greatest(coalesce(last_seen_at, 0), $2)
+        self.accounts()
+            .execute_one(
+                "UPDATE users SET last_seen_at = greatest(coalesce(last_seen_at, 0), $2)
                      WHERE id = $1 AND deleted_at IS NULL",
-            &[user.as_uuid(), &at.0],
-        )
-        .await
-        .map(drop)
+                &[user.as_uuid(), &at.0],
+            )
+            .await
+            .map(drop)
     }
 }

@@ -11,20 +11,21 @@ use crate::store::admin::{Administration, Deactivated, ReferencedBlob, StoreStat
 use crate::store::{Device, StoreResult, User};
 
 /// Checks of what PostgreSQL's foreign keys cannot enforce, because chat
-/// tables may live in another database than the accounts: each query
-/// counts the rows that point at an account that is not there.
+/// tables live in other databases than the accounts: each query lists, by
+/// user, the rows of a chat database that name a user; the accounts
+/// database then says which of those users are not there.
 const ORPHAN_CHECKS: &[(&str, &str)] = &[
     (
         "memberships",
-        "SELECT count(*) FROM memberships m WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = m.user_id)",
+        "SELECT user_id, count(*) FROM memberships GROUP BY user_id",
     ),
     (
         "receipts",
-        "SELECT count(*) FROM receipts r WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = r.user_id)",
+        "SELECT user_id, count(*) FROM receipts GROUP BY user_id",
     ),
     (
         "chat_log",
-        "SELECT count(*) FROM chat_log l WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = l.sender_id)",
+        "SELECT sender_id, count(*) FROM chat_log GROUP BY sender_id",
     ),
 ];
 
@@ -34,18 +35,31 @@ fn count_of(found: &[tokio_postgres::Row]) -> u64 {
         .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))
 }
 
+impl Postgres {
+    /// A count summed over the chat databases.
+    async fn count_in_chat_dbs(&self, sql: &str) -> StoreResult<u64> {
+        let mut total = 0;
+        for db in self.chat_dbs() {
+            total += count_of(&db.read(sql, &[]).await?);
+        }
+        Ok(total)
+    }
+}
+
 #[async_trait]
 impl Administration for Postgres {
     async fn create_user(&self, user: User) -> StoreResult<bool> {
-        self.write(|tx| {
-            let user = user.clone();
-            Box::pin(async move { insert_user(tx, &user).await })
-        })
-        .await
+        self.accounts()
+            .write(|tx| {
+                let user = user.clone();
+                Box::pin(async move { insert_user(tx, &user).await })
+            })
+            .await
     }
 
     async fn users_summary(&self) -> StoreResult<Vec<UserSummary>> {
         let found = self
+            .accounts()
             .read(
                 &format!(
                     "SELECT {USER_COLUMNS}, deactivated_at,
@@ -67,6 +81,7 @@ impl Administration for Postgres {
 
     async fn deactivated_at(&self, user: UserId) -> StoreResult<Option<Option<Timestamp>>> {
         let found = self
+            .accounts()
             .read(
                 "SELECT deactivated_at FROM users WHERE id = $1",
                 &[user.as_uuid()],
@@ -78,50 +93,52 @@ impl Administration for Postgres {
     }
 
     async fn deactivate_user(&self, user: UserId, now: Timestamp) -> StoreResult<Deactivated> {
-        self.write(|tx| {
-            Box::pin(async move {
-                let id = user.as_uuid();
-                let state = rows(
-                    tx,
-                    "SELECT deactivated_at FROM users WHERE id = $1 FOR UPDATE",
-                    &[id],
-                )
-                .await?;
-                match state.first().map(|r| r.get::<_, Option<i64>>(0)) {
-                    None => return Ok(Deactivated::NoSuchUser),
-                    Some(Some(_)) => return Ok(Deactivated::Already),
-                    Some(None) => {}
-                }
-                let devices = rows(
-                    tx,
-                    "DELETE FROM devices WHERE user_id = $1 RETURNING id",
-                    &[id],
-                )
-                .await?
-                .iter()
-                .map(|r| DeviceId::from_uuid(r.get(0)))
-                .collect();
-                execute(
-                    tx,
-                    "DELETE FROM verification_codes
+        self.accounts()
+            .write(|tx| {
+                Box::pin(async move {
+                    let id = user.as_uuid();
+                    let state = rows(
+                        tx,
+                        "SELECT deactivated_at FROM users WHERE id = $1 FOR UPDATE",
+                        &[id],
+                    )
+                    .await?;
+                    match state.first().map(|r| r.get::<_, Option<i64>>(0)) {
+                        None => return Ok(Deactivated::NoSuchUser),
+                        Some(Some(_)) => return Ok(Deactivated::Already),
+                        Some(None) => {}
+                    }
+                    let devices = rows(
+                        tx,
+                        "DELETE FROM devices WHERE user_id = $1 RETURNING id",
+                        &[id],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| DeviceId::from_uuid(r.get(0)))
+                    .collect();
+                    execute(
+                        tx,
+                        "DELETE FROM verification_codes
                      WHERE phone = (SELECT phone FROM users WHERE id = $1)",
-                    &[id],
-                )
-                .await?;
-                execute(
-                    tx,
-                    "UPDATE users SET deactivated_at = $2, updated_at = $2 WHERE id = $1",
-                    &[id, &now.0],
-                )
-                .await?;
-                Ok(Deactivated::Done(devices))
+                        &[id],
+                    )
+                    .await?;
+                    execute(
+                        tx,
+                        "UPDATE users SET deactivated_at = $2, updated_at = $2 WHERE id = $1",
+                        &[id, &now.0],
+                    )
+                    .await?;
+                    Ok(Deactivated::Done(devices))
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn device_by_id(&self, device: DeviceId) -> StoreResult<Option<Device>> {
         let found = self
+            .accounts()
             .read(
                 &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"),
                 &[device.as_uuid()],
@@ -132,8 +149,9 @@ impl Administration for Postgres {
 
     async fn stats(&self) -> StoreResult<StoreStats> {
         let now = Timestamp::now().0;
-        let count =
-            |sql: &'static str| async move { self.read(sql, &[]).await.map(|r| count_of(&r)) };
+        let count = |sql: &'static str| async move {
+            self.accounts().read(sql, &[]).await.map(|r| count_of(&r))
+        };
         Ok(StoreStats {
             users: count("SELECT count(*) FROM users WHERE deleted_at IS NULL").await?,
             deactivated_users: count(
@@ -141,13 +159,14 @@ impl Administration for Postgres {
             )
             .await?,
             devices: count("SELECT count(*) FROM devices").await?,
-            chats: count("SELECT count(*) FROM chats").await?,
-            log_entries: count("SELECT count(*) FROM chat_log").await?,
+            chats: self.count_in_chat_dbs("SELECT count(*) FROM chats").await?,
+            log_entries: self.count_in_chat_dbs("SELECT count(*) FROM chat_log").await?,
             media: count("SELECT count(*) FROM media WHERE ready").await?,
             media_bytes: count("SELECT coalesce(sum(length), 0)::bigint FROM media WHERE ready")
                 .await?,
             usable_invites: count_of(
                 &self
+                    .accounts()
                     .read(
                         "SELECT count(*) FROM invites WHERE revoked_at IS NULL
                            AND uses < max_uses AND (expires_at IS NULL OR expires_at > $1)",
@@ -161,7 +180,31 @@ impl Administration for Postgres {
     async fn integrity_problems(&self) -> StoreResult<Vec<String>> {
         let mut problems = Vec::new();
         for (table, sql) in ORPHAN_CHECKS {
-            let n = count_of(&self.read(sql, &[]).await?);
+            let mut by_user: std::collections::HashMap<uuid::Uuid, i64> =
+                std::collections::HashMap::new();
+            for db in self.chat_dbs() {
+                for row in db.read(sql, &[]).await? {
+                    *by_user.entry(row.get(0)).or_insert(0) += row.get::<_, i64>(1);
+                }
+            }
+            let users: Vec<uuid::Uuid> = by_user.keys().copied().collect();
+            let missing = self
+                .accounts()
+                .read(
+                    "SELECT u.id FROM unnest($1::uuid[]) AS u(id)
+                     WHERE NOT EXISTS (SELECT 1 FROM users WHERE users.id = u.id)",
+                    &[&users],
+                )
+                .await?;
+            let n: i64 = missing
+                .iter()
+                .map(|r| {
+                    by_user
+                        .get(&r.get::<_, uuid::Uuid>(0))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .sum();
             if n > 0 {
                 problems.push(format!("{table}: {n} rows point to a missing account"));
             }
@@ -171,6 +214,7 @@ impl Administration for Postgres {
 
     async fn referenced_blobs(&self) -> StoreResult<Vec<ReferencedBlob>> {
         let found = self
+            .accounts()
             .read(
                 "SELECT id, thumbnail FROM media WHERE ready ORDER BY id",
                 &[],

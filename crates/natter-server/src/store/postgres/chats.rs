@@ -18,7 +18,7 @@ use natter_proto::{ChatId, DeviceId, MediaId, MessageId, UserId};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{Postgres, execute, rows};
+use super::{Database, Postgres, execute, rows};
 use crate::clock::Timestamp;
 use crate::store::chat_state::{ChatState, Draft};
 use crate::store::columns::{
@@ -419,7 +419,7 @@ async fn visible_message(
 
 /// Which of `users` have no (undeleted) account, in the accounts database.
 pub(super) async fn missing_users(
-    accounts: &Postgres,
+    accounts: &Database,
     users: &[UserId],
 ) -> StoreResult<Vec<UserId>> {
     let ids: Vec<Uuid> = users.iter().map(|u| *u.as_uuid()).collect();
@@ -463,8 +463,8 @@ async fn chat_by(
 
 /// [`ChatLog::create_chat`] with users looked up in `accounts`.
 pub(super) async fn create_chat(
-    accounts: &Postgres,
-    db: &Postgres,
+    accounts: &Database,
+    db: &Database,
     new: NewChat,
 ) -> StoreResult<ChatCreated> {
     if let Some(unknown) = first_missing(accounts, &new.others).await? {
@@ -479,7 +479,7 @@ pub(super) async fn create_chat(
 
 /// The first of `users` (in their order) without an account.
 pub(super) async fn first_missing(
-    accounts: &Postgres,
+    accounts: &Database,
     users: &[UserId],
 ) -> StoreResult<Option<UserId>> {
     let missing = missing_users(accounts, users).await?;
@@ -553,7 +553,7 @@ pub(super) async fn create_chat_in(tx: &Tx<'_>, new: NewChat) -> StoreResult<Cha
 }
 
 pub(super) async fn chat_access(
-    db: &Postgres,
+    db: &Database,
     chat: ChatId,
     user: UserId,
 ) -> StoreResult<Option<ChatAccess>> {
@@ -576,7 +576,7 @@ pub(super) async fn chat_access(
     }))
 }
 
-pub(super) async fn members(db: &Postgres, chat: ChatId) -> StoreResult<Vec<Member>> {
+pub(super) async fn members(db: &Database, chat: ChatId) -> StoreResult<Vec<Member>> {
     let found = db
         .read(
             "SELECT user_id, role, joined_at FROM memberships
@@ -594,7 +594,7 @@ pub(super) async fn members(db: &Postgres, chat: ChatId) -> StoreResult<Vec<Memb
         .collect())
 }
 
-pub(super) async fn receipt_state(db: &Postgres, chat: ChatId) -> StoreResult<ReceiptState> {
+pub(super) async fn receipt_state(db: &Database, chat: ChatId) -> StoreResult<ReceiptState> {
     let found = db
         .read(
             "SELECT count(*), min(r.delivered_seq), min(r.read_seq) FROM memberships m
@@ -617,7 +617,7 @@ pub(super) async fn receipt_state(db: &Postgres, chat: ChatId) -> StoreResult<Re
 
 /// People by id from the accounts database, in the order asked (unknown
 /// ids left out).
-async fn people(accounts: &Postgres, ids: &[UserId]) -> StoreResult<Vec<ChatPerson>> {
+async fn people(accounts: &Database, ids: &[UserId]) -> StoreResult<Vec<ChatPerson>> {
     let uuids: Vec<Uuid> = ids.iter().map(|u| *u.as_uuid()).collect();
     let found = accounts
         .read(
@@ -649,8 +649,8 @@ async fn people(accounts: &Postgres, ids: &[UserId]) -> StoreResult<Vec<ChatPers
 
 /// One database's part of [`ChatLog::chats_of`].
 pub(super) async fn chats_of(
-    accounts: &Postgres,
-    db: &Postgres,
+    accounts: &Database,
+    db: &Database,
     user: UserId,
 ) -> StoreResult<Vec<ChatOverview>> {
     let limit = i64::try_from(crate::store::CHAT_LIST_PARTICIPANTS).unwrap_or(i64::MAX);
@@ -722,8 +722,8 @@ pub(super) async fn chats_of(
 }
 
 pub(super) async fn post(
-    accounts: &Postgres,
-    db: &Postgres,
+    accounts: &Database,
+    db: &Database,
     message: NewMessage,
 ) -> StoreResult<Posted> {
     // Uploads are records of the accounts database. A message may only
@@ -802,8 +802,8 @@ pub(super) async fn post(
 }
 
 pub(super) async fn change_chat(
-    accounts: &Postgres,
-    db: &Postgres,
+    accounts: &Database,
+    db: &Database,
     chat: ChatId,
     actor: UserId,
     change: ChatChange,
@@ -910,7 +910,7 @@ pub(super) async fn change_chat_in(
 }
 
 pub(super) async fn history(
-    db: &Postgres,
+    db: &Database,
     chat: ChatId,
     user: UserId,
     q: HistoryQuery,
@@ -945,7 +945,7 @@ pub(super) async fn history(
 }
 
 pub(super) async fn change_message(
-    db: &Postgres,
+    db: &Database,
     change: MessageChange,
 ) -> StoreResult<MessageChanged> {
     db.write(|tx| {
@@ -1067,7 +1067,7 @@ pub(super) async fn change_message(
 }
 
 pub(super) async fn chat_of_message(
-    db: &Postgres,
+    db: &Database,
     message: MessageId,
 ) -> StoreResult<Option<ChatId>> {
     let found = db
@@ -1080,7 +1080,7 @@ pub(super) async fn chat_of_message(
 }
 
 pub(super) async fn mark_read(
-    db: &Postgres,
+    db: &Database,
     chat: ChatId,
     user: UserId,
     seq: i64,
@@ -1108,7 +1108,7 @@ pub(super) async fn mark_read(
 }
 
 pub(super) async fn ack(
-    db: &Postgres,
+    db: &Database,
     user: UserId,
     mut positions: Vec<(ChatId, i64)>,
 ) -> StoreResult<Vec<ReceiptChange>> {
@@ -1154,13 +1154,13 @@ fn head_from_row(r: &tokio_postgres::Row) -> ChatHead {
     }
 }
 
-pub(super) async fn chat_heads(db: &Postgres, user: UserId) -> StoreResult<Vec<ChatHead>> {
+pub(super) async fn chat_heads(db: &Database, user: UserId) -> StoreResult<Vec<ChatHead>> {
     let found = db.read(HEAD_SQL, &[user.as_uuid()]).await?;
     Ok(found.iter().map(head_from_row).collect())
 }
 
 pub(super) async fn chat_head(
-    db: &Postgres,
+    db: &Database,
     chat: ChatId,
     user: UserId,
 ) -> StoreResult<Option<ChatHead>> {
@@ -1174,7 +1174,7 @@ pub(super) async fn chat_head(
 }
 
 pub(super) async fn messages_sent_by(
-    db: &Postgres,
+    db: &Database,
     user: UserId,
     limit: i64,
 ) -> StoreResult<Vec<LogEntry>> {
@@ -1193,7 +1193,7 @@ pub(super) async fn messages_sent_by(
 }
 
 pub(super) async fn events_after(
-    db: &Postgres,
+    db: &Database,
     chat: ChatId,
     user: UserId,
     after: i64,
@@ -1242,30 +1242,71 @@ pub(super) async fn events_after(
     Ok(out)
 }
 
+impl Postgres {
+    /// Where a new chat goes, with the id it gets there: a direct chat to
+    /// its pair's database, with an id that lands there too
+    /// (`partitions`); any other to its id's database.
+    pub(super) fn home_of(&self, mut new: NewChat) -> (&Database, NewChat) {
+        if let (ChatKind::Direct, [other]) = (new.kind, new.others.as_slice()) {
+            let key = direct_key(new.creator, *other);
+            let (db, id) = self.direct_chat_home(*new.id.as_uuid(), &key);
+            new.id = ChatId::from_uuid(id);
+            return (db, new);
+        }
+        (self.chat_db(new.id), new)
+    }
+
+    /// The chat a message belongs to, and that chat's database.
+    pub(super) async fn find_message(
+        &self,
+        message: MessageId,
+    ) -> StoreResult<Option<(ChatId, &Database)>> {
+        for db in self.chat_dbs() {
+            if let Some(chat) = chat_of_message(db, message).await? {
+                return Ok(Some((chat, db)));
+            }
+        }
+        Ok(None)
+    }
+}
+
 #[async_trait::async_trait]
 impl crate::store::ChatLog for Postgres {
     async fn create_chat(&self, chat: NewChat) -> StoreResult<ChatCreated> {
-        create_chat(self, self, chat).await
+        let (db, chat) = self.home_of(chat);
+        create_chat(self.accounts(), db, chat).await
     }
 
     async fn chat_access(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatAccess>> {
-        chat_access(self, chat, user).await
+        chat_access(self.chat_db(chat), chat, user).await
     }
 
     async fn members(&self, chat: ChatId) -> StoreResult<Vec<Member>> {
-        members(self, chat).await
+        members(self.chat_db(chat), chat).await
     }
 
     async fn receipt_state(&self, chat: ChatId) -> StoreResult<ReceiptState> {
-        receipt_state(self, chat).await
+        receipt_state(self.chat_db(chat), chat).await
     }
 
     async fn chats_of(&self, user: UserId) -> StoreResult<Vec<ChatOverview>> {
-        chats_of(self, self, user).await
+        let mut out = Vec::new();
+        for db in self.chat_dbs() {
+            out.extend(chats_of(self.accounts(), db, user).await?);
+        }
+        // Each database's part is in this order already.
+        out.sort_by(|a, b| {
+            b.chat
+                .last_activity_at
+                .cmp(&a.chat.last_activity_at)
+                .then_with(|| a.chat.id.as_uuid().cmp(b.chat.id.as_uuid()))
+        });
+        Ok(out)
     }
 
     async fn post(&self, message: NewMessage) -> StoreResult<Posted> {
-        post(self, self, message).await
+        let db = self.chat_db(message.chat_id);
+        post(self.accounts(), db, message).await
     }
 
     async fn change_chat(
@@ -1276,7 +1317,8 @@ impl crate::store::ChatLog for Postgres {
         max_members: usize,
         now: Timestamp,
     ) -> StoreResult<ChatChanged> {
-        change_chat(self, self, chat, actor, change, max_members, now).await
+        let db = self.chat_db(chat);
+        change_chat(self.accounts(), db, chat, actor, change, max_members, now).await
     }
 
     async fn history(
@@ -1285,15 +1327,20 @@ impl crate::store::ChatLog for Postgres {
         user: UserId,
         query: HistoryQuery,
     ) -> StoreResult<(Vec<LogEntry>, bool)> {
-        history(self, chat, user, query).await
+        history(self.chat_db(chat), chat, user, query).await
     }
 
     async fn change_message(&self, change: MessageChange) -> StoreResult<MessageChanged> {
-        change_message(self, change).await
+        let db = match self.find_message(change.message).await? {
+            Some((_, db)) => db,
+            // Not in any chat: the answer is the same from every database.
+            None => self.accounts(),
+        };
+        change_message(db, change).await
     }
 
     async fn chat_of_message(&self, message: MessageId) -> StoreResult<Option<ChatId>> {
-        chat_of_message(self, message).await
+        Ok(self.find_message(message).await?.map(|(chat, _)| chat))
     }
 
     async fn mark_read(
@@ -1303,7 +1350,7 @@ impl crate::store::ChatLog for Postgres {
         seq: i64,
         _now: Timestamp,
     ) -> StoreResult<(i64, Option<ReceiptChange>)> {
-        mark_read(self, chat, user, seq).await
+        mark_read(self.chat_db(chat), chat, user, seq).await
     }
 
     async fn ack(
@@ -1312,19 +1359,41 @@ impl crate::store::ChatLog for Postgres {
         positions: Vec<(ChatId, i64)>,
         _now: Timestamp,
     ) -> StoreResult<Vec<ReceiptChange>> {
-        ack(self, user, positions).await
+        let mut changes = Vec::new();
+        for db in self.chat_dbs() {
+            let here: Vec<(ChatId, i64)> = positions
+                .iter()
+                .filter(|(chat, _)| self.chat_db(*chat).is(db))
+                .copied()
+                .collect();
+            if !here.is_empty() {
+                changes.extend(ack(db, user, here).await?);
+            }
+        }
+        changes.sort_by_key(|c| *c.chat_id.as_uuid());
+        Ok(changes)
     }
 
     async fn chat_heads(&self, user: UserId) -> StoreResult<Vec<ChatHead>> {
-        chat_heads(self, user).await
+        let mut out = Vec::new();
+        for db in self.chat_dbs() {
+            out.extend(chat_heads(db, user).await?);
+        }
+        Ok(out)
     }
 
     async fn chat_head(&self, chat: ChatId, user: UserId) -> StoreResult<Option<ChatHead>> {
-        chat_head(self, chat, user).await
+        chat_head(self.chat_db(chat), chat, user).await
     }
 
     async fn messages_sent_by(&self, user: UserId, limit: i64) -> StoreResult<Vec<LogEntry>> {
-        messages_sent_by(self, user, limit).await
+        let mut out = Vec::new();
+        for db in self.chat_dbs() {
+            out.extend(messages_sent_by(db, user, limit).await?);
+        }
+        out.sort_by(|a, b| (a.chat_id.as_uuid(), a.seq).cmp(&(b.chat_id.as_uuid(), b.seq)));
+        out.truncate(usize::try_from(limit).unwrap_or(0));
+        Ok(out)
     }
 
     async fn events_after(
@@ -1334,6 +1403,6 @@ impl crate::store::ChatLog for Postgres {
         after: i64,
         limit: i64,
     ) -> StoreResult<Vec<LogEvent>> {
-        events_after(self, chat, user, after, limit).await
+        events_after(self.chat_db(chat), chat, user, after, limit).await
     }
 }

@@ -32,30 +32,32 @@ impl Invites for Postgres {
     async fn create_invite(&self, invite: NewInvite) -> StoreResult<()> {
         let max_uses = i32::try_from(invite.max_uses)
             .map_err(|_| StoreError::internal("an invite's use count does not fit"))?;
-        self.write(|tx| {
-            let i = invite.clone();
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "INSERT INTO invites (id, token_hash, max_uses, expires_at, created_at)
+        self.accounts()
+            .write(|tx| {
+                let i = invite.clone();
+                Box::pin(async move {
+                    execute(
+                        tx,
+                        "INSERT INTO invites (id, token_hash, max_uses, expires_at, created_at)
                      VALUES ($1, $2, $3, $4, $5)",
-                    &[
-                        &i.id,
-                        &i.token_hash.0.as_slice(),
-                        &max_uses,
-                        &i.expires_at.map(|t| t.0),
-                        &i.created_at.0,
-                    ],
-                )
-                .await
-                .map(drop)
+                        &[
+                            &i.id,
+                            &i.token_hash.0.as_slice(),
+                            &max_uses,
+                            &i.expires_at.map(|t| t.0),
+                            &i.created_at.0,
+                        ],
+                    )
+                    .await
+                    .map(drop)
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn invites(&self) -> StoreResult<Vec<InviteRecord>> {
         let found = self
+            .accounts()
             .read(
                 &format!("SELECT {INVITE_COLUMNS} FROM invites ORDER BY created_at DESC, id DESC"),
                 &[],
@@ -65,51 +67,53 @@ impl Invites for Postgres {
     }
 
     async fn revoke_invite(&self, id: Uuid, now: Timestamp) -> StoreResult<bool> {
-        self.execute_one(
-            "UPDATE invites SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-            &[&id, &now.0],
-        )
-        .await
-        .map(|n| n == 1)
+        self.accounts()
+            .execute_one(
+                "UPDATE invites SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id, &now.0],
+            )
+            .await
+            .map(|n| n == 1)
     }
 
     async fn register_by_invite(
         &self,
         registration: InviteRegistration,
     ) -> StoreResult<RegisteredByInvite> {
-        self.write(|tx| {
-            let r = registration.clone();
-            Box::pin(async move {
-                let invite = rows(
-                    tx,
-                    &format!(
-                        "SELECT {INVITE_COLUMNS} FROM invites WHERE token_hash = $1 FOR UPDATE"
-                    ),
-                    &[&r.invite.0.as_slice()],
-                )
-                .await?;
-                let Some(invite) = invite.first().map(invite_from_row) else {
-                    return Ok(RegisteredByInvite::InviteInvalid);
-                };
-                if !invite.usable(r.now) {
-                    return Ok(RegisteredByInvite::InviteInvalid);
-                }
-                if !insert_user(tx, &r.user).await? {
-                    return Ok(RegisteredByInvite::PhoneTaken);
-                }
-                execute(
-                    tx,
-                    "UPDATE invites SET uses = uses + 1 WHERE id = $1",
-                    &[&invite.id],
-                )
-                .await?;
-                insert_device(tx, r.user.id, &r.device).await?;
-                user_by_id(tx, r.user.id)
-                    .await?
-                    .map(RegisteredByInvite::Created)
-                    .ok_or_else(|| StoreError::internal("the new user vanished"))
+        self.accounts()
+            .write(|tx| {
+                let r = registration.clone();
+                Box::pin(async move {
+                    let invite = rows(
+                        tx,
+                        &format!(
+                            "SELECT {INVITE_COLUMNS} FROM invites WHERE token_hash = $1 FOR UPDATE"
+                        ),
+                        &[&r.invite.0.as_slice()],
+                    )
+                    .await?;
+                    let Some(invite) = invite.first().map(invite_from_row) else {
+                        return Ok(RegisteredByInvite::InviteInvalid);
+                    };
+                    if !invite.usable(r.now) {
+                        return Ok(RegisteredByInvite::InviteInvalid);
+                    }
+                    if !insert_user(tx, &r.user).await? {
+                        return Ok(RegisteredByInvite::PhoneTaken);
+                    }
+                    execute(
+                        tx,
+                        "UPDATE invites SET uses = uses + 1 WHERE id = $1",
+                        &[&invite.id],
+                    )
+                    .await?;
+                    insert_device(tx, r.user.id, &r.device).await?;
+                    user_by_id(tx, r.user.id)
+                        .await?
+                        .map(RegisteredByInvite::Created)
+                        .ok_or_else(|| StoreError::internal("the new user vanished"))
+                })
             })
-        })
-        .await
+            .await
     }
 }

@@ -79,7 +79,7 @@ impl MediaStore for Postgres {
         quota: u64,
         max_pending: u64,
     ) -> StoreResult<MediaCreated> {
-        self.write(|tx| {
+        self.accounts().write(|tx| {
             let m = media.clone();
             Box::pin(async move {
                 let owner = m.owner.as_uuid();
@@ -135,6 +135,7 @@ impl MediaStore for Postgres {
 
     async fn media(&self, id: MediaId) -> StoreResult<Option<MediaRecord>> {
         let found = self
+            .accounts()
             .read(
                 &format!("SELECT {MEDIA_COLUMNS} FROM media WHERE id = $1"),
                 &[id.as_uuid()],
@@ -145,6 +146,7 @@ impl MediaStore for Postgres {
 
     async fn media_of(&self, owner: UserId) -> StoreResult<Vec<MediaRecord>> {
         let found = self
+            .accounts()
             .read(
                 &format!(
                     "SELECT {MEDIA_COLUMNS} FROM media WHERE owner_id = $1 AND ready
@@ -157,37 +159,39 @@ impl MediaStore for Postgres {
     }
 
     async fn advance_media_received(&self, segment: MediaSegment) -> StoreResult<bool> {
-        self.write(|tx| {
-            let segment = segment.clone();
-            Box::pin(async move {
-                let (from, to) = (to_sql_len(segment.from), to_sql_len(segment.to));
-                // The row lock taken by the UPDATE holds a second node's
-                // UPDATE until this commits; it then finds `received` moved.
-                let moved = execute(
-                    tx,
-                    "UPDATE media SET received = $3
+        self.accounts()
+            .write(|tx| {
+                let segment = segment.clone();
+                Box::pin(async move {
+                    let (from, to) = (to_sql_len(segment.from), to_sql_len(segment.to));
+                    // The row lock taken by the UPDATE holds a second node's
+                    // UPDATE until this commits; it then finds `received` moved.
+                    let moved = execute(
+                        tx,
+                        "UPDATE media SET received = $3
                      WHERE id = $1 AND NOT ready AND received = $2",
-                    &[segment.media.as_uuid(), &from, &to],
-                )
-                .await?;
-                if moved != 1 {
-                    return Ok(false);
-                }
-                execute(
-                    tx,
-                    "INSERT INTO media_segments (media_id, start_offset, end_offset, blob_key)
+                        &[segment.media.as_uuid(), &from, &to],
+                    )
+                    .await?;
+                    if moved != 1 {
+                        return Ok(false);
+                    }
+                    execute(
+                        tx,
+                        "INSERT INTO media_segments (media_id, start_offset, end_offset, blob_key)
                      VALUES ($1, $2, $3, $4)",
-                    &[segment.media.as_uuid(), &from, &to, &segment.key],
-                )
-                .await?;
-                Ok(true)
+                        &[segment.media.as_uuid(), &from, &to, &segment.key],
+                    )
+                    .await?;
+                    Ok(true)
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn media_segments(&self, id: MediaId) -> StoreResult<Vec<MediaSegment>> {
         let found = self
+            .accounts()
             .read(
                 "SELECT start_offset, end_offset, blob_key FROM media_segments
                  WHERE media_id = $1 ORDER BY start_offset",
@@ -206,71 +210,87 @@ impl MediaStore for Postgres {
     }
 
     async fn finish_media(&self, id: MediaId, finished: FinishedMedia) -> StoreResult<bool> {
-        self.write(|tx| {
-            let f = finished.clone();
-            Box::pin(async move {
-                let n = execute(
-                    tx,
-                    "UPDATE media SET ready = true, length = received, content_type = $2,
+        self.accounts()
+            .write(|tx| {
+                let f = finished.clone();
+                Box::pin(async move {
+                    let n = execute(
+                        tx,
+                        "UPDATE media SET ready = true, length = received, content_type = $2,
                        sha256 = $3, width = $4, height = $5, thumbnail = $6, completed_at = $7,
                        expires_at = NULL
                      WHERE id = $1 AND NOT ready",
-                    &[
-                        id.as_uuid(),
-                        &f.content_type,
-                        &f.sha256.to_vec(),
-                        &f.dimensions.map(|d| to_sql_dimension(d.0)),
-                        &f.dimensions.map(|d| to_sql_dimension(d.1)),
-                        &f.thumbnail,
-                        &f.completed_at.0,
-                    ],
-                )
-                .await?;
-                let finished = n == 1;
-                execute(
-                    tx,
-                    "DELETE FROM media_segments WHERE media_id = $1",
-                    &[id.as_uuid()],
-                )
-                .await?;
-                Ok(finished)
+                        &[
+                            id.as_uuid(),
+                            &f.content_type,
+                            &f.sha256.to_vec(),
+                            &f.dimensions.map(|d| to_sql_dimension(d.0)),
+                            &f.dimensions.map(|d| to_sql_dimension(d.1)),
+                            &f.thumbnail,
+                            &f.completed_at.0,
+                        ],
+                    )
+                    .await?;
+                    let finished = n == 1;
+                    execute(
+                        tx,
+                        "DELETE FROM media_segments WHERE media_id = $1",
+                        &[id.as_uuid()],
+                    )
+                    .await?;
+                    Ok(finished)
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn delete_media(&self, id: MediaId) -> StoreResult<bool> {
-        self.write(|tx| {
-            Box::pin(async move {
-                execute(
-                    tx,
-                    "DELETE FROM media WHERE id = $1 AND NOT ready",
-                    &[id.as_uuid()],
-                )
-                .await
-                .map(|n| n == 1)
+        self.accounts()
+            .write(|tx| {
+                Box::pin(async move {
+                    execute(
+                        tx,
+                        "DELETE FROM media WHERE id = $1 AND NOT ready",
+                        &[id.as_uuid()],
+                    )
+                    .await
+                    .map(|n| n == 1)
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn media_visible(&self, id: MediaId, user: UserId) -> StoreResult<bool> {
         let found = self
+            .accounts()
             .read(
-                "SELECT EXISTS (
-                   SELECT 1 FROM media WHERE id = $1 AND ready AND (
-                     owner_id = $2
-                     OR EXISTS (SELECT 1 FROM users u WHERE u.profile_pic = $1)
-                     OR EXISTS (
-                       SELECT 1 FROM chat_log l JOIN memberships m
-                         ON m.chat_id = l.chat_id AND m.user_id = $2
-                        AND l.seq >= m.from_seq AND (m.to_seq IS NULL OR l.seq <= m.to_seq)
-                       WHERE l.media_id = $1::uuid::text AND l.kind = 'message'
-                         AND l.deleted_at IS NULL)))",
+                "SELECT owner_id = $2 OR EXISTS (SELECT 1 FROM users u WHERE u.profile_pic = $1)
+                 FROM media WHERE id = $1 AND ready",
                 &[id.as_uuid(), user.as_uuid()],
             )
             .await?;
-        Ok(found.first().is_some_and(|r| r.get(0)))
+        match found.first().map(|r| r.get::<_, bool>(0)) {
+            None => return Ok(false),
+            Some(true) => return Ok(true),
+            Some(false) => {}
+        }
+        for db in self.chat_dbs() {
+            let attached = db
+                .read(
+                    "SELECT 1 FROM chat_log l JOIN memberships m
+                       ON m.chat_id = l.chat_id AND m.user_id = $2
+                      AND l.seq >= m.from_seq AND (m.to_seq IS NULL OR l.seq <= m.to_seq)
+                     WHERE l.media_id = $1::uuid::text AND l.kind = 'message'
+                       AND l.deleted_at IS NULL
+                     LIMIT 1",
+                    &[id.as_uuid(), user.as_uuid()],
+                )
+                .await?;
+            if !attached.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn collect_media(
@@ -279,36 +299,100 @@ impl MediaStore for Postgres {
         unreferenced_before: Timestamp,
         limit: usize,
     ) -> StoreResult<CollectedMedia> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.write(|tx| {
-            Box::pin(async move {
-                let expired = rows(
-                    tx,
-                    "DELETE FROM media WHERE id IN (
-                       SELECT id FROM media WHERE NOT ready AND expires_at <= $1
-                       ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-                     RETURNING id",
-                    &[&now.0, &limit],
-                )
-                .await?;
-                // Messages hold the id in its text form (hyphenated, lower case).
-                let unreferenced = rows(
-                    tx,
-                    "DELETE FROM media WHERE id IN (
-                       SELECT m.id FROM media m WHERE m.ready AND m.completed_at < $1
-                         AND NOT EXISTS (SELECT 1 FROM users u WHERE u.profile_pic = m.id)
-                         AND NOT EXISTS (SELECT 1 FROM chat_log l WHERE l.media_id = m.id::text)
-                       ORDER BY m.completed_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-                     RETURNING id",
-                    &[&unreferenced_before.0, &limit],
-                )
-                .await?;
-                Ok(CollectedMedia {
-                    expired: ids(&expired),
-                    unreferenced: ids(&unreferenced),
+        let max = i64::try_from(limit).unwrap_or(i64::MAX);
+        let expired = self
+            .accounts()
+            .write(|tx| {
+                Box::pin(async move {
+                    rows(
+                        tx,
+                        "DELETE FROM media WHERE id IN (
+                           SELECT id FROM media WHERE NOT ready AND expires_at <= $1
+                           ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                         RETURNING id",
+                        &[&now.0, &max],
+                    )
+                    .await
                 })
             })
+            .await?;
+        let unreferenced = self
+            .collect_unreferenced(unreferenced_before, limit)
+            .await?;
+        Ok(CollectedMedia {
+            expired: ids(&expired),
+            unreferenced,
         })
-        .await
+    }
+}
+
+/// How many finished uploads one collection looks at, at most, per one it
+/// may delete: the oldest are looked at first, and those still attached
+/// to a message stay candidates.
+const CANDIDATES_PER_COLLECTED: usize = 16;
+
+impl Postgres {
+    /// Deletes up to `limit` finished uploads completed before `before`
+    /// that no profile and no message in any chat database references.
+    async fn collect_unreferenced(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<MediaId>> {
+        let scan =
+            i64::try_from(limit.saturating_mul(CANDIDATES_PER_COLLECTED)).unwrap_or(i64::MAX);
+        let candidates: Vec<Uuid> = self
+            .accounts()
+            .read(
+                "SELECT m.id FROM media m WHERE m.ready AND m.completed_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.profile_pic = m.id)
+                 ORDER BY m.completed_at, m.id LIMIT $2",
+                &[&before.0, &scan],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Messages hold the id in its text form (hyphenated, lower case).
+        let texts: Vec<String> = candidates.iter().map(Uuid::to_string).collect();
+        let mut referenced = std::collections::HashSet::new();
+        for db in self.chat_dbs() {
+            let found = db
+                .read(
+                    "SELECT DISTINCT media_id FROM chat_log WHERE media_id = ANY($1)",
+                    &[&texts],
+                )
+                .await?;
+            referenced.extend(found.iter().map(|r| r.get::<_, String>(0)));
+        }
+        let unreferenced: Vec<Uuid> = candidates
+            .into_iter()
+            .filter(|id| !referenced.contains(&id.to_string()))
+            .take(limit)
+            .collect();
+        let deleted = self
+            .accounts()
+            .write(|tx| {
+                let unreferenced = unreferenced.clone();
+                Box::pin(async move {
+                    // Checked again under the rows' locks: a profile may
+                    // have taken one meanwhile.
+                    rows(
+                        tx,
+                        "DELETE FROM media WHERE id IN (
+                           SELECT m.id FROM media m WHERE m.id = ANY($1) AND m.ready
+                             AND NOT EXISTS (SELECT 1 FROM users u WHERE u.profile_pic = m.id)
+                           FOR UPDATE SKIP LOCKED)
+                         RETURNING id",
+                        &[&unreferenced],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        Ok(ids(&deleted))
     }
 }

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_group_invitations.sql"),
     include_str!("migrations/0008_search.sql"),
     include_str!("migrations/0009_media_segments.sql"),
+    include_str!("migrations/0010_partitions.sql"),
 ];
 
 /// The newest schema version this binary knows.

@@ -1,14 +1,24 @@
-//! The PostgreSQL engine, for running many stateless nodes on one shared
-//! database: its connection pool, its embedded migrations (applied at start
-//! under an advisory lock, so nodes may start together), transactions that
-//! are retried when PostgreSQL aborts them for a serialization failure or a
-//! deadlock, and the security rate limits shared by every node
-//! ([`PgRateLimiter`], failing closed).
+//! The PostgreSQL engine, for running many stateless nodes on shared
+//! databases: one accounts database and the chat databases the chats are
+//! partitioned over by chat id (by default the accounts database alone),
+//! their connection pools, the embedded migrations (applied at start to
+//! each database under an advisory lock, so nodes may start together),
+//! transactions that are retried when PostgreSQL aborts them for a
+//! serialization failure or a deadlock, and the security rate limits shared
+//! by every node ([`PgRateLimiter`], failing closed).
+//!
+//! Every transaction runs in one database. An operation that concerns an
+//! account and chats (deleting an account, a key change announced to the
+//! user's encrypted chats, a commit's Welcomes, a user's chat list or
+//! search) runs one transaction per database, in an order that leaves
+//! nothing a later step cannot finish: each module says how.
 //!
 //! # Layout
-//! - [`Postgres`]: the pool; [`Postgres::connect`] checks the database is
-//!   reachable and migrates it; [`Postgres::transaction`] runs one domain
-//!   operation with retries.
+//! - [`Postgres`]: the databases; [`Postgres::connect`] checks each is
+//!   reachable, migrates it and checks the chat databases are the store's
+//!   (`partitions`); `Database::transaction` runs one domain operation with
+//!   retries in one database.
+//! - `partitions`: which database holds a chat, and the fixed list.
 //! - `migrations`: the embedded SQL steps and the advisory-locked runner.
 //! - `ratelimit`: [`PgRateLimiter`], GCRA in one SQL function.
 //!
@@ -33,6 +43,7 @@ mod group_invitations;
 mod invites;
 mod media;
 mod migrations;
+mod partitions;
 mod push;
 mod ratelimit;
 mod search;
@@ -61,16 +72,34 @@ const MAX_ATTEMPTS: u32 = 8;
 /// The first wait before a retry; it doubles each time (with jitter).
 const RETRY_BASE: Duration = Duration::from_millis(2);
 
-/// How to reach the database, and how many connections to keep.
+/// How to reach the databases, and how many connections to keep.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// A libpq-style URL (`postgres://user:password@host:port/dbname`, a
-    /// percent-encoded socket directory as the host for a unix socket).
+    /// The accounts database: a libpq-style URL
+    /// (`postgres://user:password@host:port/dbname`, a percent-encoded
+    /// socket directory as the host for a unix socket).
     pub url: String,
-    /// Connections in the pool.
+    /// The chat databases, in their fixed order (empty: the chats live in
+    /// the accounts database). `url` may be one of them.
+    pub chat_urls: Vec<String>,
+    /// Connections in each database's pool.
     pub pool_size: usize,
     /// How long connecting (or waiting for a free connection) may take.
     pub connect_timeout: Duration,
+}
+
+impl PgOptions {
+    /// The options of a `store` section whose `url` is set (`None` if not),
+    /// with `pool_size` connections to each database.
+    #[must_use]
+    pub fn for_config(store: &crate::config::StoreConfig, pool_size: usize) -> Option<Self> {
+        Some(Self {
+            url: store.url.as_ref()?.expose().to_owned(),
+            chat_urls: store.chat_urls(),
+            pool_size,
+            connect_timeout: Duration::from_secs(store.connect_timeout_secs),
+        })
+    }
 }
 
 /// Why the engine could not start. The messages never repeat the URL (it
@@ -96,58 +125,185 @@ pub enum PgError {
     /// A migration failed (nothing of it was applied).
     #[error("a PostgreSQL migration failed: {0}")]
     Migration(String),
+    /// The chat databases named differ from those the store was made with.
+    #[error("the PostgreSQL databases do not match this store: {0}")]
+    Layout(String),
 }
 
-/// The PostgreSQL engine's connection pool.
-#[derive(Clone)]
+/// The PostgreSQL engine: the accounts database (users, devices, contacts,
+/// keys, uploads, pushes, rate limits) and the chat databases the chats are
+/// partitioned over (`partitions`); with one database, it is both.
+#[derive(Clone, Debug)]
 pub struct Postgres {
-    /// Connections to the one database (accounts, devices, chat logs).
-    pool: Pool,
+    accounts: Database,
+    /// By position: a chat lives in `chats[partitions::partition(id)]`.
+    chats: std::sync::Arc<[Database]>,
+    /// Each chat database once, in order (a list may name one twice only
+    /// to be refused by `partitions::claim`).
+    chat_distinct: std::sync::Arc<[Database]>,
+    /// Each database once (the accounts one first), for what concerns all.
+    distinct: std::sync::Arc<[Database]>,
     /// What the search indexer waits on; never woken, since the words are
     /// written with each message (`search`).
     log_appended: std::sync::Arc<tokio::sync::Notify>,
 }
 
-impl std::fmt::Debug for Postgres {
+impl Postgres {
+    /// Opens the pools, checks each database answers within
+    /// `connect_timeout`, applies the migrations each lacks and checks the
+    /// chat databases are those the store was made with (recording them at
+    /// its first start).
+    ///
+    /// # Errors
+    /// A URL that does not parse, a database that does not answer, a schema
+    /// newer than this binary, a failed migration or changed chat databases.
+    pub async fn connect(options: &PgOptions) -> Result<Self, PgError> {
+        let store = Self::open(options)?;
+        for db in store.distinct.iter() {
+            db.migrate().await?;
+        }
+        partitions::claim(&store.accounts, &store.chats).await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations one database lacks, and nothing else (a test
+    /// cluster's template database).
+    ///
+    /// # Errors
+    /// As [`Postgres::connect`], but for the layout.
+    pub async fn migrate_only(url: &str, connect_timeout: Duration) -> Result<(), PgError> {
+        let db = Database::open(url, 1, connect_timeout)?;
+        let migrated = db.migrate().await;
+        db.close();
+        migrated
+    }
+
+    /// Opens the pools without connecting (connections are made on first
+    /// use) and without migrating.
+    ///
+    /// # Errors
+    /// A URL that does not parse.
+    pub fn open(options: &PgOptions) -> Result<Self, PgError> {
+        let open = |url: &str| Database::open(url, options.pool_size, options.connect_timeout);
+        let accounts = open(&options.url)?;
+        let mut distinct = vec![(options.url.clone(), accounts.clone())];
+        let mut chats = Vec::with_capacity(options.chat_urls.len().max(1));
+        let mut chat_distinct: Vec<(&str, Database)> = Vec::new();
+        for url in &options.chat_urls {
+            let db = match distinct.iter().find(|(u, _)| u == url) {
+                Some((_, db)) => db.clone(),
+                None => {
+                    let mut db = open(url)?;
+                    db.id = distinct.len();
+                    distinct.push((url.clone(), db.clone()));
+                    db
+                }
+            };
+            if !chat_distinct.iter().any(|(u, _)| u == url) {
+                chat_distinct.push((url, db.clone()));
+            }
+            chats.push(db);
+        }
+        if chats.is_empty() {
+            chats.push(accounts.clone());
+            chat_distinct.push((&options.url, accounts.clone()));
+        }
+        Ok(Self {
+            accounts,
+            chats: chats.into(),
+            chat_distinct: chat_distinct.into_iter().map(|(_, db)| db).collect(),
+            distinct: distinct.into_iter().map(|(_, db)| db).collect(),
+            log_appended: std::sync::Arc::default(),
+        })
+    }
+
+    /// Succeeds when every database answers a query.
+    ///
+    /// # Errors
+    /// `Unavailable` when one does not.
+    pub async fn ping(&self) -> StoreResult<()> {
+        for db in self.distinct.iter() {
+            db.ping().await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the pools: connections in use finish, idle ones close.
+    pub fn close(&self) {
+        for db in self.distinct.iter() {
+            db.close();
+        }
+    }
+
+    /// The accounts database.
+    pub(crate) fn accounts(&self) -> &Database {
+        &self.accounts
+    }
+
+    /// The database of a chat.
+    pub(crate) fn chat_db(&self, chat: natter_proto::ChatId) -> &Database {
+        &self.chats[partitions::partition(chat.as_uuid(), self.chats.len())]
+    }
+
+    /// The chat databases, each once, in order.
+    pub(crate) fn chat_dbs(&self) -> &[Database] {
+        &self.chat_distinct
+    }
+
+    /// The database of the direct chat of a pair, and an id for it there
+    /// (`proposed` if it lands there).
+    pub(crate) fn direct_chat_home(
+        &self,
+        proposed: uuid::Uuid,
+        key: &[u8],
+    ) -> (&Database, uuid::Uuid) {
+        let n = self.chats.len();
+        (
+            &self.chats[partitions::pair_partition(key, n)],
+            partitions::direct_chat_id(proposed, key, n),
+        )
+    }
+}
+
+/// One PostgreSQL database's connection pool: the accounts database, or
+/// one of the chat databases.
+#[derive(Clone)]
+pub(crate) struct Database {
+    pool: Pool,
+    /// Which of the store's databases this is (the accounts one is 0):
+    /// two handles with the same `id` are one pool.
+    id: usize,
+}
+
+impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let status = self.pool.status();
-        f.debug_struct("Postgres")
+        f.debug_struct("Database")
             .field("size", &status.size)
             .field("available", &status.available)
             .finish_non_exhaustive()
     }
 }
 
-impl Postgres {
-    /// Opens the pool, checks the database answers within
-    /// `connect_timeout` and applies the migrations it lacks.
-    ///
-    /// # Errors
-    /// A URL that does not parse, a database that does not answer, a schema
-    /// newer than this binary or a failed migration.
-    pub async fn connect(options: &PgOptions) -> Result<Self, PgError> {
-        let store = Self::open(options)?;
-        let mut client = store
+impl Database {
+    /// Applies the migrations the database lacks.
+    async fn migrate(&self) -> Result<(), PgError> {
+        let mut client = self
             .pool
             .get()
             .await
             .map_err(|e| PgError::Unreachable(describe_pool_error(&e)))?;
-        migrations::migrate(&mut client).await?;
-        Ok(store)
+        migrations::migrate(&mut client).await
     }
 
-    /// Opens the pool without connecting (connections are made on first
-    /// use) and without migrating.
-    ///
-    /// # Errors
-    /// A URL that does not parse.
-    pub fn open(options: &PgOptions) -> Result<Self, PgError> {
-        let mut config = tokio_postgres::Config::from_str(&options.url)
-            .map_err(|e| PgError::BadUrl(e.to_string()))?;
+    /// Opens a pool to `url` without connecting.
+    fn open(url: &str, pool_size: usize, connect_timeout: Duration) -> Result<Self, PgError> {
+        let mut config =
+            tokio_postgres::Config::from_str(url).map_err(|e| PgError::BadUrl(e.to_string()))?;
         if config.get_hosts().is_empty() {
             return Err(PgError::BadUrl("it names no host".into()));
         }
-        config.connect_timeout(options.connect_timeout);
+        config.connect_timeout(connect_timeout);
         config.application_name("natter");
         let manager = Manager::from_config(
             config,
@@ -159,31 +315,30 @@ impl Postgres {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
+            .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.connect_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
+            .wait_timeout(Some(connect_timeout))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
             .build()
             .map_err(|e| PgError::BadUrl(e.to_string()))?;
-        Ok(Self {
-            pool,
-            log_appended: std::sync::Arc::default(),
-        })
+        Ok(Self { pool, id: 0 })
+    }
+
+    /// Whether two handles are one database's pool.
+    pub(crate) fn is(&self, other: &Database) -> bool {
+        self.id == other.id
     }
 
     /// Succeeds when the database answers a query.
-    ///
-    /// # Errors
-    /// `Unavailable` when it does not.
-    pub async fn ping(&self) -> StoreResult<()> {
+    async fn ping(&self) -> StoreResult<()> {
         let client = self.pool.get().await.map_err(pool_error)?;
         client.simple_query("SELECT 1").await.map_err(store_error)?;
         Ok(())
     }
 
     /// Closes the pool: connections in use finish, idle ones close.
-    pub fn close(&self) {
+    fn close(&self) {
         self.pool.close();
     }
 
@@ -196,7 +351,7 @@ impl Postgres {
     /// # Errors
     /// What `operation` returns; `Conflict` after [`MAX_ATTEMPTS`] aborted
     /// tries; `Unavailable` when the database cannot be reached.
-    pub async fn transaction<T, F>(
+    pub(crate) async fn transaction<T, F>(
         &self,
         isolation: IsolationLevel,
         mut operation: F,
@@ -260,7 +415,7 @@ pub(super) async fn execute(
     tx.execute(&statement, params).await.map_err(store_error)
 }
 
-impl Postgres {
+impl Database {
     /// Runs one READ COMMITTED transaction (see [`Postgres::transaction`]).
     pub(super) async fn write<T, F>(&self, operation: F) -> StoreResult<T>
     where

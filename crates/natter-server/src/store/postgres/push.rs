@@ -68,21 +68,22 @@ impl PushOutbox for Postgres {
         user: UserId,
         channel: PushChannelRecord,
     ) -> StoreResult<Option<bool>> {
-        self.write(|tx| {
-            let ch = channel.clone();
-            Box::pin(async move {
-                let device = ch.device_id.as_uuid();
-                let owned = rows(
-                    tx,
-                    "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2",
-                    &[device, user.as_uuid()],
-                )
-                .await?;
-                if owned.is_empty() {
-                    return Ok(None);
-                }
-                // `xmax = 0` only on a row this statement inserted.
-                let upserted = rows(
+        self.accounts()
+            .write(|tx| {
+                let ch = channel.clone();
+                Box::pin(async move {
+                    let device = ch.device_id.as_uuid();
+                    let owned = rows(
+                        tx,
+                        "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2",
+                        &[device, user.as_uuid()],
+                    )
+                    .await?;
+                    if owned.is_empty() {
+                        return Ok(None);
+                    }
+                    // `xmax = 0` only on a row this statement inserted.
+                    let upserted = rows(
                     tx,
                     "INSERT INTO push_channels (device_id, user_id, kind, endpoint, p256dh, auth,
                                                 created_at, environment)
@@ -104,24 +105,26 @@ impl PushOutbox for Postgres {
                     ],
                 )
                 .await?;
-                Ok(Some(upserted.first().is_some_and(|r| r.get("inserted"))))
+                    Ok(Some(upserted.first().is_some_and(|r| r.get("inserted"))))
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn delete_push_channel(&self, user: UserId, device: DeviceId) -> StoreResult<bool> {
-        self.execute_one(
-            "DELETE FROM push_channels WHERE device_id = $1 AND user_id = $2",
-            &[device.as_uuid(), user.as_uuid()],
-        )
-        .await
-        .map(|n| n > 0)
+        self.accounts()
+            .execute_one(
+                "DELETE FROM push_channels WHERE device_id = $1 AND user_id = $2",
+                &[device.as_uuid(), user.as_uuid()],
+            )
+            .await
+            .map(|n| n > 0)
     }
 
     async fn push_devices(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, DeviceId)>> {
         let ids: Vec<Uuid> = users.iter().map(|u| *u.as_uuid()).collect();
         let found = self
+            .accounts()
             .read(
                 "SELECT user_id, device_id FROM push_channels WHERE user_id = ANY($1)",
                 &[&ids],
@@ -149,19 +152,20 @@ impl PushOutbox for Postgres {
     }
 
     async fn queue_pushes(&self, pushes: Vec<NewPush>) -> StoreResult<()> {
-        self.write(|tx| {
-            let pushes = pushes.clone();
-            Box::pin(async move {
-                for p in &pushes {
-                    let (sender, text) = match &p.preview {
-                        Some((s, t)) => (Some(s.as_str()), Some(t.as_str())),
-                        None => (None, None),
-                    };
-                    // A device whose channel vanished meanwhile is skipped
-                    // (the foreign key would refuse the row).
-                    execute(
-                        tx,
-                        "INSERT INTO push_outbox AS o (device_id, user_id, chat_id, count,
+        self.accounts()
+            .write(|tx| {
+                let pushes = pushes.clone();
+                Box::pin(async move {
+                    for p in &pushes {
+                        let (sender, text) = match &p.preview {
+                            Some((s, t)) => (Some(s.as_str()), Some(t.as_str())),
+                            None => (None, None),
+                        };
+                        // A device whose channel vanished meanwhile is skipped
+                        // (the foreign key would refuse the row).
+                        execute(
+                            tx,
+                            "INSERT INTO push_outbox AS o (device_id, user_id, chat_id, count,
                            since_seq, last_seq, preview_sender, preview_text, queued_at)
                          SELECT $1, $2, $3, 1, $4::bigint - 1, $4::bigint, $5, $6, $7
                          WHERE EXISTS (SELECT 1 FROM push_channels WHERE device_id = $1)
@@ -174,26 +178,27 @@ impl PushOutbox for Postgres {
                            preview_sender = excluded.preview_sender,
                            preview_text = excluded.preview_text,
                            version = o.version + 1",
-                        &[
-                            p.device_id.as_uuid(),
-                            p.user_id.as_uuid(),
-                            p.chat_id.as_uuid(),
-                            &p.seq,
-                            &sender,
-                            &text,
-                            &p.now.0,
-                        ],
-                    )
-                    .await?;
-                }
-                Ok(())
+                            &[
+                                p.device_id.as_uuid(),
+                                p.user_id.as_uuid(),
+                                p.chat_id.as_uuid(),
+                                &p.seq,
+                                &sender,
+                                &text,
+                                &p.now.0,
+                            ],
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn next_push_due(&self, window_ms: i64) -> StoreResult<Option<Timestamp>> {
         let due = self
+            .accounts()
             .read(
                 &format!("SELECT min({DUE}) FROM push_outbox"),
                 &[&window_ms],
@@ -213,14 +218,15 @@ impl PushOutbox for Postgres {
         limit: usize,
     ) -> StoreResult<Vec<PendingPush>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.write(|tx| {
-            Box::pin(async move {
-                // Rows another node is claiming right now are skipped, not
-                // waited for: they are that node's.
-                let claimed = rows(
-                    tx,
-                    &format!(
-                        "WITH due AS (
+        self.accounts()
+            .write(|tx| {
+                Box::pin(async move {
+                    // Rows another node is claiming right now are skipped, not
+                    // waited for: they are that node's.
+                    let claimed = rows(
+                        tx,
+                        &format!(
+                            "WITH due AS (
                            SELECT device_id, {DUE} AS due_at FROM push_outbox
                            WHERE {DUE} <= $2 ORDER BY {DUE} LIMIT $3
                            FOR UPDATE SKIP LOCKED)
@@ -231,88 +237,92 @@ impl PushOutbox for Postgres {
                            o.last_seq, o.preview_sender, o.preview_text, o.attempts,
                            o.version, p.kind, p.endpoint, p.p256dh, p.auth, p.created_at,
                            p.environment, due.due_at"
-                    ),
-                    &[&window_ms, &now.0, &limit, &lease_until.0],
-                )
-                .await?;
-                let mut pending: Vec<(i64, PendingPush)> = claimed
-                    .iter()
-                    .map(|row| (row.get("due_at"), pending_from_row(row)))
-                    .collect();
-                // Due order, as claimed (UPDATE … RETURNING keeps none).
-                pending.sort_by_key(|(due, p)| (*due, *p.device_id.as_uuid()));
-                Ok(pending.into_iter().map(|(_, p)| p).collect())
+                        ),
+                        &[&window_ms, &now.0, &limit, &lease_until.0],
+                    )
+                    .await?;
+                    let mut pending: Vec<(i64, PendingPush)> = claimed
+                        .iter()
+                        .map(|row| (row.get("due_at"), pending_from_row(row)))
+                        .collect();
+                    // Due order, as claimed (UPDATE … RETURNING keeps none).
+                    pending.sort_by_key(|(due, p)| (*due, *p.device_id.as_uuid()));
+                    Ok(pending.into_iter().map(|(_, p)| p).collect())
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn finish_push(&self, device: DeviceId, outcome: PushFinished) -> StoreResult<()> {
-        self.write(|tx| {
-            let outcome = outcome.clone();
-            Box::pin(async move {
-                let id = device.as_uuid();
-                match outcome {
-                    PushFinished::Settled {
-                        version,
-                        count,
-                        last_seq,
-                        now,
-                    } => {
-                        let removed = execute(
-                            tx,
-                            "DELETE FROM push_outbox WHERE device_id = $1 AND version = $2",
-                            &[id, &version],
-                        )
-                        .await?;
-                        if removed == 0 {
-                            // More arrived while sending: they are a new burst.
-                            execute(
+        self.accounts()
+            .write(|tx| {
+                let outcome = outcome.clone();
+                Box::pin(async move {
+                    let id = device.as_uuid();
+                    match outcome {
+                        PushFinished::Settled {
+                            version,
+                            count,
+                            last_seq,
+                            now,
+                        } => {
+                            let removed = execute(
                                 tx,
-                                "UPDATE push_outbox SET count = greatest(count - $2, 1),
+                                "DELETE FROM push_outbox WHERE device_id = $1 AND version = $2",
+                                &[id, &version],
+                            )
+                            .await?;
+                            if removed == 0 {
+                                // More arrived while sending: they are a new burst.
+                                execute(
+                                    tx,
+                                    "UPDATE push_outbox SET count = greatest(count - $2, 1),
                                    since_seq = $3, queued_at = $4, retry_at = NULL,
                                    attempts = 0
                                  WHERE device_id = $1",
-                                &[id, &count, &last_seq, &now.0],
+                                    &[id, &count, &last_seq, &now.0],
+                                )
+                                .await?;
+                            }
+                        }
+                        PushFinished::Retry { at } => {
+                            execute(
+                                tx,
+                                "UPDATE push_outbox SET attempts = attempts + 1, retry_at = $2
+                             WHERE device_id = $1",
+                                &[id, &at.0],
                             )
                             .await?;
                         }
+                        PushFinished::Drop => {
+                            execute(tx, "DELETE FROM push_outbox WHERE device_id = $1", &[id])
+                                .await?;
+                        }
+                        PushFinished::Gone { endpoint } => {
+                            // Only if the device did not register a new endpoint meanwhile.
+                            execute(
+                                tx,
+                                "DELETE FROM push_channels WHERE device_id = $1 AND endpoint = $2",
+                                &[id, &endpoint],
+                            )
+                            .await?;
+                            execute(tx, "DELETE FROM push_outbox WHERE device_id = $1", &[id])
+                                .await?;
+                        }
                     }
-                    PushFinished::Retry { at } => {
-                        execute(
-                            tx,
-                            "UPDATE push_outbox SET attempts = attempts + 1, retry_at = $2
-                             WHERE device_id = $1",
-                            &[id, &at.0],
-                        )
-                        .await?;
-                    }
-                    PushFinished::Drop => {
-                        execute(tx, "DELETE FROM push_outbox WHERE device_id = $1", &[id]).await?;
-                    }
-                    PushFinished::Gone { endpoint } => {
-                        // Only if the device did not register a new endpoint meanwhile.
-                        execute(
-                            tx,
-                            "DELETE FROM push_channels WHERE device_id = $1 AND endpoint = $2",
-                            &[id, &endpoint],
-                        )
-                        .await?;
-                        execute(tx, "DELETE FROM push_outbox WHERE device_id = $1", &[id]).await?;
-                    }
-                }
-                Ok(())
+                    Ok(())
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn cancel_push(&self, device: DeviceId) -> StoreResult<bool> {
-        self.execute_one(
-            "DELETE FROM push_outbox WHERE device_id = $1",
-            &[device.as_uuid()],
-        )
-        .await
-        .map(|n| n > 0)
+        self.accounts()
+            .execute_one(
+                "DELETE FROM push_outbox WHERE device_id = $1",
+                &[device.as_uuid()],
+            )
+            .await
+            .map(|n| n > 0)
     }
 }

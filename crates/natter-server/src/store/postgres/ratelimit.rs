@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::Postgres;
+use super::{Database, Postgres};
 use crate::config::{Config, Rate};
 use crate::ratelimit::{
     Denied, Limit, NEVER, RateLimiter, configured_rates, denied_for, refill_interval,
@@ -34,8 +34,8 @@ const VERIFICATION_GLOBAL: &str = "VerificationGlobal";
 /// Rate limits kept in PostgreSQL.
 #[derive(Debug)]
 pub struct PgRateLimiter {
-    /// The database.
-    pg: Postgres,
+    /// The accounts database.
+    pg: Database,
     /// Each keyed limit's burst and refill interval (milliseconds).
     rates: HashMap<Limit, (i32, i64)>,
     /// The server-wide verification budget.
@@ -63,11 +63,11 @@ fn shape(rate: Rate) -> (i32, i64) {
 }
 
 impl PgRateLimiter {
-    /// The limits of `config`, decided by `pg`.
+    /// The limits of `config`, decided by `pg`'s accounts database.
     #[must_use]
-    pub fn for_config(pg: Postgres, config: &Config) -> Self {
+    pub fn for_config(pg: &Postgres, config: &Config) -> Self {
         Self {
-            pg,
+            pg: pg.accounts().clone(),
             rates: configured_rates(config)
                 .into_iter()
                 .map(|(limit, rate)| (limit, shape(rate)))

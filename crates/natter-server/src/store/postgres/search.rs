@@ -12,6 +12,9 @@
 //! substring of the text instead (`ILIKE`, served by a `pg_trgm` index).
 //! Newest first, or by `ts_rank_cd` when relevance is asked for (the
 //! embedded engine ranks by BM25: the same hits, another order).
+//!
+//! With several chat databases, each answers the first `offset + limit`
+//! hits in the same order and its count; the page is cut from their merge.
 
 use async_trait::async_trait;
 use tokio_postgres::types::ToSql;
@@ -125,7 +128,7 @@ impl SearchIndex for Postgres {
         let mut terms = Vec::new();
         let matched = condition(&query.text, 9, &mut terms);
         let substring = query.text.terms().any(|t| has_cjk(&t.text));
-        let order = if query.by_relevance && !substring {
+        let rank = if query.by_relevance && !substring {
             let ranked: Vec<String> = query
                 .text
                 .required
@@ -136,10 +139,13 @@ impl SearchIndex for Postgres {
                 .collect();
             // The rank is over the required words; it orders, never filters.
             let literal = ranked.join(" | ").replace('\'', "''");
-            format!("ts_rank_cd(l.words, '{literal}'::tsquery) DESC, l.created_at DESC, l.seq DESC")
+            format!("ts_rank_cd(l.words, '{literal}'::tsquery)")
         } else {
-            "l.created_at DESC, l.chat_id DESC, l.seq DESC".to_owned()
+            "0::real".to_owned()
         };
+        // Each database's first `offset + limit` hits, in the merge's order.
+        let fetch = query.limit.saturating_add(query.offset);
+        let no_offset = 0_i64;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             query.user.as_uuid(),
             &chats,
@@ -147,31 +153,51 @@ impl SearchIndex for Postgres {
             &message_type,
             &before,
             &after,
-            &query.limit,
-            &query.offset,
+            &fetch,
+            &no_offset,
         ];
         params.extend(terms.iter().map(|t| t as &(dyn ToSql + Sync)));
-        // The count takes the same parameters: $7 and $8 are named so.
-        let total = self
-            .read(
-                &format!(
-                    "SELECT count(*) FROM chat_log l WHERE {FILTERS} AND {matched}
-                       AND $7::bigint IS NOT NULL AND $8::bigint IS NOT NULL"
-                ),
-                &params,
-            )
-            .await?
-            .first()
-            .map_or(0, |r| r.get::<_, i64>(0));
-        let found = self
-            .read(
-                &format!(
-                    "SELECT {ENTRY_COLUMNS} FROM chat_log l WHERE {FILTERS} AND {matched}
-                     ORDER BY {order} LIMIT $7 OFFSET $8"
-                ),
-                &params,
-            )
-            .await?;
+        let (mut total, mut found) = (0, Vec::new());
+        for db in self.chat_dbs() {
+            // The count takes the same parameters: $7 and $8 are named so.
+            total += db
+                .read(
+                    &format!(
+                        "SELECT count(*) FROM chat_log l WHERE {FILTERS} AND {matched}
+                           AND $7::bigint IS NOT NULL AND $8::bigint IS NOT NULL"
+                    ),
+                    &params,
+                )
+                .await?
+                .first()
+                .map_or(0, |r| r.get::<_, i64>(0));
+            let rows = db
+                .read(
+                    &format!(
+                        "SELECT {ENTRY_COLUMNS}, {rank} AS rank FROM chat_log l
+                         WHERE {FILTERS} AND {matched}
+                         ORDER BY rank DESC, l.created_at DESC, l.chat_id DESC, l.seq DESC
+                         LIMIT $7 OFFSET $8"
+                    ),
+                    &params,
+                )
+                .await?;
+            for row in &rows {
+                found.push((row.get::<_, f32>("rank"), entry_from_row(row)?));
+            }
+        }
+        found.sort_by(|(rank_a, a), (rank_b, b)| {
+            rank_b
+                .total_cmp(rank_a)
+                .then_with(|| b.created_at.cmp(&a.created_at))
+                .then_with(|| b.chat_id.as_uuid().cmp(a.chat_id.as_uuid()))
+                .then_with(|| b.seq.cmp(&a.seq))
+        });
+        let page = found
+            .into_iter()
+            .skip(usize::try_from(query.offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(query.limit).unwrap_or(0))
+            .map(|(_, entry)| entry);
         let needles: Vec<&str> = query
             .text
             .required
@@ -189,9 +215,8 @@ impl SearchIndex for Postgres {
             }
             words.extend(split);
         }
-        let mut hits = Vec::with_capacity(found.len());
-        for row in &found {
-            let entry = entry_from_row(row)?;
+        let mut hits = Vec::new();
+        for entry in page {
             let content = entry.content.clone().unwrap_or_default();
             let snippet = if substring {
                 mark_substring(&content, &needles)

@@ -18,6 +18,7 @@ use crate::ratelimit::{Limit, RateLimiter};
 fn options(url: &str) -> PgOptions {
     PgOptions {
         url: url.to_owned(),
+        chat_urls: Vec::new(),
         pool_size: 4,
         connect_timeout: Duration::from_secs(10),
     }
@@ -27,18 +28,16 @@ fn options(url: &str) -> PgOptions {
 async fn migrated(cluster: &PgCluster) -> TestDatabase<'_> {
     cluster
         .database(&migrations_fingerprint(), |url| async move {
-            let pg = Postgres::connect(&options(&url))
+            Postgres::migrate_only(&url, Duration::from_secs(10))
                 .await
-                .map_err(|e| e.to_string())?;
-            pg.close();
-            Ok(())
+                .map_err(|e| e.to_string())
         })
         .await
         .unwrap()
 }
 
 async fn schema_versions(pg: &Postgres) -> Vec<i32> {
-    let client = pg.client().await.unwrap();
+    let client = pg.accounts().client().await.unwrap();
     client
         .query("SELECT version FROM natter_schema ORDER BY version", &[])
         .await
@@ -117,7 +116,8 @@ async fn a_database_newer_than_the_binary_is_refused() {
     let cluster = PgCluster::from_env_or_start().unwrap();
     let db = migrated(&cluster).await;
     let pg = Postgres::connect(&options(&db.url())).await.unwrap();
-    pg.client()
+    pg.accounts()
+        .client()
         .await
         .unwrap()
         .execute(
@@ -172,7 +172,8 @@ async fn transactions_aborted_by_serialization_failures_are_run_again() {
     })
     .await
     .unwrap();
-    pg.client()
+    pg.accounts()
+        .client()
         .await
         .unwrap()
         .batch_execute("CREATE TABLE counter (n integer NOT NULL); INSERT INTO counter VALUES (0)")
@@ -189,26 +190,27 @@ async fn transactions_aborted_by_serialization_failures_are_run_again() {
         let tries = Arc::clone(&tries);
         let barrier = Arc::clone(&barrier);
         handles.push(tokio::spawn(async move {
-            pg.transaction(IsolationLevel::Serializable, move |tx| {
-                let tries = Arc::clone(&tries);
-                let barrier = Arc::clone(&barrier);
-                Box::pin(async move {
-                    let first = tries.fetch_add(1, Ordering::SeqCst) < tasks;
-                    let n: i32 = tx
-                        .query_one("SELECT n FROM counter", &[])
-                        .await
-                        .map_err(store_error)?
-                        .get(0);
-                    if first {
-                        barrier.wait().await;
-                    }
-                    tx.execute("UPDATE counter SET n = $1", &[&(n + 1)])
-                        .await
-                        .map_err(store_error)?;
-                    Ok(())
+            pg.accounts()
+                .transaction(IsolationLevel::Serializable, move |tx| {
+                    let tries = Arc::clone(&tries);
+                    let barrier = Arc::clone(&barrier);
+                    Box::pin(async move {
+                        let first = tries.fetch_add(1, Ordering::SeqCst) < tasks;
+                        let n: i32 = tx
+                            .query_one("SELECT n FROM counter", &[])
+                            .await
+                            .map_err(store_error)?
+                            .get(0);
+                        if first {
+                            barrier.wait().await;
+                        }
+                        tx.execute("UPDATE counter SET n = $1", &[&(n + 1)])
+                            .await
+                            .map_err(store_error)?;
+                        Ok(())
+                    })
                 })
-            })
-            .await
+                .await
         }));
     }
     for handle in handles {
@@ -219,6 +221,7 @@ async fn transactions_aborted_by_serialization_failures_are_run_again() {
             .unwrap();
     }
     let n: i32 = pg
+        .accounts()
         .client()
         .await
         .unwrap()
@@ -251,11 +254,11 @@ async fn a_shared_burst_is_allowed_then_refused_on_every_node() {
     });
     // Two nodes, each with its own pool.
     let a = PgRateLimiter::for_config(
-        Postgres::connect(&options(&db.url())).await.unwrap(),
+        &Postgres::connect(&options(&db.url())).await.unwrap(),
         &config,
     );
     let b = PgRateLimiter::for_config(
-        Postgres::connect(&options(&db.url())).await.unwrap(),
+        &Postgres::connect(&options(&db.url())).await.unwrap(),
         &config,
     );
     let phone = "+14155550123";
@@ -295,7 +298,7 @@ async fn units_at_once_pass_up_to_the_burst_and_never_beyond() {
         per_secs: 3600,
     });
     let limiter = PgRateLimiter::for_config(
-        Postgres::connect(&options(&db.url())).await.unwrap(),
+        &Postgres::connect(&options(&db.url())).await.unwrap(),
         &config,
     );
     let key = "+14155550125";
@@ -331,11 +334,11 @@ async fn concurrent_checks_from_two_nodes_hand_out_exactly_the_burst() {
     });
     let nodes = [
         Arc::new(PgRateLimiter::for_config(
-            Postgres::connect(&options(&db.url())).await.unwrap(),
+            &Postgres::connect(&options(&db.url())).await.unwrap(),
             &config,
         )),
         Arc::new(PgRateLimiter::for_config(
-            Postgres::connect(&options(&db.url())).await.unwrap(),
+            &Postgres::connect(&options(&db.url())).await.unwrap(),
             &config,
         )),
     ];
@@ -367,7 +370,7 @@ async fn a_database_that_cannot_decide_denies() {
     let db = migrated(&cluster).await;
     let config = Config::default();
     let limiter = PgRateLimiter::for_config(
-        Postgres::connect(&options(&db.url())).await.unwrap(),
+        &Postgres::connect(&options(&db.url())).await.unwrap(),
         &config,
     );
     limiter
