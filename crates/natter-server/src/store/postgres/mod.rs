@@ -288,12 +288,15 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Applies the migrations the database lacks.
     async fn migrate(&self) -> Result<(), PgError> {
-        let mut client = self
-            .pool
+        migrations::migrate(&mut self.connection().await?).await
+    }
+
+    /// A connection, for starting up (its error is a start error).
+    async fn connection(&self) -> Result<deadpool_postgres::Object, PgError> {
+        self.pool
             .get()
             .await
-            .map_err(|e| PgError::Unreachable(describe_pool_error(&e)))?;
-        migrations::migrate(&mut client).await
+            .map_err(|e| PgError::Unreachable(describe_pool_error(&e)))
     }
 
     /// Opens a pool to `url` without connecting.

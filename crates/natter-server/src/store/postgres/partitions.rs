@@ -11,7 +11,7 @@
 
 use uuid::Uuid;
 
-use super::{Database, PgError, describe_error, describe_pool_error};
+use super::{Database, PgError, describe_error};
 
 /// The position in the chat databases of the chat with this id.
 pub(crate) fn partition(id: &Uuid, count: usize) -> usize {
@@ -55,11 +55,7 @@ pub(super) async fn claim(accounts: &Database, chats: &[Database]) -> Result<(),
     let count = i32::try_from(chats.len())
         .map_err(|_| PgError::Layout("store.chat_urls names too many databases".into()))?;
     let failed = |e: tokio_postgres::Error| PgError::Unreachable(describe_error(&e));
-    let client = accounts
-        .pool
-        .get()
-        .await
-        .map_err(|e| PgError::Unreachable(describe_pool_error(&e)))?;
+    let client = accounts.connection().await?;
     client
         .execute(
             "INSERT INTO natter_store (id, chat_databases) VALUES ($1, $2)
@@ -81,11 +77,7 @@ pub(super) async fn claim(accounts: &Database, chats: &[Database]) -> Result<(),
         )));
     }
     let claimed: Vec<i32> = {
-        let client = accounts
-            .pool
-            .get()
-            .await
-            .map_err(|e| PgError::Unreachable(describe_pool_error(&e)))?;
+        let client = accounts.connection().await?;
         client
             .query("SELECT position FROM natter_chat_databases", &[])
             .await
@@ -95,11 +87,7 @@ pub(super) async fn claim(accounts: &Database, chats: &[Database]) -> Result<(),
             .collect()
     };
     for (position, db) in (0_i32..).zip(chats) {
-        let client = db
-            .pool
-            .get()
-            .await
-            .map_err(|e| PgError::Unreachable(describe_pool_error(&e)))?;
+        let client = db.connection().await?;
         let found = client
             .query("SELECT store_id, position FROM natter_chat_partition", &[])
             .await
@@ -147,10 +135,8 @@ pub(super) async fn claim(accounts: &Database, chats: &[Database]) -> Result<(),
         }
         if !claimed.contains(&position) {
             accounts
-                .pool
-                .get()
-                .await
-                .map_err(|e| PgError::Unreachable(describe_pool_error(&e)))?
+                .connection()
+                .await?
                 .execute(
                     "INSERT INTO natter_chat_databases (position) VALUES ($1)
                      ON CONFLICT (position) DO NOTHING",
