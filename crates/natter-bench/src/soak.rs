@@ -886,22 +886,29 @@ async fn settle(
     connection: &mut u32,
 ) -> BenchResult<()> {
     let until = Instant::now() + SETTLE_TIMEOUT;
-    let late = || BenchError::Other(format!("device {ix} did not settle in {SETTLE_TIMEOUT:?}"));
-    while !state
-        .outbox()
-        .map_err(natter_client::ClientError::from)?
-        .is_empty()
-    {
+    let late = |stage: String| {
+        BenchError::Other(format!(
+            "device {ix} did not settle in {SETTLE_TIMEOUT:?}: {stage}"
+        ))
+    };
+    loop {
+        let waiting = state
+            .outbox()
+            .map_err(natter_client::ClientError::from)?
+            .len();
+        if waiting == 0 {
+            break;
+        }
         let event = tokio::time::timeout_at(until, conn.next_event())
             .await
-            .map_err(|_| late())??;
+            .map_err(|_| late(format!("{waiting} message(s) still in its outbox")))??;
         on_event(history, ix, connection, event);
     }
     conn.disconnect().await;
     loop {
         let event = tokio::time::timeout_at(until, conn.next_event())
             .await
-            .map_err(|_| late())??;
+            .map_err(|_| late("no sync_done after reconnecting".to_owned()))??;
         let done = matches!(event, Event::SyncDone { .. });
         on_event(history, ix, connection, event);
         if done {

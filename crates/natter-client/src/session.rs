@@ -56,6 +56,13 @@ const ACK_BATCH: usize = 64;
 /// How long events may wait for their ack when no more arrive.
 const ACK_DELAY: Duration = Duration::from_millis(200);
 
+/// The first wait before a refused sync is sent again: the server's
+/// default budget of `sync` frames per user refills one every 2 seconds.
+const RESYNC_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest wait before a refused sync is sent again.
+const RESYNC_WAIT_MAX: Duration = Duration::from_secs(30);
+
 /// A message waiting in the outbox.
 #[derive(Debug, Clone)]
 pub struct OutboxEntry {
@@ -340,6 +347,8 @@ impl Session {
             rng: seed,
             held: HashMap::new(),
             synced: false,
+            resync: false,
+            resyncs: 0,
         }
     }
 }
@@ -529,6 +538,11 @@ pub struct Connection {
     held: HashMap<ChatId, BTreeMap<i64, ServerFrame>>,
     /// This socket's `sync_done` came: events arrive in per-chat order.
     synced: bool,
+    /// A `rate_limited` answer came before `sync_done`: the sync may have
+    /// been refused, so it is sent again after a wait.
+    resync: bool,
+    /// This socket's syncs sent again (the wait doubles each time).
+    resyncs: u32,
 }
 
 /// A plaintext chat's message (`content`, no ciphertext), optionally
@@ -642,6 +656,8 @@ impl Connection {
     async fn open(&mut self) -> ClientResult<()> {
         self.held.clear();
         self.synced = false;
+        self.resync = false;
+        self.resyncs = 0;
         let transport = self.transport();
         let limit = self.config.connect_timeout;
         let url = self.ws_url();
@@ -670,6 +686,13 @@ impl Connection {
             }
             WsEvent::Closed(_) => return Err(ClientError::Closed),
         }
+        socket.send(self.sync_frame()?).await?;
+        self.socket = Some(socket);
+        Ok(())
+    }
+
+    /// The `sync` frame: every known chat's position.
+    fn sync_frame(&mut self) -> ClientResult<String> {
         self.load_positions()?;
         let chats = self
             .positions
@@ -680,10 +703,26 @@ impl Connection {
                 seq: *seq,
             })
             .collect();
-        let sync = serde_json::to_string(&ClientFrame::Sync { chats })
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        socket.send(sync).await?;
-        self.socket = Some(socket);
+        serde_json::to_string(&ClientFrame::Sync { chats })
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Sends the sync again, after [`RESYNC_WAIT`] (doubling with each
+    /// try on this socket, at most [`RESYNC_WAIT_MAX`]): the server refused
+    /// it (`rate_limited`, `sync` frames are budgeted per user).
+    async fn sync_again(&mut self) -> ClientResult<()> {
+        self.resync = false;
+        let wait = RESYNC_WAIT
+            .saturating_mul(1 << self.resyncs.min(8))
+            .min(RESYNC_WAIT_MAX);
+        self.resyncs = self.resyncs.saturating_add(1);
+        self.transport().sleep(wait).await;
+        let frame = self.sync_frame()?;
+        if let Some(socket) = self.socket.as_mut()
+            && socket.send(frame).await.is_err()
+        {
+            self.socket = None;
+        }
         Ok(())
     }
 
@@ -802,6 +841,10 @@ impl Connection {
                         });
                     }
                 }
+            }
+            if self.resync {
+                self.sync_again().await?;
+                continue;
             }
             if self.unacked_events >= ACK_BATCH {
                 self.flush_acks().await;
@@ -1041,7 +1084,14 @@ impl Connection {
             ServerFrame::Inbox { item } => Some(Event::Inbox(item)),
             ServerFrame::Invitation { invitation } => Some(Event::Invitation(invitation)),
             ServerFrame::KeyPackagesLow { available } => Some(Event::KeyPackagesLow { available }),
-            ServerFrame::Error { code, message } => Some(Event::ServerError { code, message }),
+            ServerFrame::Error { code, message } => {
+                // Before `sync_done`, a refusal may be the sync's: without
+                // it this socket would never catch up.
+                if code == ErrorCode::RateLimited && !self.synced {
+                    self.resync = true;
+                }
+                Some(Event::ServerError { code, message })
+            }
             ServerFrame::Connected { .. }
             | ServerFrame::Joined { .. }
             | ServerFrame::Pong

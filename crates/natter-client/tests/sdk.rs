@@ -41,6 +41,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let sms = SmsInbox::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
@@ -50,6 +54,7 @@ impl TestServer {
             ..Config::default()
         };
         config.sms.timeout_secs = 5;
+        adjust(&mut config);
         config.validate().unwrap();
         let server = tokio::time::timeout(WAIT, RunningServer::start(config.clone()))
             .await
@@ -370,4 +375,50 @@ async fn the_outbox_delivers_exactly_once_after_the_server_was_down() {
     .await;
     assert_eq!(id, doomed);
     assert_eq!(error.code, ErrorCode::ChatNotFound);
+}
+
+/// A sync the server refuses (`rate_limited`: the user's budget of `sync`
+/// frames is spent, as when a flaky network reconnects often) is sent
+/// again after a wait, so the socket still catches up and says
+/// `sync_done`; a message sent meanwhile arrives.
+#[tokio::test]
+async fn a_refused_sync_is_sent_again_and_catches_up() {
+    // One sync at once per user, refilled after two seconds.
+    let server = TestServer::start_with(|c| {
+        c.rate_limits.ws_sync_per_user =
+            serde_json::from_value(serde_json::json!({"burst": 1, "per_secs": 2})).unwrap();
+    })
+    .await;
+    let alice = server.user("+14155550151", "Alice").await;
+    let bob = server.user("+14155550152", "Bob").await;
+    let chat = direct_chat(&alice, &bob).await;
+    let store = server.store("bob");
+    let mut conn = bob.session.connect_with(Arc::new(store.clone()), FAST);
+    next_matching(&mut conn, |e| {
+        matches!(e, Event::SyncDone { .. }).then_some(())
+    })
+    .await;
+    // At once a second socket: its sync is over the budget.
+    conn.disconnect().await;
+    send_rest(&alice, chat, "while you were away").await;
+    let mut refused = false;
+    let mut text = None;
+    next_matching(&mut conn, |e| match e {
+        Event::ServerError {
+            code: ErrorCode::RateLimited,
+            ..
+        } => {
+            refused = true;
+            None
+        }
+        Event::Message { message, .. } => {
+            text = message.content;
+            None
+        }
+        Event::SyncDone { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(refused, "the second sync was refused first");
+    assert_eq!(text.as_deref(), Some("while you were away"));
 }
