@@ -2912,3 +2912,97 @@ async fn a_store_refuses_chat_databases_other_than_those_it_was_made_with() {
     let refused = Postgres::connect(&options).await.unwrap_err().to_string();
     assert!(refused.contains("belongs to another store"), "{refused}");
 }
+
+/// On two databases a commit's Welcome goes through the chat database's
+/// outbox to the device's inbox; the welcomed device reading its inbox on
+/// another node at that moment moves it too. Every commit answers, and
+/// the device gets each Welcome once.
+#[tokio::test]
+async fn welcomes_moved_by_a_commit_and_an_inbox_read_at_once_arrive_once() {
+    let cluster = PgCluster::from_env_or_start().unwrap();
+    let (a, b) = (migrated(&cluster).await, migrated(&cluster).await);
+    let (pg, node_b) = (node_on_two(&a, &b).await, node_on_two(&a, &b).await);
+    let ann = register(&pg, 1, "Ann").await;
+    let bob = register(&pg, 2, "Bob").await;
+    let a1 = pg.devices(ann.id).await.unwrap()[0].id;
+    let b1 = pg.devices(bob.id).await.unwrap()[0].id;
+    let mut chats = Vec::new();
+    for _ in 0..8 {
+        let ChatCreated::Created(chat, _) = pg
+            .create_chat(NewChat {
+                encrypted: true,
+                ..new_chat(ChatKind::Group, &ann, &[&bob], T0)
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("no chat");
+        };
+        chats.push(chat.id);
+    }
+    for (n, chat) in chats.iter().enumerate() {
+        let key = format!("c{n}");
+        let (committed, read) = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::future::join(
+                pg.commit(commit_of(*chat, &ann, a1, 0, &key, &[b1], 50)),
+                node_b.inbox(b1, 100),
+            ),
+        )
+        .await
+        .expect("the commit and the read finished within a minute");
+        read.unwrap();
+        assert_eq!(
+            describe_commit(&committed.unwrap()),
+            "created seq 2 epoch 1 welcomes 1"
+        );
+    }
+    let inbox = node_b.inbox(b1, 100).await.unwrap();
+    let mut welcomed: Vec<ChatId> = inbox.iter().filter_map(|i| i.chat_id).collect();
+    welcomed.sort_unstable_by_key(|c| *c.as_uuid());
+    let mut expected = chats.clone();
+    expected.sort_unstable_by_key(|c| *c.as_uuid());
+    assert_eq!(welcomed, expected, "one Welcome per commit");
+    assert_eq!(
+        rows_in(&a, "welcome_outbox").await + rows_in(&b, "welcome_outbox").await,
+        0
+    );
+    // A Welcome a stopped node left in an outbox (committed, not moved):
+    // eight inbox reads on two nodes at once move it, once, and all answer.
+    let left_in = if pg.chat_dbs()[0].is(pg.chat_db(chats[0])) {
+        &a
+    } else {
+        &b
+    };
+    let client = tokio_postgres::connect(&left_in.url(), tokio_postgres::NoTls)
+        .await
+        .map(|(client, connection)| {
+            tokio::spawn(connection);
+            client
+        })
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO welcome_outbox
+               (device_id, chat_id, seq, from_user, from_device, payload, created_at)
+             VALUES ($1, $2, 99, $3, $4, '\\x07', $5)",
+            &[
+                b1.as_uuid(),
+                chats[0].as_uuid(),
+                ann.id.as_uuid(),
+                a1.as_uuid(),
+                &T0.0,
+            ],
+        )
+        .await
+        .unwrap();
+    let reads = (0..8).map(|n| if n % 2 == 0 { &pg } else { &node_b }.inbox(b1, 100));
+    for read in futures_util::future::join_all(reads).await {
+        read.unwrap();
+    }
+    let inbox = node_b.inbox(b1, 100).await.unwrap();
+    assert_eq!(inbox.iter().filter(|i| i.seq == Some(99)).count(), 1);
+    assert_eq!(rows_in(left_in, "welcome_outbox").await, 0);
+    pg.close();
+    node_b.close();
+}

@@ -229,6 +229,9 @@ impl AccountsAcrossChats for Postgres {
         for db in self.chat_dbs() {
             left.extend(leave_every_chat(db, user, now).await?);
         }
+        // In chat id order over all databases, as one database gives them
+        // (stable: a chat's own entries keep their order).
+        left.sort_by_key(|appended| *appended.entry.chat_id.as_uuid());
         Ok(Some(AccountDeleted {
             left,
             devices,

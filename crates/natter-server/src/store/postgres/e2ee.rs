@@ -476,6 +476,8 @@ impl KeyDirectory for Postgres {
                     .await?,
             );
         }
+        // In chat id order over all databases, as one database gives them.
+        appended.sort_by_key(|a| *a.entry.chat_id.as_uuid());
         Ok(appended)
     }
 }
@@ -625,24 +627,47 @@ impl Postgres {
                         if device_owner(tx, item.device_id).await?.is_none() {
                             continue;
                         }
-                        let moved = rows(
+                        // Moved by another request at the same time (the
+                        // device reading its inbox): the first insert wins,
+                        // the second finds its row.
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                            item.device_id.as_uuid(),
+                            &item.chat_id.map(|c| *c.as_uuid()),
+                            &item.seq,
+                            item.from_user.as_uuid(),
+                            item.from_device.as_uuid(),
+                            &item.payload,
+                            &item.created_at.0,
+                        ];
+                        let mut id = rows(
                             tx,
-                            "SELECT id FROM device_inbox
-                             WHERE device_id = $1 AND kind = 'welcome' AND chat_id = $2 AND seq = $3",
-                            &[
-                                item.device_id.as_uuid(),
-                                &item.chat_id.map(|c| *c.as_uuid()),
-                                &item.seq,
-                            ],
+                            "INSERT INTO device_inbox
+                               (device_id, kind, chat_id, seq, from_user, from_device, payload,
+                                created_at)
+                             VALUES ($1, 'welcome', $2, $3, $4, $5, $6, $7)
+                             ON CONFLICT (device_id, chat_id, seq) WHERE kind = 'welcome'
+                             DO NOTHING RETURNING id",
+                            &params,
                         )
                         .await?;
-                        match moved.first() {
-                            Some(row) => out.push(InboxRecord {
-                                id: row.get(0),
-                                ..item
-                            }),
-                            None => out.push(put_inbox(tx, &item).await?),
+                        if id.is_empty() {
+                            id = rows(
+                                tx,
+                                "SELECT id FROM device_inbox
+                                 WHERE device_id = $1 AND kind = 'welcome'
+                                   AND chat_id = $2 AND seq = $3",
+                                &params[..3],
+                            )
+                            .await?;
                         }
+                        let Some(row) = id.first() else {
+                            // Acknowledged meanwhile: it was delivered.
+                            continue;
+                        };
+                        out.push(InboxRecord {
+                            id: row.get(0),
+                            ..item
+                        });
                     }
                     Ok(out)
                 })
