@@ -1246,6 +1246,21 @@ fn commit_of(
     }
 }
 
+/// A new encrypted group of `creator` and `other`.
+async fn encrypted_group(store: &dyn ChatLog, creator: &User, other: &User) -> super::ChatRecord {
+    let created = store
+        .create_chat(NewChat {
+            encrypted: true,
+            ..new_chat(ChatKind::Group, creator, &[other], T0)
+        })
+        .await
+        .unwrap();
+    let ChatCreated::Created(chat, _) = created else {
+        panic!("no chat: {created:?}");
+    };
+    chat
+}
+
 fn describe_commit(c: &Committed) -> String {
     match c {
         Committed::Created(a, epoch, welcomes) => {
@@ -1396,16 +1411,7 @@ async fn key_directory<S: Accounts + ChatLog + KeyDirectory + DeviceInbox>(
     assert!(except[0].devices.iter().all(|d| d.device_id != b1));
 
     // An encrypted chat; commits move its epoch once each.
-    let ChatCreated::Created(chat, _) = store
-        .create_chat(NewChat {
-            encrypted: true,
-            ..new_chat(ChatKind::Group, &ann, &[&bob], T0)
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("no chat");
-    };
+    let chat = encrypted_group(store, &ann, &bob).await;
     let outcomes = [
         store
             .commit(commit_of(chat.id, &ann, a1, 0, "c1", &[b1, b2], 1))
@@ -2725,16 +2731,7 @@ async fn concurrent_claims_and_commits_on_postgres_are_decided_once() {
     assert_eq!((one_time.len(), last_resort), (10, 4));
 
     // Both are admins of an encrypted group; both commit for epoch 0.
-    let ChatCreated::Created(chat, _) = pg
-        .create_chat(NewChat {
-            encrypted: true,
-            ..new_chat(ChatKind::Group, &ann, &[&bob], T0)
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("no chat");
-    };
+    let chat = encrypted_group(&pg, &ann, &bob).await;
     pg.change_chat(
         chat.id,
         ann.id,
@@ -2928,16 +2925,7 @@ async fn welcomes_moved_by_a_commit_and_an_inbox_read_at_once_arrive_once() {
     let b1 = pg.devices(bob.id).await.unwrap()[0].id;
     let mut chats = Vec::new();
     for _ in 0..8 {
-        let ChatCreated::Created(chat, _) = pg
-            .create_chat(NewChat {
-                encrypted: true,
-                ..new_chat(ChatKind::Group, &ann, &[&bob], T0)
-            })
-            .await
-            .unwrap()
-        else {
-            panic!("no chat");
-        };
+        let chat = encrypted_group(&pg, &ann, &bob).await;
         chats.push(chat.id);
     }
     for (n, chat) in chats.iter().enumerate() {
