@@ -288,6 +288,14 @@ impl TestDatabase<'_> {
         &self.name
     }
 
+    /// A connection to it (its driver task is spawned).
+    ///
+    /// # Errors
+    /// When it cannot be reached in time.
+    pub async fn connect(&self) -> Result<Client, TestkitError> {
+        self.cluster.connect(&self.name).await
+    }
+
     /// Drops it now, closing every connection to it (the store's pool
     /// then fails like one whose database went away).
     ///

@@ -2765,14 +2765,9 @@ async fn concurrent_claims_and_commits_on_postgres_are_decided_once() {
 
 /// How many rows of `table` a database holds.
 async fn rows_in(db: &TestDatabase<'_>, table: &str) -> i64 {
-    let client = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+    db.connect()
         .await
-        .map(|(client, connection)| {
-            tokio::spawn(connection);
-            client
-        })
-        .unwrap();
-    client
+        .unwrap()
         .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
         .unwrap()
@@ -2962,14 +2957,10 @@ async fn welcomes_moved_by_a_commit_and_an_inbox_read_at_once_arrive_once() {
     } else {
         &b
     };
-    let client = tokio_postgres::connect(&left_in.url(), tokio_postgres::NoTls)
+    left_in
+        .connect()
         .await
-        .map(|(client, connection)| {
-            tokio::spawn(connection);
-            client
-        })
-        .unwrap();
-    client
+        .unwrap()
         .execute(
             "INSERT INTO welcome_outbox
                (device_id, chat_id, seq, from_user, from_device, payload, created_at)

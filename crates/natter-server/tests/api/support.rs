@@ -148,6 +148,11 @@ async fn media_on_s3(config: &mut Config) -> Option<natter_testkit::engines::S3S
     Some(s3)
 }
 
+/// Whether `needle` occurs in `haystack`.
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// With `TESTKIT_STORE=postgres`, the store is a fresh database of the
 /// run's PostgreSQL (`TEST_NATTER_PG_URL`, from `scripts/pg-cluster
 /// start`), so the same tests cover the PostgreSQL engine. On a cluster
@@ -414,9 +419,6 @@ impl TestApp {
     /// of the test's database (its text form, where binary columns read as
     /// hex, so a needle is looked for as text and as hex). Empty when none.
     pub async fn stored_copies(&self, needles: &[&[u8]]) -> Vec<String> {
-        fn holds(haystack: &[u8], needle: &[u8]) -> bool {
-            haystack.windows(needle.len()).any(|w| w == needle)
-        }
         let mut found = Vec::new();
         for path in self.data_files() {
             let bytes = std::fs::read(&path).unwrap();
@@ -446,18 +448,11 @@ impl TestApp {
         db: &natter_testkit::pg::TestDatabase<'static>,
         needles: &[&[u8]],
     ) -> Vec<String> {
-        fn holds(haystack: &[u8], needle: &[u8]) -> bool {
-            haystack.windows(needle.len()).any(|w| w == needle)
-        }
         let mut found = Vec::new();
-        let (client, connection) = tokio::time::timeout(
-            WAIT,
-            tokio_postgres::connect(&db.url(), tokio_postgres::NoTls),
-        )
-        .await
-        .expect("the test database answers in time")
-        .unwrap();
-        let driver = tokio::spawn(connection);
+        let client = db
+            .connect()
+            .await
+            .expect("the test database answers in time");
         let tables = client
             .query(
                 "SELECT table_name::text FROM information_schema.tables \
@@ -487,7 +482,6 @@ impl TestApp {
                 }
             }
         }
-        driver.abort();
         found
     }
 

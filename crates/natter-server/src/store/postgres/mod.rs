@@ -188,7 +188,6 @@ impl Postgres {
         let accounts = open(&options.url)?;
         let mut distinct = vec![(options.url.clone(), accounts.clone())];
         let mut chats = Vec::with_capacity(options.chat_urls.len().max(1));
-        let mut chat_distinct: Vec<(&str, Database)> = Vec::new();
         for url in &options.chat_urls {
             let db = match distinct.iter().find(|(u, _)| u == url) {
                 Some((_, db)) => db.clone(),
@@ -199,19 +198,21 @@ impl Postgres {
                     db
                 }
             };
-            if !chat_distinct.iter().any(|(u, _)| u == url) {
-                chat_distinct.push((url, db.clone()));
-            }
             chats.push(db);
         }
         if chats.is_empty() {
             chats.push(accounts.clone());
-            chat_distinct.push((&options.url, accounts.clone()));
+        }
+        let mut chat_distinct: Vec<Database> = Vec::with_capacity(chats.len());
+        for db in &chats {
+            if !chat_distinct.iter().any(|seen| seen.is(db)) {
+                chat_distinct.push(db.clone());
+            }
         }
         Ok(Self {
             accounts,
             chats: chats.into(),
-            chat_distinct: chat_distinct.into_iter().map(|(_, db)| db).collect(),
+            chat_distinct: chat_distinct.into(),
             distinct: distinct.into_iter().map(|(_, db)| db).collect(),
             log_appended: std::sync::Arc::default(),
         })
